@@ -1,0 +1,424 @@
+#include "config/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+
+namespace firstread::config {
+namespace {
+
+// Walks one YAML mapping, hands each known key to its reader and refuses
+// unknown keys, so that a typo in a key name is a start-up error and not a
+// silently ignored setting.
+class Section {
+ public:
+  Section(const YAML::Node& node, std::string path, const std::string& source)
+      : node_(node), path_(std::move(path)), source_(source) {
+    if (node_ && !node_.IsNull() && !node_.IsMap())
+      fail(node_, path_.empty() ? "the document" : path_, "must be a mapping");
+  }
+
+  template <typename T>
+  void read(const std::string& key, T& out) {
+    known_.insert(key);
+    if (!node_ || node_.IsNull()) return;
+    const YAML::Node value = node_[key];
+    if (!value || value.IsNull()) return;
+    convert(value, full(key), out);
+  }
+
+  void read_with(const std::string& key,
+                 const std::function<void(const YAML::Node&, const std::string&)>& reader) {
+    known_.insert(key);
+    if (!node_ || node_.IsNull()) return;
+    const YAML::Node value = node_[key];
+    if (!value || value.IsNull()) return;
+    reader(value, full(key));
+  }
+
+  void check_unknown() const {
+    if (!node_ || !node_.IsMap()) return;
+    for (const auto& kv : node_) {
+      const std::string key = kv.first.Scalar();
+      if (!known_.count(key)) fail(kv.first, full(key), "unknown key");
+    }
+  }
+
+  std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+
+  [[noreturn]] void fail(const YAML::Node& at, const std::string& key, const std::string& msg) const {
+    std::ostringstream s;
+    s << source_ << ":" << (at.Mark().line + 1) << ": " << key << ": " << msg;
+    throw ConfigError(s.str());
+  }
+
+ private:
+  void convert(const YAML::Node& v, const std::string& key, std::string& out) const {
+    if (!v.IsScalar()) fail(v, key, "must be a string");
+    out = v.Scalar();
+  }
+  void convert(const YAML::Node& v, const std::string& key, bool& out) const {
+    if (!v.IsScalar()) fail(v, key, "must be true or false");
+    try { out = v.as<bool>(); } catch (const YAML::Exception&) {
+      fail(v, key, "must be true or false, got '" + v.Scalar() + "'");
+    }
+  }
+  void convert(const YAML::Node& v, const std::string& key, int& out) const {
+    long long x = 0;
+    convert_integer(v, key, x);
+    if (x < INT32_MIN || x > INT32_MAX) fail(v, key, "out of range: " + v.Scalar());
+    out = static_cast<int>(x);
+  }
+  void convert(const YAML::Node& v, const std::string& key, uint32_t& out) const {
+    long long x = 0;
+    convert_integer(v, key, x);
+    if (x < 0 || x > UINT32_MAX) fail(v, key, "out of range: " + v.Scalar());
+    out = static_cast<uint32_t>(x);
+  }
+  void convert(const YAML::Node& v, const std::string& key, uint64_t& out) const {
+    long long x = 0;
+    convert_integer(v, key, x);
+    if (x < 0) fail(v, key, "must not be negative: " + v.Scalar());
+    out = static_cast<uint64_t>(x);
+  }
+  void convert(const YAML::Node& v, const std::string& key, double& out) const {
+    if (!v.IsScalar()) fail(v, key, "must be a number");
+    try { out = v.as<double>(); } catch (const YAML::Exception&) {
+      fail(v, key, "must be a number, got '" + v.Scalar() + "'");
+    }
+  }
+  void convert(const YAML::Node& v, const std::string& key, std::vector<std::string>& out) const {
+    out.clear();
+    if (v.IsScalar()) { out.push_back(v.Scalar()); return; }
+    if (!v.IsSequence()) fail(v, key, "must be a list of strings");
+    for (const auto& item : v) {
+      if (!item.IsScalar()) fail(item, key, "must be a list of strings");
+      out.push_back(item.Scalar());
+    }
+  }
+  // Integers accept size suffixes (KB, MB, GB, KiB, MiB, GiB) so that byte
+  // limits are readable: "min_free_bytes: 1GiB".
+  void convert_integer(const YAML::Node& v, const std::string& key, long long& out) const {
+    if (!v.IsScalar()) fail(v, key, "must be an integer");
+    const std::string text = v.Scalar();
+    size_t pos = 0;
+    long long value = 0;
+    try { value = std::stoll(text, &pos, 10); } catch (const std::exception&) {
+      fail(v, key, "must be an integer, got '" + text + "'");
+    }
+    std::string suffix = text.substr(pos);
+    while (!suffix.empty() && suffix.front() == ' ') suffix.erase(0, 1);
+    static const std::map<std::string, long long> multipliers = {
+        {"", 1}, {"B", 1}, {"KB", 1000}, {"MB", 1000000}, {"GB", 1000000000},
+        {"KiB", 1024}, {"MiB", 1024 * 1024}, {"GiB", 1024LL * 1024 * 1024}};
+    auto it = multipliers.find(suffix);
+    if (it == multipliers.end()) fail(v, key, "must be an integer, got '" + text + "'");
+    out = value * it->second;
+  }
+
+  YAML::Node node_;
+  std::string path_;
+  const std::string& source_;
+  std::set<std::string> known_;
+};
+
+[[noreturn]] void fail_at(const std::string& source, const YAML::Node& at, const std::string& key,
+                          const std::string& msg) {
+  std::ostringstream s;
+  s << source << ":" << (at.Mark().line + 1) << ": " << key << ": " << msg;
+  throw ConfigError(s.str());
+}
+
+void check_one_of(const std::string& source, const YAML::Node& at, const std::string& key,
+                  const std::string& value, const std::set<std::string>& allowed) {
+  if (allowed.count(value)) return;
+  std::string list;
+  for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+  fail_at(source, at, key, "'" + value + "' is not one of: " + list);
+}
+
+void check_range(const std::string& source, const YAML::Node& root, const std::string& dotted,
+                 double value, double lo, double hi) {
+  if (value >= lo && value <= hi) return;
+  // Find the node for the line number: walk the dotted path.
+  YAML::Node at = root;
+  std::stringstream ss(dotted);
+  std::string part;
+  while (std::getline(ss, part, '.')) {
+    if (at && at.IsMap() && at[part]) at = at[part];
+  }
+  std::ostringstream msg;
+  msg << "must be between " << lo << " and " << hi << ", got " << value;
+  fail_at(source, at, dotted, msg.str());
+}
+
+void apply_environment(Config& c) {
+  if (const char* url = std::getenv("FIRSTREAD_DATABASE_URL"); url && *url) c.database.url = url;
+  if (const char* token = std::getenv("FIRSTREAD_HTTP_TOKEN"); token && *token) c.http.token = token;
+  // libpq reads PGPASSWORD itself; FIRSTREAD_DATABASE_PASSWORD is forwarded to it so
+  // that the password never has to be written in the YAML file.
+  if (const char* pw = std::getenv("FIRSTREAD_DATABASE_PASSWORD"); pw && *pw) setenv("PGPASSWORD", pw, 1);
+}
+
+}  // namespace
+
+Config default_config() {
+  Config c;
+  c.source = "<defaults>";
+  c.models["demo"] = ModelConfig{"models/demo", 0, ""};
+  Route r;
+  r.name = "default";
+  r.model = "demo";
+  r.prompt =
+      "You are a helpful medical assistant. Your task is report generation with region "
+      "grounding. Describe the findings of this image; locate each finding as "
+      "<ref>finding</ref><box>[[x1, y1, x2, y2]]</box> with integers from 0 to 999.";
+  c.routes.push_back(r);
+  return c;
+}
+
+Config parse_config(const std::string& yaml_text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::ParserException& e) {
+    std::ostringstream s;
+    s << source << ":" << (e.mark.line + 1) << ": YAML syntax error: " << e.msg;
+    throw ConfigError(s.str());
+  }
+  Config c = default_config();
+  c.source = source;
+  if (!root || root.IsNull()) {
+    apply_environment(c);
+    validate(c);
+    return c;
+  }
+  Section top(root, "", source);
+
+  top.read_with("dicom", [&](const YAML::Node& n, const std::string& p) {
+    Section s(n, p, source);
+    s.read("ae_title", c.dicom.ae_title);
+    s.read("bind", c.dicom.bind);
+    s.read("port", c.dicom.port);
+    s.read("max_associations", c.dicom.max_associations);
+    s.read("max_pdu", c.dicom.max_pdu);
+    s.read("acse_timeout_seconds", c.dicom.acse_timeout_seconds);
+    s.read("dimse_timeout_seconds", c.dicom.dimse_timeout_seconds);
+    s.read_with("allowed_peers", [&](const YAML::Node& list, const std::string& lp) {
+      if (!list.IsSequence()) fail_at(source, list, lp, "must be a list of {ae_title, host}");
+      c.dicom.allowed_peers.clear();
+      for (const auto& item : list) {
+        AllowedPeer peer;
+        Section ps(item, lp + "[]", source);
+        ps.read("ae_title", peer.ae_title);
+        ps.read("host", peer.host);
+        ps.check_unknown();
+        if (peer.ae_title.empty() && peer.host.empty())
+          fail_at(source, item, lp, "each entry needs an ae_title, a host or both");
+        c.dicom.allowed_peers.push_back(peer);
+      }
+    });
+    s.read_with("tls", [&](const YAML::Node& t, const std::string& tp) {
+      Section ts(t, tp, source);
+      ts.read("enabled", c.dicom.tls.enabled);
+      ts.read("certificate", c.dicom.tls.certificate);
+      ts.read("private_key", c.dicom.tls.private_key);
+      ts.check_unknown();
+      if (c.dicom.tls.enabled)
+        fail_at(source, t, tp + ".enabled",
+                "DICOM TLS is not implemented in this version; put a TLS proxy (stunnel) in front of the port");
+    });
+    s.check_unknown();
+  });
+
+  top.read_with("storage", [&](const YAML::Node& n, const std::string& p) {
+    Section s(n, p, source);
+    s.read("path", c.storage.path);
+    s.read("min_free_bytes", c.storage.min_free_bytes);
+    s.read("fsync", c.storage.fsync);
+    s.check_unknown();
+  });
+
+  top.read_with("database", [&](const YAML::Node& n, const std::string& p) {
+    Section s(n, p, source);
+    s.read("url", c.database.url);
+    s.read("pool_size", c.database.pool_size);
+    s.read("embedded_port", c.database.embedded_port);
+    s.check_unknown();
+  });
+
+  top.read_with("worklist", [&](const YAML::Node& n, const std::string& p) {
+    Section s(n, p, source);
+    s.read("stable_seconds", c.worklist.stable_seconds);
+    s.read("workers", c.worklist.workers);
+    s.read("max_attempts", c.worklist.max_attempts);
+    s.read("lease_seconds", c.worklist.lease_seconds);
+    s.read("retry_backoff_seconds", c.worklist.retry_backoff_seconds);
+    s.read("poll_seconds", c.worklist.poll_seconds);
+    s.check_unknown();
+  });
+
+  top.read_with("models", [&](const YAML::Node& n, const std::string& p) {
+    if (!n.IsMap()) fail_at(source, n, p, "must be a mapping of model name to settings");
+    c.models.clear();
+    for (const auto& kv : n) {
+      const std::string name = kv.first.Scalar();
+      ModelConfig m;
+      Section s(kv.second, p + "." + name, source);
+      s.read("path", m.path);
+      s.read("threads", m.threads);
+      s.read("weights", m.weights);
+      s.check_unknown();
+      if (m.path.empty()) fail_at(source, kv.first, p + "." + name + ".path", "is required");
+      if (!m.weights.empty())
+        check_one_of(source, kv.second["weights"], p + "." + name + ".weights", m.weights,
+                     {"f32", "bf16", "f16", "int8", "int4"});
+      c.models[name] = m;
+    }
+  });
+
+  top.read_with("routes", [&](const YAML::Node& n, const std::string& p) {
+    if (!n.IsSequence()) fail_at(source, n, p, "must be a list of routes");
+    c.routes.clear();
+    for (size_t i = 0; i < n.size(); ++i) {
+      const YAML::Node item = n[i];
+      Route r;
+      const std::string rp = p + "[" + std::to_string(i) + "]";
+      Section s(item, rp, source);
+      s.read("name", r.name);
+      s.read("model", r.model);
+      s.read("prompt", r.prompt);
+      s.read("language", r.language);
+      s.read("max_new_tokens", r.max_new_tokens);
+      s.read("select", r.select);
+      s.read("max_images", r.max_images);
+      s.read_with("match", [&](const YAML::Node& m, const std::string& mp) {
+        Section ms(m, mp, source);
+        ms.read("modality", r.match.modalities);
+        ms.read("body_part", r.match.body_parts);
+        ms.read("calling_ae", r.match.calling_aes);
+        ms.check_unknown();
+      });
+      s.check_unknown();
+      if (r.name.empty()) r.name = "route" + std::to_string(i + 1);
+      if (r.model.empty()) fail_at(source, item, rp + ".model", "is required");
+      check_one_of(source, item["select"] ? item["select"] : item, rp + ".select", r.select,
+                   {"each", "middle"});
+      if (r.max_new_tokens < 1 || r.max_new_tokens > 8192)
+        fail_at(source, item, rp + ".max_new_tokens", "must be between 1 and 8192");
+      if (r.max_images < 1 || r.max_images > 64)
+        fail_at(source, item, rp + ".max_images", "must be between 1 and 64");
+      c.routes.push_back(r);
+    }
+  });
+
+  top.read_with("export", [&](const YAML::Node& n, const std::string& p) {
+    Section s(n, p, source);
+    s.read("calling_ae_title", c.exports.calling_ae_title);
+    s.read("max_attempts", c.exports.max_attempts);
+    s.read("retry_backoff_seconds", c.exports.retry_backoff_seconds);
+    s.read_with("destinations", [&](const YAML::Node& list, const std::string& lp) {
+      if (!list.IsSequence()) fail_at(source, list, lp, "must be a list of destinations");
+      for (size_t i = 0; i < list.size(); ++i) {
+        ExportDestination d;
+        const std::string dp = lp + "[" + std::to_string(i) + "]";
+        Section ds(list[i], dp, source);
+        ds.read("name", d.name);
+        ds.read("ae_title", d.ae_title);
+        ds.read("host", d.host);
+        ds.read("port", d.port);
+        ds.read("routes", d.routes);
+        ds.check_unknown();
+        if (d.ae_title.empty()) fail_at(source, list[i], dp + ".ae_title", "is required");
+        if (d.host.empty()) fail_at(source, list[i], dp + ".host", "is required");
+        if (d.name.empty()) d.name = d.ae_title;
+        c.exports.destinations.push_back(d);
+      }
+    });
+    s.check_unknown();
+  });
+
+  top.read_with("http", [&](const YAML::Node& n, const std::string& p) {
+    Section s(n, p, source);
+    s.read("listen", c.http.listen);
+    s.read("token", c.http.token);
+    s.check_unknown();
+  });
+
+  top.read_with("log", [&](const YAML::Node& n, const std::string& p) {
+    Section s(n, p, source);
+    s.read("level", c.log.level);
+    s.read("format", c.log.format);
+    s.check_unknown();
+    check_one_of(source, n["level"] ? n["level"] : n, p + ".level", c.log.level,
+                 {"trace", "debug", "info", "warn", "error", "critical", "off"});
+    check_one_of(source, n["format"] ? n["format"] : n, p + ".format", c.log.format, {"text", "json"});
+  });
+  top.check_unknown();
+
+  // Value ranges, reported at the line of the offending key.
+  check_range(source, root, "dicom.port", c.dicom.port, 1, 65535);
+  check_range(source, root, "dicom.max_associations", c.dicom.max_associations, 1, 1024);
+  check_range(source, root, "dicom.max_pdu", c.dicom.max_pdu, 4096, 131072);
+  check_range(source, root, "dicom.acse_timeout_seconds", c.dicom.acse_timeout_seconds, 1, 3600);
+  check_range(source, root, "dicom.dimse_timeout_seconds", c.dicom.dimse_timeout_seconds, 1, 3600);
+  check_range(source, root, "database.pool_size", c.database.pool_size, 1, 256);
+  check_range(source, root, "database.embedded_port", c.database.embedded_port, 1024, 65535);
+  check_range(source, root, "worklist.stable_seconds", c.worklist.stable_seconds, 0, 86400);
+  check_range(source, root, "worklist.workers", c.worklist.workers, 0, 256);
+  check_range(source, root, "worklist.max_attempts", c.worklist.max_attempts, 1, 100);
+  check_range(source, root, "worklist.lease_seconds", c.worklist.lease_seconds, 5, 86400);
+  check_range(source, root, "worklist.retry_backoff_seconds", c.worklist.retry_backoff_seconds, 0, 86400);
+  check_range(source, root, "worklist.poll_seconds", c.worklist.poll_seconds, 0.05, 60);
+  check_range(source, root, "export.max_attempts", c.exports.max_attempts, 1, 1000);
+  if (c.dicom.ae_title.empty() || c.dicom.ae_title.size() > 16)
+    fail_at(source, root["dicom"] ? root["dicom"] : root, "dicom.ae_title", "must be 1..16 characters");
+  if (c.storage.path.empty()) fail_at(source, root, "storage.path", "must not be empty");
+
+  apply_environment(c);
+  try {
+    validate(c);
+  } catch (const ConfigError& e) {
+    throw ConfigError(source + ": " + e.what());
+  }
+  return c;
+}
+
+void validate(const Config& c) {
+  std::set<std::string> route_names;
+  for (const auto& r : c.routes) {
+    if (!c.models.count(r.model))
+      throw ConfigError("routes." + r.name + ".model: no model named '" + r.model + "' in models");
+    if (!route_names.insert(r.name).second)
+      throw ConfigError("routes: route name '" + r.name + "' is used twice");
+  }
+  for (const auto& d : c.exports.destinations)
+    for (const auto& rn : d.routes)
+      if (!route_names.count(rn))
+        throw ConfigError("export.destinations." + d.name + ".routes: no route named '" + rn + "'");
+  const auto colon = c.http.listen.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= c.http.listen.size())
+    throw ConfigError("http.listen: must be HOST:PORT, got '" + c.http.listen + "'");
+}
+
+Config load_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ": cannot open configuration file");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return parse_config(buf.str(), path);
+}
+
+Config load_config(const std::optional<std::string>& path) {
+  if (path) return load_config_file(*path);
+  if (const char* env = std::getenv("FIRSTREAD_CONFIG"); env && *env) return load_config_file(env);
+  Config c = default_config();
+  apply_environment(c);
+  return c;
+}
+
+}  // namespace firstread::config

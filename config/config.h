@@ -1,0 +1,141 @@
+// firstread configuration: one struct per YAML section, every key with a default.
+// Loading validates everything up front so that a bad file stops start-up with a
+// message naming the key and its line, instead of failing later at run time.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace firstread::config {
+
+// Thrown for any invalid configuration; what() names the file, line and key.
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct AllowedPeer {
+  std::string ae_title;  // empty = any calling AE title
+  std::string host;      // empty = any host; otherwise an IP address or host name
+};
+
+struct TlsConfig {
+  bool enabled = false;
+  std::string certificate;
+  std::string private_key;
+};
+
+struct DicomConfig {
+  std::string ae_title = "FIRSTREAD";
+  std::string bind = "0.0.0.0";
+  int port = 11112;
+  std::vector<AllowedPeer> allowed_peers;  // empty = accept any peer
+  int max_associations = 16;
+  uint32_t max_pdu = 131072;
+  int acse_timeout_seconds = 30;
+  int dimse_timeout_seconds = 60;
+  TlsConfig tls;
+};
+
+struct StorageConfig {
+  std::string path = "./var";
+  uint64_t min_free_bytes = 256ull * 1024 * 1024;
+  bool fsync = true;  // only benchmarks and throw-away setups turn this off
+};
+
+struct DatabaseConfig {
+  std::string url;  // empty = managed embedded cluster under <storage.path>/pg
+  int pool_size = 8;
+  int embedded_port = 54329;  // port number of the embedded cluster's Unix socket
+};
+
+struct WorklistConfig {
+  double stable_seconds = 10;
+  int workers = 1;
+  int max_attempts = 3;
+  int lease_seconds = 300;
+  double retry_backoff_seconds = 30;  // doubled after each failed attempt
+  double poll_seconds = 1;
+};
+
+struct RouteMatch {
+  std::vector<std::string> modalities;  // empty = any
+  std::vector<std::string> body_parts;  // empty = any
+  std::vector<std::string> calling_aes;  // empty = any
+};
+
+struct Route {
+  std::string name;
+  RouteMatch match;
+  std::string model;
+  std::string prompt;
+  std::string language = "en";
+  int max_new_tokens = 256;
+  std::string select = "each";  // each | middle
+  int max_images = 4;
+};
+
+struct ModelConfig {
+  std::string path;
+  int threads = 0;  // 0 = number of cores
+  std::string weights;  // empty = the checkpoint's own format
+};
+
+struct ExportDestination {
+  std::string name;
+  std::string ae_title;
+  std::string host;
+  int port = 104;
+  std::vector<std::string> routes;  // empty = every route
+};
+
+struct ExportConfig {
+  std::string calling_ae_title = "FIRSTREAD";
+  int max_attempts = 10;
+  double retry_backoff_seconds = 30;
+  std::vector<ExportDestination> destinations;
+};
+
+struct HttpConfig {
+  std::string listen = "127.0.0.1:8080";
+  std::string token;  // empty = no authentication; FIRSTREAD_HTTP_TOKEN overrides
+};
+
+struct LogConfig {
+  std::string level = "info";   // trace debug info warn error critical off
+  std::string format = "text";  // text | json
+};
+
+struct Config {
+  std::string source;  // the file it came from, or "<defaults>"
+  DicomConfig dicom;
+  StorageConfig storage;
+  DatabaseConfig database;
+  WorklistConfig worklist;
+  std::vector<Route> routes;
+  std::map<std::string, ModelConfig> models;
+  ExportConfig exports;
+  HttpConfig http;
+  LogConfig log;
+};
+
+// The embedded defaults (what `scripts/run` starts with): one route "default" for
+// every modality on the shipped demo model.
+Config default_config();
+
+// Parses YAML text; `source` is used in error messages. Environment overrides
+// (FIRSTREAD_DATABASE_URL, FIRSTREAD_DATABASE_PASSWORD, FIRSTREAD_HTTP_TOKEN) are applied.
+Config parse_config(const std::string& yaml_text, const std::string& source);
+Config load_config_file(const std::string& path);
+
+// Loads --config FILE if given, else FIRSTREAD_CONFIG if set, else the defaults.
+Config load_config(const std::optional<std::string>& path);
+
+// Validates cross-references (routes -> models, export destinations -> routes) and values.
+void validate(const Config& config);
+
+}  // namespace firstread::config

@@ -1,0 +1,149 @@
+#include "config/config.h"
+#include "config/uid.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+
+using firstread::config::Config;
+using firstread::config::ConfigError;
+using firstread::config::parse_config;
+
+namespace {
+
+// Returns the error message parse_config gives for the YAML text, or "" if none.
+std::string error_of(const std::string& yaml) {
+  try {
+    parse_config(yaml, "test.yaml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Config, EmptyDocumentGivesDefaults) {
+  Config c = parse_config("", "empty.yaml");
+  EXPECT_EQ(c.dicom.ae_title, "FIRSTREAD");
+  EXPECT_EQ(c.dicom.port, 11112);
+  EXPECT_EQ(c.storage.path, "./var");
+  EXPECT_TRUE(c.database.url.empty());
+  EXPECT_EQ(c.worklist.stable_seconds, 10);
+  EXPECT_EQ(c.http.listen, "127.0.0.1:8080");
+  ASSERT_EQ(c.routes.size(), 1u);
+  EXPECT_EQ(c.routes[0].model, "demo");
+  EXPECT_EQ(c.models.at("demo").path, "models/demo");
+}
+
+TEST(Config, ReadsEverySection) {
+  Config c = parse_config(R"(
+dicom:
+  ae_title: NODE1
+  port: 4242
+  max_associations: 3
+  allowed_peers:
+    - {ae_title: ROUTER}
+    - {host: 127.0.0.1}
+storage: {path: /data/fr, min_free_bytes: 2GiB}
+database: {url: "postgresql://u@db/fr", pool_size: 2}
+worklist: {stable_seconds: 2.5, workers: 2, max_attempts: 5, lease_seconds: 60}
+models:
+  cxr: {path: /models/medrega, threads: 2, weights: int8}
+routes:
+  - name: chest
+    match: {modality: [CR, DX], body_part: CHEST}
+    model: cxr
+    prompt: "Describe."
+    language: zh
+    max_new_tokens: 100
+export:
+  destinations:
+    - {name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: 4243, routes: [chest]}
+http: {listen: "127.0.0.1:9000", token: secret}
+log: {level: debug, format: json}
+)",
+                          "full.yaml");
+  EXPECT_EQ(c.dicom.ae_title, "NODE1");
+  EXPECT_EQ(c.dicom.port, 4242);
+  ASSERT_EQ(c.dicom.allowed_peers.size(), 2u);
+  EXPECT_EQ(c.dicom.allowed_peers[0].ae_title, "ROUTER");
+  EXPECT_EQ(c.dicom.allowed_peers[1].host, "127.0.0.1");
+  EXPECT_EQ(c.storage.min_free_bytes, 2ull * 1024 * 1024 * 1024);
+  EXPECT_EQ(c.database.pool_size, 2);
+  EXPECT_DOUBLE_EQ(c.worklist.stable_seconds, 2.5);
+  EXPECT_EQ(c.models.at("cxr").weights, "int8");
+  ASSERT_EQ(c.routes.size(), 1u);
+  EXPECT_EQ(c.routes[0].match.modalities, (std::vector<std::string>{"CR", "DX"}));
+  EXPECT_EQ(c.routes[0].match.body_parts, (std::vector<std::string>{"CHEST"}));
+  EXPECT_EQ(c.routes[0].language, "zh");
+  ASSERT_EQ(c.exports.destinations.size(), 1u);
+  EXPECT_EQ(c.exports.destinations[0].port, 4243);
+  EXPECT_EQ(c.log.format, "json");
+}
+
+TEST(Config, UnknownKeyNamesKeyAndLine) {
+  EXPECT_EQ(error_of("dicom:\n  ae_title: X\n  prot: 104\n"), "test.yaml:3: dicom.prot: unknown key");
+  EXPECT_EQ(error_of("storage: {}\nfoo: 1\n"), "test.yaml:2: foo: unknown key");
+}
+
+TEST(Config, BadValuesNameKeyAndLine) {
+  EXPECT_EQ(error_of("dicom:\n  port: abc\n"), "test.yaml:2: dicom.port: must be an integer, got 'abc'");
+  EXPECT_EQ(error_of("dicom:\n  port: 70000\n"),
+            "test.yaml:2: dicom.port: must be between 1 and 65535, got 70000");
+  EXPECT_EQ(error_of("log:\n  format: xml\n"), "test.yaml:2: log.format: 'xml' is not one of: json, text");
+  EXPECT_EQ(error_of("worklist:\n  workers: -1\n"),
+            "test.yaml:2: worklist.workers: must be between 0 and 256, got -1");
+  EXPECT_NE(error_of("dicom:\n  ae_title: THIS_TITLE_IS_TOO_LONG\n").find("dicom.ae_title"), std::string::npos);
+}
+
+TEST(Config, SyntaxErrorNamesLine) {
+  EXPECT_NE(error_of("dicom:\n  port: [1, 2\n").find("YAML syntax error"), std::string::npos);
+}
+
+TEST(Config, RouteMustNameKnownModel) {
+  const std::string e = error_of("routes:\n  - {name: r, model: nothere}\n");
+  EXPECT_NE(e.find("no model named 'nothere'"), std::string::npos) << e;
+}
+
+TEST(Config, TlsEnabledIsRefusedClearly) {
+  const std::string e = error_of("dicom:\n  tls:\n    enabled: true\n");
+  EXPECT_NE(e.find("test.yaml:3: dicom.tls.enabled"), std::string::npos) << e;
+}
+
+TEST(Config, EnvironmentOverridesSecrets) {
+  setenv("FIRSTREAD_HTTP_TOKEN", "from-env", 1);
+  setenv("FIRSTREAD_DATABASE_URL", "postgresql:///x", 1);
+  Config c = parse_config("http: {token: from-file}\n", "t.yaml");
+  unsetenv("FIRSTREAD_HTTP_TOKEN");
+  unsetenv("FIRSTREAD_DATABASE_URL");
+  EXPECT_EQ(c.http.token, "from-env");
+  EXPECT_EQ(c.database.url, "postgresql:///x");
+}
+
+TEST(Config, ExampleFileIsValidAndMatchesDefaults) {
+  // The documented example must load, and must document the real defaults.
+  Config c = firstread::config::load_config_file(std::string(FIRSTREAD_SOURCE_DIR) + "/config/firstread.example.yaml");
+  Config d = firstread::config::default_config();
+  EXPECT_EQ(c.dicom.ae_title, d.dicom.ae_title);
+  EXPECT_EQ(c.dicom.port, d.dicom.port);
+  EXPECT_EQ(c.storage.min_free_bytes, d.storage.min_free_bytes);
+  EXPECT_EQ(c.worklist.stable_seconds, d.worklist.stable_seconds);
+  EXPECT_EQ(c.worklist.lease_seconds, d.worklist.lease_seconds);
+  EXPECT_EQ(c.http.listen, d.http.listen);
+}
+
+TEST(Uid, AcceptsOnlyDigitsAndDots) {
+  EXPECT_TRUE(firstread::is_valid_uid("1.2.840.10008.5.1.4.1.1.2"));
+  EXPECT_TRUE(firstread::is_valid_uid("1.2.3.04"));  // leading zero: invalid DICOM, harmless path
+  EXPECT_FALSE(firstread::is_valid_uid(""));
+  EXPECT_FALSE(firstread::is_valid_uid("1..2"));
+  EXPECT_FALSE(firstread::is_valid_uid(".1.2"));
+  EXPECT_FALSE(firstread::is_valid_uid("1.2."));
+  EXPECT_FALSE(firstread::is_valid_uid("../../etc/passwd"));
+  EXPECT_FALSE(firstread::is_valid_uid("1.2/3"));
+  EXPECT_FALSE(firstread::is_valid_uid("1.2.3 "));
+  EXPECT_FALSE(firstread::is_valid_uid(std::string(65, '1')));
+  EXPECT_TRUE(firstread::is_valid_uid(std::string(64, '1')));
+}
