@@ -202,7 +202,6 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
   top.read_with("dicom", [&](const YAML::Node& n, const std::string& p) {
     Section s(n, p, source);
     s.read("ae_title", c.dicom.ae_title);
-    s.read("bind", c.dicom.bind);
     s.read("port", c.dicom.port);
     s.read("max_associations", c.dicom.max_associations);
     s.read("max_pdu", c.dicom.max_pdu);

@@ -31,7 +31,6 @@ struct TlsConfig {
 
 struct DicomConfig {
   std::string ae_title = "FIRSTREAD";
-  std::string bind = "0.0.0.0";
   int port = 11112;
   std::vector<AllowedPeer> allowed_peers;  // empty = accept any peer
   int max_associations = 16;

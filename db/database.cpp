@@ -1,0 +1,89 @@
+#include "db/database.h"
+
+#include <spdlog/spdlog.h>
+
+namespace firstread::db {
+
+ConnectionPool::ConnectionPool(std::string conninfo, int size) : conninfo_(std::move(conninfo)), size_(size) {
+  // Connect once now so that a wrong URL or a server that is down is a clear
+  // start-up error rather than the first C-STORE failing.
+  try {
+    idle_.push_back(std::make_unique<pqxx::connection>(conninfo_));
+  } catch (const std::exception& e) {
+    throw DatabaseError(std::string("cannot connect to PostgreSQL: ") + e.what());
+  }
+}
+
+ConnectionPool::~ConnectionPool() = default;
+
+ConnectionPool::Lease::~Lease() {
+  if (pool_ && conn_) pool_->release(std::move(conn_), broken_);
+}
+
+ConnectionPool::Lease ConnectionPool::acquire() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return !idle_.empty() || outstanding_ < size_; });
+  ++outstanding_;
+  if (!idle_.empty()) {
+    auto c = std::move(idle_.back());
+    idle_.pop_back();
+    if (c->is_open()) return Lease(this, std::move(c));
+  }
+  lock.unlock();
+  try {
+    return Lease(this, std::make_unique<pqxx::connection>(conninfo_));
+  } catch (...) {
+    std::lock_guard<std::mutex> relock(mu_);
+    --outstanding_;
+    cv_.notify_one();
+    throw;
+  }
+}
+
+void ConnectionPool::release(std::unique_ptr<pqxx::connection> c, bool broken) {
+  std::lock_guard<std::mutex> lock(mu_);
+  --outstanding_;
+  if (!broken && c->is_open()) idle_.push_back(std::move(c));
+  cv_.notify_one();
+}
+
+int schema_version(pqxx::connection& conn) {
+  pqxx::work txn(conn);
+  auto exists = txn.exec1("SELECT to_regclass('firstread.schema_migrations') IS NOT NULL");
+  if (!exists[0].as<bool>()) return 0;
+  auto r = txn.exec1("SELECT COALESCE(max(version), 0) FROM firstread.schema_migrations");
+  return r[0].as<int>();
+}
+
+int migrate(pqxx::connection& conn) {
+  int applied = 0;
+  {
+    pqxx::work txn(conn);
+    txn.exec("SELECT pg_advisory_xact_lock(7461726474)");
+    txn.exec0("CREATE SCHEMA IF NOT EXISTS firstread");
+    txn.exec0(
+        "CREATE TABLE IF NOT EXISTS firstread.schema_migrations ("
+        " version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())");
+    txn.commit();
+  }
+  for (const Migration& m : migrations()) {
+    pqxx::work txn(conn);
+    txn.exec("SELECT pg_advisory_xact_lock(7461726474)");
+    auto done = txn.exec_params("SELECT 1 FROM firstread.schema_migrations WHERE version = $1", m.version);
+    if (!done.empty()) continue;
+    try {
+      txn.exec0(m.sql);
+    } catch (const std::exception& e) {
+      throw DatabaseError("migration " + m.name + " failed: " + e.what());
+    }
+    txn.exec_params0("INSERT INTO firstread.schema_migrations (version, name) VALUES ($1, $2)", m.version,
+                     m.name);
+    txn.commit();
+    spdlog::info("database: applied migration {}", m.name);
+    ++applied;
+  }
+  return applied;
+}
+
+}  // namespace firstread::db
