@@ -1,0 +1,170 @@
+#include "ingest/instance_ingest.h"
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcmetinf.h>
+#include <dcmtk/dcmdata/dcxfer.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <set>
+#include <stdexcept>
+
+#include "config/uid.h"
+
+namespace firstread::ingest {
+namespace {
+
+std::string get_string(DcmDataset& ds, const DcmTagKey& tag) {
+  OFString value;
+  if (ds.findAndGetOFStringArray(tag, value).good()) {
+    std::string s = value.c_str();
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\0')) s.pop_back();
+    return s;
+  }
+  return "";
+}
+
+std::optional<int> get_int(DcmDataset& ds, const DcmTagKey& tag) {
+  Uint16 u16;
+  if (ds.findAndGetUint16(tag, u16).good()) return static_cast<int>(u16);
+  Sint32 s32;
+  if (ds.findAndGetSint32(tag, s32).good()) return static_cast<int>(s32);
+  std::string s = get_string(ds, tag);
+  if (s.empty()) return std::nullopt;
+  try {
+    return std::stoi(s);
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+void require_uid(const std::string& value, const char* name) {
+  if (value.empty()) throw std::invalid_argument(std::string("missing ") + name);
+  if (!is_valid_uid(value)) throw std::invalid_argument(std::string("invalid ") + name + " '" + value + "'");
+}
+
+}  // namespace
+
+db::InstanceRecord describe_instance(DcmDataset& ds, const std::string& transfer_syntax_uid) {
+  db::InstanceRecord r;
+  r.sop_instance_uid = get_string(ds, DCM_SOPInstanceUID);
+  r.sop_class_uid = get_string(ds, DCM_SOPClassUID);
+  r.study_uid = get_string(ds, DCM_StudyInstanceUID);
+  r.series_instance_uid = get_string(ds, DCM_SeriesInstanceUID);
+  require_uid(r.sop_instance_uid, "SOP Instance UID");
+  require_uid(r.sop_class_uid, "SOP Class UID");
+  require_uid(r.study_uid, "Study Instance UID");
+  require_uid(r.series_instance_uid, "Series Instance UID");
+  r.transfer_syntax_uid = transfer_syntax_uid;
+  r.modality = get_string(ds, DCM_Modality);
+  r.body_part = get_string(ds, DCM_BodyPartExamined);
+  r.series_number = get_int(ds, DCM_SeriesNumber);
+  r.instance_number = get_int(ds, DCM_InstanceNumber);
+  r.rows = get_int(ds, DCM_Rows);
+  r.columns = get_int(ds, DCM_Columns);
+  r.frames = get_int(ds, DCM_NumberOfFrames);
+  if (!r.frames && r.rows) r.frames = 1;
+  r.patient_id = get_string(ds, DCM_PatientID);
+  r.patient_name = get_string(ds, DCM_PatientName);
+  r.accession_number = get_string(ds, DCM_AccessionNumber);
+  r.study_date = get_string(ds, DCM_StudyDate);
+  return r;
+}
+
+scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
+  db::InstanceRecord record;
+  try {
+    record = describe_instance(in.dataset, in.transfer_syntax_uid);
+  } catch (const std::invalid_argument& e) {
+    return {scp::kStoreCannotUnderstand, e.what()};
+  }
+  if (record.sop_instance_uid != in.sop_instance_uid)
+    return {scp::kStoreDataSetDoesNotMatchSopClass,
+            "SOP Instance UID in data set differs from the C-STORE request"};
+  if (record.sop_class_uid != in.sop_class_uid)
+    return {scp::kStoreDataSetDoesNotMatchSopClass, "SOP Class UID in data set differs from the C-STORE request"};
+  record.calling_ae = in.peer.calling_ae;
+  record.file_path =
+      storage::FileStorage::instance_path(record.study_uid, record.series_instance_uid, record.sop_instance_uid);
+
+  const E_TransferSyntax xfer = DcmXfer(in.transfer_syntax_uid.c_str()).getXfer();
+  if (xfer == EXS_Unknown)
+    return {scp::kStoreCannotUnderstand, "unknown transfer syntax " + in.transfer_syntax_uid};
+  try {
+    record.file_size = static_cast<int64_t>(storage_.write_durably(record.file_path, [&](const std::string& tmp) {
+      // The data set is written in the transfer syntax it arrived in: encapsulated
+      // pixel data stays as the sender compressed it.
+      DcmFileFormat file(&in.dataset);
+      file.getMetaInfo()->putAndInsertString(DCM_SourceApplicationEntityTitle, in.peer.calling_ae.c_str());
+      OFCondition cond = file.saveFile(tmp.c_str(), xfer, EET_ExplicitLength, EGL_recalcGL, EPD_noChange, 0, 0,
+                                       EWM_fileformat);
+      if (cond.bad()) throw storage::StorageError("cannot write " + tmp + ": " + cond.text());
+    }));
+  } catch (const std::exception& e) {
+    spdlog::error("ingest: sop={} calling_ae={}: storing failed: {}", record.sop_instance_uid, in.peer.calling_ae,
+                  e.what());
+    return {scp::kStoreOutOfResources, std::string("storage: ") + e.what()};
+  }
+  try {
+    const bool is_new = index_.record(record);
+    spdlog::info("ingest: stored sop={} calling_ae={} study={} modality={} size={}{}", record.sop_instance_uid,
+                 in.peer.calling_ae, record.study_uid, record.modality, record.file_size,
+                 is_new ? "" : " (again: row refreshed)");
+  } catch (const std::exception& e) {
+    // The file is complete under its final name; reconciliation indexes it at the
+    // next start, and the sender will retry since we answer a failure.
+    spdlog::error("ingest: sop={} calling_ae={}: database commit failed: {}", record.sop_instance_uid,
+                  in.peer.calling_ae, e.what());
+    return {scp::kStoreOutOfResources, "database unavailable"};
+  }
+  return {};
+}
+
+ReconcileReport reconcile(storage::FileStorage& storage, db::InstanceIndex& index) {
+  ReconcileReport report;
+  report.removed_temporaries = storage.remove_stale_temporaries();
+  const std::vector<std::string> on_disk = storage.list_instance_files();
+  const std::vector<std::string> rows = index.all_file_paths();
+  const std::set<std::string> indexed(rows.begin(), rows.end());
+  const std::set<std::string> present(on_disk.begin(), on_disk.end());
+  for (const auto& rel : on_disk) {
+    if (indexed.count(rel)) continue;
+    DcmFileFormat file;
+    OFCondition cond = file.loadFile(storage.absolute(rel).c_str());
+    if (cond.bad()) {
+      spdlog::error("reconcile: {} is not readable DICOM ({}); left in place", rel, cond.text());
+      ++report.unreadable_files;
+      continue;
+    }
+    try {
+      OFString ts_uid;
+      file.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, ts_uid);
+      db::InstanceRecord r = describe_instance(*file.getDataset(), ts_uid.c_str());
+      OFString source_ae;
+      file.getMetaInfo()->findAndGetOFString(DCM_SourceApplicationEntityTitle, source_ae);
+      r.calling_ae = source_ae.c_str();
+      r.file_path = rel;
+      r.file_size = static_cast<int64_t>(std::filesystem::file_size(storage.absolute(rel)));
+      index.record(r);
+      ++report.indexed_files;
+      spdlog::warn("reconcile: indexed sop={} calling_ae={} found on disk without its row ({})", r.sop_instance_uid,
+                   r.calling_ae, rel);
+    } catch (const std::exception& e) {
+      spdlog::error("reconcile: {}: {}", rel, e.what());
+      ++report.unreadable_files;
+    }
+  }
+  for (const auto& rel : rows) {
+    if (!present.count(rel)) {
+      ++report.missing_files;
+      spdlog::error("reconcile: the index lists {} but the file is gone", rel);
+    }
+  }
+  spdlog::info("reconcile: {} files indexed, {} unreadable, {} rows without file, {} temporaries removed",
+               report.indexed_files, report.unreadable_files, report.missing_files, report.removed_temporaries);
+  return report;
+}
+
+}  // namespace firstread::ingest

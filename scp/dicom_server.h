@@ -1,0 +1,116 @@
+// The DICOM network node: association policy, C-ECHO and C-STORE, on DCMTK's
+// association (ASC) and DIMSE layers. It knows nothing of files or databases:
+// each received instance is handed to an InstanceSink, whose answer becomes
+// the C-STORE response status, so Success is only sent after the sink has
+// made the instance durable.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+class DcmDataset;
+
+namespace firstread::scp {
+
+struct AllowedPeer {
+  std::string ae_title;  // empty = any
+  std::string host;      // empty = any
+};
+
+struct ServerOptions {
+  std::string ae_title = "FIRSTREAD";
+  int port = 11112;
+  std::vector<AllowedPeer> allowed_peers;  // empty = anyone
+  int max_associations = 16;
+  uint32_t max_pdu = 131072;
+  int acse_timeout_seconds = 30;
+  int dimse_timeout_seconds = 60;
+};
+
+struct Peer {
+  std::string calling_ae;
+  std::string called_ae;
+  std::string host;
+};
+
+struct ReceivedInstance {
+  const Peer& peer;
+  std::string sop_class_uid;     // from the C-STORE request
+  std::string sop_instance_uid;  // from the C-STORE request
+  std::string transfer_syntax_uid;  // of the presentation context: the data set's encoding
+  DcmDataset& dataset;
+};
+
+// DIMSE status codes we answer with (PS3.4 Annex B).
+enum StoreStatus : uint16_t {
+  kStoreSuccess = 0x0000,
+  kStoreOutOfResources = 0xA700,
+  kStoreDataSetDoesNotMatchSopClass = 0xA900,
+  kStoreCannotUnderstand = 0xC000,
+};
+
+struct StoreResult {
+  uint16_t status = kStoreSuccess;
+  std::string error_comment;  // sent as Error Comment (0000,0902), at most 64 characters
+};
+
+class InstanceSink {
+ public:
+  virtual ~InstanceSink() = default;
+  virtual StoreResult store(const ReceivedInstance& instance) = 0;
+};
+
+struct ServerCounters {
+  std::atomic<uint64_t> associations_accepted{0};
+  std::atomic<uint64_t> associations_refused{0};
+  std::atomic<uint64_t> associations_failed{0};  // bad PDUs, aborts, timeouts
+  std::atomic<uint64_t> echoes{0};
+  std::atomic<uint64_t> instances_stored{0};
+  std::atomic<uint64_t> instances_failed{0};
+  std::atomic<uint64_t> bytes_received{0};
+  std::atomic<int> associations_active{0};
+};
+
+class DicomServer {
+ public:
+  // admission: called for each association request; a non-empty answer refuses
+  // it (e.g. storage below min_free_bytes) and is logged.
+  DicomServer(ServerOptions options, InstanceSink& sink, std::function<std::string()> admission = {});
+  ~DicomServer();
+
+  // Opens the port (throws std::runtime_error naming the port if it cannot)
+  // and starts accepting associations on a background thread.
+  void start();
+  // Stops accepting, lets each association finish the command in flight,
+  // then releases it. Returns when every association thread has ended.
+  void stop();
+
+  const ServerCounters& counters() const { return counters_; }
+  int port() const { return options_.port; }
+
+ private:
+  void accept_loop();
+  void serve_association(void* assoc);
+  bool handle_store(void* assoc, void* message, unsigned char pres_id, const Peer& peer);
+  std::string refusal_reason(const Peer& peer);
+
+  ServerOptions options_;
+  InstanceSink& sink_;
+  std::function<std::string()> admission_;
+  void* network_ = nullptr;
+  std::atomic<bool> stopping_{false};
+  std::thread acceptor_;
+  // Association threads are detached; stop() waits for this count to reach 0.
+  std::mutex threads_mu_;
+  std::condition_variable threads_cv_;
+  int running_threads_ = 0;
+  ServerCounters counters_;
+};
+
+}  // namespace firstread::scp

@@ -1,0 +1,28 @@
+// Study assembly: a study counts as complete once no new instance has arrived
+// for worklist.stable_seconds; it then becomes one queued job per matching
+// route. The timer lives in the database (last_received_at against the
+// database clock), so any node can assemble any study and a restart loses
+// nothing.
+#pragma once
+
+#include "config/config.h"
+#include "db/database.h"
+#include "worklist/job_queue.h"
+
+namespace firstread::worklist {
+
+class StudyAssembler {
+ public:
+  StudyAssembler(db::ConnectionPool& pool, JobQueue& queue, const config::Config& config)
+      : pool_(pool), queue_(queue), config_(config) {}
+
+  // One pass over the quiet studies. Returns how many were assembled.
+  int assemble_ready();
+
+ private:
+  db::ConnectionPool& pool_;
+  JobQueue& queue_;
+  const config::Config& config_;
+};
+
+}  // namespace firstread::worklist
