@@ -1,0 +1,14 @@
+#pragma once
+
+#include "app/runtime.h"
+
+namespace firstread::app {
+
+inline constexpr const char* kVersion = "0.1.0";
+
+int run_serve(const Args& args);
+int run_db(const Args& args);
+int run_studies(const Args& args);
+int run_jobs(const Args& args);
+
+}  // namespace firstread::app

@@ -1,0 +1,127 @@
+// `firstread serve`: the long-running service.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <iostream>
+#include <thread>
+
+#include "app/commands.h"
+#include "app/runtime.h"
+#include "db/instance_index.h"
+#include "ingest/instance_ingest.h"
+#include "scp/dicom_server.h"
+#include "storage/file_storage.h"
+#include "worklist/job_queue.h"
+#include "worklist/study_assembler.h"
+
+namespace firstread::app {
+namespace {
+
+scp::ServerOptions server_options(const config::Config& c) {
+  scp::ServerOptions o;
+  o.ae_title = c.dicom.ae_title;
+  o.port = c.dicom.port;
+  for (const auto& p : c.dicom.allowed_peers) o.allowed_peers.push_back({p.ae_title, p.host});
+  o.max_associations = c.dicom.max_associations;
+  o.max_pdu = c.dicom.max_pdu;
+  o.acse_timeout_seconds = c.dicom.acse_timeout_seconds;
+  o.dimse_timeout_seconds = c.dicom.dimse_timeout_seconds;
+  return o;
+}
+
+std::string human_bytes(uint64_t b) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1024.0 * 1024.0));
+  return buf;
+}
+
+}  // namespace
+
+int run_serve(const Args& args) {
+  const std::string role = args.value("--role").value_or("all");
+  if (role != "all" && role != "ingest" && role != "worker")
+    throw std::invalid_argument("--role must be all, ingest or worker, got '" + role + "'");
+
+  // Signals are taken by sigwait in this thread only; every thread started
+  // below inherits the blocked mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  Runtime rt = Runtime::open(args.value("--config"), false);
+  const config::Config& cfg = rt.config;
+  storage::FileStorage storage(cfg.storage.path, cfg.storage.fsync);
+  db::InstanceIndex index(*rt.pool);
+  ingest::reconcile(storage, index);
+
+  worklist::JobQueue queue(*rt.pool, {cfg.worklist.lease_seconds, cfg.worklist.retry_backoff_seconds});
+  worklist::StudyAssembler assembler(*rt.pool, queue, cfg);
+
+  ingest::InstanceIngest sink(storage, index);
+  const uint64_t min_free = cfg.storage.min_free_bytes;
+  auto admission = [&storage, min_free]() -> std::string {
+    const uint64_t free = storage.free_bytes();
+    if (free < min_free)
+      return "storage " + storage.root() + " has " + human_bytes(free) + " free, below storage.min_free_bytes (" +
+             human_bytes(min_free) + ")";
+    return "";
+  };
+  std::unique_ptr<scp::DicomServer> server;
+  if (role != "worker") {
+    server = std::make_unique<scp::DicomServer>(server_options(cfg), sink, admission);
+    server->start();
+  }
+
+  // Study assembly and lease expiry: a poll against the database clock, so any
+  // node may do it and nothing depends on this process's memory.
+  std::atomic<bool> stopping{false};
+  std::mutex stop_mu;
+  std::condition_variable stop_cv;
+  std::thread housekeeping([&] {
+    while (!stopping) {
+      try {
+        assembler.assemble_ready();
+        queue.expire_leases();
+      } catch (const std::exception& e) {
+        spdlog::error("worklist: {}", e.what());
+      }
+      std::unique_lock<std::mutex> lock(stop_mu);
+      stop_cv.wait_for(lock, std::chrono::duration<double>(cfg.worklist.poll_seconds), [&] { return stopping.load(); });
+    }
+  });
+
+  std::cout << "firstread " << kVersion << " serving (role " << role << ")\n";
+  if (server)
+    std::cout << "  DICOM: AE title " << cfg.dicom.ae_title << " on port " << cfg.dicom.port
+              << "  (try: echoscu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port
+              << "; storescu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port << " FILE.dcm)\n";
+  std::cout << "  storage: " << storage.root() << "\n";
+  std::cout << "  database: " << (rt.embedded ? "embedded cluster in " + rt.embedded->data_dir() : "database.url")
+            << "\n";
+  std::cout << "  studies: firstread studies" << (args.value("--config") ? " --config " + *args.value("--config") : "")
+            << "\n"
+            << std::flush;
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (server) server->stop();  // stop accepting; associations finish the instance in flight
+  {
+    std::lock_guard<std::mutex> lock(stop_mu);
+    stopping = true;
+  }
+  stop_cv.notify_all();
+  housekeeping.join();
+  rt.pool.reset();
+  if (rt.embedded) rt.embedded->stop();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace firstread::app
