@@ -1,0 +1,289 @@
+#include "engine/kernels.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace firstread::engine {
+
+namespace avx2 {
+void matvec_f32(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+void matvec_bf16(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+void matvec_f16(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+void convert_bf16(const uint16_t* src, float* dst, int64_t n);
+void convert_f16(const uint16_t* src, float* dst, int64_t n);
+}  // namespace avx2
+
+// ---------------------------------------------------------------- threads
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_start_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::run_tasks() {
+  for (;;) {
+    int t = next_task_.fetch_add(1);
+    if (t >= n_tasks_) break;
+    (*job_)(t);
+  }
+}
+
+void ThreadPool::worker_loop() {
+  uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+    }
+    run_tasks();
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (--active_ == 0) cv_done_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::parallel_for(int n_tasks, const std::function<void(int)>& fn) {
+  if (n_tasks <= 0) return;
+  if (workers_.empty() || n_tasks == 1) {
+    for (int i = 0; i < n_tasks; ++i) fn(i);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    job_ = &fn;
+    n_tasks_ = n_tasks;
+    next_task_.store(0);
+    active_ = static_cast<int>(workers_.size());
+    ++generation_;
+  }
+  cv_start_.notify_all();
+  run_tasks();
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_done_.wait(lk, [&] { return active_ == 0; });
+  job_ = nullptr;
+}
+
+void set_blas_threads(int n) { openblas_set_num_threads(std::max(1, n)); }
+
+// ---------------------------------------------------------------- dispatch
+
+static bool detect_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+static const bool g_has_avx2 = detect_avx2();
+static std::atomic<bool> g_force_scalar{false};
+
+bool cpu_has_avx2_fma_f16c() { return g_has_avx2 && !g_force_scalar.load(); }
+void force_scalar_kernels(bool on) { g_force_scalar.store(on); }
+
+float bf16_to_f32(uint16_t v) {
+  uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
+  if (exp == 0) {
+    if (mant == 0) {
+      u = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while (!(mant & 0x400));
+      u = sign | uint32_t(127 - 15 - e) << 23 | (mant & 0x3ff) << 13;
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | mant << 13;
+  } else {
+    u = sign | (exp + 112) << 23 | mant << 13;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffff) > 0x7f800000) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
+  u += 0x7fff + ((u >> 16) & 1);
+  return uint16_t(u >> 16);
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint32_t sign = (u >> 16) & 0x8000;
+  int32_t exp = int32_t((u >> 23) & 0xff) - 127 + 15;
+  uint32_t mant = u & 0x7fffff;
+  if (((u >> 23) & 0xff) == 0xff) return uint16_t(sign | 0x7c00 | (mant ? 0x200 : 0));
+  if (exp >= 31) return uint16_t(sign | 0x7c00);
+  if (exp <= 0) {
+    if (exp < -10) return uint16_t(sign);
+    mant |= 0x800000;
+    uint32_t shift = uint32_t(14 - exp);
+    uint32_t half = mant >> shift, rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+    if (rem > mid || (rem == mid && (half & 1))) ++half;
+    return uint16_t(sign | half);
+  }
+  uint32_t half = sign | uint32_t(exp) << 10 | mant >> 13, rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) ++half;  // may carry into exp: correct
+  return uint16_t(half);
+}
+
+static void scalar_matvec(const WeightView& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  const int64_t cols = w.cols;
+  for (int64_t r = r0; r < r1; ++r) {
+    float s = 0.f;
+    if (w.dtype == DType::F32) {
+      const float* row = static_cast<const float*>(w.data) + r * cols;
+      for (int64_t i = 0; i < cols; ++i) s += row[i] * x[i];
+    } else {
+      const uint16_t* row = static_cast<const uint16_t*>(w.data) + r * cols;
+      if (w.dtype == DType::BF16)
+        for (int64_t i = 0; i < cols; ++i) s += bf16_to_f32(row[i]) * x[i];
+      else
+        for (int64_t i = 0; i < cols; ++i) s += f16_to_f32(row[i]) * x[i];
+    }
+    y[r] = s;
+  }
+}
+
+static void matvec_range(const WeightView& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  if (!cpu_has_avx2_fma_f16c()) return scalar_matvec(w, x, y, r0, r1);
+  switch (w.dtype) {
+    case DType::F32: return avx2::matvec_f32(w.data, w.cols, x, y, r0, r1);
+    case DType::BF16: return avx2::matvec_bf16(w.data, w.cols, x, y, r0, r1);
+    case DType::F16: return avx2::matvec_f16(w.data, w.cols, x, y, r0, r1);
+  }
+}
+
+void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
+  const int64_t n = (r1 - r0) * w.cols;
+  if (w.dtype == DType::F32) {
+    std::memcpy(dst, static_cast<const float*>(w.data) + r0 * w.cols, size_t(n) * 4);
+    return;
+  }
+  const uint16_t* src = static_cast<const uint16_t*>(w.data) + r0 * w.cols;
+  if (cpu_has_avx2_fma_f16c()) {
+    if (w.dtype == DType::BF16) avx2::convert_bf16(src, dst, n);
+    else avx2::convert_f16(src, dst, n);
+    return;
+  }
+  if (w.dtype == DType::BF16)
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+  else
+    for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+
+// ---------------------------------------------------------------- linear
+
+void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
+            LinearScratch& scratch) {
+  const int64_t rows = w.rows, cols = w.cols;
+  if (n < 4) {
+    // Decode: bandwidth bound; split output rows over threads, weights read once.
+    const int64_t chunk = 16;
+    const int n_tasks = int((rows + chunk - 1) / chunk);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* xt = x + t * cols;
+      float* yt = y + t * rows;
+      pool.parallel_for(n_tasks, [&](int task) {
+        int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
+        matvec_range(w, xt, yt, r0, r1);
+      });
+    }
+  } else if (w.dtype == DType::F32) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(rows), int(cols), 1.f, x, int(cols),
+                static_cast<const float*>(w.data), int(cols), 0.f, y, int(rows));
+  } else {
+    // Batched with 16-bit weights: convert a block of rows (a few MB, stays in
+    // cache-friendly reach) then sgemm into the matching output columns.
+    int64_t block = std::max<int64_t>(64, (int64_t(4) << 20) / (cols * 4));
+    block = std::min(block, rows);
+    scratch.wbuf.resize(size_t(block * cols));
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+      int64_t r1 = std::min(rows, r0 + block), nb = r1 - r0;
+      const int parts = pool.size();
+      pool.parallel_for(parts, [&](int p) {
+        int64_t a = r0 + nb * p / parts, b = r0 + nb * (p + 1) / parts;
+        if (b > a) convert_rows_f32(w, a, b, scratch.wbuf.data() + (a - r0) * cols);
+      });
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(nb), int(cols), 1.f, x, int(cols),
+                  scratch.wbuf.data(), int(cols), 0.f, y + r0, int(rows));
+    }
+  }
+  if (bias)
+    for (int64_t t = 0; t < n; ++t) {
+      float* yt = y + t * rows;
+      for (int64_t r = 0; r < rows; ++r) yt[r] += bias[r];
+    }
+}
+
+// ---------------------------------------------------------------- element-wise
+
+void rms_norm(const float* x, const float* weight, float* y, int64_t n, int64_t d, float eps) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xt = x + t * d;
+    float* yt = y + t * d;
+    double ss = 0.0;
+    for (int64_t i = 0; i < d; ++i) ss += double(xt[i]) * xt[i];
+    const float inv = 1.0f / std::sqrt(float(ss / d) + eps);
+    for (int64_t i = 0; i < d; ++i) yt[i] = weight[i] * (xt[i] * inv);
+  }
+}
+
+void layer_norm(const float* x, const float* weight, const float* bias, float* y, int64_t n, int64_t d, float eps) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xt = x + t * d;
+    float* yt = y + t * d;
+    double mean = 0.0;
+    for (int64_t i = 0; i < d; ++i) mean += xt[i];
+    mean /= d;
+    double var = 0.0;
+    for (int64_t i = 0; i < d; ++i) {
+      double c = xt[i] - mean;
+      var += c * c;
+    }
+    var /= d;
+    const float inv = 1.0f / std::sqrt(float(var) + eps), m = float(mean);
+    for (int64_t i = 0; i < d; ++i) yt[i] = (xt[i] - m) * inv * weight[i] + (bias ? bias[i] : 0.f);
+  }
+}
+
+void gelu_erf(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+}
+
+void softmax_inplace(float* x, int64_t n) {
+  float m = x[0];
+  for (int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
+  float s = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    s += x[i];
+  }
+  const float inv = 1.f / s;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+}  // namespace firstread::engine

@@ -1,0 +1,85 @@
+// Compute kernels: the thread pool, weight views, matrix products (OpenBLAS
+// sgemm for batches, a BF16/F16/F32 matvec for decode) and the element-wise
+// operations of the transformer blocks.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine/safetensors.h"
+
+namespace firstread::engine {
+
+// A weight matrix as stored: row-major [rows = out features][cols = in features].
+struct WeightView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  bool empty() const { return data == nullptr; }
+};
+
+// Fixed pool of worker threads; the calling thread takes part in every job so
+// n_threads == 1 runs inline. Workers sleep between jobs so OpenBLAS (set to
+// the same thread count) gets the cores while it runs.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n_threads);
+  ~ThreadPool();
+  int size() const { return n_threads_; }
+  // Runs fn(task) for task in [0, n_tasks), dynamically balanced.
+  void parallel_for(int n_tasks, const std::function<void(int)>& fn);
+
+ private:
+  void worker_loop();
+  void run_tasks();
+  int n_threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_start_, cv_done_;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  const std::function<void(int)>* job_ = nullptr;
+  int n_tasks_ = 0;
+  std::atomic<int> next_task_{0};
+  int active_ = 0;
+};
+
+// Sets OpenBLAS's thread count (it must not add its own threads on top of ours).
+void set_blas_threads(int n);
+// True when the AVX2/FMA/F16C kernels are in use on this CPU.
+bool cpu_has_avx2_fma_f16c();
+// Forces the portable kernels (tests compare both paths).
+void force_scalar_kernels(bool on);
+
+float bf16_to_f32(uint16_t v);
+float f16_to_f32(uint16_t v);
+uint16_t f32_to_bf16(float f);  // round to nearest even, like torch
+uint16_t f32_to_f16(float f);
+
+// Converts rows [r0, r1) of `w` to float32 into dst[(r - r0) * cols].
+void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst);
+
+// Scratch buffers reused across calls so the hot path does not allocate.
+struct LinearScratch {
+  std::vector<float> wbuf;  // converted weight block for batched BF16/F16
+};
+
+// y[n][rows] = x[n][cols] · Wᵀ (+ bias). Uses the matvec for n < 4 and sgemm
+// otherwise (BF16/F16 weights converted blockwise on the fly).
+void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
+            LinearScratch& scratch);
+
+// Row-wise ops over x[n][d] (in place unless an output is given).
+void rms_norm(const float* x, const float* weight, float* y, int64_t n, int64_t d, float eps);
+void layer_norm(const float* x, const float* weight, const float* bias, float* y, int64_t n, int64_t d,
+                float eps);
+void gelu_erf(float* x, int64_t n);
+void softmax_inplace(float* x, int64_t n);
+
+}  // namespace firstread::engine

@@ -1,0 +1,100 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "engine/kernels.h"
+
+using namespace firstread::engine;
+
+namespace {
+
+struct Mat {
+  std::vector<float> f32;
+  std::vector<uint16_t> bf16, f16;
+};
+
+Mat random_mat(int rows, int cols, unsigned seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> n(0.f, 1.f);
+  Mat m;
+  for (int i = 0; i < rows * cols; ++i) {
+    float v = n(g);
+    m.bf16.push_back(f32_to_bf16(v));
+    m.f16.push_back(f32_to_f16(v));
+    m.f32.push_back(v);
+  }
+  return m;
+}
+
+}  // namespace
+
+TEST(engine_kernels, HalfConversions) {
+  for (float v : {0.f, 1.f, -2.5f, 65504.f, 1e-5f, 3.14159f, -0.0f, 6.1e-5f, 1e-7f}) {
+    EXPECT_NEAR(f16_to_f32(f32_to_f16(v)), v, std::fabs(v) * 1e-3 + 1e-7) << v;
+    EXPECT_NEAR(bf16_to_f32(f32_to_bf16(v)), v, std::fabs(v) * 8e-3) << v;
+  }
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
+  EXPECT_TRUE(std::isinf(f16_to_f32(f32_to_f16(1e6f))));
+  // Round to nearest even, like torch: 1 + 2^-8 is a tie between 1 and 1 + 2^-7 in bf16.
+  EXPECT_EQ(f32_to_bf16(1.00390625f), 0x3f80);
+  for (uint32_t h = 0; h < 0x7c00; h += 7) EXPECT_EQ(f32_to_f16(f16_to_f32(uint16_t(h))), h);
+}
+
+class engine_linear : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+
+TEST_P(engine_linear, MatchesDoubleReferenceForAllDtypes) {
+  const int n = std::get<0>(GetParam());
+  force_scalar_kernels(std::get<1>(GetParam()));
+  const int rows = 77, cols = 133;  // odd sizes exercise the tails
+  Mat w = random_mat(rows, cols, 1);
+  Mat x = random_mat(n, cols, 2);
+  std::vector<float> bias(rows);
+  for (int r = 0; r < rows; ++r) bias[r] = 0.01f * r;
+  ThreadPool pool(2);
+  LinearScratch scratch;
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    const void* data = dt == DType::F32 ? static_cast<const void*>(w.f32.data())
+                       : dt == DType::BF16 ? static_cast<const void*>(w.bf16.data())
+                                           : static_cast<const void*>(w.f16.data());
+    WeightView wv{data, dt, rows, cols};
+    std::vector<float> y(size_t(n) * rows);
+    linear(pool, x.f32.data(), n, wv, bias.data(), y.data(), scratch);
+    for (int t = 0; t < n; ++t)
+      for (int r = 0; r < rows; ++r) {
+        double s = bias[r];
+        for (int i = 0; i < cols; ++i) {
+          double wi = dt == DType::F32 ? w.f32[r * cols + i]
+                      : dt == DType::BF16 ? bf16_to_f32(w.bf16[r * cols + i])
+                                          : f16_to_f32(w.f16[r * cols + i]);
+          s += wi * x.f32[t * cols + i];
+        }
+        EXPECT_NEAR(y[size_t(t) * rows + r], s, 1e-3 * (1 + std::fabs(s))) << "dtype " << dtype_name(dt);
+      }
+  }
+  force_scalar_kernels(false);
+}
+
+INSTANTIATE_TEST_SUITE_P(engine, engine_linear,
+                         ::testing::Combine(::testing::Values(1, 3, 9), ::testing::Values(false, true)));
+
+TEST(engine_kernels, ThreadPoolRunsEveryTaskOnce) {
+  ThreadPool pool(3);
+  for (int rep = 0; rep < 50; ++rep) {
+    std::vector<std::atomic<int>> hits(101);
+    pool.parallel_for(101, [&](int t) { hits[t]++; });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+  }
+}
+
+TEST(engine_kernels, Norms) {
+  std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 1, 1}, b = {0, 0, 0, 0}, y(4);
+  rms_norm(x.data(), w.data(), y.data(), 1, 4, 0.f);
+  EXPECT_NEAR(y[3], 4 / std::sqrt(7.5), 1e-6);
+  layer_norm(x.data(), w.data(), b.data(), y.data(), 1, 4, 0.f);
+  EXPECT_NEAR(y[0], -1.5 / std::sqrt(1.25), 1e-6);
+  std::vector<float> s = {1000, 1000, 0};
+  softmax_inplace(s.data(), 3);
+  EXPECT_NEAR(s[0], 0.5, 1e-6);
+}

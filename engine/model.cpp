@@ -1,0 +1,206 @@
+#include "engine/model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "engine/common.h"
+#include "engine/kernels.h"
+#include "engine/llm.h"
+#include "engine/safetensors.h"
+#include "engine/vision.h"
+#include "engine/weights.h"
+
+namespace firstread::engine {
+
+// InternVL2's default system message (conversation.py, Hermes-2 / internlm2-chat).
+static const char* kInternVL2System =
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。";
+// MedRegA / MedDr ship their own conversation.py with this message (V1-2 lineage).
+static const char* kV12System = "Answer the questions.";
+
+struct ChatTemplate {
+  std::string system_prefix = "<|im_start|>system\n";
+  std::string user_prefix = "<|im_start|>user\n";
+  std::string assistant_prefix = "<|im_start|>assistant\n";
+  std::string sep = "<|im_end|>";  // MPT style; also the stop token
+  std::string sep_after;           // "\n" for internvl2_5
+  std::string system_message;
+};
+
+class ModelImpl {
+ public:
+  std::string dir;
+  ModelHParams hp;
+  EngineOptions opts;
+  std::unique_ptr<SafetensorsSet> st;
+  std::unique_ptr<WeightStore> ws;
+  std::unique_ptr<Tokenizer> tok;
+  std::unique_ptr<VisionEncoder> vision;
+  std::unique_ptr<LlmDecoder> llm;
+  std::unique_ptr<ThreadPool> pool;
+  ChatTemplate tmpl;
+  int img_context_id = -1, stop_id = -1;
+  std::vector<float> logits, emb;
+};
+
+Model::Model(std::unique_ptr<ModelImpl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+std::unique_ptr<Model> Model::load(const std::string& dir, const EngineOptions& opts) {
+  auto m = std::make_unique<ModelImpl>();
+  m->dir = dir;
+  m->opts = opts;
+  m->hp = load_model_config(dir);
+  int threads = opts.threads > 0 ? opts.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  m->pool = std::make_unique<ThreadPool>(threads);
+  set_blas_threads(threads);
+  m->tok = Tokenizer::load(dir);
+  m->st = std::make_unique<SafetensorsSet>(dir);
+  m->ws = std::make_unique<WeightStore>(*m->st, parse_weight_format(opts.weights));
+  m->llm = std::make_unique<LlmDecoder>(m->hp.llm, *m->ws);
+  m->vision = std::make_unique<VisionEncoder>(m->hp, *m->ws, m->hp.llm.hidden);
+
+  const std::string& tn = m->hp.chat.template_name;
+  ChatTemplate& t = m->tmpl;
+  if (tn == "Hermes-2" || tn.empty()) {
+    t.system_message = m->hp.chat.ps_version == 1 ? kV12System : kInternVL2System;
+  } else if (tn == "internlm2-chat") {
+    t.system_message = kInternVL2System;
+  } else if (tn == "internvl2_5") {
+    t.system_message = kInternVL2System;
+    t.sep_after = "\n";
+  } else {
+    throw EngineError(join_path(dir, "config.json") + ": unknown template '" + tn +
+                      "' (Hermes-2, internlm2-chat, internvl2_5)");
+  }
+  if (opts.has_system_message) t.system_message = opts.system_message;
+  m->img_context_id = m->tok->token_id("<IMG_CONTEXT>");
+  if (m->img_context_id < 0) throw EngineError(dir + ": tokenizer has no <IMG_CONTEXT> token");
+  m->stop_id = m->tok->token_id(t.sep);
+  if (m->stop_id < 0) throw EngineError(dir + ": tokenizer has no " + t.sep + " token (template end)");
+  return std::unique_ptr<Model>(new Model(std::move(m)));
+}
+
+const ModelHParams& Model::hparams() const { return impl_->hp; }
+const Tokenizer& Model::tokenizer() const { return *impl_->tok; }
+int Model::threads() const { return impl_->pool->size(); }
+size_t Model::weight_bytes() const { return impl_->st->total_bytes(); }
+const std::string& Model::dir() const { return impl_->dir; }
+
+std::vector<float> Model::encode_image(const PreprocessedImage& img) {
+  const int nt = impl_->hp.chat.num_image_token, H = impl_->hp.llm.hidden, S = img.tile_size;
+  if (S != impl_->hp.chat.image_size) throw EngineError("preprocessed tile size does not match the model");
+  std::vector<float> out(size_t(img.geometry.n_tiles) * nt * H);
+  for (int t = 0; t < img.geometry.n_tiles; ++t)
+    impl_->vision->encode_tile(*impl_->pool, img.pixels.data() + size_t(t) * 3 * S * S, out.data() + size_t(t) * nt * H);
+  return out;
+}
+
+std::string Model::build_prompt(const std::string& question, const std::vector<int>& tokens_per_image) const {
+  const ChatTemplate& t = impl_->tmpl;
+  std::string q = question;
+  size_t have = 0;
+  for (size_t p = q.find("<image>"); p != std::string::npos; p = q.find("<image>", p + 7)) ++have;
+  if (have > tokens_per_image.size())
+    throw EngineError("prompt has " + std::to_string(have) + " <image> placeholders but " +
+                      std::to_string(tokens_per_image.size()) + " images were given");
+  // InternVL2 chat(): an image without a placeholder goes first, as "<image>\n".
+  std::string prefix;
+  for (size_t i = have; i < tokens_per_image.size(); ++i) prefix += "<image>\n";
+  q = prefix + q;
+  std::string expanded;
+  size_t pos = 0, img = 0;
+  for (size_t p = q.find("<image>"); p != std::string::npos; p = q.find("<image>", pos)) {
+    expanded += q.substr(pos, p - pos);
+    expanded += "<img>";
+    for (int k = 0; k < tokens_per_image[img]; ++k) expanded += "<IMG_CONTEXT>";
+    expanded += "</img>";
+    ++img;
+    pos = p + 7;
+  }
+  expanded += q.substr(pos);
+  return t.system_prefix + t.system_message + t.sep + t.sep_after + t.user_prefix + expanded + t.sep + t.sep_after +
+         t.assistant_prefix;
+}
+
+GenerateResult Model::generate(const RgbImage& image, const std::string& prompt, int max_new_tokens) {
+  GenerateOptions o;
+  o.max_new_tokens = max_new_tokens;
+  return generate(std::vector<RgbImage>{image}, prompt, o);
+}
+
+GenerateResult Model::generate(const std::vector<RgbImage>& images, const std::string& prompt,
+                               const GenerateOptions& opts) {
+  ModelImpl& m = *impl_;
+  if (opts.max_new_tokens < 1) throw EngineError("max_new_tokens must be at least 1");
+  GenerateResult res;
+  const int H = m.hp.llm.hidden, nt = m.hp.chat.num_image_token;
+
+  double t0 = now_ms();
+  std::vector<PreprocessedImage> pre;
+  for (const auto& img : images) pre.push_back(preprocess_image(img, m.hp.chat));
+  double t1 = now_ms();
+  std::vector<float> vis;
+  std::vector<int> tokens_per_image;
+  for (const auto& p : pre) {
+    std::vector<float> e = encode_image(p);
+    vis.insert(vis.end(), e.begin(), e.end());
+    tokens_per_image.push_back(p.geometry.n_tiles * nt);
+    res.images.push_back(p.geometry);
+  }
+  double t2 = now_ms();
+
+  const std::string text = build_prompt(prompt, tokens_per_image);
+  std::vector<int> ids = m.tok->encode(text, true);
+  int64_t n_ctx_tokens = std::count(ids.begin(), ids.end(), m.img_context_id);
+  if (n_ctx_tokens * H != int64_t(vis.size()))
+    throw EngineError("prompt has " + std::to_string(n_ctx_tokens) + " <IMG_CONTEXT> tokens but the images give " +
+                      std::to_string(vis.size() / H));
+  res.prompt_token_ids = ids;
+  const int n = int(ids.size());
+  m.emb.resize(size_t(n) * H);
+  m.llm->embed(ids.data(), n, m.emb.data());
+  size_t vi = 0;
+  for (int i = 0; i < n; ++i)
+    if (ids[i] == m.img_context_id) {
+      std::memcpy(m.emb.data() + size_t(i) * H, vis.data() + vi * H, size_t(H) * 4);
+      ++vi;
+    }
+  m.llm->reset(n + opts.max_new_tokens);
+  m.logits.resize(size_t(m.hp.llm.vocab));
+  m.llm->forward(*m.pool, m.emb.data(), n, m.logits.data());
+  if (opts.keep_first_logits) res.first_logits = m.logits;
+  double t3 = now_ms();
+
+  std::vector<float> x(static_cast<size_t>(H));
+  for (int step = 0; step < opts.max_new_tokens; ++step) {
+    // Greedy: the first index of the maximum, as torch.argmax.
+    int best = int(std::max_element(m.logits.begin(), m.logits.end()) - m.logits.begin());
+    res.token_ids.push_back(best);
+    if (opts.stop_on_end_token && best == m.stop_id) {
+      res.stopped_on_end_token = true;
+      break;
+    }
+    if (step + 1 == opts.max_new_tokens) break;
+    m.llm->embed(&best, 1, x.data());
+    m.llm->forward(*m.pool, x.data(), 1, m.logits.data());
+  }
+  double t4 = now_ms();
+
+  std::vector<int> text_ids = res.token_ids;
+  if (res.stopped_on_end_token) text_ids.pop_back();
+  res.text = m.tok->decode(text_ids, true);
+  Timings& tm = res.timings;
+  tm.preprocess_ms = t1 - t0;
+  tm.vision_ms = t2 - t1;
+  tm.prefill_ms = t3 - t2;
+  tm.decode_ms = t4 - t3;
+  tm.prompt_tokens = n;
+  tm.generated_tokens = int(res.token_ids.size());
+  // The first token comes from prefill; the decode loop produced the rest.
+  tm.tokens_per_second = tm.decode_ms > 0 ? (res.token_ids.size() - 1) * 1000.0 / tm.decode_ms : 0.0;
+  return res;
+}
+
+}  // namespace firstread::engine

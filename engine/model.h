@@ -1,0 +1,78 @@
+// Public API of the engine: load an InternVL-Chat model directory once, then
+// run images + a prompt through it.
+//
+//   auto model = firstread::engine::Model::load("/models/medrega", {.threads = 2});
+//   auto img = firstread::engine::load_image_file("chest.png");   // or image_from_rgb8(...)
+//   auto res = model->generate(img, "Please describe the image.", 256);
+//   res.text, res.token_ids, res.timings, res.images[0] (geometry for box mapping)
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/config.h"
+#include "engine/image.h"
+#include "engine/tokenizer.h"
+
+namespace firstread::engine {
+
+struct EngineOptions {
+  int threads = 0;                // 0: all hardware threads
+  std::string weights = "auto";   // auto (as stored) | f32 | bf16 | f16, chosen at load
+  std::string system_message;     // empty: the template's default
+  bool has_system_message = false;
+};
+
+struct Timings {
+  double preprocess_ms = 0, vision_ms = 0, prefill_ms = 0, decode_ms = 0;
+  double tokens_per_second = 0;  // generated tokens after the first / decode time
+  int prompt_tokens = 0, generated_tokens = 0;
+};
+
+struct GenerateResult {
+  std::string text;                    // decoded answer, end token excluded
+  std::vector<int> token_ids;          // generated ids (end token included when hit)
+  std::vector<int> prompt_token_ids;   // the full prompt, image context tokens included
+  bool stopped_on_end_token = false;
+  Timings timings;
+  std::vector<PreprocessGeometry> images;  // one per input image, in order
+  std::vector<float> first_logits;     // logits of the first generated position (if requested)
+};
+
+struct GenerateOptions {
+  int max_new_tokens = 256;
+  bool keep_first_logits = false;
+  bool stop_on_end_token = true;
+};
+
+class ModelImpl;
+
+class Model {
+ public:
+  // Loads config.json, the safetensors weights (mmap) and the tokenizer.
+  // Throws EngineError naming the file / tensor / key on any problem.
+  static std::unique_ptr<Model> load(const std::string& dir, const EngineOptions& opts = {});
+  ~Model();
+
+  GenerateResult generate(const std::vector<RgbImage>& images, const std::string& prompt, const GenerateOptions& opts);
+  GenerateResult generate(const RgbImage& image, const std::string& prompt, int max_new_tokens);
+
+  // Lower-level steps, used by tests and the benchmark.
+  // Vision embeddings for one preprocessed image: [n_tiles * num_image_token][llm hidden].
+  std::vector<float> encode_image(const PreprocessedImage& img);
+  // The prompt text (template applied, <image> expanded to n_image_tokens contexts).
+  std::string build_prompt(const std::string& question, const std::vector<int>& tokens_per_image) const;
+
+  const ModelHParams& hparams() const;
+  const Tokenizer& tokenizer() const;
+  int threads() const;
+  size_t weight_bytes() const;  // bytes of mapped tensors
+  const std::string& dir() const;
+
+ private:
+  explicit Model(std::unique_ptr<ModelImpl> impl);
+  std::unique_ptr<ModelImpl> impl_;
+};
+
+}  // namespace firstread::engine

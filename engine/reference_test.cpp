@@ -1,0 +1,274 @@
+// The engine against the independent PyTorch reference (tools/reference):
+// preprocessing, vision embeddings, first-position logits, greedy ids and
+// tokenizers for the three model families, plus bad model directories.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/cli.h"
+#include "engine/common.h"
+#include "engine/image.h"
+#include "engine/model.h"
+#include "engine/test_fixtures.h"
+
+using namespace firstread::engine;
+using namespace firstread::engine::testing_support;
+using nlohmann::json;
+
+namespace {
+
+json load_ref(const std::string& dir) { return json::parse(read_text_file(dir + "/reference.json")); }
+
+// max |a-b| relative to the largest reference magnitude.
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  double md = 0, mb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    md = std::max(md, std::fabs(double(a[i]) - b[i]));
+    mb = std::max(mb, std::fabs(double(b[i])));
+  }
+  return md / std::max(mb, 1e-12);
+}
+
+void check_model(const std::string& dir, double tol) {
+  json ref = load_ref(dir);
+  EngineOptions o;
+  o.threads = 2;
+  auto model = Model::load(dir, o);
+  RgbImage img = load_image_file(dir + "/test_image.png");
+
+  // Preprocessing vs PIL + torchvision-equivalent normalisation.
+  PreprocessedImage pre = preprocess_image(img, model->hparams().chat);
+  std::vector<float> ref_pix = read_f32(dir + "/pixel_values.f32");
+  ASSERT_EQ(pre.pixels.size(), ref_pix.size());
+  EXPECT_EQ(pre.geometry.n_tiles, ref["n_tiles"].get<int>());
+  double max_pix = 0;
+  for (size_t i = 0; i < ref_pix.size(); ++i) max_pix = std::max(max_pix, std::fabs(double(pre.pixels[i]) - ref_pix[i]));
+  // 1/255 in [0,1] units is at most 1/(255*0.224) after normalisation.
+  EXPECT_LE(max_pix, 1.0 / 255 / 0.224 + 1e-6) << dir;
+  // Exact input for the model comparisons.
+  pre.pixels = ref_pix;
+
+  std::vector<float> vis = model->encode_image(pre);
+  std::vector<float> ref_vis = read_f32(dir + "/vision_embeds.f32");
+  ASSERT_EQ(vis.size(), ref_vis.size());
+  EXPECT_LE(rel_err(vis, ref_vis), tol) << dir << " vision embeddings";
+
+  GenerateOptions go;
+  go.max_new_tokens = 32;
+  go.keep_first_logits = true;
+  GenerateResult r = model->generate({img}, ref["question"].get<std::string>(), go);
+  EXPECT_EQ(r.prompt_token_ids, ref["prompt_ids"].get<std::vector<int>>()) << dir;
+  std::vector<float> ref_logits = ref["first_logits"].get<std::vector<float>>();
+  ASSERT_EQ(r.first_logits.size(), ref_logits.size());
+  EXPECT_LE(rel_err(r.first_logits, ref_logits), tol) << dir << " first logits";
+  EXPECT_EQ(r.token_ids, ref["generated_ids"].get<std::vector<int>>()) << dir << " greedy ids";
+  EXPECT_GT(r.timings.tokens_per_second, 0.0);
+  EXPECT_EQ(r.images.size(), 1u);
+}
+
+}  // namespace
+
+TEST(engine_reference, V12LikeLlamaRmsNormViTPixelShuffleV1) { check_model(fixture_root() + "/v12", 1e-4); }
+TEST(engine_reference, InternVL2_1B_LikeQwen2DynamicTiling) { check_model(fixture_root() + "/1b", 1e-4); }
+TEST(engine_reference, InternVL2_2B_LikeInternLM2PosEmbInterpolation) { check_model(fixture_root() + "/2b", 1e-4); }
+// BF16 weights read directly by the matvec / converted for sgemm; the reference
+// runs on the same rounded weights in float32.
+TEST(engine_reference, V12LikeBF16Weights) { check_model(fixture_root() + "/bf16/v12", 1e-4); }
+
+TEST(engine_reference, TokenizersMatchReferenceImplementations) {
+  for (const char* name : {"v12", "1b", "2b"}) {
+    std::string dir = fixture_root() + "/" + name;
+    json ref = load_ref(dir);
+    auto tok = Tokenizer::load(dir);
+    int n = 0;
+    for (const auto& c : ref["tokenizer_cases"]) {
+      std::string text = c["text"].get<std::string>();
+      std::vector<int> ids = tok->encode(text, false);
+      EXPECT_EQ(ids, c["ids"].get<std::vector<int>>()) << name << ": " << text;
+      if (std::string(name) == "1b") {
+        // Byte-level BPE is lossless up to NFC.
+        EXPECT_EQ(tok->decode(ids), nfc_normalize(text)) << text;
+      }
+      ++n;
+    }
+    EXPECT_GT(n, 20);
+  }
+}
+
+TEST(engine_reference, PpmAndPngGiveTheSameImage) {
+  std::string dir = fixture_root() + "/v12";
+  RgbImage a = load_image_file(dir + "/test_image.png"), b = load_image_file(dir + "/test_image.ppm");
+  EXPECT_EQ(a.width, b.width);
+  EXPECT_EQ(a.height, b.height);
+  EXPECT_EQ(a.rgb, b.rgb);
+  RgbImage c = image_from_rgb8(a.rgb.data(), a.width, a.height);
+  EXPECT_EQ(c.rgb, a.rgb);
+}
+
+TEST(engine_reference, ResizeMatchesPilBicubic) {
+  std::string dir = fixture_root() + "/resize";
+  RgbImage src = load_image_file(dir + "/resize_src.png");
+  json cases = json::parse(read_text_file(dir + "/resize_cases.json"));
+  for (const auto& c : cases) {
+    RgbImage want = load_image_file(dir + "/" + c["file"].get<std::string>());
+    RgbImage got = resize_bicubic_pil(src, c["w"].get<int>(), c["h"].get<int>());
+    ASSERT_EQ(got.rgb.size(), want.rgb.size());
+    int maxd = 0, ndiff = 0;
+    for (size_t i = 0; i < got.rgb.size(); ++i) {
+      int d = std::abs(int(got.rgb[i]) - int(want.rgb[i]));
+      maxd = std::max(maxd, d);
+      ndiff += d != 0;
+    }
+    EXPECT_LE(maxd, 1) << c.dump();
+    EXPECT_EQ(ndiff, 0) << c.dump() << " (bit-exact expected)";
+  }
+  RgbImage gray = load_image_file(dir + "/gray.pgm"), gray_rgb = load_image_file(dir + "/gray_as_rgb.png");
+  EXPECT_EQ(gray.rgb, gray_rgb.rgb);
+}
+
+TEST(engine_reference, GeometryOfPadAndTiling) {
+  ChatHParams ch;
+  ch.image_size = 224;
+  ch.pad2square = true;
+  RgbImage img;
+  img.width = 200;
+  img.height = 150;
+  img.rgb.assign(200 * 150 * 3, 9);
+  auto p = preprocess_image(img, ch);
+  EXPECT_TRUE(p.geometry.padded_to_square);
+  EXPECT_EQ(p.geometry.pad_top, 25);
+  EXPECT_EQ(p.geometry.pad_left, 0);
+  EXPECT_EQ(p.geometry.view_width, 200);
+  ch.pad2square = false;
+  ch.dynamic_image_size = true;
+  ch.use_thumbnail = true;
+  ch.max_dynamic_patch = 4;
+  img.width = 300;
+  img.rgb.assign(300 * 150 * 3, 9);
+  p = preprocess_image(img, ch);
+  EXPECT_EQ(p.geometry.grid_cols, 2);
+  EXPECT_EQ(p.geometry.grid_rows, 1);
+  EXPECT_TRUE(p.geometry.thumbnail);
+  EXPECT_EQ(p.geometry.n_tiles, 3);
+}
+
+// ---------------------------------------------------------------- CLI
+
+static int call(int (*fn)(int, char**), std::vector<std::string> args, std::string* out) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  ::testing::internal::CaptureStdout();
+  int rc = fn(int(argv.size()), argv.data());
+  *out = ::testing::internal::GetCapturedStdout();
+  return rc;
+}
+
+TEST(engine_cli, InferJsonAndTokenize) {
+  std::string dir = fixture_root() + "/1b", out;
+  ASSERT_EQ(call(run_infer_command,
+                 {"infer", "--model", dir, "--image", dir + "/test_image.png", "--max-new-tokens", "4", "--threads",
+                  "2", "--json"},
+                 &out),
+            0);
+  json j = json::parse(out);
+  EXPECT_EQ(j["token_ids"].size(), 4u);
+  EXPECT_TRUE(j["timings_ms"].contains("tokens_per_second"));
+  EXPECT_TRUE(j["findings"].is_array());
+  ASSERT_EQ(call(run_tokenize_command, {"tokenize", "--model", dir, "--text", "肺部 <box>[[1, 2, 3, 4]]</box>", "--json"},
+                 &out),
+            0);
+  json t = json::parse(out);
+  std::string ids;
+  for (auto& v : t["token_ids"]) ids += std::to_string(v.get<int>()) + " ";
+  ASSERT_EQ(call(run_tokenize_command, {"tokenize", "--model", dir, "--text", ids, "--decode"}, &out), 0);
+  EXPECT_EQ(out, "肺部 <box>[[1, 2, 3, 4]]</box>\n");
+  EXPECT_EQ(call(run_infer_command, {"infer", "--help"}, &out), 0);
+  EXPECT_NE(call(run_infer_command, {"infer", "--model", dir}, &out), 0);
+  EXPECT_NE(call(run_infer_command, {"infer", "--model", "/nonexistent", "--image", dir + "/test_image.png"}, &out), 0);
+  EXPECT_NE(call(run_tokenize_command, {"tokenize", "--model", dir}, &out), 0);
+}
+
+// ---------------------------------------------------------------- bad model directories
+
+static std::string copy_fixture(const std::string& name, const std::string& tag) {
+  std::string src = fixture_root() + "/" + name, dst = std::string(FIRSTREAD_FIXTURE_DIR) + "/bad_" + tag;
+  std::string out;
+  EXPECT_TRUE(run_command("rm -rf '" + dst + "' && cp -r '" + src + "' '" + dst + "'", &out)) << out;
+  return dst;
+}
+
+static std::string load_error(const std::string& dir) {
+  try {
+    Model::load(dir, EngineOptions{1});
+  } catch (const EngineError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+static void edit_config(const std::string& dir, const std::function<void(json&)>& fn) {
+  json j = json::parse(read_text_file(dir + "/config.json"));
+  fn(j);
+  std::ofstream(dir + "/config.json") << j.dump(1);
+}
+
+TEST(engine_badinput, ShapeMismatchNamesTensorAndFile) {
+  std::string dir = copy_fixture("v12", "shape");
+  edit_config(dir, [](json& j) { j["llm_config"]["intermediate_size"] = 96; });
+  std::string e = load_error(dir);
+  EXPECT_NE(e.find("gate_proj.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
+  EXPECT_NE(e.find("[96, 64]"), std::string::npos) << e;
+}
+
+TEST(engine_badinput, UnknownArchitecture) {
+  std::string dir = copy_fixture("v12", "arch");
+  edit_config(dir, [](json& j) { j["llm_config"]["architectures"] = {"MistralForCausalLM"}; });
+  std::string e = load_error(dir);
+  EXPECT_NE(e.find("MistralForCausalLM"), std::string::npos) << e;
+}
+
+TEST(engine_badinput, MissingTokenizer) {
+  std::string dir = copy_fixture("1b", "tok");
+  std::remove((dir + "/tokenizer.json").c_str());
+  std::string e = load_error(dir);
+  EXPECT_NE(e.find("tokenizer"), std::string::npos) << e;
+}
+
+TEST(engine_badinput, TruncatedWeights) {
+  std::string dir = copy_fixture("2b", "trunc"), out;
+  ASSERT_TRUE(run_command("truncate -s 500000 '" + dir + "/model.safetensors'", &out)) << out;
+  std::string e = load_error(dir);
+  EXPECT_NE(e.find("truncated"), std::string::npos) << e;
+}
+
+TEST(engine_badinput, MissingTensor) {
+  std::string dir = copy_fixture("1b", "missing");
+  edit_config(dir, [](json& j) { j["llm_config"]["num_hidden_layers"] = 3; });
+  std::string e = load_error(dir);
+  EXPECT_NE(e.find("layers.2."), std::string::npos) << e;
+  EXPECT_NE(e.find("missing"), std::string::npos) << e;
+}
+
+TEST(engine_badinput, ShardedIndex) {
+  // Split the v12 weights into two shards with an index; results must not change.
+  std::string dir = copy_fixture("v12", "sharded"), out;
+  std::string py = std::string(FIRSTREAD_REF_PYTHON) + " " + FIRSTREAD_REF_SCRIPT_DIR + "/shard.py '" + dir + "'";
+  ASSERT_TRUE(run_command(py, &out)) << out;
+  auto model = Model::load(dir, EngineOptions{2});
+  json ref = load_ref(dir);
+  GenerateOptions go;
+  go.max_new_tokens = 8;
+  auto r = model->generate({load_image_file(dir + "/test_image.png")}, ref["question"].get<std::string>(), go);
+  auto want = ref["generated_ids"].get<std::vector<int>>();
+  want.resize(8);
+  EXPECT_EQ(r.token_ids, want);
+  // An index naming a shard that is not there.
+  std::ofstream(dir + "/model.safetensors.index.json")
+      << R"({"weight_map": {"mlp1.0.weight": "model-00009-of-00009.safetensors"}})";
+  std::string e = load_error(dir);
+  EXPECT_NE(e.find("model-00009-of-00009.safetensors"), std::string::npos) << e;
+}

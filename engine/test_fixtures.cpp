@@ -1,0 +1,75 @@
+#include "engine/test_fixtures.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+
+#include "engine/common.h"
+
+#ifndef FIRSTREAD_REF_PYTHON
+#define FIRSTREAD_REF_PYTHON "/usr/bin/python3"
+#endif
+
+namespace firstread::engine::testing_support {
+
+bool run_command(const std::string& cmd, std::string* output) {
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return false;
+  char buf[4096];
+  std::string out;
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int rc = ::pclose(p);
+  if (output) *output = out;
+  return rc == 0;
+}
+
+static std::string stamp_of(const std::string& script) {
+  struct stat st;
+  if (::stat(script.c_str(), &st) != 0) throw std::runtime_error("reference script missing: " + script);
+  return std::to_string(st.st_size) + ":" + std::to_string(st.st_mtime) + "\n";
+}
+
+std::string fixture_root() {
+  const std::string root = FIRSTREAD_FIXTURE_DIR;
+  const std::string script = std::string(FIRSTREAD_REF_SCRIPT_DIR) + "/internvl_ref.py";
+  ::mkdir(root.c_str(), 0755);
+  const std::string stamp_path = root + "/stamp", want = stamp_of(script);
+  int lock = ::open((root + "/.lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  if (lock < 0) throw std::runtime_error("cannot create fixture lock in " + root);
+  ::flock(lock, LOCK_EX);
+  std::string have;
+  try {
+    have = read_text_file(stamp_path);
+  } catch (...) {
+  }
+  if (have != want) {
+    std::string out;
+    std::string cmd = std::string(FIRSTREAD_REF_PYTHON) + " " + script + " " + root + " && " + FIRSTREAD_REF_PYTHON +
+                      " " + script + " " + root + "/bf16 --configs v12 --dtype bf16";
+    if (!run_command(cmd, &out)) {
+      ::flock(lock, LOCK_UN);
+      ::close(lock);
+      throw std::runtime_error("reference generation failed: " + cmd + "\n" + out);
+    }
+    std::ofstream(stamp_path) << want;
+  }
+  ::flock(lock, LOCK_UN);
+  ::close(lock);
+  return root;
+}
+
+std::vector<float> read_f32(const std::string& path) {
+  std::string s = read_text_file(path);
+  std::vector<float> v(s.size() / 4);
+  std::memcpy(v.data(), s.data(), v.size() * 4);
+  return v;
+}
+
+}  // namespace firstread::engine::testing_support

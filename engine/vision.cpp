@@ -1,0 +1,194 @@
+#include "engine/vision.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine/common.h"
+
+namespace firstread::engine {
+
+VisionEncoder::VisionEncoder(const ModelHParams& hp, WeightStore& ws, int llm_hidden)
+    : hp_(hp.vision), chat_(hp.chat), llm_hidden_(llm_hidden) {
+  const int d = hp_.hidden, p = hp_.patch_size, g0 = hp_.grid();
+  n_layers_run_ = chat_.select_layer < 0 ? hp_.n_layers + 1 + chat_.select_layer : chat_.select_layer;
+  const std::string e = "vision_model.embeddings.";
+  patch_w_ = ws.matrix(e + "patch_embedding.weight", d, 3 * p * p, {d, 3, p, p});
+  patch_b_ = ws.floats(e + "patch_embedding.bias", {d});
+  cls_ = ws.floats(e + "class_embedding", {1, 1, d});
+  pos_ = ws.floats(e + "position_embedding", {1, g0 * g0 + 1, d});
+  const bool ln = hp_.norm == VisionNorm::LayerNorm;
+  // Layers past the selected one are never run, so they are not bound either.
+  for (int i = 0; i < n_layers_run_; ++i) {
+    const std::string l = "vision_model.encoder.layers." + std::to_string(i) + ".";
+    VisionLayer L;
+    L.norm1_w = ws.floats(l + "norm1.weight", {d});
+    L.norm2_w = ws.floats(l + "norm2.weight", {d});
+    if (ln) {
+      L.norm1_b = ws.floats(l + "norm1.bias", {d});
+      L.norm2_b = ws.floats(l + "norm2.bias", {d});
+    }
+    L.qkv = ws.matrix(l + "attn.qkv.weight", 3 * d, d);
+    if (hp_.qkv_bias) L.qkv_b = ws.floats(l + "attn.qkv.bias", {3 * d});
+    if (hp_.qk_norm) {
+      L.q_norm_w = ws.floats(l + "attn.q_norm.weight", {d});
+      L.k_norm_w = ws.floats(l + "attn.k_norm.weight", {d});
+    }
+    L.proj = ws.matrix(l + "attn.proj.weight", d, d);
+    L.proj_b = ws.floats(l + "attn.proj.bias", {d});
+    L.ls1 = ws.floats(l + "ls1", {d});
+    L.ls2 = ws.floats(l + "ls2", {d});
+    L.fc1 = ws.matrix(l + "mlp.fc1.weight", hp_.intermediate, d);
+    L.fc1_b = ws.floats(l + "mlp.fc1.bias", {hp_.intermediate});
+    L.fc2 = ws.matrix(l + "mlp.fc2.weight", d, hp_.intermediate);
+    L.fc2_b = ws.floats(l + "mlp.fc2.bias", {d});
+    layers_.push_back(L);
+  }
+  const int c4 = 4 * d;
+  mlp_ln_w_ = ws.floats("mlp1.0.weight", {c4});
+  mlp_ln_b_ = ws.floats("mlp1.0.bias", {c4});
+  mlp1_ = ws.matrix("mlp1.1.weight", llm_hidden, c4);
+  mlp1_b_ = ws.floats("mlp1.1.bias", {llm_hidden});
+  mlp3_ = ws.matrix("mlp1.3.weight", llm_hidden, llm_hidden);
+  mlp3_b_ = ws.floats("mlp1.3.bias", {llm_hidden});
+  interpolate_pos_embed(chat_.image_size / p);
+}
+
+// torch's upsample_bicubic2d (A = -0.75, align_corners=False, indices clamped).
+static void cubic_coeffs(float t, float c[4]) {
+  const float A = -0.75f;
+  auto near = [&](float x) { return ((A + 2) * x - (A + 3)) * x * x + 1; };
+  auto far = [&](float x) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; };
+  c[0] = far(t + 1);
+  c[1] = near(t);
+  c[2] = near(1 - t);
+  c[3] = far(2 - t);
+}
+
+void VisionEncoder::interpolate_pos_embed(int grid) {
+  const int d = hp_.hidden, g0 = hp_.grid();
+  pos_grid_.assign(size_t(grid * grid + 1) * d, 0.f);
+  std::memcpy(pos_grid_.data(), pos_, size_t(d) * 4);
+  const float* src = pos_ + d;  // [g0][g0][d]
+  if (grid == g0) {
+    std::memcpy(pos_grid_.data() + d, src, size_t(g0 * g0) * d * 4);
+    return;
+  }
+  const float scale = float(g0) / float(grid);
+  for (int oy = 0; oy < grid; ++oy) {
+    float ry = scale * (oy + 0.5f) - 0.5f;
+    int iy = int(std::floor(ry));
+    float cy[4];
+    cubic_coeffs(ry - iy, cy);
+    for (int ox = 0; ox < grid; ++ox) {
+      float rx = scale * (ox + 0.5f) - 0.5f;
+      int ix = int(std::floor(rx));
+      float cx[4];
+      cubic_coeffs(rx - ix, cx);
+      float* dst = pos_grid_.data() + size_t(1 + oy * grid + ox) * d;
+      for (int a = 0; a < 4; ++a) {
+        int yy = std::clamp(iy - 1 + a, 0, g0 - 1);
+        for (int b = 0; b < 4; ++b) {
+          int xx = std::clamp(ix - 1 + b, 0, g0 - 1);
+          const float w = cy[a] * cx[b];
+          const float* s = src + size_t(yy * g0 + xx) * d;
+          for (int k = 0; k < d; ++k) dst[k] += w * s[k];
+        }
+      }
+    }
+  }
+}
+
+void pixel_shuffle(const float* x, int grid, int c, int ps_version, float* out) {
+  const int g2 = grid / 2;
+  for (int i = 0; i < g2; ++i)      // output row
+    for (int j = 0; j < g2; ++j) {  // output column
+      const int token = ps_version == 2 ? i * g2 + j : j * g2 + i;
+      float* o = out + size_t(token) * 4 * c;
+      const int src[4][2] = {{2 * i, 2 * j}, {2 * i, 2 * j + 1}, {2 * i + 1, 2 * j}, {2 * i + 1, 2 * j + 1}};
+      for (int q = 0; q < 4; ++q)
+        std::memcpy(o + q * c, x + size_t(src[q][0] * grid + src[q][1]) * c, size_t(c) * 4);
+    }
+}
+
+void VisionEncoder::encode_tile(ThreadPool& pool, const float* pixels, float* out) {
+  const int d = hp_.hidden, p = hp_.patch_size, S = chat_.image_size, grid = S / p;
+  const int np = grid * grid, N = np + 1, H = hp_.n_heads, hd = hp_.head_dim(), I = hp_.intermediate;
+  x_.resize(size_t(N) * d);
+  h_.resize(size_t(N) * d);
+  qkv_.resize(size_t(N) * 3 * d);
+  attn_.resize(size_t(N) * d);
+  mlp_.resize(size_t(N) * I);
+  scores_.resize(size_t(N) * N);
+
+  // Patch embedding as a matrix product over im2col rows (c, ky, kx order = conv weight order).
+  tmp_.resize(size_t(np) * 3 * p * p);
+  for (int gy = 0; gy < grid; ++gy)
+    for (int gx = 0; gx < grid; ++gx) {
+      float* row = tmp_.data() + size_t(gy * grid + gx) * 3 * p * p;
+      for (int c = 0; c < 3; ++c)
+        for (int ky = 0; ky < p; ++ky)
+          std::memcpy(row + (c * p + ky) * p, pixels + (size_t(c) * S + gy * p + ky) * S + gx * p, size_t(p) * 4);
+    }
+  linear(pool, tmp_.data(), np, patch_w_, patch_b_, x_.data() + d, scratch_);
+  std::memcpy(x_.data(), cls_, size_t(d) * 4);
+  for (size_t i = 0; i < size_t(N) * d; ++i) x_[i] += pos_grid_[i];
+
+  const bool ln = hp_.norm == VisionNorm::LayerNorm;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  for (const VisionLayer& L : layers_) {
+    // --- attention ---
+    if (ln) layer_norm(x_.data(), L.norm1_w, L.norm1_b, h_.data(), N, d, hp_.norm_eps);
+    else rms_norm(x_.data(), L.norm1_w, h_.data(), N, d, hp_.norm_eps);
+    linear(pool, h_.data(), N, L.qkv, L.qkv_b, qkv_.data(), scratch_);
+    if (hp_.qk_norm) {
+      // RMSNorm over all heads jointly (the whole d-wide q and k vectors).
+      for (int t = 0; t < N; ++t) {
+        float* q = qkv_.data() + size_t(t) * 3 * d;
+        rms_norm(q, L.q_norm_w, q, 1, d, hp_.norm_eps);
+        rms_norm(q + d, L.k_norm_w, q + d, 1, d, hp_.norm_eps);
+      }
+    }
+    for (int hh = 0; hh < H; ++hh) {
+      const float* q = qkv_.data() + hh * hd;
+      const float* k = qkv_.data() + d + hh * hd;
+      const float* v = qkv_.data() + 2 * d + hh * hd;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * d, k, 3 * d, 0.f,
+                  scores_.data(), N);
+      pool.parallel_for(pool.size(), [&](int part) {
+        for (int r = N * part / pool.size(); r < N * (part + 1) / pool.size(); ++r)
+          softmax_inplace(scores_.data() + size_t(r) * N, N);
+      });
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.f, scores_.data(), N, v, 3 * d, 0.f,
+                  attn_.data() + hh * hd, d);
+    }
+    linear(pool, attn_.data(), N, L.proj, L.proj_b, h_.data(), scratch_);
+    for (int t = 0; t < N; ++t)
+      for (int i = 0; i < d; ++i) x_[size_t(t) * d + i] += L.ls1[i] * h_[size_t(t) * d + i];
+    // --- MLP ---
+    if (ln) layer_norm(x_.data(), L.norm2_w, L.norm2_b, h_.data(), N, d, hp_.norm_eps);
+    else rms_norm(x_.data(), L.norm2_w, h_.data(), N, d, hp_.norm_eps);
+    linear(pool, h_.data(), N, L.fc1, L.fc1_b, mlp_.data(), scratch_);
+    pool.parallel_for(pool.size(), [&](int part) {
+      size_t total = size_t(N) * I, a = total * part / pool.size(), b = total * (part + 1) / pool.size();
+      gelu_erf(mlp_.data() + a, int64_t(b - a));
+    });
+    linear(pool, mlp_.data(), N, L.fc2, L.fc2_b, h_.data(), scratch_);
+    for (int t = 0; t < N; ++t)
+      for (int i = 0; i < d; ++i) x_[size_t(t) * d + i] += L.ls2[i] * h_[size_t(t) * d + i];
+  }
+  vit_out_.assign(x_.begin() + d, x_.end());  // drop CLS
+
+  const int c4 = 4 * d, nt = chat_.num_image_token;
+  shuffled_.resize(size_t(nt) * c4);
+  pixel_shuffle(vit_out_.data(), grid, d, chat_.ps_version, shuffled_.data());
+  layer_norm(shuffled_.data(), mlp_ln_w_, mlp_ln_b_, shuffled_.data(), nt, c4, 1e-5f);
+  proj_tmp_.resize(size_t(nt) * llm_hidden_);
+  linear(pool, shuffled_.data(), nt, mlp1_, mlp1_b_, proj_tmp_.data(), scratch_);
+  gelu_erf(proj_tmp_.data(), int64_t(nt) * llm_hidden_);
+  linear(pool, proj_tmp_.data(), nt, mlp3_, mlp3_b_, out, scratch_);
+}
+
+}  // namespace firstread::engine

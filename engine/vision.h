@@ -1,0 +1,53 @@
+// InternViT encoder + pixel shuffle + mlp1 projector: one preprocessed tile
+// (3 x S x S, normalised) in, num_image_token LLM-width embeddings out.
+#pragma once
+
+#include <vector>
+
+#include "engine/config.h"
+#include "engine/kernels.h"
+#include "engine/weights.h"
+
+namespace firstread::engine {
+
+struct VisionLayer {
+  const float *norm1_w = nullptr, *norm1_b = nullptr, *norm2_w = nullptr, *norm2_b = nullptr;
+  WeightView qkv;
+  const float* qkv_b = nullptr;
+  const float *q_norm_w = nullptr, *k_norm_w = nullptr;
+  WeightView proj;
+  const float* proj_b = nullptr;
+  const float *ls1 = nullptr, *ls2 = nullptr;
+  WeightView fc1, fc2;
+  const float *fc1_b = nullptr, *fc2_b = nullptr;
+};
+
+class VisionEncoder {
+ public:
+  VisionEncoder(const ModelHParams& hp, WeightStore& ws, int llm_hidden);
+  // pixels: 3 x S x S (S = chat.image_size). Output: [num_image_token][llm_hidden].
+  void encode_tile(ThreadPool& pool, const float* pixels, float* out);
+  // The ViT output before pixel shuffle ([grid*grid][hidden], CLS dropped), for tests.
+  std::vector<float> last_vit_features() const { return vit_out_; }
+
+ private:
+  void interpolate_pos_embed(int grid);  // bicubic, as F.interpolate(align_corners=False)
+  VisionHParams hp_;
+  ChatHParams chat_;
+  int llm_hidden_;
+  int n_layers_run_;
+  WeightView patch_w_;
+  const float *patch_b_ = nullptr, *cls_ = nullptr, *pos_ = nullptr;
+  std::vector<float> pos_grid_;  // position table for the actual grid (row 0 = CLS)
+  std::vector<VisionLayer> layers_;
+  const float *mlp_ln_w_ = nullptr, *mlp_ln_b_ = nullptr, *mlp1_b_ = nullptr, *mlp3_b_ = nullptr;
+  WeightView mlp1_, mlp3_;
+  LinearScratch scratch_;
+  std::vector<float> x_, h_, qkv_, attn_, scores_, tmp_, mlp_, vit_out_, shuffled_, proj_tmp_;
+};
+
+// Pixel shuffle (scale 0.5) of x[grid][grid][c] into out[(grid/2)^2][4c];
+// v1 emits tokens column-major (transposed), v2 row-major.
+void pixel_shuffle(const float* x, int grid, int c, int ps_version, float* out);
+
+}  // namespace firstread::engine
