@@ -47,6 +47,55 @@ class ModelImpl {
 Model::Model(std::unique_ptr<ModelImpl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
+// Prefill (image embeddings written over the <IMG_CONTEXT> positions in
+// order) then greedy decoding.
+static void run_decoder(ModelImpl& m, const std::vector<int>& ids, const std::vector<float>& vis,
+                        const GenerateOptions& opts, GenerateResult& res) {
+  const int H = m.hp.llm.hidden;
+  const double t2 = now_ms();
+  const int n = int(ids.size());
+  m.emb.resize(size_t(n) * H);
+  m.llm->embed(ids.data(), n, m.emb.data());
+  size_t vi = 0;
+  for (int i = 0; i < n; ++i)
+    if (ids[i] == m.img_context_id) {
+      if ((vi + 1) * H > vis.size()) throw EngineError("more <IMG_CONTEXT> tokens than image embeddings");
+      std::memcpy(m.emb.data() + size_t(i) * H, vis.data() + vi * H, size_t(H) * 4);
+      ++vi;
+    }
+  m.llm->reset(n + opts.max_new_tokens);
+  m.logits.resize(size_t(m.hp.llm.vocab));
+  m.llm->forward(*m.pool, m.emb.data(), n, m.logits.data());
+  if (opts.keep_first_logits) res.first_logits = m.logits;
+  double t3 = now_ms();
+
+  std::vector<float> x(static_cast<size_t>(H));
+  for (int step = 0; step < opts.max_new_tokens; ++step) {
+    // Greedy: the first index of the maximum, as torch.argmax.
+    int best = int(std::max_element(m.logits.begin(), m.logits.end()) - m.logits.begin());
+    res.token_ids.push_back(best);
+    if (opts.stop_on_end_token && best == m.stop_id) {
+      res.stopped_on_end_token = true;
+      break;
+    }
+    if (step + 1 == opts.max_new_tokens) break;
+    m.llm->embed(&best, 1, x.data());
+    m.llm->forward(*m.pool, x.data(), 1, m.logits.data());
+  }
+  double t4 = now_ms();
+
+  std::vector<int> text_ids = res.token_ids;
+  if (res.stopped_on_end_token) text_ids.pop_back();
+  res.text = m.tok->decode(text_ids, true);
+  Timings& tm = res.timings;
+  tm.prefill_ms = t3 - t2;
+  tm.decode_ms = t4 - t3;
+  tm.prompt_tokens = n;
+  tm.generated_tokens = int(res.token_ids.size());
+  // The first token comes from prefill; the decode loop produced the rest.
+  tm.tokens_per_second = tm.decode_ms > 0 ? (res.token_ids.size() - 1) * 1000.0 / tm.decode_ms : 0.0;
+}
+
 std::unique_ptr<Model> Model::load(const std::string& dir, const EngineOptions& opts) {
   auto m = std::make_unique<ModelImpl>();
   m->dir = dir;
@@ -158,48 +207,18 @@ GenerateResult Model::generate(const std::vector<RgbImage>& images, const std::s
     throw EngineError("prompt has " + std::to_string(n_ctx_tokens) + " <IMG_CONTEXT> tokens but the images give " +
                       std::to_string(vis.size() / H));
   res.prompt_token_ids = ids;
-  const int n = int(ids.size());
-  m.emb.resize(size_t(n) * H);
-  m.llm->embed(ids.data(), n, m.emb.data());
-  size_t vi = 0;
-  for (int i = 0; i < n; ++i)
-    if (ids[i] == m.img_context_id) {
-      std::memcpy(m.emb.data() + size_t(i) * H, vis.data() + vi * H, size_t(H) * 4);
-      ++vi;
-    }
-  m.llm->reset(n + opts.max_new_tokens);
-  m.logits.resize(size_t(m.hp.llm.vocab));
-  m.llm->forward(*m.pool, m.emb.data(), n, m.logits.data());
-  if (opts.keep_first_logits) res.first_logits = m.logits;
-  double t3 = now_ms();
+  run_decoder(m, ids, vis, opts, res);
+  res.timings.preprocess_ms = t1 - t0;
+  res.timings.vision_ms = t2 - t1;
+  return res;
+}
 
-  std::vector<float> x(static_cast<size_t>(H));
-  for (int step = 0; step < opts.max_new_tokens; ++step) {
-    // Greedy: the first index of the maximum, as torch.argmax.
-    int best = int(std::max_element(m.logits.begin(), m.logits.end()) - m.logits.begin());
-    res.token_ids.push_back(best);
-    if (opts.stop_on_end_token && best == m.stop_id) {
-      res.stopped_on_end_token = true;
-      break;
-    }
-    if (step + 1 == opts.max_new_tokens) break;
-    m.llm->embed(&best, 1, x.data());
-    m.llm->forward(*m.pool, x.data(), 1, m.logits.data());
-  }
-  double t4 = now_ms();
-
-  std::vector<int> text_ids = res.token_ids;
-  if (res.stopped_on_end_token) text_ids.pop_back();
-  res.text = m.tok->decode(text_ids, true);
-  Timings& tm = res.timings;
-  tm.preprocess_ms = t1 - t0;
-  tm.vision_ms = t2 - t1;
-  tm.prefill_ms = t3 - t2;
-  tm.decode_ms = t4 - t3;
-  tm.prompt_tokens = n;
-  tm.generated_tokens = int(res.token_ids.size());
-  // The first token comes from prefill; the decode loop produced the rest.
-  tm.tokens_per_second = tm.decode_ms > 0 ? (res.token_ids.size() - 1) * 1000.0 / tm.decode_ms : 0.0;
+GenerateResult Model::generate_from_ids(const std::vector<int>& ids, const GenerateOptions& opts) {
+  if (ids.empty()) throw EngineError("empty prompt");
+  if (opts.max_new_tokens < 1) throw EngineError("max_new_tokens must be at least 1");
+  GenerateResult res;
+  res.prompt_token_ids = ids;
+  run_decoder(*impl_, ids, {}, opts, res);
   return res;
 }
 

@@ -58,6 +58,9 @@ class Model {
   GenerateResult generate(const std::vector<RgbImage>& images, const std::string& prompt, const GenerateOptions& opts);
   GenerateResult generate(const RgbImage& image, const std::string& prompt, int max_new_tokens);
 
+  // Text-only generation from prompt ids (no image; ids as given, no template).
+  GenerateResult generate_from_ids(const std::vector<int>& prompt_ids, const GenerateOptions& opts);
+
   // Lower-level steps, used by tests and the benchmark.
   // Vision embeddings for one preprocessed image: [n_tiles * num_image_token][llm hidden].
   std::vector<float> encode_image(const PreprocessedImage& img);

@@ -207,8 +207,9 @@ std::string Tokenizer::decode(const std::vector<int>& ids, bool skip_special) co
       flush();
       out += added_[it->second].content;
     } else {
-      if (id < 0 || id >= model_vocab_size()) throw EngineError("cannot decode token id " + std::to_string(id));
-      run.push_back(id);
+      // Ids past the tokenizer (padding rows of a larger embedding table) have
+      // no text; Hugging Face decodes them to nothing as well.
+      if (id >= 0 && id < model_vocab_size()) run.push_back(id);
     }
   }
   flush();
