@@ -14,6 +14,9 @@ void matvec_bf16(const void* w, int64_t cols, const float* x, float* y, int64_t 
 void matvec_f16(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
 void convert_bf16(const uint16_t* src, float* dst, int64_t n);
 void convert_f16(const uint16_t* src, float* dst, int64_t n);
+void softmax(float* v, int64_t n);
+void gelu(float* v, int64_t n);
+void silu_mul(float* gate, const float* up, int64_t n);
 }  // namespace avx2
 
 // ---------------------------------------------------------------- threads
@@ -25,7 +28,7 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    stop_ = true;
+    stop_.store(true);
   }
   cv_start_.notify_all();
   for (auto& t : workers_) t.join();
@@ -39,20 +42,34 @@ void ThreadPool::run_tasks() {
   }
 }
 
+static inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    {
+    // Spin ~50-100 us, then sleep on the condition variable.
+    bool got = false;
+    for (int spin = 0; spin < 20000; ++spin) {
+      if (generation_.load(std::memory_order_acquire) != seen || stop_.load(std::memory_order_relaxed)) {
+        got = true;
+        break;
+      }
+      cpu_relax();
+    }
+    if (!got) {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+      sleepers_.fetch_add(1);
+      cv_start_.wait(lk, [&] { return stop_.load() || generation_.load() != seen; });
+      sleepers_.fetch_sub(1);
     }
+    if (stop_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
     run_tasks();
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--active_ == 0) cv_done_.notify_one();
-    }
+    active_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -62,18 +79,18 @@ void ThreadPool::parallel_for(int n_tasks, const std::function<void(int)>& fn) {
     for (int i = 0; i < n_tasks; ++i) fn(i);
     return;
   }
+  job_ = &fn;
+  n_tasks_ = n_tasks;
+  next_task_.store(0, std::memory_order_relaxed);
+  active_.store(int(workers_.size()), std::memory_order_relaxed);
   {
+    // The mutex orders the publication against a worker about to sleep.
     std::lock_guard<std::mutex> lk(mu_);
-    job_ = &fn;
-    n_tasks_ = n_tasks;
-    next_task_.store(0);
-    active_ = static_cast<int>(workers_.size());
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_acq_rel);
   }
-  cv_start_.notify_all();
+  if (sleepers_.load() > 0) cv_start_.notify_all();
   run_tasks();
-  std::unique_lock<std::mutex> lk(mu_);
-  cv_done_.wait(lk, [&] { return active_ == 0; });
+  while (active_.load(std::memory_order_acquire) != 0) cpu_relax();
   job_ = nullptr;
 }
 
@@ -271,10 +288,17 @@ void layer_norm(const float* x, const float* weight, const float* bias, float* y
 }
 
 void gelu_erf(float* x, int64_t n) {
+  if (cpu_has_avx2_fma_f16c()) return avx2::gelu(x, n);
   for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
 }
 
+void silu_mul(float* gate, const float* up, int64_t n) {
+  if (cpu_has_avx2_fma_f16c()) return avx2::silu_mul(gate, up, n);
+  for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 void softmax_inplace(float* x, int64_t n) {
+  if (cpu_has_avx2_fma_f16c()) return avx2::softmax(x, n);
   float m = x[0];
   for (int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
   float s = 0.f;

@@ -41,13 +41,17 @@ class ThreadPool {
   int n_threads_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable cv_start_, cv_done_;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::condition_variable cv_start_;
+  // Workers spin briefly on `generation_` before sleeping: decode issues a
+  // few hundred small jobs per token, and a futex wake-up per job would cost
+  // more than the work.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<int> sleepers_{0};
   const std::function<void(int)>* job_ = nullptr;
   int n_tasks_ = 0;
   std::atomic<int> next_task_{0};
-  int active_ = 0;
+  std::atomic<int> active_{0};
 };
 
 // Sets OpenBLAS's thread count (it must not add its own threads on top of ours).
@@ -81,5 +85,6 @@ void layer_norm(const float* x, const float* weight, const float* bias, float* y
                 float eps);
 void gelu_erf(float* x, int64_t n);
 void softmax_inplace(float* x, int64_t n);
+void silu_mul(float* gate, const float* up, int64_t n);  // gate = silu(gate) * up
 
 }  // namespace firstread::engine

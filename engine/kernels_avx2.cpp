@@ -3,6 +3,7 @@
 // after a runtime CPU check (kernels.cpp), so the library runs anywhere.
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace firstread::engine::avx2 {
@@ -52,7 +53,12 @@ static void matvec_rows(const void* w, int64_t cols, const float* x, float* y, i
     const char* w1 = w0 + cols * esz;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
     int64_t i = 0;
+    // The next row pair follows in memory: prefetch it as this pair streams,
+    // so each core keeps enough misses in flight to approach DRAM bandwidth.
+    const char* next = w1 + 3 * cols * esz;
     for (; i + 16 <= cols; i += 16) {
+      _mm_prefetch(next + 2 * i * esz, _MM_HINT_T0);
+      _mm_prefetch(next + 2 * i * esz + 64, _MM_HINT_T0);
       __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
       a0 = _mm256_fmadd_ps(load8<KIND>(w0, i), x0, a0);
       a1 = _mm256_fmadd_ps(load8<KIND>(w0, i + 8), x1, a1);
@@ -97,6 +103,94 @@ void convert_f16(const uint16_t* src, float* dst, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8_f16(src + i));
   for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i]);
+}
+
+}  // namespace firstread::engine::avx2
+
+namespace firstread::engine::avx2 {
+
+// exp(x) for 8 floats: range reduction x = n ln2 + r, degree-5 polynomial
+// (Cephes expf coefficients), relative error about 2e-7.
+static inline __m256 exp8(__m256 x) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365478515625f);
+  x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
+  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+  fx = _mm256_floor_ps(fx);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// softmax over n floats in place (max-subtracted, like torch).
+void softmax(float* v, int64_t n) {
+  __m256 mx = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(v + i));
+  float m = -INFINITY;
+  alignas(32) float t[8];
+  _mm256_store_ps(t, mx);
+  for (float f : t) m = f > m ? f : m;
+  for (; i < n; ++i) m = v[i] > m ? v[i] : m;
+  const __m256 vm = _mm256_set1_ps(m);
+  __m256 sum = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) {
+    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(v + i), vm));
+    _mm256_storeu_ps(v + i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float s = hsum(sum);
+  for (; i < n; ++i) {
+    __m256 e = exp8(_mm256_set1_ps(v[i] - m));
+    v[i] = _mm256_cvtss_f32(e);
+    s += v[i];
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / s);
+  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), inv));
+  for (; i < n; ++i) v[i] *= 1.0f / s;
+}
+
+// GELU with erf (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7) for 8 floats.
+static inline __m256 gelu8(__m256 x) {
+  const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
+  const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+  const __m256 az = _mm256_andnot_ps(sign_mask, z);
+  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), az, _mm256_set1_ps(1.0f)));
+  __m256 p = _mm256_set1_ps(1.061405429f);
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+  p = _mm256_mul_ps(p, t);
+  const __m256 e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), az), az));
+  __m256 erf_abs = _mm256_fnmadd_ps(p, e, _mm256_set1_ps(1.0f));
+  const __m256 erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign_mask, z));
+  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+}
+
+void gelu(float* v, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, gelu8(_mm256_loadu_ps(v + i)));
+  for (; i < n; ++i) v[i] = _mm256_cvtss_f32(gelu8(_mm256_set1_ps(v[i])));
+}
+
+// SwiGLU: gate[i] = silu(gate[i]) * up[i].
+void silu_mul(float* gate, const float* up, int64_t n) {
+  int64_t i = 0;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (; i + 8 <= n; i += 8) {
+    __m256 g = _mm256_loadu_ps(gate + i);
+    __m256 s = _mm256_div_ps(g, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    _mm256_storeu_ps(gate + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
 }  // namespace firstread::engine::avx2

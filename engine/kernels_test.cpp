@@ -98,3 +98,23 @@ TEST(engine_kernels, Norms) {
   softmax_inplace(s.data(), 3);
   EXPECT_NEAR(s[0], 0.5, 1e-6);
 }
+
+TEST(engine_kernels, VectorMathMatchesLibm) {
+  std::vector<float> x;
+  for (float v = -12.f; v <= 12.f; v += 0.01f) x.push_back(v);
+  std::vector<float> g = x, up(x.size(), 1.5f), sm(x.begin(), x.begin() + 1001);
+  gelu_erf(g.data(), int64_t(g.size()));
+  std::vector<float> s = x;
+  silu_mul(s.data(), up.data(), int64_t(s.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    double ge = 0.5 * x[i] * (1 + std::erf(x[i] / std::sqrt(2.0)));
+    EXPECT_NEAR(g[i], ge, 2e-6 * (1 + std::fabs(ge))) << x[i];
+    double si = x[i] / (1 + std::exp(-double(x[i]))) * 1.5;
+    EXPECT_NEAR(s[i], si, 2e-6 * (1 + std::fabs(si))) << x[i];
+  }
+  softmax_inplace(sm.data(), int64_t(sm.size()));
+  double mx = -1e9, sum = 0;
+  for (size_t i = 0; i < sm.size(); ++i) mx = std::max(mx, double(x[i]));
+  for (size_t i = 0; i < sm.size(); ++i) sum += std::exp(double(x[i]) - mx);
+  for (size_t i = 0; i < sm.size(); ++i) EXPECT_NEAR(sm[i], std::exp(double(x[i]) - mx) / sum, 1e-7 + 1e-6 * sm[i]);
+}

@@ -197,10 +197,7 @@ void LlmDecoder::forward(ThreadPool& pool, const float* x_in, int n, float* logi
     rms_norm(x_.data(), L.ffn_norm, h_.data(), n, d, hp_.rms_eps);
     linear(pool, h_.data(), n, L.w_gate, nullptr, gate_.data(), scratch_);
     linear(pool, h_.data(), n, L.w_up, nullptr, up_.data(), scratch_);
-    for (size_t i = 0; i < size_t(n) * I; ++i) {
-      const float gt = gate_[i];
-      gate_[i] = gt / (1.0f + std::exp(-gt)) * up_[i];
-    }
+    silu_mul(gate_.data(), up_.data(), int64_t(n) * I);
     linear(pool, gate_.data(), n, L.w_down, nullptr, h_.data(), scratch_);
     for (size_t i = 0; i < size_t(n) * d; ++i) x_[i] += h_[i];
   }

@@ -92,15 +92,16 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp/firstread_bench_model";
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
   int decode_tokens = 32, prefill_tokens = 300;
-  bool pytorch = true;
+  bool pytorch = true, vision = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--model" && i + 1 < argc) dir = argv[++i];
     else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (a == "--decode-tokens" && i + 1 < argc) decode_tokens = std::atoi(argv[++i]);
     else if (a == "--no-pytorch") pytorch = false;
+    else if (a == "--no-vision") vision = false;
     else {
-      std::fprintf(stderr, "usage: bench_engine [--model DIR] [--threads N] [--decode-tokens N] [--no-pytorch]\n");
+      std::fprintf(stderr, "usage: bench_engine [--model DIR] [--threads N] [--decode-tokens N] [--no-pytorch] [--no-vision]\n");
       return 2;
     }
   }
@@ -131,7 +132,7 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> nd;
   for (auto& v : pre.pixels) v = nd(g);
   double t0 = now_ms();
-  model->encode_image(pre);
+  if (vision) model->encode_image(pre);
   const double vision_ms = now_ms() - t0;
   // Prefill 300 tokens + decode.
   std::vector<int> ids(static_cast<size_t>(prefill_tokens));
