@@ -16,10 +16,8 @@
 namespace firstread::scp {
 namespace {
 
-// Transfer syntaxes accepted for storage, in order of preference when a peer
-// proposes several for one context. Uncompressed first (like storescp) so a
-// sender never has to compress for us; encapsulated syntaxes are accepted as
-// proposed and stored as received.
+// Transfer syntaxes accepted for storage. Anything else (an unknown or
+// retired syntax) is refused at negotiation, per presentation context.
 const char* kStorageTransferSyntaxes[] = {
     UID_LittleEndianExplicitTransferSyntax,
     UID_LittleEndianImplicitTransferSyntax,
@@ -67,6 +65,48 @@ void reject(T_ASC_Association* assoc, T_ASC_RejectParametersResult result, T_ASC
   if (reason == ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED) rej.source = ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED;
   rej.reason = reason;
   ASC_rejectAssociation(assoc, &rej);
+}
+
+bool in_list(const char* uid, const char* const* list, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (std::strcmp(uid, list[i]) == 0) return true;
+  return false;
+}
+
+// Accepts, for each proposed context, the first transfer syntax in the
+// *sender's* order that we support. Taking the sender's first choice means a
+// compressed instance is sent as it is stored at the sender, so we store it as
+// received; an order of our own would make senders decompress (or fail).
+OFCondition negotiate_presentation_contexts(T_ASC_Parameters* params) {
+  const size_t n_storage_ts = sizeof kStorageTransferSyntaxes / sizeof kStorageTransferSyntaxes[0];
+  const size_t n_echo_ts = sizeof kEchoTransferSyntaxes / sizeof kEchoTransferSyntaxes[0];
+  const int count = ASC_countPresentationContexts(params);
+  for (int i = 0; i < count; ++i) {
+    T_ASC_PresentationContext pc;
+    OFCondition cond = ASC_getPresentationContext(params, i, &pc);
+    if (cond.bad()) return cond;
+    const char* const* supported = nullptr;
+    size_t n_supported = 0;
+    if (std::strcmp(pc.abstractSyntax, UID_VerificationSOPClass) == 0) {
+      supported = kEchoTransferSyntaxes;
+      n_supported = n_echo_ts;
+    } else if (in_list(pc.abstractSyntax, dcmAllStorageSOPClassUIDs,
+                       static_cast<size_t>(numberOfDcmAllStorageSOPClassUIDs))) {
+      supported = kStorageTransferSyntaxes;
+      n_supported = n_storage_ts;
+    } else {
+      cond = ASC_refusePresentationContext(params, pc.presentationContextID, ASC_P_ABSTRACTSYNTAXNOTSUPPORTED);
+      if (cond.bad()) return cond;
+      continue;
+    }
+    const char* chosen = nullptr;
+    for (int t = 0; t < pc.transferSyntaxCount && !chosen; ++t)
+      if (in_list(pc.proposedTransferSyntaxes[t], supported, n_supported)) chosen = pc.proposedTransferSyntaxes[t];
+    cond = chosen ? ASC_acceptPresentationContext(params, pc.presentationContextID, chosen)
+                  : ASC_refusePresentationContext(params, pc.presentationContextID, ASC_P_TRANSFERSYNTAXESNOTSUPPORTED);
+    if (cond.bad()) return cond;
+  }
+  return EC_Normal;
 }
 
 }  // namespace
@@ -203,14 +243,7 @@ void DicomServer::serve_association(void* handle) {
     }
   }
 
-  const char* verification[] = {UID_VerificationSOPClass};
-  OFCondition cond = ASC_acceptContextsWithPreferredTransferSyntaxes(
-      assoc->params, verification, 1, kEchoTransferSyntaxes,
-      static_cast<int>(sizeof kEchoTransferSyntaxes / sizeof kEchoTransferSyntaxes[0]));
-  if (cond.good())
-    cond = ASC_acceptContextsWithPreferredTransferSyntaxes(
-        assoc->params, dcmAllStorageSOPClassUIDs, numberOfDcmAllStorageSOPClassUIDs, kStorageTransferSyntaxes,
-        static_cast<int>(sizeof kStorageTransferSyntaxes / sizeof kStorageTransferSyntaxes[0]));
+  OFCondition cond = negotiate_presentation_contexts(assoc->params);
   if (cond.good()) cond = ASC_acknowledgeAssociation(assoc);
   if (cond.bad()) {
     spdlog::warn("DICOM: association from {} calling_ae={} failed during negotiation: {}", peer.host,

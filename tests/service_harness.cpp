@@ -1,0 +1,172 @@
+#include "tests/service_harness.h"
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcuid.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace firstread::testing {
+
+CommandResult run(const std::string& command) {
+  CommandResult r;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+  return r;
+}
+
+int test_port(int offset) { return 40000 + (getpid() % 5000) * 4 + offset; }
+
+std::string firstread_binary() { return FIRSTREAD_BINARY; }
+
+FirstreadService::FirstreadService(const std::string& extra_yaml, const std::string& dicom_extra) {
+  std::string templ = "/tmp/firstread-it-XXXXXX";
+  if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
+  dir_ = templ;
+  chmod(dir_.c_str(), 0755);  // the postgres account must reach the cluster below it
+  port_ = test_port(0);
+  db_port_ = test_port(1);
+  config_path_ = dir_ + "/firstread.yaml";
+  std::ofstream c(config_path_);
+  c << "dicom:\n  port: " << port_ << "\n  dimse_timeout_seconds: 20\n" << dicom_extra
+    << "storage:\n  path: " << dir_ << "/var\n  min_free_bytes: 1MiB\n"
+    << "database:\n  embedded_port: " << db_port_ << "\n"
+    << "http:\n  listen: 127.0.0.1:" << test_port(2) << "\n"
+    << extra_yaml;
+}
+
+FirstreadService::~FirstreadService() {
+  if (pid_ > 0) terminate();
+  run(firstread_binary() + " db stop --config " + config_path_);
+  std::error_code ec;
+  fs::remove_all(dir_, ec);
+}
+
+void FirstreadService::start() {
+  launch();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (echo()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  throw std::runtime_error("firstread did not answer C-ECHO within 30 s:\n" + log());
+}
+
+void FirstreadService::launch() {
+  const std::string log_path = dir_ + "/service.log";
+  pid_ = fork();
+  if (pid_ == 0) {
+    int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+    execl(FIRSTREAD_BINARY, FIRSTREAD_BINARY, "serve", "--config", config_path_.c_str(), nullptr);
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      throw std::runtime_error("firstread exited during start-up:\n" + log());
+    }
+    if (log().find("listening on port") != std::string::npos) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  throw std::runtime_error("firstread did not open its DICOM port within 90 s:\n" + log());
+}
+
+int FirstreadService::terminate() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void FirstreadService::kill9() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+bool FirstreadService::echo() const {
+  return run("echoscu -to 5 -aec FIRSTREAD 127.0.0.1 " + std::to_string(port_)).exit_code == 0;
+}
+
+std::string FirstreadService::log() const {
+  std::ifstream in(dir_ + "/service.log");
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+pqxx::connection FirstreadService::connect() const {
+  // The embedded cluster's socket lives under <storage>/pg/run (see db/embedded_postgres.cpp).
+  return pqxx::connection("host=" + storage() + "/pg/run port=" + std::to_string(db_port_) +
+                          " user=firstread dbname=firstread");
+}
+
+CommandResult FirstreadService::cli(const std::string& args) const {
+  return run(firstread_binary() + " " + args + " --config " + config_path_);
+}
+
+std::vector<std::pair<std::string, std::string>> make_instances(const std::string& source, const std::string& dir,
+                                                                 int count, int size) {
+  fs::create_directories(dir);
+  DcmFileFormat base;
+  if (base.loadFile(source.c_str()).bad()) throw std::runtime_error("cannot read " + source);
+  base.loadAllDataIntoMemory();
+  char uid[100];
+  const std::string study = dcmGenerateUniqueIdentifier(uid, SITE_STUDY_UID_ROOT);
+  const std::string series = dcmGenerateUniqueIdentifier(uid, SITE_SERIES_UID_ROOT);
+  DcmDataset* ds = base.getDataset();
+  if (size > 0) {
+    std::vector<Uint16> pixels(static_cast<size_t>(size) * size);
+    for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<Uint16>((i * 7919) % 4096);
+    ds->putAndInsertUint16(DCM_Rows, static_cast<Uint16>(size));
+    ds->putAndInsertUint16(DCM_Columns, static_cast<Uint16>(size));
+    ds->putAndInsertUint16(DCM_BitsAllocated, 16);
+    ds->putAndInsertUint16(DCM_BitsStored, 12);
+    ds->putAndInsertUint16(DCM_HighBit, 11);
+    ds->putAndInsertUint16(DCM_SamplesPerPixel, 1);
+    ds->putAndInsertUint16(DCM_PixelRepresentation, 0);
+    ds->putAndInsertString(DCM_PhotometricInterpretation, "MONOCHROME2");
+    ds->putAndInsertUint16Array(DCM_PixelData, pixels.data(), static_cast<unsigned long>(pixels.size()));
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  for (int i = 0; i < count; ++i) {
+    const std::string sop = dcmGenerateUniqueIdentifier(uid, SITE_INSTANCE_UID_ROOT);
+    ds->putAndInsertString(DCM_StudyInstanceUID, study.c_str());
+    ds->putAndInsertString(DCM_SeriesInstanceUID, series.c_str());
+    ds->putAndInsertString(DCM_SOPInstanceUID, sop.c_str());
+    ds->putAndInsertString(DCM_InstanceNumber, std::to_string(i + 1).c_str());
+    const std::string path = dir + "/" + std::to_string(i) + ".dcm";
+    if (base.saveFile(path.c_str(), EXS_LittleEndianExplicit, EET_ExplicitLength, EGL_recalcGL, EPD_noChange, 0, 0,
+                      EWM_updateMeta).bad()) throw std::runtime_error("cannot write " + path);
+    out.emplace_back(path, sop);
+  }
+  return out;
+}
+
+}  // namespace firstread::testing

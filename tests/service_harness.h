@@ -1,0 +1,67 @@
+// Integration-test support: runs the real `firstread serve` binary with a
+// temporary configuration (loopback ports, private storage and embedded
+// PostgreSQL), and DCMTK's command-line clients against it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <pqxx/pqxx>
+#include <string>
+#include <vector>
+
+namespace firstread::testing {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs a shell command line and captures its output.
+CommandResult run(const std::string& command);
+
+// A port number for this test process, different across concurrently running
+// test processes (offset picks one of several ports per process).
+int test_port(int offset);
+
+class FirstreadService {
+ public:
+  // extra_yaml is appended to the generated configuration (dicom port,
+  // storage path and embedded database port are set by the harness).
+  explicit FirstreadService(const std::string& extra_yaml = "", const std::string& dicom_extra = "");
+  ~FirstreadService();
+
+  void start();         // starts serve and waits until it answers C-ECHO
+  void launch();        // starts serve and waits only until its DICOM port is open
+  int terminate();      // SIGTERM, wait; returns the exit status
+  void kill9();         // SIGKILL, as a crash would
+  bool running() const { return pid_ > 0; }
+
+  bool echo() const;  // echoscu against the service
+  std::string log() const;
+  pqxx::connection connect() const;
+  // Runs `firstread ARGS --config <ours>`.
+  CommandResult cli(const std::string& args) const;
+
+  int port() const { return port_; }
+  const std::string& dir() const { return dir_; }
+  std::string storage() const { return dir_ + "/var"; }
+  const std::string& config_path() const { return config_path_; }
+
+ private:
+  std::string dir_;
+  std::string config_path_;
+  int port_;
+  int db_port_;
+  pid_t pid_ = -1;
+};
+
+// Path of the firstread binary under test.
+std::string firstread_binary();
+
+// Writes `count` copies of a source DICOM file with fresh Study/Series/SOP
+// Instance UIDs (one study per call) into dir; returns {file path, SOP UID}.
+// If size is given, the pixel data is resized to size x size (16-bit).
+std::vector<std::pair<std::string, std::string>> make_instances(const std::string& source, const std::string& dir,
+                                                                 int count, int size = 0);
+
+}  // namespace firstread::testing
