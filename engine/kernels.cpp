@@ -3,6 +3,8 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <array>
+#include <stdexcept>
 #include <cmath>
 #include <cstring>
 
@@ -38,7 +40,7 @@ void ThreadPool::run_tasks() {
   for (;;) {
     int t = next_task_.fetch_add(1);
     if (t >= n_tasks_) break;
-    (*job_)(t);
+    job_call_(job_ctx_, t);
   }
 }
 
@@ -73,13 +75,14 @@ void ThreadPool::worker_loop() {
   }
 }
 
-void ThreadPool::parallel_for(int n_tasks, const std::function<void(int)>& fn) {
+void ThreadPool::run_job(int n_tasks, void* ctx, void (*call)(void*, int)) {
   if (n_tasks <= 0) return;
   if (workers_.empty() || n_tasks == 1) {
-    for (int i = 0; i < n_tasks; ++i) fn(i);
+    for (int i = 0; i < n_tasks; ++i) call(ctx, i);
     return;
   }
-  job_ = &fn;
+  job_ctx_ = ctx;
+  job_call_ = call;
   n_tasks_ = n_tasks;
   next_task_.store(0, std::memory_order_relaxed);
   active_.store(int(workers_.size()), std::memory_order_relaxed);
@@ -91,7 +94,7 @@ void ThreadPool::parallel_for(int n_tasks, const std::function<void(int)>& fn) {
   if (sleepers_.load() > 0) cv_start_.notify_all();
   run_tasks();
   while (active_.load(std::memory_order_acquire) != 0) cpu_relax();
-  job_ = nullptr;
+  job_ctx_ = nullptr;
 }
 
 void set_blas_threads(int n) { openblas_set_num_threads(std::max(1, n)); }
@@ -254,6 +257,34 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
       float* yt = y + t * rows;
       for (int64_t r = 0; r < rows; ++r) yt[r] += bias[r];
     }
+}
+
+void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_list<LinearJob> job_list,
+                  LinearScratch& scratch) {
+  if (n >= 4) {
+    for (const auto& j : job_list) linear(pool, x, n, j.w, j.bias, j.y, scratch);
+    return;
+  }
+  // Fixed-size bookkeeping on the stack: no allocation per token.
+  constexpr size_t kMaxJobs = 8;
+  if (job_list.size() > kMaxJobs) throw std::logic_error("linear_multi: too many jobs");
+  const LinearJob* jobs = job_list.begin();
+  const int64_t chunk = 16;
+  std::array<int, kMaxJobs + 1> first_task{};
+  const size_t nj = job_list.size();
+  for (size_t j = 0; j < nj; ++j) first_task[j + 1] = first_task[j] + int((jobs[j].w.rows + chunk - 1) / chunk);
+  for (int64_t t = 0; t < n; ++t) {
+    pool.parallel_for(first_task[nj], [&](int task) {
+      size_t j = 0;
+      while (task >= first_task[j + 1]) ++j;
+      const LinearJob& job = jobs[j];
+      const int64_t r0 = int64_t(task - first_task[j]) * chunk, r1 = std::min(job.w.rows, r0 + chunk);
+      float* y = job.y + t * job.w.rows;
+      matvec_range(job.w, x + t * job.w.cols, y, r0, r1);
+      if (job.bias)
+        for (int64_t r = r0; r < r1; ++r) y[r] += job.bias[r];
+    });
+  }
 }
 
 // ---------------------------------------------------------------- element-wise

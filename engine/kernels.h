@@ -8,8 +8,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "engine/safetensors.h"
@@ -32,10 +34,17 @@ class ThreadPool {
   explicit ThreadPool(int n_threads);
   ~ThreadPool();
   int size() const { return n_threads_; }
-  // Runs fn(task) for task in [0, n_tasks), dynamically balanced.
-  void parallel_for(int n_tasks, const std::function<void(int)>& fn);
+  // Runs fn(task) for task in [0, n_tasks), dynamically balanced. The
+  // callable is passed by pointer (no std::function, no allocation per call).
+  template <typename F>
+  void parallel_for(int n_tasks, F&& fn) {
+    using Fn = std::remove_reference_t<F>;
+    run_job(n_tasks, const_cast<void*>(static_cast<const void*>(&fn)),
+            [](void* ctx, int t) { (*static_cast<Fn*>(ctx))(t); });
+  }
 
  private:
+  void run_job(int n_tasks, void* ctx, void (*call)(void*, int));
   void worker_loop();
   void run_tasks();
   int n_threads_;
@@ -48,7 +57,8 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
   std::atomic<int> sleepers_{0};
-  const std::function<void(int)>* job_ = nullptr;
+  void* job_ctx_ = nullptr;
+  void (*job_call_)(void*, int) = nullptr;
   int n_tasks_ = 0;
   std::atomic<int> next_task_{0};
   std::atomic<int> active_{0};
@@ -78,6 +88,16 @@ struct LinearScratch {
 // otherwise (BF16/F16 weights converted blockwise on the fly).
 void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
             LinearScratch& scratch);
+
+// Several products of the same input (q/k/v, gate/up) in one parallel job, so
+// decode pays one synchronisation instead of one per matrix.
+struct LinearJob {
+  WeightView w;
+  const float* bias = nullptr;
+  float* y = nullptr;
+};
+void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_list<LinearJob> jobs,
+                  LinearScratch& scratch);
 
 // Row-wise ops over x[n][d] (in place unless an output is given).
 void rms_norm(const float* x, const float* weight, float* y, int64_t n, int64_t d, float eps);

@@ -182,9 +182,8 @@ void LlmDecoder::forward(ThreadPool& pool, const float* x_in, int n, float* logi
         }
       }
     } else {
-      linear(pool, h_.data(), n, L.wq, L.bq, q_.data(), scratch_);
-      linear(pool, h_.data(), n, L.wk, L.bk, kc, scratch_);  // straight into the cache
-      linear(pool, h_.data(), n, L.wv, L.bv, vc, scratch_);
+      // k and v go straight into the cache.
+      linear_multi(pool, h_.data(), n, {{L.wq, L.bq, q_.data()}, {L.wk, L.bk, kc}, {L.wv, L.bv, vc}}, scratch_);
     }
     for (int t = 0; t < n; ++t) {
       apply_rope(q_.data() + size_t(t) * qd, H, n_past_ + t);
@@ -195,8 +194,7 @@ void LlmDecoder::forward(ThreadPool& pool, const float* x_in, int n, float* logi
     for (size_t i = 0; i < size_t(n) * d; ++i) x_[i] += h_[i];
 
     rms_norm(x_.data(), L.ffn_norm, h_.data(), n, d, hp_.rms_eps);
-    linear(pool, h_.data(), n, L.w_gate, nullptr, gate_.data(), scratch_);
-    linear(pool, h_.data(), n, L.w_up, nullptr, up_.data(), scratch_);
+    linear_multi(pool, h_.data(), n, {{L.w_gate, nullptr, gate_.data()}, {L.w_up, nullptr, up_.data()}}, scratch_);
     silu_mul(gate_.data(), up_.data(), int64_t(n) * I);
     linear(pool, gate_.data(), n, L.w_down, nullptr, h_.data(), scratch_);
     for (size_t i = 0; i < size_t(n) * d; ++i) x_[i] += h_[i];
