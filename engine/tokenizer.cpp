@@ -329,6 +329,8 @@ class SentencePieceTokenizer : public Tokenizer {
 
 // ------------------------------------------------------------ byte-level BPE
 
+const char* kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 std::string codepoint_utf8(uint32_t cp) {
@@ -347,6 +349,41 @@ std::string codepoint_utf8(uint32_t cp) {
 
 class BpeTokenizer : public Tokenizer {
  public:
+  // Slow-tokenizer layout (Qwen2Tokenizer): vocab.json + merges.txt, with the
+  // normalisation and pre-tokenizer regex Qwen2Tokenizer hard-codes.
+  BpeTokenizer(const std::string& dir, bool slow_files) {
+    kind_ = "bpe";
+    const std::string vpath = join_path(dir, "vocab.json"), mpath = join_path(dir, "merges.txt");
+    json v;
+    try {
+      v = json::parse(read_text_file(vpath));
+    } catch (const json::exception& e) {
+      throw EngineError(vpath + ": not valid JSON (" + e.what() + ")");
+    }
+    json model = {{"type", "BPE"}, {"vocab", v}, {"merges", json::array()}};
+    std::string merges = read_text_file(mpath);
+    size_t pos = 0;
+    while (pos < merges.size()) {
+      size_t e = merges.find('\n', pos);
+      if (e == std::string::npos) e = merges.size();
+      std::string line = merges.substr(pos, e - pos);
+      pos = e + 1;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.empty() || line.rfind("#version", 0) == 0) continue;
+      model["merges"].push_back(line);
+    }
+    (void)slow_files;
+    init(json{{"model", model},
+              {"normalizer", {{"type", "NFC"}}},
+              {"pre_tokenizer",
+               {{"type", "Sequence"},
+                {"pretokenizers",
+                 {{{"type", "Split"}, {"pattern", {{"Regex", kQwen2Pattern}}}, {"behavior", "Isolated"}, {"invert", false}},
+                  {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}}}},
+         vpath);
+    load_special_config(dir);
+  }
+
   explicit BpeTokenizer(const std::string& dir) {
     kind_ = "bpe";
     const std::string path = join_path(dir, "tokenizer.json");
@@ -356,6 +393,11 @@ class BpeTokenizer : public Tokenizer {
     } catch (const json::exception& e) {
       throw EngineError(path + ": not valid JSON (" + e.what() + ")");
     }
+    init(j, path);
+    load_special_config(dir);
+  }
+
+  void init(const json& j, const std::string& path) {
     if (!j.contains("model") || !j["model"].is_object()) throw EngineError(path + ": missing model");
     const json& m = j["model"];
     if (m.value("type", std::string()) != "BPE")
@@ -443,7 +485,6 @@ class BpeTokenizer : public Tokenizer {
         if (!e.contains("id") || !e["id"].is_number_integer()) throw EngineError(path + ": added token without id");
         add_token(added_from_json(e, e["id"].get<int>()));
       }
-    load_special_config(dir);
   }
   ~BpeTokenizer() override {
     for (auto* p : patterns_) pcre2_code_free(p);
@@ -584,7 +625,9 @@ class BpeTokenizer : public Tokenizer {
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& dir) {
   if (file_exists(join_path(dir, "tokenizer.model"))) return std::make_unique<SentencePieceTokenizer>(dir);
   if (file_exists(join_path(dir, "tokenizer.json"))) return std::make_unique<BpeTokenizer>(dir);
-  throw EngineError(dir + ": no tokenizer (tokenizer.model or tokenizer.json) found");
+  if (file_exists(join_path(dir, "vocab.json")) && file_exists(join_path(dir, "merges.txt")))
+    return std::make_unique<BpeTokenizer>(dir, true);
+  throw EngineError(dir + ": no tokenizer (tokenizer.model, tokenizer.json, or vocab.json + merges.txt) found");
 }
 
 }  // namespace firstread::engine

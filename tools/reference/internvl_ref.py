@@ -281,6 +281,13 @@ def build_bpe(out_dir):
     }
     with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tj, f, ensure_ascii=False)
+    # The slow-tokenizer files Qwen2Tokenizer reads (some InternVL2 repos ship only these).
+    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(a + " " + b + "\n" for a, b in merges))
+    with open(os.path.join(out_dir, "added_tokens.json"), "w", encoding="utf-8") as f:
+        json.dump(added, f, ensure_ascii=False)
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump({"tokenizer_class": "Qwen2Tokenizer", "add_bos_token": False, "bos_token": None,
                    "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
