@@ -80,6 +80,22 @@ class ConnectionPool {
     }
   }
 
+  // Runs fn on a nontransaction (each statement commits by itself), with the
+  // same retry on a broken connection. Only for idempotent statements.
+  template <typename Fn>
+  auto autocommit(Fn&& fn) -> decltype(fn(std::declval<pqxx::nontransaction&>())) {
+    for (int attempt = 0;; ++attempt) {
+      Lease lease = acquire();
+      try {
+        pqxx::nontransaction tx(*lease);
+        return fn(tx);
+      } catch (const pqxx::broken_connection&) {
+        lease.discard();
+        if (attempt >= 1) throw;
+      }
+    }
+  }
+
  private:
   friend class Lease;
   void release(std::unique_ptr<pqxx::connection> c, bool broken);

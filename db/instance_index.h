@@ -43,6 +43,9 @@ class InstanceIndex {
   // Returns true if the instance was new.
   bool record(const InstanceRecord& r);
 
+  // Removes an instance's row (its file could not be stored after all).
+  void forget(const std::string& sop_instance_uid);
+
   // All file paths known to the index (for start-up reconciliation).
   std::vector<std::string> all_file_paths();
   bool has_instance(const std::string& sop_instance_uid);

@@ -7,6 +7,8 @@
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+#include <future>
 #include <filesystem>
 #include <set>
 #include <stdexcept>
@@ -92,33 +94,72 @@ scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
   const E_TransferSyntax xfer = DcmXfer(in.transfer_syntax_uid.c_str()).getXfer();
   if (xfer == EXS_Unknown)
     return {scp::kStoreCannotUnderstand, "unknown transfer syntax " + in.transfer_syntax_uid};
+  const auto t0 = std::chrono::steady_clock::now();
+  storage::FileStorage::StagedFile staged;
   try {
-    record.file_size = static_cast<int64_t>(storage_.write_durably(record.file_path, [&](const std::string& tmp) {
+    staged = storage_.stage(record.file_path, [&](const std::string& tmp) {
       // The data set is written in the transfer syntax it arrived in: encapsulated
       // pixel data stays as the sender compressed it.
-      DcmFileFormat file(&in.dataset);
+      // The file format borrows the received data set (no copy) and hands it back.
+      DcmFileFormat file(&in.dataset, OFFalse);
       file.getMetaInfo()->putAndInsertString(DCM_SourceApplicationEntityTitle, in.peer.calling_ae.c_str());
       OFCondition cond = file.saveFile(tmp.c_str(), xfer, EET_ExplicitLength, EGL_recalcGL, EPD_noChange, 0, 0,
                                        EWM_fileformat);
+      file.getAndRemoveDataset();
       if (cond.bad()) throw storage::StorageError("cannot write " + tmp + ": " + cond.text());
-    }));
+    });
   } catch (const std::exception& e) {
     spdlog::error("ingest: sop={} calling_ae={}: storing failed: {}", record.sop_instance_uid, in.peer.calling_ae,
                   e.what());
     return {scp::kStoreOutOfResources, std::string("storage: ") + e.what()};
   }
+  record.file_size = static_cast<int64_t>(staged.size);
+
+  // The file's fsync/rename/directory fsync and the database commit each wait
+  // on the disk; they run at the same time and Success is answered only when
+  // both are durable. A failure of either answers a failure status; what the
+  // other left behind is repaired here or by start-up reconciliation.
+  auto commit_row = std::async(std::launch::async, [&] { return index_.record(record); });
+  std::string file_error;
   try {
-    const bool is_new = index_.record(record);
-    spdlog::info("ingest: stored sop={} calling_ae={} study={} modality={} size={}{}", record.sop_instance_uid,
-                 in.peer.calling_ae, record.study_uid, record.modality, record.file_size,
-                 is_new ? "" : " (again: row refreshed)");
+    storage_.publish(staged);
   } catch (const std::exception& e) {
+    storage_.discard(staged);
+    file_error = e.what();
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  bool is_new = false;
+  std::string db_error;
+  try {
+    is_new = commit_row.get();
+  } catch (const std::exception& e) {
+    db_error = e.what();
+  }
+  const auto t2 = std::chrono::steady_clock::now();
+  if (!file_error.empty()) {
+    spdlog::error("ingest: sop={} calling_ae={}: storing failed: {}", record.sop_instance_uid, in.peer.calling_ae,
+                  file_error);
+    if (db_error.empty() && is_new) {
+      try {
+        index_.forget(record.sop_instance_uid);
+      } catch (const std::exception& e) {
+        spdlog::error("ingest: sop={}: cannot remove the row of the unstored file: {}", record.sop_instance_uid,
+                      e.what());
+      }
+    }
+    return {scp::kStoreOutOfResources, "storage: " + file_error};
+  }
+  if (!db_error.empty()) {
     // The file is complete under its final name; reconciliation indexes it at the
     // next start, and the sender will retry since we answer a failure.
     spdlog::error("ingest: sop={} calling_ae={}: database commit failed: {}", record.sop_instance_uid,
-                  in.peer.calling_ae, e.what());
+                  in.peer.calling_ae, db_error);
     return {scp::kStoreOutOfResources, "database unavailable"};
   }
+  using ms = std::chrono::duration<double, std::milli>;
+  spdlog::info("ingest: stored sop={} calling_ae={} study={} modality={} size={} file_ms={:.1f} total_ms={:.1f}{}",
+               record.sop_instance_uid, in.peer.calling_ae, record.study_uid, record.modality, record.file_size,
+               ms(t1 - t0).count(), ms(t2 - t0).count(), is_new ? "" : " (again: row refreshed)");
   return {};
 }
 

@@ -81,27 +81,46 @@ void FileStorage::ensure_directory(const std::string& relpath) {
 
 uint64_t FileStorage::write_durably(const std::string& relpath,
                                     const std::function<void(const std::string&)>& write) {
-  if (relpath.empty() || relpath.front() == '/' || relpath.find("..") != std::string::npos)
-    throw StorageError("storage: refusing path '" + relpath + "'");
-  const std::string temp = root_ + "/tmp/" + temp_name();
+  StagedFile staged = stage(relpath, write);
   try {
-    write(temp);
-    fsync_path(temp, false);
-    const auto slash = relpath.rfind('/');
-    const std::string dir = slash == std::string::npos ? "" : relpath.substr(0, slash);
-    if (!dir.empty()) ensure_directory(dir);
-    const std::string final_path = root_ + "/" + relpath;
-    if (rename(temp.c_str(), final_path.c_str()) != 0)
-      throw StorageError("storage: cannot rename into " + final_path + ": " + errno_text());
-    fsync_path(dir.empty() ? root_ : root_ + "/" + dir, true);
-    struct stat st{};
-    if (stat(final_path.c_str(), &st) != 0) throw StorageError("storage: cannot stat " + final_path);
-    return static_cast<uint64_t>(st.st_size);
+    publish(staged);
   } catch (...) {
-    unlink(temp.c_str());
+    discard(staged);
     throw;
   }
+  return staged.size;
 }
+
+FileStorage::StagedFile FileStorage::stage(const std::string& relpath,
+                                           const std::function<void(const std::string&)>& write) {
+  if (relpath.empty() || relpath.front() == '/' || relpath.find("..") != std::string::npos)
+    throw StorageError("storage: refusing path '" + relpath + "'");
+  StagedFile staged{relpath, root_ + "/tmp/" + temp_name(), 0};
+  try {
+    write(staged.temp_path);
+    struct stat st{};
+    if (stat(staged.temp_path.c_str(), &st) != 0)
+      throw StorageError("storage: cannot stat " + staged.temp_path + ": " + errno_text());
+    staged.size = static_cast<uint64_t>(st.st_size);
+  } catch (...) {
+    unlink(staged.temp_path.c_str());
+    throw;
+  }
+  return staged;
+}
+
+void FileStorage::publish(const StagedFile& staged) {
+  fsync_path(staged.temp_path, false);
+  const auto slash = staged.relpath.rfind('/');
+  const std::string dir = slash == std::string::npos ? "" : staged.relpath.substr(0, slash);
+  if (!dir.empty()) ensure_directory(dir);
+  const std::string final_path = root_ + "/" + staged.relpath;
+  if (rename(staged.temp_path.c_str(), final_path.c_str()) != 0)
+    throw StorageError("storage: cannot rename into " + final_path + ": " + errno_text());
+  fsync_path(dir.empty() ? root_ : root_ + "/" + dir, true);
+}
+
+void FileStorage::discard(const StagedFile& staged) { unlink(staged.temp_path.c_str()); }
 
 uint64_t FileStorage::free_bytes() const {
   struct statvfs s{};

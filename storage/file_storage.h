@@ -36,6 +36,18 @@ class FileStorage {
   // file atomically. Returns the file size.
   uint64_t write_durably(const std::string& relpath, const std::function<void(const std::string&)>& write);
 
+  // The same in two steps, so that a caller can overlap other durable work
+  // (the database commit) with the fsyncs: stage() writes the temporary file,
+  // publish() fsyncs it, renames it into place and fsyncs the directory.
+  struct StagedFile {
+    std::string relpath;
+    std::string temp_path;
+    uint64_t size = 0;
+  };
+  StagedFile stage(const std::string& relpath, const std::function<void(const std::string&)>& write);
+  void publish(const StagedFile& staged);
+  void discard(const StagedFile& staged);
+
   // Bytes available to unprivileged users on the storage volume.
   uint64_t free_bytes() const;
 

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Ingest benchmark: 500 CT instances of ~512 KB sent by DCMTK's storescu (with
+# TCP_NODELAY=1) to firstread (fsync + PostgreSQL index on) and to DCMTK's own
+# storescp writing to the same disk, in the same run; then the same with 4
+# storescu processes in parallel. Prints instances/s for both and the ratio.
+# Usage: bench/ingest/run.sh [COUNT]   (run scripts/setup first)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+count="${1:-500}"
+build=build
+work="$(mktemp -d /tmp/firstread-bench-XXXXXX)"
+chmod 755 "$work"
+trap 'cp $work/firstread.log /tmp/bench-fr.log 2>/dev/null; kill $(jobs -p) 2>/dev/null || true; "$build/app/firstread" db stop --config "$work/firstread.yaml" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+"$build/bench/ingest/bench_make_instances" /usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm "$work/data" "$count" >/dev/null
+size_kb=$(du -k "$work/data/0.dcm" | cut -f1)
+
+fr_port=$((42000 + RANDOM % 1000)); scp_port=$((fr_port + 1000))
+cat > "$work/firstread.yaml" <<YAML
+dicom: {port: $fr_port}
+storage: {path: $work/var, min_free_bytes: 1MiB${FSYNC_OFF:+, fsync: false}}
+database: {embedded_port: $((fr_port + 2000))}
+http: {listen: "127.0.0.1:$((fr_port + 3000))"}
+worklist: {stable_seconds: 3600}
+log: {level: ${LOG_LEVEL:-warn}}
+YAML
+"$build/app/firstread" serve --config "$work/firstread.yaml" > "$work/firstread.log" 2>&1 &
+mkdir -p "$work/storescp"
+# storescp gets TCP_NODELAY too: without it DCMTK stalls ~40 ms per response.
+TCP_NODELAY=1 storescp --fork -od "$work/storescp" "$scp_port" > "$work/storescp.log" 2>&1 &
+for i in $(seq 1 300); do
+  echoscu -aec FIRSTREAD 127.0.0.1 "$fr_port" 2>/dev/null && echoscu 127.0.0.1 "$scp_port" 2>/dev/null && break
+  sleep 0.2
+done
+
+export TCP_NODELAY=1
+files=("$work"/data/*.dcm)
+
+# send TARGET_AE PORT PROCESSES -> elapsed seconds
+send() {
+  local ae=$1 port=$2 procs=$3 start end
+  start=$(date +%s.%N)
+  for ((p = 0; p < procs; p++)); do
+    local part=()
+    for ((i = p; i < ${#files[@]}; i += procs)); do part+=("${files[$i]}"); done
+    storescu -aec "$ae" 127.0.0.1 "$port" "${part[@]}" &
+  done
+  wait $(jobs -p | tail -n "$procs")
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+
+echo "ingest benchmark: $count instances of ${size_kb} KB (512x512 16-bit CT), storescu with TCP_NODELAY=1"
+printf "%-24s %12s %12s %8s\n" "senders" "storescp/s" "firstread/s" "ratio"
+for procs in 1 4; do
+  rm -rf "$work/storescp"/*
+  t_scp=$(send ANY "$scp_port" "$procs")
+  t_fr=$(send FIRSTREAD "$fr_port" "$procs")
+  # Each instance must be in the index: a fast but lossy run does not count.
+  "$build/app/firstread" db migrate --config "$work/firstread.yaml" >/dev/null
+  printf "%-24s %12.1f %12.1f %8.2f\n" "$procs storescu process(es)" \
+    "$(echo "$count / $t_scp" | bc -l)" "$(echo "$count / $t_fr" | bc -l)" "$(echo "$t_scp / $t_fr" | bc -l)"
+done
+indexed=$("$build/app/firstread" studies --json --config "$work/firstread.yaml" | grep -o '"instance_count": [0-9]*' | grep -o '[0-9]*$')
+echo "instances indexed by firstread: $indexed (expected $count; each instance was sent twice, the resend is idempotent)"
+echo "target: firstread >= 0.8x storescp"
