@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <chrono>
 #include <array>
 #include <stdexcept>
 #include <cmath>
@@ -53,14 +54,17 @@ static inline void cpu_relax() {
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    // Spin ~50-100 us, then sleep on the condition variable.
+    // After a decode job spin ~50 us (the next job comes microseconds later);
+    // after a batched job sleep at once so OpenBLAS's threads get the cores.
     bool got = false;
-    for (int spin = 0; spin < 20000; ++spin) {
+    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    for (int spin = 0; spin_after_.load(std::memory_order_relaxed); ++spin) {
       if (generation_.load(std::memory_order_acquire) != seen || stop_.load(std::memory_order_relaxed)) {
         got = true;
         break;
       }
       cpu_relax();
+      if ((spin & 63) == 63 && std::chrono::steady_clock::now() > spin_until) break;
     }
     if (!got) {
       std::unique_lock<std::mutex> lk(mu_);
@@ -75,7 +79,7 @@ void ThreadPool::worker_loop() {
   }
 }
 
-void ThreadPool::run_job(int n_tasks, void* ctx, void (*call)(void*, int)) {
+void ThreadPool::run_job(int n_tasks, void* ctx, void (*call)(void*, int), bool spin_after) {
   if (n_tasks <= 0) return;
   if (workers_.empty() || n_tasks == 1) {
     for (int i = 0; i < n_tasks; ++i) call(ctx, i);
@@ -83,6 +87,7 @@ void ThreadPool::run_job(int n_tasks, void* ctx, void (*call)(void*, int)) {
   }
   job_ctx_ = ctx;
   job_call_ = call;
+  spin_after_.store(spin_after, std::memory_order_relaxed);
   n_tasks_ = n_tasks;
   next_task_.store(0, std::memory_order_relaxed);
   active_.store(int(workers_.size()), std::memory_order_relaxed);
@@ -236,9 +241,10 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(rows), int(cols), 1.f, x, int(cols),
                 static_cast<const float*>(w.data), int(cols), 0.f, y, int(rows));
   } else {
-    // Batched with 16-bit weights: convert a block of rows (a few MB, stays in
-    // cache-friendly reach) then sgemm into the matching output columns.
-    int64_t block = std::max<int64_t>(64, (int64_t(4) << 20) / (cols * 4));
+    // Batched with 16-bit weights: convert up to 32 MB of rows to float32, then
+    // one sgemm into the matching output columns (large N keeps sgemm efficient;
+    // the conversion is a few percent of the product for a batch of hundreds).
+    int64_t block = std::max<int64_t>(64, (int64_t(32) << 20) / (cols * 4));
     block = std::min(block, rows);
     scratch.wbuf.resize(size_t(block * cols));
     for (int64_t r0 = 0; r0 < rows; r0 += block) {
@@ -247,7 +253,7 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
       pool.parallel_for(parts, [&](int p) {
         int64_t a = r0 + nb * p / parts, b = r0 + nb * (p + 1) / parts;
         if (b > a) convert_rows_f32(w, a, b, scratch.wbuf.data() + (a - r0) * cols);
-      });
+      }, /*spin_after=*/false);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(nb), int(cols), 1.f, x, int(cols),
                   scratch.wbuf.data(), int(cols), 0.f, y + r0, int(rows));
     }

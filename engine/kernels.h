@@ -36,15 +36,18 @@ class ThreadPool {
   int size() const { return n_threads_; }
   // Runs fn(task) for task in [0, n_tasks), dynamically balanced. The
   // callable is passed by pointer (no std::function, no allocation per call).
+  // spin_after: workers poll briefly for the next job (decode, where jobs
+  // come microseconds apart) instead of sleeping at once (batched phases,
+  // where OpenBLAS's threads need the cores next).
   template <typename F>
-  void parallel_for(int n_tasks, F&& fn) {
+  void parallel_for(int n_tasks, F&& fn, bool spin_after = true) {
     using Fn = std::remove_reference_t<F>;
     run_job(n_tasks, const_cast<void*>(static_cast<const void*>(&fn)),
-            [](void* ctx, int t) { (*static_cast<Fn*>(ctx))(t); });
+            [](void* ctx, int t) { (*static_cast<Fn*>(ctx))(t); }, spin_after);
   }
 
  private:
-  void run_job(int n_tasks, void* ctx, void (*call)(void*, int));
+  void run_job(int n_tasks, void* ctx, void (*call)(void*, int), bool spin_after);
   void worker_loop();
   void run_tasks();
   int n_threads_;
@@ -57,6 +60,7 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
   std::atomic<int> sleepers_{0};
+  std::atomic<bool> spin_after_{true};
   void* job_ctx_ = nullptr;
   void (*job_call_)(void*, int) = nullptr;
   int n_tasks_ = 0;

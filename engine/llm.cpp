@@ -145,7 +145,7 @@ void LlmDecoder::attention_batch(ThreadPool& pool, const LlmLayer&, int layer, i
         softmax_inplace(row, valid);
         std::fill(row + valid, row + total, 0.f);
       }
-    });
+    }, /*spin_after=*/false);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, total, 1.f, scores_.data(), total, vc + g * hd,
                 kvd, 0.f, attn_.data() + h * hd, qd);
   }

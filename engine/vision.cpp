@@ -160,7 +160,7 @@ void VisionEncoder::encode_tile(ThreadPool& pool, const float* pixels, float* ou
       pool.parallel_for(pool.size(), [&](int part) {
         for (int r = N * part / pool.size(); r < N * (part + 1) / pool.size(); ++r)
           softmax_inplace(scores_.data() + size_t(r) * N, N);
-      });
+      }, /*spin_after=*/false);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.f, scores_.data(), N, v, 3 * d, 0.f,
                   attn_.data() + hh * hd, d);
     }
@@ -174,7 +174,7 @@ void VisionEncoder::encode_tile(ThreadPool& pool, const float* pixels, float* ou
     pool.parallel_for(pool.size(), [&](int part) {
       size_t total = size_t(N) * I, a = total * part / pool.size(), b = total * (part + 1) / pool.size();
       gelu_erf(mlp_.data() + a, int64_t(b - a));
-    });
+    }, /*spin_after=*/false);
     linear(pool, mlp_.data(), N, L.fc2, L.fc2_b, h_.data(), scratch_);
     for (int t = 0; t < N; ++t)
       for (int i = 0; i < d; ++i) x_[size_t(t) * d + i] += L.ls2[i] * h_[size_t(t) * d + i];
