@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 #include "engine/common.h"
@@ -41,6 +42,9 @@ class ModelImpl {
   std::unique_ptr<ThreadPool> pool;
   ChatTemplate tmpl;
   int img_context_id = -1, stop_id = -1;
+  // One request at a time per Model (scratch buffers and the KV cache are
+  // shared); concurrent callers queue here.
+  std::recursive_mutex mu;
   std::vector<float> logits, emb;
 };
 
@@ -138,11 +142,14 @@ size_t Model::weight_bytes() const { return impl_->st->total_bytes(); }
 const std::string& Model::dir() const { return impl_->dir; }
 
 std::vector<float> Model::encode_image(const PreprocessedImage& img) {
+  std::lock_guard<std::recursive_mutex> lk(impl_->mu);
   const int nt = impl_->hp.chat.num_image_token, H = impl_->hp.llm.hidden, S = img.tile_size;
   if (S != impl_->hp.chat.image_size) throw EngineError("preprocessed tile size does not match the model");
   std::vector<float> out(size_t(img.geometry.n_tiles) * nt * H);
-  for (int t = 0; t < img.geometry.n_tiles; ++t)
-    impl_->vision->encode_tile(*impl_->pool, img.pixels.data() + size_t(t) * 3 * S * S, out.data() + size_t(t) * nt * H);
+  if (img.pixels.size() != size_t(img.geometry.n_tiles) * 3 * S * S)
+    throw EngineError("preprocessed image holds " + std::to_string(img.pixels.size()) + " values, expected " +
+                      std::to_string(size_t(img.geometry.n_tiles) * 3 * S * S));
+  impl_->vision->encode_tiles(*impl_->pool, img.pixels.data(), img.geometry.n_tiles, out.data());
   return out;
 }
 
@@ -182,6 +189,7 @@ GenerateResult Model::generate(const RgbImage& image, const std::string& prompt,
 GenerateResult Model::generate(const std::vector<RgbImage>& images, const std::string& prompt,
                                const GenerateOptions& opts) {
   ModelImpl& m = *impl_;
+  std::lock_guard<std::recursive_mutex> lk(m.mu);
   if (opts.max_new_tokens < 1) throw EngineError("max_new_tokens must be at least 1");
   GenerateResult res;
   const int H = m.hp.llm.hidden, nt = m.hp.chat.num_image_token;
@@ -216,6 +224,7 @@ GenerateResult Model::generate(const std::vector<RgbImage>& images, const std::s
 GenerateResult Model::generate_from_ids(const std::vector<int>& ids, const GenerateOptions& opts) {
   if (ids.empty()) throw EngineError("empty prompt");
   if (opts.max_new_tokens < 1) throw EngineError("max_new_tokens must be at least 1");
+  std::lock_guard<std::recursive_mutex> lk(impl_->mu);
   GenerateResult res;
   res.prompt_token_ids = ids;
   run_decoder(*impl_, ids, {}, opts, res);

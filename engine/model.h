@@ -48,6 +48,8 @@ struct GenerateOptions {
 
 class ModelImpl;
 
+// A loaded model. Requests on one Model are serialised (it owns one KV cache
+// and one thread pool); run several Models for concurrent inference.
 class Model {
  public:
   // Loads config.json, the safetensors weights (mmap) and the tokenizer.

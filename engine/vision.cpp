@@ -114,81 +114,110 @@ void pixel_shuffle(const float* x, int grid, int c, int ps_version, float* out) 
 }
 
 void VisionEncoder::encode_tile(ThreadPool& pool, const float* pixels, float* out) {
+  encode_tiles(pool, pixels, 1, out);
+}
+
+void VisionEncoder::encode_tiles(ThreadPool& pool, const float* pixels, int n_tiles, float* out) {
+  const int d = hp_.hidden, p = hp_.patch_size, S = chat_.image_size, grid = S / p;
+  const int np = grid * grid, N = np + 1, I = hp_.intermediate;
+  // Tiles share every matrix product (one sgemm over all their tokens, weights
+  // converted once), bounded so the MLP activations stay around 256 MB.
+  const int64_t per_tile = int64_t(N) * (I + 6 * d) * 4;
+  const int batch = int(std::max<int64_t>(1, std::min<int64_t>(n_tiles, (int64_t(256) << 20) / per_tile)));
+  for (int t0 = 0; t0 < n_tiles; t0 += batch) {
+    const int T = std::min(batch, n_tiles - t0);
+    encode_batch(pool, pixels + size_t(t0) * 3 * S * S, T, out + size_t(t0) * chat_.num_image_token * llm_hidden_);
+  }
+}
+
+void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, float* out) {
   const int d = hp_.hidden, p = hp_.patch_size, S = chat_.image_size, grid = S / p;
   const int np = grid * grid, N = np + 1, H = hp_.n_heads, hd = hp_.head_dim(), I = hp_.intermediate;
-  x_.resize(size_t(N) * d);
-  h_.resize(size_t(N) * d);
-  qkv_.resize(size_t(N) * 3 * d);
-  attn_.resize(size_t(N) * d);
-  mlp_.resize(size_t(N) * I);
+  const int64_t R = int64_t(T) * N;  // rows over all tiles
+  x_.resize(size_t(R) * d);
+  h_.resize(size_t(R) * d);
+  qkv_.resize(size_t(R) * 3 * d);
+  attn_.resize(size_t(R) * d);
+  mlp_.resize(size_t(R) * I);
   scores_.resize(size_t(N) * N);
 
   // Patch embedding as a matrix product over im2col rows (c, ky, kx order = conv weight order).
-  tmp_.resize(size_t(np) * 3 * p * p);
-  for (int gy = 0; gy < grid; ++gy)
-    for (int gx = 0; gx < grid; ++gx) {
-      float* row = tmp_.data() + size_t(gy * grid + gx) * 3 * p * p;
-      for (int c = 0; c < 3; ++c)
-        for (int ky = 0; ky < p; ++ky)
-          std::memcpy(row + (c * p + ky) * p, pixels + (size_t(c) * S + gy * p + ky) * S + gx * p, size_t(p) * 4);
-    }
-  linear(pool, tmp_.data(), np, patch_w_, patch_b_, x_.data() + d, scratch_);
-  std::memcpy(x_.data(), cls_, size_t(d) * 4);
-  for (size_t i = 0; i < size_t(N) * d; ++i) x_[i] += pos_grid_[i];
+  tmp_.resize(size_t(T) * np * 3 * p * p);
+  for (int t = 0; t < T; ++t)
+    for (int gy = 0; gy < grid; ++gy)
+      for (int gx = 0; gx < grid; ++gx) {
+        float* row = tmp_.data() + (size_t(t) * np + gy * grid + gx) * 3 * p * p;
+        const float* px = pixels + size_t(t) * 3 * S * S;
+        for (int c = 0; c < 3; ++c)
+          for (int ky = 0; ky < p; ++ky)
+            std::memcpy(row + (c * p + ky) * p, px + (size_t(c) * S + gy * p + ky) * S + gx * p, size_t(p) * 4);
+      }
+  linear(pool, tmp_.data(), int64_t(T) * np, patch_w_, patch_b_, h_.data(), scratch_);
+  for (int t = 0; t < T; ++t) {
+    float* xt = x_.data() + size_t(t) * N * d;
+    std::memcpy(xt, cls_, size_t(d) * 4);
+    std::memcpy(xt + d, h_.data() + size_t(t) * np * d, size_t(np) * d * 4);
+    for (size_t i = 0; i < size_t(N) * d; ++i) xt[i] += pos_grid_[i];
+  }
 
   const bool ln = hp_.norm == VisionNorm::LayerNorm;
   const float scale = 1.0f / std::sqrt(float(hd));
   for (const VisionLayer& L : layers_) {
     // --- attention ---
-    if (ln) layer_norm(x_.data(), L.norm1_w, L.norm1_b, h_.data(), N, d, hp_.norm_eps);
-    else rms_norm(x_.data(), L.norm1_w, h_.data(), N, d, hp_.norm_eps);
-    linear(pool, h_.data(), N, L.qkv, L.qkv_b, qkv_.data(), scratch_);
+    if (ln) layer_norm(x_.data(), L.norm1_w, L.norm1_b, h_.data(), R, d, hp_.norm_eps);
+    else rms_norm(x_.data(), L.norm1_w, h_.data(), R, d, hp_.norm_eps);
+    linear(pool, h_.data(), R, L.qkv, L.qkv_b, qkv_.data(), scratch_);
     if (hp_.qk_norm) {
       // RMSNorm over all heads jointly (the whole d-wide q and k vectors).
-      for (int t = 0; t < N; ++t) {
-        float* q = qkv_.data() + size_t(t) * 3 * d;
+      for (int64_t r = 0; r < R; ++r) {
+        float* q = qkv_.data() + size_t(r) * 3 * d;
         rms_norm(q, L.q_norm_w, q, 1, d, hp_.norm_eps);
         rms_norm(q + d, L.k_norm_w, q + d, 1, d, hp_.norm_eps);
       }
     }
-    for (int hh = 0; hh < H; ++hh) {
-      const float* q = qkv_.data() + hh * hd;
-      const float* k = qkv_.data() + d + hh * hd;
-      const float* v = qkv_.data() + 2 * d + hh * hd;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * d, k, 3 * d, 0.f,
-                  scores_.data(), N);
-      pool.parallel_for(pool.size(), [&](int part) {
-        for (int r = N * part / pool.size(); r < N * (part + 1) / pool.size(); ++r)
-          softmax_inplace(scores_.data() + size_t(r) * N, N);
-      }, /*spin_after=*/false);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.f, scores_.data(), N, v, 3 * d, 0.f,
-                  attn_.data() + hh * hd, d);
-    }
-    linear(pool, attn_.data(), N, L.proj, L.proj_b, h_.data(), scratch_);
-    for (int t = 0; t < N; ++t)
-      for (int i = 0; i < d; ++i) x_[size_t(t) * d + i] += L.ls1[i] * h_[size_t(t) * d + i];
+    for (int t = 0; t < T; ++t)
+      for (int hh = 0; hh < H; ++hh) {
+        const float* base = qkv_.data() + size_t(t) * N * 3 * d;
+        const float* q = base + hh * hd;
+        const float* k = base + d + hh * hd;
+        const float* v = base + 2 * d + hh * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * d, k, 3 * d, 0.f,
+                    scores_.data(), N);
+        pool.parallel_for(pool.size(), [&](int part) {
+          for (int r = N * part / pool.size(); r < N * (part + 1) / pool.size(); ++r)
+            softmax_inplace(scores_.data() + size_t(r) * N, N);
+        }, /*spin_after=*/false);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.f, scores_.data(), N, v, 3 * d, 0.f,
+                    attn_.data() + size_t(t) * N * d + hh * hd, d);
+      }
+    linear(pool, attn_.data(), R, L.proj, L.proj_b, h_.data(), scratch_);
+    for (int64_t r = 0; r < R; ++r)
+      for (int i = 0; i < d; ++i) x_[size_t(r) * d + i] += L.ls1[i] * h_[size_t(r) * d + i];
     // --- MLP ---
-    if (ln) layer_norm(x_.data(), L.norm2_w, L.norm2_b, h_.data(), N, d, hp_.norm_eps);
-    else rms_norm(x_.data(), L.norm2_w, h_.data(), N, d, hp_.norm_eps);
-    linear(pool, h_.data(), N, L.fc1, L.fc1_b, mlp_.data(), scratch_);
+    if (ln) layer_norm(x_.data(), L.norm2_w, L.norm2_b, h_.data(), R, d, hp_.norm_eps);
+    else rms_norm(x_.data(), L.norm2_w, h_.data(), R, d, hp_.norm_eps);
+    linear(pool, h_.data(), R, L.fc1, L.fc1_b, mlp_.data(), scratch_);
     pool.parallel_for(pool.size(), [&](int part) {
-      size_t total = size_t(N) * I, a = total * part / pool.size(), b = total * (part + 1) / pool.size();
+      size_t total = size_t(R) * I, a = total * part / pool.size(), b = total * (part + 1) / pool.size();
       gelu_erf(mlp_.data() + a, int64_t(b - a));
     }, /*spin_after=*/false);
-    linear(pool, mlp_.data(), N, L.fc2, L.fc2_b, h_.data(), scratch_);
-    for (int t = 0; t < N; ++t)
-      for (int i = 0; i < d; ++i) x_[size_t(t) * d + i] += L.ls2[i] * h_[size_t(t) * d + i];
+    linear(pool, mlp_.data(), R, L.fc2, L.fc2_b, h_.data(), scratch_);
+    for (int64_t r = 0; r < R; ++r)
+      for (int i = 0; i < d; ++i) x_[size_t(r) * d + i] += L.ls2[i] * h_[size_t(r) * d + i];
   }
-  vit_out_.assign(x_.begin() + d, x_.end());  // drop CLS
 
   const int c4 = 4 * d, nt = chat_.num_image_token;
-  shuffled_.resize(size_t(nt) * c4);
-  pixel_shuffle(vit_out_.data(), grid, d, chat_.ps_version, shuffled_.data());
-  layer_norm(shuffled_.data(), mlp_ln_w_, mlp_ln_b_, shuffled_.data(), nt, c4, 1e-5f);
-  proj_tmp_.resize(size_t(nt) * llm_hidden_);
-  linear(pool, shuffled_.data(), nt, mlp1_, mlp1_b_, proj_tmp_.data(), scratch_);
-  gelu_erf(proj_tmp_.data(), int64_t(nt) * llm_hidden_);
-  linear(pool, proj_tmp_.data(), nt, mlp3_, mlp3_b_, out, scratch_);
+  vit_out_.resize(size_t(np) * d);
+  shuffled_.resize(size_t(T) * nt * c4);
+  for (int t = 0; t < T; ++t) {
+    const float* xt = x_.data() + size_t(t) * N * d + d;  // drop CLS
+    pixel_shuffle(xt, grid, d, chat_.ps_version, shuffled_.data() + size_t(t) * nt * c4);
+  }
+  layer_norm(shuffled_.data(), mlp_ln_w_, mlp_ln_b_, shuffled_.data(), int64_t(T) * nt, c4, 1e-5f);
+  proj_tmp_.resize(size_t(T) * nt * llm_hidden_);
+  linear(pool, shuffled_.data(), int64_t(T) * nt, mlp1_, mlp1_b_, proj_tmp_.data(), scratch_);
+  gelu_erf(proj_tmp_.data(), int64_t(T) * nt * llm_hidden_);
+  linear(pool, proj_tmp_.data(), int64_t(T) * nt, mlp3_, mlp3_b_, out, scratch_);
 }
 
 }  // namespace firstread::engine

@@ -27,11 +27,12 @@ class VisionEncoder {
   VisionEncoder(const ModelHParams& hp, WeightStore& ws, int llm_hidden);
   // pixels: 3 x S x S (S = chat.image_size). Output: [num_image_token][llm_hidden].
   void encode_tile(ThreadPool& pool, const float* pixels, float* out);
-  // The ViT output before pixel shuffle ([grid*grid][hidden], CLS dropped), for tests.
-  std::vector<float> last_vit_features() const { return vit_out_; }
+  // n_tiles tiles (tiles x 3 x S x S) -> [n_tiles * num_image_token][llm_hidden].
+  void encode_tiles(ThreadPool& pool, const float* pixels, int n_tiles, float* out);
 
  private:
-  void interpolate_pos_embed(int grid);  // bicubic, as F.interpolate(align_corners=False)
+  void interpolate_pos_embed(int grid);
+  void encode_batch(ThreadPool& pool, const float* pixels, int n_tiles, float* out);  // bicubic, as F.interpolate(align_corners=False)
   VisionHParams hp_;
   ChatHParams chat_;
   int llm_hidden_;
