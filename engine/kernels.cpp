@@ -20,6 +20,8 @@ void convert_f16(const uint16_t* src, float* dst, int64_t n);
 void softmax(float* v, int64_t n);
 void gelu(float* v, int64_t n);
 void silu_mul(float* gate, const float* up, int64_t n);
+float dot(const float* a, const float* b, int64_t n);
+void axpy(float* y, float a, const float* x, int64_t n);
 }  // namespace avx2
 
 // ---------------------------------------------------------------- threads
@@ -327,6 +329,18 @@ void layer_norm(const float* x, const float* weight, const float* bias, float* y
 void gelu_erf(float* x, int64_t n) {
   if (cpu_has_avx2_fma_f16c()) return avx2::gelu(x, n);
   for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  if (cpu_has_avx2_fma_f16c()) return avx2::dot(a, b, n);
+  float s = 0.f;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void axpy_f32(float* y, float a, const float* x, int64_t n) {
+  if (cpu_has_avx2_fma_f16c()) return avx2::axpy(y, a, x, n);
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
 void silu_mul(float* gate, const float* up, int64_t n) {

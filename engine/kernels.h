@@ -110,5 +110,7 @@ void layer_norm(const float* x, const float* weight, const float* bias, float* y
 void gelu_erf(float* x, int64_t n);
 void softmax_inplace(float* x, int64_t n);
 void silu_mul(float* gate, const float* up, int64_t n);  // gate = silu(gate) * up
+float dot_f32(const float* a, const float* b, int64_t n);
+void axpy_f32(float* y, float a, const float* x, int64_t n);  // y += a * x
 
 }  // namespace firstread::engine

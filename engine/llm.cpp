@@ -116,20 +116,11 @@ void LlmDecoder::attention_batch(ThreadPool& pool, const LlmLayer&, int layer, i
       const int g = h / group;
       const float* q = q_.data() + size_t(h) * hd;
       float* sc = scores_.data() + size_t(h) * total;
-      for (int t = 0; t < total; ++t) {
-        const float* k = kc + size_t(t) * kvd + g * hd;
-        float s = 0.f;
-        for (int i = 0; i < hd; ++i) s += q[i] * k[i];
-        sc[t] = s * scale;
-      }
+      for (int t = 0; t < total; ++t) sc[t] = dot_f32(q, kc + size_t(t) * kvd + g * hd, hd) * scale;
       softmax_inplace(sc, total);
       float* o = attn_.data() + size_t(h) * hd;
       std::fill(o, o + hd, 0.f);
-      for (int t = 0; t < total; ++t) {
-        const float* v = vc + size_t(t) * kvd + g * hd;
-        const float p = sc[t];
-        for (int i = 0; i < hd; ++i) o[i] += p * v[i];
-      }
+      for (int t = 0; t < total; ++t) axpy_f32(o, sc[t], vc + size_t(t) * kvd + g * hd, hd);
     });
     return;
   }

@@ -11,6 +11,7 @@
 #include "engine/cli.h"
 #include "engine/common.h"
 #include "engine/image.h"
+#include "engine/kernels.h"
 #include "engine/model.h"
 #include "engine/test_fixtures.h"
 
@@ -77,6 +78,14 @@ TEST(engine_reference, InternVL2_2B_LikeInternLM2PosEmbInterpolation) { check_mo
 // BF16 weights read directly by the matvec / converted for sgemm; the reference
 // runs on the same rounded weights in float32.
 TEST(engine_reference, V12LikeBF16Weights) { check_model(fixture_root() + "/bf16/v12", 1e-4); }
+
+// The portable kernels (CPUs without AVX2/FMA/F16C) give the same answers.
+TEST(engine_reference, ScalarKernelsMatchToo) {
+  force_scalar_kernels(true);
+  check_model(fixture_root() + "/2b", 1e-4);
+  check_model(fixture_root() + "/bf16/v12", 1e-4);
+  force_scalar_kernels(false);
+}
 
 TEST(engine_reference, TokenizersMatchReferenceImplementations) {
   for (const char* name : {"v12", "1b", "2b"}) {
