@@ -194,6 +194,16 @@ TEST(engine_cli, InferJsonAndTokenize) {
   for (auto& v : t["token_ids"]) ids += std::to_string(v.get<int>()) + " ";
   ASSERT_EQ(call(run_tokenize_command, {"tokenize", "--model", dir, "--text", ids, "--decode"}, &out), 0);
   EXPECT_EQ(out, "肺部 <box>[[1, 2, 3, 4]]</box>\n");
+  // infer runs on the other two families too (PPM input, text output).
+  for (const char* name : {"v12", "2b"}) {
+    std::string d = fixture_root() + "/" + name;
+    EXPECT_EQ(call(run_infer_command, {"infer", "--model", d, "--image", d + "/test_image.ppm", "--prompt",
+                                       "Please locate <ref>the lesion</ref>.", "--max-new-tokens", "3"},
+                   &out),
+              0)
+        << name;
+    EXPECT_FALSE(out.empty());
+  }
   EXPECT_EQ(call(run_infer_command, {"infer", "--help"}, &out), 0);
   EXPECT_NE(call(run_infer_command, {"infer", "--model", dir}, &out), 0);
   EXPECT_NE(call(run_infer_command, {"infer", "--model", "/nonexistent", "--image", dir + "/test_image.png"}, &out), 0);

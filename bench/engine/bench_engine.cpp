@@ -91,7 +91,7 @@ static double measure_bandwidth(int threads) {
 int main(int argc, char** argv) {
   std::string dir = "/tmp/firstread_bench_model";
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  int decode_tokens = 32, prefill_tokens = 300;
+  int decode_tokens = 32, prefill_tokens = 300, repeat = 2;
   bool pytorch = true, vision = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -100,8 +100,9 @@ int main(int argc, char** argv) {
     else if (a == "--decode-tokens" && i + 1 < argc) decode_tokens = std::atoi(argv[++i]);
     else if (a == "--no-pytorch") pytorch = false;
     else if (a == "--no-vision") vision = false;
+    else if (a == "--repeat" && i + 1 < argc) repeat = std::max(1, std::atoi(argv[++i]));
     else {
-      std::fprintf(stderr, "usage: bench_engine [--model DIR] [--threads N] [--decode-tokens N] [--no-pytorch] [--no-vision]\n");
+      std::fprintf(stderr, "usage: bench_engine [--model DIR] [--threads N] [--decode-tokens N] [--no-pytorch] [--no-vision] [--repeat N]\n");
       return 2;
     }
   }
@@ -131,16 +132,28 @@ int main(int argc, char** argv) {
   std::mt19937 g(1);
   std::normal_distribution<float> nd;
   for (auto& v : pre.pixels) v = nd(g);
-  double t0 = now_ms();
-  if (vision) model->encode_image(pre);
-  const double vision_ms = now_ms() - t0;
+  // Best of `repeat` runs per phase: the machine may be shared, and the best
+  // run is the one least disturbed.
+  double vision_ms = 1e300;
+  for (int rep = 0; rep < repeat && vision; ++rep) {
+    double t0 = now_ms();
+    model->encode_image(pre);
+    vision_ms = std::min(vision_ms, now_ms() - t0);
+  }
+  if (!vision) vision_ms = 0;
   // Prefill 300 tokens + decode.
   std::vector<int> ids(static_cast<size_t>(prefill_tokens));
   for (auto& id : ids) id = int(g() % 600);
   GenerateOptions go;
   go.max_new_tokens = decode_tokens + 1;
   go.stop_on_end_token = false;
-  GenerateResult r = model->generate_from_ids(ids, go);
+  GenerateResult r;
+  for (int rep = 0; rep < repeat; ++rep) {
+    GenerateResult x = model->generate_from_ids(ids, go);
+    if (rep == 0) r = x;
+    r.timings.prefill_ms = std::min(r.timings.prefill_ms, x.timings.prefill_ms);
+    r.timings.tokens_per_second = std::max(r.timings.tokens_per_second, x.timings.tokens_per_second);
+  }
   const double rss = peak_rss_mb();
 
   // FLOPs and bytes the workloads need.
@@ -181,7 +194,8 @@ int main(int argc, char** argv) {
     model.reset();
     int rc;
     std::string cmd = py + " run " + dir + " --threads 1," + std::to_string(threads) +
-                      " --decode-tokens 16 --prefill-tokens " + std::to_string(prefill_tokens);
+                      " --decode-tokens 16 --prefill-tokens " + std::to_string(prefill_tokens) +
+                      " --repeat " + std::to_string(repeat);
     std::fprintf(stderr, "running PyTorch: %s\n", cmd.c_str());
     std::string o = run_capture(cmd, &rc);
     nlohmann::json pj;
@@ -199,8 +213,8 @@ int main(int argc, char** argv) {
       if (it.value()["decode_tokens_per_second"].get<double>() > best_d)
         best_d = it.value()["decode_tokens_per_second"], td = it.key();
     }
-    std::printf("PyTorch %s (float32 compute, best thread count of 1/%d)\n", pj["torch"].get<std::string>().c_str(),
-                threads);
+    std::printf("PyTorch %s (float32 compute, best of 1/%d threads and %d runs)\n", pj["torch"].get<std::string>().c_str(),
+                threads, repeat);
     std::printf("  vision %.1f ms (%s thr), prefill %.1f ms (%s thr), decode %.2f tok/s (%s thr), peak RSS %.0f MB\n",
                 best_v, tv.c_str(), best_p, tp.c_str(), best_d, td.c_str(), pj["peak_rss_mb"].get<double>());
     std::printf("ratios (engine vs PyTorch): vision time %.2fx, prefill time %.2fx, decode speed %.2fx\n",

@@ -1,0 +1,47 @@
+// DICOM pixel data -> one 8-bit RGB frame for the model (issue 4, "Pixels to
+// model input"). Decodes native and encapsulated pixel data with DCMTK (JPEG,
+// JPEG-LS, RLE codecs) and JPEG 2000 with OpenJPEG, then applies the grey-level
+// pipeline: modality LUT (Rescale Slope/Intercept or Modality LUT Sequence),
+// VOI LUT Sequence or the first Window Center/Width (else min-max over the
+// frame), MONOCHROME1 inversion, grey replicated into RGB; RGB, YBR_FULL,
+// YBR_FULL_422 and PALETTE COLOR become RGB. tools/pixel_reference/decode.py
+// computes the same 8-bit rule with pydicom; the two are kept in step.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include "engine/image.h"
+
+class DcmDataset;
+
+namespace firstread::engine {
+
+struct DicomPixels {
+  RgbImage image;          // width, height, rgb (row-major, 3 bytes per pixel)
+  int frame = 0;           // 0-based frame that was decoded
+  int frames = 1;          // Number of Frames
+  std::string photometric; // Photometric Interpretation as in the file
+  std::string window;      // how values became 8 bits: "voi-lut", "window c/w",
+                           // "minmax", "none (8-bit colour)",
+                           // "scaled (N-bit colour)", "palette"
+};
+
+// Every failure names the file (or the caller's name for a dataset), the frame
+// where one applies, and the reason: missing pixel data, absurd or
+// inconsistent attributes, pixel data shorter than the attributes promise, an
+// unsupported photometric interpretation or transfer syntax, a codec error.
+class DicomImageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// frame: 0-based; -1 = the middle frame (Number of Frames / 2).
+DicomPixels decode_dicom_frame(const std::string& path, int frame = 0);
+DicomPixels decode_dicom_frame(DcmDataset& dataset, const std::string& name_for_errors, int frame = 0);
+
+// Number of Frames (1 when absent). Throws DicomImageError when it is not a
+// positive integer.
+int dicom_frame_count(DcmDataset& dataset);
+
+}  // namespace firstread::engine
