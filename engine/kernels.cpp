@@ -105,6 +105,7 @@ void ThreadPool::run_job(int n_tasks, void* ctx, void (*call)(void*, int), bool 
 }
 
 void set_blas_threads(int n) { openblas_set_num_threads(std::max(1, n)); }
+int blas_threads() { return openblas_get_num_threads(); }
 
 // ---------------------------------------------------------------- dispatch
 
@@ -239,26 +240,34 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
         matvec_range(w, xt, yt, r0, r1);
       });
     }
-  } else if (w.dtype == DType::F32) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(rows), int(cols), 1.f, x, int(cols),
-                static_cast<const float*>(w.data), int(cols), 0.f, y, int(rows));
   } else {
-    // Batched with 16-bit weights: convert up to 32 MB of rows to float32, then
-    // one sgemm into the matching output columns (large N keeps sgemm efficient;
-    // the conversion is a few percent of the product for a batch of hundreds).
-    int64_t block = std::max<int64_t>(64, (int64_t(32) << 20) / (cols * 4));
-    block = std::min(block, rows);
-    scratch.wbuf.resize(size_t(block * cols));
-    for (int64_t r0 = 0; r0 < rows; r0 += block) {
-      int64_t r1 = std::min(rows, r0 + block), nb = r1 - r0;
-      const int parts = pool.size();
-      pool.parallel_for(parts, [&](int p) {
-        int64_t a = r0 + nb * p / parts, b = r0 + nb * (p + 1) / parts;
-        if (b > a) convert_rows_f32(w, a, b, scratch.wbuf.data() + (a - r0) * cols);
-      }, /*spin_after=*/false);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(nb), int(cols), 1.f, x, int(cols),
-                  scratch.wbuf.data(), int(cols), 0.f, y + r0, int(rows));
+    // Batched: OpenBLAS runs single-threaded and the pool splits the output
+    // features, so exactly pool.size() threads compute and none spin idle
+    // (OpenBLAS's own threads would busy-wait between our calls).
+    const int parts = int(std::min<int64_t>(pool.size(), std::max<int64_t>(1, rows / 16)));
+    int64_t block = 0;
+    if (w.dtype != DType::F32) {
+      // 16-bit weights: each thread converts up to 16 MB of its rows to float32,
+      // then one sgemm over them (the conversion is a few percent of the product).
+      block = std::max<int64_t>(16, (int64_t(16) << 20) / (cols * 4));
+      block = std::min(block, (rows + parts - 1) / parts);
+      scratch.wbuf.resize(size_t(parts) * size_t(block) * size_t(cols));
     }
+    pool.parallel_for(parts, [&](int p) {
+      const int64_t a = rows * p / parts, b = rows * (p + 1) / parts;
+      if (w.dtype == DType::F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(b - a), int(cols), 1.f, x, int(cols),
+                    static_cast<const float*>(w.data) + a * cols, int(cols), 0.f, y + a, int(rows));
+        return;
+      }
+      float* buf = scratch.wbuf.data() + size_t(p) * size_t(block) * size_t(cols);
+      for (int64_t r0 = a; r0 < b; r0 += block) {
+        const int64_t r1 = std::min(b, r0 + block);
+        convert_rows_f32(w, r0, r1, buf);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(r1 - r0), int(cols), 1.f, x, int(cols), buf,
+                    int(cols), 0.f, y + r0, int(rows));
+      }
+    }, /*spin_after=*/false);
   }
   if (bias)
     for (int64_t t = 0; t < n; ++t) {

@@ -68,8 +68,10 @@ class ThreadPool {
   std::atomic<int> active_{0};
 };
 
-// Sets OpenBLAS's thread count (it must not add its own threads on top of ours).
+// OpenBLAS's thread count. The engine keeps it at 1 and splits every batched
+// product over its own pool (see linear), so no second set of threads competes.
 void set_blas_threads(int n);
+int blas_threads();
 // True when the AVX2/FMA/F16C kernels are in use on this CPU.
 bool cpu_has_avx2_fma_f16c();
 // Forces the portable kernels (tests compare both paths).
@@ -89,7 +91,8 @@ struct LinearScratch {
 };
 
 // y[n][rows] = x[n][cols] · Wᵀ (+ bias). Uses the matvec for n < 4 and sgemm
-// otherwise (BF16/F16 weights converted blockwise on the fly).
+// otherwise (single-threaded OpenBLAS per thread on a slice of the output
+// features; BF16/F16 weights converted blockwise on the fly).
 void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
             LinearScratch& scratch);
 

@@ -124,22 +124,25 @@ void LlmDecoder::attention_batch(ThreadPool& pool, const LlmLayer&, int layer, i
     });
     return;
   }
-  scores_.resize(size_t(n) * total);
-  for (int h = 0; h < H; ++h) {
-    const int g = h / group;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, total, hd, scale, q_.data() + h * hd, qd, kc + g * hd,
-                kvd, 0.f, scores_.data(), total);
-    pool.parallel_for(pool.size(), [&](int part) {
-      for (int r = n * part / pool.size(); r < n * (part + 1) / pool.size(); ++r) {
-        float* row = scores_.data() + size_t(r) * total;
+  // Prefill: heads split statically over the threads, each with its own scores.
+  const int parts = pool.size();
+  scores_.resize(size_t(parts) * n * total);
+  pool.parallel_for(parts, [&](int part) {
+    float* sc = scores_.data() + size_t(part) * n * total;
+    for (int h = part; h < H; h += parts) {
+      const int g = h / group;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, total, hd, scale, q_.data() + h * hd, qd, kc + g * hd,
+                  kvd, 0.f, sc, total);
+      for (int r = 0; r < n; ++r) {
+        float* row = sc + size_t(r) * total;
         const int valid = n_past_ + r + 1;  // causal: keys up to this query's position
         softmax_inplace(row, valid);
         std::fill(row + valid, row + total, 0.f);
       }
-    }, /*spin_after=*/false);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, total, 1.f, scores_.data(), total, vc + g * hd,
-                kvd, 0.f, attn_.data() + h * hd, qd);
-  }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, total, 1.f, sc, total, vc + g * hd, kvd, 0.f,
+                  attn_.data() + h * hd, qd);
+    }
+  }, /*spin_after=*/false);
 }
 
 void LlmDecoder::forward(ThreadPool& pool, const float* x_in, int n, float* logits) {

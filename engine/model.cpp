@@ -107,7 +107,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const EngineOptions& 
   m->hp = load_model_config(dir);
   int threads = opts.threads > 0 ? opts.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   m->pool = std::make_unique<ThreadPool>(threads);
-  set_blas_threads(threads);
+  set_blas_threads(1);  // the pool parallelises around OpenBLAS (kernels.h)
   m->tok = Tokenizer::load(dir);
   m->st = std::make_unique<SafetensorsSet>(dir);
   m->ws = std::make_unique<WeightStore>(*m->st, parse_weight_format(opts.weights));

@@ -139,7 +139,7 @@ void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, f
   qkv_.resize(size_t(R) * 3 * d);
   attn_.resize(size_t(R) * d);
   mlp_.resize(size_t(R) * I);
-  scores_.resize(size_t(N) * N);
+  scores_.resize(size_t(pool.size()) * N * N);
 
   // Patch embedding as a matrix product over im2col rows (c, ky, kx order = conv weight order).
   tmp_.resize(size_t(T) * np * 3 * p * p);
@@ -175,21 +175,23 @@ void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, f
         rms_norm(q + d, L.k_norm_w, q + d, 1, d, hp_.norm_eps);
       }
     }
-    for (int t = 0; t < T; ++t)
-      for (int hh = 0; hh < H; ++hh) {
+    // Heads (of every tile) split statically over the threads, each with its
+    // own N x N score buffer.
+    const int parts = pool.size();
+    pool.parallel_for(parts, [&](int part) {
+      float* sc = scores_.data() + size_t(part) * N * N;
+      for (int job = part; job < T * H; job += parts) {
+        const int t = job / H, hh = job % H;
         const float* base = qkv_.data() + size_t(t) * N * 3 * d;
         const float* q = base + hh * hd;
         const float* k = base + d + hh * hd;
         const float* v = base + 2 * d + hh * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * d, k, 3 * d, 0.f,
-                    scores_.data(), N);
-        pool.parallel_for(pool.size(), [&](int part) {
-          for (int r = N * part / pool.size(); r < N * (part + 1) / pool.size(); ++r)
-            softmax_inplace(scores_.data() + size_t(r) * N, N);
-        }, /*spin_after=*/false);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.f, scores_.data(), N, v, 3 * d, 0.f,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * d, k, 3 * d, 0.f, sc, N);
+        for (int r = 0; r < N; ++r) softmax_inplace(sc + size_t(r) * N, N);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.f, sc, N, v, 3 * d, 0.f,
                     attn_.data() + size_t(t) * N * d + hh * hd, d);
       }
+    }, /*spin_after=*/false);
     linear(pool, attn_.data(), R, L.proj, L.proj_b, h_.data(), scratch_);
     for (int64_t r = 0; r < R; ++r)
       for (int i = 0; i < d; ++i) x_[size_t(r) * d + i] += L.ls1[i] * h_[size_t(r) * d + i];

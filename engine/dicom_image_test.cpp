@@ -1,0 +1,443 @@
+// engine/dicom_image: every sample DICOM file Debian ships either decodes to
+// the same 8-bit RGB as tools/pixel_reference/decode.py (pydicom) within one
+// grey level, or fails with a named reason; plus targeted cases built with
+// DCMTK (truncated pixel data, absurd sizes, MONOCHROME1, multi-frame, signed
+// 16-bit with rescale, palette colour, planar configuration 1).
+#include "engine/dicom_image.h"
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdatset.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcuid.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cstdio>
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using firstread::engine::decode_dicom_frame;
+using firstread::engine::DicomImageError;
+using firstread::engine::DicomPixels;
+using firstread::engine::RgbImage;
+
+namespace {
+
+const char* kPydicomSamples = "/usr/lib/python3/dist-packages/pydicom/data/test_files";
+const char* kDicom3toolsSamples = "/usr/share/doc/dicom3tools/examples";
+const char* kGdcmSamples = "/usr/share/doc/libgdcm3.0/examples";
+
+std::string python() {
+  const char* override_python = std::getenv("FIRSTREAD_REF_PYTHON");
+  return override_python ? override_python : "/usr/bin/python3";
+}
+
+// The reference sits beside the sources: engine/../tools/pixel_reference.
+std::string reference_script() {
+  return (fs::path(__FILE__).parent_path().parent_path() / "tools" / "pixel_reference" / "decode.py").string();
+}
+
+bool reference_available() { return fs::exists(python()) && fs::exists(reference_script()); }
+
+// A scratch directory for written DICOM files and reference output.
+const fs::path& scratch_dir() {
+  static fs::path dir = [] {
+    std::string pattern = (fs::temp_directory_path() / "firstread_dicom_image_XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    return fs::path(pattern);
+  }();
+  return dir;
+}
+
+struct ReferenceResult {
+  bool ok = false;
+  std::string reason;
+  std::string window, decoder;
+  int frame = 0, frames = 0;
+  RgbImage image;
+};
+
+RgbImage read_ppm(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string magic;
+  int width = 0, height = 0, max_value = 0;
+  in >> magic >> width >> height >> max_value;
+  in.get();
+  if (magic != "P6" || max_value != 255 || width <= 0 || height <= 0) throw std::runtime_error("bad PPM " + path.string());
+  RgbImage image;
+  image.width = width;
+  image.height = height;
+  image.rgb.resize(size_t(width) * height * 3);
+  in.read(reinterpret_cast<char*>(image.rgb.data()), std::streamsize(image.rgb.size()));
+  if (!in) throw std::runtime_error("short PPM " + path.string());
+  return image;
+}
+
+// Runs the reference once for many (file, frame) pairs (one Python start).
+std::vector<ReferenceResult> run_reference(const std::vector<std::pair<std::string, int>>& jobs) {
+  static int batch = 0;
+  const fs::path manifest = scratch_dir() / ("manifest" + std::to_string(++batch) + ".txt");
+  std::vector<fs::path> outputs;
+  {
+    std::ofstream out(manifest);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      outputs.push_back(scratch_dir() / ("ref" + std::to_string(batch) + "_" + std::to_string(i) + ".ppm"));
+      out << jobs[i].first << '\t' << jobs[i].second << '\t' << outputs.back().string() << '\n';
+    }
+  }
+  std::string command = python() + " " + reference_script() + " --batch " + manifest.string();
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
+  std::string text;
+  char chunk[4096];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, pipe)) > 0) text.append(chunk, n);
+  int status = pclose(pipe);
+  if (status != 0) throw std::runtime_error("reference exited with " + std::to_string(status) + ": " + command);
+
+  std::vector<ReferenceResult> results;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line);
+    ReferenceResult r;
+    r.ok = j.at("ok").get<bool>();
+    if (r.ok) {
+      r.window = j.at("window").get<std::string>();
+      r.decoder = j.at("decoder").get<std::string>();
+      r.frame = j.at("frame").get<int>();
+      r.frames = j.at("frames").get<int>();
+      r.image = read_ppm(outputs[results.size()]);
+    } else {
+      r.reason = j.at("reason").get<std::string>();
+    }
+    results.push_back(std::move(r));
+  }
+  if (results.size() != jobs.size()) throw std::runtime_error("reference gave " + std::to_string(results.size()) + " results");
+  return results;
+}
+
+// Largest per-channel difference, or -1 when the sizes differ.
+int max_difference(const RgbImage& a, const RgbImage& b) {
+  if (a.width != b.width || a.height != b.height || a.rgb.size() != b.rgb.size()) return -1;
+  int worst = 0;
+  for (size_t i = 0; i < a.rgb.size(); ++i) worst = std::max(worst, std::abs(int(a.rgb[i]) - int(b.rgb[i])));
+  return worst;
+}
+
+// Decodes with the engine and with the reference; expects agreement within 1.
+DicomPixels expect_matches_reference(const std::string& path, int frame) {
+  DicomPixels ours = decode_dicom_frame(path, frame);
+  if (!reference_available()) return ours;
+  ReferenceResult ref = run_reference({{path, frame}}).at(0);
+  EXPECT_TRUE(ref.ok) << path << ": reference failed: " << ref.reason;
+  if (ref.ok) {
+    EXPECT_EQ(ours.frame, ref.frame) << path;
+    EXPECT_EQ(ours.window, ref.window) << path;
+    int diff = max_difference(ours.image, ref.image);
+    EXPECT_GE(diff, 0) << path << ": size " << ours.image.width << "x" << ours.image.height << " vs reference "
+                       << ref.image.width << "x" << ref.image.height;
+    EXPECT_LE(diff, 1) << path;
+  }
+  return ours;
+}
+
+std::vector<std::string> sample_files() {
+  std::vector<std::string> files;
+  for (const char* dir : {kPydicomSamples, kDicom3toolsSamples, kGdcmSamples}) {
+    if (!fs::is_directory(dir)) continue;
+    for (const auto& entry : fs::directory_iterator(dir))
+      if (entry.path().extension() == ".dcm") files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+std::string ct_small() { return std::string(kPydicomSamples) + "/CT_small.dcm"; }
+
+// A dataset with the image pixel attributes set (8 or 16 bits, native).
+void set_image_attributes(DcmDataset& ds, int rows, int columns, int samples, int bits, bool is_signed,
+                          const char* photometric, int frames = 1) {
+  char uid[100];
+  ds.putAndInsertString(DCM_SOPClassUID, UID_SecondaryCaptureImageStorage);
+  ds.putAndInsertString(DCM_SOPInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_INSTANCE_UID_ROOT));
+  ds.putAndInsertUint16(DCM_Rows, Uint16(rows));
+  ds.putAndInsertUint16(DCM_Columns, Uint16(columns));
+  ds.putAndInsertUint16(DCM_SamplesPerPixel, Uint16(samples));
+  ds.putAndInsertUint16(DCM_BitsAllocated, Uint16(bits));
+  ds.putAndInsertUint16(DCM_BitsStored, Uint16(bits));
+  ds.putAndInsertUint16(DCM_HighBit, Uint16(bits - 1));
+  ds.putAndInsertUint16(DCM_PixelRepresentation, is_signed ? 1 : 0);
+  ds.putAndInsertString(DCM_PhotometricInterpretation, photometric);
+  if (samples > 1) ds.putAndInsertUint16(DCM_PlanarConfiguration, 0);
+  if (frames > 1) ds.putAndInsertString(DCM_NumberOfFrames, std::to_string(frames).c_str());
+}
+
+std::string save(DcmDataset& ds, const std::string& file_name) {
+  std::string path = (scratch_dir() / file_name).string();
+  DcmFileFormat file(&ds);
+  OFCondition status = file.saveFile(path.c_str(), EXS_LittleEndianExplicit);
+  if (status.bad()) throw std::runtime_error("cannot write " + path + ": " + status.text());
+  return path;
+}
+
+std::string load_modify_save(const std::string& source, const std::string& file_name,
+                             const std::function<void(DcmDataset&)>& modify) {
+  DcmFileFormat file;
+  if (file.loadFile(source.c_str()).bad()) throw std::runtime_error("cannot read " + source);
+  file.loadAllDataIntoMemory();
+  modify(*file.getDataset());
+  return save(*file.getDataset(), file_name);
+}
+
+// Expects a DicomImageError whose message contains every given fragment.
+void expect_error(const std::function<void()>& action, std::vector<std::string> fragments) {
+  try {
+    action();
+    ADD_FAILURE() << "expected DicomImageError";
+  } catch (const DicomImageError& error) {
+    std::string message = error.what();
+    for (const auto& fragment : fragments) EXPECT_NE(message.find(fragment), std::string::npos) << message;
+  }
+}
+
+}  // namespace
+
+// Every shipped sample: match the reference or fail with a reason. Prints the table.
+TEST(DicomImage, SampleFilesMatchReferenceOrFailWithReason) {
+  std::vector<std::string> files = sample_files();
+  if (files.empty()) GTEST_SKIP() << "no sample DICOM files installed";
+
+  std::vector<std::pair<std::string, int>> jobs;
+  for (const auto& file : files) jobs.push_back({file, -1});  // the middle frame, as routing picks
+  std::vector<ReferenceResult> references;
+  if (reference_available()) references = run_reference(jobs);
+
+  int matches = 0, engine_failures = 0, no_pixel_data = 0, unverified = 0, mismatches = 0;
+  std::ostringstream table;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const std::string name = fs::path(files[i]).filename().string();
+    std::string result, detail;
+    try {
+      DicomPixels ours = decode_dicom_frame(files[i], -1);
+      std::string what = std::to_string(ours.image.width) + "x" + std::to_string(ours.image.height) + " frame " +
+                         std::to_string(ours.frame) + "/" + std::to_string(ours.frames) + " " + ours.photometric +
+                         ", " + ours.window;
+      if (references.empty()) {
+        result = "decoded";
+        detail = what;
+        ++unverified;
+      } else if (!references[i].ok) {
+        result = "UNVERIFIED";
+        detail = what + "; reference failed: " + references[i].reason;
+        ++unverified;
+      } else {
+        int diff = max_difference(ours.image, references[i].image);
+        if (diff >= 0 && diff <= 1) {
+          result = "match";
+          detail = what + " (max diff " + std::to_string(diff) + ", " + references[i].decoder + ")";
+          ++matches;
+        } else {
+          result = "MISMATCH";
+          detail = what + (diff < 0 ? std::string(" size differs") : " max diff " + std::to_string(diff)) +
+                   " vs reference " + references[i].window;
+          ++mismatches;
+        }
+      }
+    } catch (const DicomImageError& error) {
+      std::string message = error.what();
+      detail = message.substr(std::min(message.size(), files[i].size() + 2));
+      if (detail == "no pixel data") {
+        result = "no pixel data";
+        ++no_pixel_data;
+      } else {
+        result = "failed";
+        ++engine_failures;
+      }
+    }
+    // Anything other than DicomImageError propagates and fails the test:
+    // bad input must surface as a named reason, never another exception.
+    char line[64];
+    std::snprintf(line, sizeof line, "%-44s %-14s ", name.c_str(), result.c_str());
+    table << line << detail << '\n';
+  }
+  std::printf("%s", table.str().c_str());
+  std::printf("match %d, failed with reason %d, no pixel data %d, unverified %d, mismatch %d (of %zu)\n", matches,
+              engine_failures, no_pixel_data, unverified, mismatches, files.size());
+  EXPECT_EQ(mismatches, 0);
+  if (reference_available() && fs::is_directory(kPydicomSamples)) EXPECT_GE(matches, 40);
+}
+
+TEST(DicomImage, TruncatedPixelDataFailsWithReason) {
+  std::string path = load_modify_save(ct_small(), "truncated.dcm", [](DcmDataset& ds) {
+    const Uint8* bytes = nullptr;
+    unsigned long length = 0;
+    ASSERT_TRUE(ds.findAndGetUint8Array(DCM_PixelData, bytes, &length).good());
+    std::vector<Uint8> half(bytes, bytes + length / 2);
+    ds.putAndInsertUint8Array(DCM_PixelData, half.data(), half.size());
+  });
+  expect_error([&] { decode_dicom_frame(path); }, {path, "shorter than", "8192", "32768"});
+}
+
+TEST(DicomImage, AbsurdRowsAndColumnsFailWithReason) {
+  std::string zero = load_modify_save(ct_small(), "zero_rows.dcm", [](DcmDataset& ds) {
+    ds.putAndInsertUint16(DCM_Rows, 0);
+  });
+  expect_error([&] { decode_dicom_frame(zero); }, {zero, "Rows=0"});
+  std::string huge = load_modify_save(ct_small(), "huge_columns.dcm", [](DcmDataset& ds) {
+    ds.putAndInsertUint16(DCM_Columns, 40000);
+  });
+  expect_error([&] { decode_dicom_frame(huge); }, {huge, "Columns=40000"});
+  // Each side allowed, but the pixel count is beyond kMaxImagePixels; the
+  // pixel data is tiny, so nothing may be allocated for the promise.
+  std::string bomb = load_modify_save(ct_small(), "bomb.dcm", [](DcmDataset& ds) {
+    ds.putAndInsertUint16(DCM_Rows, 32768);
+    ds.putAndInsertUint16(DCM_Columns, 32768);
+  });
+  expect_error([&] { decode_dicom_frame(bomb); }, {bomb, "exceeds"});
+  // Within limits but far more than the file holds.
+  std::string promise = load_modify_save(ct_small(), "promise.dcm", [](DcmDataset& ds) {
+    ds.putAndInsertUint16(DCM_Rows, 16000);
+    ds.putAndInsertUint16(DCM_Columns, 16000);
+  });
+  expect_error([&] { decode_dicom_frame(promise); }, {promise, "shorter than"});
+}
+
+TEST(DicomImage, OtherBadInputFailsWithReason) {
+  std::string no_pixels = load_modify_save(ct_small(), "no_pixels.dcm", [](DcmDataset& ds) {
+    delete ds.remove(DCM_PixelData);
+  });
+  expect_error([&] { decode_dicom_frame(no_pixels); }, {no_pixels, "no pixel data"});
+  std::string hsv = load_modify_save(ct_small(), "hsv.dcm", [](DcmDataset& ds) {
+    ds.putAndInsertString(DCM_PhotometricInterpretation, "HSV");
+  });
+  expect_error([&] { decode_dicom_frame(hsv); }, {hsv, "unsupported Photometric Interpretation 'HSV'"});
+  expect_error([&] { decode_dicom_frame(ct_small(), 1); }, {"frame 1 out of range (1 frames)"});
+  expect_error([&] { decode_dicom_frame(ct_small(), -2); }, {"frame -2 out of range"});
+  std::string bad_frames = load_modify_save(ct_small(), "bad_frames.dcm", [](DcmDataset& ds) {
+    ds.putAndInsertString(DCM_NumberOfFrames, "1A");
+  });
+  expect_error([&] { decode_dicom_frame(bad_frames); }, {"Number of Frames '1A'"});
+  std::string missing = (scratch_dir() / "does_not_exist.dcm").string();
+  expect_error([&] { decode_dicom_frame(missing); }, {missing, "cannot read DICOM file"});
+}
+
+TEST(DicomImage, Monochrome1IsInverted) {
+  std::string mono1 = load_modify_save(ct_small(), "mono1.dcm", [](DcmDataset& ds) {
+    ds.putAndInsertString(DCM_PhotometricInterpretation, "MONOCHROME1");
+  });
+  DicomPixels inverted = expect_matches_reference(mono1, 0);
+  DicomPixels normal = decode_dicom_frame(ct_small());
+  ASSERT_EQ(inverted.image.rgb.size(), normal.image.rgb.size());
+  EXPECT_EQ(inverted.photometric, "MONOCHROME1");
+  for (size_t i = 0; i < normal.image.rgb.size(); ++i) ASSERT_EQ(inverted.image.rgb[i], 255 - normal.image.rgb[i]) << i;
+}
+
+TEST(DicomImage, MultiFrameMiddleFrame) {
+  // 5 frames of 8-bit grey; frame f holds the values f*40 + column, so each
+  // frame is recognisable after min-max (which keeps the column ramp).
+  const int rows = 6, columns = 7, frames = 5;
+  DcmDataset ds;
+  set_image_attributes(ds, rows, columns, 1, 8, false, "MONOCHROME2", frames);
+  // An identity window (PS3.3 C.11.2.1.2.1 with c=127.5, w=256 maps v to v).
+  ds.putAndInsertString(DCM_WindowCenter, "127.5");
+  ds.putAndInsertString(DCM_WindowWidth, "256");
+  std::vector<Uint8> pixels;
+  for (int f = 0; f < frames; ++f)
+    for (int y = 0; y < rows; ++y)
+      for (int x = 0; x < columns; ++x) pixels.push_back(Uint8(f * 40 + x));
+  ds.putAndInsertUint8Array(DCM_PixelData, pixels.data(), pixels.size());
+  std::string path = save(ds, "multiframe.dcm");
+
+  DicomPixels middle = expect_matches_reference(path, -1);
+  EXPECT_EQ(middle.frame, 2);
+  EXPECT_EQ(middle.frames, 5);
+  EXPECT_EQ(middle.image.rgb[0], 80);                   // frame 2, column 0
+  EXPECT_EQ(middle.image.rgb[3 * (columns - 1)], 86);   // frame 2, last column
+  DicomPixels last = decode_dicom_frame(path, 4);
+  EXPECT_EQ(last.image.rgb[0], 160);
+  expect_error([&] { decode_dicom_frame(path, 5); }, {"frame 5 out of range (5 frames)"});
+}
+
+TEST(DicomImage, Signed16BitWithRescaleAndWindow) {
+  const int rows = 16, columns = 16;
+  DcmDataset ds;
+  set_image_attributes(ds, rows, columns, 1, 16, true, "MONOCHROME2");
+  ds.putAndInsertString(DCM_RescaleSlope, "2");
+  ds.putAndInsertString(DCM_RescaleIntercept, "-100");
+  ds.putAndInsertString(DCM_WindowCenter, "40\\300");  // the first window is used
+  ds.putAndInsertString(DCM_WindowWidth, "400\\1500");
+  std::vector<Uint16> pixels;
+  for (int i = 0; i < rows * columns; ++i) pixels.push_back(Uint16(Sint16(i * 8 - 1000)));
+  ds.putAndInsertUint16Array(DCM_PixelData, pixels.data(), pixels.size());
+  std::string path = save(ds, "signed16.dcm");
+
+  DicomPixels out = expect_matches_reference(path, 0);
+  EXPECT_EQ(out.window, "window 40/400");
+  // Hand-computed: stored -1000 -> HU -2100 -> below the window -> 0;
+  // stored 70 (i = 133.75, use i = 134: 72) -> HU 44 -> ((44-39.5)/399+0.5)*255 = 130.4 -> 130.
+  EXPECT_EQ(out.image.rgb[0], 0);
+  EXPECT_EQ(out.image.rgb[3 * 134], 130);
+  EXPECT_EQ(out.image.rgb[3 * (rows * columns - 1)], 255);  // stored 1040 -> HU 1980 -> above
+}
+
+TEST(DicomImage, PaletteColourAndPlanarRgb) {
+  const int rows = 4, columns = 8;
+  DcmDataset palette;
+  set_image_attributes(palette, rows, columns, 1, 8, false, "PALETTE COLOR");
+  const Uint16 descriptor[3] = {256, 0, 16};
+  std::vector<Uint16> red(256), green(256), blue(256);
+  for (int i = 0; i < 256; ++i) {
+    red[i] = Uint16(i * 257);
+    green[i] = Uint16((255 - i) * 257);
+    blue[i] = Uint16((i * 7 % 256) * 257);
+  }
+  for (const auto& tag : {DCM_RedPaletteColorLookupTableDescriptor, DCM_GreenPaletteColorLookupTableDescriptor,
+                          DCM_BluePaletteColorLookupTableDescriptor})
+    for (int k = 0; k < 3; ++k) palette.putAndInsertUint16(tag, descriptor[k], k);
+  palette.putAndInsertUint16Array(DCM_RedPaletteColorLookupTableData, red.data(), 256);
+  palette.putAndInsertUint16Array(DCM_GreenPaletteColorLookupTableData, green.data(), 256);
+  palette.putAndInsertUint16Array(DCM_BluePaletteColorLookupTableData, blue.data(), 256);
+  std::vector<Uint8> indices;
+  for (int i = 0; i < rows * columns; ++i) indices.push_back(Uint8(i * 8));
+  palette.putAndInsertUint8Array(DCM_PixelData, indices.data(), indices.size());
+  DicomPixels colour = expect_matches_reference(save(palette, "palette.dcm"), 0);
+  EXPECT_EQ(colour.window, "palette");
+  EXPECT_EQ(colour.image.rgb[3 * 5 + 0], 40);        // index 40 -> red 40
+  EXPECT_EQ(colour.image.rgb[3 * 5 + 1], 255 - 40);  // green reversed
+  EXPECT_EQ(colour.image.rgb[3 * 5 + 2], 40 * 7 % 256);
+
+  // RGB with Planar Configuration 1: all reds, then greens, then blues.
+  DcmDataset planar;
+  set_image_attributes(planar, rows, columns, 3, 8, false, "RGB");
+  planar.putAndInsertUint16(DCM_PlanarConfiguration, 1);
+  std::vector<Uint8> planes;
+  for (int c = 0; c < 3; ++c)
+    for (int i = 0; i < rows * columns; ++i) planes.push_back(Uint8(c * 80 + i));
+  planar.putAndInsertUint8Array(DCM_PixelData, planes.data(), planes.size());
+  DicomPixels rgb = expect_matches_reference(save(planar, "planar.dcm"), 0);
+  EXPECT_EQ(rgb.image.rgb[3 * 9 + 0], 9);
+  EXPECT_EQ(rgb.image.rgb[3 * 9 + 1], 89);
+  EXPECT_EQ(rgb.image.rgb[3 * 9 + 2], 169);
+}
+
+TEST(DicomImage, DatasetOverloadAndFrameCount) {
+  DcmFileFormat file;
+  ASSERT_TRUE(file.loadFile((std::string(kPydicomSamples) + "/rtdose.dcm").c_str()).good());
+  EXPECT_EQ(firstread::engine::dicom_frame_count(*file.getDataset()), 15);
+  DicomPixels out = decode_dicom_frame(*file.getDataset(), "rtdose from memory", 14);
+  EXPECT_EQ(out.frame, 14);
+  EXPECT_EQ(out.image.width, 10);
+  expect_error([&] { decode_dicom_frame(*file.getDataset(), "rtdose from memory", 15); },
+               {"rtdose from memory", "frame 15 out of range (15 frames)"});
+}
