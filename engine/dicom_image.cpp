@@ -426,12 +426,21 @@ FrameSamples read_jpeg2000_frame(DcmPixelData& pixel_data, const PixelAttributes
     const opj_image_comp_t& component = image->comps[c];
     if (component.w != OPJ_UINT32(a.columns) || component.h != OPJ_UINT32(a.rows) || component.data == nullptr)
       fail(where, "JPEG 2000 component " + std::to_string(c) + " is subsampled or empty");
-    // The codestream's precision and sign win over Bits Stored / Pixel
-    // Representation: several files disagree with their header, and the
-    // codestream is what the encoder actually wrote.
-    out.value_bits = int(component.prec);
-    out.value_signed = component.sgnd != 0;
-    for (size_t p = 0; p < pixels; ++p) out.values[p * a.samples + c] = component.data[p];
+    // The codestream's precision wins over Bits Stored: several files
+    // disagree with their header, and the codestream is what the encoder
+    // wrote. Unsigned codestream data in a signed image holds the two's
+    // complement bit pattern (some encoders drop the sign flag), so it is
+    // sign-extended from that precision, as pydicom and GDCM do.
+    const int precision = int(component.prec);
+    if (precision < 1 || precision > 31) fail(where, "JPEG 2000 precision " + std::to_string(precision));
+    const bool reinterpret_signed = component.sgnd == 0 && a.is_signed;
+    out.value_bits = precision;
+    out.value_signed = component.sgnd != 0 || a.is_signed;
+    for (size_t p = 0; p < pixels; ++p) {
+      int64_t v = component.data[p];
+      if (reinterpret_signed && ((v >> (precision - 1)) & 1)) v -= int64_t(1) << precision;
+      out.values[p * a.samples + c] = v;
+    }
   }
   // OpenJPEG applies the inverse RCT/ICT itself, so colour comes out as RGB.
   out.colour_model = (a.photometric == "YBR_RCT" || a.photometric == "YBR_ICT") ? "RGB" : a.photometric;

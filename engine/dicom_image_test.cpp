@@ -286,7 +286,7 @@ TEST(DicomImage, TruncatedPixelDataFailsWithReason) {
     std::vector<Uint8> half(bytes, bytes + length / 2);
     ds.putAndInsertUint8Array(DCM_PixelData, half.data(), half.size());
   });
-  expect_error([&] { decode_dicom_frame(path); }, {path, "shorter than", "8192", "32768"});
+  expect_error([&] { decode_dicom_frame(path); }, {path, "shorter than", "16384 bytes", "32768"});
 }
 
 TEST(DicomImage, AbsurdRowsAndColumnsFailWithReason) {
@@ -349,8 +349,8 @@ TEST(DicomImage, MultiFrameMiddleFrame) {
   const int rows = 6, columns = 7, frames = 5;
   DcmDataset ds;
   set_image_attributes(ds, rows, columns, 1, 8, false, "MONOCHROME2", frames);
-  // An identity window (PS3.3 C.11.2.1.2.1 with c=127.5, w=256 maps v to v).
-  ds.putAndInsertString(DCM_WindowCenter, "127.5");
+  // An identity window (PS3.3 C.11.2.1.2.1 with c=128, w=256 maps v to v).
+  ds.putAndInsertString(DCM_WindowCenter, "128");
   ds.putAndInsertString(DCM_WindowWidth, "256");
   std::vector<Uint8> pixels;
   for (int f = 0; f < frames; ++f)
@@ -404,7 +404,7 @@ TEST(DicomImage, PaletteColourAndPlanarRgb) {
   }
   for (const auto& tag : {DCM_RedPaletteColorLookupTableDescriptor, DCM_GreenPaletteColorLookupTableDescriptor,
                           DCM_BluePaletteColorLookupTableDescriptor})
-    for (int k = 0; k < 3; ++k) palette.putAndInsertUint16(tag, descriptor[k], k);
+    palette.putAndInsertUint16Array(tag, descriptor, 3);
   palette.putAndInsertUint16Array(DCM_RedPaletteColorLookupTableData, red.data(), 256);
   palette.putAndInsertUint16Array(DCM_GreenPaletteColorLookupTableData, green.data(), 256);
   palette.putAndInsertUint16Array(DCM_BluePaletteColorLookupTableData, blue.data(), 256);
