@@ -1,5 +1,7 @@
 #include "engine/weights.h"
 
+#include <cstring>
+
 #include "engine/common.h"
 
 namespace firstread::engine {
@@ -34,10 +36,17 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
   if (fmt_ == WeightFormat::F32) want = DType::F32;
   if (fmt_ == WeightFormat::BF16) want = DType::BF16;
   if (fmt_ == WeightFormat::F16) want = DType::F16;
-  if (want == t.dtype) return w;
+  const bool aligned = reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0;
+  if (want == t.dtype && aligned) return w;
   const int64_t n = rows * cols;
   std::vector<float> tmp(static_cast<size_t>(n));
-  convert_rows_f32(w, 0, rows, tmp.data());
+  if (!aligned) {  // a header with odd offsets: take an aligned copy first
+    std::vector<uint8_t> raw(t.nbytes);
+    std::memcpy(raw.data(), t.data, t.nbytes);
+    convert_rows_f32(WeightView{raw.data(), t.dtype, rows, cols}, 0, rows, tmp.data());
+  } else {
+    convert_rows_f32(w, 0, rows, tmp.data());
+  }
   if (want == DType::F32) {
     owned_f32_.push_back(std::move(tmp));
     return WeightView{owned_f32_.back().data(), DType::F32, rows, cols};
@@ -50,9 +59,14 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
 
 const float* WeightStore::floats(const std::string& name, const std::vector<int64_t>& shape) {
   const TensorInfo& t = checked(name, shape);
-  if (t.dtype == DType::F32) return static_cast<const float*>(t.data);
+  // Mapped F32 data is used in place when aligned (safetensors pads its header
+  // to 8 bytes, so it normally is).
+  if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0)
+    return static_cast<const float*>(t.data);
   std::vector<float> tmp(size_t(t.numel()));
-  convert_rows_f32(WeightView{t.data, t.dtype, 1, t.numel()}, 0, 1, tmp.data());
+  std::vector<uint8_t> raw(t.nbytes);
+  std::memcpy(raw.data(), t.data, t.nbytes);
+  convert_rows_f32(WeightView{raw.data(), t.dtype, 1, t.numel()}, 0, 1, tmp.data());
   owned_f32_.push_back(std::move(tmp));
   return owned_f32_.back().data();
 }
