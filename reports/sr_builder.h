@@ -1,0 +1,74 @@
+// Builds firstread's preliminary AI report as a DICOM Structured Report.
+//
+// A pure function: report content and the source images' datasets in, one
+// Comprehensive 3D SR (TID 1500 root, IHE AI Results layout) out. No database,
+// no network, no file I/O. See SPEC.md "The SR" and notes/dicom-sr-for-ai.md.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+class DcmDataset;
+class DcmFileFormat;
+
+namespace firstread::reports {
+
+// One region the model pointed at, already mapped to source-image pixels.
+struct SrFinding {
+  std::string label;            // e.g. "nodule" or "结节" (the model's <ref> text); must not be empty
+  std::string text;             // the sentence describing it (may be empty)
+  // The source image the region is on. sop_class_uid may be left empty: it is
+  // then taken from the source; when given it must match the source.
+  std::string sop_class_uid, sop_instance_uid;
+  int frame = 0;                // 1-based frame number for multi-frame images, 0 = single-frame
+  // Region in source-image pixel coordinates (column, row), the top-left corner
+  // of the top-left pixel being (0,0): x1<x2, y1<y2, inside Columns x Rows.
+  double x1 = 0, y1 = 0, x2 = 0, y2 = 0;
+  std::optional<double> confidence;  // 0..100 percent when the model gave one
+};
+
+// An earlier SR of the same study that the new one supersedes.
+struct SrPredecessor {
+  std::string study_uid, series_uid, sop_class_uid, sop_instance_uid;
+};
+
+struct SrInput {
+  // The source images (at least one, all of one study): patient and study are
+  // copied from the first; every one goes into the image library and the
+  // evidence. Pixel data is never read.
+  std::vector<const DcmDataset*> sources;
+  // The model's whole report text. A line starting with "Impression:" (or
+  // "印象：", "诊断意见：", "结论：") splits it into a Finding and an Impression
+  // text; otherwise it is one Finding text. Empty: no report-level text.
+  std::string narrative;
+  std::string language = "en";             // "en" (en-US) or "zh" (zh-CN)
+  std::string model_name, model_version;   // e.g. "demo", "0.1"; model_name must not be empty
+  std::string device_observer_uid;         // changes with the weights (given by caller)
+  std::string algorithm_manufacturer = "firstread";
+  std::string content_datetime;            // YYYYMMDDHHMMSS: when the analysis started
+  std::vector<SrFinding> findings;
+  std::optional<SrPredecessor> predecessor;
+};
+
+struct BuiltSr {
+  std::unique_ptr<DcmFileFormat> file;  // the caller saves it (e.g. EXS_LittleEndianExplicit)
+  std::string sop_instance_uid, series_instance_uid, sop_class_uid;
+  // What was written differently from what was asked, for the caller to log.
+  // Today only: a region on frame N>1 of an image whose SOP class is defined
+  // single-frame (e.g. Secondary Capture with Number of Frames 2) is referenced
+  // without a frame number, since DICOM forbids Referenced Frame Number there.
+  std::vector<std::string> warnings;
+};
+
+// Constants the SR carries, exposed so that callers and tests agree on them.
+inline constexpr const char* kComprehensive3DSrSopClassUid = "1.2.840.10008.5.1.4.1.1.88.34";
+inline constexpr const char* kSrSeriesNumber = "9901";
+inline constexpr const char* kSrSeriesDescription = "firstread AI preliminary report";
+
+// Throws std::runtime_error naming what was wrong (which finding, which UID,
+// which field). All text must be valid UTF-8: it is written as ISO_IR 192.
+BuiltSr build_sr(const SrInput& input);
+
+}  // namespace firstread::reports
