@@ -55,7 +55,8 @@ void check_model(const std::string& dir, double tol) {
   std::vector<float> vis = model->encode_image(pre);
   std::vector<float> ref_vis = read_f32(dir + "/vision_embeds.f32");
   ASSERT_EQ(vis.size(), ref_vis.size());
-  EXPECT_LE(rel_err(vis, ref_vis), tol) << dir << " vision embeddings";
+  const double vis_err = rel_err(vis, ref_vis);
+  EXPECT_LE(vis_err, tol) << dir << " vision embeddings";
 
   GenerateOptions go;
   go.max_new_tokens = 32;
@@ -64,7 +65,10 @@ void check_model(const std::string& dir, double tol) {
   EXPECT_EQ(r.prompt_token_ids, ref["prompt_ids"].get<std::vector<int>>()) << dir;
   std::vector<float> ref_logits = ref["first_logits"].get<std::vector<float>>();
   ASSERT_EQ(r.first_logits.size(), ref_logits.size());
-  EXPECT_LE(rel_err(r.first_logits, ref_logits), tol) << dir << " first logits";
+  const double logit_err = rel_err(r.first_logits, ref_logits);
+  EXPECT_LE(logit_err, tol) << dir << " first logits";
+  std::printf("[reference] %s: pixels max |d| %.2e, vision rel err %.2e, first-logit rel err %.2e, %zu/%zu ids equal\n",
+              dir.c_str(), max_pix, vis_err, logit_err, r.token_ids.size(), ref["generated_ids"].size());
   EXPECT_EQ(r.token_ids, ref["generated_ids"].get<std::vector<int>>()) << dir << " greedy ids";
   EXPECT_GT(r.timings.tokens_per_second, 0.0);
   EXPECT_EQ(r.images.size(), 1u);
