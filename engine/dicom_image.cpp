@@ -266,10 +266,13 @@ FrameSamples read_dcmtk_compressed_frame(DcmDataset& dataset, DcmPixelData& pixe
   if (status.bad()) fail(name, std::string("cannot size a decompressed frame: ") + status.text());
   uint64_t expected = uint64_t(a.rows) * a.columns * a.samples * (a.bits_allocated / 8);
   if (frame_size < expected) fail(name, "decompressed frame size " + std::to_string(frame_size) + " is too small");
-  std::vector<uint8_t> buffer(frame_size);
+  // DCMTK byte-swaps the frame as 16-bit words after decoding and refuses an
+  // odd buffer size (a 3x3 RGB frame is 27 bytes), so round up to even.
+  const Uint32 buffer_size = frame_size + (frame_size & 1);
+  std::vector<uint8_t> buffer(buffer_size);
   Uint32 start_fragment = 0;
   OFString decompressed_colour_model;
-  status = pixel_data.getUncompressedFrame(&dataset, Uint32(frame), start_fragment, buffer.data(), frame_size,
+  status = pixel_data.getUncompressedFrame(&dataset, Uint32(frame), start_fragment, buffer.data(), buffer_size,
                                            decompressed_colour_model, nullptr);
   if (status.bad())
     fail(frame_label(name, frame), std::string("cannot decompress (") + DcmXfer(a.transfer_syntax).getXferName() +
@@ -483,7 +486,8 @@ Lut read_lut(DcmItem& item, const DcmTagKey& descriptor_tag, const DcmTagKey& da
   const size_t entries = d0 == 0 ? 65536 : d0;
   lut.first_mapped = first_mapped_signed ? int64_t(int16_t(d1)) : int64_t(d1);
   DcmElement* data = nullptr;
-  if (item.findAndGetElement(data_tag, data).bad() || data == nullptr) fail(name, what + " LUT Data is missing");
+  if (item.findAndGetElement(data_tag, data).bad() || data == nullptr)
+    fail(name, what + " LUT Data is missing (segmented palettes are not supported)");
   const Uint32 length = data->getLength();
   // 8-bit entries may be packed one per byte (pydicom judges by the length);
   // otherwise one per 16-bit word.

@@ -58,6 +58,16 @@ const fs::path& scratch_dir() {
   return dir;
 }
 
+// Removes the scratch directory when the test program ends.
+class ScratchCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::error_code ignored;
+    fs::remove_all(scratch_dir(), ignored);
+  }
+};
+const ::testing::Environment* const kScratchCleanup = ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+
 struct ReferenceResult {
   bool ok = false;
   std::string reason;
@@ -440,4 +450,48 @@ TEST(DicomImage, DatasetOverloadAndFrameCount) {
   EXPECT_EQ(out.image.width, 10);
   expect_error([&] { decode_dicom_frame(*file.getDataset(), "rtdose from memory", 15); },
                {"rtdose from memory", "frame 15 out of range (15 frames)"});
+}
+
+TEST(DicomImage, ModalityAndVoiLutSequences) {
+  const int rows = 8, columns = 8;
+  std::vector<Uint16> pixels;
+  for (int i = 0; i < rows * columns; ++i) pixels.push_back(Uint16(i * 60));  // 0..3780, 12 bits stored
+
+  // A Modality LUT that reverses the 12-bit range (entries 16-bit), then min-max.
+  DcmDataset modality;
+  set_image_attributes(modality, rows, columns, 1, 16, false, "MONOCHROME2");
+  modality.putAndInsertUint16(DCM_BitsStored, 12);
+  modality.putAndInsertUint16(DCM_HighBit, 11);
+  DcmItem* modality_item = nullptr;
+  ASSERT_TRUE(modality.findOrCreateSequenceItem(DCM_ModalityLUTSequence, modality_item, -2).good());
+  const Uint16 modality_descriptor[3] = {4096, 0, 16};
+  std::vector<Uint16> reverse(4096);
+  for (int k = 0; k < 4096; ++k) reverse[k] = Uint16((4095 - k) * 16);
+  modality_item->putAndInsertUint16Array(DCM_LUTDescriptor, modality_descriptor, 3);
+  modality_item->putAndInsertUint16Array(DCM_LUTData, reverse.data(), reverse.size());
+  modality.putAndInsertUint16Array(DCM_PixelData, pixels.data(), pixels.size());
+  DicomPixels reversed = expect_matches_reference(save(modality, "modality_lut.dcm"), 0);
+  EXPECT_EQ(reversed.window, "minmax");
+  EXPECT_EQ(reversed.image.rgb[0], 255);
+  EXPECT_EQ(reversed.image.rgb[3 * (rows * columns - 1)], 0);
+
+  // A VOI LUT (8-bit entries in 16-bit words) mapping 1000..1255 to 0..255;
+  // it wins over the window that is also present.
+  DcmDataset voi;
+  set_image_attributes(voi, rows, columns, 1, 16, false, "MONOCHROME2");
+  voi.putAndInsertString(DCM_WindowCenter, "2000");
+  voi.putAndInsertString(DCM_WindowWidth, "4000");
+  DcmItem* voi_item = nullptr;
+  ASSERT_TRUE(voi.findOrCreateSequenceItem(DCM_VOILUTSequence, voi_item, -2).good());
+  const Uint16 voi_descriptor[3] = {256, 1000, 8};
+  std::vector<Uint16> ramp(256);
+  for (int k = 0; k < 256; ++k) ramp[k] = Uint16(k);
+  voi_item->putAndInsertUint16Array(DCM_LUTDescriptor, voi_descriptor, 3);
+  voi_item->putAndInsertUint16Array(DCM_LUTData, ramp.data(), ramp.size());
+  voi.putAndInsertUint16Array(DCM_PixelData, pixels.data(), pixels.size());
+  DicomPixels windowed = expect_matches_reference(save(voi, "voi_lut.dcm"), 0);
+  EXPECT_EQ(windowed.window, "voi-lut");
+  EXPECT_EQ(windowed.image.rgb[3 * 16], 0);    // 960: below the first mapped value
+  EXPECT_EQ(windowed.image.rgb[3 * 17], 20);   // 1020 -> entry 20
+  EXPECT_EQ(windowed.image.rgb[3 * 21], 255);  // 1260: above the last entry
 }

@@ -23,7 +23,8 @@ The 8-bit rule (engine/dicom_image.cpp implements the same, keep them in step):
      read as two's complement of the codestream precision.
   2. Grey (MONOCHROME1/2): pydicom apply_modality_lut (Rescale Slope/Intercept
      or Modality LUT Sequence), then
-       - VOI LUT Sequence (first item): pydicom apply_voi; 8-bit value =
+       - VOI LUT Sequence (first item): the value (rounded half to even)
+         indexes the LUT, clamped to its ends (voi_lut_lookup); 8-bit value =
          entry * 255 / (2^LUTDescriptor[2] - 1);
        - else the first Window Center/Width: pydicom apply_windowing (LINEAR,
          LINEAR_EXACT, SIGMOID per PS3.3 C.11.2.1.2/C.11.2.1.3) whose output
@@ -98,13 +99,29 @@ def window_usable(ds):
     return function in ("LINEAR_EXACT", "SIGMOID") and width > 0
 
 
+def voi_lut_lookup(values, item, little_endian):
+    """PS3.3 C.11.2.1.1: values below the first mapped one take the first
+    entry, values past the last entry the last one. Written out rather than
+    pydicom 2.3's apply_voi, which builds its index in the LUT's dtype: with
+    8-bit entries `value - first_map` wraps modulo 256 before it is clipped."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    entries = descriptor[0] or 65536
+    first_mapped = descriptor[1]
+    data = item["LUTData"]
+    if data.VR == "OW":
+        lut = np.frombuffer(bytes(data.value), dtype="<u2" if little_endian else ">u2")[:entries]
+    else:
+        lut = np.asarray(data.value, dtype=np.int64)[:entries]
+    index = np.clip(values - first_mapped, 0, entries - 1)
+    return lut[index]
+
+
 def grey_to_u8(arr, ds):
     values = pdu.apply_modality_lut(arr, ds).astype(np.float64)
     if ds.get("VOILUTSequence"):
         item = ds.VOILUTSequence[0]
         depth = int(item.LUTDescriptor[2])
-        # apply_voi indexes with the values, so hand it integers.
-        out = pdu.apply_voi(np.rint(values).astype(np.int64), ds, 0).astype(np.float64)
+        out = voi_lut_lookup(np.rint(values).astype(np.int64), item, ds.is_little_endian).astype(np.float64)
         return to_u8(out * 255.0 / ((1 << depth) - 1)), "voi-lut"
     if window_usable(ds):
         # The output range apply_windowing maps onto (copied from pydicom 2.3).
