@@ -8,6 +8,7 @@
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmsr/cmr/init.h>
 #include <dcmtk/dcmsr/cmr/tid1500.h>
 #include <dcmtk/dcmsr/codes/dcm.h>
 #include <dcmtk/dcmsr/dsrdoc.h>
@@ -15,6 +16,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <mutex>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -162,8 +164,9 @@ SourceImage read_source(const DcmDataset& source, size_t index) {
   const std::string which = "source " + std::to_string(index);
   SourceImage image;
   image.header = std::make_unique<DcmDataset>();
-  // DcmItem offers element access only through non-const members, but
-  // getElement() merely walks the element list; nothing is modified.
+  // DcmItem offers element access only through non-const members. The
+  // dataset's content is not changed, but DcmList moves its internal cursor
+  // while walking, hence the cast (and the header's note on threads).
   auto& readable = const_cast<DcmDataset&>(source);
   for (unsigned long i = 0; i < readable.card(); ++i) {
     DcmElement* element = readable.getElement(i);
@@ -476,6 +479,11 @@ void add_contributing_equipment(DcmItem& dataset, const SrInput& input) {
 }  // namespace
 
 BuiltSr build_sr(const SrInput& input) {
+  // DCMTK builds its context-group code lists lazily and not thread-safely;
+  // workers call build_sr concurrently, so build them all once up front.
+  static std::once_flag context_groups_initialized;
+  std::call_once(context_groups_initialized, [] { CMR_ContentMappingResource::initializeAllContextGroups(); });
+
   validate_input(input);
 
   std::vector<SourceImage> images;

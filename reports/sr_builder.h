@@ -69,6 +69,9 @@ inline constexpr const char* kSrSeriesDescription = "firstread AI preliminary re
 
 // Throws std::runtime_error naming what was wrong (which finding, which UID,
 // which field). All text must be valid UTF-8: it is written as ISO_IR 192.
+// Thread safety: concurrent calls are fine as long as no source dataset is in
+// use by another thread meanwhile: the sources' content is only read, but
+// DCMTK's element lists move an internal cursor even when read.
 BuiltSr build_sr(const SrInput& input);
 
 }  // namespace firstread::reports

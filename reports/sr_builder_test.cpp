@@ -19,7 +19,9 @@
 #include <iostream>
 #include <sstream>
 #include <stdexcept>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -126,7 +128,8 @@ class SrBuilderTest : public ::testing::Test {
     temp_dir_ = made;
   }
   void TearDown() override {
-    if (HasFailure()) {
+    // Kept on failure, or on request (FIRSTREAD_KEEP_SR_FILES=1) to look at them with dsrdump.
+    if (HasFailure() || std::getenv("FIRSTREAD_KEEP_SR_FILES") != nullptr) {
       std::cout << "SR files kept for inspection in " << temp_dir_ << "\n";
       return;
     }
@@ -412,6 +415,42 @@ TEST_F(SrBuilderTest, Latin1PatientNameArrivesAsUtf8) {
   // The caller's dataset is untouched.
   EXPECT_EQ(get_string(image, DCM_PatientName), "M\xFCller^J\xFCrgen");
   EXPECT_EQ(get_string(image, DCM_SpecificCharacterSet), "ISO_IR 100");
+}
+
+// Workers build SRs concurrently: each build must succeed with its own UIDs.
+TEST(SrBuilderConcurrency, ParallelBuildsSucceedWithDistinctUids) {
+  auto ct = load("CT_small.dcm");
+  DcmDataset& image = *ct->getDataset();
+  constexpr int kThreads = 4, kBuildsPerThread = 5;
+  std::vector<std::vector<std::string>> uids(kThreads);
+  std::vector<std::string> errors(kThreads);
+  // Each thread reads its own dataset, as each worker does: DCMTK's element
+  // lists keep an internal cursor, so even reads of one dataset must not overlap.
+  std::vector<std::unique_ptr<DcmDataset>> own_copies;
+  for (int t = 0; t < kThreads; ++t) own_copies.push_back(std::make_unique<DcmDataset>(image));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        DcmDataset& own_copy = *own_copies[t];
+        for (int i = 0; i < kBuildsPerThread; ++i) {
+          SrInput input = base_input({&own_copy});
+          input.narrative = "Thread " + std::to_string(t) + " build " + std::to_string(i);
+          input.findings.push_back(finding_on(own_copy, "nodule", 1, 2, 30, 40));
+          uids[t].push_back(build_sr(input).sop_instance_uid);
+        }
+      } catch (const std::exception& error) {
+        errors[t] = error.what();
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  std::set<std::string> distinct;
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(errors[t], "") << "thread " << t;
+    distinct.insert(uids[t].begin(), uids[t].end());
+  }
+  EXPECT_EQ(distinct.size(), static_cast<size_t>(kThreads * kBuildsPerThread));
 }
 
 // --- bad input: an exception that names what was wrong
