@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <cmath>
 #include <cstring>
+#include <cmath>
 
 namespace firstread::engine {
 
@@ -17,6 +18,8 @@ void matvec_bf16(const void* w, int64_t cols, const float* x, float* y, int64_t 
 void matvec_f16(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
 void convert_bf16(const uint16_t* src, float* dst, int64_t n);
 void convert_f16(const uint16_t* src, float* dst, int64_t n);
+void matvec_q8(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+void convert_q8(const void* blocks, float* dst, int64_t n_blocks);
 void softmax(float* v, int64_t n);
 void gelu(float* v, int64_t n);
 void silu_mul(float* gate, const float* up, int64_t n);
@@ -178,11 +181,32 @@ uint16_t f32_to_f16(float f) {
   return uint16_t(half);
 }
 
+void quantize_rows_q8(const float* src, int64_t rows, int64_t cols, BlockQ8* dst) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* x = src + r * cols + b * kQ8Block;
+      float amax = 0.f;
+      for (int i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(x[i]));
+      BlockQ8& blk = dst[r * nb + b];
+      blk.d = amax / 127.f;
+      const float inv = amax > 0 ? 127.f / amax : 0.f;
+      for (int i = 0; i < kQ8Block; ++i) blk.q[i] = int8_t(std::lround(x[i] * inv));
+    }
+}
+
 static void scalar_matvec(const WeightView& w, const float* x, float* y, int64_t r0, int64_t r1) {
   const int64_t cols = w.cols;
   for (int64_t r = r0; r < r1; ++r) {
     float s = 0.f;
-    if (w.dtype == DType::F32) {
+    if (w.dtype == DType::Q8_0) {
+      const BlockQ8* row = static_cast<const BlockQ8*>(w.data) + r * (cols / kQ8Block);
+      for (int64_t b = 0; b < cols / kQ8Block; ++b) {
+        float bs = 0.f;
+        for (int i = 0; i < kQ8Block; ++i) bs += float(row[b].q[i]) * x[b * kQ8Block + i];
+        s += bs * row[b].d;
+      }
+    } else if (w.dtype == DType::F32) {
       const float* row = static_cast<const float*>(w.data) + r * cols;
       for (int64_t i = 0; i < cols; ++i) s += row[i] * x[i];
     } else {
@@ -202,11 +226,20 @@ static void matvec_range(const WeightView& w, const float* x, float* y, int64_t 
     case DType::F32: return avx2::matvec_f32(w.data, w.cols, x, y, r0, r1);
     case DType::BF16: return avx2::matvec_bf16(w.data, w.cols, x, y, r0, r1);
     case DType::F16: return avx2::matvec_f16(w.data, w.cols, x, y, r0, r1);
+    case DType::Q8_0: return avx2::matvec_q8(w.data, w.cols, x, y, r0, r1);
   }
 }
 
 void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
   const int64_t n = (r1 - r0) * w.cols;
+  if (w.dtype == DType::Q8_0) {
+    const int64_t nb = w.cols / kQ8Block;
+    const BlockQ8* src = static_cast<const BlockQ8*>(w.data) + r0 * nb;
+    if (cpu_has_avx2_fma_f16c()) return avx2::convert_q8(src, dst, (r1 - r0) * nb);
+    for (int64_t b = 0; b < (r1 - r0) * nb; ++b)
+      for (int i = 0; i < kQ8Block; ++i) dst[b * kQ8Block + i] = src[b].d * float(src[b].q[i]);
+    return;
+  }
   if (w.dtype == DType::F32) {
     std::memcpy(dst, static_cast<const float*>(w.data) + r0 * w.cols, size_t(n) * 4);
     return;

@@ -18,6 +18,15 @@
 
 namespace firstread::engine {
 
+// Q8_0 block: 32 consecutive weights of a row as int8 times one scale
+// (llama.cpp's Q8_0 layout, float scale): 36 bytes per 32 weights.
+constexpr int kQ8Block = 32;
+struct BlockQ8 {
+  float d;
+  int8_t q[kQ8Block];
+};
+static_assert(sizeof(BlockQ8) == 36, "BlockQ8 must be packed as 4 + 32 bytes");
+
 // A weight matrix as stored: row-major [rows = out features][cols = in features].
 struct WeightView {
   const void* data = nullptr;
@@ -81,6 +90,9 @@ float bf16_to_f32(uint16_t v);
 float f16_to_f32(uint16_t v);
 uint16_t f32_to_bf16(float f);  // round to nearest even, like torch
 uint16_t f32_to_f16(float f);
+
+// Quantizes rows x cols floats (cols a multiple of 32) to Q8_0 blocks.
+void quantize_rows_q8(const float* src, int64_t rows, int64_t cols, BlockQ8* dst);
 
 // Converts rows [r0, r1) of `w` to float32 into dst[(r - r0) * cols].
 void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst);

@@ -218,3 +218,47 @@ void axpy(float* y, float a, const float* x, int64_t n) {
 }
 
 }  // namespace firstread::engine::avx2
+
+namespace firstread::engine::avx2 {
+
+struct BlockQ8Raw {
+  float d;
+  int8_t q[32];
+};
+
+static inline __m256 q8_to_ps(const int8_t* q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
+}
+
+// Q8_0 rows: per block, 32 int8 x 32 floats accumulated then scaled once.
+void matvec_q8(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
+  const int64_t nb = cols / 32;
+  const BlockQ8Raw* base = static_cast<const BlockQ8Raw*>(w);
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ8Raw* row = base + r * nb;
+    const char* next = reinterpret_cast<const char*>(row + nb);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      _mm_prefetch(next + b * 36, _MM_HINT_T0);
+      const float* xb = x + b * 32;
+      __m256 s0 = _mm256_mul_ps(q8_to_ps(row[b].q), _mm256_loadu_ps(xb));
+      __m256 s1 = _mm256_mul_ps(q8_to_ps(row[b].q + 8), _mm256_loadu_ps(xb + 8));
+      s0 = _mm256_fmadd_ps(q8_to_ps(row[b].q + 16), _mm256_loadu_ps(xb + 16), s0);
+      s1 = _mm256_fmadd_ps(q8_to_ps(row[b].q + 24), _mm256_loadu_ps(xb + 24), s1);
+      const __m256 d = _mm256_set1_ps(row[b].d);
+      acc0 = _mm256_fmadd_ps(s0, d, acc0);
+      acc1 = _mm256_fmadd_ps(s1, d, acc1);
+    }
+    y[r] = hsum(_mm256_add_ps(acc0, acc1));
+  }
+}
+
+void convert_q8(const void* blocks, float* dst, int64_t n_blocks) {
+  const BlockQ8Raw* b = static_cast<const BlockQ8Raw*>(blocks);
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    const __m256 d = _mm256_set1_ps(b[i].d);
+    for (int k = 0; k < 4; ++k) _mm256_storeu_ps(dst + i * 32 + k * 8, _mm256_mul_ps(q8_to_ps(b[i].q + k * 8), d));
+  }
+}
+
+}  // namespace firstread::engine::avx2

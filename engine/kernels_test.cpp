@@ -118,3 +118,28 @@ TEST(engine_kernels, VectorMathMatchesLibm) {
   for (size_t i = 0; i < sm.size(); ++i) sum += std::exp(double(x[i]) - mx);
   for (size_t i = 0; i < sm.size(); ++i) EXPECT_NEAR(sm[i], std::exp(double(x[i]) - mx) / sum, 1e-7 + 1e-6 * sm[i]);
 }
+
+TEST(engine_kernels, Q8MatvecMatchesDequantised) {
+  const int rows = 37, cols = 96;
+  Mat w = random_mat(rows, cols, 3);
+  Mat x = random_mat(1, cols, 4);
+  std::vector<BlockQ8> q(rows * cols / kQ8Block);
+  quantize_rows_q8(w.f32.data(), rows, cols, q.data());
+  WeightView wv{q.data(), DType::Q8_0, rows, cols};
+  std::vector<float> deq(size_t(rows) * cols);
+  convert_rows_f32(wv, 0, rows, deq.data());
+  for (int i = 0; i < rows * cols; ++i) EXPECT_NEAR(deq[i], w.f32[i], 0.03) << i;  // |w| < ~4.5, step amax/127
+  ThreadPool pool(2);
+  LinearScratch scratch;
+  for (bool scalar : {false, true}) {
+    force_scalar_kernels(scalar);
+    std::vector<float> y(rows);
+    linear(pool, x.f32.data(), 1, wv, nullptr, y.data(), scratch);
+    for (int r = 0; r < rows; ++r) {
+      double s = 0;
+      for (int i = 0; i < cols; ++i) s += double(deq[size_t(r) * cols + i]) * x.f32[i];
+      EXPECT_NEAR(y[r], s, 1e-4 * (1 + std::fabs(s))) << (scalar ? "scalar" : "avx2");
+    }
+  }
+  force_scalar_kernels(false);
+}

@@ -112,6 +112,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const EngineOptions& 
   m->st = std::make_unique<SafetensorsSet>(dir);
   m->ws = std::make_unique<WeightStore>(*m->st, parse_weight_format(opts.weights));
   m->llm = std::make_unique<LlmDecoder>(m->hp.llm, *m->ws);
+  m->ws->set_quantize_allowed(false);
   m->vision = std::make_unique<VisionEncoder>(m->hp, *m->ws, m->hp.llm.hidden);
 
   const std::string& tn = m->hp.chat.template_name;
@@ -139,6 +140,7 @@ const ModelHParams& Model::hparams() const { return impl_->hp; }
 const Tokenizer& Model::tokenizer() const { return *impl_->tok; }
 int Model::threads() const { return impl_->pool->size(); }
 size_t Model::weight_bytes() const { return impl_->st->total_bytes(); }
+size_t Model::converted_weight_bytes() const { return impl_->ws->owned_bytes(); }
 const std::string& Model::dir() const { return impl_->dir; }
 
 std::vector<float> Model::encode_image(const PreprocessedImage& img) {

@@ -19,7 +19,9 @@ namespace firstread::engine {
 
 struct EngineOptions {
   int threads = 0;                // 0: all hardware threads
-  std::string weights = "auto";   // auto (as stored) | f32 | bf16 | f16, chosen at load
+  // auto (as stored, mapped) | f32 | bf16 | f16 | q8 (decoder matrices as
+  // int8 blocks of 32 with a scale: half the bytes per decoded token), chosen at load
+  std::string weights = "auto";
   std::string system_message;     // empty: the template's default
   bool has_system_message = false;
 };
@@ -72,7 +74,8 @@ class Model {
   const ModelHParams& hparams() const;
   const Tokenizer& tokenizer() const;
   int threads() const;
-  size_t weight_bytes() const;  // bytes of mapped tensors
+  size_t weight_bytes() const;            // bytes of mapped tensors
+  size_t converted_weight_bytes() const;  // bytes held after load-time conversion (weights != auto)
   const std::string& dir() const;
 
  private:

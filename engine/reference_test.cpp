@@ -91,6 +91,26 @@ TEST(engine_reference, ScalarKernelsMatchToo) {
   force_scalar_kernels(false);
 }
 
+// weights=q8: decoder matrices as int8 blocks. Not exact by design; the
+// logits must stay close to the F32 reference and generation must run.
+TEST(engine_reference, Q8DecoderWeightsStayClose) {
+  std::string dir = fixture_root() + "/1b";
+  json ref = load_ref(dir);
+  EngineOptions o;
+  o.threads = 2;
+  o.weights = "q8";
+  auto model = Model::load(dir, o);
+  EXPECT_GT(model->converted_weight_bytes(), 0u);
+  GenerateOptions go;
+  go.max_new_tokens = 8;
+  go.keep_first_logits = true;
+  GenerateResult r = model->generate({load_image_file(dir + "/test_image.png")}, ref["question"].get<std::string>(), go);
+  double err = rel_err(r.first_logits, ref["first_logits"].get<std::vector<float>>());
+  std::printf("[reference] q8 1b: first-logit rel err %.2e\n", err);
+  EXPECT_LT(err, 0.05);
+  EXPECT_EQ(r.token_ids.size(), 8u);
+}
+
 TEST(engine_reference, TokenizersMatchReferenceImplementations) {
   for (const char* name : {"v12", "1b", "2b"}) {
     std::string dir = fixture_root() + "/" + name;

@@ -24,11 +24,12 @@ const char* dtype_name(DType t) {
     case DType::F32: return "F32";
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
+    case DType::Q8_0: return "Q8_0";
   }
   return "?";
 }
 
-size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+size_t dtype_size(DType t) { return t == DType::F32 ? 4 : t == DType::Q8_0 ? 1 : 2; }
 
 // Header larger than this is not a model header but a corrupt length field.
 static constexpr uint64_t kMaxHeaderBytes = 100ull << 20;

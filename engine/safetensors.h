@@ -12,7 +12,9 @@
 
 namespace firstread::engine {
 
-enum class DType { F32, F16, BF16 };
+// F32/F16/BF16 come from files; Q8_0 is an engine-side storage format chosen
+// at load (blocks of 32 int8 weights with one float scale, kernels.h).
+enum class DType { F32, F16, BF16, Q8_0 };
 const char* dtype_name(DType t);
 size_t dtype_size(DType t);
 

@@ -11,7 +11,8 @@ WeightFormat parse_weight_format(const std::string& s) {
   if (s == "f32") return WeightFormat::F32;
   if (s == "bf16") return WeightFormat::BF16;
   if (s == "f16") return WeightFormat::F16;
-  throw EngineError("unknown weights format '" + s + "' (auto, f32, bf16, f16)");
+  if (s == "q8" || s == "q8_0") return WeightFormat::Q8;
+  throw EngineError("unknown weights format '" + s + "' (auto, f32, bf16, f16, q8)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -36,6 +37,7 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
   if (fmt_ == WeightFormat::F32) want = DType::F32;
   if (fmt_ == WeightFormat::BF16) want = DType::BF16;
   if (fmt_ == WeightFormat::F16) want = DType::F16;
+  if (fmt_ == WeightFormat::Q8 && quantize_allowed_ && cols % kQ8Block == 0) want = DType::Q8_0;
   const bool aligned = reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0;
   if (want == t.dtype && aligned) return w;
   const int64_t n = rows * cols;
@@ -46,6 +48,12 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
     convert_rows_f32(WeightView{raw.data(), t.dtype, rows, cols}, 0, rows, tmp.data());
   } else {
     convert_rows_f32(w, 0, rows, tmp.data());
+  }
+  if (want == DType::Q8_0) {
+    std::vector<BlockQ8> q(static_cast<size_t>(n / kQ8Block));
+    quantize_rows_q8(tmp.data(), rows, cols, q.data());
+    owned_q8_.push_back(std::move(q));
+    return WeightView{owned_q8_.back().data(), DType::Q8_0, rows, cols};
   }
   if (want == DType::F32) {
     owned_f32_.push_back(std::move(tmp));
@@ -75,6 +83,7 @@ size_t WeightStore::owned_bytes() const {
   size_t n = 0;
   for (const auto& v : owned_f32_) n += v.size() * 4;
   for (const auto& v : owned_u16_) n += v.size() * 2;
+  for (const auto& v : owned_q8_) n += v.size() * sizeof(BlockQ8);
   return n;
 }
 

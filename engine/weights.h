@@ -12,8 +12,8 @@
 
 namespace firstread::engine {
 
-enum class WeightFormat { AsStored, F32, BF16, F16 };
-WeightFormat parse_weight_format(const std::string& s);  // auto|f32|bf16|f16
+enum class WeightFormat { AsStored, F32, BF16, F16, Q8 };
+WeightFormat parse_weight_format(const std::string& s);  // auto|f32|bf16|f16|q8
 
 class WeightStore {
  public:
@@ -25,11 +25,16 @@ class WeightStore {
   // A float32 copy (or the mapping itself for F32) with the exact `shape`.
   const float* floats(const std::string& name, const std::vector<int64_t>& shape);
   size_t owned_bytes() const;
+  // Q8 applies to the decoder's matrices only (decode is bandwidth-bound;
+  // the vision encoder is compute-bound and keeps its stored precision).
+  void set_quantize_allowed(bool on) { quantize_allowed_ = on; }
 
  private:
   const TensorInfo& checked(const std::string& name, const std::vector<int64_t>& shape);
   const SafetensorsSet& st_;
   WeightFormat fmt_;
+  bool quantize_allowed_ = true;
+  std::deque<std::vector<BlockQ8>> owned_q8_;
   std::deque<std::vector<float>> owned_f32_;
   std::deque<std::vector<uint16_t>> owned_u16_;
 };
