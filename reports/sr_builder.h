@@ -25,6 +25,7 @@ struct SrFinding {
   int frame = 0;                // 1-based frame number for multi-frame images, 0 = single-frame
   // Region in source-image pixel coordinates (column, row), the top-left corner
   // of the top-left pixel being (0,0): x1<x2, y1<y2, inside Columns x Rows.
+  // Stored as 32-bit floats (Graphic Data is FL).
   double x1 = 0, y1 = 0, x2 = 0, y2 = 0;
   std::optional<double> confidence;  // 0..100 percent when the model gave one
 };

@@ -400,6 +400,20 @@ TEST_F(SrBuilderTest, RerunWithoutFindingsListsPredecessor) {
   EXPECT_NE(built.sop_instance_uid, predecessor.sop_instance_uid);
 }
 
+// A model that said nothing still yields a valid (empty) report.
+TEST_F(SrBuilderTest, EmptyReportIsStillValid) {
+  auto ct = load("CT_small.dcm");
+  DcmDataset& image = *ct->getDataset();
+  const SrInput input = base_input({&image});
+  const BuiltSr built = build_sr(input);
+  const json sr = save_and_validate(built, "empty");
+  ASSERT_FALSE(sr.empty());
+  expect_common_header(sr, built, image);
+  EXPECT_TRUE(sr["narrative"].empty());
+  EXPECT_TRUE(sr["groups"].empty());
+  EXPECT_EQ(sr["image_library"].size(), 1u);
+}
+
 TEST_F(SrBuilderTest, Latin1PatientNameArrivesAsUtf8) {
   auto ct = load("CT_small.dcm");  // Specific Character Set ISO_IR 100
   DcmDataset& image = *ct->getDataset();
