@@ -174,18 +174,21 @@ int64_t stored_value(const uint8_t* buffer, size_t index, int bits_allocated, in
 
 // Turns a decoded frame buffer (host order, Bits Allocated containers, the
 // given planar configuration) into pixel-interleaved stored values.
+// container_bits is normally Bits Allocated; DCMTK's JPEG decoder writes
+// 8-bit containers for 8-bit JPEG data whatever Bits Allocated says.
 FrameSamples samples_from_buffer(const uint8_t* buffer, const PixelAttributes& a, int planar_configuration,
-                                 const std::string& colour_model) {
+                                 const std::string& colour_model, int container_bits) {
   FrameSamples out;
   out.colour_model = colour_model;
-  out.value_bits = a.bits_stored;
+  const int bits_stored = std::min(a.bits_stored, container_bits);
+  out.value_bits = bits_stored;
   out.value_signed = a.is_signed;
   const size_t pixels = size_t(a.rows) * a.columns;
   out.values.resize(pixels * a.samples);
   for (size_t p = 0; p < pixels; ++p) {
     for (int s = 0; s < a.samples; ++s) {
       size_t source = planar_configuration == 1 ? s * pixels + p : p * a.samples + s;
-      out.values[p * a.samples + s] = stored_value(buffer, source, a.bits_allocated, a.bits_stored, a.is_signed);
+      out.values[p * a.samples + s] = stored_value(buffer, source, container_bits, bits_stored, a.is_signed);
     }
   }
   return out;
@@ -255,12 +258,53 @@ FrameSamples read_native_frame(DcmDataset& dataset, DcmElement& pixel_element, c
     }
     return out;
   }
-  return samples_from_buffer(buffer.data(), a, a.planar_configuration, a.photometric);
+  return samples_from_buffer(buffer.data(), a, a.planar_configuration, a.photometric, a.bits_allocated);
+}
+
+bool is_dcmtk_jpeg(E_TransferSyntax xfer) {
+  return xfer == EXS_JPEGProcess1 || xfer == EXS_JPEGProcess2_4 || xfer == EXS_JPEGProcess14 ||
+         xfer == EXS_JPEGProcess14SV1;
+}
+
+// Sample precision in the first SOF marker segment of a JPEG stream, 0 when
+// none is found.
+int jpeg_sof_precision(const uint8_t* data, size_t length) {
+  size_t offset = 0;
+  while (offset + 4 < length) {
+    if (data[offset] != 0xFF) return 0;
+    const uint8_t marker = data[offset + 1];
+    if (marker == 0xFF) { ++offset; continue; }  // fill byte
+    if (marker == 0xD8 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { offset += 2; continue; }
+    const bool is_sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+    if (is_sof) return data[offset + 4];
+    if (marker == 0xDA || marker == 0xD9) return 0;  // scan data before any SOF
+    offset += 2 + ((size_t(data[offset + 2]) << 8) | data[offset + 3]);
+  }
+  return 0;
+}
+
+// DCMTK's JPEG decoder writes 1-byte samples for JPEG data of 8 bits or
+// less and 2-byte samples otherwise, whatever Bits Allocated says; the other
+// codecs write Bits Allocated containers.
+int jpeg_container_bits(DcmPixelData& pixel_data, const PixelAttributes& a, const std::string& name) {
+  if (!is_dcmtk_jpeg(a.transfer_syntax)) return a.bits_allocated;
+  DcmPixelSequence* sequence = nullptr;
+  DcmPixelItem* first_fragment = nullptr;
+  Uint8* bytes = nullptr;
+  if (pixel_data.getEncapsulatedRepresentation(a.transfer_syntax, nullptr, sequence).bad() || sequence == nullptr ||
+      sequence->getItem(first_fragment, 1).bad() || first_fragment == nullptr ||
+      first_fragment->getUint8Array(bytes).bad() || bytes == nullptr)
+    fail(name, "cannot read the first JPEG fragment");
+  const int precision = jpeg_sof_precision(bytes, first_fragment->getLength());
+  if (precision == 0) fail(name, "no JPEG frame header (SOF) in the first fragment");
+  return precision > 8 ? 16 : 8;
 }
 
 // JPEG, JPEG-LS, RLE: DCMTK's registered codec decompresses one frame.
 FrameSamples read_dcmtk_compressed_frame(DcmDataset& dataset, DcmPixelData& pixel_data, const PixelAttributes& a,
                                          int frame, const std::string& name) {
+  // Read before decoding: the decoder releases fragments it has used.
+  const int container_bits = jpeg_container_bits(pixel_data, a, name);
   Uint32 frame_size = 0;
   OFCondition status = pixel_data.getUncompressedFrameSize(&dataset, frame_size);
   if (status.bad()) fail(name, std::string("cannot size a decompressed frame: ") + status.text());
@@ -282,7 +326,7 @@ FrameSamples read_dcmtk_compressed_frame(DcmDataset& dataset, DcmPixelData& pixe
   // A decompressed YBR_FULL_422 JPEG frame is full resolution.
   if (colour_model == "YBR_FULL_422") colour_model = "YBR_FULL";
   // DCMTK's codecs write the frame in the dataset's planar configuration.
-  return samples_from_buffer(buffer.data(), a, a.planar_configuration, colour_model);
+  return samples_from_buffer(buffer.data(), a, a.planar_configuration, colour_model, container_bits);
 }
 
 // ---- JPEG 2000 through OpenJPEG ----------------------------------------

@@ -495,3 +495,15 @@ TEST(DicomImage, ModalityAndVoiLutSequences) {
   EXPECT_EQ(windowed.image.rgb[3 * 17], 20);   // 1020 -> entry 20
   EXPECT_EQ(windowed.image.rgb[3 * 21], 255);  // 1260: above the last entry
 }
+
+TEST(DicomImage, EightBitJpegInSixteenBitContainer) {
+  // DCMTK's JPEG decoder writes 8-bit samples for 8-bit JPEG data even when
+  // Bits Allocated is 16; the frame must come out the same.
+  const std::string source = std::string(kPydicomSamples) + "/SC_rgb_jpeg_dcmtk.dcm";
+  DcmFileFormat file;
+  ASSERT_TRUE(file.loadFile(source.c_str()).good());
+  DicomPixels plain = decode_dicom_frame(*file.getDataset(), "plain");
+  file.getDataset()->putAndInsertUint16(DCM_BitsAllocated, 16);
+  DicomPixels wide = decode_dicom_frame(*file.getDataset(), "16-bit container");
+  EXPECT_EQ(max_difference(plain.image, wide.image), 0);
+}
