@@ -301,12 +301,17 @@ std::string format_decimal_string(double value) {
   return buffer;
 }
 
+// The route's language as written in the configuration: the short form or the
+// RFC 5646 code the SR carries.
+bool is_english(const std::string& language) { return language == "en" || language == "en-US"; }
+bool is_chinese(const std::string& language) { return language == "zh" || language == "zh-CN"; }
+
 void validate_input(const SrInput& input) {
   if (input.sources.empty()) fail("no source image given");
   for (size_t i = 0; i < input.sources.size(); ++i)
     if (input.sources[i] == nullptr) fail("source " + std::to_string(i) + " is a null dataset");
-  if (input.language != "en" && input.language != "zh")
-    fail("language '" + input.language + "' is neither \"en\" nor \"zh\"");
+  if (!is_english(input.language) && !is_chinese(input.language))
+    fail("language '" + input.language + "' is neither \"en\" (en-US) nor \"zh\" (zh-CN)");
   if (trim(input.model_name).empty()) fail("model_name is empty");
   require_utf8(input.model_name, "model_name");
   require_utf8(input.model_version, "model_version");
@@ -508,7 +513,7 @@ BuiltSr build_sr(const SrInput& input) {
   // --- TID 1500 root, observer, procedure, image library, report-level text
   TID1500_MeasurementReport report(CMR_CID7021::ImagingMeasurementReport);
   const CID5000_Languages language =
-      input.language == "zh" ? CID5000_Languages(DSRCodedEntryValue("zh-CN", "RFC5646", "Chinese (China)"))
+      is_chinese(input.language) ? CID5000_Languages(DSRCodedEntryValue("zh-CN", "RFC5646", "Chinese (China)"))
                              : CID5000_Languages(CID5000_Languages::English_US);
   require_ok(report.setLanguage(language), "TID 1204 language '" + input.language + "'");
   require_ok(report.getObservationContext().addDeviceObserver(input.device_observer_uid.c_str(), input.model_name.c_str(),

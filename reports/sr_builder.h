@@ -44,7 +44,7 @@ struct SrInput {
   // "印象：", "诊断意见：", "结论：") splits it into a Finding and an Impression
   // text; otherwise it is one Finding text. Empty: no report-level text.
   std::string narrative;
-  std::string language = "en";             // "en" (en-US) or "zh" (zh-CN)
+  std::string language = "en";             // "en" or "en-US"; "zh" or "zh-CN" (TID 1204)
   std::string model_name, model_version;   // e.g. "demo", "0.1"; model_name must not be empty
   std::string device_observer_uid;         // changes with the weights (given by caller)
   std::string algorithm_manufacturer = "firstread";

@@ -546,6 +546,10 @@ TEST(SrBuilderBadInput, EachProblemIsNamed) {
   bad_utf8.narrative = "truncated \xE7\xBB";  // first two bytes of a three-byte character
   EXPECT_NE(build_error(bad_utf8).find("narrative is not valid UTF-8"), std::string::npos) << build_error(bad_utf8);
 
+  SrInput long_form_language = good;
+  long_form_language.language = "zh-CN";
+  EXPECT_NO_THROW(build_sr(long_form_language));
+
   SrInput bad_language = good;
   bad_language.language = "fr";
   EXPECT_NE(build_error(bad_language).find("language 'fr'"), std::string::npos) << build_error(bad_language);
