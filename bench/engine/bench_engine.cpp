@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp/firstread_bench_model";
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
   int decode_tokens = 32, prefill_tokens = 300, repeat = 2;
-  bool pytorch = true, vision = true;
+  bool pytorch = true, vision = true, q8 = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--model" && i + 1 < argc) dir = argv[++i];
@@ -100,9 +100,10 @@ int main(int argc, char** argv) {
     else if (a == "--decode-tokens" && i + 1 < argc) decode_tokens = std::atoi(argv[++i]);
     else if (a == "--no-pytorch") pytorch = false;
     else if (a == "--no-vision") vision = false;
+    else if (a == "--no-q8") q8 = false;
     else if (a == "--repeat" && i + 1 < argc) repeat = std::max(1, std::atoi(argv[++i]));
     else {
-      std::fprintf(stderr, "usage: bench_engine [--model DIR] [--threads N] [--decode-tokens N] [--no-pytorch] [--no-vision] [--repeat N]\n");
+      std::fprintf(stderr, "usage: bench_engine [--model DIR] [--threads N] [--decode-tokens N] [--no-pytorch] [--no-vision] [--no-q8] [--repeat N]\n");
       return 2;
     }
   }
@@ -182,6 +183,21 @@ int main(int argc, char** argv) {
               100 * r.timings.tokens_per_second / (gbps * 1e9 / decode_bytes));
   std::printf("  peak RSS                           %10.0f MB  (weights %.0f MB + KV %.0f MB: ratio %.2f)\n", rss,
               model->weight_bytes() / 1e6, kv_bytes / 1e6, rss * 1e6 / (model->weight_bytes() + kv_bytes));
+  // Decode again with the decoder's matrices quantized to Q8_0 at load.
+  double q8_tps = 0, q8_bytes = 0;
+  if (q8) {
+    model.reset();
+    EngineOptions qo = opts;
+    qo.weights = "q8";
+    auto qm = Model::load(dir, qo);
+    q8_bytes = double(qm->converted_weight_bytes());
+    for (int rep = 0; rep < repeat; ++rep)
+      q8_tps = std::max(q8_tps, qm->generate_from_ids(ids, go).timings.tokens_per_second);
+    const double q8_decode_bytes = decode_params * 36.0 / 32.0;
+    std::printf("  decode, weights=q8 (Q8_0 decoder)  %10.2f tok/s (bound %.2f tok/s for %.2f GB: %.0f%%)\n", q8_tps,
+                gbps * 1e9 / q8_decode_bytes, q8_decode_bytes / 1e9,
+                100 * q8_tps / (gbps * 1e9 / q8_decode_bytes));
+  }
   nlohmann::json out = {{"threads", threads},
                         {"sgemm_gflops", gflops},
                         {"bandwidth_gbps", gbps},
@@ -189,9 +205,9 @@ int main(int argc, char** argv) {
                          {{"vision_ms", vision_ms},
                           {"prefill_ms", r.timings.prefill_ms},
                           {"decode_tokens_per_second", r.timings.tokens_per_second},
-                          {"peak_rss_mb", rss}}}};
+                          {"peak_rss_mb", rss},
+                          {"decode_q8_tokens_per_second", q8_tps}}}};
   if (pytorch) {
-    model.reset();
     int rc;
     std::string cmd = py + " run " + dir + " --threads 1," + std::to_string(threads) +
                       " --decode-tokens 16 --prefill-tokens " + std::to_string(prefill_tokens) +
