@@ -300,9 +300,47 @@ int jpeg_container_bits(DcmPixelData& pixel_data, const PixelAttributes& a, cons
   return precision > 8 ? 16 : 8;
 }
 
+// DCMTK 3.6.7's RLE decoder trusts the segment offsets in the RLE header and
+// reads past the fragment when they are damaged (a crash seen with flipped
+// bytes), so the header is checked here first (PS3.5 G.3.1, G.5): one
+// fragment per frame, a 64-byte header, as many segments as bytes per pixel,
+// the first at 64 and the rest increasing and inside the fragment.
+void check_rle_frame(DcmPixelData& pixel_data, const PixelAttributes& a, int frame, const std::string& name) {
+  const std::string where = frame_label(name, frame);
+  DcmPixelSequence* sequence = nullptr;
+  if (pixel_data.getEncapsulatedRepresentation(a.transfer_syntax, nullptr, sequence).bad() || sequence == nullptr)
+    fail(name, "RLE pixel data is not encapsulated");
+  const unsigned long fragments = sequence->card() > 0 ? sequence->card() - 1 : 0;
+  if (fragments != static_cast<unsigned long>(a.frames))
+    fail(name, "RLE pixel data has " + std::to_string(fragments) + " fragments for " + std::to_string(a.frames) +
+                   " frames (one per frame required)");
+  DcmPixelItem* fragment = nullptr;
+  Uint8* bytes = nullptr;
+  if (sequence->getItem(fragment, frame + 1).bad() || fragment == nullptr || fragment->getUint8Array(bytes).bad())
+    fail(where, "unreadable RLE fragment");
+  const Uint32 length = fragment->getLength();
+  if (bytes == nullptr || length < 64) fail(where, "RLE fragment of " + std::to_string(length) + " bytes has no header");
+  auto header = [bytes](int i) {
+    return Uint32(bytes[4 * i]) | (Uint32(bytes[4 * i + 1]) << 8) | (Uint32(bytes[4 * i + 2]) << 16) |
+           (Uint32(bytes[4 * i + 3]) << 24);
+  };
+  const Uint32 segments = header(0);
+  const Uint32 expected = Uint32(a.samples * (a.bits_allocated / 8));
+  if (segments != expected)
+    fail(where, "RLE header has " + std::to_string(segments) + " segments, " + std::to_string(expected) + " expected");
+  if (header(1) != 64) fail(where, "first RLE segment does not start after the header");
+  for (Uint32 i = 1; i <= segments; ++i) {
+    const Uint32 offset = header(int(i));
+    if (offset >= length || (i > 1 && offset < header(int(i - 1))))
+      fail(where, "RLE segment " + std::to_string(i - 1) + " offset " + std::to_string(offset) +
+                      " is out of order or past the fragment (" + std::to_string(length) + " bytes)");
+  }
+}
+
 // JPEG, JPEG-LS, RLE: DCMTK's registered codec decompresses one frame.
 FrameSamples read_dcmtk_compressed_frame(DcmDataset& dataset, DcmPixelData& pixel_data, const PixelAttributes& a,
                                          int frame, const std::string& name) {
+  if (a.transfer_syntax == EXS_RLELossless) check_rle_frame(pixel_data, a, frame, name);
   // Read before decoding: the decoder releases fragments it has used.
   const int container_bits = jpeg_container_bits(pixel_data, a, name);
   Uint32 frame_size = 0;
