@@ -512,9 +512,11 @@ BuiltSr build_sr(const SrInput& input) {
 
   // --- TID 1500 root, observer, procedure, image library, report-level text
   TID1500_MeasurementReport report(CMR_CID7021::ImagingMeasurementReport);
+  // Code meanings as in CID 5000 of the standard (PixelMed's validator warns on
+  // DCMTK 3.6.7's older "English (US)").
   const CID5000_Languages language =
-      is_chinese(input.language) ? CID5000_Languages(DSRCodedEntryValue("zh-CN", "RFC5646", "Chinese (China)"))
-                             : CID5000_Languages(CID5000_Languages::English_US);
+      is_chinese(input.language) ? CID5000_Languages(DSRCodedEntryValue("zh-CN", "RFC5646", "Chinese (S)"))
+                                 : CID5000_Languages(DSRCodedEntryValue("en-US", "RFC5646", "English (United States)"));
   require_ok(report.setLanguage(language), "TID 1204 language '" + input.language + "'");
   require_ok(report.getObservationContext().addDeviceObserver(input.device_observer_uid.c_str(), input.model_name.c_str(),
                                                               input.algorithm_manufacturer.c_str(),
