@@ -16,6 +16,12 @@
 #include "storage/file_storage.h"
 #include "worklist/job_queue.h"
 #include "worklist/study_assembler.h"
+#include "reports/export_outbox.h"
+#ifdef FIRSTREAD_HAVE_PIPELINE
+#include "pipeline/model_registry.h"
+#include "pipeline/study_processor.h"
+#include "pipeline/worker_pool.h"
+#endif
 
 namespace firstread::app {
 namespace {
@@ -78,6 +84,20 @@ int run_serve(const Args& args) {
     server->start();
   }
 
+  const std::string conninfo = rt.pool->conninfo();
+#ifdef FIRSTREAD_HAVE_PIPELINE
+  pipeline::ModelRegistry models(cfg.models);
+  pipeline::StudyProcessor processor(cfg, *rt.pool, storage, models);
+  pipeline::WorkerPool workers(role == "ingest" ? 0 : cfg.worklist.workers, cfg.worklist.lease_seconds, queue,
+                               processor, conninfo);
+  workers.start();
+#else
+  if (role != "ingest" && cfg.worklist.workers > 0)
+    spdlog::warn("this build has no inference pipeline: jobs stay queued");
+#endif
+  reports::ExportOutbox outbox(*rt.pool, storage, cfg.exports, conninfo);
+  outbox.start();
+
   // Study assembly and lease expiry: a poll against the database clock, so any
   // node may do it and nothing depends on this process's memory.
   std::atomic<bool> stopping{false};
@@ -118,6 +138,10 @@ int run_serve(const Args& args) {
   }
   stop_cv.notify_all();
   housekeeping.join();
+#ifdef FIRSTREAD_HAVE_PIPELINE
+  workers.stop();  // each worker finishes the job in hand
+#endif
+  outbox.stop();
   rt.pool.reset();
   if (rt.embedded) rt.embedded->stop();
   spdlog::info("stopped");

@@ -169,7 +169,7 @@ void apply_environment(Config& c) {
 Config default_config() {
   Config c;
   c.source = "<defaults>";
-  c.models["demo"] = ModelConfig{"models/demo", 0, ""};
+  c.models["demo"] = ModelConfig{"models/demo", 0, "", 1000};
   Route r;
   r.name = "default";
   r.model = "demo";
@@ -271,7 +271,11 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       s.read("path", m.path);
       s.read("threads", m.threads);
       s.read("weights", m.weights);
+      s.read("box_scale", m.box_scale);
       s.check_unknown();
+      if (m.box_scale < 1 || m.box_scale > 100000)
+        fail_at(source, kv.second["box_scale"] ? kv.second["box_scale"] : kv.second, p + "." + name + ".box_scale",
+                "must be between 1 and 100000");
       if (m.path.empty()) fail_at(source, kv.first, p + "." + name + ".path", "is required");
       if (!m.weights.empty())
         check_one_of(source, kv.second["weights"], p + "." + name + ".weights", m.weights,

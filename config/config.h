@@ -82,6 +82,7 @@ struct ModelConfig {
   std::string path;
   int threads = 0;  // 0 = number of cores
   std::string weights;  // empty = the checkpoint's own format
+  int box_scale = 1000;  // grid of the model's <box> coordinates: 999 for MedRegA, 1000 for InternVL
 };
 
 struct ExportDestination {

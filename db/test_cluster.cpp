@@ -36,7 +36,7 @@ TestCluster::TestCluster() {
 
 void TestCluster::truncate_all() {
   pool_->transact([](pqxx::work& txn) {
-    txn.exec0("TRUNCATE firstread.jobs, firstread.instances, firstread.studies RESTART IDENTITY CASCADE");
+    txn.exec0("TRUNCATE firstread.exports, firstread.findings, firstread.reports, firstread.jobs, firstread.instances, firstread.studies RESTART IDENTITY CASCADE");
   });
 }
 

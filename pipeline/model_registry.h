@@ -1,0 +1,48 @@
+// Models by name, loaded on first use and kept for the life of the process.
+// An engine model is not re-entrant (one KV cache), so each comes with a
+// mutex that a worker holds while it generates.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "config/config.h"
+#include "engine/model.h"
+
+namespace firstread::pipeline {
+
+struct LoadedModel {
+  engine::Model* model = nullptr;
+  std::mutex* mutex = nullptr;
+  std::string name;
+  std::string version;             // short digest of the weights
+  std::string device_observer_uid; // 2.25.<digest>: changes when the weights change
+  int box_scale = 1000;
+};
+
+class ModelRegistry {
+ public:
+  explicit ModelRegistry(const std::map<std::string, config::ModelConfig>& models) : configs_(models) {}
+  // Throws std::runtime_error naming the model and the reason.
+  LoadedModel get(const std::string& name);
+  bool loaded(const std::string& name);
+
+ private:
+  struct Entry {
+    std::unique_ptr<engine::Model> model;
+    std::mutex mutex;
+    std::string version, device_uid;
+  };
+  std::map<std::string, config::ModelConfig> configs_;
+  std::mutex mu_;
+  std::map<std::string, std::unique_ptr<Entry>> entries_;
+};
+
+// Digest of a model directory: names, sizes and modification times of its
+// files plus their first and last MiB (reading 80 GB of weights at start-up
+// is not an option). Returns {hex digest, "2.25.<decimal>" UID}.
+std::pair<std::string, std::string> model_identity(const std::string& dir);
+
+}  // namespace firstread::pipeline

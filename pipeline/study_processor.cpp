@@ -1,0 +1,306 @@
+#include "pipeline/study_processor.h"
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <ctime>
+#include <map>
+#include <memory>
+#include <regex>
+#include <stdexcept>
+
+#include "engine/boxes.h"
+#include "engine/dicom_image.h"
+#include "reports/sr_builder.h"
+
+namespace firstread::pipeline {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+const config::Route* find_route(const config::Config& c, const std::string& name) {
+  for (const auto& r : c.routes)
+    if (r.name == name) return &r;
+  return nullptr;
+}
+
+std::string now_dicom_datetime() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%d%H%M%S", &tm);
+  return buf;
+}
+
+}  // namespace
+
+std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instances, const config::Route& route) {
+  std::vector<SelectedImage> out;
+  if (route.select == "middle") {
+    std::map<std::string, std::vector<const InstanceRow*>> by_series;
+    std::vector<std::string> order;
+    for (const auto& i : instances) {
+      if (!i.has_pixels) continue;
+      if (!by_series.count(i.series_instance_uid)) order.push_back(i.series_instance_uid);
+      by_series[i.series_instance_uid].push_back(&i);
+    }
+    for (const auto& series : order) {
+      const auto& list = by_series[series];  // already in instance order
+      const InstanceRow* mid = list[list.size() / 2];
+      out.push_back({mid->sop_instance_uid, mid->sop_class_uid, mid->series_instance_uid, mid->file_path,
+                     list.size() == 1 && mid->frames > 1 ? -1 : 0});
+      if (static_cast<int>(out.size()) >= route.max_images) break;
+    }
+    return out;
+  }
+  for (const auto& i : instances) {
+    if (!i.has_pixels) continue;
+    out.push_back({i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.file_path, 0});
+    if (static_cast<int>(out.size()) >= route.max_images) break;
+  }
+  return out;
+}
+
+std::string sanitize_model_text(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = s[i];
+    size_t len = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      len = 1;
+      cp = c;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    }
+    bool valid = len > 0 && i + len <= n;
+    for (size_t k = 1; valid && k < len; ++k) {
+      if ((s[i + k] & 0xC0) != 0x80) valid = false;
+      else cp = (cp << 6) | (s[i + k] & 0x3F);
+    }
+    // Overlong forms, surrogates and values past U+10FFFF are invalid too.
+    if (valid && ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+                  (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF))
+      valid = false;
+    if (!valid) {
+      out += "\xEF\xBF\xBD";
+      i += 1;
+      continue;
+    }
+    if (cp < 0x20 && cp != '\n' && cp != '\r' && cp != '\t') {
+      i += len;  // control characters are dropped
+      continue;
+    }
+    if (cp == 0x7F) {
+      i += len;
+      continue;
+    }
+    out.append(text, i, len);
+    i += len;
+  }
+  return out;
+}
+
+bool box_within_grid(const int* model_box, int scale) {
+  for (int k = 0; k < 4; ++k)
+    if (model_box[k] < 0 || model_box[k] > scale) return false;
+  return model_box[0] < model_box[2] && model_box[1] < model_box[3];
+}
+
+std::string strip_region_markup(const std::string& text) {
+  static const std::regex ref("<ref>(.*?)</ref>");
+  static const std::regex box("<box>\\s*\\[\\[.*?\\]\\]\\s*</box>");
+  std::string s = std::regex_replace(text, box, "");
+  s = std::regex_replace(s, ref, "$1");
+  for (const char* tag : {"<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>"}) {
+    for (size_t p; (p = s.find(tag)) != std::string::npos;) s.erase(p, std::string(tag).size());
+  }
+  return s;
+}
+
+int64_t StudyProcessor::process(const worklist::Job& job, const std::string& owner) {
+  const auto t_start = Clock::now();
+  const config::Route* route = find_route(config_, job.route);
+  if (!route) throw std::runtime_error("route '" + job.route + "' is no longer configured");
+
+  // The study's instances, in series and instance order.
+  std::vector<InstanceRow> rows;
+  pool_.transact([&](pqxx::work& txn) {
+    for (const auto& r : txn.exec_params(
+             "SELECT sop_instance_uid, sop_class_uid, series_instance_uid, file_path, COALESCE(series_number, 0),"
+             " COALESCE(instance_number, 0), COALESCE(frames, 1), rows IS NOT NULL AND columns IS NOT NULL"
+             " FROM firstread.instances WHERE study_uid = $1"
+             " ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid",
+             job.study_uid)) {
+      InstanceRow i;
+      i.sop_instance_uid = r[0].c_str();
+      i.sop_class_uid = r[1].c_str();
+      i.series_instance_uid = r[2].c_str();
+      i.file_path = r[3].c_str();
+      i.series_number = r[4].as<int>();
+      i.instance_number = r[5].as<int>();
+      i.frames = r[6].as<int>();
+      // Structured reports and other documents carry no pixels for the model.
+      i.has_pixels = r[7].as<bool>() && i.sop_class_uid.rfind("1.2.840.10008.5.1.4.1.1.88.", 0) != 0;
+      rows.push_back(i);
+    }
+  });
+  const std::vector<SelectedImage> selected = select_images(rows, *route);
+  if (selected.empty()) throw std::runtime_error("study " + job.study_uid + " has no image the model can read");
+
+  LoadedModel model = models_.get(route->model);
+
+  double decode_ms = 0, inference_ms = 0;
+  std::vector<std::unique_ptr<DcmFileFormat>> sources;
+  std::vector<reports::SrFinding> findings;
+  std::string narrative;
+  for (size_t n = 0; n < selected.size(); ++n) {
+    const SelectedImage& img = selected[n];
+    auto t = Clock::now();
+    auto file = std::make_unique<DcmFileFormat>();
+    const std::string path = storage_.absolute(img.file_path);
+    OFCondition cond = file->loadFile(path.c_str());
+    if (cond.bad()) throw std::runtime_error("cannot read " + img.file_path + ": " + cond.text());
+    engine::DicomPixels pixels = engine::decode_dicom_frame(*file->getDataset(), img.file_path, img.frame);
+    decode_ms += ms_since(t);
+
+    t = Clock::now();
+    engine::GenerateResult result;
+    {
+      std::lock_guard<std::mutex> lock(*model.mutex);
+      result = model.model->generate(pixels.image, route->prompt, route->max_new_tokens);
+    }
+    inference_ms += ms_since(t);
+    spdlog::info("pipeline: job {} study={} sop={} frame={}: {} tokens, vision {:.0f} ms, prefill {:.0f} ms, "
+                 "{:.1f} tok/s",
+                 job.job_id, job.study_uid, img.sop_instance_uid, pixels.frame + 1, result.token_ids.size(),
+                 result.timings.vision_ms, result.timings.prefill_ms, result.timings.tokens_per_second);
+
+    const bool multi_frame = pixels.frames > 1;
+    for (const auto& box : engine::parse_boxes(result.text, result.images.at(0), model.box_scale)) {
+      if (!box_within_grid(box.model_box, model.box_scale)) {
+        spdlog::warn("pipeline: job {}: box [{}, {}, {}, {}] is outside the 0..{} grid; region dropped", job.job_id,
+                     box.model_box[0], box.model_box[1], box.model_box[2], box.model_box[3], model.box_scale);
+        continue;
+      }
+      reports::SrFinding f;
+      f.label = sanitize_model_text(box.label);
+      if (f.label.empty()) f.label = "finding";
+      f.sop_class_uid = img.sop_class_uid;
+      f.sop_instance_uid = img.sop_instance_uid;
+      f.frame = multi_frame ? pixels.frame + 1 : 0;
+      f.x1 = box.pixel_box[0];
+      f.y1 = box.pixel_box[1];
+      f.x2 = box.pixel_box[2];
+      f.y2 = box.pixel_box[3];
+      // A box squeezed to nothing by clamping has no region to draw.
+      if (f.x2 <= f.x1 || f.y2 <= f.y1) continue;
+      findings.push_back(f);
+    }
+    const std::string text = sanitize_model_text(strip_region_markup(result.text));
+    if (selected.size() > 1)
+      narrative += (narrative.empty() ? "" : "\n") + std::string("Image ") + std::to_string(n + 1) + ": " + text;
+    else
+      narrative = text;
+    sources.push_back(std::move(file));
+  }
+  if (narrative.empty()) narrative = "(the model produced no text)";
+
+  // The report this one supersedes: the latest of the same study and route.
+  std::optional<reports::SrPredecessor> predecessor;
+  int64_t supersedes = 0;
+  pool_.transact([&](pqxx::work& txn) {
+    auto r = txn.exec_params(
+        "SELECT report_id, sr_series_instance_uid, sr_sop_instance_uid FROM firstread.reports"
+        " WHERE study_uid = $1 AND route = $2 ORDER BY created_at DESC, report_id DESC LIMIT 1",
+        job.study_uid, job.route);
+    if (!r.empty()) {
+      supersedes = r[0][0].as<int64_t>();
+      predecessor = reports::SrPredecessor{job.study_uid, r[0][1].c_str(), "1.2.840.10008.5.1.4.1.1.88.34",
+                                           r[0][2].c_str()};
+    }
+  });
+
+  auto t = Clock::now();
+  reports::SrInput input;
+  for (const auto& s : sources) input.sources.push_back(s->getDataset());
+  input.narrative = narrative;
+  input.language = route->language;
+  input.model_name = model.name;
+  input.model_version = model.version;
+  input.device_observer_uid = model.device_observer_uid;
+  input.content_datetime = now_dicom_datetime();
+  input.findings = findings;
+  input.predecessor = predecessor;
+  reports::BuiltSr sr = reports::build_sr(input);
+  const std::string sr_path = "reports/" + job.study_uid + "/" + sr.series_instance_uid + "/" + sr.sop_instance_uid + ".dcm";
+  storage_.write_durably(sr_path, [&](const std::string& tmp) {
+    OFCondition c = sr.file->saveFile(tmp.c_str(), EXS_LittleEndianExplicit);
+    if (c.bad()) throw std::runtime_error("cannot write SR " + tmp + ": " + c.text());
+  });
+  const double sr_ms = ms_since(t);
+
+  t = Clock::now();
+  const int64_t report_id = pool_.transact([&](pqxx::work& txn) {
+    // Still ours? A worker whose lease expired must not report twice.
+    auto mine = txn.exec_params(
+        "SELECT 1 FROM firstread.jobs WHERE job_id = $1 AND lease_owner = $2 AND state = 'running' FOR UPDATE",
+        job.job_id, owner);
+    if (mine.empty()) throw std::runtime_error("lease lost: job " + std::to_string(job.job_id) + " was taken over");
+    const double db_ms_so_far = ms_since(t);
+    auto r = txn.exec_params1(
+        "INSERT INTO firstread.reports (study_uid, job_id, route, model, model_version, language, text,"
+        " sr_sop_instance_uid, sr_series_instance_uid, sr_file_path, supersedes_report_id, latency_ms,"
+        " decode_ms, inference_ms, sr_ms, db_ms)"
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULLIF($11, 0),"
+        "  extract(epoch FROM clock_timestamp() - s.last_received_at) * 1000, $12, $13, $14, $15"
+        " FROM firstread.studies s WHERE s.study_uid = $1 RETURNING report_id",
+        job.study_uid, job.job_id, job.route, model.name, model.version, route->language, narrative,
+        sr.sop_instance_uid, sr.series_instance_uid, sr_path, supersedes, decode_ms, inference_ms, sr_ms,
+        db_ms_so_far);
+    const int64_t id = r[0].as<int64_t>();
+    for (const auto& f : findings) {
+      txn.exec_params0(
+          "INSERT INTO firstread.findings (report_id, label, text, sop_instance_uid, frame, x1, y1, x2, y2, confidence)"
+          " VALUES ($1, $2, NULLIF($3, ''), $4, NULLIF($5, 0), $6, $7, $8, $9, NULL)",
+          id, f.label, f.text, f.sop_instance_uid, f.frame, f.x1, f.y1, f.x2, f.y2);
+    }
+    int exports = 0;
+    for (const auto& d : config_.exports.destinations) {
+      bool wanted = d.routes.empty();
+      for (const auto& rn : d.routes) wanted = wanted || rn == job.route;
+      if (!wanted) continue;
+      txn.exec_params0(
+          "INSERT INTO firstread.exports (report_id, destination, ae_title, host, port, max_attempts)"
+          " VALUES ($1, $2, $3, $4, $5, $6)",
+          id, d.name, d.ae_title, d.host, d.port, config_.exports.max_attempts);
+      ++exports;
+    }
+    txn.exec_params0(
+        "UPDATE firstread.jobs SET state = 'done', finished_at = now(), error = NULL, lease_owner = NULL,"
+        " lease_expires_at = NULL WHERE job_id = $1",
+        job.job_id);
+    if (exports) txn.exec0(std::string("NOTIFY ") + kExportsChannel);
+    return id;
+  });
+  spdlog::info("pipeline: job {} study={} reported: report {} sr={} findings={} total {:.0f} ms", job.job_id,
+               job.study_uid, report_id, sr.sop_instance_uid, findings.size(), ms_since(t_start));
+  return report_id;
+}
+
+}  // namespace firstread::pipeline

@@ -1,0 +1,65 @@
+// One job, end to end: the study's images -> model input -> engine -> findings
+// mapped to source pixels -> DICOM SR -> durable file -> report, findings,
+// export rows and the job's completion in one transaction.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "db/database.h"
+#include "pipeline/model_registry.h"
+#include "storage/file_storage.h"
+#include "worklist/job_queue.h"
+
+namespace firstread::pipeline {
+
+inline constexpr const char* kExportsChannel = "firstread_exports";
+
+struct SelectedImage {
+  std::string sop_instance_uid, sop_class_uid, series_instance_uid, file_path;
+  int frame = 0;  // 0-based frame to read; -1 = the middle frame
+};
+
+struct InstanceRow {
+  std::string sop_instance_uid, sop_class_uid, series_instance_uid, file_path;
+  int series_number = 0, instance_number = 0, frames = 1;
+  bool has_pixels = false;
+};
+
+// Which images of a study go to the model (route.select): "each" takes every
+// image instance, in series/instance order, up to max_images; "middle" takes
+// the middle instance of each series (the middle frame for a multi-frame one).
+std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instances, const config::Route& route);
+
+// A model box is used only when its coordinates lie on the 0..scale grid and
+// it is not empty; anything else is malformed output, dropped (the text stays).
+bool box_within_grid(const int* model_box, int scale);
+
+// Model output as text a database and a DICOM UT element accept: valid UTF-8
+// (invalid bytes become U+FFFD) without control characters other than tab,
+// line feed and carriage return.
+std::string sanitize_model_text(const std::string& text);
+
+// The model's text for people: <ref>x</ref><box>[[..]]</box> becomes x.
+std::string strip_region_markup(const std::string& text);
+
+class StudyProcessor {
+ public:
+  StudyProcessor(const config::Config& config, db::ConnectionPool& pool, storage::FileStorage& storage,
+                 ModelRegistry& models)
+      : config_(config), pool_(pool), storage_(storage), models_(models) {}
+
+  // Runs the job and commits its report; returns the report id. Throws
+  // std::runtime_error whose message is the reason the job failed.
+  int64_t process(const worklist::Job& job, const std::string& owner);
+
+ private:
+  const config::Config& config_;
+  db::ConnectionPool& pool_;
+  storage::FileStorage& storage_;
+  ModelRegistry& models_;
+};
+
+}  // namespace firstread::pipeline

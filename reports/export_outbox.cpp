@@ -1,0 +1,146 @@
+#include "reports/export_outbox.h"
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcmetinf.h>
+#include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmnet/scu.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+namespace firstread::reports {
+
+SendResult send_file(const std::string& path, const std::string& calling_ae, const std::string& called_ae,
+                     const std::string& host, int port, int timeout_seconds) {
+  DcmFileFormat file;
+  OFCondition cond = file.loadFile(path.c_str());
+  if (cond.bad()) return {false, "cannot read " + path + ": " + cond.text()};
+  OFString sop_class, ts;
+  file.getDataset()->findAndGetOFString(DCM_SOPClassUID, sop_class);
+  file.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, ts);
+
+  DcmSCU scu;
+  scu.setAETitle(calling_ae.c_str());
+  scu.setPeerAETitle(called_ae.c_str());
+  scu.setPeerHostName(host.c_str());
+  scu.setPeerPort(static_cast<Uint16>(port));
+  scu.setACSETimeout(static_cast<Uint32>(timeout_seconds));
+  scu.setDIMSETimeout(static_cast<Uint32>(timeout_seconds));
+  scu.setDIMSEBlockingMode(DIMSE_NONBLOCKING);
+  scu.setConnectionTimeout(timeout_seconds);
+  OFList<OFString> syntaxes;
+  syntaxes.push_back(ts);
+  if (ts != UID_LittleEndianExplicitTransferSyntax) syntaxes.push_back(UID_LittleEndianExplicitTransferSyntax);
+  syntaxes.push_back(UID_LittleEndianImplicitTransferSyntax);
+  scu.addPresentationContext(sop_class, syntaxes);
+  const std::string peer = called_ae + "@" + host + ":" + std::to_string(port);
+  if ((cond = scu.initNetwork()).bad()) return {false, "network: " + std::string(cond.text())};
+  if ((cond = scu.negotiateAssociation()).bad()) return {false, "association with " + peer + ": " + cond.text()};
+  const T_ASC_PresentationContextID pres_id = scu.findPresentationContextID(sop_class, "");
+  if (pres_id == 0) {
+    scu.releaseAssociation();
+    return {false, peer + " accepts no presentation context for SOP class " + std::string(sop_class.c_str())};
+  }
+  Uint16 status = 0;
+  cond = scu.sendSTORERequest(pres_id, path.c_str(), nullptr, status);
+  scu.releaseAssociation();
+  if (cond.bad()) return {false, "C-STORE to " + peer + ": " + cond.text()};
+  // Success (0000) and warnings (Bxxx) mean the PACS kept it.
+  if (status != 0x0000 && (status & 0xF000) != 0xB000) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "C-STORE to %s answered status 0x%04X", peer.c_str(), status);
+    return {false, buf};
+  }
+  return {true, ""};
+}
+
+int ExportOutbox::send_due() {
+  int attempted = 0;
+  while (!stopping_) {
+    // Claim one due export (a sender that died leaves 'sending' with an
+    // expired lease, which is due again).
+    auto claimed = pool_.transact([&](pqxx::work& txn) {
+      return txn.exec(
+          "UPDATE firstread.exports e SET state = 'sending', attempts = e.attempts + 1,"
+          " lease_expires_at = now() + interval '5 minutes'"
+          " FROM firstread.reports r"
+          " WHERE e.export_id = (SELECT export_id FROM firstread.exports"
+          "   WHERE (state = 'pending' AND next_attempt_at <= now()) OR (state = 'sending' AND lease_expires_at < now())"
+          "   ORDER BY next_attempt_at, export_id FOR UPDATE SKIP LOCKED LIMIT 1)"
+          " AND r.report_id = e.report_id"
+          " RETURNING e.export_id, e.destination, e.ae_title, e.host, e.port, r.sr_file_path, e.attempts,"
+          " e.max_attempts, r.sr_sop_instance_uid");
+    });
+    if (claimed.empty()) break;
+    ++attempted;
+    const auto row = claimed[0];
+    const int64_t id = row[0].as<int64_t>();
+    const std::string destination = row[1].c_str();
+    const std::string sr_uid = row[8].c_str();
+    const int attempts = row[6].as<int>();
+    const int max_attempts = row[7].as<int>();
+    SendResult result = send_file(storage_.absolute(row[5].c_str()), config_.calling_ae_title, row[2].c_str(),
+                                  row[3].c_str(), row[4].as<int>());
+    pool_.transact([&](pqxx::work& txn) {
+      if (result.ok) {
+        txn.exec_params0(
+            "UPDATE firstread.exports SET state = 'sent', sent_at = now(), last_error = NULL,"
+            " lease_expires_at = NULL WHERE export_id = $1",
+            id);
+      } else {
+        txn.exec_params0(
+            "UPDATE firstread.exports SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,"
+            " last_error = $2, lease_expires_at = NULL,"
+            " next_attempt_at = now() + make_interval(secs => $3 * power(2, GREATEST(attempts - 1, 0)))"
+            " WHERE export_id = $1",
+            id, result.error, config_.retry_backoff_seconds);
+      }
+    });
+    if (result.ok)
+      spdlog::info("export: SR {} sent to {}", sr_uid, destination);
+    else
+      spdlog::warn("export: SR {} to {} failed (attempt {}/{}{}): {}", sr_uid, destination, attempts, max_attempts,
+                   attempts >= max_attempts ? ", giving up" : ", will retry", result.error);
+  }
+  return attempted;
+}
+
+void ExportOutbox::start() {
+  stopping_ = false;
+  thread_ = std::thread([this] {
+    std::unique_ptr<pqxx::connection> listen_conn;
+    std::unique_ptr<pqxx::notification_receiver> receiver;
+    struct Receiver : pqxx::notification_receiver {
+      using pqxx::notification_receiver::notification_receiver;
+      void operator()(const std::string&, int) override {}
+    };
+    while (!stopping_) {
+      try {
+        send_due();
+      } catch (const std::exception& e) {
+        spdlog::error("export: {}", e.what());
+      }
+      // Wake on NOTIFY from the pipeline, or poll every second for retries.
+      try {
+        if (!listen_conn) {
+          listen_conn = std::make_unique<pqxx::connection>(conninfo_);
+          receiver = std::make_unique<Receiver>(*listen_conn, "firstread_exports");
+        }
+        listen_conn->await_notification(1, 0);
+      } catch (const std::exception&) {
+        receiver.reset();
+        listen_conn.reset();
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+      }
+    }
+  });
+}
+
+void ExportOutbox::stop() {
+  stopping_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace firstread::reports

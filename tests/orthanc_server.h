@@ -1,0 +1,32 @@
+// Integration-test support: Debian's Orthanc as the PACS, with a temporary
+// configuration on loopback ports and a temporary storage directory.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+namespace firstread::testing {
+
+class OrthancServer {
+ public:
+  // firstread_port: where Orthanc's modality "firstread" (AE FIRSTREAD) listens.
+  explicit OrthancServer(int firstread_port);
+  ~OrthancServer();
+  void start();  // waits until the REST API answers
+  void stop();
+  bool running() const { return pid_ > 0; }
+  int dicom_port() const { return dicom_port_; }
+  int http_port() const { return http_port_; }
+  // REST call with curl; returns the body (and the HTTP code in *code).
+  std::string rest(const std::string& method, const std::string& path, const std::string& body = "",
+                   int* code = nullptr) const;
+  std::string upload(const std::string& dicom_file) const;  // POST /instances, returns the JSON
+
+ private:
+  std::string dir_;
+  int dicom_port_, http_port_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace firstread::testing
