@@ -10,5 +10,7 @@ int run_serve(const Args& args);
 int run_db(const Args& args);
 int run_studies(const Args& args);
 int run_jobs(const Args& args);
+int run_results(const Args& args);
+int run_reprocess(const Args& args);
 
 }  // namespace firstread::app

@@ -21,6 +21,8 @@ const char* kUsage =
     "  db stop [--config FILE]                             stop the embedded PostgreSQL cluster\n"
     "  studies [--config FILE] [--state STATE] [--json]    list studies (api.studies)\n"
     "  jobs [--config FILE] [--state STATE] [--json]       list jobs (api.jobs)\n"
+    "  results [--config FILE] [--study UID | --since TIME] [--json]   reports with findings and exports\n"
+    "  reprocess STUDY_UID [--config FILE]                 run a study again (new SR supersedes the old)\n"
 #ifdef FIRSTREAD_HAVE_ENGINE
     "  infer --model DIR --image FILE [--prompt TEXT] [--json]   run one image through a model\n"
     "  tokenize --model DIR (--text T | --text-file F) [--decode] [--json]\n"
@@ -52,6 +54,8 @@ int main(int argc, char** argv) {
     if (command == "db") return firstread::app::run_db(args);
     if (command == "studies") return firstread::app::run_studies(args);
     if (command == "jobs") return firstread::app::run_jobs(args);
+    if (command == "results") return firstread::app::run_results(args);
+    if (command == "reprocess") return firstread::app::run_reprocess(args);
 #ifdef FIRSTREAD_HAVE_ENGINE
     if (command == "infer") return firstread::engine::run_infer_command(argc - 1, argv + 1);
     if (command == "tokenize") return firstread::engine::run_tokenize_command(argc - 1, argv + 1);

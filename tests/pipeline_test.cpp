@@ -177,3 +177,37 @@ TEST(Pipeline, KillDashNineDuringInferenceGivesExactlyOneReport) {
   EXPECT_EQ(query1(s, "SELECT state FROM api.jobs"), "done");
   EXPECT_EQ(query1(s, "SELECT attempts FROM api.jobs"), "2");
 }
+
+TEST(Pipeline, ReprocessGivesANewSrThatSupersedesTheFirst) {
+  OrthancServer pacs(firstread::testing::test_port(0));
+  FirstreadService s(pipeline_yaml(pacs.dicom_port()));
+  s.start();
+  const std::string study_file = make_study(s.dir() + "/study", false);
+  ASSERT_EQ(run("storescu -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port()) + " '" + study_file + "'").exit_code, 0);
+  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "1"; }, 180)) << s.log();
+  const std::string study = query1(s, "SELECT study_uid FROM api.studies");
+  const std::string first_sr = query1(s, "SELECT sr_sop_instance_uid FROM api.reports");
+
+  auto results = s.cli("results --json --study " + study);
+  ASSERT_EQ(results.exit_code, 0) << results.output;
+  const json parsed = json::parse(results.output.substr(results.output.find('[')));
+  ASSERT_EQ(parsed.size(), 1u);
+  EXPECT_EQ(parsed[0].at("sr_sop_instance_uid"), first_sr);
+  EXPECT_TRUE(parsed[0].at("findings").is_array());
+  EXPECT_EQ(parsed[0].at("exports").size(), 1u);
+
+  auto bad = s.cli("reprocess 1.2.3.999");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("no study 1.2.3.999"), std::string::npos) << bad.output;
+  ASSERT_EQ(s.cli("reprocess " + study).exit_code, 0);
+  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "2"; }, 180)) << s.log();
+  EXPECT_EQ(query1(s, "SELECT supersedes_report_id FROM api.reports ORDER BY report_id DESC LIMIT 1"),
+            query1(s, "SELECT min(report_id) FROM api.reports"));
+  const std::string second_path =
+      s.storage() + "/" + query1(s, "SELECT sr_file_path FROM api.reports ORDER BY report_id DESC LIMIT 1");
+  expect_valid_sr(second_path);
+  auto dump = run("dcmdump +P 0040,a360 +P 0008,1155 '" + second_path + "'");
+  EXPECT_NE(dump.output.find(first_sr), std::string::npos)
+      << "the new SR must list the first one in Predecessor Documents Sequence:\n" << dump.output;
+  EXPECT_EQ(query1(s, "SELECT state FROM api.studies"), "reported");
+}

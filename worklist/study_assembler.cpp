@@ -43,4 +43,13 @@ int StudyAssembler::assemble_ready() {
   });
 }
 
+bool request_rerun(db::ConnectionPool& pool, const std::string& study_uid) {
+  return pool.transact([&](pqxx::work& txn) {
+    // last_received_at is left alone: the study is already quiet, so the next
+    // assembly pass takes it, and latency keeps meaning "since the last instance".
+    auto r = txn.exec_params("UPDATE firstread.studies SET assembly_pending = true WHERE study_uid = $1", study_uid);
+    return r.affected_rows() == 1;
+  });
+}
+
 }  // namespace firstread::worklist

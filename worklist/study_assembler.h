@@ -25,4 +25,9 @@ class StudyAssembler {
   const config::Config& config_;
 };
 
+// Asks for a new run of a study (a user's reprocess): it is assembled again at
+// the next pass, with new jobs for its matching routes; the new reports will
+// supersede the current ones. Returns false if the study is unknown.
+bool request_rerun(db::ConnectionPool& pool, const std::string& study_uid);
+
 }  // namespace firstread::worklist
