@@ -1,5 +1,8 @@
 #include "engine/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "engine/common.h"
@@ -19,6 +22,16 @@ std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
+}
+
+// After a tensor was converted into engine-owned memory its mapped pages are
+// not read again: drop them from this process (they stay in the page cache),
+// so resident memory is the converted copy alone.
+static void release_mapped(const TensorInfo& t) {
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  uintptr_t b = (reinterpret_cast<uintptr_t>(t.data) + page - 1) & ~(page - 1);
+  uintptr_t e = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) & ~(page - 1);
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
 }
 
 const TensorInfo& WeightStore::checked(const std::string& name, const std::vector<int64_t>& shape) {
@@ -49,6 +62,7 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
   } else {
     convert_rows_f32(w, 0, rows, tmp.data());
   }
+  release_mapped(t);
   if (want == DType::Q8_0) {
     std::vector<BlockQ8> q(static_cast<size_t>(n / kQ8Block));
     quantize_rows_q8(tmp.data(), rows, cols, q.data());
