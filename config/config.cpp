@@ -311,6 +311,9 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       if (r.model.empty()) fail_at(source, item, rp + ".model", "is required");
       check_one_of(source, item["select"] ? item["select"] : item, rp + ".select", r.select,
                    {"each", "middle"});
+      // The SR's language (TID 1204): the codes the SR builder writes.
+      check_one_of(source, item["language"] ? item["language"] : item, rp + ".language", r.language,
+                   {"en", "en-US", "zh", "zh-CN"});
       if (r.max_new_tokens < 1 || r.max_new_tokens > 8192)
         fail_at(source, item, rp + ".max_new_tokens", "must be between 1 and 8192");
       if (r.max_images < 1 || r.max_images > 64)

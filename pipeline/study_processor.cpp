@@ -248,6 +248,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   input.findings = findings;
   input.predecessor = predecessor;
   reports::BuiltSr sr = reports::build_sr(input);
+  for (const auto& w : sr.warnings) spdlog::warn("pipeline: job {} study={} SR: {}", job.job_id, job.study_uid, w);
   const std::string sr_path = "reports/" + job.study_uid + "/" + sr.series_instance_uid + "/" + sr.sop_instance_uid + ".dcm";
   storage_.write_durably(sr_path, [&](const std::string& tmp) {
     OFCondition c = sr.file->saveFile(tmp.c_str(), EXS_LittleEndianExplicit);
