@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <filesystem>
 #include <chrono>
 #include <condition_variable>
 #include <iostream>
@@ -85,6 +86,11 @@ int run_serve(const Args& args) {
   }
 
   const std::string conninfo = rt.pool->conninfo();
+  // Models load on first use; say now if one cannot, rather than at the first study.
+  for (const auto& [name, model] : cfg.models) {
+    if (!std::filesystem::is_directory(model.path))
+      spdlog::warn("models: '{}' directory {} does not exist: jobs routed to it will fail", name, model.path);
+  }
 #ifdef FIRSTREAD_HAVE_PIPELINE
   pipeline::ModelRegistry models(cfg.models);
   pipeline::StudyProcessor processor(cfg, *rt.pool, storage, models);
