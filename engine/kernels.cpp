@@ -103,7 +103,12 @@ void ThreadPool::run_job(int n_tasks, void* ctx, void (*call)(void*, int), bool 
   }
   if (sleepers_.load() > 0) cv_start_.notify_all();
   run_tasks();
-  while (active_.load(std::memory_order_acquire) != 0) cpu_relax();
+  // Workers finish within microseconds unless the host has descheduled one;
+  // then yield instead of burning the time slice it needs.
+  for (int spin = 0; active_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin < 4096) cpu_relax();
+    else std::this_thread::yield();
+  }
   job_ctx_ = nullptr;
 }
 

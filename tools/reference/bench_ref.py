@@ -4,6 +4,7 @@
   bench_ref.py make DIR      writes a real-size random model: InternViT-300M-shaped
                              encoder (24 x 1024, 448 px) + Qwen2-0.5B-shaped decoder,
                              BF16 weights, with the small test BPE tokenizer.
+  bench_ref.py serve DIR      line protocol used by bench_engine (see serve()).
   bench_ref.py run DIR [--threads 1,2] [--decode-tokens N] [--prefill-tokens N]
                              times vision (one 448 tile), prefill and decode in
                              PyTorch (float32 compute, the fast CPU path in torch 1.13)
@@ -190,6 +191,50 @@ def run(d, threads, n_prefill, n_decode, repeat=1):
     print(json.dumps(res))
 
 
+def serve(d):
+    """Line protocol for bench_engine, so engine and PyTorch phases alternate under
+    the same machine load: 'vision T', 'prefill T N', 'decode T N' -> one JSON line."""
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    sd = load_f32(d)
+    vis = ref.InternVLChat({**cfg, "llm_config": {**cfg["llm_config"], "num_hidden_layers": 0}})
+    vis.load_state_dict({k: v for k, v in sd.items() if not k.startswith("language_model.")}, strict=False)
+    vis.eval()
+    llm = CachedQwen2(sd, cfg["llm_config"])
+    pix = torch.randn(1, 3, 448, 448)
+    cache, pos, tok = None, 0, 0
+    print(json.dumps({"ready": True, "torch": torch.__version__,
+                      "weight_bytes_f32": sum(v.numel() * 4 for v in sd.values())}), flush=True)
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts:
+            continue
+        cmd, t = parts[0], int(parts[1])
+        torch.set_num_threads(t)
+        t0 = time.time()
+        if cmd == "vision":
+            vis.extract_feature(pix)
+            out = {"ms": (time.time() - t0) * 1000}
+        elif cmd == "prefill":
+            n = int(parts[2])
+            ids = torch.randint(0, 600, (n,))
+            cache = [None] * llm.L
+            t0 = time.time()
+            tok = int(llm.forward(llm.emb[ids], cache, 0).argmax())
+            pos = n
+            out = {"ms": (time.time() - t0) * 1000}
+        elif cmd == "decode":
+            n = int(parts[2])
+            for _ in range(n):
+                tok = int(llm.forward(llm.emb[tok:tok + 1], cache, pos).argmax())
+                pos += 1
+            out = {"tokens_per_second": n / (time.time() - t0)}
+        else:
+            out = {"error": "unknown command " + cmd}
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(out), flush=True)
+    return 0
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__)
@@ -197,6 +242,8 @@ def main(argv):
     if argv[1] == "make":
         make(argv[2])
         return 0
+    if argv[1] == "serve":
+        return serve(argv[2])
     threads, n_prefill, n_decode, repeat = [1, 2], 300, 16, 1
     i = 3
     while i < len(argv):
