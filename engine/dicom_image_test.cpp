@@ -573,3 +573,60 @@ TEST(DicomImage, DamagedCompressedDataNeverCrashes) {
   }
   std::printf("damaged frames: %d decoded, %d refused with a reason\n", decoded, refused);
 }
+
+// Lossless codecs must give exactly the frames the native file gives: the
+// same source compressed by DCMTK's dcmcrle / dcmcjpls / dcmcjpeg and by
+// GDCM's gdcmconv --j2k (multi-frame JPEG 2000 exercises the fragment split).
+TEST(DicomImage, LosslessCodecsMatchNativeFrames) {
+  const int rows = 12, columns = 16, frames = 3;
+  DcmDataset colour;
+  set_image_attributes(colour, rows, columns, 3, 8, false, "RGB", frames);
+  std::vector<Uint8> rgb;
+  for (int f = 0; f < frames; ++f)
+    for (int i = 0; i < rows * columns; ++i)
+      for (int c = 0; c < 3; ++c) rgb.push_back(Uint8((i * (3 + c) + f * 50 + c * 70) % 256));
+  colour.putAndInsertUint8Array(DCM_PixelData, rgb.data(), rgb.size());
+  const std::string colour_path = save(colour, "codec_rgb.dcm");
+
+  DcmDataset grey;
+  // Unsigned: gdcmconv --j2k (GDCM 3.0.21) fails on signed multi-frame data.
+  set_image_attributes(grey, rows, columns, 1, 16, false, "MONOCHROME2", frames);
+  grey.putAndInsertUint16(DCM_BitsStored, 12);
+  grey.putAndInsertUint16(DCM_HighBit, 11);
+  grey.putAndInsertString(DCM_RescaleSlope, "1");
+  grey.putAndInsertString(DCM_RescaleIntercept, "-3072");
+  grey.putAndInsertString(DCM_WindowCenter, "-500");
+  grey.putAndInsertString(DCM_WindowWidth, "1500");
+  std::vector<Uint16> values;
+  for (int f = 0; f < frames; ++f)
+    for (int i = 0; i < rows * columns; ++i) values.push_back(Uint16((i * 37 + f * 400) % 4096));
+  grey.putAndInsertUint16Array(DCM_PixelData, values.data(), values.size());
+  const std::string grey_path = save(grey, "codec_grey.dcm");
+
+  struct Tool {
+    const char* program;
+    const char* options;
+  };
+  const std::vector<Tool> tools = {{"dcmcrle", ""},         {"dcmcjpls", ""},       {"dcmcjpls", "+in"},
+                                   {"dcmcjpeg", "+e1"},     {"gdcmconv", "--j2k"},  {"gdcmconv", "--rle"}};
+  int compared = 0;
+  for (const std::string& source : {colour_path, grey_path}) {
+    for (size_t t = 0; t < tools.size(); ++t) {
+      const Tool& tool = tools[t];
+      const std::string program = std::string("/usr/bin/") + tool.program;
+      if (!fs::exists(program)) continue;
+      const std::string target = source + "." + std::to_string(t) + "_" + tool.program + ".dcm";
+      const std::string command = program + " " + tool.options + " " + source + " " + target + " >/dev/null 2>&1";
+      ASSERT_EQ(std::system(command.c_str()), 0) << command;
+      for (int f = 0; f < frames; ++f) {
+        DicomPixels native = decode_dicom_frame(source, f);
+        DicomPixels compressed = decode_dicom_frame(target, f);
+        EXPECT_EQ(max_difference(native.image, compressed.image), 0) << command << " frame " << f;
+        EXPECT_EQ(native.window, compressed.window) << command;
+        EXPECT_EQ(compressed.frames, frames) << command;
+        ++compared;
+      }
+    }
+  }
+  if (compared == 0) GTEST_SKIP() << "no DCMTK or GDCM command-line codecs installed";
+}
