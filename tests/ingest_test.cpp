@@ -393,7 +393,8 @@ TEST(Ingest, RestartIndexesFilesCommittedToDiskButNotToTheDatabase) {
 }
 
 TEST(Ingest, QuietStudyBecomesQueuedJobVisibleFromTheCli) {
-  FirstreadService s("worklist: {stable_seconds: 1, poll_seconds: 0.2}\n");
+  // No inference workers: this node only ingests, so the job stays queued.
+  FirstreadService s("worklist: {stable_seconds: 1, poll_seconds: 0.2, workers: 0}\n");
   s.start();
   auto made = firstread::testing::make_instances(kCtSmall, s.dir() + "/study", 3);
   std::string cmd = "storescu -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port());
