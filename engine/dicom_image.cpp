@@ -157,23 +157,26 @@ struct FrameSamples {
   bool value_signed = false;
 };
 
-// Reads sample `index` from a little-endian (host order) buffer of the given
-// container width, keeping the low bits_stored bits and sign-extending.
-int64_t stored_value(const uint8_t* buffer, size_t index, int bits_allocated, int bits_stored, bool is_signed) {
-  uint64_t raw = 0;
-  switch (bits_allocated) {
-    case 8: raw = buffer[index]; break;
-    case 16: { uint16_t v; std::memcpy(&v, buffer + 2 * index, 2); raw = v; break; }
-    case 32: { uint32_t v; std::memcpy(&v, buffer + 4 * index, 4); raw = v; break; }
-    default: break;
+// Copies one container type into pixel-interleaved stored values, keeping
+// the low bits_stored bits and sign-extending them when signed.
+template <typename Container>
+void unpack_samples(const uint8_t* buffer, size_t pixels, int samples, bool planar, int bits_stored,
+                    bool is_signed, int64_t* out) {
+  const uint64_t mask = bits_stored >= 64 ? ~uint64_t(0) : (uint64_t(1) << bits_stored) - 1;
+  const int shift = 64 - bits_stored;  // for sign extension through the top bit
+  const size_t count = pixels * samples;
+  for (size_t i = 0; i < count; ++i) {
+    // i is the output (interleaved) index; planar data keeps each sample's plane apart.
+    const size_t source = planar ? (i % samples) * pixels + i / samples : i;
+    Container raw;
+    std::memcpy(&raw, buffer + source * sizeof(Container), sizeof(Container));
+    const uint64_t value = uint64_t(raw) & mask;
+    out[i] = is_signed ? int64_t(value << shift) >> shift : int64_t(value);
   }
-  if (bits_stored < 64) raw &= (uint64_t(1) << bits_stored) - 1;
-  if (is_signed && (raw >> (bits_stored - 1)) & 1) return int64_t(raw) - (int64_t(1) << bits_stored);
-  return int64_t(raw);
 }
 
-// Turns a decoded frame buffer (host order, Bits Allocated containers, the
-// given planar configuration) into pixel-interleaved stored values.
+// Turns a decoded frame buffer (host order, the given container width and
+// planar configuration) into pixel-interleaved stored values.
 // container_bits is normally Bits Allocated; DCMTK's JPEG decoder writes
 // 8-bit containers for 8-bit JPEG data whatever Bits Allocated says.
 FrameSamples samples_from_buffer(const uint8_t* buffer, const PixelAttributes& a, int planar_configuration,
@@ -185,12 +188,13 @@ FrameSamples samples_from_buffer(const uint8_t* buffer, const PixelAttributes& a
   out.value_signed = a.is_signed;
   const size_t pixels = size_t(a.rows) * a.columns;
   out.values.resize(pixels * a.samples);
-  for (size_t p = 0; p < pixels; ++p) {
-    for (int s = 0; s < a.samples; ++s) {
-      size_t source = planar_configuration == 1 ? s * pixels + p : p * a.samples + s;
-      out.values[p * a.samples + s] = stored_value(buffer, source, container_bits, bits_stored, a.is_signed);
-    }
-  }
+  const bool planar = planar_configuration == 1 && a.samples > 1;
+  if (container_bits == 8)
+    unpack_samples<uint8_t>(buffer, pixels, a.samples, planar, bits_stored, a.is_signed, out.values.data());
+  else if (container_bits == 16)
+    unpack_samples<uint16_t>(buffer, pixels, a.samples, planar, bits_stored, a.is_signed, out.values.data());
+  else
+    unpack_samples<uint32_t>(buffer, pixels, a.samples, planar, bits_stored, a.is_signed, out.values.data());
   return out;
 }
 
@@ -596,27 +600,32 @@ std::string format_number(double v) {
   return text;
 }
 
+double modality_of_stored(const Lut* modality_table, double slope, double intercept, int64_t stored) {
+  if (modality_table) return lut_lookup(*modality_table, double(stored));
+  return double(stored) * slope + intercept;
+}
+
 // Modality LUT, VOI (LUT, window or min-max) and MONOCHROME1 inversion.
 std::vector<uint8_t> grey_to_u8(DcmDataset& dataset, const PixelAttributes& a, const FrameSamples& frame,
                                 std::string* window, const std::string& name) {
   const size_t pixels = frame.values.size();
-  std::vector<double> values(pixels);
+  const int64_t* stored = frame.values.data();
 
-  // Modality LUT: the sequence wins over Rescale Slope/Intercept (pydicom's order).
+  // Modality LUT: the sequence wins over Rescale Slope/Intercept (pydicom's
+  // order). Applied on the fly rather than into a second frame-sized array.
   DcmItem* modality_item = nullptr;
   std::optional<Lut> modality_lut;
-  if (dataset.findAndGetSequenceItem(DCM_ModalityLUTSequence, modality_item, 0).good() && modality_item) {
+  if (dataset.findAndGetSequenceItem(DCM_ModalityLUTSequence, modality_item, 0).good() && modality_item)
     modality_lut = read_lut(*modality_item, DCM_LUTDescriptor, DCM_LUTData, frame.value_signed, "Modality", name);
-    for (size_t i = 0; i < pixels; ++i) values[i] = lut_lookup(*modality_lut, double(frame.values[i]));
-  } else {
-    std::optional<double> slope = get_decimal(dataset, DCM_RescaleSlope);
-    std::optional<double> intercept = get_decimal(dataset, DCM_RescaleIntercept);
-    const bool rescale = slope && intercept;
-    for (size_t i = 0; i < pixels; ++i)
-      values[i] = rescale ? double(frame.values[i]) * *slope + *intercept : double(frame.values[i]);
-  }
+  std::optional<double> slope = get_decimal(dataset, DCM_RescaleSlope);
+  std::optional<double> intercept = get_decimal(dataset, DCM_RescaleIntercept);
+  const bool rescale = !modality_lut && slope && intercept;
+  const double slope_value = rescale ? *slope : 1.0, intercept_value = rescale ? *intercept : 0.0;
+  const Lut* modality_table = modality_lut ? &*modality_lut : nullptr;
+  auto modality = [&](size_t i) -> double {
+    return modality_of_stored(modality_table, slope_value, intercept_value, stored[i]);
+  };
 
-  std::vector<uint8_t> grey(pixels);
   DcmItem* voi_item = nullptr;
   std::optional<double> center = get_decimal(dataset, DCM_WindowCenter, 0);
   std::optional<double> width = get_decimal(dataset, DCM_WindowWidth, 0);
@@ -626,41 +635,83 @@ std::vector<uint8_t> grey_to_u8(DcmDataset& dataset, const PixelAttributes& a, c
                              ((function == "LINEAR" && *width >= 1) ||
                               ((function == "LINEAR_EXACT" || function == "SIGMOID") && *width > 0));
 
+  // Stored values of 16 bits or fewer go through a table indexed by the
+  // stored value: the same arithmetic once per possible value instead of
+  // once per pixel (a 4096x4096 frame has 16M pixels, 12-bit data 4096 values).
+  bool use_table = frame.value_bits <= 16;
+  const int64_t table_first = use_table && frame.value_signed ? -(int64_t(1) << (frame.value_bits - 1)) : 0;
+  const size_t table_size = use_table ? size_t(1) << frame.value_bits : 0;
+  // Every value must index the table (a codec could hand back values outside
+  // its stated precision); otherwise map per pixel.
+  for (size_t i = 0; use_table && i < pixels; ++i)
+    if (uint64_t(stored[i] - table_first) >= table_size) use_table = false;
+  std::vector<uint8_t> present;  // which stored values occur (min-max only)
+
+  // map: modality value -> 8 bits, for one VOI mode; applied per table entry
+  // or per pixel.
+  std::optional<Lut> voi;
+  double c = 0, w = 1, lo = 0, hi = 0;
+  bool sigmoid = false;
+  enum class Mode { kVoiLut, kWindow, kMinMax } mode;
   if (dataset.findAndGetSequenceItem(DCM_VOILUTSequence, voi_item, 0).good() && voi_item) {
-    Lut voi = read_lut(*voi_item, DCM_LUTDescriptor, DCM_LUTData, a.is_signed && !modality_lut, "VOI", name);
-    const double scale = 255.0 / double((1 << voi.bits) - 1);
-    // pydicom indexes the LUT with integers; round half to even like np.rint.
-    for (size_t i = 0; i < pixels; ++i) grey[i] = to_u8(lut_lookup(voi, std::nearbyint(values[i])) * scale);
+    voi = read_lut(*voi_item, DCM_LUTDescriptor, DCM_LUTData, a.is_signed && !modality_lut, "VOI", name);
+    mode = Mode::kVoiLut;
     *window = "voi-lut";
   } else if (window_usable) {
-    double c = *center, w = *width;
+    c = *center;
+    w = *width;
+    sigmoid = function == "SIGMOID";
     if (function == "LINEAR") {  // PS3.3 C.11.2.1.2.1
       c -= 0.5;
       w -= 1;
     }
-    for (size_t i = 0; i < pixels; ++i) {
-      const double x = values[i];
-      double y;
-      if (function == "SIGMOID") {  // PS3.3 C.11.2.1.3.1
-        y = 255.0 / (1 + std::exp(-4 * (x - c) / w));
-      } else if (x <= c - w / 2) {
-        y = 0;
-      } else if (x > c + w / 2) {
-        y = 255;
-      } else {
-        y = ((x - c) / w + 0.5) * 255.0;
-      }
-      grey[i] = to_u8(y);
-    }
+    mode = Mode::kWindow;
     *window = "window " + format_number(*center) + "/" + format_number(*width);
   } else {
-    double lo = values.empty() ? 0 : values[0], hi = lo;
-    for (double v : values) {
-      lo = std::min(lo, v);
-      hi = std::max(hi, v);
-    }
-    for (size_t i = 0; i < pixels; ++i) grey[i] = hi > lo ? to_u8((values[i] - lo) * 255.0 / (hi - lo)) : 0;
+    mode = Mode::kMinMax;
     *window = "minmax";
+    bool first = true;
+    auto include = [&](double v) {
+      lo = first ? v : std::min(lo, v);
+      hi = first ? v : std::max(hi, v);
+      first = false;
+    };
+    if (use_table) {
+      present.assign(table_size, 0);
+      for (size_t i = 0; i < pixels; ++i) present[size_t(stored[i] - table_first)] = 1;
+      for (size_t k = 0; k < table_size; ++k)
+        if (present[k]) include(modality_of_stored(modality_table, slope_value, intercept_value, table_first + int64_t(k)));
+    } else {
+      for (size_t i = 0; i < pixels; ++i) include(modality(i));
+    }
+  }
+  const double voi_scale = voi ? 255.0 / double((1 << voi->bits) - 1) : 0.0;
+  const double low = c - w / 2, high = c + w / 2;
+  auto map = [&](double x) -> uint8_t {
+    switch (mode) {
+      case Mode::kVoiLut:
+        // pydicom indexes the LUT with integers; round half to even like np.rint.
+        return to_u8(lut_lookup(*voi, std::nearbyint(x)) * voi_scale);
+      case Mode::kWindow:
+        if (sigmoid) return to_u8(255.0 / (1 + std::exp(-4 * (x - c) / w)));  // PS3.3 C.11.2.1.3.1
+        if (x <= low) return 0;
+        if (x > high) return 255;
+        return to_u8(((x - c) / w + 0.5) * 255.0);
+      case Mode::kMinMax:
+        // Same operation order as the reference: (v - lo) * 255 / (hi - lo).
+        return hi > lo ? to_u8((x - lo) * 255.0 / (hi - lo)) : 0;
+    }
+    return 0;
+  };
+
+  std::vector<uint8_t> grey(pixels);
+  if (use_table) {
+    std::vector<uint8_t> table(table_size);
+    for (size_t k = 0; k < table_size; ++k)
+      table[k] = map(modality_of_stored(modality_table, slope_value, intercept_value, table_first + int64_t(k)));
+    for (size_t i = 0; i < pixels; ++i) grey[i] = table[size_t(stored[i] - table_first)];
+  } else {
+    for (size_t i = 0; i < pixels; ++i) grey[i] = map(modality(i));
   }
   if (a.photometric == "MONOCHROME1")
     for (uint8_t& g : grey) g = uint8_t(255 - g);
