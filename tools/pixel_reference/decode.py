@@ -26,17 +26,20 @@ The 8-bit rule (engine/dicom_image.cpp implements the same, keep them in step):
        - VOI LUT Sequence (first item): the value (rounded half to even)
          indexes the LUT, clamped to its ends (voi_lut_lookup); 8-bit value =
          entry * 255 / (2^LUTDescriptor[2] - 1);
-       - else the first Window Center/Width: pydicom apply_windowing (LINEAR,
-         LINEAR_EXACT, SIGMOID per PS3.3 C.11.2.1.2/C.11.2.1.3) whose output
-         range [y_min, y_max] is mapped linearly onto 0..255;
+       - else the first Window Center/Width, when usable (LINEAR: width >= 1,
+         LINEAR_EXACT/SIGMOID: width > 0): pydicom apply_windowing (PS3.3
+         C.11.2.1.2/C.11.2.1.3) whose output range [y_min, y_max] is mapped
+         linearly onto 0..255;
        - else min-max over the frame: (v - min) * 255 / (max - min), all 0
          when max == min.
      MONOCHROME1: 255 - value. Grey is replicated into R, G and B.
   3. RGB: as is; YBR_FULL / YBR_FULL_422: pydicom convert_color_space to RGB
      (JPEG 2000 YBR_RCT/YBR_ICT come out of the codec as RGB already);
-     PALETTE COLOR: pydicom apply_color_lut, entries scaled from the LUT
-     Descriptor's bit depth. Colour samples wider than 8 bits: v * 255 /
-     (2^Bits Stored - 1).
+     PALETTE COLOR: pydicom apply_color_lut, entries scaled from 8 bits when
+     the LUT data holds one byte per entry, else from the LUT Descriptor's
+     bit depth. Colour samples wider than 8 bits: v * 255 / (2^Bits Stored - 1)
+     (the engine uses the codestream precision for JPEG 2000 colour; no
+     sample file has JPEG 2000 colour wider than 8 bits).
   4. Rounding: floor(v + 0.5), clamped to 0..255.
 """
 import json
