@@ -544,6 +544,7 @@ RouteMatch match_route(const std::vector<std::string>& s) {
 }  // namespace
 
 ApiResponse HttpApi::Impl::handle(const ApiRequest& req) {
+  const auto started = std::chrono::steady_clock::now();
   ApiResponse response;
   try {
     response = route(req);
@@ -558,6 +559,9 @@ ApiResponse HttpApi::Impl::handle(const ApiRequest& req) {
     response = error_response(500, std::string("internal error: ") + e.what());
   }
   count_response(response.status);
+  spdlog::debug("http: {} {} -> {} ({} bytes, {:.1f} ms)", std::string(http::to_string(req.method)), req.path,
+                response.status, response.body.size(),
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
   return response;
 }
 
