@@ -799,7 +799,11 @@ int dicom_frame_count(DcmDataset& dataset) { return frame_count_or_throw(dataset
 DicomPixels decode_dicom_frame(DcmDataset& dataset, const std::string& name, int frame) {
   register_dcmtk_decoders();
   DcmElement* element = nullptr;
-  if (dataset.findAndGetElement(DCM_PixelData, element).bad() || element == nullptr) fail(name, "no pixel data");
+  if (dataset.findAndGetElement(DCM_PixelData, element).bad() || element == nullptr) {
+    if (dataset.tagExists(DCM_FloatPixelData) || dataset.tagExists(DCM_DoubleFloatPixelData))
+      fail(name, "Float / Double Float Pixel Data is not supported");
+    fail(name, "no pixel data");
+  }
   auto* pixel_data = dynamic_cast<DcmPixelData*>(element);
   if (pixel_data == nullptr) fail(name, "Pixel Data element is not pixel data");
 
