@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <functional>
+#include <iterator>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -677,4 +678,44 @@ TEST(DicomImage, LosslessCodecsMatchNativeFrames) {
     }
   }
   if (compared == 0) GTEST_SKIP() << "no DCMTK or GDCM command-line codecs installed";
+}
+
+TEST(DicomImage, EncapsulatedInconsistenciesFailWithReason) {
+  const std::string j2k = std::string(kPydicomSamples) + "/MR_small_jp2klossless.dcm";
+  // The codestream says 64x64; the attributes say less. Refused before decoding.
+  {
+    DcmFileFormat file;
+    ASSERT_TRUE(file.loadFile(j2k.c_str()).good());
+    file.getDataset()->putAndInsertUint16(DCM_Rows, 32);
+    expect_error([&] { decode_dicom_frame(*file.getDataset(), "j2k rows"); },
+                 {"j2k rows frame 0", "JPEG 2000 image is 64x64, the DICOM attributes say 64x32"});
+  }
+  // Three frames promised, one codestream present.
+  {
+    DcmFileFormat file;
+    ASSERT_TRUE(file.loadFile(j2k.c_str()).good());
+    file.getDataset()->putAndInsertString(DCM_NumberOfFrames, "3");
+    expect_error([&] { decode_dicom_frame(*file.getDataset(), "j2k frames", 2); },
+                 {"j2k frames", "cannot split 1 fragments into 3 JPEG 2000 frames"});
+  }
+  // RLE: one fragment per frame is required.
+  {
+    DcmFileFormat file;
+    ASSERT_TRUE(file.loadFile((std::string(kPydicomSamples) + "/MR_small_RLE.dcm").c_str()).good());
+    file.getDataset()->putAndInsertString(DCM_NumberOfFrames, "2");
+    expect_error([&] { decode_dicom_frame(*file.getDataset(), "rle frames", 1); },
+                 {"rle frames", "1 fragments for 2 frames"});
+  }
+  // Encapsulated data under a transfer syntax nothing here decodes: the JPEG
+  // file's Transfer Syntax UID patched to JPEG 2000 Part 2 (same length).
+  {
+    std::ifstream in(std::string(kPydicomSamples) + "/SC_rgb_jpeg_dcmtk.dcm", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t at = bytes.find("1.2.840.10008.1.2.4.50");
+    ASSERT_NE(at, std::string::npos);
+    bytes.replace(at, 22, "1.2.840.10008.1.2.4.92");
+    const std::string path = (scratch_dir() / "part2.dcm").string();
+    std::ofstream(path, std::ios::binary) << bytes;
+    expect_error([&] { decode_dicom_frame(path); }, {path, "unsupported transfer syntax", "1.2.840.10008.1.2.4.92"});
+  }
 }
