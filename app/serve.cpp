@@ -3,6 +3,9 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <functional>
+#include <map>
+#include <set>
 #include <filesystem>
 #include <chrono>
 #include <condition_variable>
@@ -17,6 +20,7 @@
 #include "storage/file_storage.h"
 #include "worklist/job_queue.h"
 #include "worklist/study_assembler.h"
+#include "app/http_api.h"
 #include "reports/export_outbox.h"
 #ifdef FIRSTREAD_HAVE_PIPELINE
 #include "pipeline/model_registry.h"
@@ -104,6 +108,41 @@ int run_serve(const Args& args) {
   reports::ExportOutbox outbox(*rt.pool, storage, cfg.exports, conninfo);
   outbox.start();
 
+  // Models are loaded in the background at start-up, so that the first study
+  // does not wait for them and /readyz tells when they are there.
+  std::mutex model_status_mu;
+  std::map<std::string, std::string> model_errors;
+  std::set<std::string> routed_models;
+  for (const auto& r : cfg.routes) routed_models.insert(r.model);
+  std::function<std::string()> models_status;
+  std::thread model_loader;
+#ifdef FIRSTREAD_HAVE_PIPELINE
+  if (role != "ingest" && cfg.worklist.workers > 0) {
+    model_loader = std::thread([&] {
+      for (const auto& name : routed_models) {
+        try {
+          models.get(name);
+        } catch (const std::exception& e) {
+          spdlog::error("models: {}", e.what());
+          std::lock_guard<std::mutex> lock(model_status_mu);
+          model_errors[name] = e.what();
+        }
+      }
+    });
+    models_status = [&]() -> std::string {
+      std::lock_guard<std::mutex> lock(model_status_mu);
+      for (const auto& name : routed_models) {
+        if (model_errors.count(name)) return model_errors[name];
+        if (!models.loaded(name)) return "model '" + name + "' is loading";
+      }
+      return "";
+    };
+  }
+#endif
+  app::HttpApi http(app::http_api_options(cfg.http), *rt.pool, storage, server ? &server->counters() : nullptr,
+                    models_status);
+  http.start();
+
   // Study assembly and lease expiry: a poll against the database clock, so any
   // node may do it and nothing depends on this process's memory.
   std::atomic<bool> stopping{false};
@@ -127,6 +166,7 @@ int run_serve(const Args& args) {
     std::cout << "  DICOM: AE title " << cfg.dicom.ae_title << " on port " << cfg.dicom.port
               << "  (try: echoscu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port
               << "; storescu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port << " FILE.dcm)\n";
+  std::cout << "  HTTP: http://" << cfg.http.listen << "/  (API under /api/v1, metrics at /metrics)\n";
   std::cout << "  storage: " << storage.root() << "\n";
   std::cout << "  database: " << (rt.embedded ? "embedded cluster in " + rt.embedded->data_dir() : "database.url")
             << "\n";
@@ -137,6 +177,7 @@ int run_serve(const Args& args) {
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  http.stop();
   if (server) server->stop();  // stop accepting; associations finish the instance in flight
   {
     std::lock_guard<std::mutex> lock(stop_mu);
@@ -148,6 +189,7 @@ int run_serve(const Args& args) {
   workers.stop();  // each worker finishes the job in hand
 #endif
   outbox.stop();
+  if (model_loader.joinable()) model_loader.join();
   rt.pool.reset();
   if (rt.embedded) rt.embedded->stop();
   spdlog::info("stopped");
