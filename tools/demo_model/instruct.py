@@ -90,6 +90,10 @@ def flip_findings(findings, scale=999):
     return out
 
 
+# task mix: grounded report, detection, classification, region-to-text (the rest)
+MIX = [0.55, 0.20, 0.13]
+
+
 def sample(rng, modality, findings, lang=None):
     """One (question, answer) pair; rng: numpy RandomState."""
     if lang is None:
@@ -97,11 +101,11 @@ def sample(rng, modality, findings, lang=None):
     mod = (MOD_EN if lang == "en" else MOD_ZH)[modality]
     r = rng.rand()
     present = {f["label"]: f for f in findings}
-    if r < 0.55:
+    if r < MIX[0]:
         vs = REPORT_EN_VARIANTS if lang == "en" else REPORT_ZH_VARIANTS
         q = vs[rng.randint(len(vs))].format(mod=mod)
         return q, report_answer(modality, findings, lang)
-    if r < 0.75:
+    if r < MIX[0] + MIX[1]:
         labels = FINDINGS[modality]
         if present and rng.rand() < 0.65:
             lab = list(present)[rng.randint(len(present))]
@@ -115,7 +119,7 @@ def sample(rng, modality, findings, lang=None):
             q = "请定位这张%s中的<ref>%s</ref>。" % (mod, L)
             a = "<ref>%s</ref>%s" % (L, fmt_boxes(present[lab]["boxes"])) if lab in present else "未发现%s。" % L
         return q, a
-    if r < 0.88 or not findings:
+    if r < MIX[0] + MIX[1] + MIX[2] or not findings:
         opts = [NORMAL_LABEL[lang]] + [label_of(x, lang) for x in FINDINGS[modality]]
         ans = [label_of(f["label"], lang) for f in findings] or [NORMAL_LABEL[lang]]
         if lang == "en":

@@ -123,6 +123,14 @@ def main():
     ap.add_argument("--vocab", type=int, default=700)
     ap.add_argument("--ckpt-minutes", type=float, default=3)
     ap.add_argument("--extra-cache", default="", help="appended once it exists (rendered while training runs)")
+    ap.add_argument("--resume", default="", help="checkpoint to start from (same config); tokenizer reused")
+    ap.add_argument("--aux-weight", type=float, default=0.0,
+                    help="auxiliary per-patch finding/box loss on the ViT output (head not exported)")
+    ap.add_argument("--digit-weight", type=float, default=1.0, help="loss weight of digit tokens in answers")
+    ap.add_argument("--mix", default="", help="task mix report,detection,classification (region-to-text: the rest)")
+    ap.add_argument("--llm-aux-weight", type=float, default=0.0,
+                    help="auxiliary finding-set loss on the decoder state that predicts the first answer token")
+    ap.add_argument("--warmup", type=int, default=40)
     ap.add_argument("--max-steps", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -141,32 +149,63 @@ def main():
     print("training images:", n, flush=True)
 
     tok_dir = os.path.join(args.work, "tokenizer")
-    tok, vocab = build_tokenizer(tok_dir, instruct.corpus_lines(metas, np.random.RandomState(7)), args.vocab)
-    cfg = make_config(vocab, tok.added["<|im_end|>"], args)
-    with open(os.path.join(args.work, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=1, ensure_ascii=False)
-    model = R.InternVLChat(cfg)
-    init_weights(model, args.seed)
+    if args.resume:
+        import shutil
+        import sentencepiece as spm
+        src = os.path.dirname(os.path.abspath(args.resume))
+        if os.path.abspath(src) != os.path.abspath(args.work):
+            shutil.copytree(os.path.join(src, "tokenizer"), tok_dir, dirs_exist_ok=True)
+            shutil.copy(os.path.join(src, "config.json"), os.path.join(args.work, "config.json"))
+        sp = spm.SentencePieceProcessor(model_file=os.path.join(tok_dir, "tokenizer.model"))
+        added = {s: sp.piece_to_id(s) for s in USER_SYMBOLS}
+        added.update(json.load(open(os.path.join(tok_dir, "added_tokens.json"))))
+        tok = R.SpRefTokenizer(sp, added, False, 1)
+        cfg = json.load(open(os.path.join(args.work, "config.json")))
+        vocab = cfg["llm_config"]["vocab_size"]
+        model = R.InternVLChat(cfg)
+        ck = torch.load(args.resume)
+        model.load_state_dict(ck["model"])
+        print("resumed from %s (step %d, %.0f s)" % (args.resume, ck["step"], ck["elapsed"]), flush=True)
+    else:
+        tok, vocab = build_tokenizer(tok_dir, instruct.corpus_lines(metas, np.random.RandomState(7)), args.vocab)
+        cfg = make_config(vocab, tok.added["<|im_end|>"], args)
+        with open(os.path.join(args.work, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=1, ensure_ascii=False)
+        model = R.InternVLChat(cfg)
+        init_weights(model, args.seed)
+    labels_all = [l for m in ("chest", "derm", "fundus", "endo") for l in instruct.FINDINGS[m]]
+    vd = cfg["vision_config"]["hidden_size"]
+    aux = torch.nn.Linear(vd, len(labels_all) + 4)
+    aux_llm = torch.nn.Linear(cfg["llm_config"]["hidden_size"], len(labels_all))
+    if args.mix:
+        instruct.MIX[:] = [float(x) for x in args.mix.split(",")]
+    captured = []
+    gpatch = args.size // 14
+    digit_ids = set(tok.sp.piece_to_id(str(d)) for d in range(10))
     n_params = sum(p.numel() for p in model.parameters())
     print("params:", n_params, "vocab:", vocab, flush=True)
     n_img_tok = (args.size // 14 // 2) ** 2
     img_ctx = tok.added["<IMG_CONTEXT>"]
     lm = model.language_model
+    lm.model.norm.register_forward_hook(lambda mod_, inp_, out_: captured.append(out_))
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(aux.parameters()) + list(aux_llm.parameters()), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     budget = args.minutes * 60
     t0 = time.time()
     last_ck = t0
     logf = open(os.path.join(args.work, "loss.tsv"), "a")
     step = 0
     ema = None
+    step0, el0 = 0, 0.0
+    if args.resume:
+        step0, el0, ema = ck["step"], ck["elapsed"], ck["ema"]
     cmd = " ".join(sys.argv)
     while True:
         el = time.time() - t0
         if el > budget or (args.max_steps and step >= args.max_steps):
             break
         prog = el / budget
-        lr = args.lr * min(1.0, (step + 1) / 40) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
         for gp in opt.param_groups:
             gp["lr"] = lr
         idx = rng.randint(0, n, size=args.imgs)
@@ -190,24 +229,81 @@ def main():
             full = p + a
             ids[k, :len(full)] = torch.tensor(full)
             tgt[k, len(p) - 1:len(full) - 1] = torch.tensor(a)
-        vit = model.extract_feature(pix)  # (B_img, 64, d)
+        hid = model.vision_model(pix)[-1]
+        feats = hid[:, 1:, :]
+        v = feats.reshape(feats.shape[0], gpatch, gpatch, -1)
+        v = R.pixel_shuffle(v, 0.5, cfg.get("ps_version", "v1"))
+        vit = model.mlp1(v.reshape(v.shape[0], -1, v.shape[-1]))  # as extract_feature (select_layer -1)
         emb = lm.embed(ids)
         sel = ids == img_ctx
         emb = emb.masked_scatter(sel.unsqueeze(-1), vit[img_of].reshape(-1, vit.shape[-1]))
+        captured.clear()
         logits = lm(emb)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100,
+                                               reduction="none")
+        tw = (tgt.reshape(-1) != -100).float()
+        if args.digit_weight != 1.0:
+            isd = torch.tensor([int(x) in digit_ids for x in tgt.reshape(-1).tolist()])
+            tw = tw * torch.where(isd, torch.tensor(args.digit_weight), torch.tensor(1.0))
+        loss = (ce * tw).sum() / tw.sum()
+        if args.llm_aux_weight > 0:
+            hs = captured[0]
+            pos = torch.tensor([len(p) - 1 for _, p, _ in seqs])
+            h_first = hs[torch.arange(len(seqs)), pos]
+            lab_t = torch.zeros(len(seqs), len(labels_all))
+            for k, (bi, _, _) in enumerate(seqs):
+                for f in metas[idx[bi]]["findings"]:
+                    lab_t[k, labels_all.index(f["label"])] = 1
+            llm_aux = torch.nn.functional.binary_cross_entropy_with_logits(aux_llm(h_first), lab_t)
+        else:
+            llm_aux = torch.tensor(0.0)
+        if args.aux_weight > 0:
+            # per-patch targets: finding classes covering the patch, and the box of the smallest one
+            cls_t = torch.zeros(len(idx), gpatch * gpatch, len(labels_all))
+            box_t = torch.zeros(len(idx), gpatch * gpatch, 4)
+            box_m = torch.zeros(len(idx), gpatch * gpatch)
+            box_area = {}
+            cell = 999.0 / gpatch
+            for bi, i in enumerate(idx):
+                f_ = instruct.flip_findings(metas[i]["findings"]) if flips[bi] else metas[i]["findings"]
+                for f in f_:
+                    li = labels_all.index(f["label"])
+                    for b in f["boxes"]:
+                        area = (b[2] - b[0]) * (b[3] - b[1])
+                        bcx, bcy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+                        for r_ in range(gpatch):
+                            for c_ in range(gpatch):
+                                px_, py_ = (c_ + 0.5) * cell, (r_ + 0.5) * cell
+                                inside = b[0] <= px_ <= b[2] and b[1] <= py_ <= b[3]
+                                centre = c_ * cell <= bcx < (c_ + 1) * cell and r_ * cell <= bcy < (r_ + 1) * cell
+                                if inside or centre:
+                                    k_ = r_ * gpatch + c_
+                                    cls_t[bi, k_, li] = 1
+                                    if box_m[bi, k_] == 0 or area < box_area[(bi, k_)]:
+                                        box_t[bi, k_] = torch.tensor(b, dtype=torch.float32) / 999.0
+                                        box_area[(bi, k_)] = area
+                                    box_m[bi, k_] = 1
+            ao = aux(feats)
+            la = torch.nn.functional.binary_cross_entropy_with_logits(ao[..., :len(labels_all)], cls_t)
+            lb = ((torch.sigmoid(ao[..., len(labels_all):]) - box_t).abs().sum(-1) * box_m).sum() / box_m.sum().clamp(min=1)
+            aux_loss = la + lb
+            total = loss + args.aux_weight * aux_loss + args.llm_aux_weight * llm_aux
+        else:
+            aux_loss = torch.tensor(0.0)
+            total = loss + args.llm_aux_weight * llm_aux
         opt.zero_grad()
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         lv = float(loss)
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-        logf.write("%d\t%.1f\t%.5f\t%.5f\t%.6f\n" % (step, time.time() - t0, lv, ema, lr))
+        logf.write("%d\t%.1f\t%.5f\t%.5f\t%.6f\t%.5f\n" % (step + step0, time.time() - t0 + el0, lv, ema, lr,
+                                                          float(aux_loss)))
         logf.flush()
         if step % 10 == 0:
-            print("step %d t=%.0fs loss %.4f ema %.4f lr %.5f seqlen %d" % (step, time.time() - t0, lv, ema, lr, L),
-                  flush=True)
+            print("step %d t=%.0fs loss %.4f ema %.4f aux %.4f llm_aux %.4f lr %.5f seqlen %d" % (
+                step + step0, time.time() - t0 + el0, lv, ema, float(aux_loss), float(llm_aux), lr, L), flush=True)
         if args.extra_cache and os.path.exists(args.extra_cache + ".json"):
             more = np.load(args.extra_cache + ".npy")
             mm = json.load(open(args.extra_cache + ".json"))
@@ -220,11 +316,11 @@ def main():
             args.extra_cache = ""
             print("added extra cache: now %d images" % n, flush=True)
         if time.time() - last_ck > args.ckpt_minutes * 60:
-            torch.save({"model": model.state_dict(), "step": step, "elapsed": time.time() - t0, "ema": ema,
+            torch.save({"model": model.state_dict(), "step": step + step0, "elapsed": time.time() - t0 + el0, "ema": ema,
                         "cmd": cmd, "seed": args.seed}, os.path.join(args.work, "ckpt.pt.tmp"))
             os.replace(os.path.join(args.work, "ckpt.pt.tmp"), os.path.join(args.work, "ckpt.pt"))
             last_ck = time.time()
-    torch.save({"model": model.state_dict(), "step": step, "elapsed": time.time() - t0, "ema": ema, "cmd": cmd,
+    torch.save({"model": model.state_dict(), "step": step + step0, "elapsed": time.time() - t0 + el0, "ema": ema, "cmd": cmd,
                 "seed": args.seed}, os.path.join(args.work, "ckpt.pt"))
     print("done: %d steps in %.0f s" % (step, time.time() - t0), flush=True)
 

@@ -1,0 +1,205 @@
+// Demo-model accuracy through the C++ path the pipeline uses:
+// DICOM file -> decode_dicom_frame -> Model::generate -> parse_boxes(scale)
+// -> source-pixel boxes, compared with make_dicom.py's ground truth.
+//
+// usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999]
+//                      [--langs en,zh] [--limit N] [--cases-out FILE]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/boxes.h"
+#include "engine/dicom_image.h"
+#include "engine/model.h"
+
+using nlohmann::json;
+namespace fe = firstread::engine;
+
+namespace {
+
+// Must match tools/demo_model/instruct.py (REPORT_EN / REPORT_ZH, MOD_EN / MOD_ZH).
+const std::map<std::string, std::string> kModEn = {
+    {"chest", "chest x-ray"}, {"derm", "dermoscopy image"}, {"fundus", "fundus photograph"}, {"endo", "endoscopy image"}};
+const std::map<std::string, std::string> kModZh = {
+    {"chest", "胸部X光片"}, {"derm", "皮肤镜图像"}, {"fundus", "眼底照片"}, {"endo", "内镜图像"}};
+const std::map<std::string, std::string> kZhToEn = {
+    {"结节", "nodule"}, {"肿块", "mass"}, {"胸腔积液", "pleural effusion"}, {"心脏增大", "cardiomegaly"},
+    {"色素痣", "nevus"}, {"黑色素瘤", "melanoma"}, {"出血", "haemorrhage"}, {"渗出", "exudate"}, {"息肉", "polyp"}};
+
+std::string prompt_for(const std::string& modality, const std::string& lang) {
+  if (lang == "zh") return "请定位并描述这张" + kModZh.at(modality) + "中的病灶。";
+  return "Please locate and describe the findings in this " + kModEn.at(modality) + ".";
+}
+
+std::string trim(const std::string& s) {
+  size_t a = s.find_first_not_of(" \t\n\r"), b = s.find_last_not_of(" \t\n\r");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+std::string canon(const std::string& label) {
+  std::string l = trim(label);
+  auto it = kZhToEn.find(l);
+  if (it != kZhToEn.end()) return it->second;
+  std::transform(l.begin(), l.end(), l.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  return l;
+}
+
+struct Box { double x1, y1, x2, y2; };
+
+double iou(const Box& a, const Box& b) {
+  double ix = std::max(0.0, std::min(a.x2, b.x2) - std::max(a.x1, b.x1));
+  double iy = std::max(0.0, std::min(a.y2, b.y2) - std::max(a.y1, b.y1));
+  double inter = ix * iy;
+  double u = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter;
+  return u > 0 ? inter / u : 0.0;
+}
+
+struct Stats {
+  int n = 0, exact = 0, normals = 0, normal_ok = 0, gt_boxes = 0, matched = 0, hit50 = 0;
+  double iou_sum = 0, ms_sum = 0;
+};
+
+std::string pct(int a, int b) {
+  if (b == 0) return "   -  ";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%5.1f%%", 100.0 * a / b);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_dir, data_dir, cases_out;
+  int threads = 0, scale = 999, limit = 0;
+  std::vector<std::string> langs = {"en", "zh"};
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) { std::cerr << a << " needs a value\n"; std::exit(2); }
+      return argv[++i];
+    };
+    if (a == "--model") model_dir = next();
+    else if (a == "--data") data_dir = next();
+    else if (a == "--threads") threads = std::stoi(next());
+    else if (a == "--box-scale") scale = std::stoi(next());
+    else if (a == "--limit") limit = std::stoi(next());
+    else if (a == "--cases-out") cases_out = next();
+    else if (a == "--langs") {
+      langs.clear();
+      std::stringstream ss(next());
+      for (std::string t; std::getline(ss, t, ',');) langs.push_back(t);
+    } else {
+      std::cerr << "usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999] [--langs en,zh]"
+                   " [--limit N] [--cases-out FILE]\n";
+      return 2;
+    }
+  }
+  if (model_dir.empty() || data_dir.empty()) {
+    std::cerr << "demo_accuracy: --model and --data are required\n";
+    return 2;
+  }
+  std::ifstream gtf(data_dir + "/ground_truth.json");
+  if (!gtf) { std::cerr << "cannot read " << data_dir << "/ground_truth.json\n"; return 1; }
+  json gt = json::parse(gtf);
+  fe::EngineOptions eo;
+  eo.threads = threads;
+  auto model = fe::Model::load(model_dir, eo);
+  std::ofstream cases;
+  if (!cases_out.empty()) cases.open(cases_out);
+
+  std::vector<std::string> mods = {"chest", "derm", "fundus", "endo"};
+  std::map<std::pair<std::string, std::string>, Stats> st;
+  std::map<std::string, int> seen;
+  for (const auto& s : gt["studies"]) {
+    const std::string mod = s["modality"];
+    if (limit && seen[mod]++ >= limit) continue;
+    const std::string path = data_dir + "/" + s["file"].get<std::string>();
+    fe::DicomPixels px = fe::decode_dicom_frame(path);
+    std::map<std::string, std::vector<Box>> truth;
+    for (const auto& f : s["findings"]) {
+      auto& v = truth[f["label"].get<std::string>()];
+      for (const auto& b : f["boxes"]) v.push_back({b[0], b[1], b[2], b[3]});
+    }
+    for (const auto& lang : langs) {
+      auto t0 = std::chrono::steady_clock::now();
+      fe::GenerateResult r = model->generate(px.image, prompt_for(mod, lang), 200);
+      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      auto found = fe::parse_boxes(r.text, r.images.at(0), scale);
+      std::map<std::string, std::vector<Box>> pred;
+      // Every <ref>label</ref> counts as a reported finding, with or without a
+      // parsable box (a malformed box must not read as "normal").
+      for (size_t p = r.text.find("<ref>"); p != std::string::npos; p = r.text.find("<ref>", p + 5)) {
+        size_t e = r.text.find("</ref>", p + 5);
+        if (e == std::string::npos) break;
+        pred[canon(r.text.substr(p + 5, e - p - 5))];
+      }
+      for (const auto& f : found)
+        pred[canon(f.label)].push_back({f.pixel_box[0], f.pixel_box[1], f.pixel_box[2], f.pixel_box[3]});
+      std::set<std::string> ps, ts;
+      for (auto& kv : pred) ps.insert(kv.first);
+      for (auto& kv : truth) ts.insert(kv.first);
+      Stats& S = st[{mod, lang}];
+      S.n++;
+      S.ms_sum += ms;
+      bool exact = ps == ts;
+      S.exact += exact;
+      if (ts.empty()) {
+        S.normals++;
+        // normal: nothing reported and an explicit normal statement
+        const std::string t = trim(r.text);
+        S.normal_ok += ps.empty() && (t.rfind("No ", 0) == 0 || t.rfind("未见", 0) == 0);
+      }
+      json jm = json::array();
+      for (auto& [label, tboxes] : truth) {
+        S.gt_boxes += int(tboxes.size());
+        auto it = pred.find(label);
+        if (it == pred.end()) continue;
+        std::vector<Box> pb = it->second;
+        std::vector<bool> used(pb.size(), false);
+        // greedy by IoU over all pairs
+        std::vector<std::tuple<double, size_t, size_t>> pairs;
+        for (size_t i = 0; i < tboxes.size(); ++i)
+          for (size_t j = 0; j < pb.size(); ++j) pairs.emplace_back(iou(tboxes[i], pb[j]), i, j);
+        std::sort(pairs.rbegin(), pairs.rend());
+        std::vector<bool> tused(tboxes.size(), false);
+        for (auto& [v, i, j] : pairs) {
+          if (tused[i] || used[j]) continue;
+          tused[i] = used[j] = true;
+          S.matched++;
+          S.iou_sum += v;
+          S.hit50 += v >= 0.5;
+          jm.push_back({{"label", label}, {"iou", v}});
+        }
+      }
+      if (cases) {
+        json c = {{"file", s["file"]}, {"lang", lang}, {"text", r.text}, {"exact", exact},
+                  {"truth", std::vector<std::string>(ts.begin(), ts.end())},
+                  {"pred", std::vector<std::string>(ps.begin(), ps.end())}, {"matches", jm}, {"ms", ms}};
+        cases << c.dump() << "\n";
+      }
+    }
+  }
+  std::printf("\nDemo model accuracy (held-out DICOM phantoms; synthetic, not clinical), box scale %d\n\n", scale);
+  std::printf("| modality | lang | images | finding set exact | normal as normal | mean IoU (matched boxes) | boxes IoU>=0.5 / GT boxes | ms/image |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
+  for (const auto& lang : langs)
+    for (const auto& mod : mods) {
+      auto it = st.find({mod, lang});
+      if (it == st.end()) continue;
+      const Stats& S = it->second;
+      std::printf("| %s | %s | %d | %s | %s (%d) | %s (%d) | %s (%d/%d) | %.0f |\n", mod.c_str(), lang.c_str(), S.n,
+                  pct(S.exact, S.n).c_str(), pct(S.normal_ok, S.normals).c_str(), S.normals,
+                  S.matched ? (std::to_string(S.iou_sum / S.matched).substr(0, 5)).c_str() : "  -  ", S.matched,
+                  pct(S.hit50, S.gt_boxes).c_str(), S.hit50, S.gt_boxes, S.ms_sum / std::max(1, S.n));
+    }
+  return 0;
+}

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Demo-model accuracy through the C++ path the pipeline uses (not a CTest test):
+# held-out DICOM phantoms (tools/demo_model/make_dicom.py) -> decode_dicom_frame
+# -> engine -> parse_boxes (box scale 999) -> source pixels, against the
+# ground truth; English and Chinese prompts; prints a table per modality.
+#
+# usage: bench/demo_accuracy/run.sh [BUILD_DIR] [PER_MODALITY]
+#   BUILD_DIR     CMake build tree (default: build); demo_accuracy is built there if missing
+#   PER_MODALITY  held-out phantoms per modality (default 40)
+# env: MODEL (default models/demo), THREADS (default 1), DATA (phantom dir,
+#      default BUILD_DIR/bench/demo_accuracy/phantoms-N), CASES (per-case JSON lines)
+set -eu
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=${1:-build}
+N=${2:-40}
+case "$BUILD" in /*) ;; *) BUILD="$ROOT/$BUILD" ;; esac
+MODEL=${MODEL:-$ROOT/models/demo}
+THREADS=${THREADS:-1}
+DATA=${DATA:-$BUILD/bench/demo_accuracy/phantoms-$N}
+CASES=${CASES:-$BUILD/bench/demo_accuracy/cases.jsonl}
+BIN="$BUILD/bench/demo_accuracy/demo_accuracy"
+if [ ! -x "$BIN" ]; then
+  cmake --build "$BUILD" --target demo_accuracy -j2
+fi
+if [ ! -f "$DATA/ground_truth.json" ]; then
+  /usr/bin/python3 "$ROOT/tools/demo_model/make_dicom.py" "$DATA" --per-modality "$N"
+fi
+exec "$BIN" --model "$MODEL" --data "$DATA" --threads "$THREADS" --box-scale 999 --cases-out "$CASES"
