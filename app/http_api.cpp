@@ -998,24 +998,38 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     stream_.expires_never();  // handling may take a while (PNG rendering); the client is waiting
     http::request<http::string_body> request = parser_->release();
+    // Liveness and the page's static files answer on this I/O thread, so that
+    // they never queue behind slow handlers (large PNGs, a busy database).
+    const std::string target(request.target());
+    const bool answer_here = target == "/healthz" || target == "/" || target.rfind("/web/", 0) == 0;
+    if (answer_here) {
+      respond(request);
+      return;
+    }
     net::post(api_.handlers, [self = shared_from_this(), request = std::move(request)]() mutable {
-      ApiResponse response;
-      try {
-        ApiRequest api_request = parse_target(request.method(), std::string(request.target()));
-        api_request.authorization = std::string(request[http::field::authorization]);
-        response = self->api_.handle(api_request);
-      } catch (const HttpError& e) {
-        response = error_response(e.status(), e.what());
-        self->api_.count_response(e.status());
-      }
-      const bool keep_alive = request.keep_alive();
-      const unsigned version = request.version();
-      const http::verb method = request.method();
-      net::post(self->stream_.get_executor(),
-                [self, response = std::move(response), method, version, keep_alive]() mutable {
-                  self->send(std::move(response), method, version, keep_alive);
-                });
+      self->respond(request);
     });
+  }
+
+  // Handles one request (on whichever thread calls it) and writes the answer
+  // from the connection's strand.
+  void respond(const http::request<http::string_body>& request) {
+    ApiResponse response;
+    try {
+      ApiRequest api_request = parse_target(request.method(), std::string(request.target()));
+      api_request.authorization = std::string(request[http::field::authorization]);
+      response = api_.handle(api_request);
+    } catch (const HttpError& e) {
+      response = error_response(e.status(), e.what());
+      api_.count_response(e.status());
+    }
+    const bool keep_alive = request.keep_alive();
+    const unsigned version = request.version();
+    const http::verb method = request.method();
+    net::post(stream_.get_executor(),
+              [self = shared_from_this(), response = std::move(response), method, version, keep_alive]() mutable {
+                self->send(std::move(response), method, version, keep_alive);
+              });
   }
 
   void send(ApiResponse r, http::verb method, unsigned version, bool keep_alive) {

@@ -11,6 +11,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -852,6 +853,31 @@ TEST_F(HttpApiTest, SlowClientsDoNotBlockOthers) {
   size_t answers = 0;
   for (size_t at = both.find("HTTP/1.1 200"); at != std::string::npos; at = both.find("HTTP/1.1 200", at + 1)) ++answers;
   EXPECT_EQ(answers, 2u) << both;
+}
+
+TEST_F(HttpApiTest, LivenessAnswersWhileEveryHandlerIsBusy) {
+  // /readyz blocks in the models callback until released: four of them occupy
+  // every handler thread; /healthz and the page still answer at once.
+  std::atomic<bool> release{false};
+  std::atomic<int> blocked{0};
+  start_server("", [&] {
+    ++blocked;
+    for (int i = 0; i < 200 && !release; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    return std::string();
+  });
+  std::vector<std::thread> busy;
+  std::vector<int> busy_status(4, 0);
+  for (int i = 0; i < 4; ++i)
+    busy.emplace_back([&, i] { busy_status[i] = http_request(port_, http::verb::get, "/readyz").status; });
+  for (int i = 0; i < 100 && blocked < 4; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(blocked.load(), 4);
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_EQ(http_request(port_, http::verb::get, "/healthz", "", std::chrono::seconds(2)).status, 200);
+  EXPECT_EQ(http_request(port_, http::verb::get, "/", "", std::chrono::seconds(2)).status, 200);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(1));
+  release = true;
+  for (auto& t : busy) t.join();
+  for (int status : busy_status) EXPECT_EQ(status, 200);
 }
 
 // A free TCP port on loopback (bound, read, released).
