@@ -20,6 +20,8 @@ DATA=${DATA:-$BUILD/bench/demo_accuracy/phantoms-$N}
 CASES=${CASES:-$BUILD/bench/demo_accuracy/cases.jsonl}
 BIN="$BUILD/bench/demo_accuracy/demo_accuracy"
 if [ ! -x "$BIN" ]; then
+  # bench/CMakeLists.txt globs bench/*/ at configure time: re-run configure first
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build "$BUILD" --target demo_accuracy -j2
 fi
 if [ ! -f "$DATA/ground_truth.json" ]; then
