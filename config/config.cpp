@@ -169,15 +169,24 @@ void apply_environment(Config& c) {
 Config default_config() {
   Config c;
   c.source = "<defaults>";
-  c.models["demo"] = ModelConfig{"models/demo", 0, "", 1000};
-  Route r;
-  r.name = "default";
-  r.model = "demo";
-  r.prompt =
-      "You are a helpful medical assistant. Your task is report generation with region "
-      "grounding. Describe the findings of this image; locate each finding as "
-      "<ref>finding</ref><box>[[x1, y1, x2, y2]]</box> with integers from 0 to 999.";
-  c.routes.push_back(r);
+  // The shipped demo model (models/demo, trained on synthetic phantoms): its
+  // boxes are on MedRegA's 0..999 grid, and it answers the grounded-report
+  // prompt it was trained with, one per kind of image.
+  c.models["demo"] = ModelConfig{"models/demo", 0, "", 999};
+  auto route = [&](const std::string& name, std::vector<std::string> modalities, const std::string& what) {
+    Route r;
+    r.name = name;
+    r.match.modalities = std::move(modalities);
+    r.model = "demo";
+    r.prompt = "Please locate and describe the findings in this " + what + ".";
+    r.max_new_tokens = 256;
+    c.routes.push_back(r);
+  };
+  route("chest-xray", {"CR", "DX"}, "chest x-ray");
+  route("dermoscopy", {"XC"}, "dermoscopy image");
+  route("fundus", {"OP"}, "fundus photograph");
+  route("endoscopy", {"ES"}, "endoscopy image");
+  route("default", {"CT", "MR", "US", "NM", "PT", "MG", "XA", "RF", "OT", "SC"}, "image");
   return c;
 }
 
@@ -279,7 +288,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       if (m.path.empty()) fail_at(source, kv.first, p + "." + name + ".path", "is required");
       if (!m.weights.empty())
         check_one_of(source, kv.second["weights"], p + "." + name + ".weights", m.weights,
-                     {"f32", "bf16", "f16", "int8", "int4"});
+                     {"f32", "bf16", "f16", "int8", "q8"});
       c.models[name] = m;
     }
   });

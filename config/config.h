@@ -81,7 +81,7 @@ struct Route {
 struct ModelConfig {
   std::string path;
   int threads = 0;  // 0 = number of cores
-  std::string weights;  // empty = the checkpoint's own format
+  std::string weights;  // empty = the checkpoint's own format; f32 | bf16 | f16 | int8 (= q8: 8-bit blocks)
   int box_scale = 1000;  // grid of the model's <box> coordinates: 999 for MedRegA, 1000 for InternVL
 };
 

@@ -32,9 +32,11 @@ TEST(Config, EmptyDocumentGivesDefaults) {
   EXPECT_TRUE(c.database.url.empty());
   EXPECT_EQ(c.worklist.stable_seconds, 10);
   EXPECT_EQ(c.http.listen, "127.0.0.1:8080");
-  ASSERT_EQ(c.routes.size(), 1u);
-  EXPECT_EQ(c.routes[0].model, "demo");
+  ASSERT_EQ(c.routes.size(), 5u);
+  for (const auto& r : c.routes) EXPECT_EQ(r.model, "demo");
+  EXPECT_EQ(c.routes[0].match.modalities, (std::vector<std::string>{"CR", "DX"}));
   EXPECT_EQ(c.models.at("demo").path, "models/demo");
+  EXPECT_EQ(c.models.at("demo").box_scale, 999);
 }
 
 TEST(Config, ReadsEverySection) {
@@ -132,6 +134,13 @@ TEST(Config, ExampleFileIsValidAndMatchesDefaults) {
   EXPECT_EQ(c.worklist.stable_seconds, d.worklist.stable_seconds);
   EXPECT_EQ(c.worklist.lease_seconds, d.worklist.lease_seconds);
   EXPECT_EQ(c.http.listen, d.http.listen);
+  ASSERT_EQ(c.routes.size(), d.routes.size());
+  for (size_t i = 0; i < c.routes.size(); ++i) {
+    EXPECT_EQ(c.routes[i].name, d.routes[i].name);
+    EXPECT_EQ(c.routes[i].prompt, d.routes[i].prompt);
+    EXPECT_EQ(c.routes[i].match.modalities, d.routes[i].match.modalities);
+  }
+  EXPECT_EQ(c.models.at("demo").box_scale, d.models.at("demo").box_scale);
 }
 
 TEST(Uid, AcceptsOnlyDigitsAndDots) {

@@ -88,7 +88,7 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     auto entry = std::make_unique<Entry>();
     engine::EngineOptions opts;
     opts.threads = mc.threads;
-    if (!mc.weights.empty()) opts.weights = mc.weights;
+    if (!mc.weights.empty()) opts.weights = mc.weights == "int8" ? "q8" : mc.weights;
     try {
       entry->model = engine::Model::load(mc.path, opts);
     } catch (const std::exception& e) {

@@ -194,7 +194,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
     const bool multi_frame = pixels.frames > 1;
     for (const auto& box : engine::parse_boxes(result.text, result.images.at(0), model.box_scale)) {
       if (!box_within_grid(box.model_box, model.box_scale)) {
-        spdlog::warn("pipeline: job {}: box [{}, {}, {}, {}] is outside the 0..{} grid; region dropped", job.job_id,
+        spdlog::warn("pipeline: job {}: box [{}, {}, {}, {}] is empty or outside the 0..{} grid; region dropped", job.job_id,
                      box.model_box[0], box.model_box[1], box.model_box[2], box.model_box[3], model.box_scale);
         continue;
       }
