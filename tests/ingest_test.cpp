@@ -403,8 +403,13 @@ TEST(Ingest, QuietStudyBecomesQueuedJobVisibleFromTheCli) {
   auto studies = s.cli("studies --json");
   ASSERT_EQ(studies.exit_code, 0) << studies.output;
   EXPECT_NE(studies.output.find("\"instance_count\": 3"), std::string::npos) << studies.output;
-  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
-  studies = s.cli("studies --json");
+  // Quiet for stable_seconds (1 s) -> queued; allow for a loaded machine.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    studies = s.cli("studies --json");
+  } while (studies.output.find("\"state\": \"queued\"") == std::string::npos &&
+           std::chrono::steady_clock::now() < deadline);
   EXPECT_NE(studies.output.find("\"state\": \"queued\""), std::string::npos) << studies.output;
   auto jobs = s.cli("jobs --state queued --json");
   EXPECT_EQ(jobs.exit_code, 0);

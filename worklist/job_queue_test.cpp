@@ -156,6 +156,11 @@ TEST_F(QueueTest, QuietStudyBecomesOneJobPerMatchingRouteAndLateInstanceReruns) 
   TestCluster::get().truncate_all();
   firstread::config::Config config = firstread::config::default_config();
   config.worklist.stable_seconds = 1;
+  config.routes.clear();
+  firstread::config::Route any;
+  any.name = "default";
+  any.model = "demo";
+  config.routes.push_back(any);
   firstread::config::Route cr;
   cr.name = "chest";
   cr.model = "demo";
