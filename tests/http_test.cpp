@@ -562,8 +562,10 @@ TEST_F(HttpApiTest, StudiesPaginateWithAStableOpaqueCursor) {
   ASSERT_EQ(ct3.status, 200) << ct3.body;
   EXPECT_EQ(ct2.body_json()["studies"].size() + ct3.body_json()["studies"].size(), 3u);  // 5 CT studies in all
   EXPECT_TRUE(ct3.body_json()["next_cursor"].is_null());
-  for (const Reply& page : std::vector<Reply>{ct, ct2, ct3})
-    for (const auto& s : page.body_json()["studies"]) EXPECT_EQ(s["modalities"], json::array({"CT"}));
+  for (const Reply& page : std::vector<Reply>{ct, ct2, ct3}) {
+    const json body = page.body_json();
+    for (const auto& s : body["studies"]) EXPECT_EQ(s["modalities"], json::array({"CT"}));
+  }
 
   EXPECT_EQ(get(port_, "/api/v1/studies?modality=MR").body_json()["studies"].size(), 3u);
   EXPECT_EQ(get(port_, "/api/v1/studies?state=receiving").body_json()["studies"].size(), 8u);
