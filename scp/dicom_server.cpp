@@ -3,6 +3,7 @@
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmnet/assoc.h>
 #include <dcmtk/dcmnet/dimse.h>
 #include <dcmtk/oflog/oflog.h>
@@ -346,6 +347,7 @@ bool DicomServer::handle_store(void* handle, void* message, unsigned char pres_i
   } else {
     T_ASC_PresentationContext pc;
     ASC_findAcceptedPresentationContext(assoc->params, data_pres_id, &pc);
+    counters_.bytes_received += dataset->getLength(DcmXfer(pc.acceptedTransferSyntax).getXfer());
     ReceivedInstance instance{peer, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID,
                               pc.acceptedTransferSyntax, *dataset};
     try {
