@@ -31,11 +31,4 @@ std::vector<std::string> InstanceIndex::all_file_paths() {
   });
 }
 
-bool InstanceIndex::has_instance(const std::string& sop_instance_uid) {
-  return pool_.transact([&](pqxx::work& txn) {
-    return !txn.exec_params("SELECT 1 FROM firstread.instances WHERE sop_instance_uid = $1", sop_instance_uid)
-                .empty();
-  });
-}
-
 }  // namespace firstread::db

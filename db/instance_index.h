@@ -48,7 +48,6 @@ class InstanceIndex {
 
   // All file paths known to the index (for start-up reconciliation).
   std::vector<std::string> all_file_paths();
-  bool has_instance(const std::string& sop_instance_uid);
 
  private:
   ConnectionPool& pool_;
