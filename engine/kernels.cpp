@@ -18,8 +18,11 @@ void matvec_bf16(const void* w, int64_t cols, const float* x, float* y, int64_t 
 void matvec_f16(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
 void convert_bf16(const uint16_t* src, float* dst, int64_t n);
 void convert_f16(const uint16_t* src, float* dst, int64_t n);
-void matvec_q8(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+void matvec_q8(const void* w, int64_t cols, const void* xq, float* y, int64_t r0, int64_t r1);
+void matvec_q4(const void* w, int64_t cols, const void* xq, float* y, int64_t r0, int64_t r1);
 void convert_q8(const void* blocks, float* dst, int64_t n_blocks);
+void convert_q4(const void* blocks, float* dst, int64_t n_blocks);
+void quantize_act(const float* x, int64_t n_blocks, void* dst);
 void softmax(float* v, int64_t n);
 void gelu(float* v, int64_t n);
 void silu_mul(float* gate, const float* up, int64_t n);
@@ -187,29 +190,90 @@ uint16_t f32_to_f16(float f) {
 }
 
 void quantize_rows_q8(const float* src, int64_t rows, int64_t cols, BlockQ8* dst) {
-  const int64_t nb = cols / kQ8Block;
+  const int64_t nb = cols / kQBlock;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t b = 0; b < nb; ++b) {
-      const float* x = src + r * cols + b * kQ8Block;
+      const float* x = src + r * cols + b * kQBlock;
       float amax = 0.f;
-      for (int i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(x[i]));
+      for (int i = 0; i < kQBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
       BlockQ8& blk = dst[r * nb + b];
-      blk.d = amax / 127.f;
-      const float inv = amax > 0 ? 127.f / amax : 0.f;
-      for (int i = 0; i < kQ8Block; ++i) blk.q[i] = int8_t(std::lround(x[i] * inv));
+      const float d = amax / 127.f;
+      blk.d = f32_to_f16(d);
+      const float inv = d > 0 ? 1.f / d : 0.f;
+      for (int i = 0; i < kQBlock; ++i) blk.q[i] = int8_t(std::lround(x[i] * inv));
     }
 }
 
-static void scalar_matvec(const WeightView& w, const float* x, float* y, int64_t r0, int64_t r1) {
-  const int64_t cols = w.cols;
+void quantize_rows_q4(const float* src, int64_t rows, int64_t cols, BlockQ4* dst) {
+  const int64_t nb = cols / kQBlock;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* x = src + r * cols + b * kQBlock;
+      // The signed value of largest magnitude maps to -8, so the full range
+      // -8..7 is used on the side that needs it (llama.cpp's quantize_row_q4_0).
+      float amax = 0.f, max = 0.f;
+      for (int i = 0; i < kQBlock; ++i)
+        if (std::fabs(x[i]) > amax) {
+          amax = std::fabs(x[i]);
+          max = x[i];
+        }
+      const float d = max / -8.f;
+      const float inv = d != 0.f ? 1.f / d : 0.f;
+      BlockQ4& blk = dst[r * nb + b];
+      blk.d = f32_to_f16(d);
+      for (int j = 0; j < kQBlock / 2; ++j) {
+        const int lo = std::min(15, int(x[j] * inv + 8.5f));
+        const int hi = std::min(15, int(x[j + kQBlock / 2] * inv + 8.5f));
+        blk.qs[j] = uint8_t(lo | (hi << 4));
+      }
+    }
+}
+
+void quantize_act_q8(const float* x, int64_t cols, BlockQ8Act* dst) {
+  if (cpu_has_avx2_fma_f16c()) return avx2::quantize_act(x, cols / kQBlock, dst);
+  for (int64_t b = 0; b < cols / kQBlock; ++b) {
+    const float* xb = x + b * kQBlock;
+    float amax = 0.f;
+    for (int i = 0; i < kQBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float d = amax / 127.f, inv = d > 0 ? 127.f / amax : 0.f;
+    dst[b].d = d;
+    for (int i = 0; i < kQBlock; ++i) dst[b].q[i] = int8_t(std::nearbyint(xb[i] * inv));
+  }
+}
+
+size_t matrix_bytes(DType t, int64_t rows, int64_t cols) {
+  const size_t n = size_t(rows) * size_t(cols);
+  switch (t) {
+    case DType::Q8_0: return n / kQBlock * sizeof(BlockQ8);
+    case DType::Q4_0: return n / kQBlock * sizeof(BlockQ4);
+    case DType::F32: return n * 4;
+    default: return n * 2;
+  }
+}
+
+// The scalar kernels compute exactly what the AVX2 ones do (integer block
+// dots for the quantised formats), so the two are compared in the tests.
+static void scalar_matvec(const WeightView& w, const float* x, const BlockQ8Act* xq, float* y, int64_t r0,
+                          int64_t r1) {
+  const int64_t cols = w.cols, nb = cols / kQBlock;
   for (int64_t r = r0; r < r1; ++r) {
     float s = 0.f;
     if (w.dtype == DType::Q8_0) {
-      const BlockQ8* row = static_cast<const BlockQ8*>(w.data) + r * (cols / kQ8Block);
-      for (int64_t b = 0; b < cols / kQ8Block; ++b) {
-        float bs = 0.f;
-        for (int i = 0; i < kQ8Block; ++i) bs += float(row[b].q[i]) * x[b * kQ8Block + i];
-        s += bs * row[b].d;
+      const BlockQ8* row = static_cast<const BlockQ8*>(w.data) + r * nb;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t is = 0;
+        for (int i = 0; i < kQBlock; ++i) is += int32_t(row[b].q[i]) * xq[b].q[i];
+        s += float(is) * (f16_to_f32(row[b].d) * xq[b].d);
+      }
+    } else if (w.dtype == DType::Q4_0) {
+      const BlockQ4* row = static_cast<const BlockQ4*>(w.data) + r * nb;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t is = 0;
+        for (int j = 0; j < kQBlock / 2; ++j) {
+          is += (int32_t(row[b].qs[j] & 15) - 8) * xq[b].q[j];
+          is += (int32_t(row[b].qs[j] >> 4) - 8) * xq[b].q[j + kQBlock / 2];
+        }
+        s += float(is) * (f16_to_f32(row[b].d) * xq[b].d);
       }
     } else if (w.dtype == DType::F32) {
       const float* row = static_cast<const float*>(w.data) + r * cols;
@@ -225,24 +289,43 @@ static void scalar_matvec(const WeightView& w, const float* x, float* y, int64_t
   }
 }
 
-static void matvec_range(const WeightView& w, const float* x, float* y, int64_t r0, int64_t r1) {
-  if (!cpu_has_avx2_fma_f16c()) return scalar_matvec(w, x, y, r0, r1);
+static bool is_block_quantised(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
+
+static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* xq, float* y, int64_t r0,
+                         int64_t r1) {
+  if (!cpu_has_avx2_fma_f16c()) return scalar_matvec(w, x, xq, y, r0, r1);
   switch (w.dtype) {
     case DType::F32: return avx2::matvec_f32(w.data, w.cols, x, y, r0, r1);
     case DType::BF16: return avx2::matvec_bf16(w.data, w.cols, x, y, r0, r1);
     case DType::F16: return avx2::matvec_f16(w.data, w.cols, x, y, r0, r1);
-    case DType::Q8_0: return avx2::matvec_q8(w.data, w.cols, x, y, r0, r1);
+    case DType::Q8_0: return avx2::matvec_q8(w.data, w.cols, xq, y, r0, r1);
+    case DType::Q4_0: return avx2::matvec_q4(w.data, w.cols, xq, y, r0, r1);
   }
 }
 
 void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
   const int64_t n = (r1 - r0) * w.cols;
   if (w.dtype == DType::Q8_0) {
-    const int64_t nb = w.cols / kQ8Block;
+    const int64_t nb = w.cols / kQBlock;
     const BlockQ8* src = static_cast<const BlockQ8*>(w.data) + r0 * nb;
     if (cpu_has_avx2_fma_f16c()) return avx2::convert_q8(src, dst, (r1 - r0) * nb);
-    for (int64_t b = 0; b < (r1 - r0) * nb; ++b)
-      for (int i = 0; i < kQ8Block; ++i) dst[b * kQ8Block + i] = src[b].d * float(src[b].q[i]);
+    for (int64_t b = 0; b < (r1 - r0) * nb; ++b) {
+      const float d = f16_to_f32(src[b].d);
+      for (int i = 0; i < kQBlock; ++i) dst[b * kQBlock + i] = d * float(src[b].q[i]);
+    }
+    return;
+  }
+  if (w.dtype == DType::Q4_0) {
+    const int64_t nb = w.cols / kQBlock;
+    const BlockQ4* src = static_cast<const BlockQ4*>(w.data) + r0 * nb;
+    if (cpu_has_avx2_fma_f16c()) return avx2::convert_q4(src, dst, (r1 - r0) * nb);
+    for (int64_t b = 0; b < (r1 - r0) * nb; ++b) {
+      const float d = f16_to_f32(src[b].d);
+      for (int j = 0; j < kQBlock / 2; ++j) {
+        dst[b * kQBlock + j] = d * float(int(src[b].qs[j] & 15) - 8);
+        dst[b * kQBlock + j + kQBlock / 2] = d * float(int(src[b].qs[j] >> 4) - 8);
+      }
+    }
     return;
   }
   if (w.dtype == DType::F32) {
@@ -273,9 +356,15 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
     for (int64_t t = 0; t < n; ++t) {
       const float* xt = x + t * cols;
       float* yt = y + t * rows;
+      const BlockQ8Act* xq = nullptr;
+      if (is_block_quantised(w.dtype)) {
+        scratch.xq.resize(size_t(cols / kQBlock));  // no-op after the first token
+        quantize_act_q8(xt, cols, scratch.xq.data());
+        xq = scratch.xq.data();
+      }
       pool.parallel_for(n_tasks, [&](int task) {
         int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
-        matvec_range(w, xt, yt, r0, r1);
+        matvec_range(w, xt, xq, yt, r0, r1);
       });
     }
   } else {
@@ -285,7 +374,7 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
     const int parts = int(std::min<int64_t>(pool.size(), std::max<int64_t>(1, rows / 16)));
     int64_t block = 0;
     if (w.dtype != DType::F32) {
-      // 16-bit weights: each thread converts up to 16 MB of its rows to float32,
+      // 16-bit / block-quantised weights: each thread converts up to 16 MB of its rows to float32,
       // then one sgemm over them (the conversion is a few percent of the product).
       block = std::max<int64_t>(16, (int64_t(16) << 20) / (cols * 4));
       block = std::min(block, (rows + parts - 1) / parts);
@@ -327,15 +416,27 @@ void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_
   const int64_t chunk = 16;
   std::array<int, kMaxJobs + 1> first_task{};
   const size_t nj = job_list.size();
-  for (size_t j = 0; j < nj; ++j) first_task[j + 1] = first_task[j] + int((jobs[j].w.rows + chunk - 1) / chunk);
+  bool any_quantised = false;
+  for (size_t j = 0; j < nj; ++j) {
+    first_task[j + 1] = first_task[j] + int((jobs[j].w.rows + chunk - 1) / chunk);
+    any_quantised = any_quantised || is_block_quantised(jobs[j].w.dtype);
+    if (jobs[j].w.cols != jobs[0].w.cols) throw std::logic_error("linear_multi: inputs of different widths");
+  }
+  const int64_t cols = jobs[0].w.cols;
   for (int64_t t = 0; t < n; ++t) {
+    const BlockQ8Act* xq = nullptr;
+    if (any_quantised) {
+      scratch.xq.resize(size_t(cols / kQBlock));
+      quantize_act_q8(x + t * cols, cols, scratch.xq.data());
+      xq = scratch.xq.data();
+    }
     pool.parallel_for(first_task[nj], [&](int task) {
       size_t j = 0;
       while (task >= first_task[j + 1]) ++j;
       const LinearJob& job = jobs[j];
       const int64_t r0 = int64_t(task - first_task[j]) * chunk, r1 = std::min(job.w.rows, r0 + chunk);
       float* y = job.y + t * job.w.rows;
-      matvec_range(job.w, x + t * job.w.cols, y, r0, r1);
+      matvec_range(job.w, x + t * job.w.cols, xq, y, r0, r1);
       if (job.bias)
         for (int64_t r = r0; r < r1; ++r) y[r] += job.bias[r];
     });

@@ -1,5 +1,5 @@
 // Compute kernels: the thread pool, weight views, matrix products (OpenBLAS
-// sgemm for batches, a BF16/F16/F32 matvec for decode) and the element-wise
+// sgemm for batches, a BF16/F16/F32/Q8_0/Q4_0 matvec for decode) and the element-wise
 // operations of the transformer blocks.
 #pragma once
 
@@ -18,14 +18,31 @@
 
 namespace firstread::engine {
 
-// Q8_0 block: 32 consecutive weights of a row as int8 times one scale
-// (llama.cpp's Q8_0 layout, float scale): 36 bytes per 32 weights.
+// Block-quantised weights, llama.cpp's Q8_0 / Q4_0 layouts: 32 consecutive
+// weights of a row share one FP16 scale d.
+//   Q8_0: w = d * q (int8, |q| <= 127)                       34 bytes / 32 weights
+//   Q4_0: w = d * (n - 8), n in 0..15; byte j holds weight j in its low nibble
+//         and weight j + 16 in its high nibble                18 bytes / 32 weights
 constexpr int kQ8Block = 32;
+constexpr int kQBlock = 32;
 struct BlockQ8 {
-  float d;
-  int8_t q[kQ8Block];
+  uint16_t d;  // FP16
+  int8_t q[kQBlock];
 };
-static_assert(sizeof(BlockQ8) == 36, "BlockQ8 must be packed as 4 + 32 bytes");
+static_assert(sizeof(BlockQ8) == 34, "BlockQ8 must be packed as 2 + 32 bytes");
+struct BlockQ4 {
+  uint16_t d;  // FP16
+  uint8_t qs[kQBlock / 2];
+};
+static_assert(sizeof(BlockQ4) == 18, "BlockQ4 must be packed as 2 + 16 bytes");
+// The input vector of a quantised product, quantised once per product to
+// int8 blocks (float scale) so the inner loop is an integer dot product
+// (as llama.cpp does): 32 weights cost a handful of instructions instead of
+// 32 int-to-float conversions.
+struct BlockQ8Act {
+  float d;
+  int8_t q[kQBlock];
+};
 
 // A weight matrix as stored: row-major [rows = out features][cols = in features].
 struct WeightView {
@@ -91,15 +108,22 @@ float f16_to_f32(uint16_t v);
 uint16_t f32_to_bf16(float f);  // round to nearest even, like torch
 uint16_t f32_to_f16(float f);
 
-// Quantizes rows x cols floats (cols a multiple of 32) to Q8_0 blocks.
+// Quantizes rows x cols floats (cols a multiple of 32) to Q8_0 / Q4_0 blocks
+// (llama.cpp's reference rounding).
 void quantize_rows_q8(const float* src, int64_t rows, int64_t cols, BlockQ8* dst);
+void quantize_rows_q4(const float* src, int64_t rows, int64_t cols, BlockQ4* dst);
+// x[cols] (a multiple of 32) to activation blocks.
+void quantize_act_q8(const float* x, int64_t cols, BlockQ8Act* dst);
+// Bytes of a rows x cols matrix stored as `t` (blocks for Q8_0 / Q4_0).
+size_t matrix_bytes(DType t, int64_t rows, int64_t cols);
 
 // Converts rows [r0, r1) of `w` to float32 into dst[(r - r0) * cols].
 void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst);
 
 // Scratch buffers reused across calls so the hot path does not allocate.
 struct LinearScratch {
-  std::vector<float> wbuf;  // converted weight block for batched BF16/F16
+  std::vector<float> wbuf;       // converted weight block for batched BF16/F16/Q8_0/Q4_0
+  std::vector<BlockQ8Act> xq;    // the quantised input of a decode product
 };
 
 // y[n][rows] = x[n][cols] · Wᵀ (+ bias). Uses the matvec for n < 4 and sgemm

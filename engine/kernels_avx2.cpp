@@ -222,42 +222,143 @@ void axpy(float* y, float a, const float* x, int64_t n) {
 namespace firstread::engine::avx2 {
 
 struct BlockQ8Raw {
+  uint16_t d;
+  int8_t q[32];
+};
+struct BlockQ4Raw {
+  uint16_t d;
+  uint8_t qs[16];
+};
+struct BlockQ8ActRaw {
   float d;
   int8_t q[32];
 };
+static_assert(sizeof(BlockQ8Raw) == 34 && sizeof(BlockQ4Raw) == 18 && sizeof(BlockQ8ActRaw) == 36, "block layouts");
 
 static inline __m256 q8_to_ps(const int8_t* q) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
 }
+static inline __m256i load_q8(const int8_t* q) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)); }
+// 32 Q4_0 nibbles as int8 in -8..7, weights 0..15 in the low lane, 16..31 in the high.
+static inline __m256i load_q4(const uint8_t* qs) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m256i b = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+  return _mm256_sub_epi8(b, _mm256_set1_epi8(8));
+}
+// Eight int32 partial sums of w·a as floats. maddubs needs an unsigned
+// operand: |w| times a with w's sign moved onto a (|w|, |a| <= 127, so the
+// int16 pair sums cannot saturate).
+static inline __m256 dot_i8(__m256i w, __m256i a) {
+  const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
 
-// Q8_0 rows: per block, 32 int8 x 32 floats accumulated then scaled once.
-void matvec_q8(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
+// Quantised rows against the quantised input: two rows per pass share the
+// input loads; the next rows are prefetched as these stream.
+template <typename Block, bool Q4>
+static void matvec_blocks(const void* w, int64_t cols, const void* xq_v, float* y, int64_t r0, int64_t r1) {
   const int64_t nb = cols / 32;
-  const BlockQ8Raw* base = static_cast<const BlockQ8Raw*>(w);
-  for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ8Raw* row = base + r * nb;
-    const char* next = reinterpret_cast<const char*>(row + nb);
+  const Block* base = static_cast<const Block*>(w);
+  const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    const Block* w0 = base + r * nb;
+    const Block* w1 = w0 + nb;
+    const char* next = reinterpret_cast<const char*>(w1 + nb);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-      _mm_prefetch(next + b * 36, _MM_HINT_T0);
-      const float* xb = x + b * 32;
-      __m256 s0 = _mm256_mul_ps(q8_to_ps(row[b].q), _mm256_loadu_ps(xb));
-      __m256 s1 = _mm256_mul_ps(q8_to_ps(row[b].q + 8), _mm256_loadu_ps(xb + 8));
-      s0 = _mm256_fmadd_ps(q8_to_ps(row[b].q + 16), _mm256_loadu_ps(xb + 16), s0);
-      s1 = _mm256_fmadd_ps(q8_to_ps(row[b].q + 24), _mm256_loadu_ps(xb + 24), s1);
-      const __m256 d = _mm256_set1_ps(row[b].d);
-      acc0 = _mm256_fmadd_ps(s0, d, acc0);
-      acc1 = _mm256_fmadd_ps(s1, d, acc1);
+      _mm_prefetch(next + b * 2 * sizeof(Block), _MM_HINT_T0);
+      const __m256i a = load_q8(xq[b].q);
+      const float dx = xq[b].d;
+      __m256i q0, q1;
+      if constexpr (Q4) {
+        q0 = load_q4(reinterpret_cast<const uint8_t*>(w0[b].q));
+        q1 = load_q4(reinterpret_cast<const uint8_t*>(w1[b].q));
+      } else {
+        q0 = load_q8(reinterpret_cast<const int8_t*>(w0[b].q));
+        q1 = load_q8(reinterpret_cast<const int8_t*>(w1[b].q));
+      }
+      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w0[b].d) * dx), dot_i8(q0, a), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w1[b].d) * dx), dot_i8(q1, a), acc1);
     }
-    y[r] = hsum(_mm256_add_ps(acc0, acc1));
+    y[r] = hsum(acc0);
+    y[r + 1] = hsum(acc1);
   }
+  for (; r < r1; ++r) {
+    const Block* w0 = base + r * nb;
+    __m256 acc0 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256i a = load_q8(xq[b].q);
+      __m256i q0;
+      if constexpr (Q4) q0 = load_q4(reinterpret_cast<const uint8_t*>(w0[b].q));
+      else q0 = load_q8(reinterpret_cast<const int8_t*>(w0[b].q));
+      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w0[b].d) * xq[b].d), dot_i8(q0, a), acc0);
+    }
+    y[r] = hsum(acc0);
+  }
+}
+
+// The Q4 block's 16 bytes are named q for the template (BlockQ4View).
+struct BlockQ4View {
+  uint16_t d;
+  uint8_t q[16];
+};
+static_assert(sizeof(BlockQ4View) == 18, "Q4 layout");
+
+void matvec_q8(const void* w, int64_t cols, const void* xq, float* y, int64_t r0, int64_t r1) {
+  matvec_blocks<BlockQ8Raw, false>(w, cols, xq, y, r0, r1);
+}
+void matvec_q4(const void* w, int64_t cols, const void* xq, float* y, int64_t r0, int64_t r1) {
+  matvec_blocks<BlockQ4View, true>(w, cols, xq, y, r0, r1);
 }
 
 void convert_q8(const void* blocks, float* dst, int64_t n_blocks) {
   const BlockQ8Raw* b = static_cast<const BlockQ8Raw*>(blocks);
   for (int64_t i = 0; i < n_blocks; ++i) {
-    const __m256 d = _mm256_set1_ps(b[i].d);
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(b[i].d));
     for (int k = 0; k < 4; ++k) _mm256_storeu_ps(dst + i * 32 + k * 8, _mm256_mul_ps(q8_to_ps(b[i].q + k * 8), d));
+  }
+}
+
+void convert_q4(const void* blocks, float* dst, int64_t n_blocks) {
+  const BlockQ4Raw* b = static_cast<const BlockQ4Raw*>(blocks);
+  alignas(32) int8_t q[32];
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q), load_q4(b[i].qs));
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(b[i].d));
+    for (int k = 0; k < 4; ++k) _mm256_storeu_ps(dst + i * 32 + k * 8, _mm256_mul_ps(q8_to_ps(q + k * 8), d));
+  }
+}
+
+// x -> int8 blocks with scale amax/127, rounded to nearest even like the
+// scalar path (std::nearbyint).
+void quantize_act(const float* x, int64_t n_blocks, void* dst_v) {
+  BlockQ8ActRaw* dst = static_cast<BlockQ8ActRaw*>(dst_v);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const float* xb = x + b * 32;
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      v[k] = _mm256_loadu_ps(xb + k * 8);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    const float am = _mm_cvtss_f32(m);
+    dst[b].d = am / 127.f;
+    const __m256 inv = _mm256_set1_ps(am > 0 ? 127.f / am : 0.f);
+    __m256i i32[4];
+    for (int k = 0; k < 4; ++k)
+      i32[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    // Pack 4 x 8 int32 -> 32 int8 in order (packs work per 128-bit lane; the
+    // permute restores the element order).
+    __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]);
+    __m256i p16b = _mm256_packs_epi32(i32[2], i32[3]);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst[b].q), p8);
   }
 }
 

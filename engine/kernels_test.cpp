@@ -119,27 +119,115 @@ TEST(engine_kernels, VectorMathMatchesLibm) {
   for (size_t i = 0; i < sm.size(); ++i) EXPECT_NEAR(sm[i], std::exp(double(x[i]) - mx) / sum, 1e-7 + 1e-6 * sm[i]);
 }
 
-TEST(engine_kernels, Q8MatvecMatchesDequantised) {
-  const int rows = 37, cols = 96;
+// Quantised formats: what a user relies on is that a product with the
+// quantised matrix is close to the product with the original one, that the
+// AVX2 and scalar kernels agree, and that every entry point (decode matvec,
+// fused multi-product, batched sgemm) gives the same answer.
+static std::vector<uint8_t> quantise(DType t, const std::vector<float>& w, int rows, int cols) {
+  std::vector<uint8_t> q(matrix_bytes(t, rows, cols));
+  if (t == DType::Q8_0) quantize_rows_q8(w.data(), rows, cols, reinterpret_cast<BlockQ8*>(q.data()));
+  else quantize_rows_q4(w.data(), rows, cols, reinterpret_cast<BlockQ4*>(q.data()));
+  return q;
+}
+
+TEST(engine_kernels, BlockQuantisationRoundTrips) {
+  const int rows = 9, cols = 128;
+  Mat w = random_mat(rows, cols, 11);
+  w.f32[5] = 0.f;  // an all-zero block must stay zero (scale 0, no NaN)
+  for (int i = 32; i < 64; ++i) w.f32[i] = 0.f;
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    auto q = quantise(t, w.f32, rows, cols);
+    EXPECT_EQ(q.size(), size_t(rows) * cols / 32 * (t == DType::Q8_0 ? 34 : 18));
+    std::vector<float> deq(size_t(rows) * cols);
+    for (bool scalar : {false, true}) {
+      force_scalar_kernels(scalar);
+      convert_rows_f32(WeightView{q.data(), t, rows, cols}, 0, rows, deq.data());
+      for (int b = 0; b < rows * cols / 32; ++b) {
+        float amax = 0.f;
+        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(w.f32[b * 32 + i]));
+        // Half a quantisation step (amax/127 or amax/8), plus the FP16 scale's
+        // rounding; Q4_0's levels are -8..7 around the largest magnitude, so
+        // the opposite extreme (down to -amax) can be a whole step off.
+        const float step = t == DType::Q8_0 ? amax / 127.f : 2.f * amax / 8.f;
+        for (int i = 0; i < 32; ++i) {
+          const float err = std::fabs(deq[b * 32 + i] - w.f32[b * 32 + i]);
+          ASSERT_LE(err, 0.5f * step + amax * 2e-3f) << dtype_name(t) << " block " << b << " i " << i;
+          ASSERT_FALSE(std::isnan(deq[b * 32 + i]));
+        }
+      }
+      for (int i = 32; i < 64; ++i) EXPECT_EQ(deq[i], 0.f);
+    }
+    force_scalar_kernels(false);
+  }
+  // Q4_0 uses all 16 levels: the block's largest magnitude maps to -8 exactly.
+  std::vector<float> ramp(32);
+  for (int i = 0; i < 32; ++i) ramp[i] = float(i) - 8.f;  // -8 .. 23: largest magnitude +23 -> level -8
+  auto q = quantise(DType::Q4_0, ramp, 1, 32);
+  std::vector<float> deq(32);
+  convert_rows_f32(WeightView{q.data(), DType::Q4_0, 1, 32}, 0, 1, deq.data());
+  EXPECT_NEAR(deq[31], 23.f, 1e-2);
+}
+
+TEST(engine_kernels, ActivationQuantisationAvx2EqualsScalar) {
+  if (!cpu_has_avx2_fma_f16c()) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar path exists";
+  Mat x = random_mat(1, 256, 5);
+  x.f32[7] = 0.5f * 127.f / 127.f;  // exercise ties after scaling in some blocks
+  std::vector<BlockQ8Act> a(8), b(8);
+  quantize_act_q8(x.f32.data(), 256, a.data());
+  force_scalar_kernels(true);
+  quantize_act_q8(x.f32.data(), 256, b.data());
+  force_scalar_kernels(false);
+  for (int k = 0; k < 8; ++k) {
+    EXPECT_EQ(a[k].d, b[k].d) << k;
+    for (int i = 0; i < 32; ++i) ASSERT_EQ(a[k].q[i], b[k].q[i]) << "block " << k << " elem " << i;
+  }
+}
+
+TEST(engine_kernels, QuantisedProductsMatchReference) {
+  const int rows = 37, cols = 160;  // odd rows: the two-row kernel's tail
   Mat w = random_mat(rows, cols, 3);
-  Mat x = random_mat(1, cols, 4);
-  std::vector<BlockQ8> q(rows * cols / kQ8Block);
-  quantize_rows_q8(w.f32.data(), rows, cols, q.data());
-  WeightView wv{q.data(), DType::Q8_0, rows, cols};
-  std::vector<float> deq(size_t(rows) * cols);
-  convert_rows_f32(wv, 0, rows, deq.data());
-  for (int i = 0; i < rows * cols; ++i) EXPECT_NEAR(deq[i], w.f32[i], 0.03) << i;  // |w| < ~4.5, step amax/127
+  Mat xs = random_mat(5, cols, 4);
   ThreadPool pool(2);
   LinearScratch scratch;
-  for (bool scalar : {false, true}) {
-    force_scalar_kernels(scalar);
-    std::vector<float> y(rows);
-    linear(pool, x.f32.data(), 1, wv, nullptr, y.data(), scratch);
-    for (int r = 0; r < rows; ++r) {
-      double s = 0;
-      for (int i = 0; i < cols; ++i) s += double(deq[size_t(r) * cols + i]) * x.f32[i];
-      EXPECT_NEAR(y[r], s, 1e-4 * (1 + std::fabs(s))) << (scalar ? "scalar" : "avx2");
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    auto q = quantise(t, w.f32, rows, cols);
+    WeightView wv{q.data(), t, rows, cols};
+    std::vector<float> deq(size_t(rows) * cols);
+    convert_rows_f32(wv, 0, rows, deq.data());
+    std::vector<float> y_avx(rows), y_scalar(rows);
+    for (bool scalar : {false, true}) {
+      force_scalar_kernels(scalar);
+      std::vector<float>& y = scalar ? y_scalar : y_avx;
+      linear(pool, xs.f32.data(), 1, wv, nullptr, y.data(), scratch);
+      for (int r = 0; r < rows; ++r) {
+        // Against the dequantised weights times the unquantised input: the
+        // input's int8 rounding (amax/254 per element) bounds the difference.
+        double s = 0, bound = 0;
+        for (int i = 0; i < cols; ++i) {
+          s += double(deq[size_t(r) * cols + i]) * xs.f32[i];
+          bound += std::fabs(deq[size_t(r) * cols + i]) * 4.5 / 254.0;
+        }
+        EXPECT_NEAR(y[r], s, bound) << dtype_name(t) << (scalar ? " scalar" : " avx2") << " row " << r;
+      }
     }
+    force_scalar_kernels(false);
+    for (int r = 0; r < rows; ++r) EXPECT_NEAR(y_avx[r], y_scalar[r], 1e-4 * (1 + std::fabs(y_scalar[r]))) << r;
+
+    // The fused decode product (q/k/v style) equals the single one.
+    std::vector<float> y1(rows), y2(rows);
+    linear_multi(pool, xs.f32.data(), 1, {{wv, nullptr, y1.data()}, {wv, nullptr, y2.data()}}, scratch);
+    for (int r = 0; r < rows; ++r) {
+      EXPECT_FLOAT_EQ(y1[r], y_avx[r]);
+      EXPECT_FLOAT_EQ(y2[r], y_avx[r]);
+    }
+    // Batched (prefill) path: dequantised blocks through sgemm, input not quantised.
+    std::vector<float> yb(size_t(5) * rows);
+    linear(pool, xs.f32.data(), 5, wv, nullptr, yb.data(), scratch);
+    for (int n = 0; n < 5; ++n)
+      for (int r = 0; r < rows; ++r) {
+        double s = 0;
+        for (int i = 0; i < cols; ++i) s += double(deq[size_t(r) * cols + i]) * xs.f32[size_t(n) * cols + i];
+        EXPECT_NEAR(yb[size_t(n) * rows + r], s, 1e-4 * (1 + std::fabs(s))) << dtype_name(t) << " batch";
+      }
   }
-  force_scalar_kernels(false);
 }

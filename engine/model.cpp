@@ -1,6 +1,9 @@
 #include "engine/model.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -46,6 +49,7 @@ class ModelImpl {
   // shared); concurrent callers queue here.
   std::recursive_mutex mu;
   std::vector<float> logits, emb;
+  std::string cache_note;
 };
 
 Model::Model(std::unique_ptr<ModelImpl> impl) : impl_(std::move(impl)) {}
@@ -110,10 +114,30 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const EngineOptions& 
   set_blas_threads(1);  // the pool parallelises around OpenBLAS (kernels.h)
   m->tok = Tokenizer::load(dir);
   m->st = std::make_unique<SafetensorsSet>(dir);
-  m->ws = std::make_unique<WeightStore>(*m->st, parse_weight_format(opts.weights));
+  const WeightFormat fmt = parse_weight_format(opts.weights);
+  m->ws = std::make_unique<WeightStore>(*m->st, fmt);
+  std::string cache_path, cache_key;
+  if ((fmt == WeightFormat::Q8 || fmt == WeightFormat::Q4) && opts.weight_cache != "off") {
+    const std::string fname = std::string(".firstread-cache-") + weight_format_name(fmt) + ".bin";
+    cache_path = join_path(opts.weight_cache == "auto" || opts.weight_cache.empty() ? dir : opts.weight_cache, fname);
+    // Valid for these exact files: a changed or replaced checkpoint (size or
+    // modification time) makes the cache stale.
+    cache_key = std::string("format=") + weight_format_name(fmt) + ";blocks=32;";
+    for (const std::string& f : m->st->file_paths()) {
+      struct stat sb {};
+      if (::stat(f.c_str(), &sb) != 0) throw EngineError(f + ": " + std::strerror(errno));
+      cache_key += f.substr(f.find_last_of('/') + 1) + ":" + std::to_string(sb.st_size) + ":" +
+                   std::to_string(int64_t(sb.st_mtim.tv_sec) * 1000000000 + sb.st_mtim.tv_nsec) + ";";
+    }
+    m->ws->open_cache(cache_path, cache_key);
+  }
   m->llm = std::make_unique<LlmDecoder>(m->hp.llm, *m->ws);
   m->ws->set_quantize_allowed(false);
   m->vision = std::make_unique<VisionEncoder>(m->hp, *m->ws, m->hp.llm.hidden);
+  if (!cache_path.empty()) {
+    if (m->ws->matrices_converted() > 0) m->ws->write_cache(cache_path, cache_key);
+  }
+  m->cache_note = m->ws->cache_note();
 
   const std::string& tn = m->hp.chat.template_name;
   ChatTemplate& t = m->tmpl;
@@ -137,6 +161,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const EngineOptions& 
 }
 
 const ModelHParams& Model::hparams() const { return impl_->hp; }
+const std::string& Model::weight_cache_note() const { return impl_->cache_note; }
 const Tokenizer& Model::tokenizer() const { return *impl_->tok; }
 int Model::threads() const { return impl_->pool->size(); }
 size_t Model::weight_bytes() const { return impl_->st->total_bytes(); }

@@ -19,9 +19,17 @@ namespace firstread::engine {
 
 struct EngineOptions {
   int threads = 0;                // 0: all hardware threads
-  // auto (as stored, mapped) | f32 | bf16 | f16 | q8 (decoder matrices as
-  // int8 blocks of 32 with a scale: half the bytes per decoded token), chosen at load
+  // auto (as stored, mapped) | f32 | bf16 | f16 | int8 | int4, chosen at
+  // load. int8 / int4: the decoder's matrices (embedding and output head
+  // included) as blocks of 32 weights with an FP16 scale (llama.cpp's Q8_0 /
+  // Q4_0), 1.06 / 0.56 bytes per weight; norms, biases and the vision encoder
+  // keep their stored precision.
   std::string weights = "auto";
+  // Where converted weights are cached so a restart does not quantise again:
+  // "auto" = beside the model (<dir>/.firstread-cache-<format>.bin; skipped
+  // with a note when the directory is read-only), "off", or a directory.
+  // Only int8 / int4 are cached (other conversions are cheap).
+  std::string weight_cache = "auto";
   std::string system_message;     // empty: the template's default
   bool has_system_message = false;
 };
@@ -77,6 +85,9 @@ class Model {
   size_t weight_bytes() const;            // bytes of mapped tensors
   size_t converted_weight_bytes() const;  // bytes held after load-time conversion (weights != auto)
   const std::string& dir() const;
+  // What happened with the weight cache at load (mapped, written, ignored and
+  // why, or empty when no cache applies).
+  const std::string& weight_cache_note() const;
 
  private:
   explicit Model(std::unique_ptr<ModelImpl> impl);

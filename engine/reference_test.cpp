@@ -2,9 +2,11 @@
 // preprocessing, vision embeddings, first-position logits, greedy ids and
 // tokenizers for the three model families, plus bad model directories.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -91,24 +93,122 @@ TEST(engine_reference, ScalarKernelsMatchToo) {
   force_scalar_kernels(false);
 }
 
-// weights=q8: decoder matrices as int8 blocks. Not exact by design; the
-// logits must stay close to the F32 reference and generation must run.
-TEST(engine_reference, Q8DecoderWeightsStayClose) {
-  std::string dir = fixture_root() + "/1b";
+// Weight formats chosen at load, on each reference model: the largest logit
+// difference against the F32 PyTorch reference (relative to the largest
+// logit) and how many of the 32 greedy ids agree before the first
+// divergence. The figures are printed as a table (README, issue 7); the
+// bounds are what the formats must keep.
+struct FormatFigures {
+  double logit_err = 0;
+  size_t prefix = 0;
+  size_t quantised_bytes = 0;
+};
+
+static FormatFigures run_format(const std::string& dir, const std::string& fmt) {
   json ref = load_ref(dir);
   EngineOptions o;
   o.threads = 2;
-  o.weights = "q8";
+  o.weights = fmt;
+  o.weight_cache = "off";
   auto model = Model::load(dir, o);
-  EXPECT_GT(model->converted_weight_bytes(), 0u);
   GenerateOptions go;
-  go.max_new_tokens = 8;
+  go.max_new_tokens = 32;
   go.keep_first_logits = true;
   GenerateResult r = model->generate({load_image_file(dir + "/test_image.png")}, ref["question"].get<std::string>(), go);
-  double err = rel_err(r.first_logits, ref["first_logits"].get<std::vector<float>>());
-  std::printf("[reference] q8 1b: first-logit rel err %.2e\n", err);
-  EXPECT_LT(err, 0.05);
-  EXPECT_EQ(r.token_ids.size(), 8u);
+  FormatFigures f;
+  f.logit_err = rel_err(r.first_logits, ref["first_logits"].get<std::vector<float>>());
+  const auto want = ref["generated_ids"].get<std::vector<int>>();
+  while (f.prefix < want.size() && f.prefix < r.token_ids.size() && r.token_ids[f.prefix] == want[f.prefix]) ++f.prefix;
+  f.quantised_bytes = model->converted_weight_bytes();
+  return f;
+}
+
+TEST(engine_reference, WeightFormatsStayCloseToF32) {
+  std::printf("[formats] %-4s %-5s %-22s %-18s %s\n", "model", "fmt", "max |dlogit|/max|logit|", "greedy ids equal",
+              "converted bytes");
+  for (const char* name : {"v12", "1b", "2b"}) {
+    const std::string dir = fixture_root() + "/" + name;
+    double int8_err = 0;
+    for (const char* fmt : {"f32", "bf16", "f16", "int8", "int4"}) {
+      FormatFigures f = run_format(dir, fmt);
+      std::printf("[formats] %-4s %-5s %-22.2e %2zu/32 before the first difference  %zu\n", name, fmt, f.logit_err,
+                  f.prefix, f.quantised_bytes);
+      const std::string what = std::string(name) + " " + fmt;
+      if (std::string(fmt) != "f32") EXPECT_GT(f.quantised_bytes, 0u) << what << ": nothing was converted";
+      if (std::string(fmt) == "f32") {  // the fixtures are stored in F32: the mapping itself
+        EXPECT_LE(f.logit_err, 1e-4) << what;
+        EXPECT_EQ(f.prefix, 32u) << what;
+      } else if (std::string(fmt) == "bf16" || std::string(fmt) == "f16") {
+        EXPECT_LE(f.logit_err, 2e-2) << what;
+      } else if (std::string(fmt) == "int8") {
+        EXPECT_LE(f.logit_err, 5e-2) << what;
+        int8_err = f.logit_err;
+      } else {
+        // Random Gaussian weights in 64-wide layers are 4-bit's worst case
+        // (observed 0.28-0.55 of the largest logit); the trained demo model's
+        // accuracy table per format is the meaningful figure (README).
+        EXPECT_LE(f.logit_err, 0.7) << what;
+        EXPECT_GT(f.logit_err, int8_err) << what << ": 4-bit blocks cannot be closer than 8-bit ones";
+      }
+    }
+  }
+}
+
+// The quantised-weight cache: written at the first load, mapped at the next
+// (identical answers), ignored when the weights change or the file is damaged,
+// and a read-only location only costs the cache.
+TEST(engine_reference, QuantisedWeightCacheIsReusedAndChecked) {
+  const std::string src = fixture_root() + "/1b";
+  char tmpl[] = "/tmp/firstread-wcache-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string tmp = tmpl;
+  const std::string model_dir = tmp + "/model";
+  ASSERT_EQ(std::system(("cp -r '" + src + "' '" + model_dir + "'").c_str()), 0);
+  json ref = load_ref(model_dir);
+  const std::string question = ref["question"].get<std::string>();
+  const RgbImage img = load_image_file(model_dir + "/test_image.png");
+  auto first_logits = [&](const EngineOptions& o, std::string* note) {
+    auto m = Model::load(model_dir, o);
+    if (note) *note = m->weight_cache_note();
+    GenerateOptions go;
+    go.max_new_tokens = 4;
+    go.keep_first_logits = true;
+    return m->generate({img}, question, go).first_logits;
+  };
+  EngineOptions o;
+  o.threads = 2;
+  o.weights = "int4";
+  std::string note;
+  const auto a = first_logits(o, &note);
+  EXPECT_NE(note.find("wrote"), std::string::npos) << note;
+  const std::string cache = model_dir + "/.firstread-cache-int4.bin";
+  ASSERT_TRUE(file_exists(cache)) << note;
+  const auto b = first_logits(o, &note);
+  EXPECT_NE(note.find("mapped"), std::string::npos) << note;
+  EXPECT_EQ(a, b) << "the cached blocks must be the ones quantised at the first load";
+
+  // New weights (same size, new modification time): the cache is stale.
+  ASSERT_EQ(std::system(("touch -d '2030-01-01' '" + model_dir + "/model.safetensors'").c_str()), 0);
+  first_logits(o, &note);
+  EXPECT_NE(note.find("wrote"), std::string::npos) << "a stale cache must be rebuilt: " << note;
+  // A damaged cache file is ignored with a reason, and the answer is unchanged.
+  ASSERT_EQ(::truncate(cache.c_str(), 100), 0);
+  const auto c = first_logits(o, &note);
+  EXPECT_NE(note.find("wrote"), std::string::npos) << note;
+  EXPECT_EQ(a, c);
+  ASSERT_EQ(::truncate(cache.c_str(), 10), 0);
+  EXPECT_EQ(first_logits(o, &note), a);
+  // A cache directory that cannot be written: the model loads, the note says why.
+  o.weight_cache = tmp + "/no/such/dir";
+  EXPECT_EQ(first_logits(o, &note), a);
+  EXPECT_NE(note.find("could not write"), std::string::npos) << note;
+  // int8 has its own file; "off" writes nothing.
+  o.weights = "int8";
+  o.weight_cache = "off";
+  first_logits(o, &note);
+  EXPECT_FALSE(file_exists(model_dir + "/.firstread-cache-int8.bin"));
+  EXPECT_TRUE(note.empty()) << note;
+  std::system(("rm -rf '" + tmp + "'").c_str());
 }
 
 TEST(engine_reference, TokenizersMatchReferenceImplementations) {

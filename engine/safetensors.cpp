@@ -25,11 +25,12 @@ const char* dtype_name(DType t) {
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
     case DType::Q8_0: return "Q8_0";
+    case DType::Q4_0: return "Q4_0";
   }
   return "?";
 }
 
-size_t dtype_size(DType t) { return t == DType::F32 ? 4 : t == DType::Q8_0 ? 1 : 2; }
+size_t dtype_size(DType t) { return t == DType::F32 ? 4 : (t == DType::Q8_0 || t == DType::Q4_0) ? 1 : 2; }
 
 // Header larger than this is not a model header but a corrupt length field.
 static constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
@@ -221,6 +222,12 @@ const TensorInfo& SafetensorsSet::get(const std::string& name) const {
     throw EngineError("tensor '" + name + "' is missing from " + (files.empty() ? "the model" : files));
   }
   return *t;
+}
+
+std::vector<std::string> SafetensorsSet::file_paths() const {
+  std::vector<std::string> v;
+  for (const auto& f : files_) v.push_back(f->path());
+  return v;
 }
 
 size_t SafetensorsSet::total_bytes() const {

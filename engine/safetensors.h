@@ -12,9 +12,9 @@
 
 namespace firstread::engine {
 
-// F32/F16/BF16 come from files; Q8_0 is an engine-side storage format chosen
-// at load (blocks of 32 int8 weights with one float scale, kernels.h).
-enum class DType { F32, F16, BF16, Q8_0 };
+// F32/F16/BF16 come from files; Q8_0 and Q4_0 are engine-side storage
+// formats chosen at load (blocks of 32 weights with one FP16 scale, kernels.h).
+enum class DType { F32, F16, BF16, Q8_0, Q4_0 };
 const char* dtype_name(DType t);
 size_t dtype_size(DType t);
 
@@ -70,6 +70,7 @@ class SafetensorsSet {
   const TensorInfo& get(const std::string& name) const;  // throws if missing
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   size_t total_bytes() const;
+  std::vector<std::string> file_paths() const;
 
  private:
   std::vector<std::unique_ptr<MappedFile>> files_;

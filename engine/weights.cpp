@@ -1,8 +1,12 @@
 #include "engine/weights.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "engine/common.h"
@@ -14,8 +18,21 @@ WeightFormat parse_weight_format(const std::string& s) {
   if (s == "f32") return WeightFormat::F32;
   if (s == "bf16") return WeightFormat::BF16;
   if (s == "f16") return WeightFormat::F16;
-  if (s == "q8" || s == "q8_0") return WeightFormat::Q8;
-  throw EngineError("unknown weights format '" + s + "' (auto, f32, bf16, f16, q8)");
+  if (s == "int8" || s == "q8" || s == "q8_0") return WeightFormat::Q8;
+  if (s == "int4" || s == "q4" || s == "q4_0") return WeightFormat::Q4;
+  throw EngineError("unknown weights format '" + s + "' (auto, f32, bf16, f16, int8, int4)");
+}
+
+const char* weight_format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::AsStored: return "auto";
+    case WeightFormat::F32: return "f32";
+    case WeightFormat::BF16: return "bf16";
+    case WeightFormat::F16: return "f16";
+    case WeightFormat::Q8: return "int8";
+    case WeightFormat::Q4: return "int4";
+  }
+  return "?";
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -50,9 +67,15 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
   if (fmt_ == WeightFormat::F32) want = DType::F32;
   if (fmt_ == WeightFormat::BF16) want = DType::BF16;
   if (fmt_ == WeightFormat::F16) want = DType::F16;
-  if (fmt_ == WeightFormat::Q8 && quantize_allowed_ && cols % kQ8Block == 0) want = DType::Q8_0;
+  if (fmt_ == WeightFormat::Q8 && quantize_allowed_ && cols % kQBlock == 0) want = DType::Q8_0;
+  if (fmt_ == WeightFormat::Q4 && quantize_allowed_ && cols % kQBlock == 0) want = DType::Q4_0;
   const bool aligned = reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0;
   if (want == t.dtype && aligned) return w;
+  if (auto c = cached_.find(name); c != cached_.end() && c->second.dtype == want && c->second.rows == rows &&
+                                   c->second.cols == cols) {
+    ++from_cache_;
+    return c->second;
+  }
   const int64_t n = rows * cols;
   std::vector<float> tmp(static_cast<size_t>(n));
   if (!aligned) {  // a header with odd offsets: take an aligned copy first
@@ -63,20 +86,176 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
     convert_rows_f32(w, 0, rows, tmp.data());
   }
   release_mapped(t);
-  if (want == DType::Q8_0) {
-    std::vector<BlockQ8> q(static_cast<size_t>(n / kQ8Block));
-    quantize_rows_q8(tmp.data(), rows, cols, q.data());
-    owned_q8_.push_back(std::move(q));
-    return WeightView{owned_q8_.back().data(), DType::Q8_0, rows, cols};
-  }
-  if (want == DType::F32) {
+  WeightView out;
+  if (want == DType::Q8_0 || want == DType::Q4_0) {
+    std::vector<uint8_t> q(matrix_bytes(want, rows, cols));
+    if (want == DType::Q8_0) quantize_rows_q8(tmp.data(), rows, cols, reinterpret_cast<BlockQ8*>(q.data()));
+    else quantize_rows_q4(tmp.data(), rows, cols, reinterpret_cast<BlockQ4*>(q.data()));
+    owned_blocks_.push_back(std::move(q));
+    out = WeightView{owned_blocks_.back().data(), want, rows, cols};
+  } else if (want == DType::F32) {
     owned_f32_.push_back(std::move(tmp));
-    return WeightView{owned_f32_.back().data(), DType::F32, rows, cols};
+    out = WeightView{owned_f32_.back().data(), DType::F32, rows, cols};
+  } else {
+    std::vector<uint16_t> h(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) h[size_t(i)] = want == DType::BF16 ? f32_to_bf16(tmp[size_t(i)]) : f32_to_f16(tmp[size_t(i)]);
+    owned_u16_.push_back(std::move(h));
+    out = WeightView{owned_u16_.back().data(), want, rows, cols};
   }
-  std::vector<uint16_t> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) out[size_t(i)] = want == DType::BF16 ? f32_to_bf16(tmp[size_t(i)]) : f32_to_f16(tmp[size_t(i)]);
-  owned_u16_.push_back(std::move(out));
-  return WeightView{owned_u16_.back().data(), want, rows, cols};
+  converted_.push_back({name, out});
+  return out;
+}
+
+// Cache file layout (little-endian, this machine's): "FRWCACHE", u32 version,
+// u32 key length, key, u32 count, then per matrix: u32 name length, name,
+// u32 dtype, i64 rows, i64 cols, u64 offset, u64 bytes; data blocks follow,
+// each at a 64-byte-aligned offset.
+static constexpr char kCacheMagic[8] = {'F', 'R', 'W', 'C', 'A', 'C', 'H', 'E'};
+static constexpr uint32_t kCacheVersion = 1;
+
+namespace {
+struct Reader {
+  const uint8_t* p;
+  const uint8_t* end;
+  bool ok = true;
+  template <typename T>
+  T get() {
+    T v{};
+    if (size_t(end - p) < sizeof(T)) {
+      ok = false;
+      return v;
+    }
+    std::memcpy(&v, p, sizeof(T));
+    p += sizeof(T);
+    return v;
+  }
+  std::string str(uint32_t n) {
+    if (size_t(end - p) < n) {
+      ok = false;
+      return {};
+    }
+    std::string s(reinterpret_cast<const char*>(p), n);
+    p += n;
+    return s;
+  }
+};
+}  // namespace
+
+bool WeightStore::open_cache(const std::string& path, const std::string& key) {
+  cached_.clear();
+  cache_file_.reset();
+  struct stat sb{};
+  if (::stat(path.c_str(), &sb) != 0) {
+    cache_note_ = path + ": no cache yet";
+    return false;
+  }
+  std::unique_ptr<MappedFile> f;
+  try {
+    f = std::make_unique<MappedFile>(path);
+  } catch (const std::exception& e) {
+    cache_note_ = std::string("ignored: ") + e.what();
+    return false;
+  }
+  Reader r{f->data(), f->data() + f->size()};
+  const std::string magic = r.str(8);
+  if (!r.ok || magic != std::string(kCacheMagic, 8) || r.get<uint32_t>() != kCacheVersion) {
+    cache_note_ = path + ": ignored (not a firstread weight cache of version " + std::to_string(kCacheVersion) + ")";
+    return false;
+  }
+  const uint32_t klen = r.get<uint32_t>();
+  if (!r.ok || klen > 1 << 20 || r.str(klen) != key) {
+    cache_note_ = path + ": ignored (made for other weights or another format: size or modification time differ)";
+    return false;
+  }
+  const uint32_t count = r.get<uint32_t>();
+  std::map<std::string, WeightView> entries;
+  for (uint32_t i = 0; r.ok && i < count; ++i) {
+    const uint32_t nlen = r.get<uint32_t>();
+    if (nlen > 4096) r.ok = false;
+    std::string name = r.str(nlen);
+    const uint32_t dt = r.get<uint32_t>();
+    const int64_t rows = r.get<int64_t>(), cols = r.get<int64_t>();
+    const uint64_t off = r.get<uint64_t>(), bytes = r.get<uint64_t>();
+    if (!r.ok || dt > uint32_t(DType::Q4_0) || rows <= 0 || cols <= 0 || rows > (int64_t(1) << 32) ||
+        cols > (int64_t(1) << 32) || off % 64 != 0 || off > f->size() || bytes > f->size() - off ||
+        bytes != matrix_bytes(DType(dt), rows, cols)) {
+      cache_note_ = path + ": ignored (damaged index at entry " + std::to_string(i) + ")";
+      return false;
+    }
+    entries[name] = WeightView{f->data() + off, DType(dt), rows, cols};
+  }
+  if (!r.ok) {
+    cache_note_ = path + ": ignored (truncated index)";
+    return false;
+  }
+  cached_ = std::move(entries);
+  cache_file_ = std::move(f);
+  cache_note_ = path + ": " + std::to_string(cached_.size()) + " matrices mapped";
+  return true;
+}
+
+bool WeightStore::write_cache(const std::string& path, const std::string& key) {
+  std::string idx(kCacheMagic, 8);
+  auto put = [&idx](const auto& v) { idx.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
+  put(kCacheVersion);
+  put(uint32_t(key.size()));
+  idx += key;
+  // Matrices taken from the cache are written again too, so a partly valid
+  // cache is replaced by a complete one.
+  std::vector<Converted> all = converted_;
+  for (const auto& [name, view] : cached_) all.push_back({name, view});
+  put(uint32_t(all.size()));
+  size_t index_size = idx.size();
+  for (const auto& c : all) index_size += 4 + c.name.size() + 4 + 8 + 8 + 8 + 8;
+  uint64_t off = (index_size + 63) / 64 * 64;
+  std::vector<uint64_t> offsets;
+  for (const auto& c : all) {
+    const uint64_t bytes = matrix_bytes(c.view.dtype, c.view.rows, c.view.cols);
+    put(uint32_t(c.name.size()));
+    idx += c.name;
+    put(uint32_t(c.view.dtype));
+    put(int64_t(c.view.rows));
+    put(int64_t(c.view.cols));
+    put(off);
+    put(bytes);
+    offsets.push_back(off);
+    off = (off + bytes + 63) / 64 * 64;
+  }
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    cache_note_ = "could not write " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  bool ok = true;
+  auto write_at = [&](const void* data, size_t n, uint64_t at) {
+    const char* p = static_cast<const char*>(data);
+    while (ok && n > 0) {
+      const ssize_t w = ::pwrite(fd, p, n, off_t(at));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        ok = false;
+        break;
+      }
+      p += w;
+      n -= size_t(w);
+      at += uint64_t(w);
+    }
+  };
+  write_at(idx.data(), idx.size(), 0);
+  for (size_t i = 0; i < all.size() && ok; ++i)
+    write_at(all[i].view.data, matrix_bytes(all[i].view.dtype, all[i].view.rows, all[i].view.cols), offsets[i]);
+  if (ok && ::ftruncate(fd, off_t(off)) != 0) ok = false;
+  if (ok && ::fsync(fd) != 0) ok = false;
+  const int err = errno;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    cache_note_ = "could not write " + path + ": " + std::strerror(ok ? errno : err);
+    ::unlink(tmp.c_str());
+    return false;
+  }
+  cache_note_ = path + ": wrote " + std::to_string(all.size()) + " matrices";
+  return true;
 }
 
 const float* WeightStore::floats(const std::string& name, const std::vector<int64_t>& shape) {
@@ -97,7 +276,8 @@ size_t WeightStore::owned_bytes() const {
   size_t n = 0;
   for (const auto& v : owned_f32_) n += v.size() * 4;
   for (const auto& v : owned_u16_) n += v.size() * 2;
-  for (const auto& v : owned_q8_) n += v.size() * sizeof(BlockQ8);
+  for (const auto& v : owned_blocks_) n += v.size();
+  if (cache_file_) n += cache_file_->size();
   return n;
 }
 

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <deque>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,8 +14,10 @@
 
 namespace firstread::engine {
 
-enum class WeightFormat { AsStored, F32, BF16, F16, Q8 };
-WeightFormat parse_weight_format(const std::string& s);  // auto|f32|bf16|f16|q8
+enum class WeightFormat { AsStored, F32, BF16, F16, Q8, Q4 };
+// auto|f32|bf16|f16|int8 (= q8, q8_0)|int4 (= q4, q4_0)
+WeightFormat parse_weight_format(const std::string& s);
+const char* weight_format_name(WeightFormat f);  // canonical: auto, f32, bf16, f16, int8, int4
 
 class WeightStore {
  public:
@@ -25,18 +29,40 @@ class WeightStore {
   // A float32 copy (or the mapping itself for F32) with the exact `shape`.
   const float* floats(const std::string& name, const std::vector<int64_t>& shape);
   size_t owned_bytes() const;
-  // Q8 applies to the decoder's matrices only (decode is bandwidth-bound;
+  // int8/int4 apply to the decoder's matrices only (decode is bandwidth-bound;
   // the vision encoder is compute-bound and keeps its stored precision).
   void set_quantize_allowed(bool on) { quantize_allowed_ = on; }
+
+  // Quantised-weight cache: a file holding every matrix this store converted,
+  // valid only for `key` (the format and the weight files' sizes and
+  // modification times). open_cache maps it and later matrix() calls take
+  // their blocks from it instead of quantising again; a missing, stale or
+  // damaged file is ignored (the reason is in cache_note()).
+  bool open_cache(const std::string& path, const std::string& key);
+  // Writes what was converted (temp file + rename). False with cache_note()
+  // saying why when the file cannot be written (e.g. a read-only model dir).
+  bool write_cache(const std::string& path, const std::string& key);
+  size_t matrices_from_cache() const { return from_cache_; }
+  size_t matrices_converted() const { return converted_.size(); }
+  const std::string& cache_note() const { return cache_note_; }
 
  private:
   const TensorInfo& checked(const std::string& name, const std::vector<int64_t>& shape);
   const SafetensorsSet& st_;
   WeightFormat fmt_;
   bool quantize_allowed_ = true;
-  std::deque<std::vector<BlockQ8>> owned_q8_;
+  std::deque<std::vector<uint8_t>> owned_blocks_;
   std::deque<std::vector<float>> owned_f32_;
   std::deque<std::vector<uint16_t>> owned_u16_;
+  struct Converted {
+    std::string name;
+    WeightView view;
+  };
+  std::vector<Converted> converted_;
+  std::unique_ptr<MappedFile> cache_file_;
+  std::map<std::string, WeightView> cached_;
+  size_t from_cache_ = 0;
+  std::string cache_note_;
 };
 
 std::string shape_str(const std::vector<int64_t>& s);
