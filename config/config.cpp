@@ -172,7 +172,7 @@ Config default_config() {
   // The shipped demo model (models/demo, trained on synthetic phantoms): its
   // boxes are on MedRegA's 0..999 grid, and it answers the grounded-report
   // prompt it was trained with, one per kind of image.
-  c.models["demo"] = ModelConfig{"models/demo", 0, "", 999};
+  c.models["demo"] = ModelConfig{"models/demo", 0, "", "auto", 999};
   auto route = [&](const std::string& name, std::vector<std::string> modalities, const std::string& what) {
     Route r;
     r.name = name;
@@ -280,6 +280,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       s.read("path", m.path);
       s.read("threads", m.threads);
       s.read("weights", m.weights);
+      s.read("weight_cache", m.weight_cache);
       s.read("box_scale", m.box_scale);
       s.check_unknown();
       if (m.box_scale < 1 || m.box_scale > 100000)
@@ -288,7 +289,10 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       if (m.path.empty()) fail_at(source, kv.first, p + "." + name + ".path", "is required");
       if (!m.weights.empty())
         check_one_of(source, kv.second["weights"], p + "." + name + ".weights", m.weights,
-                     {"f32", "bf16", "f16", "int8", "q8"});
+                     {"f32", "bf16", "f16", "int8", "q8", "int4", "q4"});
+      if (m.weight_cache.empty())
+        fail_at(source, kv.second["weight_cache"], p + "." + name + ".weight_cache",
+                "must be auto, off or a directory");
       c.models[name] = m;
     }
   });

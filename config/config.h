@@ -81,7 +81,12 @@ struct Route {
 struct ModelConfig {
   std::string path;
   int threads = 0;  // 0 = number of cores
-  std::string weights;  // empty = the checkpoint's own format; f32 | bf16 | f16 | int8 (= q8: 8-bit blocks)
+  // empty = the checkpoint's own format; f32 | bf16 | f16 | int8 (= q8) | int4
+  // (= q4): 8- / 4-bit blocks of 32 weights with an FP16 scale, quantised at load
+  std::string weights;
+  // Where int8/int4 blocks are cached between restarts: auto (beside the
+  // model, .firstread-cache-<format>.bin), off, or a directory
+  std::string weight_cache = "auto";
   int box_scale = 1000;  // grid of the model's <box> coordinates: 999 for MedRegA, 1000 for InternVL
 };
 

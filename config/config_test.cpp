@@ -53,6 +53,7 @@ database: {url: "postgresql://u@db/fr", pool_size: 2}
 worklist: {stable_seconds: 2.5, workers: 2, max_attempts: 5, lease_seconds: 60}
 models:
   cxr: {path: /models/medrega, threads: 2, weights: int8}
+  small: {path: /models/small, weights: int4, weight_cache: /var/cache/firstread}
 routes:
   - name: chest
     match: {modality: [CR, DX], body_part: CHEST}
@@ -76,6 +77,9 @@ log: {level: debug, format: json}
   EXPECT_EQ(c.database.pool_size, 2);
   EXPECT_DOUBLE_EQ(c.worklist.stable_seconds, 2.5);
   EXPECT_EQ(c.models.at("cxr").weights, "int8");
+  EXPECT_EQ(c.models.at("cxr").weight_cache, "auto");
+  EXPECT_EQ(c.models.at("small").weights, "int4");
+  EXPECT_EQ(c.models.at("small").weight_cache, "/var/cache/firstread");
   ASSERT_EQ(c.routes.size(), 1u);
   EXPECT_EQ(c.routes[0].match.modalities, (std::vector<std::string>{"CR", "DX"}));
   EXPECT_EQ(c.routes[0].match.body_parts, (std::vector<std::string>{"CHEST"}));
@@ -95,6 +99,10 @@ TEST(Config, BadValuesNameKeyAndLine) {
   EXPECT_EQ(error_of("dicom:\n  port: 70000\n"),
             "test.yaml:2: dicom.port: must be between 1 and 65535, got 70000");
   EXPECT_EQ(error_of("log:\n  format: xml\n"), "test.yaml:2: log.format: 'xml' is not one of: json, text");
+  EXPECT_EQ(error_of("models:\n  m:\n    path: /m\n    weights: int3\n"),
+            "test.yaml:4: models.m.weights: 'int3' is not one of: bf16, f16, f32, int4, int8, q4, q8");
+  EXPECT_EQ(error_of("models:\n  m:\n    path: /m\n    weight_cache: ''\n"),
+            "test.yaml:4: models.m.weight_cache: must be auto, off or a directory");
   EXPECT_EQ(error_of("worklist:\n  workers: -1\n"),
             "test.yaml:2: worklist.workers: must be between 0 and 256, got -1");
   EXPECT_NE(error_of("dicom:\n  ae_title: THIS_TITLE_IS_TOO_LONG\n").find("dicom.ae_title"), std::string::npos);

@@ -43,7 +43,8 @@ std::pair<std::string, std::string> model_identity(const std::string& dir) {
   std::vector<fs::path> files;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_regular_file()) files.push_back(e.path());
+    // Dot files are ours (the quantised-weight cache), not the model's.
+    if (e.is_regular_file() && e.path().filename().string()[0] != '.') files.push_back(e.path());
   if (ec) throw std::runtime_error("model directory " + dir + ": " + ec.message());
   std::sort(files.begin(), files.end());
   SHA256_CTX ctx;
@@ -88,7 +89,8 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     auto entry = std::make_unique<Entry>();
     engine::EngineOptions opts;
     opts.threads = mc.threads;
-    if (!mc.weights.empty()) opts.weights = mc.weights == "int8" ? "q8" : mc.weights;
+    if (!mc.weights.empty()) opts.weights = mc.weights;
+    opts.weight_cache = mc.weight_cache;
     try {
       entry->model = engine::Model::load(mc.path, opts);
     } catch (const std::exception& e) {
@@ -97,8 +99,10 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     auto [version, uid] = model_identity(mc.path);
     entry->version = version;
     entry->device_uid = uid;
-    spdlog::info("models: loaded '{}' from {} (version {}, {} threads)", name, mc.path, version,
-                 entry->model->threads());
+    spdlog::info("models: loaded '{}' from {} (version {}, {} threads, weights {})", name, mc.path, version,
+                 entry->model->threads(), mc.weights.empty() ? "as stored" : mc.weights);
+    if (!entry->model->weight_cache_note().empty())
+      spdlog::info("models: '{}' weight cache: {}", name, entry->model->weight_cache_note());
     it = entries_.emplace(name, std::move(entry)).first;
   }
   Entry& e = *it->second;
