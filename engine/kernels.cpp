@@ -237,7 +237,12 @@ void quantize_act_q8(const float* x, int64_t cols, BlockQ8Act* dst) {
     for (int i = 0; i < kQBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
     const float d = amax / 127.f, inv = d > 0 ? 127.f / amax : 0.f;
     dst[b].d = d;
-    for (int i = 0; i < kQBlock; ++i) dst[b].q[i] = int8_t(std::nearbyint(xb[i] * inv));
+    int sum = 0;
+    for (int i = 0; i < kQBlock; ++i) {
+      dst[b].q[i] = int8_t(std::nearbyint(xb[i] * inv));
+      sum += dst[b].q[i];
+    }
+    dst[b].s = d * float(sum);
   }
 }
 

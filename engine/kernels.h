@@ -41,6 +41,7 @@ static_assert(sizeof(BlockQ4) == 18, "BlockQ4 must be packed as 2 + 16 bytes");
 // 32 int-to-float conversions.
 struct BlockQ8Act {
   float d;
+  float s;  // d * sum(q): Q4_0 products take the -8 offset out of the inner loop
   int8_t q[kQBlock];
 };
 

@@ -231,19 +231,25 @@ struct BlockQ4Raw {
 };
 struct BlockQ8ActRaw {
   float d;
+  float s;
   int8_t q[32];
 };
-static_assert(sizeof(BlockQ8Raw) == 34 && sizeof(BlockQ4Raw) == 18 && sizeof(BlockQ8ActRaw) == 36, "block layouts");
+static_assert(sizeof(BlockQ8Raw) == 34 && sizeof(BlockQ4Raw) == 18 && sizeof(BlockQ8ActRaw) == 40, "block layouts");
 
 static inline __m256 q8_to_ps(const int8_t* q) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
 }
 static inline __m256i load_q8(const int8_t* q) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)); }
-// 32 Q4_0 nibbles as int8 in -8..7, weights 0..15 in the low lane, 16..31 in the high.
-static inline __m256i load_q4(const uint8_t* qs) {
+// 32 Q4_0 nibbles as bytes 0..15, weights 0..15 in the low lane, 16..31 in the high.
+static inline __m256i load_nibbles(const uint8_t* qs) {
   const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m256i b = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
-  return _mm256_sub_epi8(b, _mm256_set1_epi8(8));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+}
+// As int8 in -8..7.
+static inline __m256i load_q4(const uint8_t* qs) { return _mm256_sub_epi8(load_nibbles(qs), _mm256_set1_epi8(8)); }
+// Eight int32 partial sums of n·a for unsigned nibbles n (no sign trick needed).
+static inline __m256 dot_u4(__m256i n, __m256i a) {
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(n, a), _mm256_set1_epi16(1)));
 }
 // Eight int32 partial sums of w·a as floats. maddubs needs an unsigned
 // operand: |w| times a with w's sign moved onto a (|w|, |a| <= 127, so the
@@ -255,7 +261,7 @@ static inline __m256 dot_i8(__m256i w, __m256i a) {
 
 // Quantised rows against the quantised input: two rows per pass share the
 // input loads; the next rows are prefetched as these stream.
-template <typename Block, bool Q4>
+template <typename Block>
 static void matvec_blocks(const void* w, int64_t cols, const void* xq_v, float* y, int64_t r0, int64_t r1) {
   const int64_t nb = cols / 32;
   const Block* base = static_cast<const Block*>(w);
@@ -270,14 +276,7 @@ static void matvec_blocks(const void* w, int64_t cols, const void* xq_v, float* 
       _mm_prefetch(next + b * 2 * sizeof(Block), _MM_HINT_T0);
       const __m256i a = load_q8(xq[b].q);
       const float dx = xq[b].d;
-      __m256i q0, q1;
-      if constexpr (Q4) {
-        q0 = load_q4(reinterpret_cast<const uint8_t*>(w0[b].q));
-        q1 = load_q4(reinterpret_cast<const uint8_t*>(w1[b].q));
-      } else {
-        q0 = load_q8(reinterpret_cast<const int8_t*>(w0[b].q));
-        q1 = load_q8(reinterpret_cast<const int8_t*>(w1[b].q));
-      }
+      const __m256i q0 = load_q8(w0[b].q), q1 = load_q8(w1[b].q);
       acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w0[b].d) * dx), dot_i8(q0, a), acc0);
       acc1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w1[b].d) * dx), dot_i8(q1, a), acc1);
     }
@@ -289,27 +288,53 @@ static void matvec_blocks(const void* w, int64_t cols, const void* xq_v, float* 
     __m256 acc0 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const __m256i a = load_q8(xq[b].q);
-      __m256i q0;
-      if constexpr (Q4) q0 = load_q4(reinterpret_cast<const uint8_t*>(w0[b].q));
-      else q0 = load_q8(reinterpret_cast<const int8_t*>(w0[b].q));
+      const __m256i q0 = load_q8(w0[b].q);
       acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w0[b].d) * xq[b].d), dot_i8(q0, a), acc0);
     }
     y[r] = hsum(acc0);
   }
 }
 
-// The Q4 block's 16 bytes are named q for the template (BlockQ4View).
-struct BlockQ4View {
-  uint16_t d;
-  uint8_t q[16];
-};
-static_assert(sizeof(BlockQ4View) == 18, "Q4 layout");
-
 void matvec_q8(const void* w, int64_t cols, const void* xq, float* y, int64_t r0, int64_t r1) {
-  matvec_blocks<BlockQ8Raw, false>(w, cols, xq, y, r0, r1);
+  matvec_blocks<BlockQ8Raw>(w, cols, xq, y, r0, r1);
 }
-void matvec_q4(const void* w, int64_t cols, const void* xq, float* y, int64_t r0, int64_t r1) {
-  matvec_blocks<BlockQ4View, true>(w, cols, xq, y, r0, r1);
+// Q4_0: sum over blocks of dw * dx * sum((n - 8) * a) = dw * (dx * sum(n * a)) - 8 * dw * (dx * sum(a));
+// the second term is one scalar FMA per block with dx * sum(a) precomputed.
+void matvec_q4(const void* w, int64_t cols, const void* xq_v, float* y, int64_t r0, int64_t r1) {
+  const int64_t nb = cols / 32;
+  const BlockQ4Raw* base = static_cast<const BlockQ4Raw*>(w);
+  const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    const BlockQ4Raw* w0 = base + r * nb;
+    const BlockQ4Raw* w1 = w0 + nb;
+    const char* next = reinterpret_cast<const char*>(w1 + nb);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float c0 = 0.f, c1 = 0.f;
+    for (int64_t b = 0; b < nb; ++b) {
+      _mm_prefetch(next + b * 2 * sizeof(BlockQ4Raw), _MM_HINT_T0);
+      const __m256i a = load_q8(xq[b].q);
+      const float dx = xq[b].d, sx = xq[b].s;
+      const float d0 = _cvtsh_ss(w0[b].d), d1 = _cvtsh_ss(w1[b].d);
+      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dx), dot_u4(load_nibbles(w0[b].qs), a), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dx), dot_u4(load_nibbles(w1[b].qs), a), acc1);
+      c0 += d0 * sx;
+      c1 += d1 * sx;
+    }
+    y[r] = hsum(acc0) - 8.f * c0;
+    y[r + 1] = hsum(acc1) - 8.f * c1;
+  }
+  for (; r < r1; ++r) {
+    const BlockQ4Raw* w0 = base + r * nb;
+    __m256 acc0 = _mm256_setzero_ps();
+    float c0 = 0.f;
+    for (int64_t b = 0; b < nb; ++b) {
+      const float d0 = _cvtsh_ss(w0[b].d);
+      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * xq[b].d), dot_u4(load_nibbles(w0[b].qs), load_q8(xq[b].q)), acc0);
+      c0 += d0 * xq[b].s;
+    }
+    y[r] = hsum(acc0) - 8.f * c0;
+  }
 }
 
 void convert_q8(const void* blocks, float* dst, int64_t n_blocks) {
@@ -359,6 +384,13 @@ void quantize_act(const float* x, int64_t n_blocks, void* dst_v) {
     __m256i p8 = _mm256_packs_epi16(p16a, p16b);
     p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst[b].q), p8);
+    // sum of the 32 int8 values (exact in int32)
+    const __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), p8);
+    __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    dst[b].s = dst[b].d * float(_mm_cvtsi128_si32(t));
   }
 }
 

@@ -179,6 +179,7 @@ TEST(engine_kernels, ActivationQuantisationAvx2EqualsScalar) {
   force_scalar_kernels(false);
   for (int k = 0; k < 8; ++k) {
     EXPECT_EQ(a[k].d, b[k].d) << k;
+    EXPECT_EQ(a[k].s, b[k].s) << k;
     for (int i = 0; i < 32; ++i) ASSERT_EQ(a[k].q[i], b[k].q[i]) << "block " << k << " elem " << i;
   }
 }

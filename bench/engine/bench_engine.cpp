@@ -1,16 +1,19 @@
 // bench_engine [--model DIR] [--threads N] [--repeat N] [--decode-tokens N]
-//              [--no-pytorch] [--no-vision] [--no-q8]
+//              [--formats auto,f16,int8,int4] [--no-pytorch] [--no-vision]
 //
 // On random weights of real sizes (InternViT-300M-shaped encoder at 448 px,
 // Qwen2-0.5B-shaped decoder, BF16; made by tools/reference/bench_ref.py if
-// DIR has no model) prints, for the engine and for PyTorch on the same
-// weights: vision encoder ms (one tile), prefill ms (300 tokens), decode
-// tokens/s and peak RSS; their ratios; and the engine as a fraction of this
-// machine's sgemm GFLOP/s and read bandwidth, measured in the same run.
+// DIR has no model) prints, for each weight format of the engine and for
+// PyTorch on the same weights: vision encoder ms (one tile), prefill ms and
+// tokens/s (300 tokens), decode tokens/s and peak RSS; the ratios to
+// PyTorch; the engine as a fraction of this machine's sgemm GFLOP/s and read
+// bandwidth, measured in the same run; and llama.cpp's figures for the same
+// decoder on this kind of machine (shared/SPEC.md) beside them.
 //
-// PyTorch runs as a child process (bench_ref.py serve) and each phase
-// alternates engine / PyTorch (1 and N threads) `repeat` times, keeping each
-// side's best, so both see the same machine load on a shared host.
+// Each format runs in its own process (this binary with --child FORMAT), so
+// its peak RSS is its own. PyTorch runs as a child process too (bench_ref.py
+// serve). The rounds alternate PyTorch and every format `repeat` times,
+// keeping each side's best, so all see the same machine load on a shared host.
 #include <cblas.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -21,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -28,6 +32,7 @@
 #include <vector>
 
 #include "engine/common.h"
+#include "engine/config.h"
 #include "engine/kernels.h"
 #include "engine/model.h"
 
@@ -130,28 +135,136 @@ class TorchPeer {
   std::string version_;
 };
 
+struct Phases {
+  double vision_ms = 1e300, prefill_ms = 1e300, tps = 0, rss_mb = 0, load_ms = 0;
+  std::string cache_note;
+};
+
+// One format in this process: load, then vision / prefill / decode.
+static int run_child(const std::string& dir, const std::string& fmt, int threads, int prefill_tokens,
+                     int decode_tokens, bool vision) {
+  EngineOptions opts;
+  opts.threads = threads;
+  opts.weights = fmt;
+  double t0 = now_ms();
+  auto model = Model::load(dir, opts);
+  Phases ph;
+  ph.load_ms = now_ms() - t0;
+  ph.cache_note = model->weight_cache_note();
+  const ModelHParams hp = model->hparams();
+  std::mt19937 g(1);
+  std::normal_distribution<float> nd;
+  {
+    // Warm-up: the first pass faults the mapped weights in from the page
+    // cache; a server pays that once, not per request.
+    GenerateOptions w;
+    w.max_new_tokens = 2;
+    w.stop_on_end_token = false;
+    model->generate_from_ids(std::vector<int>(8, 1), w);
+  }
+  if (vision) {
+    PreprocessedImage pre;
+    pre.tile_size = hp.chat.image_size;
+    pre.geometry.n_tiles = 1;
+    pre.pixels.resize(size_t(3) * pre.tile_size * pre.tile_size);
+    for (auto& v : pre.pixels) v = nd(g);
+    t0 = now_ms();
+    model->encode_image(pre);
+    ph.vision_ms = now_ms() - t0;
+  }
+  std::vector<int> ids(static_cast<size_t>(prefill_tokens));
+  for (auto& id : ids) id = int(g() % 600);
+  GenerateOptions go;
+  go.max_new_tokens = decode_tokens + 1;
+  go.stop_on_end_token = false;
+  GenerateResult r = model->generate_from_ids(ids, go);
+  json out = {{"format", fmt},
+              {"load_ms", ph.load_ms},
+              {"vision_ms", vision ? ph.vision_ms : 0.0},
+              {"prefill_ms", r.timings.prefill_ms},
+              {"decode_tokens_per_second", r.timings.tokens_per_second},
+              {"peak_rss_mb", peak_rss_mb()},
+              {"converted_bytes", model->converted_weight_bytes()},
+              {"cache", ph.cache_note}};
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
+static json run_format_process(const std::string& self, const std::string& dir, const std::string& fmt, int threads,
+                               int decode_tokens, bool vision) {
+  std::string cmd = "'" + self + "' --child " + fmt + " --model '" + dir + "' --threads " + std::to_string(threads) +
+                    " --decode-tokens " + std::to_string(decode_tokens) + (vision ? "" : " --no-vision");
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) throw EngineError("could not start " + cmd);
+  std::string line, last;
+  for (int c; (c = std::fgetc(p)) != EOF;) {
+    if (c == '\n') {
+      if (!line.empty()) last = line;
+      line.clear();
+    } else {
+      line += char(c);
+    }
+  }
+  const int rc = pclose(p);
+  if (rc != 0 || last.empty()) throw EngineError("format " + fmt + ": child failed (" + cmd + ")");
+  return json::parse(last);
+}
+
+// llama.cpp (CPU build, 2 threads) on the same decoder on this kind of machine (shared/SPEC.md).
+static const char* llama_cpp_decode(const std::string& fmt) {
+  if (fmt == "auto" || fmt == "bf16") return "19 (BF16)";
+  if (fmt == "f16") return "21 (F16)";
+  if (fmt == "int8") return "32 (Q8_0)";
+  if (fmt == "int4") return "49 (Q4_0)";
+  return "-";
+}
+static double bytes_per_weight(const std::string& fmt) {
+  if (fmt == "f32") return 4;
+  if (fmt == "int8") return 34.0 / 32;
+  if (fmt == "int4") return 18.0 / 32;
+  return 2;  // auto (BF16 as stored), bf16, f16
+}
+
 int main(int argc, char** argv) {
-  std::string dir = "/tmp/firstread_bench_model";
+  std::string dir = "/tmp/firstread_bench_model", child, formats_arg = "auto,f16,int8,int4";
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
   int decode_tokens = 32, prefill_tokens = 300, repeat = 2;
-  bool pytorch = true, vision = true, q8 = true;
+  bool pytorch = true, vision = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--model" && i + 1 < argc) dir = argv[++i];
     else if (a == "--threads" && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
     else if (a == "--decode-tokens" && i + 1 < argc) decode_tokens = std::max(2, std::atoi(argv[++i]));
     else if (a == "--repeat" && i + 1 < argc) repeat = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--formats" && i + 1 < argc) formats_arg = argv[++i];
+    else if (a == "--child" && i + 1 < argc) child = argv[++i];
     else if (a == "--no-pytorch") pytorch = false;
     else if (a == "--no-vision") vision = false;
-    else if (a == "--no-q8") q8 = false;
     else {
       std::fprintf(stderr,
-                   "usage: bench_engine [--model DIR] [--threads N] [--repeat N] [--decode-tokens N] [--no-pytorch] "
-                   "[--no-vision] [--no-q8]\n");
+                   "usage: bench_engine [--model DIR] [--threads N] [--repeat N] [--decode-tokens N] "
+                   "[--formats auto,f16,int8,int4] [--no-pytorch] [--no-vision]\n");
       return 2;
     }
   }
+  try {
+    if (!child.empty()) return run_child(dir, child, threads, prefill_tokens, decode_tokens, vision);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_engine --child %s: %s\n", child.c_str(), e.what());
+    return 1;
+  }
+  std::vector<std::string> formats;
+  for (size_t a = 0; a <= formats_arg.size();) {
+    size_t b = formats_arg.find(',', a);
+    if (b == std::string::npos) b = formats_arg.size();
+    if (b > a) formats.push_back(formats_arg.substr(a, b - a));
+    a = b + 1;
+  }
   const std::string python = FIRSTREAD_REF_PYTHON, script = std::string(FIRSTREAD_REF_SCRIPT_DIR) + "/bench_ref.py";
+  char self[4096];
+  const ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (sl <= 0) return 1;
+  self[sl] = 0;
   try {
     if (!file_exists(dir + "/config.json")) {
       std::fprintf(stderr, "making random real-size model in %s ...\n", dir.c_str());
@@ -165,28 +278,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "could not start PyTorch (%s serve)\n", script.c_str());
       return 1;
     }
-    // Machine figures before the model is loaded and again after it is freed,
-    // so their buffers never add to the engine's peak RSS.
     double gflops = measure_sgemm(threads), gbps = measure_bandwidth(threads);
-    EngineOptions opts;
-    opts.threads = threads;
-    auto model = Model::load(dir, opts);
-    const ModelHParams hp = model->hparams();
-    const size_t weight_bytes = model->weight_bytes();
-    PreprocessedImage pre;
-    pre.tile_size = hp.chat.image_size;
-    pre.geometry.n_tiles = 1;
-    pre.pixels.resize(size_t(3) * pre.tile_size * pre.tile_size);
-    std::mt19937 g(1);
-    std::normal_distribution<float> nd;
-    for (auto& v : pre.pixels) v = nd(g);
-    std::vector<int> ids(static_cast<size_t>(prefill_tokens));
-    for (auto& id : ids) id = int(g() % 600);
-    GenerateOptions go;
-    go.max_new_tokens = decode_tokens + 1;
-    go.stop_on_end_token = false;
+    const ModelHParams hp = load_model_config(dir);
 
-    double vision_ms = 1e300, prefill_ms = 1e300, tps = 0;
     const std::vector<int> torch_threads = threads > 1 ? std::vector<int>{1, threads} : std::vector<int>{1};
     json tbest = json::object();
     auto keep_best = [&](const std::string& key, int t, double v, bool lower) {
@@ -194,31 +288,28 @@ int main(int argc, char** argv) {
       if (!tbest.contains(k) || (lower ? v < tbest[k].get<double>() : v > tbest[k].get<double>())) tbest[k] = v;
     };
     double torch_rss = 0;
+    std::map<std::string, Phases> best;
     for (int rep = 0; rep < repeat; ++rep) {
-      if (vision) {
-        double t0 = now_ms();
-        model->encode_image(pre);
-        vision_ms = std::min(vision_ms, now_ms() - t0);
-        for (int t : torch_threads) {
-          if (!pytorch) break;
-          json r = torch.ask("vision " + std::to_string(t));
-          keep_best("vision_ms", t, r.value("ms", 1e300), true);
-        }
-      }
-      GenerateResult r = model->generate_from_ids(ids, go);
-      prefill_ms = std::min(prefill_ms, r.timings.prefill_ms);
-      tps = std::max(tps, r.timings.tokens_per_second);
       for (int t : torch_threads) {
         if (!pytorch) break;
+        if (vision) keep_best("vision_ms", t, torch.ask("vision " + std::to_string(t)).value("ms", 1e300), true);
         json p = torch.ask("prefill " + std::to_string(t) + " " + std::to_string(prefill_tokens));
         keep_best("prefill_ms", t, p.value("ms", 1e300), true);
         json d = torch.ask("decode " + std::to_string(t) + " 16");
         keep_best("decode_tokens_per_second", t, d.value("tokens_per_second", 0.0), false);
         torch_rss = std::max(torch_rss, d.value("peak_rss_mb", 0.0));
       }
+      for (const std::string& fmt : formats) {
+        json r = run_format_process(self, dir, fmt, threads, decode_tokens, vision);
+        Phases& b = best[fmt];
+        if (vision) b.vision_ms = std::min(b.vision_ms, r.value("vision_ms", 1e300));
+        b.prefill_ms = std::min(b.prefill_ms, r.value("prefill_ms", 1e300));
+        b.tps = std::max(b.tps, r.value("decode_tokens_per_second", 0.0));
+        b.rss_mb = rep == 0 ? r.value("peak_rss_mb", 0.0) : std::min(b.rss_mb, r.value("peak_rss_mb", 0.0));
+        if (rep == 0) b.load_ms = r.value("load_ms", 0.0);
+        b.cache_note = r.value("cache", "");
+      }
     }
-    const double rss = peak_rss_mb();
-    model.reset();
     gflops = std::max(gflops, measure_sgemm(threads));
     gbps = std::max(gbps, measure_bandwidth(threads));
 
@@ -232,73 +323,65 @@ int main(int argc, char** argv) {
                                 3.0 * l.hidden * l.intermediate;
     const double decode_params = l.n_layers * layer_params + double(l.vocab) * l.hidden;  // + lm head (tied)
     const double prefill_flops = 2.0 * prefill_tokens * l.n_layers * layer_params + 2.0 * l.hidden * l.vocab;
-    const double decode_bytes = decode_params * 2;  // BF16
-    const double kv_bytes = 2.0 * l.n_layers * (prefill_tokens + decode_tokens + 1) * l.n_kv_heads * hd * 4;
 
-    std::printf("machine: %d threads, sgemm %.1f GFLOP/s, read bandwidth %.1f GB/s (best of 2 runs, before and after)\n", threads,
-                gflops, gbps);
-    std::printf("model: %s (weights %.2f GB as stored, BF16)\n", dir.c_str(), weight_bytes / 1e9);
-    std::printf("engine (best of %d)\n", repeat);
-    if (vision)
-      std::printf("  vision encoder, one 448 tile      %10.1f ms   (%.0f GFLOP/s = %.0f%% of sgemm)\n", vision_ms,
-                  vit_flops / vision_ms / 1e6, 100 * vit_flops / vision_ms / 1e6 / gflops);
-    std::printf("  prefill %d tokens                %10.1f ms   (%.0f GFLOP/s = %.0f%% of sgemm)\n", prefill_tokens,
-                prefill_ms, prefill_flops / prefill_ms / 1e6, 100 * prefill_flops / prefill_ms / 1e6 / gflops);
-    std::printf("  decode                            %10.2f tok/s (bound %.2f tok/s for %.2f GB: %.0f%%)\n", tps,
-                gbps * 1e9 / decode_bytes, decode_bytes / 1e9, 100 * tps / (gbps * 1e9 / decode_bytes));
-    std::printf("  peak RSS                          %10.0f MB    (weights %.0f MB + KV %.0f MB: ratio %.2f)\n", rss,
-                weight_bytes / 1e6, kv_bytes / 1e6, rss * 1e6 / (weight_bytes + kv_bytes));
-    json out = {{"threads", threads},
-                {"repeat", repeat},
-                {"sgemm_gflops", gflops},
-                {"bandwidth_gbps", gbps},
-                {"engine",
-                 {{"vision_ms", vision ? vision_ms : 0.0},
-                  {"prefill_ms", prefill_ms},
-                  {"decode_tokens_per_second", tps},
-                  {"peak_rss_mb", rss}}}};
+    std::printf("machine: %d threads, sgemm %.1f GFLOP/s, read bandwidth %.1f GB/s (best of before and after)\n",
+                threads, gflops, gbps);
+    std::printf("model: %s (decoder %.0f M weights read per token; vision stays BF16 in int8/int4)\n", dir.c_str(),
+                decode_params / 1e6);
+    json out = {{"threads", threads}, {"repeat", repeat}, {"sgemm_gflops", gflops}, {"bandwidth_gbps", gbps}};
+    std::string tv, tp, td;
+    double pv = 0, pp = 0, pd = 0;
     if (pytorch) {
       auto best_of = [&](const std::string& key, bool lower, std::string* which) {
-        double best = lower ? 1e300 : 0;
+        double bv = lower ? 1e300 : 0;
         for (int t : torch_threads) {
           std::string k = key + "@" + std::to_string(t);
           if (!tbest.contains(k)) continue;
           double vv = tbest[k].get<double>();
-          if (lower ? vv < best : vv > best) {
-            best = vv;
+          if (lower ? vv < bv : vv > bv) {
+            bv = vv;
             *which = std::to_string(t);
           }
         }
-        return best;
+        return bv;
       };
-      std::string tv, tp, td;
-      const double pv = vision ? best_of("vision_ms", true, &tv) : 0, pp = best_of("prefill_ms", true, &tp),
-                   pd = best_of("decode_tokens_per_second", false, &td);
-      std::printf("PyTorch %s, float32 compute on the same weights (best of 1/%d threads, %d runs)\n",
-                  torch.version().c_str(), threads, repeat);
-      if (vision) std::printf("  vision encoder, one 448 tile      %10.1f ms   (%s threads)\n", pv, tv.c_str());
-      std::printf("  prefill %d tokens                %10.1f ms   (%s threads)\n", prefill_tokens, pp, tp.c_str());
-      std::printf("  decode                            %10.2f tok/s (%s threads)\n", pd, td.c_str());
-      std::printf("  peak RSS                          %10.0f MB\n", torch_rss);
-      std::printf("ratios, engine / PyTorch: vision time %.2fx, prefill time %.2fx, decode speed %.2fx, RSS %.2fx\n",
-                  vision ? vision_ms / pv : 0.0, prefill_ms / pp, tps / pd, rss / torch_rss);
+      pv = vision ? best_of("vision_ms", true, &tv) : 0;
+      pp = best_of("prefill_ms", true, &tp);
+      pd = best_of("decode_tokens_per_second", false, &td);
       out["pytorch"] = tbest;
       out["pytorch"]["peak_rss_mb"] = torch_rss;
       out["pytorch"]["version"] = torch.version();
     }
-    if (q8) {
-      // Decode with the decoder's matrices quantized to Q8_0 at load.
-      EngineOptions qo = opts;
-      qo.weights = "q8";
-      auto qm = Model::load(dir, qo);
-      double q8_tps = 0;
-      for (int rep = 0; rep < repeat; ++rep)
-        q8_tps = std::max(q8_tps, qm->generate_from_ids(ids, go).timings.tokens_per_second);
-      const double q8_bytes = decode_params * 36.0 / 32.0;
-      std::printf("engine, weights=q8 (Q8_0 decoder): decode %.2f tok/s (bound %.2f tok/s for %.2f GB: %.0f%%)\n",
-                  q8_tps, gbps * 1e9 / q8_bytes, q8_bytes / 1e9, 100 * q8_tps / (gbps * 1e9 / q8_bytes));
-      out["engine"]["decode_q8_tokens_per_second"] = q8_tps;
+    std::printf("\n| weights | vision ms (one 448 tile) | prefill %d tok: ms, tok/s | decode tok/s | %% of bandwidth bound "
+                "| llama.cpp decode tok/s | peak RSS MB | load ms |\n|---|---|---|---|---|---|---|---|\n",
+                prefill_tokens);
+    for (const std::string& fmt : formats) {
+      const Phases& b = best[fmt];
+      const double bytes = decode_params * bytes_per_weight(fmt);
+      const double bound = gbps * 1e9 / bytes;
+      char vis[64] = "-";
+      if (vision)
+        std::snprintf(vis, sizeof vis, "%.0f (%.0f%% of sgemm)", b.vision_ms, 100 * vit_flops / b.vision_ms / 1e6 / gflops);
+      std::printf("| %s | %s | %.0f, %.0f (%.0f%% of sgemm) | %.2f | %.0f%% of %.1f | %s | %.0f | %.0f |\n",
+                  fmt == "auto" ? "bf16 (as stored)" : fmt.c_str(), vis, b.prefill_ms,
+                  prefill_tokens * 1000.0 / b.prefill_ms, 100 * prefill_flops / b.prefill_ms / 1e6 / gflops, b.tps,
+                  100 * b.tps / bound, bound, llama_cpp_decode(fmt), b.rss_mb, b.load_ms);
+      out["engine"][fmt] = {{"vision_ms", vision ? b.vision_ms : 0.0}, {"prefill_ms", b.prefill_ms},
+                            {"decode_tokens_per_second", b.tps}, {"peak_rss_mb", b.rss_mb},
+                            {"load_ms", b.load_ms}, {"cache", b.cache_note}};
     }
+    if (pytorch) {
+      std::printf("| PyTorch %s (f32 compute, best of 1/%d threads) | %.0f (%s thr) | %.0f, %.0f (%s thr) | %.2f (%s thr) | | "
+                  "| %.0f | |\n",
+                  torch.version().c_str(), threads, pv, tv.c_str(), pp, prefill_tokens * 1000.0 / pp, tp.c_str(), pd,
+                  td.c_str(), torch_rss);
+      const Phases& b = best[formats.front()];
+      std::printf("\nratios, engine (%s) / PyTorch: vision time %.2fx, prefill time %.2fx, decode speed %.2fx\n",
+                  formats.front().c_str(), vision ? b.vision_ms / pv : 0.0, b.prefill_ms / pp, b.tps / pd);
+      for (const std::string& fmt : formats)
+        std::printf("  %s decode %.1fx PyTorch\n", fmt.c_str(), best[fmt].tps / pd);
+    }
+    std::printf("llama.cpp prefill of 300 tokens on this kind of machine: 120-154 tok/s (SPEC.md)\n");
     std::printf("%s\n", out.dump().c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_engine: %s\n", e.what());
