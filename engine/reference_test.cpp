@@ -191,7 +191,22 @@ TEST(engine_reference, QuantisedWeightCacheIsReusedAndChecked) {
   ASSERT_EQ(std::system(("touch -d '2030-01-01' '" + model_dir + "/model.safetensors'").c_str()), 0);
   first_logits(o, &note);
   EXPECT_NE(note.find("wrote"), std::string::npos) << "a stale cache must be rebuilt: " << note;
-  // A damaged cache file is ignored with a reason, and the answer is unchanged.
+  // Damaged cache files are ignored with a reason, and the answer is unchanged:
+  // a flipped byte in the weight blocks, a truncated index, a few bytes.
+  {
+    std::fstream f(cache, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(0, std::ios::end);
+    const std::streamoff size = f.tellg();
+    f.seekp(size - 1000);
+    char byte = 0;
+    f.seekg(size - 1000);
+    f.read(&byte, 1);
+    byte = char(byte ^ 0x10);
+    f.seekp(size - 1000);
+    f.write(&byte, 1);
+  }
+  EXPECT_EQ(first_logits(o, &note), a);
+  EXPECT_NE(note.find("checksum"), std::string::npos) << note;
   ASSERT_EQ(::truncate(cache.c_str(), 100), 0);
   const auto c = first_logits(o, &note);
   EXPECT_NE(note.find("wrote"), std::string::npos) << note;

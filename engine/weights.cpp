@@ -108,10 +108,29 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
 
 // Cache file layout (little-endian, this machine's): "FRWCACHE", u32 version,
 // u32 key length, key, u32 count, then per matrix: u32 name length, name,
-// u32 dtype, i64 rows, i64 cols, u64 offset, u64 bytes; data blocks follow,
-// each at a 64-byte-aligned offset.
+// u32 dtype, i64 rows, i64 cols, u64 offset, u64 bytes, u64 checksum; data
+// blocks follow, each at a 64-byte-aligned offset.
 static constexpr char kCacheMagic[8] = {'F', 'R', 'W', 'C', 'A', 'C', 'H', 'E'};
-static constexpr uint32_t kCacheVersion = 1;
+static constexpr uint32_t kCacheVersion = 2;
+
+// A fast checksum of a block of quantised weights (four independent
+// multiply-xor lanes over 8-byte words): catches a damaged or partly written
+// file at load, before wrong weights could answer. Not cryptographic.
+static uint64_t block_checksum(const void* data, size_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  uint64_t h[4] = {0x9e3779b97f4a7c15ull, 0xc2b2ae3d27d4eb4full, 0x165667b19e3779f9ull, 0x27d4eb2f165667c5ull};
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int k = 0; k < 4; ++k) {
+      uint64_t w;
+      std::memcpy(&w, p + i + 8 * k, 8);
+      h[k] = (h[k] ^ w) * 0x100000001b3ull;
+      h[k] ^= h[k] >> 29;
+    }
+  uint64_t r = h[0] ^ (h[1] * 3) ^ (h[2] * 5) ^ (h[3] * 7) ^ n;
+  for (; i < n; ++i) r = (r ^ p[i]) * 0x100000001b3ull;
+  return r;
+}
 
 namespace {
 struct Reader {
@@ -175,11 +194,15 @@ bool WeightStore::open_cache(const std::string& path, const std::string& key) {
     std::string name = r.str(nlen);
     const uint32_t dt = r.get<uint32_t>();
     const int64_t rows = r.get<int64_t>(), cols = r.get<int64_t>();
-    const uint64_t off = r.get<uint64_t>(), bytes = r.get<uint64_t>();
+    const uint64_t off = r.get<uint64_t>(), bytes = r.get<uint64_t>(), sum = r.get<uint64_t>();
     if (!r.ok || dt > uint32_t(DType::Q4_0) || rows <= 0 || cols <= 0 || rows > (int64_t(1) << 32) ||
         cols > (int64_t(1) << 32) || off % 64 != 0 || off > f->size() || bytes > f->size() - off ||
         bytes != matrix_bytes(DType(dt), rows, cols)) {
       cache_note_ = path + ": ignored (damaged index at entry " + std::to_string(i) + ")";
+      return false;
+    }
+    if (block_checksum(f->data() + off, bytes) != sum) {
+      cache_note_ = path + ": ignored (damaged data in " + name + ": checksum differs)";
       return false;
     }
     entries[name] = WeightView{f->data() + off, DType(dt), rows, cols};
@@ -206,7 +229,7 @@ bool WeightStore::write_cache(const std::string& path, const std::string& key) {
   for (const auto& [name, view] : cached_) all.push_back({name, view});
   put(uint32_t(all.size()));
   size_t index_size = idx.size();
-  for (const auto& c : all) index_size += 4 + c.name.size() + 4 + 8 + 8 + 8 + 8;
+  for (const auto& c : all) index_size += 4 + c.name.size() + 4 + 8 + 8 + 8 + 8 + 8;
   uint64_t off = (index_size + 63) / 64 * 64;
   std::vector<uint64_t> offsets;
   for (const auto& c : all) {
@@ -218,6 +241,7 @@ bool WeightStore::write_cache(const std::string& path, const std::string& key) {
     put(int64_t(c.view.cols));
     put(off);
     put(bytes);
+    put(block_checksum(c.view.data, bytes));
     offsets.push_back(off);
     off = (off + bytes + 63) / 64 * 64;
   }
@@ -254,7 +278,8 @@ bool WeightStore::write_cache(const std::string& path, const std::string& key) {
     ::unlink(tmp.c_str());
     return false;
   }
-  cache_note_ = path + ": wrote " + std::to_string(all.size()) + " matrices";
+  // Keep why an existing cache was not used (stale, damaged) in the note.
+  cache_note_ = (cache_note_.empty() ? "" : cache_note_ + "; ") + "wrote " + std::to_string(all.size()) + " matrices";
   return true;
 }
 
