@@ -1,0 +1,61 @@
+#!/bin/sh
+# The shipped demo model under each weight format, through the C++ path the
+# pipeline uses (bench/demo_accuracy: DICOM decode -> engine -> boxes in
+# source pixels) on held-out DICOM phantoms: int8 must answer as the stored
+# F32 weights do (same finding set on >= 95 % of the images, mean IoU within
+# 0.02); int4's agreement is printed (what 4-bit costs) and must load and
+# answer. The full per-format accuracy table is bench/demo_accuracy/run.sh
+# with WEIGHTS=..., in the README.
+#
+# usage: demo_formats_test.sh DEMO_ACCURACY_BIN SOURCE_DIR WORK_DIR [PER_MODALITY]
+set -eu
+BIN=$1
+SRC=$2
+WORK=$3
+N=${4:-10}
+PY=/usr/bin/python3
+rm -rf "$WORK"
+mkdir -p "$WORK"
+# The cache goes to the work dir: the test must not write into the source tree.
+MODEL="$WORK/model"
+cp -r "$SRC/models/demo" "$MODEL"
+$PY "$SRC/tools/demo_model/make_dicom.py" "$WORK/phantoms" --per-modality "$N" >/dev/null
+for fmt in auto int8 int4; do
+  "$BIN" --model "$MODEL" --data "$WORK/phantoms" --threads 1 --box-scale 999 --weights "$fmt" \
+    --cases-out "$WORK/$fmt.jsonl" >"$WORK/$fmt.txt" 2>&1 || { cat "$WORK/$fmt.txt"; exit 1; }
+done
+ls "$MODEL"/.firstread-cache-int8.bin "$MODEL"/.firstread-cache-int4.bin >/dev/null
+exec $PY - "$WORK" <<'PYEOF'
+import json, sys
+work = sys.argv[1]
+def load(fmt):
+    cases = {}
+    for line in open(f"{work}/{fmt}.jsonl", encoding="utf-8"):
+        c = json.loads(line)
+        cases[(c["file"], c["lang"])] = c
+    return cases
+base = load("auto")
+assert len(base) >= 40, f"only {len(base)} cases evaluated"
+def mean_iou(cases):
+    v = [m["iou"] for c in cases.values() for m in c["matches"]]
+    return sum(v) / len(v) if v else 0.0
+def exact(cases):
+    return 100.0 * sum(1 for c in cases.values() if c["exact"]) / len(cases)
+ok = True
+print(f"{'format':7} {'same findings as f32':>22} {'finding set exact':>18} {'mean IoU':>9}")
+print(f"{'auto':7} {'-':>22} {exact(base):17.1f}% {mean_iou(base):9.3f}")
+for fmt in ("int8", "int4"):
+    cur = load(fmt)
+    assert cur.keys() == base.keys(), f"{fmt}: evaluated other cases than auto"
+    same = sum(1 for k in base if sorted(base[k]["pred"]) == sorted(cur[k]["pred"]))
+    agree = 100.0 * same / len(base)
+    print(f"{fmt:7} {agree:21.1f}% {exact(cur):17.1f}% {mean_iou(cur):9.3f}")
+    if fmt == "int8":
+        if agree < 95.0:
+            print(f"FAIL: int8 gives the F32 finding set on only {agree:.1f}% of the images (< 95%)"); ok = False
+        if abs(mean_iou(cur) - mean_iou(base)) > 0.02:
+            print(f"FAIL: int8 mean IoU {mean_iou(cur):.3f} differs from F32's {mean_iou(base):.3f} by > 0.02"); ok = False
+    if not any(c["text"] for c in cur.values()):
+        print(f"FAIL: {fmt} produced no text at all"); ok = False
+sys.exit(0 if ok else 1)
+PYEOF
