@@ -3,13 +3,16 @@
 // -> source-pixel boxes, compared with make_dicom.py's ground truth.
 //
 // usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999]
-//                      [--langs en,zh] [--limit N] [--cases-out FILE]
+//                      [--weights FORMAT] [--langs en,zh] [--limit N] [--cases-out FILE]
+// --weights is passed to EngineOptions::weights unchanged (auto, f32, bf16,
+// f16, q8, int8, int4; the engine validates it).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
@@ -78,7 +81,7 @@ std::string pct(int a, int b) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, data_dir, cases_out;
+  std::string model_dir, data_dir, cases_out, weights = "auto";
   int threads = 0, scale = 999, limit = 0;
   std::vector<std::string> langs = {"en", "zh"};
   for (int i = 1; i < argc; ++i) {
@@ -92,14 +95,15 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::stoi(next());
     else if (a == "--box-scale") scale = std::stoi(next());
     else if (a == "--limit") limit = std::stoi(next());
+    else if (a == "--weights") weights = next();
     else if (a == "--cases-out") cases_out = next();
     else if (a == "--langs") {
       langs.clear();
       std::stringstream ss(next());
       for (std::string t; std::getline(ss, t, ',');) langs.push_back(t);
     } else {
-      std::cerr << "usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999] [--langs en,zh]"
-                   " [--limit N] [--cases-out FILE]\n";
+      std::cerr << "usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999]"
+                   " [--weights FORMAT] [--langs en,zh] [--limit N] [--cases-out FILE]\n";
       return 2;
     }
   }
@@ -112,7 +116,14 @@ int main(int argc, char** argv) {
   json gt = json::parse(gtf);
   fe::EngineOptions eo;
   eo.threads = threads;
-  auto model = fe::Model::load(model_dir, eo);
+  eo.weights = weights;
+  std::unique_ptr<fe::Model> model;
+  try {
+    model = fe::Model::load(model_dir, eo);
+  } catch (const std::exception& e) {
+    std::cerr << "demo_accuracy: cannot load " << model_dir << " (weights " << weights << "): " << e.what() << "\n";
+    return 1;
+  }
   std::ofstream cases;
   if (!cases_out.empty()) cases.open(cases_out);
 
@@ -188,7 +199,8 @@ int main(int argc, char** argv) {
       }
     }
   }
-  std::printf("\nDemo model accuracy (held-out DICOM phantoms; synthetic, not clinical), box scale %d\n\n", scale);
+  std::printf("\nDemo model accuracy (held-out DICOM phantoms; synthetic, not clinical), box scale %d, weights %s\n\n", scale,
+              weights.c_str());
   std::printf("| modality | lang | images | finding set exact | normal as normal | mean IoU (matched boxes) | boxes IoU>=0.5 / GT boxes | ms/image |\n");
   std::printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
   for (const auto& lang : langs)

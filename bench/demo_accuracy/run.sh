@@ -7,7 +7,8 @@
 # usage: bench/demo_accuracy/run.sh [BUILD_DIR] [PER_MODALITY]
 #   BUILD_DIR     CMake build tree (default: build); demo_accuracy is built there if missing
 #   PER_MODALITY  held-out phantoms per modality (default 40)
-# env: MODEL (default models/demo), THREADS (default 1), DATA (phantom dir,
+# env: MODEL (default models/demo), THREADS (default 1), WEIGHTS (engine weight
+#      format: auto, f32, bf16, f16, q8, int8, int4; default auto), DATA (phantom dir,
 #      default BUILD_DIR/bench/demo_accuracy/phantoms-N), CASES (per-case JSON lines)
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -16,6 +17,7 @@ N=${2:-40}
 case "$BUILD" in /*) ;; *) BUILD="$ROOT/$BUILD" ;; esac
 MODEL=${MODEL:-$ROOT/models/demo}
 THREADS=${THREADS:-1}
+WEIGHTS=${WEIGHTS:-auto}
 DATA=${DATA:-$BUILD/bench/demo_accuracy/phantoms-$N}
 CASES=${CASES:-$BUILD/bench/demo_accuracy/cases.jsonl}
 BIN="$BUILD/bench/demo_accuracy/demo_accuracy"
@@ -27,4 +29,4 @@ fi
 if [ ! -f "$DATA/ground_truth.json" ]; then
   /usr/bin/python3 "$ROOT/tools/demo_model/make_dicom.py" "$DATA" --per-modality "$N"
 fi
-exec "$BIN" --model "$MODEL" --data "$DATA" --threads "$THREADS" --box-scale 999 --cases-out "$CASES"
+exec "$BIN" --model "$MODEL" --data "$DATA" --threads "$THREADS" --weights "$WEIGHTS" --box-scale 999 --cases-out "$CASES"
