@@ -1,22 +1,34 @@
 #!/usr/bin/python3
 """Trains firstread's demo model (InternVL-Chat-V1-2 architecture, tiny) on the
-synthetic phantoms, on the CPU with Debian's python3-torch.
+synthetic phantoms, on the CPU with Debian's python3-torch, in two phases in
+one run:
 
-Usage: train.py WORK_DIR --cache CACHE_PREFIX [--minutes 33] [--threads 2] [--seed 1234]
-Writes WORK_DIR/tokenizer/ (tokenizer.model, tokenizer_config.json, added_tokens.json),
-WORK_DIR/config.json, WORK_DIR/ckpt.pt (every --ckpt-minutes), WORK_DIR/loss.tsv.
-export.py turns a checkpoint into models/demo/.
+  A  "dense detector" pretraining of ViT + pixel shuffle + mlp1 alone (no
+     decoder; cheap steps): an auxiliary head (not exported) on every image
+     token (the mlp1 output the decoder reads) predicts, per finding label,
+     whether a finding's box centre lies in the token's cell, and that box as
+     a regression and as the decimal digits of its four 0..999 coordinates
+     (the digits the decoder has to write).
+  B  the whole model on the instruction data (mostly grounded reports), the
+     auxiliary head loss kept on.
+
+Usage: train.py WORK_DIR --cache CACHE_PREFIX --minutes 60 --vit-minutes 12 --threads 1 --seed 1234
+Writes WORK_DIR/tokenizer/, WORK_DIR/config.json, WORK_DIR/ckpt.pt, WORK_DIR/loss.tsv,
+WORK_DIR/eval.log (--eval-minutes: export + C++ bench, synchronously, excluded
+from the training time). export.py turns a checkpoint into models/demo/.
 """
 import argparse
 import io
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
@@ -29,6 +41,9 @@ torch.set_grad_enabled(True)
 USER_SYMBOLS = R.SPECIAL_CHAT + ["<img>", "</img>"]
 EXTRA = [t for t in R.IMG_TOKENS if t not in ("<img>", "</img>")]
 SYS_MSG = R.HERMES_SYS_V12  # "Answer the questions." (engine default for ps v1 models)
+LABELS = [l for m in ("chest", "derm", "fundus", "endo") for l in instruct.FINDINGS[m]]
+NL = len(LABELS)
+NAUX = 1 + 4 + 4 * 30  # objectness, box regression, 4 coordinates x 3 digits x 10
 
 
 def build_tokenizer(out_dir, lines, vocab_size):
@@ -59,7 +74,8 @@ def build_tokenizer(out_dir, lines, vocab_size):
 
 def make_config(vocab, eos_id, args):
     vc = R.vision_cfg(hidden_size=args.vit_dim, intermediate_size=args.vit_dim * 3, num_attention_heads=4,
-                      num_hidden_layers=args.vit_layers, image_size=args.size, qkv_bias=False, qk_normalization=True)
+                      num_hidden_layers=args.vit_layers, image_size=args.size, patch_size=args.patch, qkv_bias=False,
+                      qk_normalization=True)
     lc = R.llm_cfg("LlamaForCausalLM", vocab, hidden_size=args.llm_dim, intermediate_size=int(args.llm_dim * 2.5) // 8 * 8,
                    num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=args.llm_layers,
                    rope_theta=10000.0, eos_token_id=eos_id, bos_token_id=1, max_position_embeddings=1024,
@@ -93,53 +109,123 @@ MEAN = torch.tensor(R.MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(R.STD).view(1, 3, 1, 1)
 
 
-def to_pixels(u8):  # (B,S,S,3) uint8 -> normalised (B,3,224,224), as ToTensor + Normalize
+def to_pixels(u8):  # (B,S,S,3) uint8 -> normalised (B,3,S,S), as ToTensor + Normalize
     t = torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(255)
     return (t - MEAN) / STD
 
 
-def encode_pair(tok, q, a, n_img):
-    prompt = R.build_prompt(q, SYS_MSG, n_img)
-    p = tok.encode(prompt)
-    ans = tok.encode(a) + [tok.added["<|im_end|>"]]
-    return p, ans
+def token_centres(gpatch, ps_version):
+    """Centre of each image token (after pixel shuffle) on the 0..1 grid, (T, 2) as (x, y)."""
+    r, c = torch.meshgrid(torch.arange(gpatch, dtype=torch.float32), torch.arange(gpatch, dtype=torch.float32),
+                          indexing="ij")
+    m = torch.stack([c, r], -1).unsqueeze(0)  # (1, g, g, 2): x, y of each patch
+    s = R.pixel_shuffle(m, 0.5, ps_version)  # (1, g/2, g/2, 8)
+    s = s.reshape(-1, 4, 2).mean(1)  # the 4 patches of each token
+    return ((s + 0.5) / gpatch).numpy()
+
+
+def aux_targets(findings, centres):
+    """Per token and label: objectness, box (0..999 ints). A box belongs to the token nearest its centre."""
+    T = len(centres)
+    obj = np.zeros((T, NL), np.float32)
+    box = np.zeros((T, NL, 4), np.int64)
+    area = np.full((T, NL), np.inf)
+    for f in findings:
+        li = LABELS.index(f["label"])
+        for b in f["boxes"]:
+            cx, cy = (b[0] + b[2]) / 2 / 999, (b[1] + b[3]) / 2 / 999
+            t = int(np.argmin((centres[:, 0] - cx) ** 2 + (centres[:, 1] - cy) ** 2))
+            a = (b[2] - b[0]) * (b[3] - b[1])
+            if a < area[t, li]:  # two boxes of one label in one cell (rare): keep the smaller
+                obj[t, li] = 1
+                box[t, li] = b
+                area[t, li] = a
+    return obj, box
+
+
+class AuxHead(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc = torch.nn.Linear(d, NL * NAUX)
+
+    def loss(self, tokens, obj, box):
+        """tokens (B,T,d); obj (B,T,NL) float; box (B,T,NL,4) int64 0..999."""
+        B, T, _ = tokens.shape
+        o = self.fc(tokens).view(B, T, NL, NAUX)
+        l_obj = F.binary_cross_entropy_with_logits(o[..., 0], obj, pos_weight=torch.tensor(4.0))
+        pos = obj > 0
+        if not bool(pos.any()):
+            return l_obj, torch.tensor(0.0)
+        op = o[pos]  # (P, NAUX)
+        bp = box[pos]  # (P, 4)
+        l_reg = (torch.sigmoid(op[:, 1:5]) - bp.float() / 999).abs().mean() * 10
+        digits = torch.stack([bp // 100, (bp // 10) % 10, bp % 10], -1)  # (P, 4, 3)
+        dl = op[:, 5:].reshape(-1, 4, 3, 10)
+        w = torch.tensor([1.0, 1.0, 0.3]).view(1, 1, 3)
+        ce = F.cross_entropy(dl.reshape(-1, 10), digits.reshape(-1), reduction="none").view(-1, 4, 3)
+        l_dig = (ce * w).sum() / (w.sum() * ce.shape[0] * 4)
+        return l_obj, l_reg + l_dig
+
+
+def vision_tokens(model, pix, cfg, gpatch):
+    hid = model.vision_model(pix)[-1]
+    feats = hid[:, 1:, :]
+    v = feats.reshape(feats.shape[0], gpatch, gpatch, -1)
+    v = R.pixel_shuffle(v, 0.5, cfg.get("ps_version", "v1"))
+    return model.mlp1(v.reshape(v.shape[0], -1, v.shape[-1]))  # as extract_feature (select_layer -1)
+
+
+def augment(pix, rng):
+    """Brightness / contrast jitter per image (normalised space)."""
+    B = pix.shape[0]
+    a = torch.from_numpy(rng.uniform(0.85, 1.15, size=(B, 1, 1, 1)).astype(np.float32))
+    b = torch.from_numpy(rng.uniform(-0.15, 0.15, size=(B, 1, 1, 1)).astype(np.float32))
+    return pix * a + b
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("work")
-    ap.add_argument("--cache", required=True)
-    ap.add_argument("--minutes", type=float, default=33)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", required=True, help="cache prefix(es), comma-separated (make_cache.py)")
+    ap.add_argument("--minutes", type=float, default=60, help="total training time budget (both phases)")
+    ap.add_argument("--vit-minutes", type=float, default=12, help="phase A (ViT + mlp1 + aux head only)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--imgs", type=int, default=12)
-    ap.add_argument("--qa", type=int, default=2)
+    ap.add_argument("--imgs", type=int, default=16, help="images per step, phase B")
+    ap.add_argument("--vit-imgs", type=int, default=32, help="images per step, phase A")
+    ap.add_argument("--qa", type=int, default=2, help="instruction pairs per image, phase B")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--vit-lr", type=float, default=3e-3)
+    ap.add_argument("--vis-lr-factor", type=float, default=0.5, help="phase B lr factor of ViT, mlp1, aux head")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--patch", type=int, default=28)
     ap.add_argument("--vit-dim", type=int, default=96)
-    ap.add_argument("--vit-layers", type=int, default=3)
+    ap.add_argument("--vit-layers", type=int, default=4)
     ap.add_argument("--llm-dim", type=int, default=160)
     ap.add_argument("--llm-layers", type=int, default=3)
-    ap.add_argument("--vocab", type=int, default=700)
+    ap.add_argument("--vocab", type=int, default=1000)
+    ap.add_argument("--aux-weight", type=float, default=0.5, help="aux head loss weight in phase B")
+    ap.add_argument("--digit-weight", type=float, default=2.0, help="loss weight of digit tokens in answers")
+    ap.add_argument("--mix", default="0.8,0.08,0.06", help="task mix report,detection,classification (rest: region)")
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--chunks", type=int, default=2, help="length-sorted chunks per step (padding)")
     ap.add_argument("--ckpt-minutes", type=float, default=3)
-    ap.add_argument("--extra-cache", default="", help="appended once it exists (rendered while training runs)")
-    ap.add_argument("--resume", default="", help="checkpoint to start from (same config); tokenizer reused")
-    ap.add_argument("--aux-weight", type=float, default=0.0,
-                    help="auxiliary per-patch finding/box loss on the ViT output (head not exported)")
-    ap.add_argument("--digit-weight", type=float, default=1.0, help="loss weight of digit tokens in answers")
-    ap.add_argument("--mix", default="", help="task mix report,detection,classification (region-to-text: the rest)")
-    ap.add_argument("--llm-aux-weight", type=float, default=0.0,
-                    help="auxiliary finding-set loss on the decoder state that predicts the first answer token")
-    ap.add_argument("--warmup", type=int, default=40)
-    ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--eval-minutes", type=float, default=0, help="export + C++ bench every N minutes (paused clock)")
+    ap.add_argument("--eval-cmd", default="", help="shell command run with $CKPT_DIR set (after export)")
+    ap.add_argument("--held", default="", help="held-out cache prefix: score the aux head after phase A")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop phase B after N steps (profiling)")
+    ap.add_argument("--vit-max-steps", type=int, default=0)
+    ap.add_argument("--resume", default="", help="checkpoint (same config) to start phase B from; skips phase A")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.RandomState(args.seed)
     os.makedirs(args.work, exist_ok=True)
+    cmd = " ".join(sys.argv)
 
-    imgs = np.load(args.cache + ".npy", mmap_mode="r")
-    metas = json.load(open(args.cache + ".json"))
+    parts = [np.load(c + ".npy", mmap_mode="r") for c in args.cache.split(",")]
+    metas = [m for c in args.cache.split(",") for m in json.load(open(c + ".json"))]
+    imgs = np.concatenate(parts)
     n = min(len(imgs), len(metas))
     imgs = np.ascontiguousarray(imgs[:n])
     if imgs.shape[1] != args.size:
@@ -161,168 +247,215 @@ def main():
         added.update(json.load(open(os.path.join(tok_dir, "added_tokens.json"))))
         tok = R.SpRefTokenizer(sp, added, False, 1)
         cfg = json.load(open(os.path.join(args.work, "config.json")))
-        vocab = cfg["llm_config"]["vocab_size"]
-        model = R.InternVLChat(cfg)
-        ck = torch.load(args.resume)
-        model.load_state_dict(ck["model"])
-        print("resumed from %s (step %d, %.0f s)" % (args.resume, ck["step"], ck["elapsed"]), flush=True)
     else:
         tok, vocab = build_tokenizer(tok_dir, instruct.corpus_lines(metas, np.random.RandomState(7)), args.vocab)
         cfg = make_config(vocab, tok.added["<|im_end|>"], args)
         with open(os.path.join(args.work, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1, ensure_ascii=False)
-        model = R.InternVLChat(cfg)
-        init_weights(model, args.seed)
-    labels_all = [l for m in ("chest", "derm", "fundus", "endo") for l in instruct.FINDINGS[m]]
-    vd = cfg["vision_config"]["hidden_size"]
-    aux = torch.nn.Linear(vd, len(labels_all) + 4)
-    aux_llm = torch.nn.Linear(cfg["llm_config"]["hidden_size"], len(labels_all))
+    model = R.InternVLChat(cfg)
+    init_weights(model, args.seed)
+    aux = AuxHead(cfg["llm_config"]["hidden_size"])
+    step0, el0, ema = 0, 0.0, None
+    if args.resume:
+        ck = torch.load(args.resume)
+        model.load_state_dict(ck["model"])
+        if "aux" in ck:
+            aux.load_state_dict(ck["aux"])
+        step0, el0, ema = ck["step"], ck["elapsed"], ck["ema"]
+        print("resumed from %s (step %d, %.0f s)" % (args.resume, step0, el0), flush=True)
+    vocab = cfg["llm_config"]["vocab_size"]
+    gpatch = args.size // args.patch
+    centres = token_centres(gpatch, cfg.get("ps_version", "v1"))
+    T = len(centres)
+    print("params:", sum(p.numel() for p in model.parameters()), "vocab:", vocab, "image tokens:", T, flush=True)
+
+    # aux targets for each image, unflipped and flipped
+    flipped = [instruct.flip_findings(m["findings"]) for m in metas]
+    tg = [[aux_targets(m["findings"], centres) for m in metas], [aux_targets(f, centres) for f in flipped]]
+    OBJ = np.stack([np.stack([t[0] for t in tg[k]]) for k in (0, 1)])  # (2, N, T, NL)
+    BOX = np.stack([np.stack([t[1] for t in tg[k]]) for k in (0, 1)])  # (2, N, T, NL, 4)
+
+    def batch_images(k):
+        idx = rng.randint(0, n, size=k)
+        fl = rng.rand(k) < 0.5
+        b = imgs[idx].copy()
+        b[fl] = b[fl][:, :, ::-1]
+        pix = augment(to_pixels(np.ascontiguousarray(b)), rng)
+        fi = fl.astype(int)
+        return idx, fl, pix, torch.from_numpy(OBJ[fi, idx]), torch.from_numpy(BOX[fi, idx])
+
+    logf = open(os.path.join(args.work, "loss.tsv"), "a")
+    evalf = open(os.path.join(args.work, "eval.log"), "a")
+    budget = args.minutes * 60
+    paused = 0.0
+    t0 = time.time()
+    step = 0
+
+    def elapsed():
+        return time.time() - t0 - paused + el0
+
+    def save(name="ckpt.pt"):
+        torch.save({"model": model.state_dict(), "aux": aux.state_dict(), "step": step + step0, "elapsed": elapsed(),
+                    "ema": ema, "cmd": cmd, "seed": args.seed}, os.path.join(args.work, name + ".tmp"))
+        os.replace(os.path.join(args.work, name + ".tmp"), os.path.join(args.work, name))
+
+    def run_eval():
+        nonlocal paused
+        te = time.time()
+        save()
+        out = os.path.join(args.work, "eval_model")
+        r = subprocess.run([sys.executable, os.path.join(HERE, "export.py"), args.work, out], capture_output=True, text=True)
+        text = r.stdout + r.stderr
+        if args.eval_cmd:
+            r = subprocess.run(args.eval_cmd, shell=True, capture_output=True, text=True,
+                               env=dict(os.environ, CKPT_DIR=out))
+            text += r.stdout[-3000:] + r.stderr[-2000:]
+        evalf.write("== step %d, %.0f s\n%s\n" % (step + step0, elapsed(), text))
+        evalf.flush()
+        print(text, flush=True)
+        paused += time.time() - te
+
+    last_ck = last_ev = time.time()
+
+    # ---------------------------------------------------------------- phase A
+    if not args.resume:
+        vit_params = list(model.vision_model.parameters()) + list(model.mlp1.parameters()) + list(aux.parameters())
+        opt = torch.optim.AdamW(vit_params, lr=args.vit_lr, betas=(0.9, 0.98), weight_decay=0.01)
+        budget_a = args.vit_minutes * 60
+        ta = time.time()
+        while True:
+            el = time.time() - ta
+            if el > budget_a or (args.vit_max_steps and step >= args.vit_max_steps):
+                break
+            lr = args.vit_lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * el / budget_a)))
+            for gp in opt.param_groups:
+                gp["lr"] = lr
+            idx, fl, pix, obj, box = batch_images(args.vit_imgs)
+            tokens = vision_tokens(model, pix, cfg, gpatch)
+            l_obj, l_box = aux.loss(tokens, obj, box)
+            total = l_obj * 5 + l_box
+            opt.zero_grad()
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(vit_params, 1.0)
+            opt.step()
+            step += 1
+            logf.write("%d\tA\t%.1f\t%.5f\t%.5f\t%.6f\n" % (step + step0, elapsed(), float(l_obj), float(l_box), lr))
+            if step % 20 == 0:
+                logf.flush()
+                print("A step %d t=%.0fs obj %.4f box %.4f lr %.5f" % (step, elapsed(), float(l_obj), float(l_box), lr),
+                      flush=True)
+        save("ckpt_vit.pt")
+        print("phase A: %d steps, %.0f s" % (step, elapsed()), flush=True)
+        if args.held:
+            te = time.time()
+            r = subprocess.run([sys.executable, os.path.join(HERE, "eval_aux.py"), args.work,
+                                os.path.join(args.work, "ckpt_vit.pt"), args.held], capture_output=True, text=True)
+            evalf.write("== phase A aux head, step %d\n%s%s\n" % (step, r.stdout, r.stderr[-2000:]))
+            evalf.flush()
+            print(r.stdout, r.stderr[-2000:], flush=True)
+            paused += time.time() - te
+
+    # ---------------------------------------------------------------- phase B
     if args.mix:
         instruct.MIX[:] = [float(x) for x in args.mix.split(",")]
-    captured = []
-    gpatch = args.size // 14
     digit_ids = set(tok.sp.piece_to_id(str(d)) for d in range(10))
-    n_params = sum(p.numel() for p in model.parameters())
-    print("params:", n_params, "vocab:", vocab, flush=True)
-    n_img_tok = (args.size // 14 // 2) ** 2
+    n_img_tok = T
     img_ctx = tok.added["<IMG_CONTEXT>"]
     lm = model.language_model
-    lm.model.norm.register_forward_hook(lambda mod_, inp_, out_: captured.append(out_))
+    params = list(model.parameters()) + list(aux.parameters())
+    vis = list(model.vision_model.parameters()) + list(model.mlp1.parameters()) + list(aux.parameters())
+    vis_ids = set(id(p_) for p_ in vis)
+    opt = torch.optim.AdamW([{"params": [p_ for p_ in params if id(p_) not in vis_ids], "f": 1.0},
+                             {"params": vis, "f": args.vis_lr_factor}],
+                            lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    enc_cache = {}
 
-    opt = torch.optim.AdamW(list(model.parameters()) + list(aux.parameters()) + list(aux_llm.parameters()), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    budget = args.minutes * 60
-    t0 = time.time()
-    last_ck = t0
-    logf = open(os.path.join(args.work, "loss.tsv"), "a")
-    step = 0
-    ema = None
-    step0, el0 = 0, 0.0
-    if args.resume:
-        step0, el0, ema = ck["step"], ck["elapsed"], ck["ema"]
-    cmd = " ".join(sys.argv)
+    def enc(s):
+        v = enc_cache.get(s)
+        if v is None:
+            v = enc_cache[s] = tok.encode(s)
+        return v
+
+    startb = elapsed()
+    stepb = 0
     while True:
-        el = time.time() - t0
-        if el > budget or (args.max_steps and step >= args.max_steps):
+        el = elapsed()
+        if el > budget or (args.max_steps and stepb >= args.max_steps):
             break
-        prog = el / budget
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+        prog = min(1.0, (el - startb) / max(1.0, budget - startb))
+        lr = args.lr * min(1.0, (stepb + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
         for gp in opt.param_groups:
-            gp["lr"] = lr
-        idx = rng.randint(0, n, size=args.imgs)
-        batch = imgs[idx].copy()
-        flips = rng.rand(args.imgs) < 0.5
-        batch[flips] = batch[flips][:, :, ::-1]
-        pix = to_pixels(np.ascontiguousarray(batch))
+            gp["lr"] = lr * gp["f"]
+        idx, fl, pix, obj, box = batch_images(args.imgs)
         seqs = []
         for bi, i in enumerate(idx):
             m = metas[i]
-            f = instruct.flip_findings(m["findings"]) if flips[bi] else m["findings"]
+            f = flipped[i] if fl[bi] else m["findings"]
             for _ in range(args.qa):
                 q, a = instruct.sample(rng, m["modality"], f)
-                p, ans = encode_pair(tok, q, a, n_img_tok)
+                p = enc(R.build_prompt(q, SYS_MSG, n_img_tok))
+                ans = enc(a) + [tok.added["<|im_end|>"]]
                 seqs.append((bi, p, ans))
-        L = max(len(p) + len(a) for _, p, a in seqs)
-        ids = torch.zeros(len(seqs), L, dtype=torch.long)
-        tgt = torch.full((len(seqs), L), -100, dtype=torch.long)
-        img_of = torch.tensor([bi for bi, _, _ in seqs])
-        for k, (_, p, a) in enumerate(seqs):
-            full = p + a
-            ids[k, :len(full)] = torch.tensor(full)
-            tgt[k, len(p) - 1:len(full) - 1] = torch.tensor(a)
-        hid = model.vision_model(pix)[-1]
-        feats = hid[:, 1:, :]
-        v = feats.reshape(feats.shape[0], gpatch, gpatch, -1)
-        v = R.pixel_shuffle(v, 0.5, cfg.get("ps_version", "v1"))
-        vit = model.mlp1(v.reshape(v.shape[0], -1, v.shape[-1]))  # as extract_feature (select_layer -1)
-        emb = lm.embed(ids)
-        sel = ids == img_ctx
-        emb = emb.masked_scatter(sel.unsqueeze(-1), vit[img_of].reshape(-1, vit.shape[-1]))
-        captured.clear()
-        logits = lm(emb)
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100,
-                                               reduction="none")
-        tw = (tgt.reshape(-1) != -100).float()
-        if args.digit_weight != 1.0:
-            isd = torch.tensor([int(x) in digit_ids for x in tgt.reshape(-1).tolist()])
-            tw = tw * torch.where(isd, torch.tensor(args.digit_weight), torch.tensor(1.0))
-        loss = (ce * tw).sum() / tw.sum()
-        if args.llm_aux_weight > 0:
-            hs = captured[0]
-            pos = torch.tensor([len(p) - 1 for _, p, _ in seqs])
-            h_first = hs[torch.arange(len(seqs)), pos]
-            lab_t = torch.zeros(len(seqs), len(labels_all))
-            for k, (bi, _, _) in enumerate(seqs):
-                for f in metas[idx[bi]]["findings"]:
-                    lab_t[k, labels_all.index(f["label"])] = 1
-            llm_aux = torch.nn.functional.binary_cross_entropy_with_logits(aux_llm(h_first), lab_t)
-        else:
-            llm_aux = torch.tensor(0.0)
+        vit = vision_tokens(model, pix, cfg, gpatch)
+        # sequences sorted by length, in chunks padded separately (less padding)
+        seqs.sort(key=lambda s_: len(s_[1]) + len(s_[2]))
+        nch = max(1, args.chunks)
+        cs = (len(seqs) + nch - 1) // nch
+        ce_sum, w_sum, L = 0.0, 0.0, 0
+        for c0 in range(0, len(seqs), cs):
+            chunk = seqs[c0:c0 + cs]
+            Lc = max(len(p) + len(a) for _, p, a in chunk)
+            L = max(L, Lc)
+            ids = torch.zeros(len(chunk), Lc, dtype=torch.long)
+            tgt = torch.full((len(chunk), Lc), -100, dtype=torch.long)
+            img_of = torch.tensor([bi for bi, _, _ in chunk])
+            for k, (_, p, a) in enumerate(chunk):
+                full = p + a
+                ids[k, :len(full)] = torch.tensor(full)
+                tgt[k, len(p) - 1:len(full) - 1] = torch.tensor(a)
+            emb = lm.embed(ids)
+            sel = ids == img_ctx
+            emb = emb.masked_scatter(sel.unsqueeze(-1), vit[img_of].reshape(-1, vit.shape[-1]))
+            logits = lm(emb)
+            tflat = tgt.reshape(-1)
+            keep = tflat != -100
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1])[keep], tflat[keep], reduction="none")
+            tk = tflat[keep]
+            isd = torch.zeros_like(tk, dtype=torch.bool)
+            for d in digit_ids:
+                isd |= tk == d
+            tw = torch.where(isd, torch.tensor(args.digit_weight), torch.tensor(1.0))
+            ce_sum = ce_sum + (ce * tw).sum()
+            w_sum += float(tw.sum())
+        loss = ce_sum / w_sum
         if args.aux_weight > 0:
-            # per-patch targets: finding classes covering the patch, and the box of the smallest one
-            cls_t = torch.zeros(len(idx), gpatch * gpatch, len(labels_all))
-            box_t = torch.zeros(len(idx), gpatch * gpatch, 4)
-            box_m = torch.zeros(len(idx), gpatch * gpatch)
-            box_area = {}
-            cell = 999.0 / gpatch
-            for bi, i in enumerate(idx):
-                f_ = instruct.flip_findings(metas[i]["findings"]) if flips[bi] else metas[i]["findings"]
-                for f in f_:
-                    li = labels_all.index(f["label"])
-                    for b in f["boxes"]:
-                        area = (b[2] - b[0]) * (b[3] - b[1])
-                        bcx, bcy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-                        for r_ in range(gpatch):
-                            for c_ in range(gpatch):
-                                px_, py_ = (c_ + 0.5) * cell, (r_ + 0.5) * cell
-                                inside = b[0] <= px_ <= b[2] and b[1] <= py_ <= b[3]
-                                centre = c_ * cell <= bcx < (c_ + 1) * cell and r_ * cell <= bcy < (r_ + 1) * cell
-                                if inside or centre:
-                                    k_ = r_ * gpatch + c_
-                                    cls_t[bi, k_, li] = 1
-                                    if box_m[bi, k_] == 0 or area < box_area[(bi, k_)]:
-                                        box_t[bi, k_] = torch.tensor(b, dtype=torch.float32) / 999.0
-                                        box_area[(bi, k_)] = area
-                                    box_m[bi, k_] = 1
-            ao = aux(feats)
-            la = torch.nn.functional.binary_cross_entropy_with_logits(ao[..., :len(labels_all)], cls_t)
-            lb = ((torch.sigmoid(ao[..., len(labels_all):]) - box_t).abs().sum(-1) * box_m).sum() / box_m.sum().clamp(min=1)
-            aux_loss = la + lb
-            total = loss + args.aux_weight * aux_loss + args.llm_aux_weight * llm_aux
+            l_obj, l_box = aux.loss(vit, obj, box)
+            aux_loss = l_obj * 5 + l_box
         else:
             aux_loss = torch.tensor(0.0)
-            total = loss + args.llm_aux_weight * llm_aux
+        total = loss + args.aux_weight * aux_loss
         opt.zero_grad()
         total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
+        stepb += 1
         lv = float(loss)
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-        logf.write("%d\t%.1f\t%.5f\t%.5f\t%.6f\t%.5f\n" % (step + step0, time.time() - t0 + el0, lv, ema, lr,
-                                                          float(aux_loss)))
-        logf.flush()
+        logf.write("%d\tB\t%.1f\t%.5f\t%.5f\t%.6f\t%.5f\n" % (step + step0, elapsed(), lv, ema, lr, float(aux_loss)))
         if step % 10 == 0:
-            print("step %d t=%.0fs loss %.4f ema %.4f aux %.4f llm_aux %.4f lr %.5f seqlen %d" % (
-                step + step0, time.time() - t0 + el0, lv, ema, float(aux_loss), float(llm_aux), lr, L), flush=True)
-        if args.extra_cache and os.path.exists(args.extra_cache + ".json"):
-            more = np.load(args.extra_cache + ".npy")
-            mm = json.load(open(args.extra_cache + ".json"))
-            if more.shape[1] != args.size:
-                from PIL import Image
-                more = np.stack([np.asarray(Image.fromarray(a).resize((args.size, args.size), Image.BICUBIC)) for a in more])
-            imgs = np.concatenate([imgs, more])
-            metas = metas + mm
-            n = len(metas)
-            args.extra_cache = ""
-            print("added extra cache: now %d images" % n, flush=True)
+            logf.flush()
+            print("B step %d t=%.0fs loss %.4f ema %.4f aux %.4f lr %.5f seqlen %d" % (
+                step + step0, elapsed(), lv, ema, float(aux_loss), lr, L), flush=True)
         if time.time() - last_ck > args.ckpt_minutes * 60:
-            torch.save({"model": model.state_dict(), "step": step + step0, "elapsed": time.time() - t0 + el0, "ema": ema,
-                        "cmd": cmd, "seed": args.seed}, os.path.join(args.work, "ckpt.pt.tmp"))
-            os.replace(os.path.join(args.work, "ckpt.pt.tmp"), os.path.join(args.work, "ckpt.pt"))
+            save()
             last_ck = time.time()
-    torch.save({"model": model.state_dict(), "step": step + step0, "elapsed": time.time() - t0 + el0, "ema": ema, "cmd": cmd,
-                "seed": args.seed}, os.path.join(args.work, "ckpt.pt"))
-    print("done: %d steps in %.0f s" % (step, time.time() - t0), flush=True)
+        if args.eval_minutes and time.time() - last_ev > args.eval_minutes * 60:
+            run_eval()
+            last_ev = time.time()
+    logf.flush()
+    save()
+    print("done: %d steps, %.0f s of training (%.0f s paused for evaluation)" % (step, elapsed(), paused), flush=True)
 
 
 if __name__ == "__main__":
