@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <cmath>
 #include <cstring>
+#include <cstdlib>
 #include <cmath>
 
 namespace firstread::engine {
@@ -351,12 +352,25 @@ void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
 
 // ---------------------------------------------------------------- linear
 
+// Rows per decode task. Long contiguous runs per thread keep the hardware
+// prefetchers streaming (interleaving 16-row pieces between threads capped two
+// threads at one thread's bandwidth); several tasks per thread still balance
+// a thread that the host delays.
+static int64_t decode_chunk_rows(int64_t rows, int threads) {
+  static const int64_t tasks_per_thread = [] {
+    const char* e = std::getenv("FIRSTREAD_DECODE_TASKS_PER_THREAD");
+    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(4);
+  }();
+  const int64_t c = (rows + threads * tasks_per_thread - 1) / (threads * tasks_per_thread);
+  return std::max<int64_t>(16, (c + 15) / 16 * 16);
+}
+
 void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
             LinearScratch& scratch) {
   const int64_t rows = w.rows, cols = w.cols;
   if (n < 4) {
     // Decode: bandwidth bound; split output rows over threads, weights read once.
-    const int64_t chunk = 16;
+    const int64_t chunk = decode_chunk_rows(rows, pool.size());
     const int n_tasks = int((rows + chunk - 1) / chunk);
     for (int64_t t = 0; t < n; ++t) {
       const float* xt = x + t * cols;
@@ -418,7 +432,9 @@ void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_
   constexpr size_t kMaxJobs = 8;
   if (job_list.size() > kMaxJobs) throw std::logic_error("linear_multi: too many jobs");
   const LinearJob* jobs = job_list.begin();
-  const int64_t chunk = 16;
+  int64_t total_rows = 0;
+  for (const auto& j : job_list) total_rows += j.w.rows;
+  const int64_t chunk = decode_chunk_rows(total_rows, pool.size());
   std::array<int, kMaxJobs + 1> first_task{};
   const size_t nj = job_list.size();
   bool any_quantised = false;
