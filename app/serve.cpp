@@ -116,6 +116,14 @@ int run_serve(const Args& args) {
   for (const auto& r : cfg.routes) routed_models.insert(r.model);
   std::function<std::string()> models_status;
   std::thread model_loader;
+  // A start-up failure below (say the HTTP port is taken) unwinds through
+  // here: wait for the loader rather than let a joinable thread terminate.
+  struct JoinOnExit {
+    std::thread& t;
+    ~JoinOnExit() {
+      if (t.joinable()) t.join();
+    }
+  } join_model_loader{model_loader};
 #ifdef FIRSTREAD_HAVE_PIPELINE
   if (role != "ingest" && cfg.worklist.workers > 0) {
     model_loader = std::thread([&] {
