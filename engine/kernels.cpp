@@ -8,8 +8,6 @@
 #include <stdexcept>
 #include <cmath>
 #include <cstring>
-#include <cstdlib>
-#include <cmath>
 
 namespace firstread::engine {
 
@@ -357,12 +355,17 @@ void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
 // threads at one thread's bandwidth); several tasks per thread still balance
 // a thread that the host delays.
 static int64_t decode_chunk_rows(int64_t rows, int threads) {
-  static const int64_t tasks_per_thread = [] {
-    const char* e = std::getenv("FIRSTREAD_DECODE_TASKS_PER_THREAD");
-    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(4);
-  }();
+  constexpr int64_t tasks_per_thread = 4;
   const int64_t c = (rows + threads * tasks_per_thread - 1) / (threads * tasks_per_thread);
   return std::max<int64_t>(16, (c + 15) / 16 * 16);
+}
+
+// The input of a product with block-quantised weights, quantised once for
+// all threads (scratch reused: no allocation after the first token).
+static const BlockQ8Act* quantised_input(LinearScratch& scratch, const float* x, int64_t cols) {
+  scratch.xq.resize(size_t(cols / kQBlock));
+  quantize_act_q8(x, cols, scratch.xq.data());
+  return scratch.xq.data();
 }
 
 void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
@@ -375,12 +378,7 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
     for (int64_t t = 0; t < n; ++t) {
       const float* xt = x + t * cols;
       float* yt = y + t * rows;
-      const BlockQ8Act* xq = nullptr;
-      if (is_block_quantised(w.dtype)) {
-        scratch.xq.resize(size_t(cols / kQBlock));  // no-op after the first token
-        quantize_act_q8(xt, cols, scratch.xq.data());
-        xq = scratch.xq.data();
-      }
+      const BlockQ8Act* xq = is_block_quantised(w.dtype) ? quantised_input(scratch, xt, cols) : nullptr;
       pool.parallel_for(n_tasks, [&](int task) {
         int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
         matvec_range(w, xt, xq, yt, r0, r1);
@@ -445,12 +443,7 @@ void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_
   }
   const int64_t cols = jobs[0].w.cols;
   for (int64_t t = 0; t < n; ++t) {
-    const BlockQ8Act* xq = nullptr;
-    if (any_quantised) {
-      scratch.xq.resize(size_t(cols / kQBlock));
-      quantize_act_q8(x + t * cols, cols, scratch.xq.data());
-      xq = scratch.xq.data();
-    }
+    const BlockQ8Act* xq = any_quantised ? quantised_input(scratch, x + t * cols, cols) : nullptr;
     pool.parallel_for(first_task[nj], [&](int task) {
       size_t j = 0;
       while (task >= first_task[j + 1]) ++j;

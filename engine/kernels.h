@@ -23,7 +23,6 @@ namespace firstread::engine {
 //   Q8_0: w = d * q (int8, |q| <= 127)                       34 bytes / 32 weights
 //   Q4_0: w = d * (n - 8), n in 0..15; byte j holds weight j in its low nibble
 //         and weight j + 16 in its high nibble                18 bytes / 32 weights
-constexpr int kQ8Block = 32;
 constexpr int kQBlock = 32;
 struct BlockQ8 {
   uint16_t d;  // FP16

@@ -276,10 +276,10 @@ static inline __m256 dot_i8(__m256i w, __m256i a) {
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
-// Quantised rows against the quantised input: two rows per pass share the
-// input loads; the next rows are prefetched as these stream.
-template <typename Block>
-static void matvec_blocks(const void* w, int64_t cols, const void* xq_v, float* y, int64_t r0, int64_t r1) {
+// Q8_0 rows against the quantised input: two rows per pass share the input
+// loads; the next rows are prefetched as these stream.
+void matvec_q8(const void* w, int64_t cols, const void* xq_v, float* y, int64_t r0, int64_t r1) {
+  using Block = BlockQ8Raw;
   const int64_t nb = cols / 32;
   const Block* base = static_cast<const Block*>(w);
   const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
@@ -313,9 +313,6 @@ static void matvec_blocks(const void* w, int64_t cols, const void* xq_v, float* 
   }
 }
 
-void matvec_q8(const void* w, int64_t cols, const void* xq, float* y, int64_t r0, int64_t r1) {
-  matvec_blocks<BlockQ8Raw>(w, cols, xq, y, r0, r1);
-}
 // Q4_0: sum over blocks of dw * dx * sum((n - 8) * a) = dw * (dx * sum(n * a)) - 8 * dw * (dx * sum(a));
 // the second term is one scalar FMA per block with dx * sum(a) precomputed.
 void matvec_q4(const void* w, int64_t cols, const void* xq_v, float* y, int64_t r0, int64_t r1) {

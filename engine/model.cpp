@@ -134,9 +134,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const EngineOptions& 
   m->llm = std::make_unique<LlmDecoder>(m->hp.llm, *m->ws);
   m->ws->set_quantize_allowed(false);
   m->vision = std::make_unique<VisionEncoder>(m->hp, *m->ws, m->hp.llm.hidden);
-  if (!cache_path.empty()) {
-    if (m->ws->matrices_converted() > 0) m->ws->write_cache(cache_path, cache_key);
-  }
+  if (!cache_path.empty() && m->ws->matrices_converted() > 0) m->ws->write_cache(cache_path, cache_key);
   m->cache_note = m->ws->cache_note();
 
   const std::string& tn = m->hp.chat.template_name;

@@ -72,10 +72,8 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
   const bool aligned = reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0;
   if (want == t.dtype && aligned) return w;
   if (auto c = cached_.find(name); c != cached_.end() && c->second.dtype == want && c->second.rows == rows &&
-                                   c->second.cols == cols) {
-    ++from_cache_;
+                                   c->second.cols == cols)
     return c->second;
-  }
   const int64_t n = rows * cols;
   std::vector<float> tmp(static_cast<size_t>(n));
   if (!aligned) {  // a header with odd offsets: take an aligned copy first

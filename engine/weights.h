@@ -42,7 +42,6 @@ class WeightStore {
   // Writes what was converted (temp file + rename). False with cache_note()
   // saying why when the file cannot be written (e.g. a read-only model dir).
   bool write_cache(const std::string& path, const std::string& key);
-  size_t matrices_from_cache() const { return from_cache_; }
   size_t matrices_converted() const { return converted_.size(); }
   const std::string& cache_note() const { return cache_note_; }
 
@@ -61,7 +60,6 @@ class WeightStore {
   std::vector<Converted> converted_;
   std::unique_ptr<MappedFile> cache_file_;
   std::map<std::string, WeightView> cached_;
-  size_t from_cache_ = 0;
   std::string cache_note_;
 };
 
