@@ -19,7 +19,8 @@ cfg = json.load(open(os.path.join(work, "config.json")))
 model = T.R.InternVLChat(cfg)
 ck = torch.load(ckp)
 model.load_state_dict(ck["model"])
-aux = T.AuxHead(cfg["llm_config"]["hidden_size"])
+g = cfg["force_image_size"] // cfg["vision_config"]["patch_size"]
+aux = T.AuxHead(cfg["llm_config"]["hidden_size"], T.token_centres(g, cfg.get("ps_version", "v1")), g)
 aux.load_state_dict(ck["aux"])
 imgs = np.load(held + ".npy")
 metas = json.load(open(held + ".json"))
@@ -44,7 +45,7 @@ for i, m in enumerate(metas):
     for t in range(tok.shape[1]):
         for li in range(T.NL):
             if torch.sigmoid(o[i, t, li, 0]) > 0.5:
-                d = o[i, t, li, 5:].view(4, 3, 10).argmax(-1)
+                d = o[i, t, li, T.DIG0:].view(4, 3, 10).argmax(-1)
                 b = (d[:, 0] * 100 + d[:, 1] * 10 + d[:, 2]).tolist()
                 pred.setdefault(T.LABELS[li], []).append(b)
     truth = {f["label"]: f["boxes"] for f in m["findings"]}
