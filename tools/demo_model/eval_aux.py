@@ -19,12 +19,11 @@ cfg = json.load(open(os.path.join(work, "config.json")))
 model = T.R.InternVLChat(cfg)
 ck = torch.load(ckp)
 model.load_state_dict(ck["model"])
-g = cfg["force_image_size"] // cfg["vision_config"]["patch_size"]
-aux = T.AuxHead(cfg["llm_config"]["hidden_size"], T.token_centres(g, cfg.get("ps_version", "v1")), g)
+S, P = cfg["force_image_size"], cfg["vision_config"]["patch_size"]
+aux = T.AuxHead(cfg["llm_config"]["hidden_size"], T.token_centres(S // P, cfg.get("ps_version", "v1")), S // P)
 aux.load_state_dict(ck["aux"])
 imgs = np.load(held + ".npy")
 metas = json.load(open(held + ".json"))
-S, P = cfg["force_image_size"], cfg["vision_config"]["patch_size"]
 if imgs.shape[1] != S:
     from PIL import Image
     imgs = np.stack([np.asarray(Image.fromarray(a).resize((S, S), Image.BICUBIC)) for a in imgs])

@@ -347,6 +347,14 @@ def main():
             p_.grad = flat[o_:o_ + g_.numel()].view_as(g_).clone()
             o_ += g_.numel()
 
+    def optimiser_step(opt, total, ps):
+        """one update from the loss: every process applies the same averaged, clipped gradient"""
+        opt.zero_grad()
+        total.backward()
+        average_grads(ps)
+        torch.nn.utils.clip_grad_norm_(ps, 1.0)
+        opt.step()
+
     def save(name="ckpt.pt"):
         if not lead:
             return
@@ -390,12 +398,7 @@ def main():
             idx, fl, pix, obj, box = batch_images(args.vit_imgs)
             tokens = vision_tokens(model, pix, cfg, gpatch)
             l_obj, l_box = aux.loss(tokens, obj, box)
-            total = l_obj * 5 + l_box
-            opt.zero_grad()
-            total.backward()
-            average_grads(vit_params)
-            torch.nn.utils.clip_grad_norm_(vit_params, 1.0)
-            opt.step()
+            optimiser_step(opt, l_obj * 5 + l_box, vit_params)
             step += 1
             logf.write("%d\tA\t%.1f\t%.5f\t%.5f\t%.6f\n" % (step + step0, elapsed(), float(l_obj), float(l_box), lr))
             if step % 20 == 0:
@@ -491,12 +494,7 @@ def main():
             aux_loss = l_obj * 5 + l_box
         else:
             aux_loss = torch.tensor(0.0)
-        total = loss + args.aux_weight * aux_loss
-        opt.zero_grad()
-        total.backward()
-        average_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimiser_step(opt, loss + args.aux_weight * aux_loss, params)
         step += 1
         stepb += 1
         lv = float(loss)
