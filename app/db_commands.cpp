@@ -5,7 +5,7 @@
 #include <iostream>
 
 #include "app/commands.h"
-#include "config/uid.h"
+#include "dicom/uid.h"
 #include "worklist/study_assembler.h"
 
 namespace firstread::app {
@@ -111,7 +111,7 @@ int run_results(const Args& args) {
   Runtime rt = Runtime::open(args.value("--config"), true);
   const auto study = args.value("--study");
   const auto since = args.value("--since");
-  if (study && !is_valid_uid(*study)) throw std::invalid_argument("--study: '" + *study + "' is not a UID");
+  if (study && !dicom::is_valid_uid(*study)) throw std::invalid_argument("--study: '" + *study + "' is not a UID");
   nlohmann::json out = nlohmann::json::array();
   rt.pool->transact([&](pqxx::work& txn) {
     pqxx::result reports;
@@ -188,7 +188,7 @@ int run_reprocess(const Args& args) {
     return 2;
   }
   const std::string uid = args.items[0];
-  if (!is_valid_uid(uid)) throw std::invalid_argument("'" + uid + "' is not a Study Instance UID");
+  if (!dicom::is_valid_uid(uid)) throw std::invalid_argument("'" + uid + "' is not a Study Instance UID");
   Runtime rt = Runtime::open(args.value("--config"), true);
   if (!worklist::request_rerun(*rt.pool, uid)) throw std::invalid_argument("no study " + uid);
   std::cout << "study " << uid << " will be processed again (its new report supersedes the current one)\n";

@@ -21,10 +21,9 @@
 #include <stdexcept>
 
 #include "app/web/web_assets.h"
+#include "dicom/pixels.h"
+#include "dicom/uid.h"
 #include "worklist/study_assembler.h"
-#ifdef FIRSTREAD_HAVE_ENGINE
-#include "engine/dicom_image.h"
-#endif
 
 namespace firstread::app {
 
@@ -126,16 +125,8 @@ ApiRequest parse_target(http::verb method, const std::string& target) {
   return r;
 }
 
-// A DICOM UID as firstread accepts it anywhere: digits and dots, 1..64 characters.
-bool is_valid_uid(const std::string& uid) {
-  if (uid.empty() || uid.size() > 64) return false;
-  for (char c : uid)
-    if (!(c == '.' || (c >= '0' && c <= '9'))) return false;
-  return true;
-}
-
 void require_uid(const std::string& what, const std::string& uid) {
-  if (!is_valid_uid(uid))
+  if (!dicom::is_valid_uid(uid))
     throw HttpError(400, what + " '" + uid.substr(0, 80) + "' is not a valid UID (digits and dots, at most 64)");
 }
 
@@ -275,7 +266,7 @@ StudyCursor decode_cursor(const std::string& text) {
   StudyCursor c;
   const std::string micros = decoded->substr(3, colon - 3);
   c.study_uid = decoded->substr(colon + 1);
-  if (!is_valid_uid(c.study_uid) || micros.empty() || micros.size() > 18) throw bad;
+  if (!dicom::is_valid_uid(c.study_uid) || micros.empty() || micros.size() > 18) throw bad;
   for (size_t i = 0; i < micros.size(); ++i)
     if (!((micros[i] >= '0' && micros[i] <= '9') || (i == 0 && micros[i] == '-' && micros.size() > 1))) throw bad;
   c.first_received_us = std::stoll(micros);
@@ -934,12 +925,11 @@ ApiResponse HttpApi::Impl::instance_png(const std::string& sop_uid, const ApiReq
   if (frame >= frames)
     throw HttpError(400, "frame: " + std::to_string(frame) + " is out of range; instance " + sop_uid + " has " +
                              std::to_string(frames) + " frame(s), numbered from 0");
-#ifdef FIRSTREAD_HAVE_ENGINE
   const std::string path = storage.absolute(found[0][0].c_str());
-  engine::DicomPixels pixels;
+  dicom::DicomPixels pixels;
   try {
-    pixels = engine::decode_dicom_frame(path, static_cast<int>(frame));
-  } catch (const engine::DicomImageError& e) {
+    pixels = dicom::decode_dicom_frame(path, static_cast<int>(frame));
+  } catch (const dicom::DicomImageError& e) {
     throw HttpError(422, "instance " + sop_uid + " frame " + std::to_string(frame) + " cannot be rendered: " + e.what());
   }
   ApiResponse r;
@@ -947,9 +937,6 @@ ApiResponse HttpApi::Impl::instance_png(const std::string& sop_uid, const ApiReq
   r.body = encode_png_rgb8(pixels.image.rgb.data(), pixels.image.width, pixels.image.height);
   r.headers.emplace_back("Cache-Control", "private, max-age=300");
   return r;
-#else
-  throw HttpError(501, "this build has no engine: instances cannot be rendered");
-#endif
 }
 
 // ---------------------------------------------------------------------------

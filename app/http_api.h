@@ -65,7 +65,7 @@
 //        assembled again at the next pass; its new reports supersede the old.
 //   GET  /api/v1/instances/{sop_instance_uid}/png?frame=
 //        The frame (0-based, default 0) as an 8-bit RGB PNG, through the same
-//        pixel path the model gets (engine::decode_dicom_frame), at the source
+//        pixel path the model gets (dicom::decode_dicom_frame), at the source
 //        resolution, so finding boxes (source pixels) map 1:1.
 //   GET  /            The results page (app/web/index.html).
 //   GET  /web/{file}  The page's script and style sheet.

@@ -1,5 +1,4 @@
 #include "config/config.h"
-#include "config/uid.h"
 
 #include <gtest/gtest.h>
 
@@ -149,18 +148,4 @@ TEST(Config, ExampleFileIsValidAndMatchesDefaults) {
     EXPECT_EQ(c.routes[i].match.modalities, d.routes[i].match.modalities);
   }
   EXPECT_EQ(c.models.at("demo").box_scale, d.models.at("demo").box_scale);
-}
-
-TEST(Uid, AcceptsOnlyDigitsAndDots) {
-  EXPECT_TRUE(firstread::is_valid_uid("1.2.840.10008.5.1.4.1.1.2"));
-  EXPECT_TRUE(firstread::is_valid_uid("1.2.3.04"));  // leading zero: invalid DICOM, harmless path
-  EXPECT_FALSE(firstread::is_valid_uid(""));
-  EXPECT_FALSE(firstread::is_valid_uid("1..2"));
-  EXPECT_FALSE(firstread::is_valid_uid(".1.2"));
-  EXPECT_FALSE(firstread::is_valid_uid("1.2."));
-  EXPECT_FALSE(firstread::is_valid_uid("../../etc/passwd"));
-  EXPECT_FALSE(firstread::is_valid_uid("1.2/3"));
-  EXPECT_FALSE(firstread::is_valid_uid("1.2.3 "));
-  EXPECT_FALSE(firstread::is_valid_uid(std::string(65, '1')));
-  EXPECT_TRUE(firstread::is_valid_uid(std::string(64, '1')));
 }

@@ -13,7 +13,7 @@
 #include <set>
 #include <stdexcept>
 
-#include "config/uid.h"
+#include "dicom/uid.h"
 
 namespace firstread::ingest {
 namespace {
@@ -44,7 +44,7 @@ std::optional<int> get_int(DcmDataset& ds, const DcmTagKey& tag) {
 
 void require_uid(const std::string& value, const char* name) {
   if (value.empty()) throw std::invalid_argument(std::string("missing ") + name);
-  if (!is_valid_uid(value)) throw std::invalid_argument(std::string("invalid ") + name + " '" + value + "'");
+  if (!dicom::is_valid_uid(value)) throw std::invalid_argument(std::string("invalid ") + name + " '" + value + "'");
 }
 
 }  // namespace

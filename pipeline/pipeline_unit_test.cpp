@@ -119,13 +119,3 @@ TEST(Narrative, RegionMarkupBecomesPlainText) {
             "胰腺癌：低密度灶");
   EXPECT_EQ(firstread::pipeline::strip_region_markup("unclosed <ref>x"), "unclosed x");
 }
-
-TEST(Narrative, ModelTextIsMadeSafeForTheDatabaseAndDicom) {
-  using firstread::pipeline::sanitize_model_text;
-  EXPECT_EQ(sanitize_model_text(std::string("a\x1c b\0c", 6)), "a bc");
-  EXPECT_EQ(sanitize_model_text("line\nnext\ttab"), "line\nnext\ttab");
-  EXPECT_EQ(sanitize_model_text("结节 nodule"), "结节 nodule");
-  EXPECT_EQ(sanitize_model_text("bad \xff\xfe byte"), "bad \xEF\xBF\xBD\xEF\xBF\xBD byte");
-  EXPECT_EQ(sanitize_model_text("cut \xe7\xbb"), "cut \xEF\xBF\xBD\xEF\xBF\xBD");
-  EXPECT_EQ(sanitize_model_text("\xed\xa0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD") << "a surrogate";
-}

@@ -12,8 +12,10 @@
 #include <regex>
 #include <stdexcept>
 
+#include "dicom/pixels.h"
+#include "dicom/sop_class.h"
+#include "dicom/text.h"
 #include "engine/boxes.h"
-#include "engine/dicom_image.h"
 #include "reports/sr_builder.h"
 
 namespace firstread::pipeline {
@@ -66,56 +68,6 @@ std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instanc
   return out;
 }
 
-std::string sanitize_model_text(const std::string& text) {
-  std::string out;
-  out.reserve(text.size());
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  const size_t n = text.size();
-  for (size_t i = 0; i < n;) {
-    const unsigned char c = s[i];
-    size_t len = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) {
-      len = 1;
-      cp = c;
-    } else if ((c & 0xE0) == 0xC0) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4;
-      cp = c & 0x07;
-    }
-    bool valid = len > 0 && i + len <= n;
-    for (size_t k = 1; valid && k < len; ++k) {
-      if ((s[i + k] & 0xC0) != 0x80) valid = false;
-      else cp = (cp << 6) | (s[i + k] & 0x3F);
-    }
-    // Overlong forms, surrogates and values past U+10FFFF are invalid too.
-    if (valid && ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-                  (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF))
-      valid = false;
-    if (!valid) {
-      out += "\xEF\xBF\xBD";
-      i += 1;
-      continue;
-    }
-    if (cp < 0x20 && cp != '\n' && cp != '\r' && cp != '\t') {
-      i += len;  // control characters are dropped
-      continue;
-    }
-    if (cp == 0x7F) {
-      i += len;
-      continue;
-    }
-    out.append(text, i, len);
-    i += len;
-  }
-  return out;
-}
-
 bool box_within_grid(const int* model_box, int scale) {
   for (int k = 0; k < 4; ++k)
     if (model_box[k] < 0 || model_box[k] > scale) return false;
@@ -156,7 +108,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
       i.instance_number = r[5].as<int>();
       i.frames = r[6].as<int>();
       // Structured reports and other documents carry no pixels for the model.
-      i.has_pixels = r[7].as<bool>() && i.sop_class_uid.rfind("1.2.840.10008.5.1.4.1.1.88.", 0) != 0;
+      i.has_pixels = r[7].as<bool>() && !dicom::sop_class::is_structured_report(i.sop_class_uid);
       rows.push_back(i);
     }
   });
@@ -176,14 +128,15 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
     const std::string path = storage_.absolute(img.file_path);
     OFCondition cond = file->loadFile(path.c_str());
     if (cond.bad()) throw std::runtime_error("cannot read " + img.file_path + ": " + cond.text());
-    engine::DicomPixels pixels = engine::decode_dicom_frame(*file->getDataset(), img.file_path, img.frame);
+    dicom::DicomPixels pixels = dicom::decode_dicom_frame(*file->getDataset(), img.file_path, img.frame);
+    const engine::RgbImage image{pixels.image.width, pixels.image.height, std::move(pixels.image.rgb)};
     decode_ms += ms_since(t);
 
     t = Clock::now();
     engine::GenerateResult result;
     {
       std::lock_guard<std::mutex> lock(*model.mutex);
-      result = model.model->generate(pixels.image, route->prompt, route->max_new_tokens);
+      result = model.model->generate(image, route->prompt, route->max_new_tokens);
     }
     inference_ms += ms_since(t);
     spdlog::info("pipeline: job {} study={} sop={} frame={}: {} tokens, vision {:.0f} ms, prefill {:.0f} ms, "
@@ -199,7 +152,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
         continue;
       }
       reports::SrFinding f;
-      f.label = sanitize_model_text(box.label);
+      f.label = dicom::sanitize_utf8_text(box.label);
       if (f.label.empty()) f.label = "finding";
       f.sop_class_uid = img.sop_class_uid;
       f.sop_instance_uid = img.sop_instance_uid;
@@ -212,7 +165,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
       if (f.x2 <= f.x1 || f.y2 <= f.y1) continue;
       findings.push_back(f);
     }
-    const std::string text = sanitize_model_text(strip_region_markup(result.text));
+    const std::string text = dicom::sanitize_utf8_text(strip_region_markup(result.text));
     if (selected.size() > 1)
       narrative += (narrative.empty() ? "" : "\n") + std::string("Image ") + std::to_string(n + 1) + ": " + text;
     else
@@ -231,7 +184,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
         job.study_uid, job.route);
     if (!r.empty()) {
       supersedes = r[0][0].as<int64_t>();
-      predecessor = reports::SrPredecessor{job.study_uid, r[0][1].c_str(), "1.2.840.10008.5.1.4.1.1.88.34",
+      predecessor = reports::SrPredecessor{job.study_uid, r[0][1].c_str(), dicom::sop_class::kComprehensive3DSr,
                                            r[0][2].c_str()};
     }
   });

@@ -37,11 +37,6 @@ std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instanc
 // it is not empty; anything else is malformed output, dropped (the text stays).
 bool box_within_grid(const int* model_box, int scale);
 
-// Model output as text a database and a DICOM UT element accept: valid UTF-8
-// (invalid bytes become U+FFFD) without control characters other than tab,
-// line feed and carriage return.
-std::string sanitize_model_text(const std::string& text);
-
 // The model's text for people: <ref>x</ref><box>[[..]]</box> becomes x.
 std::string strip_region_markup(const std::string& text);
 

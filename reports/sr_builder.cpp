@@ -22,6 +22,9 @@
 #include <string>
 #include <vector>
 
+#include "dicom/text.h"
+#include "dicom/uid.h"
+
 namespace firstread::reports {
 namespace {
 
@@ -31,61 +34,14 @@ void require_ok(const OFCondition& condition, const std::string& what) {
   if (condition.bad()) fail(what + ": " + condition.text());
 }
 
-// DICOM UID syntax: digits and dots, components without leading zeros, at most 64.
-bool is_valid_uid(const std::string& uid) {
-  if (uid.empty() || uid.size() > 64) return false;
-  bool component_start = true;
-  for (size_t i = 0; i < uid.size(); ++i) {
-    const char c = uid[i];
-    if (c == '.') {
-      if (component_start) return false;  // empty component
-      component_start = true;
-      continue;
-    }
-    if (c < '0' || c > '9') return false;
-    const bool next_is_digit = i + 1 < uid.size() && uid[i + 1] != '.';
-    if (component_start && c == '0' && next_is_digit) return false;
-    component_start = false;
-  }
-  return !component_start;
-}
-
 void require_uid(const std::string& uid, const std::string& what) {
-  if (!is_valid_uid(uid)) fail(what + " '" + uid + "' is not a valid DICOM UID");
+  if (!dicom::is_valid_uid(uid)) fail(what + " '" + uid + "' is not a valid DICOM UID");
 }
 
 // The SR is written as ISO_IR 192 and DCMTK does not transcode on write, so
-// every string we pass must already be UTF-8. Returns the offset of the first
-// bad byte, or npos.
-size_t first_invalid_utf8_byte(const std::string& text) {
-  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
-  const size_t size = text.size();
-  size_t i = 0;
-  while (i < size) {
-    const unsigned char lead = bytes[i];
-    size_t length = 0;
-    uint32_t code_point = 0;
-    if (lead < 0x80) { ++i; continue; }
-    if ((lead & 0xE0) == 0xC0) { length = 2; code_point = lead & 0x1F; }
-    else if ((lead & 0xF0) == 0xE0) { length = 3; code_point = lead & 0x0F; }
-    else if ((lead & 0xF8) == 0xF0) { length = 4; code_point = lead & 0x07; }
-    else return i;
-    if (i + length > size) return i;
-    for (size_t k = 1; k < length; ++k) {
-      if ((bytes[i + k] & 0xC0) != 0x80) return i;
-      code_point = (code_point << 6) | (bytes[i + k] & 0x3F);
-    }
-    const bool overlong = (length == 2 && code_point < 0x80) || (length == 3 && code_point < 0x800) ||
-                          (length == 4 && code_point < 0x10000);
-    const bool surrogate = code_point >= 0xD800 && code_point <= 0xDFFF;
-    if (overlong || surrogate || code_point > 0x10FFFF) return i;
-    i += length;
-  }
-  return std::string::npos;
-}
-
+// every string we pass must already be UTF-8.
 void require_utf8(const std::string& text, const std::string& what) {
-  const size_t bad = first_invalid_utf8_byte(text);
+  const size_t bad = dicom::first_invalid_utf8(text);
   if (bad != std::string::npos) fail(what + " is not valid UTF-8 (byte offset " + std::to_string(bad) + ")");
 }
 

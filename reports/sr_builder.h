@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "dicom/sop_class.h"
+
 class DcmDataset;
 class DcmFileFormat;
 
@@ -64,7 +66,7 @@ struct BuiltSr {
 };
 
 // Constants the SR carries, exposed so that callers and tests agree on them.
-inline constexpr const char* kComprehensive3DSrSopClassUid = "1.2.840.10008.5.1.4.1.1.88.34";
+inline constexpr const char* kComprehensive3DSrSopClassUid = dicom::sop_class::kComprehensive3DSr;
 inline constexpr const char* kSrSeriesNumber = "9901";
 inline constexpr const char* kSrSeriesDescription = "firstread AI preliminary report";
 

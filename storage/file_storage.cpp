@@ -11,7 +11,7 @@
 #include <filesystem>
 #include <random>
 
-#include "config/uid.h"
+#include "dicom/uid.h"
 
 namespace fs = std::filesystem;
 
@@ -44,9 +44,9 @@ FileStorage::FileStorage(const std::string& root, bool fsync) : fsync_(fsync) {
 
 std::string FileStorage::instance_path(const std::string& study_uid, const std::string& series_uid,
                                        const std::string& sop_uid) {
-  if (!is_valid_uid(study_uid)) throw StorageError("invalid Study Instance UID '" + study_uid + "'");
-  if (!is_valid_uid(series_uid)) throw StorageError("invalid Series Instance UID '" + series_uid + "'");
-  if (!is_valid_uid(sop_uid)) throw StorageError("invalid SOP Instance UID '" + sop_uid + "'");
+  if (!dicom::is_valid_uid(study_uid)) throw StorageError("invalid Study Instance UID '" + study_uid + "'");
+  if (!dicom::is_valid_uid(series_uid)) throw StorageError("invalid Series Instance UID '" + series_uid + "'");
+  if (!dicom::is_valid_uid(sop_uid)) throw StorageError("invalid SOP Instance UID '" + sop_uid + "'");
   return "instances/" + study_uid + "/" + series_uid + "/" + sop_uid + ".dcm";
 }
 

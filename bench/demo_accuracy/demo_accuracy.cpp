@@ -20,8 +20,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dicom/pixels.h"
 #include "engine/boxes.h"
-#include "engine/dicom_image.h"
 #include "engine/model.h"
 
 using nlohmann::json;
@@ -134,7 +134,8 @@ int main(int argc, char** argv) {
     const std::string mod = s["modality"];
     if (limit && seen[mod]++ >= limit) continue;
     const std::string path = data_dir + "/" + s["file"].get<std::string>();
-    fe::DicomPixels px = fe::decode_dicom_frame(path);
+    firstread::dicom::DicomPixels px = firstread::dicom::decode_dicom_frame(path);
+    const fe::RgbImage image{px.image.width, px.image.height, std::move(px.image.rgb)};
     std::map<std::string, std::vector<Box>> truth;
     for (const auto& f : s["findings"]) {
       auto& v = truth[f["label"].get<std::string>()];
@@ -142,7 +143,7 @@ int main(int argc, char** argv) {
     }
     for (const auto& lang : langs) {
       auto t0 = std::chrono::steady_clock::now();
-      fe::GenerateResult r = model->generate(px.image, prompt_for(mod, lang), 200);
+      fe::GenerateResult r = model->generate(image, prompt_for(mod, lang), 200);
       double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       auto found = fe::parse_boxes(r.text, r.images.at(0), scale);
       std::map<std::string, std::vector<Box>> pred;

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Reference for engine/dicom_image.cpp: one DICOM frame -> 8-bit RGB, computed
+"""Reference for dicom/pixels.cpp: one DICOM frame -> 8-bit RGB, computed
 with pydicom (python3-pydicom 2.3, numpy, Pillow for JPEG / JPEG 2000).
 
 Usage:
@@ -14,7 +14,7 @@ Decoding: pydicom's pixel_array. When pydicom has no handler for the transfer
 syntax (JPEG-LS, JPEG lossless, 12-bit JPEG), GDCM's `gdcmconv --raw` (an
 independent implementation) decompresses the file first and pydicom reads that.
 
-The 8-bit rule (engine/dicom_image.cpp implements the same, keep them in step):
+The 8-bit rule (dicom/pixels.cpp implements the same, keep them in step):
   1. Stored values. Native and non-J2K compressed data: the low Bits Stored
      bits, sign-extended when Pixel Representation is 1 (PS3.5 8.1.1).
      JPEG 2000: the codestream's own precision wins (pydicom's

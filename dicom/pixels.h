@@ -8,17 +8,29 @@
 // computes the same 8-bit rule with pydicom; the two are kept in step.
 #pragma once
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
-
-#include "engine/image.h"
+#include <vector>
 
 class DcmDataset;
 
-namespace firstread::engine {
+namespace firstread::dicom {
+
+// One decoded frame as 8-bit RGB. The engine's RgbImage has the same fields;
+// callers move rgb across (dicom/ knows nothing of the engine, the engine
+// nothing of DICOM).
+struct Rgb8Image {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;  // row-major, 3 bytes per pixel
+};
+
+// Largest accepted pixel count of one frame (a decompression-bomb guard; the
+// engine refuses larger images with the same limit).
+constexpr int64_t kMaxFramePixels = 256ll << 20;
 
 struct DicomPixels {
-  RgbImage image;          // width, height, rgb (row-major, 3 bytes per pixel)
+  Rgb8Image image;         // width, height, rgb (row-major, 3 bytes per pixel)
   int frame = 0;           // 0-based frame that was decoded
   int frames = 1;          // Number of Frames
   std::string photometric; // Photometric Interpretation as in the file
@@ -44,4 +56,4 @@ DicomPixels decode_dicom_frame(DcmDataset& dataset, const std::string& name_for_
 // positive integer.
 int dicom_frame_count(DcmDataset& dataset);
 
-}  // namespace firstread::engine
+}  // namespace firstread::dicom

@@ -1,6 +1,6 @@
-// DICOM frame -> 8-bit RGB. See dicom_image.h for the pipeline and
+// DICOM frame -> 8-bit RGB. See pixels.h for the pipeline and
 // tools/pixel_reference/decode.py for the same rule written with pydicom.
-#include "engine/dicom_image.h"
+#include "dicom/pixels.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdatset.h>
@@ -23,7 +23,7 @@
 #include <optional>
 #include <vector>
 
-namespace firstread::engine {
+namespace firstread::dicom {
 namespace {
 
 constexpr int kMaxDicomSide = 32768;
@@ -102,7 +102,7 @@ PixelAttributes read_attributes(DcmDataset& dataset, const std::string& name) {
   a.columns = require_us(dataset, DCM_Columns, "Columns", name);
   if (a.rows <= 0 || a.columns <= 0 || a.rows > kMaxDicomSide || a.columns > kMaxDicomSide)
     fail(name, "absurd image size Rows=" + std::to_string(a.rows) + " Columns=" + std::to_string(a.columns));
-  if (int64_t(a.rows) * a.columns > kMaxImagePixels)
+  if (int64_t(a.rows) * a.columns > kMaxFramePixels)
     fail(name, "image of " + std::to_string(int64_t(a.rows) * a.columns) + " pixels exceeds the limit");
   a.samples = require_us(dataset, DCM_SamplesPerPixel, "Samples per Pixel", name);
   if (a.samples != 1 && a.samples != 3) fail(name, "Samples per Pixel " + std::to_string(a.samples) + " is not 1 or 3");
@@ -729,9 +729,9 @@ void ybr_full_to_rgb(int64_t y, int64_t cb, int64_t cr, uint8_t* rgb) {
   rgb[2] = to_u8(b);
 }
 
-RgbImage to_rgb(DcmDataset& dataset, const PixelAttributes& a, const FrameSamples& frame, std::string* window,
+Rgb8Image to_rgb(DcmDataset& dataset, const PixelAttributes& a, const FrameSamples& frame, std::string* window,
                 const std::string& name) {
-  RgbImage image;
+  Rgb8Image image;
   image.width = a.columns;
   image.height = a.rows;
   const size_t pixels = size_t(a.rows) * a.columns;
@@ -846,4 +846,4 @@ DicomPixels decode_dicom_frame(const std::string& path, int frame) {
   return decode_dicom_frame(*dataset, path, frame);
 }
 
-}  // namespace firstread::engine
+}  // namespace firstread::dicom

@@ -1,9 +1,9 @@
-// engine/dicom_image: every sample DICOM file Debian ships either decodes to
+// dicom/pixels: every sample DICOM file Debian ships either decodes to
 // the same 8-bit RGB as tools/pixel_reference/decode.py (pydicom) within one
 // grey level, or fails with a named reason; plus targeted cases built with
 // DCMTK (truncated pixel data, absurd sizes, MONOCHROME1, multi-frame, signed
 // 16-bit with rescale, palette colour, planar configuration 1).
-#include "engine/dicom_image.h"
+#include "dicom/pixels.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdatset.h>
@@ -29,10 +29,10 @@
 #include <vector>
 
 namespace fs = std::filesystem;
-using firstread::engine::decode_dicom_frame;
-using firstread::engine::DicomImageError;
-using firstread::engine::DicomPixels;
-using firstread::engine::RgbImage;
+using firstread::dicom::decode_dicom_frame;
+using firstread::dicom::DicomImageError;
+using firstread::dicom::DicomPixels;
+using RgbImage = firstread::dicom::Rgb8Image;
 
 namespace {
 
@@ -45,7 +45,7 @@ std::string python() {
   return override_python ? override_python : "/usr/bin/python3";
 }
 
-// The reference sits beside the sources: engine/../tools/pixel_reference.
+// The reference sits beside the sources: dicom/../tools/pixel_reference.
 std::string reference_script() {
   return (fs::path(__FILE__).parent_path().parent_path() / "tools" / "pixel_reference" / "decode.py").string();
 }
@@ -321,7 +321,7 @@ TEST(DicomImage, AbsurdRowsAndColumnsFailWithReason) {
     ds.putAndInsertUint16(DCM_Columns, 40000);
   });
   expect_error([&] { decode_dicom_frame(huge); }, {huge, "Columns=40000"});
-  // Each side allowed, but the pixel count is beyond kMaxImagePixels; the
+  // Each side allowed, but the pixel count is beyond kMaxFramePixels; the
   // pixel data is tiny, so nothing may be allocated for the promise.
   std::string bomb = load_modify_save(ct_small(), "bomb.dcm", [](DcmDataset& ds) {
     ds.putAndInsertUint16(DCM_Rows, 32768);
@@ -457,7 +457,7 @@ TEST(DicomImage, PaletteColourAndPlanarRgb) {
 TEST(DicomImage, DatasetOverloadAndFrameCount) {
   DcmFileFormat file;
   ASSERT_TRUE(file.loadFile((std::string(kPydicomSamples) + "/rtdose.dcm").c_str()).good());
-  EXPECT_EQ(firstread::engine::dicom_frame_count(*file.getDataset()), 15);
+  EXPECT_EQ(firstread::dicom::dicom_frame_count(*file.getDataset()), 15);
   DicomPixels out = decode_dicom_frame(*file.getDataset(), "rtdose from memory", 14);
   EXPECT_EQ(out.frame, 14);
   EXPECT_EQ(out.image.width, 10);
