@@ -7,9 +7,9 @@
 #include <sstream>
 #include <string>
 
-#include "engine/boxes.h"
 #include "engine/common.h"
 #include "engine/model.h"
+#include "reports/model_output.h"
 
 namespace firstread::engine {
 
@@ -128,7 +128,7 @@ int run_infer_command(int argc, char** argv) {
     GenerateResult r = model->generate({img}, a.get("--prompt", "Please describe the image."), go);
     // MedRegA-lineage (pixel shuffle v1) models use 0..999, InternVL2 0..1000.
     if (box_scale == 0) box_scale = model->hparams().chat.ps_version == 1 ? 999 : 1000;
-    auto boxes = parse_boxes(r.text, r.images.at(0), box_scale);
+    auto boxes = reports::parse_regions(r.text, r.images.at(0), reports::BoxFormat{box_scale});
     if (a.has("--json")) {
       json j;
       j["text"] = r.text;

@@ -3,7 +3,6 @@
 
 #include <fstream>
 
-#include "engine/boxes.h"
 #include "engine/common.h"
 #include "engine/config.h"
 #include "engine/image.h"
@@ -112,21 +111,3 @@ TEST(engine_image, TileGridFollowsDynamicPreprocess) {
   EXPECT_EQ(c * 10 + r, 16);
 }
 
-TEST(engine_boxes, ParsesAndMapsToPixels) {
-  PreprocessGeometry g;
-  g.source_width = 200;
-  g.source_height = 100;
-  g.view_width = 200;
-  g.view_height = 200;
-  g.pad_top = 50;
-  g.padded_to_square = true;
-  auto f = parse_boxes("<ref>right lung</ref><box>[[0, 250, 999, 750]]</box>, <ref>x</ref><box>[[1,2,3,4], [5, 6, 7, 8]]</box>", g,
-                       999);
-  ASSERT_EQ(f.size(), 3u);
-  EXPECT_EQ(f[0].label, "right lung");
-  EXPECT_NEAR(f[0].pixel_box[1], 250 / 999.0 * 200 - 50, 1e-9);
-  EXPECT_NEAR(f[0].pixel_box[2], 200, 1e-9);
-  EXPECT_EQ(f[2].label, "x");
-  EXPECT_EQ(f[2].model_box[3], 8);
-  EXPECT_TRUE(parse_boxes("<box>[[1, 2]]</box> <box>garbage", g, 1000).empty());
-}

@@ -9,13 +9,12 @@
 #include <ctime>
 #include <map>
 #include <memory>
-#include <regex>
 #include <stdexcept>
 
 #include "dicom/pixels.h"
 #include "dicom/sop_class.h"
 #include "dicom/text.h"
-#include "engine/boxes.h"
+#include "reports/model_output.h"
 #include "reports/sr_builder.h"
 
 namespace firstread::pipeline {
@@ -66,23 +65,6 @@ std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instanc
     if (static_cast<int>(out.size()) >= route.max_images) break;
   }
   return out;
-}
-
-bool box_within_grid(const int* model_box, int scale) {
-  for (int k = 0; k < 4; ++k)
-    if (model_box[k] < 0 || model_box[k] > scale) return false;
-  return model_box[0] < model_box[2] && model_box[1] < model_box[3];
-}
-
-std::string strip_region_markup(const std::string& text) {
-  static const std::regex ref("<ref>(.*?)</ref>");
-  static const std::regex box("<box>\\s*\\[\\[.*?\\]\\]\\s*</box>");
-  std::string s = std::regex_replace(text, box, "");
-  s = std::regex_replace(s, ref, "$1");
-  for (const char* tag : {"<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>"}) {
-    for (size_t p; (p = s.find(tag)) != std::string::npos;) s.erase(p, std::string(tag).size());
-  }
-  return s;
 }
 
 int64_t StudyProcessor::process(const worklist::Job& job, const std::string& owner) {
@@ -145,8 +127,10 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
                  result.timings.vision_ms, result.timings.prefill_ms, result.timings.tokens_per_second);
 
     const bool multi_frame = pixels.frames > 1;
-    for (const auto& box : engine::parse_boxes(result.text, result.images.at(0), model.box_scale)) {
-      if (!box_within_grid(box.model_box, model.box_scale)) {
+    const reports::ModelOutput output =
+        reports::parse_model_output(result.text, result.images.at(0), reports::BoxFormat{model.box_scale});
+    for (const auto& box : output.regions) {
+      if (!box.within_grid) {
         spdlog::warn("pipeline: job {}: box [{}, {}, {}, {}] is empty or outside the 0..{} grid; region dropped", job.job_id,
                      box.model_box[0], box.model_box[1], box.model_box[2], box.model_box[3], model.box_scale);
         continue;
@@ -165,7 +149,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
       if (f.x2 <= f.x1 || f.y2 <= f.y1) continue;
       findings.push_back(f);
     }
-    const std::string text = dicom::sanitize_utf8_text(strip_region_markup(result.text));
+    const std::string text = dicom::sanitize_utf8_text(output.narrative);
     if (selected.size() > 1)
       narrative += (narrative.empty() ? "" : "\n") + std::string("Image ") + std::to_string(n + 1) + ": " + text;
     else

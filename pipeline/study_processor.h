@@ -33,13 +33,6 @@ struct InstanceRow {
 // the middle instance of each series (the middle frame for a multi-frame one).
 std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instances, const config::Route& route);
 
-// A model box is used only when its coordinates lie on the 0..scale grid and
-// it is not empty; anything else is malformed output, dropped (the text stays).
-bool box_within_grid(const int* model_box, int scale);
-
-// The model's text for people: <ref>x</ref><box>[[..]]</box> becomes x.
-std::string strip_region_markup(const std::string& text);
-
 class StudyProcessor {
  public:
   StudyProcessor(const config::Config& config, db::ConnectionPool& pool, storage::FileStorage& storage,

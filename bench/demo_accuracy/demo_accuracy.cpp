@@ -1,5 +1,5 @@
 // Demo-model accuracy through the C++ path the pipeline uses:
-// DICOM file -> decode_dicom_frame -> Model::generate -> parse_boxes(scale)
+// DICOM file -> decode_dicom_frame -> Model::generate -> parse_regions(scale)
 // -> source-pixel boxes, compared with make_dicom.py's ground truth.
 //
 // usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999]
@@ -21,8 +21,8 @@
 #include <nlohmann/json.hpp>
 
 #include "dicom/pixels.h"
-#include "engine/boxes.h"
 #include "engine/model.h"
+#include "reports/model_output.h"
 
 using nlohmann::json;
 namespace fe = firstread::engine;
@@ -145,7 +145,7 @@ int main(int argc, char** argv) {
       auto t0 = std::chrono::steady_clock::now();
       fe::GenerateResult r = model->generate(image, prompt_for(mod, lang), 200);
       double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      auto found = fe::parse_boxes(r.text, r.images.at(0), scale);
+      auto found = firstread::reports::parse_regions(r.text, r.images.at(0), firstread::reports::BoxFormat{scale});
       std::map<std::string, std::vector<Box>> pred;
       // Every <ref>label</ref> counts as a reported finding, with or without a
       // parsable box (a malformed box must not read as "normal").

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Demo-model accuracy through the C++ path the pipeline uses (not a CTest test):
 # held-out DICOM phantoms (tools/demo_model/make_dicom.py) -> decode_dicom_frame
-# -> engine -> parse_boxes (box scale 999) -> source pixels, against the
+# -> engine -> parse_regions (box scale 999) -> source pixels, against the
 # ground truth; English and Chinese prompts; prints a table per modality.
 #
 # usage: bench/demo_accuracy/run.sh [BUILD_DIR] [PER_MODALITY]
