@@ -80,6 +80,7 @@ struct SourceImage {
   unsigned rows = 0, columns = 0;
   // Referenced Frame Number is allowed only for multi-frame SOP classes.
   bool frame_numbers_allowed = false;
+  double row_spacing_mm = 0, column_spacing_mm = 0;  // Pixel Spacing; 0 = not given
 };
 
 // Image SOP classes whose IODs have no Multi-frame Module: a reference to them
@@ -158,6 +159,13 @@ SourceImage read_source(const DcmDataset& source, size_t index) {
   image.rows = rows;
   image.columns = columns;
   image.frame_numbers_allowed = image.number_of_frames > 1 && !is_single_frame_sop_class(image.sop_class_uid);
+  Float64 row_spacing = 0, column_spacing = 0;
+  if (image.header->findAndGetFloat64(DCM_PixelSpacing, row_spacing, 0).good() &&
+      image.header->findAndGetFloat64(DCM_PixelSpacing, column_spacing, 1).good() && row_spacing > 0 &&
+      column_spacing > 0) {
+    image.row_spacing_mm = row_spacing;
+    image.column_spacing_mm = column_spacing;
+  }
   return image;
 }
 
@@ -328,7 +336,23 @@ const SourceImage& validate_finding(const SrFinding& finding, size_t index, cons
   return *image;
 }
 
-// Adds one TID 1410 planar-ROI measurement group below "Imaging Measurements".
+// Adds one measurement group (TID 1501, its measurement a TID 300 NUM inferred
+// from the region) below "Imaging Measurements". The layout is the one the
+// viewers that read TID 1500 regions take apart without losing anything
+// (checked against their code in tests/ohif/):
+//  - Tracking Identifier "Cornerstone3DTools@^0.1.0:RectangleROI": the
+//    cornerstone adapters (OHIF's hydration) pick their rectangle tool by it;
+//    the Tracking UID keeps findings apart.
+//  - Finding as a CODE: SNOMED CT where the label is known, else firstread's
+//    own scheme (declared in the Coding Scheme Identification Sequence) with
+//    the label as Code Meaning: the adapters read the finding's code.
+//  - No SCOORD directly in the group but NUM (Area) INFERRED FROM the SCOORD:
+//    with a NUM in the group the adapters take the NUM's SCOORD, and OHIF's SR
+//    display shows comments and NUM values as text only in this layout.
+//  - Comment = the model's label (OHIF's display text and the hydrated
+//    annotation's label), then the finding's sentence as a second Comment.
+//  - Certainty of Finding as a NUM without children, after the Area: OHIF
+//    shows its value; the adapters still take the Area's region.
 void add_measurement_group(DSRDocumentTree& tree, const SrFinding& finding, size_t index, const SourceImage& image,
                            const SrInput& input) {
   const std::string which = "finding " + std::to_string(index + 1) + " ('" + finding.label + "')";
@@ -342,28 +366,36 @@ void add_measurement_group(DSRDocumentTree& tree, const SrFinding& finding, size
     fail(which + ": cannot add its Measurement Group");
   DSRContentItem& group = tree.getCurrentContentItem();
   require_ok(group.setConceptName(CODE_DCM_MeasurementGroup), which + ": Measurement Group concept");
-  require_ok(group.setTemplateIdentification("1410", "DCMR", UID_DICOMContentMappingResource), which + ": TID 1410 id");
+  require_ok(group.setTemplateIdentification("1501", "DCMR", UID_DICOMContentMappingResource), which + ": TID 1501 id");
 
-  // Tracking Identifier keeps the model's own label (e.g. Chinese) even when
-  // the finding is coded; OHIF needs both tracking items in every group.
-  const std::string tracking_identifier = "finding " + std::to_string(index + 1) + ": " + trim(finding.label);
   require_ok(tree.addChildContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Text, CODE_DCM_TrackingIdentifier),
              which + ": Tracking Identifier");
-  require_ok(tree.getCurrentContentItem().setStringValue(tracking_identifier.c_str()), which + ": Tracking Identifier value");
+  require_ok(tree.getCurrentContentItem().setStringValue(kRectangleTrackingIdentifier),
+             which + ": Tracking Identifier value");
   char tracking_uid[100];
   dcmGenerateUniqueIdentifier(tracking_uid, SITE_INSTANCE_UID_ROOT);
   require_ok(tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_UIDRef, CODE_DCM_TrackingUniqueIdentifier),
              which + ": Tracking Unique Identifier");
   require_ok(tree.getCurrentContentItem().setStringValue(tracking_uid), which + ": Tracking Unique Identifier value");
 
-  if (const KnownFinding* known = find_known_finding(finding.label)) {
-    require_ok(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Code, CODE_DCM_Finding), which + ": Finding");
-    require_ok(tree.getCurrentContentItem().setCodeValue(DSRCodedEntryValue(known->code, "SCT", known->meaning)),
-               which + ": Finding code");
-  } else {
-    require_ok(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Text, CODE_DCM_Finding), which + ": Finding");
-    require_ok(tree.getCurrentContentItem().setStringValue(trim(finding.label).c_str()), which + ": Finding text");
-  }
+  const FindingCode code = finding_code(finding.label);
+  require_ok(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Code, CODE_DCM_Finding), which + ": Finding");
+  require_ok(tree.getCurrentContentItem().setCodeValue(DSRCodedEntryValue(code.value.c_str(), code.scheme.c_str(),
+                                                                          code.meaning.c_str()),
+                                                       false /*check*/),
+             which + ": Finding code " + code.scheme + " " + code.value);
+
+  // The box's area: mm2 where the image has a Pixel Spacing, else pixels.
+  const double width = finding.x2 - finding.x1, height = finding.y2 - finding.y1;
+  const bool calibrated = image.row_spacing_mm > 0 && image.column_spacing_mm > 0;
+  const double area = calibrated ? width * image.column_spacing_mm * height * image.row_spacing_mm : width * height;
+  const DSRCodedEntryValue area_unit = calibrated ? DSRCodedEntryValue("mm2", "UCUM", "mm2")
+                                                  : DSRCodedEntryValue("{pixels}", "UCUM", "pixels");
+  require_ok(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Num, DSRCodedEntryValue("42798000", "SCT", "Area")),
+             which + ": Area");
+  require_ok(tree.getCurrentContentItem().setNumericValue(
+                 DSRNumericMeasurementValue(format_decimal_string(area).c_str(), area_unit), false /*check*/),
+             which + ": Area value");
 
   // Closed rectangle: four corners clockwise from the top-left, then the first again.
   DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
@@ -374,7 +406,8 @@ void add_measurement_group(DSRDocumentTree& tree, const SrFinding& finding, size
   region.getGraphicDataList().addItem(x2, y2);
   region.getGraphicDataList().addItem(x1, y2);
   region.getGraphicDataList().addItem(x1, y1);
-  require_ok(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_SCoord, CODE_DCM_ImageRegion), which + ": Image Region");
+  require_ok(tree.addChildContentItem(DSRTypes::RT_inferredFrom, DSRTypes::VT_SCoord, CODE_DCM_ImageRegion),
+             which + ": Image Region");
   require_ok(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": Image Region coordinates");
   DSRImageReferenceValue image_reference(image.sop_class_uid.c_str(), image.sop_instance_uid.c_str());
   // Referenced Frame Number only where the SOP class is multi-frame (see is_single_frame_sop_class).
@@ -384,6 +417,17 @@ void add_measurement_group(DSRDocumentTree& tree, const SrFinding& finding, size
   require_ok(tree.getCurrentContentItem().setImageReference(image_reference),
              which + ": reference to image " + image.sop_instance_uid);
   if (tree.goUp() == 0) fail(which + ": cannot return to the Image Region item");
+  // TID 4019 (TID 300 row 9): the model that drew the region.
+  require_ok(tree.addContentItem(DSRTypes::RT_hasConceptMod, DSRTypes::VT_Text, CODE_DCM_AlgorithmName),
+             which + ": Algorithm Name");
+  require_ok(tree.getCurrentContentItem().setStringValue(input.model_name.c_str()), which + ": Algorithm Name value");
+  if (!input.model_version.empty()) {
+    require_ok(tree.addContentItem(DSRTypes::RT_hasConceptMod, DSRTypes::VT_Text, CODE_DCM_AlgorithmVersion),
+               which + ": Algorithm Version");
+    require_ok(tree.getCurrentContentItem().setStringValue(input.model_version.c_str()),
+               which + ": Algorithm Version value");
+  }
+  if (tree.goUp() == 0) fail(which + ": cannot return to the Area item");
 
   if (finding.confidence) {
     require_ok(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Num, CODE_DCM_CertaintyOfFinding),
@@ -391,19 +435,10 @@ void add_measurement_group(DSRDocumentTree& tree, const SrFinding& finding, size
     require_ok(tree.getCurrentContentItem().setNumericValue(DSRNumericMeasurementValue(
                    format_decimal_string(*finding.confidence).c_str(), DSRCodedEntryValue("%", "UCUM", "Percent"))),
                which + ": Certainty of Finding value");
-    // TID 4019: which algorithm gave the certainty.
-    require_ok(tree.addChildContentItem(DSRTypes::RT_hasConceptMod, DSRTypes::VT_Text, CODE_DCM_AlgorithmName),
-               which + ": Algorithm Name");
-    require_ok(tree.getCurrentContentItem().setStringValue(input.model_name.c_str()), which + ": Algorithm Name value");
-    if (!input.model_version.empty()) {
-      require_ok(tree.addContentItem(DSRTypes::RT_hasConceptMod, DSRTypes::VT_Text, CODE_DCM_AlgorithmVersion),
-                 which + ": Algorithm Version");
-      require_ok(tree.getCurrentContentItem().setStringValue(input.model_version.c_str()),
-                 which + ": Algorithm Version value");
-    }
-    if (tree.goUp() == 0) fail(which + ": cannot return to the Certainty of Finding item");
   }
 
+  require_ok(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Text, CODE_DCM_Comment), which + ": label Comment");
+  require_ok(tree.getCurrentContentItem().setStringValue(trim(finding.label).c_str()), which + ": label Comment value");
   const std::string sentence = trim(finding.text);
   if (!sentence.empty()) {
     require_ok(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Text, CODE_DCM_Comment), which + ": Comment");
@@ -438,6 +473,29 @@ void add_contributing_equipment(DcmItem& dataset, const SrInput& input) {
 }
 
 }  // namespace
+
+FindingCode finding_code(const std::string& label) {
+  if (const KnownFinding* known = find_known_finding(label)) return {known->code, "SCT", known->meaning};
+  const std::string text = trim(label);
+  // FNV-1a of the lower-cased label: a stable Code Value (SH, 16 characters at most).
+  uint32_t hash = 2166136261u;
+  for (unsigned char c : ascii_lower(text)) hash = (hash ^ c) * 16777619u;
+  char value[16];
+  std::snprintf(value, sizeof value, "L%08X", hash);
+  // Code Meaning is LO: at most 64 characters (not bytes); cut at a code point.
+  std::string meaning;
+  size_t characters = 0;
+  for (size_t i = 0; i < text.size() && characters < 64; ++characters) {
+    size_t length = 1;
+    const auto lead = static_cast<unsigned char>(text[i]);
+    if (lead >= 0xF0) length = 4;
+    else if (lead >= 0xE0) length = 3;
+    else if (lead >= 0xC0) length = 2;
+    meaning += text.substr(i, length);
+    i += length;
+  }
+  return {value, kFindingCodingScheme, meaning};
+}
 
 BuiltSr build_sr(const SrInput& input) {
   // DCMTK builds its context-group code lists lazily and not thread-safely;
@@ -542,6 +600,14 @@ BuiltSr build_sr(const SrInput& input) {
                                                           predecessor.sop_class_uid.c_str(),
                                                           predecessor.sop_instance_uid.c_str()),
                "Predecessor Documents entry for " + predecessor.sop_instance_uid);
+  }
+  bool own_codes = false;
+  for (const SrFinding& finding : input.findings) own_codes = own_codes || finding_code(finding.label).scheme == kFindingCodingScheme;
+  if (own_codes) {
+    DSRCodingSchemeIdentificationList& schemes = document.getCodingSchemeIdentification();
+    require_ok(schemes.addItem(kFindingCodingScheme), "Coding Scheme Identification for " + std::string(kFindingCodingScheme));
+    require_ok(schemes.setCodingSchemeName("firstread AI finding labels"), "Coding Scheme Name");
+    require_ok(schemes.setCodingSchemeResponsibleOrganization("firstread"), "Coding Scheme Responsible Organization");
   }
   if (document.getCompletionFlag() != DSRTypes::CF_Partial) fail("Completion Flag is not PARTIAL");
   if (document.getVerificationFlag() != DSRTypes::VF_Unverified) fail("Verification Flag is not UNVERIFIED");

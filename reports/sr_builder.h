@@ -69,6 +69,21 @@ struct BuiltSr {
 inline constexpr const char* kComprehensive3DSrSopClassUid = dicom::sop_class::kComprehensive3DSr;
 inline constexpr const char* kSrSeriesNumber = "9901";
 inline constexpr const char* kSrSeriesDescription = "firstread AI preliminary report";
+// Every finding's Tracking Identifier: the cornerstone adapters (OHIF) choose
+// their RectangleROI tool by it when they hydrate the SR's regions.
+inline constexpr const char* kRectangleTrackingIdentifier = "Cornerstone3DTools@^0.1.0:RectangleROI";
+// firstread's own coding scheme for finding labels that have no standard code
+// (declared in the SR's Coding Scheme Identification Sequence).
+inline constexpr const char* kFindingCodingScheme = "99FIRSTREAD";
+
+// The code a finding label is written with: SNOMED CT where firstread's table
+// knows the label (English or Chinese, plurals too), else kFindingCodingScheme
+// with a code value derived from the label (the same label always gets the
+// same code) and the label itself as Code Meaning (at most 64 characters).
+struct FindingCode {
+  std::string value, scheme, meaning;
+};
+FindingCode finding_code(const std::string& label);
 
 // Throws std::runtime_error naming what was wrong (which finding, which UID,
 // which field). All text must be valid UTF-8: it is written as ISO_IR 192.

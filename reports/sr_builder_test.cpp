@@ -238,33 +238,46 @@ TEST_F(SrBuilderTest, EnglishCtReportWithCodedFindingAndConfidence) {
 
   ASSERT_EQ(sr["groups"].size(), 2u);
   const json& first = sr["groups"][0];
-  EXPECT_EQ(first["template"], "1410");
-  EXPECT_EQ(first["tracking_identifier"], "finding 1: nodule");
+  // The layout OHIF's SR display and the cornerstone adapters read (tests/ohif/ checks it with their code).
+  EXPECT_EQ(first["template"], "1501");
+  EXPECT_EQ(first["tracking_identifier"], "Cornerstone3DTools@^0.1.0:RectangleROI");
   EXPECT_FALSE(first["tracking_uid"].get<std::string>().empty());
   EXPECT_EQ(first["finding"]["code"], "27925004");
   EXPECT_EQ(first["finding"]["scheme"], "SCT");
+  EXPECT_EQ(first["direct_scoords"], 0);
+  EXPECT_EQ(first["region_relationship"], "INFERRED FROM");
   EXPECT_EQ(first["graphic_type"], "POLYLINE");
   EXPECT_EQ(first["graphic_data"], closed_rectangle(nodule));
   EXPECT_EQ(first["referenced_image"]["sop_instance_uid"], nodule.sop_instance_uid);
   EXPECT_EQ(first["referenced_image"]["sop_class_uid"], nodule.sop_class_uid);
   EXPECT_TRUE(first["referenced_image"]["frames"].empty());
+  // CT_small: Pixel Spacing 0.661468\0.661468 mm, box 29.75 x 40 pixels.
+  EXPECT_EQ(first["area"]["unit"]["code"], "mm2");
+  EXPECT_NEAR(first["area"]["value"].get<double>(), 29.75 * 40 * 0.661468 * 0.661468, 0.01);
   EXPECT_DOUBLE_EQ(first["certainty"]["value"].get<double>(), 87.5);
   EXPECT_EQ(first["certainty"]["unit"]["code"], "%");
   EXPECT_EQ(first["algorithm"]["name"], "demo");
   EXPECT_EQ(first["algorithm"]["version"], "0.1");
-  EXPECT_EQ(first["comments"], json::array({"Solid nodule, right upper lobe."}));
+  EXPECT_EQ(first["comments"], json::array({"nodule", "Solid nodule, right upper lobe."}));
 
   const json& second = sr["groups"][1];
-  EXPECT_EQ(second["finding"]["text"], "ground-glass opacity");  // not a known concept: TEXT
+  // Not in the table: firstread's own scheme, the label as Code Meaning, the scheme declared.
+  EXPECT_EQ(second["finding"]["scheme"], "99FIRSTREAD");
+  EXPECT_EQ(second["finding"]["meaning"], "ground-glass opacity");
+  EXPECT_EQ(second["finding"]["code"], firstread::reports::finding_code("Ground-glass opacity ").value);
+  ASSERT_EQ(sr["coding_schemes"].size(), 1u);
+  EXPECT_EQ(sr["coding_schemes"][0]["designator"], "99FIRSTREAD");
   EXPECT_EQ(second["graphic_data"], closed_rectangle(unknown));
   EXPECT_TRUE(second["certainty"].is_null());
-  EXPECT_TRUE(second["comments"].empty());
+  EXPECT_EQ(second["comments"], json::array({"ground-glass opacity"}));
   EXPECT_NE(first["tracking_uid"], second["tracking_uid"]);
 }
 
 TEST_F(SrBuilderTest, ChineseReportOnRgbImageKeepsTextUnchanged) {
   auto rgb = load("SC_rgb_small_odd.dcm");  // 3 x 3 RGB secondary capture
   DcmDataset& image = *rgb->getDataset();
+  // Photographs have no Pixel Spacing (this sample does): the area is then in pixels.
+  ASSERT_TRUE(image.findAndDeleteElement(DCM_PixelSpacing).good());
   SrInput input = base_input({&image});
   input.language = "zh";
   input.narrative = "所见：右肺上叶见一结节，边界清楚。\n印象：右肺上叶结节，建议随访。";
@@ -289,12 +302,14 @@ TEST_F(SrBuilderTest, ChineseReportOnRgbImageKeepsTextUnchanged) {
   EXPECT_EQ(sr["narrative"][1]["text"], "右肺上叶结节，建议随访。");
 
   ASSERT_EQ(sr["groups"].size(), 2u);
-  EXPECT_EQ(sr["groups"][0]["tracking_identifier"], "finding 1: 结节");
   EXPECT_EQ(sr["groups"][0]["finding"]["code"], "27925004");  // 结节 = nodule
-  EXPECT_EQ(sr["groups"][0]["comments"], json::array({"右肺上叶结节，直径约9毫米。"}));
+  EXPECT_EQ(sr["groups"][0]["comments"], json::array({"结节", "右肺上叶结节，直径约9毫米。"}));
+  EXPECT_EQ(sr["groups"][0]["area"]["unit"]["code"], "{pixels}");
+  EXPECT_DOUBLE_EQ(sr["groups"][0]["area"]["value"].get<double>(), 2.0 * 1.5);
   EXPECT_EQ(sr["groups"][0]["graphic_data"], closed_rectangle(nodule));
-  EXPECT_EQ(sr["groups"][1]["tracking_identifier"], "finding 2: 磨玻璃影");
-  EXPECT_EQ(sr["groups"][1]["finding"]["text"], "磨玻璃影");
+  EXPECT_EQ(sr["groups"][1]["finding"]["scheme"], "99FIRSTREAD");
+  EXPECT_EQ(sr["groups"][1]["finding"]["meaning"], "磨玻璃影");
+  EXPECT_EQ(sr["groups"][1]["comments"], json::array({"磨玻璃影"}));
   EXPECT_EQ(sr["groups"][1]["referenced_image"]["sop_class_uid"], get_string(image, DCM_SOPClassUID));
 }
 
@@ -429,6 +444,75 @@ TEST_F(SrBuilderTest, Latin1PatientNameArrivesAsUtf8) {
   // The caller's dataset is untouched.
   EXPECT_EQ(get_string(image, DCM_PatientName), "M\xFCller^J\xFCrgen");
   EXPECT_EQ(get_string(image, DCM_SpecificCharacterSet), "ISO_IR 100");
+}
+
+// OHIF v3's own code (its SR extension and the cornerstone adapters, from npm,
+// installed into the build tree at test time by tests/ohif/ensure_npm.sh) reads
+// every finding: shown on its image and frame with its label among the text
+// lines, and hydrated as a RectangleROI measurement with that label and box.
+class SrBuilderOhifTest : public SrBuilderTest {
+ protected:
+  json expected_entry(const SrFinding& f) {
+    return {{"label", f.label}, {"sop_instance_uid", f.sop_instance_uid}, {"frame", f.frame},
+            {"x1", f.x1}, {"y1", f.y1}, {"x2", f.x2}, {"y2", f.y2}};
+  }
+  // Runs tests/ohif/check_sr.cjs on the SR; images are the source files.
+  void expect_ohif_reads(const BuiltSr& built, const std::string& name, const std::vector<SrFinding>& findings,
+                         const std::vector<std::string>& image_files) {
+    save_and_validate(built, name);
+    const std::string source_dir = FIRSTREAD_SOURCE_DIR;
+    const CommandResult npm = run_command("'" + source_dir + "/tests/ohif/ensure_npm.sh' '" + FIRSTREAD_OHIF_NPM_DIR + "'",
+                                          temp_dir_ / "npm.err");
+    ASSERT_EQ(npm.exit_code, 0) << "installing OHIF's packages from npm failed:\n" << npm.err;
+    std::string node_modules = npm.out;
+    while (!node_modules.empty() && (node_modules.back() == '\n' || node_modules.back() == '\r')) node_modules.pop_back();
+    json expected = json::array();
+    for (const SrFinding& f : findings) expected.push_back(expected_entry(f));
+    const fs::path expected_path = temp_dir_ / (name + ".expected.json");
+    std::ofstream(expected_path) << expected.dump();
+    std::string command = "NODE_PATH='" + node_modules + "' node '" + source_dir + "/tests/ohif/check_sr.cjs' '" +
+                          (temp_dir_ / (name + ".dcm")).string() + "' '" + expected_path.string() + "'";
+    for (const std::string& file : image_files) command += " '" + file + "'";
+    const CommandResult check = run_command(command, temp_dir_ / "check_sr.err");
+    EXPECT_EQ(check.exit_code, 0) << "OHIF's libraries on " << name << ":\n" << check.out << check.err;
+    if (check.exit_code != 0) return;
+    const json summary = json::parse(check.out);
+    ASSERT_EQ(summary["ohif_display"].size(), findings.size());
+    ASSERT_EQ(summary["adapters_hydrated"].size(), findings.size());
+    for (size_t i = 0; i < findings.size(); ++i) {
+      EXPECT_EQ(summary["adapters_hydrated"][i]["label"], findings[i].label);
+      EXPECT_TRUE(summary["ohif_display"][i]["loaded"].get<bool>());
+    }
+  }
+};
+
+TEST_F(SrBuilderOhifTest, CtFindingsKnownOwnCodeAndConfidenceAreShownAndHydrated) {
+  const std::string path = kPydicomTestFiles + "CT_small.dcm";
+  auto ct = load("CT_small.dcm");
+  DcmDataset& image = *ct->getDataset();
+  SrInput input = base_input({&image});
+  input.narrative = "Findings: nodule.\nImpression: follow-up.";
+  SrFinding nodule = finding_on(image, "nodule", 10.5, 20.0, 40.25, 60.0);
+  nodule.confidence = 87.5;
+  nodule.text = "Solid nodule, right upper lobe.";
+  SrFinding opacity = finding_on(image, "ground-glass opacity", 0.0, 0.0, 128.0, 128.0);
+  SrFinding chinese = finding_on(image, "磨玻璃影", 64.0, 70.0, 100.0, 127.5);
+  chinese.confidence = 40.0;
+  input.findings = {nodule, opacity, chinese};
+  expect_ohif_reads(build_sr(input), "ohif_ct", input.findings, {path});
+}
+
+TEST_F(SrBuilderOhifTest, RegionOnTheSecondFrameOfAMultiFrameImage) {
+  auto sc = load("SC_rgb_rle_2frame.dcm");  // 2 frames, 100 x 100
+  DcmDataset& image = *sc->getDataset();
+  ASSERT_TRUE(image.putAndInsertString(DCM_SOPClassUID, UID_MultiframeTrueColorSecondaryCaptureImageStorage).good());
+  const fs::path source = temp_dir_ / "multiframe_source.dcm";
+  ASSERT_TRUE(sc->saveFile(source.c_str()).good());
+  SrInput input = base_input({&image});
+  SrFinding polyp = finding_on(image, "息肉", 25.0, 30.0, 75.5, 99.0);
+  polyp.frame = 2;
+  input.findings = {polyp};
+  expect_ohif_reads(build_sr(input), "ohif_multiframe", input.findings, {source.string()});
 }
 
 // Workers build SRs concurrently: each build must succeed with its own UIDs.

@@ -35,6 +35,7 @@ CERTAINTY_OF_FINDING = ("111012", "DCM")
 COMMENT = ("121106", "DCM")
 ALGORITHM_NAME = ("111001", "DCM")
 ALGORITHM_VERSION = ("111003", "DCM")
+AREA = ("42798000", "SCT")
 
 
 class SrError(Exception):
@@ -87,16 +88,31 @@ def value_of(item):
     raise SrError(f"unexpected value type {vt}")
 
 
+def read_region(item, where, out):
+    """An Image Region SCOORD with exactly one SELECTED FROM IMAGE child."""
+    data = [float(v) for v in item.GraphicData]
+    out["graphic_type"] = item.GraphicType
+    out["graphic_data"] = [[data[i], data[i + 1]] for i in range(0, len(data), 2)]
+    images = [c for c in children(item) if c.ValueType == "IMAGE" and c.RelationshipType == "SELECTED FROM"]
+    if len(images) != 1:
+        raise SrError(f"{where}: Image Region has {len(images)} SELECTED FROM IMAGE children, needs 1")
+    out["referenced_image"] = image_reference(images[0])
+
+
 def read_group(group, index):
+    """One measurement group. The region may sit in the group (TID 1410) or
+    below a NUM it was measured on (TID 1501/300: NUM INFERRED FROM SCOORD)."""
     where = f"measurement group {index + 1}"
     out = {"template": None, "tracking_identifier": None, "tracking_uid": None, "finding": None,
-           "graphic_type": None, "graphic_data": None, "referenced_image": None,
-           "certainty": None, "algorithm": {}, "comments": []}
+           "graphic_type": None, "graphic_data": None, "referenced_image": None, "region_relationship": None,
+           "area": None, "certainty": None, "algorithm": {}, "comments": [], "direct_scoords": 0}
     templates = group.get("ContentTemplateSequence")
     if templates:
         out["template"] = templates[0].TemplateIdentifier
     for child in children(group):
         name = concept(child)
+        if child.ValueType == "SCOORD":
+            out["direct_scoords"] += 1
         if name == TRACKING_IDENTIFIER:
             out["tracking_identifier"] = child.TextValue
         elif name == TRACKING_UID:
@@ -104,21 +120,22 @@ def read_group(group, index):
         elif name == FINDING:
             out["finding"] = value_of(child)
         elif name == IMAGE_REGION and child.ValueType == "SCOORD":
-            data = [float(v) for v in child.GraphicData]
-            out["graphic_type"] = child.GraphicType
-            out["graphic_data"] = [[data[i], data[i + 1]] for i in range(0, len(data), 2)]
-            images = [c for c in children(child)
-                      if c.ValueType == "IMAGE" and c.RelationshipType == "SELECTED FROM"]
-            if len(images) != 1:
-                raise SrError(f"{where}: Image Region has {len(images)} SELECTED FROM IMAGE children, needs 1")
-            out["referenced_image"] = image_reference(images[0])
-        elif name == CERTAINTY_OF_FINDING:
-            out["certainty"] = value_of(child)
-            for modifier in children(child):
-                if concept(modifier) == ALGORITHM_NAME:
-                    out["algorithm"]["name"] = modifier.TextValue
-                elif concept(modifier) == ALGORITHM_VERSION:
-                    out["algorithm"]["version"] = modifier.TextValue
+            read_region(child, where, out)
+            out["region_relationship"] = child.RelationshipType
+        elif child.ValueType == "NUM":
+            if name == CERTAINTY_OF_FINDING:
+                out["certainty"] = value_of(child)
+            elif name == AREA:
+                out["area"] = value_of(child)
+            for sub in children(child):
+                sub_name = concept(sub)
+                if sub.ValueType == "SCOORD" and sub.RelationshipType == "INFERRED FROM":
+                    read_region(sub, where, out)
+                    out["region_relationship"] = "INFERRED FROM"
+                elif sub_name == ALGORITHM_NAME:
+                    out["algorithm"]["name"] = sub.TextValue
+                elif sub_name == ALGORITHM_VERSION:
+                    out["algorithm"]["version"] = sub.TextValue
         elif name == COMMENT:
             out["comments"].append(child.TextValue)
     if not out["tracking_identifier"] or not out["tracking_uid"]:
@@ -165,6 +182,9 @@ def read_sr(path):
         "evidence": [],
         "predecessors": [],
         "contributing_equipment": [],
+        "coding_schemes": [{"designator": c.CodingSchemeDesignator, "name": c.get("CodingSchemeName"),
+                            "responsible": c.get("CodingSchemeResponsibleOrganization")}
+                           for c in ds.get("CodingSchemeIdentificationSequence", [])],
     }
     for child in children(ds):
         name = concept(child)
