@@ -17,7 +17,7 @@
 #include <iostream>
 #include <sstream>
 
-#include "engine/dicom_image.h"
+#include "dicom/pixels.h"
 
 namespace fs = std::filesystem;
 using firstread::reports::build_key_image;
@@ -47,7 +47,7 @@ TEST(KeyImage, CtFrameWithBurnedInBoxesIsAValidSecondaryCapture) {
   const fs::path dir = pattern;
   DcmFileFormat ct;
   ASSERT_TRUE(ct.loadFile(kCt.c_str()).good());
-  const auto pixels = firstread::engine::decode_dicom_frame(*ct.getDataset(), kCt, 0);
+  const auto pixels = firstread::dicom::decode_dicom_frame(*ct.getDataset(), kCt, 0);
   KeyImageInput input;
   input.source = ct.getDataset();
   input.width = pixels.image.width;

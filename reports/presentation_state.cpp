@@ -2,7 +2,7 @@
 // DCMTK's dataset API: one graphic layer "FIRSTREAD AI", per finding a closed
 // POLYLINE rectangle and a text object with its label, in PIXEL units of the
 // source image; for grey images the modality LUT and the VOI the model's
-// 8-bit input was made with (engine/dicom_image: VOI LUT, else the first
+// 8-bit input was made with (dicom/pixels: VOI LUT, else the first
 // window, else the frame's min-max), for colour images an ICC profile.
 #include "reports/presentation_state.h"
 
@@ -138,7 +138,7 @@ void register_decoders_once() {
   });
 }
 
-// The Softcopy VOI LUT item for one image: what engine/dicom_image applied.
+// The Softcopy VOI LUT item for one image: what dicom/pixels applied.
 // Returns false (and leaves no item) when the min-max cannot be computed.
 bool add_voi(DcmDataset& out, const Source& source, std::vector<std::string>& warnings) {
   DcmDataset& in = *source.dataset;

@@ -165,7 +165,7 @@ TEST_F(PresentationStateTest, CtGspsCarriesBoxesLabelsWindowAndRescale) {
   EXPECT_EQ(on_image["texts"][0]["text"], "nodule 87.5 %");
   EXPECT_EQ(on_image["texts"][1]["text"], "磨玻璃影");
   // CT_small has no window: the model's input was the frame's min-max of
-  // Hounsfield values (engine/dicom_image), which pydicom computes here.
+  // Hounsfield values (dicom/pixels), which pydicom computes here.
   const CommandResult range = run("/usr/bin/python3 -c \"import pydicom; from pydicom.pixel_data_handlers.util import "
                                   "apply_modality_lut as m; d = pydicom.dcmread('" + kTestFiles +
                                   "CT_small.dcm'); a = m(d.pixel_array, d); print(float(a.min()), float(a.max()))\"");
