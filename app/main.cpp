@@ -1,5 +1,9 @@
 // firstread: one executable, one subcommand per task. Each subcommand exits 0
-// on success and non-zero with a one-line reason on failure; logs go to stderr.
+// on success, 2 with a one-line reason when its arguments are refused (an
+// unknown flag is named), 1 with a one-line reason when the task fails; logs
+// go to stderr. Arguments are parsed with CLI11; every subcommand has --help.
+#include <CLI/CLI.hpp>
+
 #include <iostream>
 #include <string>
 
@@ -12,56 +16,166 @@
 
 namespace {
 
-const char* kUsage =
-    "usage: firstread COMMAND [OPTIONS]\n"
-    "\n"
-    "commands:\n"
-    "  serve [--config FILE] [--role all|ingest|worker]   run the DICOM node and workers\n"
-    "  db migrate [--config FILE]                          apply database migrations and exit\n"
-    "  db stop [--config FILE]                             stop the embedded PostgreSQL cluster\n"
-    "  studies [--config FILE] [--state STATE] [--json]    list studies (api.studies)\n"
-    "  jobs [--config FILE] [--state STATE] [--json]       list jobs (api.jobs)\n"
-    "  results [--config FILE] [--study UID | --since TIME] [--json]   reports with findings and exports\n"
-    "  reprocess STUDY_UID [--config FILE]                 run a study again (new SR supersedes the old)\n"
+using firstread::app::Args;
+
+const char* kFooter =
+    "Without --config, FIRSTREAD_CONFIG or the built-in defaults are used (see config/firstread.example.yaml).\n"
+    "Each command has --help.";
+
+// --NAME VALUE (or --NAME=VALUE), kept in args.options.
+CLI::Option* add_value(CLI::App* cmd, Args& args, const std::string& name, const std::string& value_name,
+                       const std::string& help) {
+  return cmd
+      ->add_option_function<std::string>(
+          name, [&args, name](const std::string& value) { args.options[name] = value; }, help)
+      ->type_name(value_name);
+}
+
+// --NAME without a value, kept in args.flags.
+CLI::Option* add_flag(CLI::App* cmd, Args& args, const std::string& name, const std::string& help) {
+  return cmd->add_flag_callback(name, [&args, name] { args.flags.insert(name); }, help);
+}
+
+void add_config(CLI::App* cmd, Args& args) {
+  add_value(cmd, args, "--config", "FILE", "configuration file (YAML)");
+}
+
+void add_json(CLI::App* cmd, Args& args) { add_flag(cmd, args, "--json", "machine-readable output on stdout"); }
+
+// A positional argument, appended to args.items.
+CLI::Option* add_positional(CLI::App* cmd, Args& args, const std::string& name, const std::string& help) {
+  return cmd->add_option_function<std::string>(
+      name, [&args](const std::string& value) { args.items.push_back(value); }, help);
+}
+
+// The subcommands that run_* functions implement, with their options.
+struct CommandLine {
+  CLI::App app{"firstread: an AI first reader for a PACS (DICOM node, job queue, model, DICOM SR).", "firstread"};
+  Args args;
+  CLI::App *serve, *db, *db_migrate, *db_stop, *studies, *jobs, *results, *reprocess, *version;
+
+  CommandLine() {
+    app.footer(kFooter);
+    // At most one; "none" and unknown words are answered in main() so that the
+    // message names what was wrong (CLI11 checks requirements before extras).
+    app.require_subcommand(0, 1);
+
+    serve = app.add_subcommand("serve", "run the DICOM node, the workers and the HTTP API");
+    add_config(serve, args);
+    add_value(serve, args, "--role", "all|ingest|worker", "what this node runs (default all)")
+        ->check(CLI::IsMember({"all", "ingest", "worker"}));
+
+    db = app.add_subcommand("db", "database maintenance");
+    db->require_subcommand(0, 1);
+    db_migrate = db->add_subcommand("migrate", "apply database migrations and exit");
+    add_config(db_migrate, args);
+    db_stop = db->add_subcommand("stop", "stop the embedded PostgreSQL cluster");
+    add_config(db_stop, args);
+
+    studies = app.add_subcommand("studies", "list studies (api.studies)");
+    add_config(studies, args);
+    add_value(studies, args, "--state", "STATE", "receiving, queued, processing, reported or failed");
+    add_json(studies, args);
+
+    jobs = app.add_subcommand("jobs", "list jobs (api.jobs)");
+    add_config(jobs, args);
+    add_value(jobs, args, "--state", "STATE", "queued, running, done, failed or dead");
+    add_json(jobs, args);
+
+    results = app.add_subcommand("results", "reports with findings and exports");
+    add_config(results, args);
+    CLI::Option* study = add_value(results, args, "--study", "UID", "one study's reports");
+    CLI::Option* since = add_value(results, args, "--since", "TIME", "reports created since TIME (ISO 8601)");
+    study->excludes(since);
+    add_json(results, args);
+
+    reprocess = app.add_subcommand("reprocess", "run a study again (the new SR supersedes the old)");
+    add_positional(reprocess, args, "STUDY_UID", "Study Instance UID (required)");
+    add_config(reprocess, args);
+
+    version = app.add_subcommand("version", "print the version");
+
 #ifdef FIRSTREAD_HAVE_ENGINE
-    "  infer --model DIR --image FILE [--prompt TEXT] [--json]   run one image through a model\n"
-    "  tokenize --model DIR (--text T | --text-file F) [--decode] [--json]\n"
+    // Listed here for --help; they parse their own arguments (engine/cli.cpp).
+    app.add_subcommand("infer", "run one image through a model (see firstread infer --help)");
+    app.add_subcommand("tokenize", "the ids a model's tokenizer gives (see firstread tokenize --help)");
 #endif
-    "  version                                             print the version\n"
-    "\n"
-    "Without --config, FIRSTREAD_CONFIG or the built-in defaults are used (see config/firstread.example.yaml).\n";
+  }
+
+  // The chosen subcommand's name for messages ("db migrate", "studies", ...).
+  std::string chosen() const {
+    for (const CLI::App* cmd : app.get_subcommands()) {
+      std::string name = cmd->get_name();
+      for (const CLI::App* sub : cmd->get_subcommands()) name += " " + sub->get_name();
+      return name;
+    }
+    return "";
+  }
+};
+
+int run_chosen(CommandLine& cl) {
+  using namespace firstread::app;
+  if (cl.version->parsed()) {
+    std::cout << "firstread " << kVersion << "\n";
+    return 0;
+  }
+  if (cl.serve->parsed()) return run_serve(cl.args);
+  if (cl.db->parsed()) {
+    if (cl.db_stop->parsed() || cl.db_migrate->parsed())
+      cl.args.items.insert(cl.args.items.begin(), cl.db_stop->parsed() ? "stop" : "migrate");
+    return run_db(cl.args);  // without migrate or stop: its usage, exit 2
+  }
+  if (cl.studies->parsed()) return run_studies(cl.args);
+  if (cl.jobs->parsed()) return run_jobs(cl.args);
+  if (cl.results->parsed()) return run_results(cl.args);
+  if (cl.reprocess->parsed()) return run_reprocess(cl.args);
+  std::cerr << "firstread: a command is required (see firstread --help)\n";
+  return 2;
+}
+
+bool is_command(const CommandLine& cl, const std::string& word) {
+  for (const CLI::App* cmd : cl.app.get_subcommands([](const CLI::App*) { return true; }))
+    if (cmd->get_name() == word) return true;
+  return false;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
-    std::cout << kUsage;
-    return argc < 2 ? 2 : 0;
+  const std::string first = argc >= 2 ? argv[1] : "";
+#ifdef FIRSTREAD_HAVE_ENGINE
+  if (first == "infer") return firstread::engine::run_infer_command(argc - 1, argv + 1);
+  if (first == "tokenize") return firstread::engine::run_tokenize_command(argc - 1, argv + 1);
+#endif
+  CommandLine cl;
+  if (argc < 2) {
+    std::cout << cl.app.help();
+    return 2;
   }
-  const std::string command = argv[1];
-  firstread::app::Args args;
-  for (int i = 2; i < argc; ++i) args.items.push_back(argv[i]);
-  if (args.has("--help") || args.has("-h")) {
-    std::cout << kUsage;
+  if (first == "help") {
+    std::cout << cl.app.help();
     return 0;
   }
-  try {
-    if (command == "version") {
-      std::cout << "firstread " << firstread::app::kVersion << "\n";
-      return 0;
-    }
-    if (command == "serve") return firstread::app::run_serve(args);
-    if (command == "db") return firstread::app::run_db(args);
-    if (command == "studies") return firstread::app::run_studies(args);
-    if (command == "jobs") return firstread::app::run_jobs(args);
-    if (command == "results") return firstread::app::run_results(args);
-    if (command == "reprocess") return firstread::app::run_reprocess(args);
-#ifdef FIRSTREAD_HAVE_ENGINE
-    if (command == "infer") return firstread::engine::run_infer_command(argc - 1, argv + 1);
-    if (command == "tokenize") return firstread::engine::run_tokenize_command(argc - 1, argv + 1);
-#endif
-    std::cerr << "firstread: unknown command '" << command << "' (see firstread --help)\n";
+  if (first.rfind("-", 0) != 0 && !is_command(cl, first)) {
+    std::cerr << "firstread: unknown command '" << first << "' (see firstread --help)\n";
     return 2;
+  }
+  try {
+    cl.app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << cl.app.help();  // the chosen subcommand's help when one was named
+    return 0;
+  } catch (const CLI::CallForAllHelp&) {
+    std::cout << cl.app.help("", CLI::AppFormatMode::All);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    const std::string command = cl.chosen();
+    std::cerr << "firstread" << (command.empty() ? "" : " " + command) << ": " << e.what() << " (see firstread "
+              << (command.empty() ? "" : command + " ") << "--help)\n";
+    return 2;
+  }
+  try {
+    return run_chosen(cl);
   } catch (const firstread::config::ConfigError& e) {
     std::cerr << "firstread: configuration error: " << e.what() << "\n";
   } catch (const std::exception& e) {

@@ -6,21 +6,12 @@
 
 namespace firstread::app {
 
-bool Args::has(const std::string& flag) const {
-  for (const auto& a : items)
-    if (a == flag) return true;
-  return false;
-}
+bool Args::has(const std::string& flag) const { return flags.count(flag) > 0 || options.count(flag) > 0; }
 
-std::optional<std::string> Args::value(const std::string& flag) const {
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i] == flag) {
-      if (i + 1 >= items.size()) throw std::invalid_argument(flag + " needs a value");
-      return items[i + 1];
-    }
-    if (items[i].rfind(flag + "=", 0) == 0) return items[i].substr(flag.size() + 1);
-  }
-  return std::nullopt;
+std::optional<std::string> Args::value(const std::string& option) const {
+  auto it = options.find(option);
+  if (it == options.end()) return std::nullopt;
+  return it->second;
 }
 
 Runtime Runtime::open(const std::optional<std::string>& config_path, bool quiet) {

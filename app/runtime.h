@@ -3,9 +3,12 @@
 // PostgreSQL (started if needed, stopped again if we started it).
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "config/config.h"
 #include "db/database.h"
@@ -23,11 +26,14 @@ struct Runtime {
   static Runtime open(const std::optional<std::string>& config_path, bool quiet);
 };
 
-// Small argument helpers shared by the subcommands.
+// A subcommand's arguments as app/main.cpp's CLI11 parser accepted them
+// (unknown flags and missing values are refused there, before any run_*).
 struct Args {
-  std::vector<std::string> items;
-  bool has(const std::string& flag) const;
-  std::optional<std::string> value(const std::string& flag) const;  // --flag VALUE or --flag=VALUE
+  std::vector<std::string> items;               // positional arguments, in order
+  std::map<std::string, std::string> options;   // "--name" -> value
+  std::set<std::string> flags;                  // "--name" of each flag given
+  bool has(const std::string& flag) const;      // a flag given, or an option with a value
+  std::optional<std::string> value(const std::string& option) const;
 };
 
 }  // namespace firstread::app

@@ -7,6 +7,8 @@
 #include <sstream>
 #include <string>
 
+#include <CLI/CLI.hpp>
+
 #include "engine/common.h"
 #include "engine/model.h"
 #include "reports/model_output.h"
@@ -17,119 +19,67 @@ using nlohmann::json;
 
 namespace {
 
-const char* kInferHelp =
-    "usage: firstread infer --model DIR --image FILE [--prompt TEXT] [--max-new-tokens N]\n"
-    "                       [--threads N] [--weights auto|f32|bf16|f16] [--system TEXT]\n"
-    "                       [--box-scale N] [--json]\n"
-    "Runs one image (PNG, PPM, PGM) through an InternVL-Chat model directory and prints\n"
-    "the answer. --json prints text, token_ids, prompt_token_ids, findings and timings_ms.\n";
-
-const char* kTokenizeHelp =
-    "usage: firstread tokenize --model DIR (--text TEXT | --text-file FILE) [--decode] [--json]\n"
-    "Prints the ids the model's tokenizer gives (no special tokens added); with --decode\n"
-    "the text is a list of ids (space or comma separated) and the decoded text is printed.\n";
-
-struct Args {
-  std::string error;
-  bool help = false;
-  std::vector<std::pair<std::string, std::string>> kv;
-  std::vector<std::string> flags;
-  std::string get(const std::string& k, const std::string& d = "") const {
-    for (const auto& p : kv)
-      if (p.first == k) return p.second;
-    return d;
-  }
-  bool has(const std::string& k) const {
-    for (const auto& p : kv)
-      if (p.first == k) return true;
-    for (const auto& f : flags)
-      if (f == k) return true;
-    return false;
-  }
-};
-
-Args parse(int argc, char** argv, const std::vector<std::string>& with_value, const std::vector<std::string>& flags) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string s = argv[i];
-    if (s == "--help" || s == "-h") {
-      a.help = true;
-      continue;
-    }
-    bool known = false;
-    for (const auto& k : with_value)
-      if (s == k) {
-        if (i + 1 >= argc) {
-          a.error = s + " needs a value";
-          return a;
-        }
-        a.kv.push_back({k, argv[++i]});
-        known = true;
-      }
-    for (const auto& f : flags)
-      if (s == f) {
-        a.flags.push_back(f);
-        known = true;
-      }
-    if (!known) {
-      a.error = "unknown argument '" + s + "'";
-      return a;
-    }
-  }
-  return a;
-}
-
-bool parse_positive(const std::string& s, int& out) {
-  char* end = nullptr;
-  long v = std::strtol(s.c_str(), &end, 10);
-  if (s.empty() || *end || v < 1 || v > 1000000) return false;
-  out = int(v);
-  return true;
-}
-
 int fail(const std::string& cmd, const std::string& why) {
   std::cerr << "firstread " << cmd << ": " << why << "\n";
   return 2;
 }
 
+// Parses argv (argv[0] = the subcommand) with app. Returns -1 to go on, 0
+// after printing --help, 2 after a refusal naming what was wrong.
+int parse_arguments(CLI::App& app, const std::string& cmd, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << app.help();
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    return fail(cmd, std::string(e.what()) + " (see firstread " + cmd + " --help)");
+  }
+  return -1;
+}
+
 }  // namespace
 
 int run_infer_command(int argc, char** argv) {
-  Args a = parse(argc, argv,
-                 {"--model", "--image", "--prompt", "--max-new-tokens", "--threads", "--weights", "--system",
-                  "--box-scale"},
-                 {"--json"});
-  if (a.help) {
-    std::cout << kInferHelp;
-    return 0;
-  }
-  if (!a.error.empty()) return fail("infer", a.error + " (see --help)");
-  if (!a.has("--model")) return fail("infer", "--model DIR is required");
-  if (!a.has("--image")) return fail("infer", "--image FILE is required");
+  CLI::App app{"Runs one image (PNG, PPM, PGM) through an InternVL-Chat model directory and prints the answer. "
+               "--json prints text, token_ids, prompt_token_ids, findings and timings_ms.",
+               "firstread infer"};
+  std::string model_dir, image_path, prompt = "Please describe the image.", weights = "auto", system;
   int max_new = 256, threads = 0, box_scale = 0;
-  if (a.has("--max-new-tokens") && !parse_positive(a.get("--max-new-tokens"), max_new))
-    return fail("infer", "--max-new-tokens must be a positive integer");
-  if (a.has("--threads") && !parse_positive(a.get("--threads"), threads))
-    return fail("infer", "--threads must be a positive integer");
-  if (a.has("--box-scale") && !parse_positive(a.get("--box-scale"), box_scale))
-    return fail("infer", "--box-scale must be a positive integer");
+  bool as_json = false;
+  // --model and --image are checked after parsing, so that an unknown flag is named first.
+  app.add_option("--model", model_dir, "model directory (config.json, *.safetensors, tokenizer); required");
+  app.add_option("--image", image_path, "image file: PNG, PPM (P3/P6) or PGM (P2/P5); required");
+  app.add_option("--prompt", prompt, "the question")->capture_default_str();
+  app.add_option("--max-new-tokens", max_new, "tokens to generate at most")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(1, 1000000));
+  app.add_option("--weights", weights, "weight format: auto|f32|bf16|f16|int8|int4")->capture_default_str();
+  CLI::Option* system_opt = app.add_option("--system", system, "system message instead of the template's");
+  app.add_option("--box-scale", box_scale, "box grid 0..N (default: 999 for pixel shuffle v1, else 1000)")
+      ->check(CLI::Range(1, 1000000));
+  app.add_flag("--json", as_json, "machine-readable output on stdout");
+  if (int rc = parse_arguments(app, "infer", argc, argv); rc >= 0) return rc;
+  if (model_dir.empty()) return fail("infer", "--model DIR is required (see --help)");
+  if (image_path.empty()) return fail("infer", "--image FILE is required (see --help)");
   try {
     EngineOptions opts;
     opts.threads = threads;
-    opts.weights = a.get("--weights", "auto");
-    if (a.has("--system")) {
-      opts.system_message = a.get("--system");
+    opts.weights = weights;
+    if (*system_opt) {
+      opts.system_message = system;
       opts.has_system_message = true;
     }
-    RgbImage img = load_image_file(a.get("--image"));
-    auto model = Model::load(a.get("--model"), opts);
+    RgbImage img = load_image_file(image_path);
+    auto model = Model::load(model_dir, opts);
     GenerateOptions go;
     go.max_new_tokens = max_new;
-    GenerateResult r = model->generate({img}, a.get("--prompt", "Please describe the image."), go);
+    GenerateResult r = model->generate({img}, prompt, go);
     // MedRegA-lineage (pixel shuffle v1) models use 0..999, InternVL2 0..1000.
     if (box_scale == 0) box_scale = model->hparams().chat.ps_version == 1 ? 999 : 1000;
     auto boxes = reports::parse_regions(r.text, r.images.at(0), reports::BoxFormat{box_scale});
-    if (a.has("--json")) {
+    if (as_json) {
       json j;
       j["text"] = r.text;
       j["token_ids"] = r.token_ids;
@@ -163,18 +113,24 @@ int run_infer_command(int argc, char** argv) {
 }
 
 int run_tokenize_command(int argc, char** argv) {
-  Args a = parse(argc, argv, {"--model", "--text", "--text-file"}, {"--json", "--decode"});
-  if (a.help) {
-    std::cout << kTokenizeHelp;
-    return 0;
-  }
-  if (!a.error.empty()) return fail("tokenize", a.error + " (see --help)");
-  if (!a.has("--model")) return fail("tokenize", "--model DIR is required");
-  if (a.has("--text") == a.has("--text-file")) return fail("tokenize", "give exactly one of --text or --text-file");
+  CLI::App app{"Prints the ids the model's tokenizer gives (no special tokens added); with --decode the text is a "
+               "list of ids (space or comma separated) and the decoded text is printed.",
+               "firstread tokenize"};
+  std::string model_dir, text_arg, text_file;
+  bool decode = false, as_json = false;
+  app.add_option("--model", model_dir, "model directory (tokenizer.model, tokenizer.json or vocab.json); required");
+  CLI::Option* text_opt = app.add_option("--text", text_arg, "the text (or the ids, with --decode)");
+  CLI::Option* file_opt = app.add_option("--text-file", text_file, "read the text from FILE");
+  text_opt->excludes(file_opt);
+  app.add_flag("--decode", decode, "ids in, text out");
+  app.add_flag("--json", as_json, "machine-readable output on stdout");
+  if (int rc = parse_arguments(app, "tokenize", argc, argv); rc >= 0) return rc;
+  if (model_dir.empty()) return fail("tokenize", "--model DIR is required (see --help)");
+  if (!*text_opt && !*file_opt) return fail("tokenize", "give exactly one of --text or --text-file (see --help)");
   try {
-    std::string text = a.has("--text") ? a.get("--text") : read_text_file(a.get("--text-file"));
-    auto tok = Tokenizer::load(a.get("--model"));
-    if (a.has("--decode")) {
+    std::string text = *text_opt ? text_arg : read_text_file(text_file);
+    auto tok = Tokenizer::load(model_dir);
+    if (decode) {
       std::vector<int> ids;
       std::string cur;
       for (char c : text + " ") {
@@ -188,7 +144,7 @@ int run_tokenize_command(int argc, char** argv) {
         }
       }
       std::string out = tok->decode(ids, false);
-      if (a.has("--json"))
+      if (as_json)
         std::cout << json{{"text", out}, {"token_ids", ids}}.dump(-1, ' ', false, json::error_handler_t::replace)
                   << "\n";
       else
@@ -196,7 +152,7 @@ int run_tokenize_command(int argc, char** argv) {
       return 0;
     }
     std::vector<int> ids = tok->encode(text, false);
-    if (a.has("--json")) {
+    if (as_json) {
       json pieces = json::array();
       for (int id : ids) pieces.push_back(tok->decode({id}, false));
       std::cout << json{{"token_ids", ids}, {"tokens", pieces}, {"count", ids.size()}}.dump(
