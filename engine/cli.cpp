@@ -19,9 +19,15 @@ using nlohmann::json;
 
 namespace {
 
+// Exit codes as app/main.cpp gives them: 2 for refused arguments, 1 for a task that failed.
 int fail(const std::string& cmd, const std::string& why) {
   std::cerr << "firstread " << cmd << ": " << why << "\n";
   return 2;
+}
+
+int task_failed(const std::string& cmd, const std::string& why) {
+  std::cerr << "firstread " << cmd << ": " << why << "\n";
+  return 1;
 }
 
 // Parses argv (argv[0] = the subcommand) with app. Returns -1 to go on, 0
@@ -108,7 +114,7 @@ int run_infer_command(int argc, char** argv) {
     }
     return 0;
   } catch (const std::exception& e) {
-    return fail("infer", e.what());
+    return task_failed("infer", e.what());
   }
 }
 
@@ -164,7 +170,7 @@ int run_tokenize_command(int argc, char** argv) {
     }
     return 0;
   } catch (const std::exception& e) {
-    return fail("tokenize", e.what());
+    return task_failed("tokenize", e.what());
   }
 }
 

@@ -114,4 +114,7 @@ TEST(CommandLine, UsageWithoutACommandAndVersion) {
   const Outcome bad_config = run_firstread("studies --config /nonexistent/firstread.yaml");
   EXPECT_EQ(bad_config.exit_code, 1) << bad_config.err;
   EXPECT_NE(bad_config.err.find("/nonexistent/firstread.yaml"), std::string::npos) << bad_config.err;
+  const Outcome no_image = run_firstread("infer --model /nonexistent --image /nonexistent/x.png");
+  EXPECT_EQ(no_image.exit_code, 1) << no_image.err;
+  EXPECT_NE(no_image.err.find("/nonexistent/x.png"), std::string::npos) << no_image.err;
 }
