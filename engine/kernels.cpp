@@ -7,7 +7,9 @@
 #include <array>
 #include <stdexcept>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace firstread::engine {
 
@@ -28,6 +30,13 @@ void silu_mul(float* gate, const float* up, int64_t n);
 float dot(const float* a, const float* b, int64_t n);
 void axpy(float* y, float a, const float* x, int64_t n);
 }  // namespace avx2
+
+namespace avx512 {
+int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k);
+void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
+void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
+              int64_t ldy, int64_t n0, int64_t n1);
+}  // namespace avx512
 
 // ---------------------------------------------------------------- threads
 
@@ -123,11 +132,109 @@ static bool detect_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
-static const bool g_has_avx2 = detect_avx2();
-static std::atomic<bool> g_force_scalar{false};
+static bool detect_avx512() {
+  __builtin_cpu_init();
+  return detect_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+         __builtin_cpu_supports("avx512bf16");
+}
 
-bool cpu_has_avx2_fma_f16c() { return g_has_avx2 && !g_force_scalar.load(); }
-void force_scalar_kernels(bool on) { g_force_scalar.store(on); }
+bool kernel_path_supported(KernelPath p) {
+  static const bool avx2 = detect_avx2(), avx512 = detect_avx512();
+  switch (p) {
+    case KernelPath::Scalar: return true;
+    case KernelPath::Avx2: return avx2;
+    case KernelPath::Avx512: return avx512;
+  }
+  return false;
+}
+
+KernelPath best_kernel_path() {
+  if (kernel_path_supported(KernelPath::Avx512)) return KernelPath::Avx512;
+  if (kernel_path_supported(KernelPath::Avx2)) return KernelPath::Avx2;
+  return KernelPath::Scalar;
+}
+
+const char* kernel_path_name(KernelPath p) {
+  switch (p) {
+    case KernelPath::Scalar: return "scalar";
+    case KernelPath::Avx2: return "avx2";
+    case KernelPath::Avx512: return "avx512";
+  }
+  return "?";
+}
+
+KernelPath parse_kernel_path(const std::string& s) {
+  if (s == "scalar") return KernelPath::Scalar;
+  if (s == "avx2") return KernelPath::Avx2;
+  if (s == "avx512") return KernelPath::Avx512;
+  throw std::invalid_argument("unknown kernel path '" + s + "' (scalar, avx2, avx512)");
+}
+
+namespace {
+// The run-time choice: FIRSTREAD_KERNELS if set (capped at what the CPU has),
+// else the best path.
+struct DefaultPath {
+  KernelPath path = KernelPath::Scalar;
+  std::string note;
+};
+const DefaultPath& default_path() {
+  static const DefaultPath d = [] {
+    DefaultPath r;
+    r.path = best_kernel_path();
+    r.note = "best this CPU supports";
+    if (const char* env = std::getenv("FIRSTREAD_KERNELS"); env && *env) {
+      try {
+        const KernelPath want = parse_kernel_path(env);
+        if (kernel_path_supported(want)) {
+          r.path = want;
+          r.note = std::string("FIRSTREAD_KERNELS=") + env;
+        } else {
+          r.note = std::string("FIRSTREAD_KERNELS=") + env + " not supported by this CPU";
+        }
+      } catch (const std::invalid_argument& e) {
+        r.note = std::string("FIRSTREAD_KERNELS ignored: ") + e.what();
+      }
+    }
+    return r;
+  }();
+  return d;
+}
+std::atomic<int> g_path{-1};  // -1: the run-time choice
+}  // namespace
+
+KernelPath kernel_path() {
+  const int p = g_path.load(std::memory_order_relaxed);
+  return p < 0 ? default_path().path : KernelPath(p);
+}
+
+void force_kernel_path(KernelPath p) {
+  if (!kernel_path_supported(p))
+    throw std::invalid_argument(std::string("kernel path ") + kernel_path_name(p) + " is not supported by this CPU");
+  g_path.store(int(p));
+}
+void reset_kernel_path() { g_path.store(-1); }
+
+std::string kernel_path_description() {
+  const KernelPath p = kernel_path();
+  std::string s = kernel_path_name(p);
+  if (p == KernelPath::Avx512)
+    s += " (AVX-512 F/BW/VL+VNNI+BF16 batched GEMMs from BF16/F16/Q8_0/Q4_0; AVX2/FMA/F16C decode and vector math)";
+  else if (p == KernelPath::Avx2)
+    s += " (AVX2/FMA/F16C decode and vector math; batched products via F32 blocks + OpenBLAS)";
+  else
+    s += " (portable C++; batched products via F32 blocks + OpenBLAS)";
+  const int forced = g_path.load();
+  s += "; ";
+  s += forced >= 0 ? "forced by the caller" : default_path().note;
+  return s;
+}
+
+bool cpu_has_avx2_fma_f16c() { return kernel_path() != KernelPath::Scalar; }
+void force_scalar_kernels(bool on) {
+  if (on) force_kernel_path(KernelPath::Scalar);
+  else reset_kernel_path();
+}
 
 float bf16_to_f32(uint16_t v) {
   uint32_t u = uint32_t(v) << 16;
@@ -368,6 +475,38 @@ static const BlockQ8Act* quantised_input(LinearScratch& scratch, const float* x,
   return scratch.xq.data();
 }
 
+// Batched products on the avx512 path: the activations are packed once
+// (tiles of 16 rows; BF16 pairs, F32, or int8 blocks), then the pool splits the
+// output features into contiguous runs (a few per thread, dynamically taken).
+static bool use_avx512_gemm(const WeightView& w) {
+  if (kernel_path() != KernelPath::Avx512 || w.dtype == DType::F32) return false;
+  if (w.dtype == DType::BF16) return w.cols % 2 == 0;  // BF16 pairs along k
+  return true;  // F16 any width; Q8_0 / Q4_0 widths are multiples of 32
+}
+
+static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, float* y,
+                        LinearScratch& scratch) {
+  const int kind = int(w.dtype);
+  const int64_t bytes = avx512::gemm_pack_bytes(kind, n, w.cols);
+  scratch.packed.resize(size_t(bytes) + 64);
+  uint8_t* packed = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch.packed.data()) + 63) & ~uintptr_t(63));
+  const int64_t tiles = (n + 15) / 16;
+  const int pack_parts = int(std::min<int64_t>(pool.size(), tiles));
+  pool.parallel_for(pack_parts, [&](int p) {
+    avx512::gemm_pack(kind, x, n, w.cols, packed, tiles * p / pack_parts, tiles * (p + 1) / pack_parts);
+  }, /*spin_after=*/false);
+  // Runs of output features: multiples of 6 (the widest micro-kernel's rows),
+  // about four per thread so a thread the host delays is covered by the other.
+  const int64_t rows = w.rows;
+  int64_t run = (rows + pool.size() * 4 - 1) / (pool.size() * 4);
+  run = std::max<int64_t>(6, (run + 5) / 6 * 6);
+  const int n_tasks = int((rows + run - 1) / run);
+  pool.parallel_for(n_tasks, [&](int t) {
+    const int64_t n0 = t * run, n1 = std::min(rows, n0 + run);
+    avx512::gemm_run(kind, w.data, rows, w.cols, packed, n, y, rows, n0, n1);
+  }, /*spin_after=*/false);
+}
+
 void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
             LinearScratch& scratch) {
   const int64_t rows = w.rows, cols = w.cols;
@@ -384,6 +523,8 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
         matvec_range(w, xt, xq, yt, r0, r1);
       });
     }
+  } else if (use_avx512_gemm(w)) {
+    gemm_avx512(pool, x, n, w, y, scratch);
   } else {
     // Batched: OpenBLAS runs single-threaded and the pool splits the output
     // features, so exactly pool.size() threads compute and none spin idle

@@ -10,6 +10,7 @@
 #include <functional>
 #include <initializer_list>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -98,9 +99,31 @@ class ThreadPool {
 // product over its own pool (see linear), so no second set of threads competes.
 void set_blas_threads(int n);
 int blas_threads();
-// True when the AVX2/FMA/F16C kernels are in use on this CPU.
+// Kernel paths, chosen once at run time: the best this CPU has, or the one
+// named by FIRSTREAD_KERNELS=scalar|avx2|avx512 (a path the CPU lacks falls
+// back to the best it has, with a note in kernel_path_description()).
+//   scalar  portable C++ (every product, norms, softmax, ...)
+//   avx2    AVX2/FMA/F16C: decode matvec (F32/BF16/F16/Q8_0/Q4_0), vector
+//           math; batched products convert weight blocks to F32 + OpenBLAS
+//   avx512  AVX-512 F/BW/VL + VNNI + BF16 (all required): batched BF16/F16/
+//           Q8_0/Q4_0 products by gemm_avx512.cpp straight from the stored
+//           format (vdpbf16ps, F16 table + FMA, vpdpbusd); the rest as avx2
+enum class KernelPath { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+KernelPath kernel_path();          // in use now
+KernelPath best_kernel_path();     // the best this CPU supports
+bool kernel_path_supported(KernelPath p);
+// Tests: run every path the machine has. Throws std::invalid_argument for a
+// path this CPU lacks.
+void force_kernel_path(KernelPath p);
+void reset_kernel_path();          // back to the run-time choice
+const char* kernel_path_name(KernelPath p);  // scalar, avx2, avx512
+KernelPath parse_kernel_path(const std::string& s);  // throws std::invalid_argument
+// One line for the log / readiness: path, the CPU features it uses, and why
+// it was chosen (e.g. "avx512 (AVX-512 F/BW/VL+VNNI+BF16 GEMMs, AVX2 decode)").
+std::string kernel_path_description();
+// True when the AVX2/FMA/F16C kernels are in use (the avx2 and avx512 paths).
 bool cpu_has_avx2_fma_f16c();
-// Forces the portable kernels (tests compare both paths).
+// Forces the portable kernels (on) or restores the run-time choice (off).
 void force_scalar_kernels(bool on);
 
 float bf16_to_f32(uint16_t v);
@@ -122,8 +145,9 @@ void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst);
 
 // Scratch buffers reused across calls so the hot path does not allocate.
 struct LinearScratch {
-  std::vector<float> wbuf;       // converted weight block for batched BF16/F16/Q8_0/Q4_0
+  std::vector<float> wbuf;       // converted weight block for batched BF16/F16/Q8_0/Q4_0 (avx2 path)
   std::vector<BlockQ8Act> xq;    // the quantised input of a decode product
+  std::vector<uint8_t> packed;   // packed activations of a batched product (avx512 path; 64-byte aligned inside)
 };
 
 // y[n][rows] = x[n][cols] · Wᵀ (+ bias). Uses the matvec for n < 4 and sgemm

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <random>
+#include <stdexcept>
+#include <string>
 
 #include "engine/kernels.h"
 
@@ -42,12 +44,44 @@ TEST(engine_kernels, HalfConversions) {
   for (uint32_t h = 0; h < 0x7c00; h += 7) EXPECT_EQ(f32_to_f16(f16_to_f32(uint16_t(h))), h);
 }
 
-class engine_linear : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+// Every kernel path this machine has runs the same products; the scalar path
+// is the reference the others are held to.
+static std::vector<KernelPath> machine_paths() {
+  std::vector<KernelPath> p;
+  for (KernelPath k : {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512})
+    if (kernel_path_supported(k)) p.push_back(k);
+  return p;
+}
+
+TEST(engine_kernels, DispatchNamesThePathAndForcesEach) {
+  EXPECT_EQ(parse_kernel_path("avx512"), KernelPath::Avx512);
+  EXPECT_EQ(parse_kernel_path("avx2"), KernelPath::Avx2);
+  EXPECT_EQ(parse_kernel_path("scalar"), KernelPath::Scalar);
+  EXPECT_THROW(parse_kernel_path("sse9"), std::invalid_argument);
+  EXPECT_TRUE(kernel_path_supported(KernelPath::Scalar));
+  std::printf("[kernels] this CPU: best path %s; in use: %s\n", kernel_path_name(best_kernel_path()),
+              kernel_path_description().c_str());
+  for (KernelPath k : machine_paths()) {
+    force_kernel_path(k);
+    EXPECT_EQ(kernel_path(), k);
+    EXPECT_EQ(kernel_path_description().rfind(kernel_path_name(k), 0), 0u) << kernel_path_description();
+    EXPECT_EQ(cpu_has_avx2_fma_f16c(), k != KernelPath::Scalar);
+  }
+  reset_kernel_path();
+  for (KernelPath k : {KernelPath::Avx2, KernelPath::Avx512})
+    if (!kernel_path_supported(k)) EXPECT_THROW(force_kernel_path(k), std::invalid_argument);
+  reset_kernel_path();
+}
+
+// (batch rows, kernel path, weight width)
+class engine_linear : public ::testing::TestWithParam<std::tuple<int, KernelPath, int>> {};
 
 TEST_P(engine_linear, MatchesDoubleReferenceForAllDtypes) {
   const int n = std::get<0>(GetParam());
-  force_scalar_kernels(std::get<1>(GetParam()));
-  const int rows = 77, cols = 133;  // odd sizes exercise the tails
+  const KernelPath path = std::get<1>(GetParam());
+  const int rows = 77, cols = std::get<2>(GetParam());  // odd sizes exercise the tails
+  if (!kernel_path_supported(path)) GTEST_SKIP() << kernel_path_name(path) << " not on this CPU";
+  force_kernel_path(path);
   Mat w = random_mat(rows, cols, 1);
   Mat x = random_mat(n, cols, 2);
   std::vector<float> bias(rows);
@@ -61,23 +95,36 @@ TEST_P(engine_linear, MatchesDoubleReferenceForAllDtypes) {
     WeightView wv{data, dt, rows, cols};
     std::vector<float> y(size_t(n) * rows);
     linear(pool, x.f32.data(), n, wv, bias.data(), y.data(), scratch);
+    // The avx512 BF16 GEMM rounds the activations to BF16 (8 significant
+    // bits): each product may be off by 2^-8 of |w x|.
+    const bool bf16_act = path == KernelPath::Avx512 && dt == DType::BF16 && n >= 4 && cols % 2 == 0;
     for (int t = 0; t < n; ++t)
       for (int r = 0; r < rows; ++r) {
-        double s = bias[r];
+        double s = bias[r], mag = 0;
         for (int i = 0; i < cols; ++i) {
           double wi = dt == DType::F32 ? w.f32[r * cols + i]
                       : dt == DType::BF16 ? bf16_to_f32(w.bf16[r * cols + i])
                                           : f16_to_f32(w.f16[r * cols + i]);
           s += wi * x.f32[t * cols + i];
+          mag += std::fabs(wi * x.f32[t * cols + i]);
         }
-        EXPECT_NEAR(y[size_t(t) * rows + r], s, 1e-3 * (1 + std::fabs(s))) << "dtype " << dtype_name(dt);
+        const double tol = bf16_act ? mag / 256 + 1e-4 : 1e-4 * (1 + mag);
+        ASSERT_NEAR(y[size_t(t) * rows + r], s, tol)
+            << "dtype " << dtype_name(dt) << " path " << kernel_path_name(path) << " row " << t << " col " << r;
       }
   }
-  force_scalar_kernels(false);
+  reset_kernel_path();
 }
 
 INSTANTIATE_TEST_SUITE_P(engine, engine_linear,
-                         ::testing::Combine(::testing::Values(1, 3, 9), ::testing::Values(false, true)));
+                         ::testing::Combine(::testing::Values(1, 3, 9, 40, 70),
+                                            ::testing::Values(KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512),
+                                            ::testing::Values(133, 160, 1030)),
+                         [](const auto& info) {
+                           return std::string("n") + std::to_string(std::get<0>(info.param)) + "_" +
+                                  kernel_path_name(std::get<1>(info.param)) + "_k" +
+                                  std::to_string(std::get<2>(info.param));
+                         });
 
 TEST(engine_kernels, ThreadPoolRunsEveryTaskOnce) {
   ThreadPool pool(3);
@@ -100,6 +147,9 @@ TEST(engine_kernels, Norms) {
 }
 
 TEST(engine_kernels, VectorMathMatchesLibm) {
+ for (KernelPath path : machine_paths()) {
+  force_kernel_path(path);
+  SCOPED_TRACE(kernel_path_name(path));
   std::vector<float> x;
   for (float v = -12.f; v <= 12.f; v += 0.01f) x.push_back(v);
   std::vector<float> g = x, up(x.size(), 1.5f), sm(x.begin(), x.begin() + 1001);
@@ -117,6 +167,8 @@ TEST(engine_kernels, VectorMathMatchesLibm) {
   for (size_t i = 0; i < sm.size(); ++i) mx = std::max(mx, double(x[i]));
   for (size_t i = 0; i < sm.size(); ++i) sum += std::exp(double(x[i]) - mx);
   for (size_t i = 0; i < sm.size(); ++i) EXPECT_NEAR(sm[i], std::exp(double(x[i]) - mx) / sum, 1e-7 + 1e-6 * sm[i]);
+ }
+  reset_kernel_path();
 }
 
 // Quantised formats: what a user relies on is that a product with the
@@ -169,7 +221,8 @@ TEST(engine_kernels, BlockQuantisationRoundTrips) {
 }
 
 TEST(engine_kernels, ActivationQuantisationAvx2EqualsScalar) {
-  if (!cpu_has_avx2_fma_f16c()) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar path exists";
+  if (!kernel_path_supported(KernelPath::Avx2)) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar path exists";
+  force_kernel_path(KernelPath::Avx2);
   Mat x = random_mat(1, 256, 5);
   x.f32[7] = 0.5f * 127.f / 127.f;  // exercise ties after scaling in some blocks
   std::vector<BlockQ8Act> a(8), b(8);
@@ -177,6 +230,7 @@ TEST(engine_kernels, ActivationQuantisationAvx2EqualsScalar) {
   force_scalar_kernels(true);
   quantize_act_q8(x.f32.data(), 256, b.data());
   force_scalar_kernels(false);
+  reset_kernel_path();
   for (int k = 0; k < 8; ++k) {
     EXPECT_EQ(a[k].d, b[k].d) << k;
     EXPECT_EQ(a[k].s, b[k].s) << k;
@@ -184,51 +238,71 @@ TEST(engine_kernels, ActivationQuantisationAvx2EqualsScalar) {
   }
 }
 
+// Quantised products on every path and entry point (decode matvec, fused
+// multi-product, batched). Every path quantises the input the same way for
+// the matvec; the avx512 batched GEMM does too (int8 per 32-block), so its
+// rows equal the scalar matvec's up to float summation order, while the
+// other paths' batched products multiply the dequantised blocks by the
+// unquantised input (sgemm).
 TEST(engine_kernels, QuantisedProductsMatchReference) {
-  const int rows = 37, cols = 160;  // odd rows: the two-row kernel's tail
-  Mat w = random_mat(rows, cols, 3);
-  Mat xs = random_mat(5, cols, 4);
-  ThreadPool pool(2);
-  LinearScratch scratch;
-  for (DType t : {DType::Q8_0, DType::Q4_0}) {
-    auto q = quantise(t, w.f32, rows, cols);
-    WeightView wv{q.data(), t, rows, cols};
-    std::vector<float> deq(size_t(rows) * cols);
-    convert_rows_f32(wv, 0, rows, deq.data());
-    std::vector<float> y_avx(rows), y_scalar(rows);
-    for (bool scalar : {false, true}) {
-      force_scalar_kernels(scalar);
-      std::vector<float>& y = scalar ? y_scalar : y_avx;
-      linear(pool, xs.f32.data(), 1, wv, nullptr, y.data(), scratch);
-      for (int r = 0; r < rows; ++r) {
-        // Against the dequantised weights times the unquantised input: the
-        // input's int8 rounding (amax/254 per element) bounds the difference.
-        double s = 0, bound = 0;
-        for (int i = 0; i < cols; ++i) {
-          s += double(deq[size_t(r) * cols + i]) * xs.f32[i];
-          bound += std::fabs(deq[size_t(r) * cols + i]) * 4.5 / 254.0;
+  for (int cols : {160, 1024}) {
+    const int rows = 37;  // odd rows: the two-row kernel's tail, and the GEMM's 2-row tail
+    const int nbatch = 70;  // five 16-row tiles, the last partial
+    Mat w = random_mat(rows, cols, 3);
+    Mat xs = random_mat(nbatch, cols, 4);
+    ThreadPool pool(2);
+    LinearScratch scratch;
+    for (DType t : {DType::Q8_0, DType::Q4_0}) {
+      auto q = quantise(t, w.f32, rows, cols);
+      WeightView wv{q.data(), t, rows, cols};
+      std::vector<float> deq(size_t(rows) * cols);
+      convert_rows_f32(wv, 0, rows, deq.data());
+      // The scalar matvec of every row: the reference for the integer paths.
+      std::vector<float> y_scalar(size_t(nbatch) * rows);
+      force_kernel_path(KernelPath::Scalar);
+      for (int n = 0; n < nbatch; ++n)
+        linear(pool, xs.f32.data() + size_t(n) * cols, 1, wv, nullptr, y_scalar.data() + size_t(n) * rows, scratch);
+      for (int n = 0; n < nbatch; ++n)
+        for (int r = 0; r < rows; ++r) {
+          // Against the dequantised weights times the unquantised input: the
+          // input's int8 rounding (amax/254 per element) bounds the difference.
+          double s = 0, bound = 0;
+          for (int i = 0; i < cols; ++i) {
+            s += double(deq[size_t(r) * cols + i]) * xs.f32[size_t(n) * cols + i];
+            bound += std::fabs(deq[size_t(r) * cols + i]) * 4.5 / 254.0;
+          }
+          ASSERT_NEAR(y_scalar[size_t(n) * rows + r], s, bound) << dtype_name(t) << " scalar row " << r;
         }
-        EXPECT_NEAR(y[r], s, bound) << dtype_name(t) << (scalar ? " scalar" : " avx2") << " row " << r;
+      for (KernelPath path : machine_paths()) {
+        force_kernel_path(path);
+        const std::string what = std::string(dtype_name(t)) + " " + kernel_path_name(path) + " k" + std::to_string(cols);
+        std::vector<float> y1(rows), y2(rows), y3(rows);
+        linear(pool, xs.f32.data(), 1, wv, nullptr, y1.data(), scratch);
+        for (int r = 0; r < rows; ++r) ASSERT_NEAR(y1[r], y_scalar[r], 1e-4 * (1 + std::fabs(y_scalar[r]))) << what;
+        // The fused decode product (q/k/v style) equals the single one.
+        linear_multi(pool, xs.f32.data(), 1, {{wv, nullptr, y2.data()}, {wv, nullptr, y3.data()}}, scratch);
+        for (int r = 0; r < rows; ++r) {
+          ASSERT_FLOAT_EQ(y2[r], y1[r]) << what;
+          ASSERT_FLOAT_EQ(y3[r], y1[r]) << what;
+        }
+        for (int nb : {5, nbatch}) {
+          std::vector<float> yb(size_t(nb) * rows);
+          linear(pool, xs.f32.data(), nb, wv, nullptr, yb.data(), scratch);
+          for (int n = 0; n < nb; ++n)
+            for (int r = 0; r < rows; ++r) {
+              const float got = yb[size_t(n) * rows + r];
+              if (path == KernelPath::Avx512) {
+                const float want = y_scalar[size_t(n) * rows + r];
+                ASSERT_NEAR(got, want, 1e-4 * (1 + std::fabs(want))) << what << " batch " << nb << " row " << n;
+              } else {
+                double s = 0;
+                for (int i = 0; i < cols; ++i) s += double(deq[size_t(r) * cols + i]) * xs.f32[size_t(n) * cols + i];
+                ASSERT_NEAR(got, s, 1e-4 * (1 + std::fabs(s))) << what << " batch " << nb << " row " << n;
+              }
+            }
+        }
       }
+      reset_kernel_path();
     }
-    force_scalar_kernels(false);
-    for (int r = 0; r < rows; ++r) EXPECT_NEAR(y_avx[r], y_scalar[r], 1e-4 * (1 + std::fabs(y_scalar[r]))) << r;
-
-    // The fused decode product (q/k/v style) equals the single one.
-    std::vector<float> y1(rows), y2(rows);
-    linear_multi(pool, xs.f32.data(), 1, {{wv, nullptr, y1.data()}, {wv, nullptr, y2.data()}}, scratch);
-    for (int r = 0; r < rows; ++r) {
-      EXPECT_FLOAT_EQ(y1[r], y_avx[r]);
-      EXPECT_FLOAT_EQ(y2[r], y_avx[r]);
-    }
-    // Batched (prefill) path: dequantised blocks through sgemm, input not quantised.
-    std::vector<float> yb(size_t(5) * rows);
-    linear(pool, xs.f32.data(), 5, wv, nullptr, yb.data(), scratch);
-    for (int n = 0; n < 5; ++n)
-      for (int r = 0; r < rows; ++r) {
-        double s = 0;
-        for (int i = 0; i < cols; ++i) s += double(deq[size_t(r) * cols + i]) * xs.f32[size_t(n) * cols + i];
-        EXPECT_NEAR(yb[size_t(n) * rows + r], s, 1e-4 * (1 + std::fabs(s))) << dtype_name(t) << " batch";
-      }
   }
 }

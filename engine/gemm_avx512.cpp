@@ -1,0 +1,317 @@
+// AVX-512 GEMMs for batched products (prefill, vision) straight from the
+// stored weight format: y[m][n] = sum_k x[m][k] * w[n][k].
+//
+// Layout choice: the weights stay exactly as stored (row-major, BF16 / F16 /
+// Q8_0 / Q4_0 blocks, mapped or converted at load) and are *broadcast* a few
+// bytes at a time; the activations, which are small and converted per call
+// anyway, are packed once per product into tiles of 16 rows so that one vector
+// holds the same k of 16 activation rows. The micro-kernel is then an outer
+// product (NR weight rows x MT tiles of 16 activation rows) with no horizontal
+// reduction and no weight repacking, so nothing is copied at load and the
+// weight cache keeps llama.cpp's block layout.
+//
+//   BF16: activations rounded to BF16 pairs, vdpbf16ps (2 k per lane per op)
+//   F16:  activations in F32, each weight converted by table (exact) and
+//         broadcast, vfmadd231ps
+//   Q8_0 / Q4_0: activations quantised per row and 32-block to int8 (the same
+//         rounding as the decode path), weights made unsigned (Q8_0: w ^ 0x80 =
+//         w + 128; Q4_0: the nibble n = w + 8), vpdpbusd, the offset taken out by
+//         starting each block's integer sum at -offset * sum(a), then one
+//         convert + scale FMA per block.
+//
+// This file alone is compiled with the AVX-512 flags; kernels.cpp calls it only
+// after a runtime CPU check.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace firstread::engine {
+float f16_to_f32(uint16_t v);
+}
+
+namespace firstread::engine::avx512 {
+
+namespace {
+
+struct BlockQ8Raw {
+  uint16_t d;
+  int8_t q[32];
+};
+struct BlockQ4Raw {
+  uint16_t d;
+  uint8_t qs[16];
+};
+
+// Packed-activation tile sizes (bytes) for one tile of 16 rows.
+inline int64_t bf16_tile_bytes(int64_t k) { return (k / 2) * 16 * 4; }
+inline int64_t f32_tile_bytes(int64_t k) { return k * 16 * 4; }
+// Per 32-block: 8 groups x 16 rows x 4 int8, 16 int32 initial sums, 16 float scales.
+constexpr int64_t kQTileBlock = 512 + 64 + 64;
+inline int64_t q_tile_bytes(int64_t k) { return (k / 32) * kQTileBlock; }
+
+// FP16 -> float by table (exact). No std:: containers in this unit: an
+// out-of-line template instance compiled with AVX-512 could be the copy the
+// linker keeps for the whole program.
+const float* f16_table() {
+  static const float* table = [] {
+    float* t = new float[65536];
+    for (uint32_t i = 0; i < 65536; ++i) t[i] = f16_to_f32(uint16_t(i));
+    return t;
+  }();
+  return table;
+}
+
+inline int32_t load_i32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Writes an accumulator tile (16 activation rows of one output column n) to
+// y[(m0 + i) * ldy + n] for the rows that exist.
+inline void store_column(float* y, int64_t ldy, int64_t m0, int64_t m_total, int64_t n, __m512 v) {
+  const int64_t valid = std::min<int64_t>(16, m_total - m0);
+  if (valid <= 0) return;
+  const __mmask16 mask = valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
+  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32(int32_t(ldy)));
+  _mm512_mask_i32scatter_ps(y + m0 * ldy + n, mask, idx, v, 4);
+}
+
+// ------------------------------------------------------------------ BF16
+
+template <int NR, int MT>
+void kernel_bf16(const uint16_t* const* rows, const uint8_t* xp, int64_t tile_bytes, int64_t k2, float* y,
+                 int64_t ldy, int64_t m0, int64_t m_total, int64_t n0, int nvalid) {
+  __m512 acc[NR][MT];
+  for (int r = 0; r < NR; ++r)
+    for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t kp = 0; kp < k2; ++kp) {
+    __m512bh xv[MT];
+    for (int t = 0; t < MT; ++t)
+      xv[t] = (__m512bh)_mm512_load_si512(reinterpret_cast<const void*>(xp + t * tile_bytes + kp * 64));
+    for (int r = 0; r < NR; ++r) {
+      const __m512bh wb = (__m512bh)_mm512_set1_epi32(load_i32(rows[r] + 2 * kp));
+      for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], xv[t], wb);
+    }
+  }
+  for (int r = 0; r < nvalid; ++r)
+    for (int t = 0; t < MT; ++t) store_column(y, ldy, m0 + 16 * t, m_total, n0 + r, acc[r][t]);
+}
+
+// ------------------------------------------------------------------ F16
+
+template <int NR, int MT>
+void kernel_f16(const uint16_t* const* rows, const uint8_t* xp, int64_t tile_bytes, int64_t k, float* y, int64_t ldy,
+                int64_t m0, int64_t m_total, int64_t n0, int nvalid) {
+  const float* T = f16_table();
+  __m512 acc[NR][MT];
+  for (int r = 0; r < NR; ++r)
+    for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; ++i) {
+    __m512 xv[MT];
+    for (int t = 0; t < MT; ++t) xv[t] = _mm512_load_ps(reinterpret_cast<const float*>(xp + t * tile_bytes) + i * 16);
+    for (int r = 0; r < NR; ++r) {
+      const __m512 wb = _mm512_set1_ps(T[rows[r][i]]);
+      for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_fmadd_ps(xv[t], wb, acc[r][t]);
+    }
+  }
+  for (int r = 0; r < nvalid; ++r)
+    for (int t = 0; t < MT; ++t) store_column(y, ldy, m0 + 16 * t, m_total, n0 + r, acc[r][t]);
+}
+
+// ------------------------------------------------------------------ Q8_0 / Q4_0
+
+// Four unsigned weight bytes of group g (k = 4g .. 4g+3) of one block, broadcast.
+template <bool Q4>
+inline __m512i weight_group(const void* block, int g) {
+  if (!Q4) {
+    const BlockQ8Raw* b = static_cast<const BlockQ8Raw*>(block);
+    return _mm512_xor_si512(_mm512_set1_epi32(load_i32(b->q + 4 * g)), _mm512_set1_epi8(char(0x80)));
+  }
+  // Q4_0: byte j holds weight j (low nibble) and weight j + 16 (high nibble).
+  const BlockQ4Raw* b = static_cast<const BlockQ4Raw*>(block);
+  const __m512i v = _mm512_set1_epi32(load_i32(b->qs + 4 * (g & 3)));
+  const __m512i lo4 = _mm512_set1_epi8(0x0F);
+  return g < 4 ? _mm512_and_si512(v, lo4) : _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+}
+
+template <bool Q4, int NR, int MT>
+void kernel_q(const uint8_t* const* rows, const uint8_t* xp, int64_t tile_bytes, int64_t nb, float* y, int64_t ldy,
+              int64_t m0, int64_t m_total, int64_t n0, int nvalid) {
+  constexpr int64_t bsz = Q4 ? sizeof(BlockQ4Raw) : sizeof(BlockQ8Raw);
+  const float* T = f16_table();
+  __m512 facc[NR][MT];
+  for (int r = 0; r < NR; ++r)
+    for (int t = 0; t < MT; ++t) facc[r][t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* xb = xp + b * kQTileBlock;
+    __m512i iacc[NR][MT];
+    for (int t = 0; t < MT; ++t) {
+      const __m512i init = _mm512_load_si512(reinterpret_cast<const void*>(xb + t * tile_bytes + 512));
+      for (int r = 0; r < NR; ++r) iacc[r][t] = init;
+    }
+    for (int g = 0; g < 8; ++g) {
+      __m512i xv[MT];
+      for (int t = 0; t < MT; ++t) xv[t] = _mm512_load_si512(reinterpret_cast<const void*>(xb + t * tile_bytes + g * 64));
+      for (int r = 0; r < NR; ++r) {
+        const __m512i wb = weight_group<Q4>(rows[r] + b * bsz, g);
+        for (int t = 0; t < MT; ++t) iacc[r][t] = _mm512_dpbusd_epi32(iacc[r][t], wb, xv[t]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      uint16_t dbits;
+      std::memcpy(&dbits, rows[r] + b * bsz, 2);
+      const __m512 dw = _mm512_set1_ps(T[dbits]);
+      for (int t = 0; t < MT; ++t) {
+        const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xb + t * tile_bytes + 576));
+        facc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][t]), _mm512_mul_ps(dw, dx), facc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < nvalid; ++r)
+    for (int t = 0; t < MT; ++t) store_column(y, ldy, m0 + 16 * t, m_total, n0 + r, facc[r][t]);
+}
+
+// ------------------------------------------------------------------ drivers
+
+enum Kind { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8 = 3, kQ4 = 4 };  // = DType's order (safetensors.h)
+
+int64_t tile_bytes_for(int kind, int64_t k) {
+  if (kind == kBF16) return bf16_tile_bytes(k);
+  if (kind == kF16) return f32_tile_bytes(k);
+  return q_tile_bytes(k);
+}
+
+// Rows of activations per L2-resident chunk (a multiple of 16).
+int64_t tiles_per_chunk(int64_t tile_bytes) {
+  constexpr int64_t budget = 384 << 10;
+  return std::max<int64_t>(1, budget / std::max<int64_t>(1, tile_bytes));
+}
+
+template <typename Elem, int NR, int MT, typename Call>
+void drive(const uint8_t* w, int64_t row_bytes, int64_t n_rows, const uint8_t* packed, int64_t tile_bytes,
+           int64_t n_tiles, int64_t n0, int64_t n1, const Call& call) {
+  const int64_t chunk = std::max<int64_t>(MT, tiles_per_chunk(tile_bytes) / MT * MT);
+  for (int64_t c0 = 0; c0 < n_tiles; c0 += chunk) {
+    const int64_t c1 = std::min(n_tiles, c0 + chunk);
+    for (int64_t n = n0; n < n1; n += NR) {
+      // Rows past the end repeat the last one (valid memory); their results are not stored.
+      const Elem* rows[NR];
+      const int nvalid = int(std::min<int64_t>(NR, n1 - n));
+      for (int r = 0; r < NR; ++r)
+        rows[r] = reinterpret_cast<const Elem*>(w + std::min(n + r, n_rows - 1) * row_bytes);
+      int64_t t = c0;
+      for (; t + MT <= c1; t += MT) call.template run<NR, MT>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
+      for (; t < c1; ++t) call.template run<NR, 1>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
+    }
+  }
+}
+
+}  // namespace
+
+int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k) { return (m + 15) / 16 * tile_bytes_for(kind, k); }
+
+// Packs activation rows of tiles [t0, t1) (16 rows each; rows past m are zero).
+void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1) {
+  const int64_t tb = tile_bytes_for(kind, k);
+  for (int64_t t = t0; t < t1; ++t) {
+    uint8_t* tile = dst + t * tb;
+    std::memset(tile, 0, size_t(tb));
+    for (int i = 0; i < 16; ++i) {
+      const int64_t row = t * 16 + i;
+      if (row >= m) break;
+      const float* xr = x + row * k;
+      if (kind == kBF16) {
+        uint32_t* out = reinterpret_cast<uint32_t*>(tile);
+        int64_t kp = 0;
+        for (; kp + 16 <= k / 2; kp += 16) {
+          // 32 floats -> 32 BF16 (round to nearest even), as 16 pairs.
+          const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + 2 * kp + 16), _mm512_loadu_ps(xr + 2 * kp));
+          alignas(64) uint32_t pairs[16];
+          _mm512_store_si512(reinterpret_cast<void*>(pairs), (__m512i)h);
+          for (int j = 0; j < 16; ++j) out[(kp + j) * 16 + i] = pairs[j];
+        }
+        for (; kp < k / 2; ++kp) {
+          const __m128bh h = _mm_cvtne2ps_pbh(_mm_setzero_ps(), _mm_setr_ps(xr[2 * kp], xr[2 * kp + 1], 0.f, 0.f));
+          out[kp * 16 + i] = uint32_t(_mm_cvtsi128_si32((__m128i)h));
+        }
+      } else if (kind == kF16) {
+        float* out = reinterpret_cast<float*>(tile);
+        for (int64_t j = 0; j < k; ++j) out[j * 16 + i] = xr[j];
+      } else {
+        const int32_t offset = kind == kQ8 ? 128 : 8;
+        for (int64_t b = 0; b < k / 32; ++b) {
+          const float* xb = xr + b * 32;
+          float amax = 0.f;
+          for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+          // The decode path's rounding (kernels.cpp quantize_act_q8).
+          const float d = amax / 127.f, inv = amax > 0 ? 127.f / amax : 0.f;
+          uint8_t* blk = tile + b * kQTileBlock;
+          int32_t sum = 0;
+          for (int j = 0; j < 32; ++j) {
+            const int8_t q = int8_t(std::nearbyint(xb[j] * inv));
+            sum += q;
+            blk[(j / 4) * 64 + i * 4 + (j % 4)] = uint8_t(q);
+          }
+          const int32_t init = -offset * sum;
+          std::memcpy(blk + 512 + i * 4, &init, 4);
+          std::memcpy(blk + 576 + i * 4, &d, 4);
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
+// The micro-kernel calls of one format; MT = tiles in this call.
+struct CallBf16 {
+  int64_t tb, k2, m, ldy;
+  float* y;
+  template <int NR, int T>
+  void run(const uint16_t* const* rows, const uint8_t* xp, int64_t m0, int64_t n, int nvalid) const {
+    kernel_bf16<NR, T>(rows, xp, tb, k2, y, ldy, m0, m, n, nvalid);
+  }
+};
+struct CallF16 {
+  int64_t tb, k, m, ldy;
+  float* y;
+  template <int NR, int T>
+  void run(const uint16_t* const* rows, const uint8_t* xp, int64_t m0, int64_t n, int nvalid) const {
+    kernel_f16<NR, T>(rows, xp, tb, k, y, ldy, m0, m, n, nvalid);
+  }
+};
+template <bool Q4>
+struct CallQ {
+  int64_t tb, nb, m, ldy;
+  float* y;
+  template <int NR, int T>
+  void run(const uint8_t* const* rows, const uint8_t* xp, int64_t m0, int64_t n, int nvalid) const {
+    kernel_q<Q4, NR, T>(rows, xp, tb, nb, y, ldy, m0, m, n, nvalid);
+  }
+};
+
+}  // namespace
+
+// y[m][n] (leading dimension ldy) for output columns [n0, n1) of w[n_rows][k].
+void gemm_run(int kind, const void* w_v, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
+              int64_t ldy, int64_t n0, int64_t n1) {
+  const uint8_t* w = static_cast<const uint8_t*>(w_v);
+  const int64_t tb = tile_bytes_for(kind, k), n_tiles = (m + 15) / 16;
+  if (kind == kBF16)
+    drive<uint16_t, 6, 4>(w, k * 2, n_rows, packed, tb, n_tiles, n0, n1, CallBf16{tb, k / 2, m, ldy, y});
+  else if (kind == kF16)
+    drive<uint16_t, 6, 4>(w, k * 2, n_rows, packed, tb, n_tiles, n0, n1, CallF16{tb, k, m, ldy, y});
+  else if (kind == kQ8)
+    drive<uint8_t, 2, 6>(w, k / 32 * int64_t(sizeof(BlockQ8Raw)), n_rows, packed, tb, n_tiles, n0, n1,
+                         CallQ<false>{tb, k / 32, m, ldy, y});
+  else if (kind == kQ4)
+    drive<uint8_t, 2, 6>(w, k / 32 * int64_t(sizeof(BlockQ4Raw)), n_rows, packed, tb, n_tiles, n0, n1,
+                         CallQ<true>{tb, k / 32, m, ldy, y});
+}
+
+}  // namespace firstread::engine::avx512
