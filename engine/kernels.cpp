@@ -135,8 +135,7 @@ static bool detect_avx2() {
 static bool detect_avx512() {
   __builtin_cpu_init();
   return detect_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-         __builtin_cpu_supports("avx512bf16");
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
 bool kernel_path_supported(KernelPath p) {
@@ -219,7 +218,7 @@ std::string kernel_path_description() {
   const KernelPath p = kernel_path();
   std::string s = kernel_path_name(p);
   if (p == KernelPath::Avx512)
-    s += " (AVX-512 F/BW/VL+VNNI+BF16 batched GEMMs from BF16/F16/Q8_0/Q4_0; AVX2/FMA/F16C decode and vector math)";
+    s += " (AVX-512 F/BW/VL+VNNI batched GEMMs from BF16/F16/Q8_0/Q4_0; AVX2/FMA/F16C decode and vector math)";
   else if (p == KernelPath::Avx2)
     s += " (AVX2/FMA/F16C decode and vector math; batched products via F32 blocks + OpenBLAS)";
   else
@@ -479,9 +478,8 @@ static const BlockQ8Act* quantised_input(LinearScratch& scratch, const float* x,
 // (tiles of 16 rows; BF16 pairs, F32, or int8 blocks), then the pool splits the
 // output features into contiguous runs (a few per thread, dynamically taken).
 static bool use_avx512_gemm(const WeightView& w) {
-  if (kernel_path() != KernelPath::Avx512 || w.dtype == DType::F32) return false;
-  if (w.dtype == DType::BF16) return w.cols % 2 == 0;  // BF16 pairs along k
-  return true;  // F16 any width; Q8_0 / Q4_0 widths are multiples of 32
+  // BF16 / F16 any width; Q8_0 / Q4_0 widths are multiples of 32 by construction.
+  return kernel_path() == KernelPath::Avx512 && w.dtype != DType::F32;
 }
 
 static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, float* y,

@@ -105,9 +105,10 @@ int blas_threads();
 //   scalar  portable C++ (every product, norms, softmax, ...)
 //   avx2    AVX2/FMA/F16C: decode matvec (F32/BF16/F16/Q8_0/Q4_0), vector
 //           math; batched products convert weight blocks to F32 + OpenBLAS
-//   avx512  AVX-512 F/BW/VL + VNNI + BF16 (all required): batched BF16/F16/
+//   avx512  AVX-512 F/BW/VL + VNNI (all required): batched BF16/F16/
 //           Q8_0/Q4_0 products by gemm_avx512.cpp straight from the stored
-//           format (vdpbf16ps, F16 table + FMA, vpdpbusd); the rest as avx2
+//           format (BF16/F16: exact conversion + FMA; Q8_0/Q4_0: int8
+//           activations + vpdpbusd); the rest as avx2
 enum class KernelPath { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 KernelPath kernel_path();          // in use now
 KernelPath best_kernel_path();     // the best this CPU supports
@@ -119,7 +120,7 @@ void reset_kernel_path();          // back to the run-time choice
 const char* kernel_path_name(KernelPath p);  // scalar, avx2, avx512
 KernelPath parse_kernel_path(const std::string& s);  // throws std::invalid_argument
 // One line for the log / readiness: path, the CPU features it uses, and why
-// it was chosen (e.g. "avx512 (AVX-512 F/BW/VL+VNNI+BF16 GEMMs, AVX2 decode)").
+// it was chosen (e.g. "avx512 (AVX-512 F/BW/VL+VNNI GEMMs, ...); best this CPU supports").
 std::string kernel_path_description();
 // True when the AVX2/FMA/F16C kernels are in use (the avx2 and avx512 paths).
 bool cpu_has_avx2_fma_f16c();

@@ -14,6 +14,7 @@
 #include "engine/common.h"
 #include "engine/image.h"
 #include "engine/kernels.h"
+#include "engine/kernels.h"
 #include "engine/model.h"
 #include "engine/test_fixtures.h"
 
@@ -81,9 +82,18 @@ void check_model(const std::string& dir, double tol) {
 TEST(engine_reference, V12LikeLlamaRmsNormViTPixelShuffleV1) { check_model(fixture_root() + "/v12", 1e-4); }
 TEST(engine_reference, InternVL2_1B_LikeQwen2DynamicTiling) { check_model(fixture_root() + "/1b", 1e-4); }
 TEST(engine_reference, InternVL2_2B_LikeInternLM2PosEmbInterpolation) { check_model(fixture_root() + "/2b", 1e-4); }
-// BF16 weights read directly by the matvec / converted for sgemm; the reference
-// runs on the same rounded weights in float32.
-TEST(engine_reference, V12LikeBF16Weights) { check_model(fixture_root() + "/bf16/v12", 1e-4); }
+// BF16 weights read directly by the matvec / converted for sgemm (avx2) or
+// multiplied from BF16 by the avx512 GEMM; the reference runs on the same
+// rounded weights in float32.
+TEST(engine_reference, V12LikeBF16Weights) {
+  for (KernelPath path : {KernelPath::Avx2, KernelPath::Avx512}) {
+    if (!kernel_path_supported(path)) continue;
+    force_kernel_path(path);
+    SCOPED_TRACE(kernel_path_name(path));
+    check_model(fixture_root() + "/bf16/v12", 1e-4);
+  }
+  reset_kernel_path();
+}
 
 // The portable kernels (CPUs without AVX2/FMA/F16C) give the same answers.
 TEST(engine_reference, ScalarKernelsMatchToo) {

@@ -1,0 +1,111 @@
+// bench_gemm [--m 300] [--k 896] [--n 4864] [--threads 2] [--repeat 20] [--paths avx2,avx512]
+// One batched product (the prefill / vision shape) per weight format and
+// kernel path, best of --repeat, in GFLOP/s (2*m*k*n / time). The paths
+// alternate within each repetition so both see the same load of the host.
+// Not a CTest test.
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/kernels.h"
+
+using namespace firstread::engine;
+
+// CPU time of the calling thread: with --threads 1 it counts only the time the
+// product was on a core, so a loaded host inflates it much less than wall time.
+static double cpu_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+static double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int main(int argc, char** argv) {
+  int64_t m = 300, k = 896, n = 4864;
+  int threads = 2, repeat = 20;
+  std::string paths_arg = "avx2,avx512", formats_arg = "f32,bf16,f16,q8_0,q4_0";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&] { return i + 1 < argc ? argv[++i] : (char*)"0"; };
+    if (a == "--m") m = std::atoll(next());
+    else if (a == "--k") k = std::atoll(next());
+    else if (a == "--n") n = std::atoll(next());
+    else if (a == "--threads") threads = std::atoi(next());
+    else if (a == "--repeat") repeat = std::atoi(next());
+    else if (a == "--paths") paths_arg = next();
+    else if (a == "--formats") formats_arg = next();
+    else {
+      std::fprintf(stderr, "usage: bench_gemm [--m M] [--k K] [--n N] [--threads T] [--repeat R] [--paths avx2,avx512] [--formats f32,bf16,f16,q8_0,q4_0]\n");
+      return 2;
+    }
+  }
+  std::vector<KernelPath> paths;
+  for (size_t a = 0; a <= paths_arg.size();) {
+    size_t b = paths_arg.find(',', a);
+    if (b == std::string::npos) b = paths_arg.size();
+    if (b > a) {
+      KernelPath p = parse_kernel_path(paths_arg.substr(a, b - a));
+      if (kernel_path_supported(p)) paths.push_back(p);
+    }
+    a = b + 1;
+  }
+  set_blas_threads(1);
+  std::mt19937 g(1);
+  std::normal_distribution<float> nd;
+  std::vector<float> wf(size_t(n * k)), x(size_t(m * k)), y(size_t(m * n));
+  for (auto& v : wf) v = nd(g) * 0.05f;
+  for (auto& v : x) v = nd(g);
+  std::vector<uint16_t> wb(wf.size()), wh(wf.size());
+  for (size_t i = 0; i < wf.size(); ++i) {
+    wb[i] = f32_to_bf16(wf[i]);
+    wh[i] = f32_to_f16(wf[i]);
+  }
+  std::vector<uint8_t> q8(matrix_bytes(DType::Q8_0, n, k)), q4(matrix_bytes(DType::Q4_0, n, k));
+  if (k % 32 == 0) {
+    quantize_rows_q8(wf.data(), n, k, reinterpret_cast<BlockQ8*>(q8.data()));
+    quantize_rows_q4(wf.data(), n, k, reinterpret_cast<BlockQ4*>(q4.data()));
+  }
+  std::vector<std::pair<std::string, WeightView>> fmts = {{"f32", {wf.data(), DType::F32, n, k}},
+                                                          {"bf16", {wb.data(), DType::BF16, n, k}},
+                                                          {"f16", {wh.data(), DType::F16, n, k}}};
+  if (k % 32 == 0) {
+    fmts.push_back({"q8_0", {q8.data(), DType::Q8_0, n, k}});
+    fmts.push_back({"q4_0", {q4.data(), DType::Q4_0, n, k}});
+  }
+  fmts.erase(std::remove_if(fmts.begin(), fmts.end(),
+                            [&](const auto& f) { return ("," + formats_arg + ",").find("," + f.first + ",") == std::string::npos; }),
+             fmts.end());
+  ThreadPool pool(threads);
+  LinearScratch scratch;
+  std::map<std::string, double> best, best_cpu;
+  for (int r = 0; r < repeat; ++r)
+    for (auto& [name, w] : fmts)
+      for (KernelPath p : paths) {
+        force_kernel_path(p);
+        const double t0 = now_s(), c0 = cpu_s();
+        linear(pool, x.data(), m, w, nullptr, y.data(), scratch);
+        const double dt = now_s() - t0, dc = cpu_s() - c0;
+        const std::string key = name + " " + kernel_path_name(p);
+        if (!best.count(key) || dt < best[key]) best[key] = dt;
+        if (!best_cpu.count(key) || dc < best_cpu[key]) best_cpu[key] = dc;
+      }
+  std::printf("m %lld k %lld n %lld, %d threads, best of %d (paths alternate)\n", (long long)m, (long long)k,
+              (long long)n, threads, repeat);
+  std::printf("| weights | path | ms | GFLOP/s | GFLOP/s of CPU time (1 thread only) |\n|---|---|---|---|---|\n");
+  for (auto& [name, w] : fmts)
+    for (KernelPath p : paths) {
+      const double dt = best[name + " " + kernel_path_name(p)], dc = best_cpu[name + " " + kernel_path_name(p)];
+      std::printf("| %s | %s | %.2f | %.1f | %s |\n", name.c_str(), kernel_path_name(p), dt * 1e3,
+                  2.0 * m * k * n / dt / 1e9, threads == 1 ? std::to_string(int(2.0 * m * k * n / dc / 1e9)).c_str() : "-");
+    }
+  return 0;
+}
