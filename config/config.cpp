@@ -282,6 +282,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       s.read("weights", m.weights);
       s.read("weight_cache", m.weight_cache);
       s.read("box_scale", m.box_scale);
+      s.read("vision_weights", m.vision_weights);
       s.check_unknown();
       if (m.box_scale < 1 || m.box_scale > 100000)
         fail_at(source, kv.second["box_scale"] ? kv.second["box_scale"] : kv.second, p + "." + name + ".box_scale",
@@ -290,6 +291,9 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       if (!m.weights.empty())
         check_one_of(source, kv.second["weights"], p + "." + name + ".weights", m.weights,
                      {"f32", "bf16", "f16", "int8", "q8", "int4", "q4"});
+      if (!m.vision_weights.empty())
+        check_one_of(source, kv.second["vision_weights"], p + "." + name + ".vision_weights", m.vision_weights,
+                     {"auto", "f32", "bf16", "int8", "q8"});
       if (m.weight_cache.empty())
         fail_at(source, kv.second["weight_cache"], p + "." + name + ".weight_cache",
                 "must be auto, off or a directory");

@@ -88,6 +88,9 @@ struct ModelConfig {
   // model, .firstread-cache-<format>.bin), off, or a directory
   std::string weight_cache = "auto";
   int box_scale = 1000;  // grid of the model's <box> coordinates: 999 for MedRegA, 1000 for InternVL
+  // The vision encoder + projector: empty = auto (the decoder's format when
+  // f32/bf16/f16, else as stored) | f32 | bf16 | int8 (Q8_0 blocks, integer GEMM)
+  std::string vision_weights;
 };
 
 struct ExportDestination {

@@ -132,7 +132,9 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const EngineOptions& 
     m->ws->open_cache(cache_path, cache_key);
   }
   m->llm = std::make_unique<LlmDecoder>(m->hp.llm, *m->ws);
-  m->ws->set_quantize_allowed(false);
+  const WeightFormat vision_fmt = parse_vision_weight_format(opts.vision_weights, fmt);
+  m->ws->set_format(vision_fmt);
+  m->ws->set_quantize_allowed(vision_fmt == WeightFormat::Q8);
   m->vision = std::make_unique<VisionEncoder>(m->hp, *m->ws, m->hp.llm.hidden);
   if (!cache_path.empty() && m->ws->matrices_converted() > 0) m->ws->write_cache(cache_path, cache_key);
   m->cache_note = m->ws->cache_note();

@@ -25,6 +25,12 @@ struct EngineOptions {
   // Q4_0), 1.06 / 0.56 bytes per weight; norms, biases and the vision encoder
   // keep their stored precision.
   std::string weights = "auto";
+  // The vision encoder's and mlp1 projector's matrices: auto | f32 | bf16 |
+  // int8 (Q8_0 blocks; with the avx512 kernels multiplied as int8 against
+  // activations quantised per row and block). auto: the decoder's format when
+  // that is f32 / bf16 / f16, else as stored. A matrix whose width is not a
+  // multiple of 32 (the patch embedding) stays as stored under int8.
+  std::string vision_weights = "auto";
   // Where converted weights are cached so a restart does not quantise again:
   // "auto" = beside the model (<dir>/.firstread-cache-<format>.bin; skipped
   // with a note when the directory is read-only), "off", or a directory.

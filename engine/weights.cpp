@@ -23,6 +23,16 @@ WeightFormat parse_weight_format(const std::string& s) {
   throw EngineError("unknown weights format '" + s + "' (auto, f32, bf16, f16, int8, int4)");
 }
 
+WeightFormat parse_vision_weight_format(const std::string& s, WeightFormat decoder) {
+  if (s.empty() || s == "auto")
+    return decoder == WeightFormat::Q8 || decoder == WeightFormat::Q4 ? WeightFormat::AsStored : decoder;
+  if (s == "stored") return WeightFormat::AsStored;
+  if (s == "f32") return WeightFormat::F32;
+  if (s == "bf16") return WeightFormat::BF16;
+  if (s == "int8" || s == "q8" || s == "q8_0") return WeightFormat::Q8;
+  throw EngineError("unknown vision_weights format '" + s + "' (auto, f32, bf16, int8)");
+}
+
 const char* weight_format_name(WeightFormat f) {
   switch (f) {
     case WeightFormat::AsStored: return "auto";

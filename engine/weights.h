@@ -18,6 +18,9 @@ enum class WeightFormat { AsStored, F32, BF16, F16, Q8, Q4 };
 // auto|f32|bf16|f16|int8 (= q8, q8_0)|int4 (= q4, q4_0)
 WeightFormat parse_weight_format(const std::string& s);
 const char* weight_format_name(WeightFormat f);  // canonical: auto, f32, bf16, f16, int8, int4
+// vision_weights: auto (empty) | f32 | bf16 | int8 (= q8, q8_0). auto keeps the
+// earlier rule: the decoder's format when it is f32/bf16/f16, else as stored.
+WeightFormat parse_vision_weight_format(const std::string& s, WeightFormat decoder);
 
 class WeightStore {
  public:
@@ -32,6 +35,9 @@ class WeightStore {
   // int8/int4 apply to the decoder's matrices only (decode is bandwidth-bound;
   // the vision encoder is compute-bound and keeps its stored precision).
   void set_quantize_allowed(bool on) { quantize_allowed_ = on; }
+  // The format later matrix() calls convert to (the vision encoder's
+  // vision_weights after the decoder's weights).
+  void set_format(WeightFormat f) { fmt_ = f; }
 
   // Quantised-weight cache: a file holding every matrix this store converted,
   // valid only for `key` (the format and the weight files' sizes and

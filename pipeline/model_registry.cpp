@@ -1,5 +1,7 @@
 #include "pipeline/model_registry.h"
 
+#include "engine/kernels.h"
+
 #include <openssl/sha.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -91,6 +93,7 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     opts.threads = mc.threads;
     if (!mc.weights.empty()) opts.weights = mc.weights;
     opts.weight_cache = mc.weight_cache;
+    if (!mc.vision_weights.empty()) opts.vision_weights = mc.vision_weights;
     try {
       entry->model = engine::Model::load(mc.path, opts);
     } catch (const std::exception& e) {
@@ -99,8 +102,9 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     auto [version, uid] = model_identity(mc.path);
     entry->version = version;
     entry->device_uid = uid;
-    spdlog::info("models: loaded '{}' from {} (version {}, {} threads, weights {})", name, mc.path, version,
-                 entry->model->threads(), mc.weights.empty() ? "as stored" : mc.weights);
+    spdlog::info("models: loaded '{}' from {} (version {}, {} threads, weights {}, vision weights {}, kernels {})",
+                 name, mc.path, version, entry->model->threads(), mc.weights.empty() ? "as stored" : mc.weights,
+                 mc.vision_weights.empty() ? "auto" : mc.vision_weights, engine::kernel_path_description());
     if (!entry->model->weight_cache_note().empty())
       spdlog::info("models: '{}' weight cache: {}", name, entry->model->weight_cache_note());
     it = entries_.emplace(name, std::move(entry)).first;

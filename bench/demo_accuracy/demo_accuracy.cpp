@@ -81,7 +81,7 @@ std::string pct(int a, int b) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, data_dir, cases_out, weights = "auto";
+  std::string model_dir, data_dir, cases_out, weights = "auto", vision_weights = "auto";
   int threads = 0, scale = 999, limit = 0;
   std::vector<std::string> langs = {"en", "zh"};
   for (int i = 1; i < argc; ++i) {
@@ -96,6 +96,7 @@ int main(int argc, char** argv) {
     else if (a == "--box-scale") scale = std::stoi(next());
     else if (a == "--limit") limit = std::stoi(next());
     else if (a == "--weights") weights = next();
+    else if (a == "--vision-weights") vision_weights = next();
     else if (a == "--cases-out") cases_out = next();
     else if (a == "--langs") {
       langs.clear();
@@ -103,7 +104,8 @@ int main(int argc, char** argv) {
       for (std::string t; std::getline(ss, t, ',');) langs.push_back(t);
     } else {
       std::cerr << "usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999]"
-                   " [--weights FORMAT] [--langs en,zh] [--limit N] [--cases-out FILE]\n";
+                   " [--weights FORMAT] [--vision-weights auto|f32|bf16|int8] [--langs en,zh] [--limit N]"
+                   " [--cases-out FILE]\n";
       return 2;
     }
   }
@@ -117,6 +119,7 @@ int main(int argc, char** argv) {
   fe::EngineOptions eo;
   eo.threads = threads;
   eo.weights = weights;
+  eo.vision_weights = vision_weights;
   std::unique_ptr<fe::Model> model;
   try {
     model = fe::Model::load(model_dir, eo);

@@ -140,12 +140,16 @@ struct Phases {
   std::string cache_note;
 };
 
+// --vision-weights: EngineOptions::vision_weights for every format's process.
+static std::string g_vision_weights = "auto";
+
 // One format in this process: load, then vision / prefill / decode.
 static int run_child(const std::string& dir, const std::string& fmt, int threads, int prefill_tokens,
                      int decode_tokens, bool vision) {
   EngineOptions opts;
   opts.threads = threads;
   opts.weights = fmt;
+  opts.vision_weights = g_vision_weights;
   double t0 = now_ms();
   auto model = Model::load(dir, opts);
   Phases ph;
@@ -193,7 +197,8 @@ static int run_child(const std::string& dir, const std::string& fmt, int threads
 static json run_format_process(const std::string& self, const std::string& dir, const std::string& fmt, int threads,
                                int decode_tokens, bool vision) {
   std::string cmd = "'" + self + "' --child " + fmt + " --model '" + dir + "' --threads " + std::to_string(threads) +
-                    " --decode-tokens " + std::to_string(decode_tokens) + (vision ? "" : " --no-vision");
+                    " --decode-tokens " + std::to_string(decode_tokens) + (vision ? "" : " --no-vision") +
+                    " --vision-weights " + g_vision_weights;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) throw EngineError("could not start " + cmd);
   std::string line, last;
@@ -240,10 +245,11 @@ int main(int argc, char** argv) {
     else if (a == "--child" && i + 1 < argc) child = argv[++i];
     else if (a == "--no-pytorch") pytorch = false;
     else if (a == "--no-vision") vision = false;
+    else if (a == "--vision-weights" && i + 1 < argc) g_vision_weights = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: bench_engine [--model DIR] [--threads N] [--repeat N] [--decode-tokens N] "
-                   "[--formats auto,f16,int8,int4] [--no-pytorch] [--no-vision]\n");
+                   "[--formats auto,f16,int8,int4] [--vision-weights auto|f32|bf16|int8] [--no-pytorch] [--no-vision]\n");
       return 2;
     }
   }
