@@ -216,17 +216,19 @@ void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int
         const int32_t offset = kind == kQ8 ? 128 : 8;
         for (int64_t b = 0; b < k / 32; ++b) {
           const float* xb = xr + b * 32;
-          float amax = 0.f;
-          for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
-          // The decode path's rounding (kernels.cpp quantize_act_q8).
+          const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+          const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+          // The decode path's rounding (kernels.cpp quantize_act_q8: x * 127 / amax,
+          // to nearest even, as the default MXCSR mode rounds).
           const float d = amax / 127.f, inv = amax > 0 ? 127.f / amax : 0.f;
+          const __m512 vinv = _mm512_set1_ps(inv);
+          const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vinv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vinv));
+          const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+          alignas(16) int32_t groups[8];  // 4 int8 per group g (k = 4g .. 4g+3)
+          _mm_store_si128(reinterpret_cast<__m128i*>(groups), _mm512_cvtsepi32_epi8(q0));
+          _mm_store_si128(reinterpret_cast<__m128i*>(groups + 4), _mm512_cvtsepi32_epi8(q1));
           uint8_t* blk = tile + b * kQTileBlock;
-          int32_t sum = 0;
-          for (int j = 0; j < 32; ++j) {
-            const int8_t q = int8_t(std::nearbyint(xb[j] * inv));
-            sum += q;
-            blk[(j / 4) * 64 + i * 4 + (j % 4)] = uint8_t(q);
-          }
+          for (int g = 0; g < 8; ++g) std::memcpy(blk + g * 64 + i * 4, &groups[g], 4);
           const int32_t init = -offset * sum;
           std::memcpy(blk + 512 + i * 4, &init, 4);
           std::memcpy(blk + 576 + i * 4, &d, 4);

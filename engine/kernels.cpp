@@ -482,26 +482,47 @@ static bool use_avx512_gemm(const WeightView& w) {
   return kernel_path() == KernelPath::Avx512 && w.dtype != DType::F32;
 }
 
-static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, float* y,
-                        LinearScratch& scratch) {
-  const int kind = int(w.dtype);
-  const int64_t bytes = avx512::gemm_pack_bytes(kind, n, w.cols);
+// Packs x[n][cols] for weights of `dtype` into scratch (64-byte aligned).
+static const uint8_t* pack_for_gemm(ThreadPool& pool, const float* x, int64_t n, int64_t cols, DType dtype,
+                                    LinearScratch& scratch) {
+  const int kind = int(dtype);
+  const int64_t bytes = avx512::gemm_pack_bytes(kind, n, cols);
   scratch.packed.resize(size_t(bytes) + 64);
   uint8_t* packed = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch.packed.data()) + 63) & ~uintptr_t(63));
   const int64_t tiles = (n + 15) / 16;
   const int pack_parts = int(std::min<int64_t>(pool.size(), tiles));
   pool.parallel_for(pack_parts, [&](int p) {
-    avx512::gemm_pack(kind, x, n, w.cols, packed, tiles * p / pack_parts, tiles * (p + 1) / pack_parts);
+    avx512::gemm_pack(kind, x, n, cols, packed, tiles * p / pack_parts, tiles * (p + 1) / pack_parts);
   }, /*spin_after=*/false);
-  // Runs of output features: multiples of 6 (the widest micro-kernel's rows),
-  // about four per thread so a thread the host delays is covered by the other.
-  const int64_t rows = w.rows;
-  int64_t run = (rows + pool.size() * 4 - 1) / (pool.size() * 4);
-  run = std::max<int64_t>(6, (run + 5) / 6 * 6);
-  const int n_tasks = int((rows + run - 1) / run);
-  pool.parallel_for(n_tasks, [&](int t) {
-    const int64_t n0 = t * run, n1 = std::min(rows, n0 + run);
-    avx512::gemm_run(kind, w.data, rows, w.cols, packed, n, y, rows, n0, n1);
+  return packed;
+}
+
+// Output features per task: multiples of 6 (the widest micro-kernel's rows),
+// about four runs per thread so a thread the host delays is covered by the other.
+static int64_t gemm_run_rows(int64_t rows, int threads) {
+  const int64_t run = (rows + threads * 4 - 1) / (threads * 4);
+  return std::max<int64_t>(6, (run + 5) / 6 * 6);
+}
+
+// Several products of one input (q/k/v, gate/up): the input is packed once and
+// all their output runs go to the pool as one job.
+static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const LinearJob* jobs, size_t nj,
+                        LinearScratch& scratch) {
+  const uint8_t* packed = pack_for_gemm(pool, x, n, jobs[0].w.cols, jobs[0].w.dtype, scratch);
+  constexpr size_t kMaxJobs = 8;
+  if (nj > kMaxJobs) throw std::logic_error("gemm_avx512: too many jobs");
+  std::array<int, kMaxJobs + 1> first_task{};
+  std::array<int64_t, kMaxJobs> run{};
+  for (size_t j = 0; j < nj; ++j) {
+    run[j] = gemm_run_rows(jobs[j].w.rows, pool.size());
+    first_task[j + 1] = first_task[j] + int((jobs[j].w.rows + run[j] - 1) / run[j]);
+  }
+  pool.parallel_for(first_task[nj], [&](int task) {
+    size_t j = 0;
+    while (task >= first_task[j + 1]) ++j;
+    const WeightView& w = jobs[j].w;
+    const int64_t n0 = int64_t(task - first_task[j]) * run[j], n1 = std::min(w.rows, n0 + run[j]);
+    avx512::gemm_run(int(w.dtype), w.data, w.rows, w.cols, packed, n, jobs[j].y, w.rows, n0, n1);
   }, /*spin_after=*/false);
 }
 
@@ -522,7 +543,8 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
       });
     }
   } else if (use_avx512_gemm(w)) {
-    gemm_avx512(pool, x, n, w, y, scratch);
+    const LinearJob job{w, nullptr, y};
+    gemm_avx512(pool, x, n, &job, 1, scratch);
   } else {
     // Batched: OpenBLAS runs single-threaded and the pool splits the output
     // features, so exactly pool.size() threads compute and none spin idle
@@ -562,7 +584,21 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
 void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_list<LinearJob> job_list,
                   LinearScratch& scratch) {
   if (n >= 4) {
-    for (const auto& j : job_list) linear(pool, x, n, j.w, j.bias, j.y, scratch);
+    bool shared = true;  // one packed input for all: same format and width, avx512 GEMM
+    for (const auto& j : job_list)
+      shared = shared && use_avx512_gemm(j.w) && j.w.dtype == job_list.begin()->w.dtype &&
+               j.w.cols == job_list.begin()->w.cols;
+    if (!shared) {
+      for (const auto& j : job_list) linear(pool, x, n, j.w, j.bias, j.y, scratch);
+      return;
+    }
+    gemm_avx512(pool, x, n, job_list.begin(), job_list.size(), scratch);
+    for (const auto& j : job_list)
+      if (j.bias)
+        for (int64_t t = 0; t < n; ++t) {
+          float* yt = j.y + t * j.w.rows;
+          for (int64_t r = 0; r < j.w.rows; ++r) yt[r] += j.bias[r];
+        }
     return;
   }
   // Fixed-size bookkeeping on the stack: no allocation per token.

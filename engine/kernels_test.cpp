@@ -285,6 +285,13 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
         for (int nb : {5, nbatch}) {
           std::vector<float> yb(size_t(nb) * rows);
           linear(pool, xs.f32.data(), nb, wv, nullptr, yb.data(), scratch);
+          // The fused batched product (one packed input for q/k/v) equals the single one, biases added.
+          std::vector<float> bias(rows, 0.5f), m1(size_t(nb) * rows), m2(size_t(nb) * rows);
+          linear_multi(pool, xs.f32.data(), nb, {{wv, nullptr, m1.data()}, {wv, bias.data(), m2.data()}}, scratch);
+          for (size_t i = 0; i < yb.size(); ++i) {
+            ASSERT_FLOAT_EQ(m1[i], yb[i]) << what << " fused batch " << nb;
+            ASSERT_FLOAT_EQ(m2[i], yb[i] + 0.5f) << what << " fused batch with bias " << nb;
+          }
           for (int n = 0; n < nb; ++n)
             for (int r = 0; r < rows; ++r) {
               const float got = yb[size_t(n) * rows + r];
