@@ -1,4 +1,7 @@
-// Subcommands that read or change the database: db migrate, studies, jobs.
+// Subcommands that read or change the database: db migrate, studies, jobs,
+// results, reprocess. The listings read the same db/ read models as HTTP
+// (the same JSON), a page at a time: --limit N rows (50), or --all to stream
+// every row page by page in bounded memory.
 #include <nlohmann/json.hpp>
 
 #include <iomanip>
@@ -6,49 +9,87 @@
 
 #include "app/commands.h"
 #include "dicom/uid.h"
+#include "db/jobs.h"
+#include "db/reports.h"
+#include "db/studies.h"
 #include "worklist/study_assembler.h"
 
 namespace firstread::app {
 namespace {
 
-// Prints a query result as a table or as a JSON array of objects.
-void print_rows(const pqxx::result& r, bool json) {
-  if (json) {
-    nlohmann::json out = nlohmann::json::array();
-    for (const auto& row : r) {
-      nlohmann::json obj;
-      for (const auto& field : row) {
-        if (field.is_null()) {
-          obj[field.name()] = nullptr;
-        } else {
-          const auto type = field.type();
-          // int2/int4/int8 (21, 23, 20) as numbers; everything else as text.
-          if (type == 20 || type == 21 || type == 23)
-            obj[field.name()] = field.as<long long>();
-          else
-            obj[field.name()] = field.c_str();
-        }
-      }
-      out.push_back(obj);
-    }
-    std::cout << out.dump(2) << "\n";
-    return;
+using json = nlohmann::json;
+
+constexpr int kStreamPage = 1000;  // rows per query with --all
+
+int listing_limit(const Args& args) {
+  const auto text = args.value("--limit");
+  if (!text) return 50;
+  int n = 0;
+  try {
+    size_t used = 0;
+    n = std::stoi(*text, &used);
+    if (used != text->size()) n = 0;
+  } catch (const std::exception&) {
+    n = 0;
   }
-  std::vector<size_t> width(static_cast<size_t>(r.columns()), 0);
-  for (pqxx::row::size_type c = 0; c < r.columns(); ++c) width[c] = std::string(r.column_name(c)).size();
-  for (const auto& row : r)
-    for (pqxx::row::size_type c = 0; c < r.columns(); ++c)
-      width[c] = std::max(width[c], std::string(row[c].is_null() ? "" : row[c].c_str()).size());
-  for (pqxx::row::size_type c = 0; c < r.columns(); ++c)
-    std::cout << std::left << std::setw(static_cast<int>(width[c] + 2)) << r.column_name(c);
-  std::cout << "\n";
-  for (const auto& row : r) {
-    for (pqxx::row::size_type c = 0; c < r.columns(); ++c)
-      std::cout << std::left << std::setw(static_cast<int>(width[c] + 2)) << (row[c].is_null() ? "" : row[c].c_str());
+  if (n < 1 || n > 100000) throw std::invalid_argument("--limit: '" + *text + "' is not a number of rows (1..100000)");
+  return n;
+}
+
+std::string cell(const json& v) {
+  if (v.is_null()) return "";
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_array()) {
+    std::string out;
+    for (const auto& e : v) out += (out.empty() ? "" : ",") + cell(e);
+    return out;
+  }
+  return v.dump();
+}
+
+// Prints rows (JSON objects) as they come: a JSON array, or a table whose
+// column widths are taken from the first page.
+class RowPrinter {
+ public:
+  RowPrinter(std::vector<std::string> columns, bool json) : columns_(std::move(columns)), json_(json) {}
+  void page(const json& rows) {
+    for (const auto& row : rows) {
+      if (json_) {
+        std::cout << (count_ ? ",\n" : "[\n") << row.dump(2, ' ', false, json::error_handler_t::replace);
+      } else {
+        if (width_.empty()) header(rows);
+        for (size_t c = 0; c < columns_.size(); ++c)
+          std::cout << std::left << std::setw(static_cast<int>(width_[c] + 2)) << cell(row.value(columns_[c], json()));
+        std::cout << "\n";
+      }
+      ++count_;
+    }
+  }
+  void finish() {
+    if (json_) {
+      std::cout << (count_ ? "\n]\n" : "[]\n");
+      return;
+    }
+    if (width_.empty()) header(json::array());
+    std::cout << "(" << count_ << " row" << (count_ == 1 ? "" : "s") << ")\n";
+  }
+
+ private:
+  void header(const json& rows) {
+    for (const auto& c : columns_) {
+      size_t w = c.size();
+      for (const auto& row : rows) w = std::max(w, cell(row.value(c, json())).size());
+      width_.push_back(w);
+    }
+    for (size_t c = 0; c < columns_.size(); ++c)
+      std::cout << std::left << std::setw(static_cast<int>(width_[c] + 2)) << columns_[c];
     std::cout << "\n";
   }
-  std::cout << "(" << r.size() << " row" << (r.size() == 1 ? "" : "s") << ")\n";
-}
+  std::vector<std::string> columns_;
+  bool json_;
+  std::vector<size_t> width_;
+  size_t count_ = 0;
+};
 
 }  // namespace
 
@@ -71,114 +112,104 @@ int run_db(const Args& args) {
 }
 
 int run_studies(const Args& args) {
+  const bool all = args.has("--all");
+  const int limit = listing_limit(args);
   Runtime rt = Runtime::open(args.value("--config"), true);
-  const bool json = args.has("--json");
-  auto r = rt.pool->transact([&](pqxx::work& txn) {
-    if (auto state = args.value("--state"))
-      return txn.exec_params(
-          "SELECT study_uid, patient_id, patient_name, accession_number, study_date, modalities::text AS modalities,"
-          " instance_count, calling_ae, first_received_at, last_received_at, state"
-          " FROM api.studies WHERE state = $1 ORDER BY last_received_at DESC",
-          *state);
-    return txn.exec(
-        "SELECT study_uid, patient_id, patient_name, accession_number, study_date, modalities::text AS modalities,"
-        " instance_count, calling_ae, first_received_at, last_received_at, state"
-        " FROM api.studies ORDER BY last_received_at DESC");
-  });
-  print_rows(r, json);
+  db::Studies studies(*rt.pool);
+  db::StudyQuery query;
+  query.state = args.value("--state").value_or("");
+  query.limit = all ? kStreamPage : limit;
+  RowPrinter out({"study_uid", "patient_id", "patient_name", "accession_number", "study_date", "modalities",
+                  "instance_count", "calling_ae", "first_received_at", "last_received_at", "state"},
+                 args.has("--json"));
+  for (;;) {
+    db::StudyPage page = studies.page(query);
+    out.page(page.studies);
+    if (!all || !page.next) break;
+    query.after = page.next;
+  }
+  out.finish();
   return 0;
 }
 
 int run_jobs(const Args& args) {
+  const bool all = args.has("--all");
+  const int limit = listing_limit(args);
   Runtime rt = Runtime::open(args.value("--config"), true);
-  const bool json = args.has("--json");
-  auto r = rt.pool->transact([&](pqxx::work& txn) {
-    const std::string cols =
-        "SELECT job_id, study_uid, route, model, state, attempts, error, created_at, started_at, finished_at FROM api.jobs";
-    if (auto state = args.value("--state"))
-      return txn.exec_params(cols + " WHERE state = $1 ORDER BY job_id", *state);
-    return txn.exec(cols + " ORDER BY job_id");
-  });
-  print_rows(r, json);
+  db::Jobs jobs(*rt.pool);
+  db::JobQuery query;
+  query.state = args.value("--state").value_or("");
+  query.limit = all ? kStreamPage : limit;
+  RowPrinter out({"job_id", "study_uid", "route", "model", "state", "attempts", "error", "created_at", "started_at",
+                  "finished_at"},
+                 args.has("--json"));
+  for (;;) {
+    const json page = jobs.list(query);
+    out.page(page);
+    if (!all || static_cast<int>(page.size()) < query.limit) break;
+    query.before_job_id = page.back()["job_id"].get<int64_t>();
+  }
+  out.finish();
   return 0;
 }
 
-}  // namespace firstread::app
+namespace {
 
-namespace firstread::app {
+void print_report(const json& rep) {
+  auto text = [](const json& v) { return v.is_string() ? v.get<std::string>() : std::string(); };
+  std::cout << "report " << rep["report_id"] << "  study " << text(rep["study_uid"]) << "  " << text(rep["created_at"])
+            << "  model " << text(rep["model"]) << " " << text(rep["model_version"]) << "\n";
+  std::cout << "  SR " << text(rep["sr_sop_instance_uid"]);
+  if (rep["latency_ms"].is_number()) std::cout << "  latency " << static_cast<long>(rep["latency_ms"].get<double>()) << " ms";
+  std::cout << "\n  " << text(rep["text"]) << "\n";
+  for (const auto& f : rep["findings"])
+    std::cout << "  finding: " << text(f["label"]) << " on " << text(f["sop_instance_uid"]) << " [" << f["x1"] << ", "
+              << f["y1"] << ", " << f["x2"] << ", " << f["y2"] << "]\n";
+  for (const auto& e : rep["exports"])
+    std::cout << "  export to " << text(e["destination"]) << ": " << text(e["state"])
+              << (text(e["last_error"]).empty() ? "" : " (" + text(e["last_error"]) + ")") << "\n";
+}
+
+}  // namespace
 
 int run_results(const Args& args) {
-  Runtime rt = Runtime::open(args.value("--config"), true);
+  const bool all = args.has("--all");
+  const int limit = listing_limit(args);
   const auto study = args.value("--study");
   const auto since = args.value("--since");
   if (study && !dicom::is_valid_uid(*study)) throw std::invalid_argument("--study: '" + *study + "' is not a UID");
-  nlohmann::json out = nlohmann::json::array();
-  rt.pool->transact([&](pqxx::work& txn) {
-    pqxx::result reports;
-    const std::string cols =
-        "SELECT report_id, study_uid, created_at, route, model, model_version, language, text, sr_sop_instance_uid,"
-        " latency_ms, supersedes_report_id FROM api.reports";
-    if (study)
-      reports = txn.exec_params(cols + " WHERE study_uid = $1 ORDER BY created_at", *study);
-    else if (since)
-      reports = txn.exec_params(cols + " WHERE created_at >= $1::timestamptz ORDER BY created_at", *since);
-    else
-      reports = txn.exec(cols + " ORDER BY created_at DESC LIMIT 50");
-    for (const auto& r : reports) {
-      nlohmann::json rep;
-      rep["report_id"] = r[0].as<long long>();
-      rep["study_uid"] = r[1].c_str();
-      rep["created_at"] = r[2].c_str();
-      rep["route"] = r[3].c_str();
-      rep["model"] = r[4].c_str();
-      rep["model_version"] = r[5].is_null() ? "" : r[5].c_str();
-      rep["language"] = r[6].is_null() ? "" : r[6].c_str();
-      rep["text"] = r[7].c_str();
-      rep["sr_sop_instance_uid"] = r[8].c_str();
-      rep["latency_ms"] = r[9].is_null() ? nlohmann::json(nullptr) : nlohmann::json(r[9].as<double>());
-      rep["supersedes_report_id"] = r[10].is_null() ? nlohmann::json(nullptr) : nlohmann::json(r[10].as<long long>());
-      rep["findings"] = nlohmann::json::array();
-      for (const auto& f : txn.exec_params(
-               "SELECT label, text, sop_instance_uid, frame, x1, y1, x2, y2, confidence FROM api.findings"
-               " WHERE report_id = $1 ORDER BY finding_id",
-               r[0].as<long long>())) {
-        rep["findings"].push_back({{"label", f[0].is_null() ? "" : f[0].c_str()},
-                                   {"text", f[1].is_null() ? "" : f[1].c_str()},
-                                   {"sop_instance_uid", f[2].is_null() ? "" : f[2].c_str()},
-                                   {"frame", f[3].is_null() ? nlohmann::json(nullptr) : nlohmann::json(f[3].as<int>())},
-                                   {"box", {f[4].as<double>(), f[5].as<double>(), f[6].as<double>(), f[7].as<double>()}},
-                                   {"confidence", f[8].is_null() ? nlohmann::json(nullptr) : nlohmann::json(f[8].as<double>())}});
-      }
-      rep["exports"] = nlohmann::json::array();
-      for (const auto& e : txn.exec_params(
-               "SELECT destination, state, attempts, last_error FROM api.exports WHERE report_id = $1 ORDER BY export_id",
-               r[0].as<long long>())) {
-        rep["exports"].push_back({{"destination", e[0].c_str()}, {"state", e[1].c_str()}, {"attempts", e[2].as<int>()},
-                                  {"last_error", e[3].is_null() ? "" : e[3].c_str()}});
-      }
-      out.push_back(rep);
+  Runtime rt = Runtime::open(args.value("--config"), true);
+  db::Reports reports(*rt.pool);
+  db::ReportQuery query;
+  query.study_uid = study.value_or("");
+  query.since = since.value_or("");
+  query.newest_first = !study && !since;  // by default the latest reports; otherwise in time order
+  query.limit = all ? kStreamPage : limit;
+  const bool as_json = args.has("--json");
+  size_t count = 0;
+  if (as_json) std::cout << "[";
+  for (;;) {
+    db::ReportPage page;
+    try {
+      page = reports.read(query);
+    } catch (const pqxx::data_exception& e) {
+      throw std::invalid_argument("--since: '" + query.since + "' is not a time PostgreSQL can read");
     }
-  });
-  if (args.has("--json")) {
-    std::cout << out.dump(2) << "\n";
+    for (const auto& rep : page.reports) {
+      if (as_json)
+        std::cout << (count ? ",\n" : "\n") << rep.dump(2, ' ', false, json::error_handler_t::replace);
+      else
+        print_report(rep);
+      ++count;
+    }
+    if (!all || !page.next) break;
+    query.after = page.next;
+  }
+  if (as_json) {
+    std::cout << (count ? "\n]\n" : "]\n");
     return 0;
   }
-  for (const auto& rep : out) {
-    std::cout << "report " << rep["report_id"] << "  study " << rep["study_uid"].get<std::string>() << "  "
-              << rep["created_at"].get<std::string>() << "  model " << rep["model"].get<std::string>() << " "
-              << rep["model_version"].get<std::string>() << "\n";
-    std::cout << "  SR " << rep["sr_sop_instance_uid"].get<std::string>();
-    if (!rep["latency_ms"].is_null()) std::cout << "  latency " << static_cast<long>(rep["latency_ms"].get<double>()) << " ms";
-    std::cout << "\n  " << rep["text"].get<std::string>() << "\n";
-    for (const auto& f : rep["findings"])
-      std::cout << "  finding: " << f["label"].get<std::string>() << " on " << f["sop_instance_uid"].get<std::string>()
-                << " [" << f["box"][0] << ", " << f["box"][1] << ", " << f["box"][2] << ", " << f["box"][3] << "]\n";
-    for (const auto& e : rep["exports"])
-      std::cout << "  export to " << e["destination"].get<std::string>() << ": " << e["state"].get<std::string>()
-                << (e["last_error"].get<std::string>().empty() ? "" : " (" + e["last_error"].get<std::string>() + ")")
-                << "\n";
-  }
-  std::cout << "(" << out.size() << " report" << (out.size() == 1 ? "" : "s") << ")\n";
+  std::cout << "(" << count << " report" << (count == 1 ? "" : "s") << ")\n";
   return 0;
 }
 

@@ -42,6 +42,13 @@ void add_config(CLI::App* cmd, Args& args) {
 
 void add_json(CLI::App* cmd, Args& args) { add_flag(cmd, args, "--json", "machine-readable output on stdout"); }
 
+// Listings print one page: --limit N rows (50), or --all streamed page by page.
+void add_paging(CLI::App* cmd, Args& args) {
+  CLI::Option* limit = add_value(cmd, args, "--limit", "N", "rows to print (1..100000, default 50)");
+  CLI::Option* all = add_flag(cmd, args, "--all", "every row, streamed page by page");
+  all->excludes(limit);
+}
+
 // A positional argument, appended to args.items.
 CLI::Option* add_positional(CLI::App* cmd, Args& args, const std::string& name, const std::string& help) {
   return cmd->add_option_function<std::string>(
@@ -72,14 +79,16 @@ struct CommandLine {
     db_stop = db->add_subcommand("stop", "stop the embedded PostgreSQL cluster");
     add_config(db_stop, args);
 
-    studies = app.add_subcommand("studies", "list studies (api.studies)");
+    studies = app.add_subcommand("studies", "list studies, newest first (api.studies)");
     add_config(studies, args);
     add_value(studies, args, "--state", "STATE", "receiving, queued, processing, reported or failed");
+    add_paging(studies, args);
     add_json(studies, args);
 
-    jobs = app.add_subcommand("jobs", "list jobs (api.jobs)");
+    jobs = app.add_subcommand("jobs", "list jobs, newest first (api.jobs)");
     add_config(jobs, args);
     add_value(jobs, args, "--state", "STATE", "queued, running, done, failed or dead");
+    add_paging(jobs, args);
     add_json(jobs, args);
 
     results = app.add_subcommand("results", "reports with findings and exports");
@@ -87,6 +96,7 @@ struct CommandLine {
     CLI::Option* study = add_value(results, args, "--study", "UID", "one study's reports");
     CLI::Option* since = add_value(results, args, "--since", "TIME", "reports created since TIME (ISO 8601)");
     study->excludes(since);
+    add_paging(results, args);
     add_json(results, args);
 
     reprocess = app.add_subcommand("reprocess", "run a study again (the new SR supersedes the old)");

@@ -11,9 +11,12 @@
 #include <memory>
 #include <stdexcept>
 
+#include "db/reports.h"
+#include "db/studies.h"
 #include "dicom/pixels.h"
 #include "dicom/sop_class.h"
 #include "dicom/text.h"
+#include "metrics/registry.h"
 #include "reports/model_output.h"
 #include "reports/sr_builder.h"
 
@@ -74,26 +77,19 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
 
   // The study's instances, in series and instance order.
   std::vector<InstanceRow> rows;
-  pool_.transact([&](pqxx::work& txn) {
-    for (const auto& r : txn.exec_params(
-             "SELECT sop_instance_uid, sop_class_uid, series_instance_uid, file_path, COALESCE(series_number, 0),"
-             " COALESCE(instance_number, 0), COALESCE(frames, 1), rows IS NOT NULL AND columns IS NOT NULL"
-             " FROM firstread.instances WHERE study_uid = $1"
-             " ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid",
-             job.study_uid)) {
-      InstanceRow i;
-      i.sop_instance_uid = r[0].c_str();
-      i.sop_class_uid = r[1].c_str();
-      i.series_instance_uid = r[2].c_str();
-      i.file_path = r[3].c_str();
-      i.series_number = r[4].as<int>();
-      i.instance_number = r[5].as<int>();
-      i.frames = r[6].as<int>();
-      // Structured reports and other documents carry no pixels for the model.
-      i.has_pixels = r[7].as<bool>() && !dicom::sop_class::is_structured_report(i.sop_class_uid);
-      rows.push_back(i);
-    }
-  });
+  for (const db::StudyInstance& r : db::Studies(pool_).instances(job.study_uid)) {
+    InstanceRow i;
+    i.sop_instance_uid = r.sop_instance_uid;
+    i.sop_class_uid = r.sop_class_uid;
+    i.series_instance_uid = r.series_instance_uid;
+    i.file_path = r.file_path;
+    i.series_number = r.series_number;
+    i.instance_number = r.instance_number;
+    i.frames = r.frames;
+    // Structured reports and other documents carry no pixels for the model.
+    i.has_pixels = r.has_rows_and_columns && !dicom::sop_class::is_structured_report(i.sop_class_uid);
+    rows.push_back(i);
+  }
   const std::vector<SelectedImage> selected = select_images(rows, *route);
   if (selected.empty()) throw std::runtime_error("study " + job.study_uid + " has no image the model can read");
 
@@ -159,19 +155,14 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   if (narrative.empty()) narrative = "(the model produced no text)";
 
   // The report this one supersedes: the latest of the same study and route.
+  db::Reports reports_table(pool_);
   std::optional<reports::SrPredecessor> predecessor;
   int64_t supersedes = 0;
-  pool_.transact([&](pqxx::work& txn) {
-    auto r = txn.exec_params(
-        "SELECT report_id, sr_series_instance_uid, sr_sop_instance_uid FROM firstread.reports"
-        " WHERE study_uid = $1 AND route = $2 ORDER BY created_at DESC, report_id DESC LIMIT 1",
-        job.study_uid, job.route);
-    if (!r.empty()) {
-      supersedes = r[0][0].as<int64_t>();
-      predecessor = reports::SrPredecessor{job.study_uid, r[0][1].c_str(), dicom::sop_class::kComprehensive3DSr,
-                                           r[0][2].c_str()};
-    }
-  });
+  if (const auto latest = reports_table.latest_for_route(job.study_uid, job.route)) {
+    supersedes = latest->report_id;
+    predecessor = reports::SrPredecessor{job.study_uid, latest->sr_series_instance_uid, dicom::sop_class::kComprehensive3DSr,
+                                         latest->sr_sop_instance_uid};
+  }
 
   auto t = Clock::now();
   reports::SrInput input;
@@ -193,49 +184,33 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   });
   const double sr_ms = ms_since(t);
 
-  t = Clock::now();
-  const int64_t report_id = pool_.transact([&](pqxx::work& txn) {
-    // Still ours? A worker whose lease expired must not report twice.
-    auto mine = txn.exec_params(
-        "SELECT 1 FROM firstread.jobs WHERE job_id = $1 AND lease_owner = $2 AND state = 'running' FOR UPDATE",
-        job.job_id, owner);
-    if (mine.empty()) throw std::runtime_error("lease lost: job " + std::to_string(job.job_id) + " was taken over");
-    const double db_ms_so_far = ms_since(t);
-    auto r = txn.exec_params1(
-        "INSERT INTO firstread.reports (study_uid, job_id, route, model, model_version, language, text,"
-        " sr_sop_instance_uid, sr_series_instance_uid, sr_file_path, supersedes_report_id, latency_ms,"
-        " decode_ms, inference_ms, sr_ms, db_ms)"
-        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULLIF($11, 0),"
-        "  extract(epoch FROM clock_timestamp() - s.last_received_at) * 1000, $12, $13, $14, $15"
-        " FROM firstread.studies s WHERE s.study_uid = $1 RETURNING report_id",
-        job.study_uid, job.job_id, job.route, model.name, model.version, route->language, narrative,
-        sr.sop_instance_uid, sr.series_instance_uid, sr_path, supersedes, decode_ms, inference_ms, sr_ms,
-        db_ms_so_far);
-    const int64_t id = r[0].as<int64_t>();
-    for (const auto& f : findings) {
-      txn.exec_params0(
-          "INSERT INTO firstread.findings (report_id, label, text, sop_instance_uid, frame, x1, y1, x2, y2, confidence)"
-          " VALUES ($1, $2, NULLIF($3, ''), $4, NULLIF($5, 0), $6, $7, $8, $9, NULL)",
-          id, f.label, f.text, f.sop_instance_uid, f.frame, f.x1, f.y1, f.x2, f.y2);
-    }
-    int exports = 0;
-    for (const auto& d : config_.exports.destinations) {
-      bool wanted = d.routes.empty();
-      for (const auto& rn : d.routes) wanted = wanted || rn == job.route;
-      if (!wanted) continue;
-      txn.exec_params0(
-          "INSERT INTO firstread.exports (report_id, destination, ae_title, host, port, max_attempts)"
-          " VALUES ($1, $2, $3, $4, $5, $6)",
-          id, d.name, d.ae_title, d.host, d.port, config_.exports.max_attempts);
-      ++exports;
-    }
-    txn.exec_params0(
-        "UPDATE firstread.jobs SET state = 'done', finished_at = now(), error = NULL, lease_owner = NULL,"
-        " lease_expires_at = NULL WHERE job_id = $1",
-        job.job_id);
-    if (exports) txn.exec0(std::string("NOTIFY ") + kExportsChannel);
-    return id;
-  });
+  db::NewReport report;
+  report.study_uid = job.study_uid;
+  report.route = job.route;
+  report.model = model.name;
+  report.model_version = model.version;
+  report.language = route->language;
+  report.text = narrative;
+  report.sr_sop_instance_uid = sr.sop_instance_uid;
+  report.sr_series_instance_uid = sr.series_instance_uid;
+  report.sr_file_path = sr_path;
+  report.supersedes_report_id = supersedes;
+  report.decode_ms = decode_ms;
+  report.inference_ms = inference_ms;
+  report.sr_ms = sr_ms;
+  std::vector<db::NewFinding> rows_of_findings;
+  for (const auto& f : findings)
+    rows_of_findings.push_back({f.label, f.text, f.sop_instance_uid, f.frame, f.x1, f.y1, f.x2, f.y2, std::nullopt});
+  std::vector<db::NewExport> exports;
+  for (const auto& d : config_.exports.destinations) {
+    bool wanted = d.routes.empty();
+    for (const auto& rn : d.routes) wanted = wanted || rn == job.route;
+    if (wanted) exports.push_back({d.name, d.ae_title, d.host, d.port, config_.exports.max_attempts});
+  }
+  const db::CommittedReport committed = reports_table.commit(report, rows_of_findings, exports, {job.job_id, owner});
+  const int64_t report_id = committed.report_id;
+  metrics::observe_job({model.name, committed.job_seconds, committed.latency_ms / 1000, decode_ms / 1000,
+                        inference_ms / 1000, sr_ms / 1000, committed.db_ms / 1000});
   spdlog::info("pipeline: job {} study={} reported: report {} sr={} findings={} total {:.0f} ms", job.job_id,
                job.study_uid, report_id, sr.sop_instance_uid, findings.size(), ms_since(t_start));
   return report_id;

@@ -15,8 +15,6 @@
 
 namespace firstread::pipeline {
 
-inline constexpr const char* kExportsChannel = "firstread_exports";
-
 struct SelectedImage {
   std::string sop_instance_uid, sop_class_uid, series_instance_uid, file_path;
   int frame = 0;  // 0-based frame to read; -1 = the middle frame

@@ -10,6 +10,9 @@
 
 #include <chrono>
 
+#include "db/reports.h"
+#include "metrics/registry.h"
+
 namespace firstread::reports {
 
 SendResult send_file(const std::string& path, const std::string& calling_ae, const std::string& called_ae,
@@ -58,51 +61,24 @@ SendResult send_file(const std::string& path, const std::string& calling_ae, con
 
 int ExportOutbox::send_due() {
   int attempted = 0;
+  db::Exports exports(pool_);
   while (!stopping_) {
-    // Claim one due export (a sender that died leaves 'sending' with an
-    // expired lease, which is due again).
-    auto claimed = pool_.transact([&](pqxx::work& txn) {
-      return txn.exec(
-          "UPDATE firstread.exports e SET state = 'sending', attempts = e.attempts + 1,"
-          " lease_expires_at = now() + interval '5 minutes'"
-          " FROM firstread.reports r"
-          " WHERE e.export_id = (SELECT export_id FROM firstread.exports"
-          "   WHERE (state = 'pending' AND next_attempt_at <= now()) OR (state = 'sending' AND lease_expires_at < now())"
-          "   ORDER BY next_attempt_at, export_id FOR UPDATE SKIP LOCKED LIMIT 1)"
-          " AND r.report_id = e.report_id"
-          " RETURNING e.export_id, e.destination, e.ae_title, e.host, e.port, r.sr_file_path, e.attempts,"
-          " e.max_attempts, r.sr_sop_instance_uid");
-    });
-    if (claimed.empty()) break;
+    const auto due = exports.claim_due();
+    if (!due) break;
     ++attempted;
-    const auto row = claimed[0];
-    const int64_t id = row[0].as<int64_t>();
-    const std::string destination = row[1].c_str();
-    const std::string sr_uid = row[8].c_str();
-    const int attempts = row[6].as<int>();
-    const int max_attempts = row[7].as<int>();
-    SendResult result = send_file(storage_.absolute(row[5].c_str()), config_.calling_ae_title, row[2].c_str(),
-                                  row[3].c_str(), row[4].as<int>());
-    pool_.transact([&](pqxx::work& txn) {
-      if (result.ok) {
-        txn.exec_params0(
-            "UPDATE firstread.exports SET state = 'sent', sent_at = now(), last_error = NULL,"
-            " lease_expires_at = NULL WHERE export_id = $1",
-            id);
-      } else {
-        txn.exec_params0(
-            "UPDATE firstread.exports SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,"
-            " last_error = $2, lease_expires_at = NULL,"
-            " next_attempt_at = now() + make_interval(secs => $3 * power(2, GREATEST(attempts - 1, 0)))"
-            " WHERE export_id = $1",
-            id, result.error, config_.retry_backoff_seconds);
-      }
-    });
+    SendResult result = send_file(storage_.absolute(due->sr_file_path), config_.calling_ae_title, due->ae_title,
+                                  due->host, due->port);
+    exports.settle(due->export_id, result.ok, result.error, config_.retry_backoff_seconds);
+    metrics::registry()
+        .counter("firstread_export_attempts_total", "C-STORE attempts of the export outbox by this process, by outcome",
+                 {{"outcome", result.ok ? "sent" : "failed"}})
+        .inc();
     if (result.ok)
-      spdlog::info("export: SR {} sent to {}", sr_uid, destination);
+      spdlog::info("export: SR {} sent to {}", due->sr_sop_instance_uid, due->destination);
     else
-      spdlog::warn("export: SR {} to {} failed (attempt {}/{}{}): {}", sr_uid, destination, attempts, max_attempts,
-                   attempts >= max_attempts ? ", giving up" : ", will retry", result.error);
+      spdlog::warn("export: SR {} to {} failed (attempt {}/{}{}): {}", due->sr_sop_instance_uid, due->destination,
+                   due->attempts, due->max_attempts, due->attempts >= due->max_attempts ? ", giving up" : ", will retry",
+                   result.error);
   }
   return attempted;
 }
@@ -126,7 +102,7 @@ void ExportOutbox::start() {
       try {
         if (!listen_conn) {
           listen_conn = std::make_unique<pqxx::connection>(conninfo_);
-          receiver = std::make_unique<Receiver>(*listen_conn, "firstread_exports");
+          receiver = std::make_unique<Receiver>(*listen_conn, db::kExportsChannel);
         }
         listen_conn->await_notification(1, 0);
       } catch (const std::exception&) {

@@ -1,9 +1,7 @@
-// The job queue in PostgreSQL. Any number of firstread processes may claim from
-// it: a claim takes the oldest ready job with FOR UPDATE SKIP LOCKED and holds
-// it under a lease that the worker heartbeats; a job whose lease expires goes
-// back to the queue (or dies after max_attempts). Failures retry with
-// exponential backoff. New jobs are announced with NOTIFY so idle workers
-// wake at once.
+// The job queue: the queue's policy (lease, backoff) over db::Jobs, which owns
+// firstread.jobs (claim with FOR UPDATE SKIP LOCKED under a heartbeated lease,
+// retry with exponential backoff, dead after max_attempts), and the NOTIFY
+// listener that wakes idle workers.
 #pragma once
 
 #include <chrono>
@@ -12,19 +10,11 @@
 #include <string>
 
 #include "db/database.h"
+#include "db/jobs.h"
 
 namespace firstread::worklist {
 
-inline constexpr const char* kJobsChannel = "firstread_jobs";
-
-struct Job {
-  int64_t job_id = 0;
-  std::string study_uid;
-  std::string route;
-  std::string model;
-  int attempts = 0;  // including this one
-  int max_attempts = 0;
-};
+using db::Job;
 
 struct QueuePolicy {
   int lease_seconds = 300;
@@ -33,7 +23,7 @@ struct QueuePolicy {
 
 class JobQueue {
  public:
-  JobQueue(db::ConnectionPool& pool, QueuePolicy policy) : pool_(pool), policy_(policy) {}
+  JobQueue(db::ConnectionPool& pool, QueuePolicy policy) : jobs_(pool), policy_(policy) {}
 
   // Inserts a queued job and notifies waiting workers. Returns its id.
   int64_t enqueue(pqxx::work& txn, const std::string& study_uid, int generation, const std::string& route,
@@ -53,7 +43,7 @@ class JobQueue {
   int expire_leases();
 
  private:
-  db::ConnectionPool& pool_;
+  db::Jobs jobs_;
   QueuePolicy policy_;
 };
 
