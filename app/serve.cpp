@@ -16,7 +16,9 @@
 #include "app/runtime.h"
 #include "db/instance_index.h"
 #include "ingest/instance_ingest.h"
+#include "db/tallies.h"
 #include "scp/dicom_server.h"
+#include "scp/server_metrics.h"
 #include "storage/file_storage.h"
 #include "worklist/job_queue.h"
 #include "worklist/study_assembler.h"
@@ -147,12 +149,14 @@ int run_serve(const Args& args) {
     };
   }
 #endif
-  app::HttpApi http(app::http_api_options(cfg.http), *rt.pool, storage, server ? &server->counters() : nullptr,
-                    models_status);
+  std::unique_ptr<scp::ServerMetrics> server_metrics;
+  if (server) server_metrics = std::make_unique<scp::ServerMetrics>(*server);
+  app::HttpApi http(app::http_api_options(cfg.http), *rt.pool, storage, models_status);
   http.start();
 
   // Study assembly and lease expiry: a poll against the database clock, so any
   // node may do it and nothing depends on this process's memory.
+  db::Tallies tallies(*rt.pool);  // /metrics' counts, folded here so that a scrape has little to fold
   std::atomic<bool> stopping{false};
   std::mutex stop_mu;
   std::condition_variable stop_cv;
@@ -161,6 +165,7 @@ int run_serve(const Args& args) {
       try {
         assembler.assemble_ready();
         queue.expire_leases();
+        tallies.compact();
       } catch (const std::exception& e) {
         spdlog::error("worklist: {}", e.what());
       }

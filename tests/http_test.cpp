@@ -28,7 +28,9 @@
 #include "db/instance_index.h"
 #include "db/test_cluster.h"
 #include "ingest/instance_ingest.h"
+#include "metrics/registry.h"
 #include "scp/dicom_server.h"
+#include "scp/server_metrics.h"
 #include "storage/file_storage.h"
 
 namespace fs = std::filesystem;
@@ -371,7 +373,7 @@ class HttpApiTest : public ::testing::Test {
     options.listen = "127.0.0.1:0";
     options.token = token;
     options.read_timeout_seconds = read_timeout_seconds;
-    api_ = std::make_unique<HttpApi>(options, pool(), *storage_, &counters_, std::move(models_status));
+    api_ = std::make_unique<HttpApi>(options, pool(), *storage_, std::move(models_status));
     api_->start();
     port_ = api_->port();
     ASSERT_GT(port_, 0);
@@ -441,7 +443,6 @@ class HttpApiTest : public ::testing::Test {
 
   std::string dir_;
   std::unique_ptr<firstread::storage::FileStorage> storage_;
-  firstread::scp::ServerCounters counters_;
   std::unique_ptr<HttpApi> api_;
   int port_ = 0;
 };
@@ -904,15 +905,19 @@ TEST_F(HttpApiTest, MetricsParseAsPrometheusTextAndMoveAsInstancesArrive) {
   dicom_options.port = free_port();
   firstread::scp::DicomServer dicom(dicom_options, sink);
   dicom.start();
+  // The node publishes its counters into the process's metrics registry, as in serve.
+  firstread::scp::ServerMetrics dicom_metrics(dicom);
   HttpApiOptions options;
   options.listen = "127.0.0.1:0";
-  api_ = std::make_unique<HttpApi>(options, pool(), *storage_, &dicom.counters(), [] { return std::string(); });
+  api_ = std::make_unique<HttpApi>(options, pool(), *storage_, [] { return std::string(); });
   api_->start();
   port_ = api_->port();
 
-  // A report with timings, so the histograms have data.
+  // A report, and its job's completion observed as the pipeline observes it
+  // (pipeline/study_processor.cpp; web_page_test checks that observation end to end).
   add_instance("1.2.3.10", "1.2.3.10.1", "1.2.3.10.1.1", "CT");
   add_report("1.2.3.10", add_job("1.2.3.10", "done"), "default", "text", "1.2.3.10.900", "sr", 7300);
+  firstread::metrics::observe_job({"tiny", 3.0, 7.3, 0.020, 0.900, 0.015, 0.004});
 
   auto scrape = [&] {
     auto r = get(port_, "/metrics");
@@ -983,6 +988,23 @@ TEST_F(HttpApiTest, MetricsParseAsPrometheusTextAndMoveAsInstancesArrive) {
   api_->stop();
   api_.reset();
   dicom.stop();
+}
+
+TEST_F(HttpApiTest, OpenApiDocumentDescribesTheServedRoutes) {
+  start_server("s3cret-token");
+  auto doc = get(port_, "/api/v1/openapi.json");  // no data: no token needed
+  ASSERT_EQ(doc.status, 200) << doc.body;
+  const json d = doc.body_json();
+  EXPECT_EQ(d["openapi"], "3.0.3");
+  // Every documented GET route without path parameters answers (with the token) rather than 404/405.
+  for (const auto& [path, ops] : d["paths"].items()) {
+    if (!ops.contains("get") || path.find('{') != std::string::npos) continue;
+    SCOPED_TRACE(path);
+    const int status = get(port_, path, "s3cret-token").status;
+    EXPECT_TRUE(status == 200 || status == 503) << status;
+  }
+  EXPECT_TRUE(d["paths"]["/api/v1/studies"]["get"].contains("security"));
+  expect_json_error(get(port_, "/api/v1/studies"), 401);
 }
 
 TEST(PrometheusParser, RejectsMalformedText) {

@@ -188,13 +188,22 @@ TEST(Pipeline, ReprocessGivesANewSrThatSupersedesTheFirst) {
   const std::string study = query1(s, "SELECT study_uid FROM api.studies");
   const std::string first_sr = query1(s, "SELECT sr_sop_instance_uid FROM api.reports");
 
+  // The export settles first, so that the CLI and HTTP read the same rows.
+  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT state FROM api.exports") == "sent"; }, 60)) << s.log();
   auto results = s.cli("results --json --study " + study);
   ASSERT_EQ(results.exit_code, 0) << results.output;
   const json parsed = json::parse(results.output.substr(results.output.find('[')));
   ASSERT_EQ(parsed.size(), 1u);
   EXPECT_EQ(parsed[0].at("sr_sop_instance_uid"), first_sr);
   EXPECT_TRUE(parsed[0].at("findings").is_array());
+  for (const auto& f : parsed[0].at("findings"))
+    for (const char* k : {"label", "sop_instance_uid", "x1", "y1", "x2", "y2"}) EXPECT_TRUE(f.contains(k)) << f.dump();
   EXPECT_EQ(parsed[0].at("exports").size(), 1u);
+  // One read model: HTTP /report answers the same JSON as the CLI.
+  const auto http_report = run("curl -s http://127.0.0.1:" + std::to_string(firstread::testing::test_port(2)) +
+                               "/api/v1/studies/" + study + "/report");
+  ASSERT_EQ(http_report.exit_code, 0) << http_report.output;
+  EXPECT_EQ(json::parse(http_report.output), parsed[0]);
 
   auto bad = s.cli("reprocess 1.2.3.999");
   EXPECT_NE(bad.exit_code, 0);

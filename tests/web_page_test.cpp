@@ -130,6 +130,16 @@ TEST(WebPage, ServiceServesThePageTheReportAndItsKeyImage) {
     EXPECT_LE(f["x1"].get<double>(), f["x2"].get<double>());
     EXPECT_LE(f["x2"].get<double>(), 128.0);  // CT_small is 128 x 128: boxes in source pixels
   }
+  // The job's completion was observed by the pipeline in this process, and the
+  // database's tallies moved with the report (all without a full-table scan).
+  const std::string metrics_reported = curl(http, "GET", "/metrics").body;
+  EXPECT_EQ(metric_value(metrics_reported, "firstread_report_latency_seconds_count{model=\"tiny\"}"), 1)
+      << metrics_reported;
+  EXPECT_EQ(metric_value(metrics_reported, "firstread_job_duration_seconds_count{model=\"tiny\"}"), 1);
+  EXPECT_GT(metric_value(metrics_reported, "firstread_report_inference_seconds_sum{model=\"tiny\"}"), 0);
+  EXPECT_EQ(metric_value(metrics_reported, "firstread_reports{model=\"tiny\"}"), 1);
+  EXPECT_EQ(metric_value(metrics_reported, "firstread_studies{state=\"reported\"}"), 1);
+  EXPECT_EQ(metric_value(metrics_reported, "firstread_jobs{state=\"done\"}"), 1);
   auto detail = curl_json(http, "/api/v1/studies/" + study_uid);
   EXPECT_EQ(detail["instances"].size(), 2u);
   EXPECT_EQ(detail["jobs"].size(), 1u);

@@ -1,0 +1,245 @@
+// The route table: every route's method, pattern, role, summary, handler and
+// query parameters, in one place. Authentication, 404 / 405, the OpenAPI
+// document and the README's route table are all derived from it.
+#include <spdlog/spdlog.h>
+
+#include <boost/beast/http/verb.hpp>
+
+#include "app/http/api.h"
+#include "app/http/parse.h"
+#include "dicom/uid.h"
+#include "metrics/registry.h"
+
+namespace firstread::app::http {
+
+const std::vector<std::string> kStudyStates = {"receiving", "queued", "processing", "reported", "failed", "unrouted"};
+const std::vector<std::string> kJobStates = {"queued", "running", "done", "failed", "dead"};
+const std::vector<std::string> kExportStates = {"pending", "sent", "failed"};
+
+const std::vector<Route>& routes() {
+  static const std::vector<Route> table = {
+      {Verb::get, "/", Role::anyone, "The results page (app/web/index.html)", page_index, {}},
+      {Verb::get, "/web/{file}", Role::anyone, "The page's script and style sheet", page_file, {}},
+      {Verb::get, "/healthz", Role::anyone, "200 {\"status\":\"ok\"} while the process runs", healthz, {}},
+      {Verb::get, "/readyz", Role::viewer,
+       "200 when the database answers, storage is writable and the models are loaded; else 503 with each check's "
+       "reason",
+       readyz, {}},
+      {Verb::get, "/metrics", Role::viewer,
+       "Prometheus text: DICOM associations/instances/bytes, HTTP codes, exports sent, studies/jobs/exports by state, "
+       "instances, reports by model, histograms of job duration, report latency and decode/inference/sr/db time",
+       metrics, {}},
+      {Verb::get, "/api/v1/openapi.json", Role::anyone, "This API as an OpenAPI 3 document", openapi, {}},
+      {Verb::get, "/api/v1/studies", Role::viewer,
+       "{\"studies\":[...],\"next_cursor\":...} newest first; pass next_cursor for the next page",
+       list_studies,
+       {{"since", "ISO 8601 date or time: studies with last_received_at >= since"},
+        {"modality", "e.g. CT"},
+        {"state", "receiving|queued|processing|reported|failed|unrouted"},
+        {"limit", "1..500 (50)"},
+        {"cursor", "next_cursor of the previous page (keyset: stable while studies arrive)"}}},
+      {Verb::get, "/api/v1/studies/{study_uid}", Role::viewer, "The study, its instances, jobs and reports", get_study,
+       {}},
+      {Verb::get, "/api/v1/studies/{study_uid}/report", Role::viewer,
+       "The latest report: text, language, model, findings (x1,y1,x2,y2 in source pixels), SR UID, sr_url, exports "
+       "(the same JSON as `firstread results --json`)",
+       study_report, {{"route", "only reports of this route"}}},
+      {Verb::post, "/api/v1/studies/{study_uid}/reprocess", Role::operator_,
+       "202: run the study again (the new SR supersedes the old)", reprocess_study, {}},
+      {Verb::get, "/api/v1/reports/{report_id}/sr", Role::viewer, "The SR file (application/dicom)", report_sr, {}},
+      {Verb::get, "/api/v1/jobs", Role::viewer, "{\"jobs\":[...]} newest first", list_jobs,
+       {{"state", "queued|running|done|failed|dead"}, {"study", "a Study Instance UID"}, {"limit", "1..1000 (100)"}}},
+      {Verb::get, "/api/v1/instances/{sop_instance_uid}/png", Role::viewer,
+       "A frame as 8-bit RGB PNG through the model's pixel path, at source resolution (boxes map 1:1)", instance_png,
+       {{"frame", "0-based frame (0)"}}},
+  };
+  return table;
+}
+
+const char* role_name(Role r) {
+  switch (r) {
+    case Role::anyone: return "anyone";
+    case Role::viewer: return "viewer";
+    case Role::operator_: return "operator";
+  }
+  return "?";
+}
+
+namespace {
+
+std::vector<std::string> split_pattern(const std::string& pattern) {
+  std::vector<std::string> out;
+  size_t start = 1;
+  while (start <= pattern.size()) {
+    const size_t end = pattern.find('/', start);
+    const std::string part = pattern.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    if (!part.empty()) out.push_back(part);
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return out;
+}
+
+bool matches(const Route& route, const std::vector<std::string>& segments, std::map<std::string, std::string>* params) {
+  const auto parts = split_pattern(route.pattern);
+  if (parts.size() != segments.size()) return false;
+  std::map<std::string, std::string> found;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (parts[i].front() == '{')
+      found[parts[i].substr(1, parts[i].size() - 2)] = segments[i];
+    else if (parts[i] != segments[i])
+      return false;
+  }
+  if (params) *params = std::move(found);
+  return true;
+}
+
+bool tokens_equal(const std::string& a, const std::string& b) {
+  // Constant time in the length of the expected token.
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < b.size(); ++i) diff |= static_cast<unsigned char>(b[i] ^ (i < a.size() ? a[i] : 0));
+  return diff == 0;
+}
+
+std::optional<ApiResponse> refuse_without_token(const Context& ctx, const ApiRequest& req) {
+  const std::string prefix = "Bearer ";
+  if (req.authorization.empty()) {
+    ApiResponse r = error_response(401, "missing Authorization: Bearer <token> (http.token is set)");
+    r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"firstread\"");
+    return r;
+  }
+  if (req.authorization.compare(0, prefix.size(), prefix) != 0 ||
+      !tokens_equal(req.authorization.substr(prefix.size()), ctx.options.token)) {
+    ApiResponse r = error_response(401, "wrong bearer token");
+    r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"firstread\", error=\"invalid_token\"");
+    return r;
+  }
+  return std::nullopt;
+}
+
+std::string method_name(Verb v) { return std::string(boost::beast::http::to_string(v)); }
+
+}  // namespace
+
+ApiResponse dispatch(Context& ctx, ApiRequest& req) {
+  std::vector<const Route*> on_path;
+  for (const Route& r : routes())
+    if (matches(r, req.segments, nullptr)) on_path.push_back(&r);
+  // Strangers get no map of the routes: anything but a public path needs the token.
+  bool public_path = !on_path.empty();
+  for (const Route* r : on_path) public_path = public_path && r->role == Role::anyone;
+  if (!public_path && !ctx.options.token.empty())
+    if (auto refused = refuse_without_token(ctx, req)) return *refused;
+  if (on_path.empty()) throw HttpError(404, "no such route: " + req.path);
+  for (const Route* r : on_path) {
+    if (req.method == r->method || (r->method == Verb::get && req.method == Verb::head)) {
+      matches(*r, req.segments, &req.path_params);
+      return r->handler(ctx, req);
+    }
+  }
+  std::string allow;
+  for (const Route* r : on_path)
+    allow += (allow.empty() ? "" : ", ") + method_name(r->method) + (r->method == Verb::get ? ", HEAD" : "");
+  ApiResponse r = error_response(405, "method " + method_name(req.method) + " not allowed on " + req.path + "; use " +
+                                          method_name(on_path.front()->method));
+  r.headers.emplace_back("Allow", allow);
+  return r;
+}
+
+json openapi_document() {
+  json paths = json::object();
+  for (const Route& r : routes()) {
+    json op = {{"summary", r.summary}, {"x-firstread-role", role_name(r.role)}};
+    json params = json::array();
+    for (const auto& part : split_pattern(r.pattern))
+      if (part.front() == '{')
+        params.push_back({{"name", part.substr(1, part.size() - 2)},
+                          {"in", "path"},
+                          {"required", true},
+                          {"schema", {{"type", "string"}}}});
+    for (const auto& q : r.query)
+      params.push_back({{"name", q.name}, {"in", "query"}, {"description", q.description}, {"schema", {{"type", "string"}}}});
+    if (!params.empty()) op["parameters"] = params;
+    if (r.role != Role::anyone) op["security"] = json::array({json{{"bearer", json::array()}}});
+    op["responses"] = {{"200", {{"description", "success"}}}, {"400", {{"description", "bad parameter"}}},
+                       {"401", {{"description", "missing or wrong token (when http.token is set)"}}},
+                       {"404", {{"description", "unknown route or resource"}}}};
+    if (r.method == Verb::post) op["responses"]["202"] = {{"description", "accepted"}};
+    std::string method = method_name(r.method);
+    for (auto& c : method) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    paths[r.pattern][method] = op;
+  }
+  return {{"openapi", "3.0.3"},
+          {"info", {{"title", "firstread"}, {"version", "1"}}},
+          {"paths", paths},
+          {"components", {{"securitySchemes", {{"bearer", {{"type", "http"}, {"scheme", "bearer"}}}}}}}};
+}
+
+std::string markdown_route_table() {
+  std::string out = "| route | role | what |\n|---|---|---|\n";
+  for (const Route& r : routes()) {
+    std::string pattern = r.pattern;
+    if (!r.query.empty()) {
+      pattern += "?";
+      for (size_t i = 0; i < r.query.size(); ++i) pattern += std::string(i ? "&" : "") + r.query[i].name + "=";
+    }
+    out += "| " + method_name(r.method) + " " + pattern + " | " + role_name(r.role) + " | " + r.summary + " |\n";
+  }
+  return out;
+}
+
+std::optional<std::string> query_param(const ApiRequest& req, const std::string& name) {
+  auto it = req.query.find(name);
+  if (it == req.query.end() || it->second.empty()) return std::nullopt;
+  return it->second;
+}
+
+void refuse_unknown_params(const ApiRequest& req, const std::vector<std::string>& allowed) {
+  for (const auto& [key, value] : req.query)
+    if (!is_one_of(key, allowed)) throw HttpError(400, "unknown parameter '" + key + "' (" + join(allowed, ", ") + ")");
+}
+
+void require_uid(const std::string& what, const std::string& uid) {
+  if (!dicom::is_valid_uid(uid))
+    throw HttpError(400, what + " '" + uid.substr(0, 80) + "' is not a valid UID (digits and dots, at most 64)");
+}
+
+long long integer_param(const std::string& name, const std::string& text, long long min, long long max) {
+  try {
+    return http_parse::integer(name, text, min, max);
+  } catch (const std::invalid_argument& e) {
+    throw HttpError(400, e.what());
+  }
+}
+
+bool is_one_of(const std::string& value, const std::vector<std::string>& allowed) {
+  for (const auto& a : allowed)
+    if (a == value) return true;
+  return false;
+}
+
+std::string join(const std::vector<std::string>& items, const std::string& separator) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? separator : "") + items[i];
+  return out;
+}
+
+ApiResponse json_response(unsigned status, const json& body) {
+  ApiResponse r;
+  r.status = status;
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+  return r;
+}
+
+ApiResponse error_response(unsigned status, const std::string& message) {
+  return json_response(status, json{{"error", message}});
+}
+
+void count_response(unsigned status) {
+  metrics::registry()
+      .counter("firstread_http_requests_total", "HTTP requests answered by this process, by status code",
+               {{"code", std::to_string(status)}})
+      .inc();
+}
+
+}  // namespace firstread::app::http

@@ -1,0 +1,299 @@
+// The HTTP transport on Boost.Beast / Boost.Asio. Connections are read and
+// written asynchronously by a few I/O threads; each request is then handled
+// (database queries, file reads, PNG rendering) on a separate pool of handler
+// threads. A client that sends half a request holds no thread, only a
+// socket, and is dropped after the read timeout. What each route does is in
+// routes.cpp and the files beside it.
+#include <spdlog/spdlog.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <chrono>
+#include <sstream>
+
+#include "app/http/api.h"
+#include "app/http/parse.h"
+#include "metrics/registry.h"
+
+namespace firstread::app {
+
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using http::ApiRequest;
+using http::ApiResponse;
+using http::HttpError;
+using http::error_response;
+
+struct HttpApi::Impl {
+  Impl(HttpApiOptions o, db::ConnectionPool& p, const storage::FileStorage& s, std::function<std::string()> m)
+      : context{std::move(o), p, s, std::move(m)},
+        options(context.options),
+        handlers(static_cast<size_t>(std::max(1, options.handler_threads))) {
+    // The usual codes exist from the first scrape.
+    for (unsigned code : {200, 202, 400, 401, 404, 405, 422, 500, 503})
+      metrics::registry().counter("firstread_http_requests_total",
+                                  "HTTP requests answered by this process, by status code",
+                                  {{"code", std::to_string(code)}});
+  }
+
+  http::Context context;
+  const HttpApiOptions& options;
+  // Declared before io: sessions still queued in io touch it when io is destroyed.
+  std::atomic<int> open_connections{0};
+  net::io_context io;
+  std::unique_ptr<tcp::acceptor> acceptor;
+  std::vector<std::thread> io_threads;
+  net::thread_pool handlers;
+  std::atomic<bool> running{false};
+
+  ApiResponse handle(const bhttp::request<bhttp::string_body>& request);
+};
+
+namespace {
+
+ApiRequest parse_target(bhttp::verb method, const std::string& target) {
+  ApiRequest r;
+  r.method = method;
+  const size_t question = target.find('?');
+  r.path = target.substr(0, question);
+  try {
+    // Split first, then decode: an escaped '/' (%2F) stays inside its segment.
+    std::stringstream path_stream(r.path);
+    for (std::string segment; std::getline(path_stream, segment, '/');)
+      if (!segment.empty()) r.segments.push_back(http_parse::percent_decode(segment));
+    if (question != std::string::npos) {
+      std::stringstream query_stream(target.substr(question + 1));
+      for (std::string pair; std::getline(query_stream, pair, '&');) {
+        if (pair.empty()) continue;
+        const size_t eq = pair.find('=');
+        const std::string key = http_parse::percent_decode(pair.substr(0, eq));
+        r.query[key] = eq == std::string::npos ? "" : http_parse::percent_decode(pair.substr(eq + 1));
+      }
+    }
+  } catch (const std::invalid_argument& e) {
+    throw HttpError(400, e.what());
+  }
+  return r;
+}
+
+}  // namespace
+
+ApiResponse HttpApi::Impl::handle(const bhttp::request<bhttp::string_body>& request) {
+  const auto started = std::chrono::steady_clock::now();
+  const std::string method(bhttp::to_string(request.method()));
+  const std::string target(request.target());
+  ApiResponse response;
+  try {
+    ApiRequest req = parse_target(request.method(), target);
+    req.authorization = std::string(request[bhttp::field::authorization]);
+    response = http::dispatch(context, req);
+  } catch (const HttpError& e) {
+    response = error_response(e.status(), e.what());
+  } catch (const pqxx::broken_connection& e) {
+    spdlog::error("http: {} {}: database unreachable: {}", method, target, e.what());
+    response = error_response(503, std::string("database unreachable: ") + e.what());
+  } catch (const std::exception& e) {
+    spdlog::error("http: {} {}: {}", method, target, e.what());
+    response = error_response(500, std::string("internal error: ") + e.what());
+  }
+  http::count_response(response.status);
+  spdlog::debug("http: {} {} -> {} ({} bytes, {:.1f} ms)", method, target, response.status, response.body.size(),
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
+  return response;
+}
+
+// ---------------------------------------------------------------------------
+// Connections: async reads and writes on the I/O threads, handling on the pool.
+
+namespace {
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, HttpApi::Impl& api) : stream_(std::move(socket)), api_(api) {}
+  ~Session() { api_.open_connections.fetch_sub(1); }
+
+  void start() { net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_request(); }); }
+
+ private:
+  void read_request() {
+    parser_.emplace();
+    parser_->header_limit(16 * 1024);
+    parser_->body_limit(64 * 1024);
+    stream_.expires_after(std::chrono::seconds(api_.options.read_timeout_seconds));
+    bhttp::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted ||
+        ec == net::error::connection_reset || ec == net::error::eof) {
+      close();
+      return;
+    }
+    if (ec) {
+      // A parse error (not HTTP, or over the limits): answer once and close.
+      // Any other error is the socket's: nothing to answer.
+      const bool parse_error = ec.category() == beast::error_code(bhttp::error::bad_target).category() &&
+                               ec != bhttp::error::partial_message;
+      if (!parse_error) {
+        close();
+        return;
+      }
+      unsigned status = 400;
+      if (ec == bhttp::error::body_limit) status = 413;
+      if (ec == bhttp::error::header_limit) status = 431;
+      http::count_response(status);
+      send(error_response(status, "malformed HTTP request: " + ec.message()), bhttp::verb::get, 11, false);
+      return;
+    }
+    stream_.expires_never();  // handling may take a while (PNG rendering); the client is waiting
+    bhttp::request<bhttp::string_body> request = parser_->release();
+    // Liveness and the page's static files answer on this I/O thread, so that
+    // they never queue behind slow handlers (large PNGs, a busy database).
+    const std::string target(request.target());
+    const bool answer_here = target == "/healthz" || target == "/" || target.rfind("/web/", 0) == 0;
+    if (answer_here) {
+      respond(request);
+      return;
+    }
+    net::post(api_.handlers, [self = shared_from_this(), request = std::move(request)]() mutable {
+      self->respond(request);
+    });
+  }
+
+  // Handles one request (on whichever thread calls it) and writes the answer
+  // from the connection's strand.
+  void respond(const bhttp::request<bhttp::string_body>& request) {
+    ApiResponse response = api_.handle(request);
+    const bool keep_alive = request.keep_alive();
+    const unsigned version = request.version();
+    const bhttp::verb method = request.method();
+    net::post(stream_.get_executor(),
+              [self = shared_from_this(), response = std::move(response), method, version, keep_alive]() mutable {
+                self->send(std::move(response), method, version, keep_alive);
+              });
+  }
+
+  void send(ApiResponse r, bhttp::verb method, unsigned version, bool keep_alive) {
+    response_ = {};
+    response_.version(version);
+    response_.result(r.status);
+    response_.set(bhttp::field::server, "firstread");
+    response_.set(bhttp::field::content_type, r.content_type);
+    response_.set("X-Content-Type-Options", "nosniff");
+    for (const auto& [name, value] : r.headers) response_.set(name, value);
+    response_.keep_alive(keep_alive);
+    const size_t length = r.body.size();
+    if (method != bhttp::verb::head) response_.body() = std::move(r.body);
+    response_.content_length(length);
+    stream_.expires_after(std::chrono::seconds(120));  // a slow reader of a large file is dropped eventually
+    bhttp::async_write(stream_, response_, [self = shared_from_this(), keep_alive](beast::error_code ec, size_t) {
+      if (ec || !keep_alive) {
+        self->close();
+        return;
+      }
+      self->read_request();
+    });
+  }
+
+  void close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.socket().close(ignored);
+  }
+
+  beast::tcp_stream stream_;
+  HttpApi::Impl& api_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  bhttp::response<bhttp::string_body> response_;
+};
+
+void accept_next(HttpApi::Impl& api) {
+  api.acceptor->async_accept(net::make_strand(api.io), [&api](beast::error_code ec, tcp::socket socket) {
+    if (!api.running) return;
+    if (ec) {
+      spdlog::warn("http: accept failed: {}", ec.message());
+    } else if (api.open_connections.load() >= api.options.max_connections) {
+      spdlog::warn("http: {} connections open (limit); closing a new one", api.open_connections.load());
+      beast::error_code ignored;
+      socket.close(ignored);
+    } else {
+      api.open_connections.fetch_add(1);
+      std::make_shared<Session>(std::move(socket), api)->start();
+    }
+    accept_next(api);
+  });
+}
+
+}  // namespace
+
+HttpApiOptions http_api_options(const config::HttpConfig& http) {
+  HttpApiOptions o;
+  o.listen = http.listen;
+  o.token = http.token;
+  return o;
+}
+
+HttpApi::HttpApi(HttpApiOptions options, db::ConnectionPool& pool, const storage::FileStorage& storage,
+                 std::function<std::string()> models_status)
+    : impl_(std::make_unique<Impl>(std::move(options), pool, storage, std::move(models_status))) {}
+
+HttpApi::~HttpApi() { stop(); }
+
+void HttpApi::start() {
+  Impl& api = *impl_;
+  const std::string& listen = api.options.listen;
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon + 1 >= listen.size())
+    throw std::runtime_error("http.listen '" + listen + "': expected host:port");
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  int port = 0;
+  try {
+    port = static_cast<int>(http_parse::integer("port", listen.substr(colon + 1), 0, 65535));
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error("http.listen '" + listen + "': " + e.what());
+  }
+  try {
+    tcp::resolver resolver(api.io);
+    auto endpoints = resolver.resolve(host.empty() ? "0.0.0.0" : host, std::to_string(port),
+                                      tcp::resolver::passive | tcp::resolver::numeric_service);
+    const tcp::endpoint endpoint = endpoints.begin()->endpoint();
+    api.acceptor = std::make_unique<tcp::acceptor>(net::make_strand(api.io));
+    api.acceptor->open(endpoint.protocol());
+    api.acceptor->set_option(net::socket_base::reuse_address(true));
+    api.acceptor->bind(endpoint);
+    api.acceptor->listen(net::socket_base::max_listen_connections);
+    bound_port_ = api.acceptor->local_endpoint().port();
+  } catch (const boost::system::system_error& e) {
+    throw std::runtime_error("http: cannot listen on " + listen + ": " + e.code().message());
+  }
+  api.running = true;
+  accept_next(api);
+  for (int i = 0; i < std::max(1, api.options.io_threads); ++i) api.io_threads.emplace_back([&api] { api.io.run(); });
+  spdlog::info("http: listening on {}:{}{}", host, bound_port_,
+               api.options.token.empty() ? "" : " (bearer token required)");
+}
+
+void HttpApi::stop() {
+  if (!impl_) return;
+  Impl& api = *impl_;
+  if (api.running.exchange(false)) {
+    net::post(api.acceptor->get_executor(), [&api] {
+      beast::error_code ignored;
+      api.acceptor->close(ignored);
+    });
+  }
+  api.io.stop();
+  for (auto& t : api.io_threads)
+    if (t.joinable()) t.join();
+  api.io_threads.clear();
+  api.handlers.stop();
+  api.handlers.join();
+}
+
+}  // namespace firstread::app
