@@ -3,7 +3,7 @@
 namespace firstread::db {
 
 void Tallies::compact() {
-  pool_.transact([](pqxx::work& txn) { txn.exec0("SELECT firstread.compact_tallies()"); });
+  pool_.transact([](pqxx::work& txn) { txn.exec("SELECT firstread.compact_tallies()"); });
 }
 
 std::vector<Tally> Tallies::read() {

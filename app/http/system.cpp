@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "app/http/api.h"
+#include "db/health.h"
 
 namespace firstread::app::http {
 
@@ -15,7 +16,7 @@ ApiResponse readyz(Context& ctx, const ApiRequest&) {
   json checks = json::object();
   bool ready = true;
   try {
-    ctx.pool.transact([](pqxx::work& txn) { txn.exec1("SELECT 1"); });
+    db::ping(ctx.pool);
     checks["database"] = "ok";
   } catch (const std::exception& e) {
     checks["database"] = std::string("unreachable: ") + e.what();

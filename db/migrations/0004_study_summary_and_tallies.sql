@@ -266,3 +266,6 @@ CREATE INDEX studies_last_received_idx ON firstread.studies (last_received_at);
 CREATE INDEX exports_report_idx ON firstread.exports (report_id);
 CREATE INDEX reports_created_idx ON firstread.reports (created_at, report_id);
 CREATE INDEX jobs_state_newest_idx ON firstread.jobs (state, job_id);
+-- The README's "SRs not yet in the PACS": few rows, found without reading the sent ones.
+CREATE INDEX exports_unsent_idx ON firstread.exports (report_id)
+  WHERE (CASE WHEN state = 'sending' THEN 'pending' ELSE state END) <> 'sent';
