@@ -10,8 +10,8 @@
 --    ingest does not queue on a hot counter row) and firstread.compact_tallies()
 --    folds them into firstread.tallies. A scrape reads a few dozen rows.
 -- 3. Indexes for the keyset pages and filters.
--- The instance triggers are statement-level with transition tables, so a bulk
--- insert costs one grouped update per statement, not one per row.
+-- A bulk load (bench/db_scale) turns the triggers off and calls
+-- firstread.rebuild_summaries() at the end.
 
 ALTER TABLE firstread.studies
   ADD COLUMN state          text    NOT NULL DEFAULT 'receiving',
@@ -72,61 +72,52 @@ CREATE TRIGGER jobs_study_state_on_delete AFTER DELETE ON firstread.jobs
 CREATE TRIGGER jobs_study_state_on_update AFTER UPDATE ON firstread.jobs
   REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs FOR EACH STATEMENT EXECUTE FUNCTION firstread.jobs_updated();
 
--- Instances move their study's count and modalities.
+-- Instances move their study's count and modalities. Row triggers: an
+-- instance is recorded one at a time on the C-STORE path, and a resend that
+-- changes nothing that counts (WHEN below) costs nothing here.
 CREATE FUNCTION firstread.study_modalities(p_study_uid text) RETURNS text[] LANGUAGE sql STABLE AS $$
   SELECT COALESCE(array_agg(DISTINCT modality ORDER BY modality) FILTER (WHERE modality IS NOT NULL), '{}')
   FROM firstread.instances WHERE study_uid = p_study_uid
 $$;
-CREATE FUNCTION firstread.instances_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION firstread.instance_row_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  UPDATE firstread.studies s
-  SET instance_count = s.instance_count + a.n,
-      modalities = CASE WHEN a.modalities <@ s.modalities THEN s.modalities
-                        ELSE ARRAY(SELECT DISTINCT m FROM unnest(s.modalities || a.modalities) m ORDER BY m) END
-  FROM (SELECT study_uid, count(*) AS n,
-               COALESCE(array_agg(DISTINCT modality) FILTER (WHERE modality IS NOT NULL), '{}') AS modalities
-        FROM new_instances GROUP BY study_uid) a
-  WHERE s.study_uid = a.study_uid;
-  INSERT INTO firstread.tally_changes (name, key, n, amount)
-  SELECT 'instances', '', count(*), COALESCE(sum(file_size), 0) FROM new_instances HAVING count(*) > 0;
+  IF TG_OP = 'INSERT' THEN
+    UPDATE firstread.studies
+    SET instance_count = instance_count + 1,
+        modalities = CASE WHEN NEW.modality IS NULL OR NEW.modality = ANY (modalities) THEN modalities
+                          ELSE ARRAY(SELECT DISTINCT m FROM unnest(modalities || NEW.modality) m ORDER BY m) END
+    WHERE study_uid = NEW.study_uid;
+    INSERT INTO firstread.tally_changes (name, key, n, amount) VALUES ('instances', '', 1, NEW.file_size);
+  ELSIF TG_OP = 'DELETE' THEN
+    UPDATE firstread.studies
+    SET instance_count = instance_count - 1, modalities = firstread.study_modalities(OLD.study_uid)
+    WHERE study_uid = OLD.study_uid;
+    INSERT INTO firstread.tally_changes (name, key, n, amount) VALUES ('instances', '', -1, -OLD.file_size);
+  ELSE
+    IF OLD.study_uid <> NEW.study_uid THEN
+      UPDATE firstread.studies
+      SET instance_count = instance_count - 1, modalities = firstread.study_modalities(OLD.study_uid)
+      WHERE study_uid = OLD.study_uid;
+      UPDATE firstread.studies
+      SET instance_count = instance_count + 1, modalities = firstread.study_modalities(NEW.study_uid)
+      WHERE study_uid = NEW.study_uid;
+    ELSIF OLD.modality IS DISTINCT FROM NEW.modality THEN
+      UPDATE firstread.studies SET modalities = firstread.study_modalities(NEW.study_uid)
+      WHERE study_uid = NEW.study_uid;
+    END IF;
+    IF NEW.file_size <> OLD.file_size THEN
+      INSERT INTO firstread.tally_changes (name, key, n, amount)
+      VALUES ('instances', '', 0, NEW.file_size - OLD.file_size);
+    END IF;
+  END IF;
   RETURN NULL;
 END $$;
-CREATE FUNCTION firstread.instances_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  UPDATE firstread.studies s SET instance_count = s.instance_count - a.n, modalities = firstread.study_modalities(s.study_uid)
-  FROM (SELECT study_uid, count(*) AS n FROM old_instances GROUP BY study_uid) a
-  WHERE s.study_uid = a.study_uid;
-  INSERT INTO firstread.tally_changes (name, key, n, amount)
-  SELECT 'instances', '', -count(*), -COALESCE(sum(file_size), 0) FROM old_instances HAVING count(*) > 0;
-  RETURN NULL;
-END $$;
--- A resend rewrites the row (record_instance's ON CONFLICT): the modality or
--- the size may change, rarely the study.
-CREATE FUNCTION firstread.instances_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  UPDATE firstread.studies s
-  SET instance_count = s.instance_count + a.n, modalities = firstread.study_modalities(s.study_uid)
-  FROM (SELECT study_uid, sum(d) AS n FROM (
-          SELECT n.study_uid, 1 AS d FROM new_instances n JOIN old_instances o USING (sop_instance_uid)
-          WHERE n.study_uid <> o.study_uid OR n.modality IS DISTINCT FROM o.modality
-          UNION ALL
-          SELECT o.study_uid, -1 FROM new_instances n JOIN old_instances o USING (sop_instance_uid)
-          WHERE n.study_uid <> o.study_uid OR n.modality IS DISTINCT FROM o.modality) c
-        GROUP BY study_uid) a
-  WHERE s.study_uid = a.study_uid;
-  INSERT INTO firstread.tally_changes (name, key, n, amount)
-  SELECT 'instances', '', 0, sum(n.file_size - o.file_size)
-  FROM new_instances n JOIN old_instances o USING (sop_instance_uid)
-  HAVING COALESCE(sum(n.file_size - o.file_size), 0) <> 0;
-  RETURN NULL;
-END $$;
-CREATE TRIGGER instances_summary_on_insert AFTER INSERT ON firstread.instances
-  REFERENCING NEW TABLE AS new_instances FOR EACH STATEMENT EXECUTE FUNCTION firstread.instances_inserted();
-CREATE TRIGGER instances_summary_on_delete AFTER DELETE ON firstread.instances
-  REFERENCING OLD TABLE AS old_instances FOR EACH STATEMENT EXECUTE FUNCTION firstread.instances_deleted();
-CREATE TRIGGER instances_summary_on_update AFTER UPDATE ON firstread.instances
-  REFERENCING OLD TABLE AS old_instances NEW TABLE AS new_instances FOR EACH STATEMENT
-  EXECUTE FUNCTION firstread.instances_updated();
+CREATE TRIGGER instances_summary_on_insert_delete AFTER INSERT OR DELETE ON firstread.instances
+  FOR EACH ROW EXECUTE FUNCTION firstread.instance_row_changed();
+CREATE TRIGGER instances_summary_on_update AFTER UPDATE ON firstread.instances FOR EACH ROW
+  WHEN (OLD.study_uid <> NEW.study_uid OR OLD.modality IS DISTINCT FROM NEW.modality
+        OR OLD.file_size <> NEW.file_size)
+  EXECUTE FUNCTION firstread.instance_row_changed();
 
 -- Tallies.
 CREATE TABLE firstread.tallies (
