@@ -1,9 +1,15 @@
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <map>
 #include <set>
+#include <thread>
 
 #include "db/database.h"
 #include "db/instance_index.h"
+#include "db/jobs.h"
+#include "db/studies.h"
+#include "db/tallies.h"
 #include "db/test_cluster.h"
 
 using firstread::db::InstanceIndex;
@@ -104,4 +110,80 @@ TEST_F(DatabaseTest, PoolSurvivesAServerSideDisconnect) {
   }
   InstanceIndex index(pool());
   EXPECT_TRUE(index.record(sample("1.2.3.9")));
+}
+
+// The study row's summary and the tallies are kept on change (migration
+// 0004): after every kind of change they equal what the rows themselves say.
+TEST_F(DatabaseTest, StudySummaryAndTalliesFollowEveryChange) {
+  InstanceIndex index(pool());
+  auto expect_consistent = [&](const std::string& when) {
+    SCOPED_TRACE(when);
+    pool().transact([&](pqxx::work& txn) {
+      auto drift = txn.exec(
+          "SELECT s.study_uid FROM firstread.studies s WHERE (s.instance_count, s.modalities) IS DISTINCT FROM"
+          " ((SELECT count(*)::int FROM firstread.instances i WHERE i.study_uid = s.study_uid),"
+          "  firstread.study_modalities(s.study_uid))"
+          " OR s.state <> firstread.study_state(s.study_uid, s.assembly_pending, s.generation)");
+      EXPECT_EQ(drift.size(), 0u) << "first drifting study: " << (drift.empty() ? "" : drift[0][0].c_str());
+    });
+    firstread::db::Tallies tallies(pool());
+    std::map<std::string, int64_t> kept;
+    int64_t instances = 0, bytes = 0;
+    for (const auto& t : tallies.read()) {
+      if (t.name == "instances") instances = t.n, bytes = t.amount;
+      if (t.name == "studies" && t.n != 0) kept[t.key] = t.n;
+    }
+    pool().transact([&](pqxx::work& txn) {
+      auto totals = txn.exec1("SELECT count(*), coalesce(sum(file_size), 0) FROM api.instances");
+      EXPECT_EQ(instances, totals[0].as<int64_t>());
+      EXPECT_EQ(bytes, totals[1].as<int64_t>());
+      std::map<std::string, int64_t> counted;
+      for (const auto& row : txn.exec("SELECT state, count(*) FROM api.studies GROUP BY state"))
+        counted[row[0].c_str()] = row[1].as<int64_t>();
+      EXPECT_EQ(kept, counted);
+    });
+  };
+  index.record(sample("1.2.3.1"));
+  InstanceRecord mr = sample("1.2.3.2");
+  mr.modality = "MR";
+  index.record(mr);
+  index.record(sample("1.2.4.1", "1.2.4"));
+  expect_consistent("three instances in two studies");
+  mr.modality = "US";
+  mr.file_size = 5000;
+  index.record(mr);  // a resend that says another modality and size
+  expect_consistent("a resend");
+  index.forget("1.2.3.1");
+  expect_consistent("an instance forgotten");
+  auto row = pool().transact(
+      [](pqxx::work& txn) { return txn.exec1("SELECT modalities::text, instance_count FROM api.studies WHERE study_uid = '1.2.3'"); });
+  EXPECT_EQ(std::string(row[0].c_str()), "{US}");
+  EXPECT_EQ(row[1].as<int>(), 1);
+
+  // Assembly, claim, complete, fail, lease expiry, reprocess.
+  firstread::db::Jobs jobs(pool());
+  pool().transact([&](pqxx::work& txn) {
+    for (const std::string study : {"1.2.3", "1.2.4"}) {
+      firstread::db::Jobs::enqueue(txn, study, 1, "default", "demo", 2);
+      firstread::db::Studies::mark_assembled(txn, study, 1, 1);
+    }
+  });
+  expect_consistent("assembled");
+  auto a = jobs.claim("w1", 1);
+  auto b = jobs.claim("w2", 60);
+  ASSERT_TRUE(a && b);
+  expect_consistent("claimed");
+  EXPECT_TRUE(jobs.complete(b->job_id, "w2"));
+  expect_consistent("completed");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1300));
+  EXPECT_EQ(jobs.expire_leases(0).size(), 1u);
+  expect_consistent("lease expired");
+  auto again = jobs.claim("w3", 60);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(jobs.fail(again->job_id, "w3", "bad pixels", 0), "dead");
+  expect_consistent("dead");
+  EXPECT_TRUE(firstread::db::Studies(pool()).request_rerun(again->study_uid));
+  expect_consistent("reprocess");
+  TestCluster::get().truncate_all();
+  expect_consistent("truncated");
 }
