@@ -95,6 +95,8 @@ TEST(CommandLine, BadValuesAndCommandsAreRefusedNamingThem) {
   expect_refused("serve --role sideways", {"--role", "sideways"});
   expect_refused("studies --config", {"--config"});
   expect_refused("results --study 1.2.3 --since 2026-01-01", {"--study", "--since"});
+  expect_refused("studies --limit 10 --all", {"--limit", "--all"});  // a page or everything, not both
+  expect_refused("jobs --limit", {"--limit"});
   expect_refused("version extra", {"extra"});
   expect_refused("infer --model /nonexistent --image x.png --max-new-tokens 0", {"--max-new-tokens"});
   expect_refused("infer --model /nonexistent --image x.png --threads many", {"--threads", "many"});
