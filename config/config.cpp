@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -355,7 +356,13 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
         ds.read("host", d.host);
         ds.read("port", d.port);
         ds.read("routes", d.routes);
+        ds.read("objects", d.objects);
         ds.check_unknown();
+        for (const auto& object : d.objects)
+          if (object != "sr" && object != "gsps" && object != "key_image")
+            fail_at(source, list[i], dp + ".objects", "unknown object '" + object + "' (sr, gsps, key_image)");
+        if (std::find(d.objects.begin(), d.objects.end(), "sr") == d.objects.end())
+          fail_at(source, list[i], dp + ".objects", "must include sr (the report is always sent)");
         if (d.ae_title.empty()) fail_at(source, list[i], dp + ".ae_title", "is required");
         if (d.host.empty()) fail_at(source, list[i], dp + ".host", "is required");
         if (d.name.empty()) d.name = d.ae_title;

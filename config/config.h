@@ -99,6 +99,9 @@ struct ExportDestination {
   std::string host;
   int port = 104;
   std::vector<std::string> routes;  // empty = every route
+  // What goes there per report (issue 16): "sr" (always), "gsps" (a GSPS or CSPS
+  // per source series), "key_image" (a Secondary Capture with the boxes burned in).
+  std::vector<std::string> objects = {"sr", "gsps"};
 };
 
 struct ExportConfig {

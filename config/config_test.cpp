@@ -107,6 +107,18 @@ TEST(Config, BadValuesNameKeyAndLine) {
   EXPECT_NE(error_of("dicom:\n  ae_title: THIS_TITLE_IS_TOO_LONG\n").find("dicom.ae_title"), std::string::npos);
 }
 
+TEST(Config, ExportObjectsDefaultToSrAndGspsAndAreChecked) {
+  const std::string head = "export:\n  destinations:\n    - {ae_title: PACS, host: 127.0.0.1";
+  Config plain = parse_config(head + "}\n", "test.yaml");
+  EXPECT_EQ(plain.exports.destinations.at(0).objects, (std::vector<std::string>{"sr", "gsps"}));
+  Config all = parse_config(head + ", objects: [sr, gsps, key_image]}\n", "test.yaml");
+  EXPECT_EQ(all.exports.destinations.at(0).objects, (std::vector<std::string>{"sr", "gsps", "key_image"}));
+  EXPECT_EQ(error_of(head + ", objects: [sr, pdf]}\n"),
+            "test.yaml:3: export.destinations[0].objects: unknown object 'pdf' (sr, gsps, key_image)");
+  EXPECT_EQ(error_of(head + ", objects: [gsps]}\n"),
+            "test.yaml:3: export.destinations[0].objects: must include sr (the report is always sent)");
+}
+
 TEST(Config, SyntaxErrorNamesLine) {
   EXPECT_NE(error_of("dicom:\n  port: [1, 2\n").find("YAML syntax error"), std::string::npos);
 }

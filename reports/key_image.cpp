@@ -179,7 +179,8 @@ std::vector<uint8_t> burn_in(int width, int height, const std::vector<uint8_t>& 
 BuiltKeyImage build_key_image(const KeyImageInput& input) {
   if (input.source == nullptr) fail("no source image");
   if (input.rgb == nullptr) fail("no frame pixels");
-  if (input.creation_datetime.size() != 14) fail("creation_datetime '" + input.creation_datetime + "' is not YYYYMMDDHHMMSS");
+  if (input.creation_datetime.size() < 14 || input.creation_datetime.size() > 21)
+    fail("creation_datetime '" + input.creation_datetime + "' is not YYYYMMDDHHMMSS[.FFFFFF]");
   auto& source = const_cast<DcmDataset&>(*input.source);  // only read (see build_sr's note on threads)
   const std::string source_uid = get_string(source, DCM_SOPInstanceUID);
   const std::string source_class = get_string(source, DCM_SOPClassUID);
@@ -214,7 +215,7 @@ BuiltKeyImage build_key_image(const KeyImageInput& input) {
   built.sop_instance_uid = dcmGenerateUniqueIdentifier(uid, SITE_INSTANCE_UID_ROOT);
   built.series_instance_uid =
       input.series_instance_uid.empty() ? dcmGenerateUniqueIdentifier(uid, SITE_SERIES_UID_ROOT) : input.series_instance_uid;
-  const std::string date = input.creation_datetime.substr(0, 8), time = input.creation_datetime.substr(8, 6);
+  const std::string date = input.creation_datetime.substr(0, 8), time = input.creation_datetime.substr(8);
   put(out, DCM_SOPClassUID, built.sop_class_uid, "SOP Class UID");
   put(out, DCM_SOPInstanceUID, built.sop_instance_uid, "SOP Instance UID");
   put(out, DCM_InstanceCreationDate, date, "Instance Creation Date");

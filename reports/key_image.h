@@ -35,7 +35,7 @@ struct KeyImageInput {
   int width = 0, height = 0;           // the model's frame: width x height RGB, row-major
   const std::vector<uint8_t>* rgb = nullptr;
   std::vector<KeyImageBox> boxes;
-  std::string creation_datetime;       // YYYYMMDDHHMMSS
+  std::string creation_datetime;       // YYYYMMDDHHMMSS[.FFFFFF]
   std::string series_instance_uid;     // a re-run's: the superseded key image's series (empty = new)
   int instance_number = 1;
   std::string manufacturer = "firstread", model_name, model_version;

@@ -321,7 +321,8 @@ BuiltPs build_presentation_state(const PsInput& input) {
   if (input.frames_read.size() != input.sources.size())
     fail("frames_read has " + std::to_string(input.frames_read.size()) + " entries for " +
          std::to_string(input.sources.size()) + " sources");
-  if (input.creation_datetime.size() != 14) fail("creation_datetime '" + input.creation_datetime + "' is not YYYYMMDDHHMMSS");
+  if (input.creation_datetime.size() < 14 || input.creation_datetime.size() > 21)
+    fail("creation_datetime '" + input.creation_datetime + "' is not YYYYMMDDHHMMSS[.FFFFFF]");
   std::vector<Source> sources;
   for (size_t i = 0; i < input.sources.size(); ++i) {
     sources.push_back(read_source(input.sources[i], input.frames_read[i], i));
@@ -348,7 +349,7 @@ BuiltPs build_presentation_state(const PsInput& input) {
       input.series_instance_uid.empty() ? dcmGenerateUniqueIdentifier(uid, SITE_SERIES_UID_ROOT) : input.series_instance_uid;
   put(out, DCM_SOPClassUID, built.sop_class_uid, "SOP Class UID");
   put(out, DCM_SOPInstanceUID, built.sop_instance_uid, "SOP Instance UID");
-  const std::string date = input.creation_datetime.substr(0, 8), time = input.creation_datetime.substr(8, 6);
+  const std::string date = input.creation_datetime.substr(0, 8), time = input.creation_datetime.substr(8);
   put(out, DCM_InstanceCreationDate, date, "Instance Creation Date");
   put(out, DCM_InstanceCreationTime, time, "Instance Creation Time");
   put(out, DCM_Modality, "PR", "Modality");

@@ -41,7 +41,7 @@ struct PsInput {
   // Per source: the 0-based frame the model read (for the min-max VOI).
   std::vector<int> frames_read;
   std::vector<PsAnnotation> annotations;  // each on one of the sources
-  std::string creation_datetime;          // YYYYMMDDHHMMSS (Presentation Creation Date/Time)
+  std::string creation_datetime;          // YYYYMMDDHHMMSS[.FFFFFF] (Presentation Creation Date/Time)
   // A re-run puts its presentation state in the series of the one it
   // supersedes (empty: a new series) with the next Instance Number.
   std::string series_instance_uid;
