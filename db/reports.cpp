@@ -18,6 +18,31 @@ std::optional<Predecessor> Reports::latest_for_route(const std::string& study_ui
   });
 }
 
+std::vector<ReportObjectRow> Reports::objects_of(int64_t report_id) {
+  return pool_.transact([&](pqxx::work& txn) {
+    std::vector<ReportObjectRow> out;
+    for (const auto& r : txn.exec_params(
+             "SELECT kind, source_uid, series_instance_uid, instance_number FROM firstread.report_objects"
+             " WHERE report_id = $1 ORDER BY object_id",
+             report_id))
+      out.push_back({r[0].c_str(), r[1].c_str(), r[2].c_str(), r[3].as<int>()});
+    return out;
+  });
+}
+
+std::vector<std::string> Reports::own_instances(const std::string& study_uid) {
+  return pool_.transact([&](pqxx::work& txn) {
+    std::vector<std::string> out;
+    for (const auto& r : txn.exec_params(
+             "SELECT sr_sop_instance_uid FROM firstread.reports WHERE study_uid = $1"
+             " UNION ALL SELECT o.sop_instance_uid FROM firstread.report_objects o"
+             " JOIN firstread.reports r USING (report_id) WHERE r.study_uid = $1",
+             study_uid))
+      out.push_back(r[0].c_str());
+    return out;
+  });
+}
+
 CommittedReport Reports::commit(const NewReport& report, const std::vector<NewFinding>& findings,
                                 const std::vector<NewExport>& exports, const JobLease& job, pqxx::work& txn) {
   const auto started = std::chrono::steady_clock::now();
@@ -44,11 +69,23 @@ CommittedReport Reports::commit(const NewReport& report, const std::vector<NewFi
         out.report_id, f.label, f.text, f.sop_instance_uid, f.frame, f.x1, f.y1, f.x2, f.y2,
         f.confidence ? std::to_string(*f.confidence) : std::string());
   }
+  std::vector<int64_t> object_ids;
+  for (const auto& o : report.objects) {
+    object_ids.push_back(txn.exec_params1(
+        "INSERT INTO firstread.report_objects (report_id, kind, source_uid, sop_class_uid, sop_instance_uid,"
+        " series_instance_uid, instance_number, file_path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING object_id",
+        out.report_id, o.kind, o.source_uid, o.sop_class_uid, o.sop_instance_uid, o.series_instance_uid,
+        o.instance_number, o.file_path)[0].as<int64_t>());
+  }
   for (const auto& e : exports) {
+    if (e.object_index >= static_cast<int>(object_ids.size()))
+      throw std::invalid_argument("export to " + e.destination + " names object " + std::to_string(e.object_index) +
+                                  " of " + std::to_string(object_ids.size()));
+    const int64_t object_id = e.object_index < 0 ? 0 : object_ids[e.object_index];
     txn.exec_params0(
-        "INSERT INTO firstread.exports (report_id, destination, ae_title, host, port, max_attempts)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        out.report_id, e.destination, e.ae_title, e.host, e.port, e.max_attempts);
+        "INSERT INTO firstread.exports (report_id, destination, ae_title, host, port, max_attempts, object_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, 0))",
+        out.report_id, e.destination, e.ae_title, e.host, e.port, e.max_attempts, object_id);
   }
   const auto job_seconds = Jobs::complete(txn, job.job_id, job.owner);
   if (!job_seconds) throw LeaseLost("lease lost: job " + std::to_string(job.job_id) + " was taken over");
@@ -116,8 +153,12 @@ std::optional<DueExport> Exports::claim_due(int lease_seconds) {
         "   WHERE (state = 'pending' AND next_attempt_at <= now()) OR (state = 'sending' AND lease_expires_at < now())"
         "   ORDER BY next_attempt_at, export_id FOR UPDATE SKIP LOCKED LIMIT 1)"
         " AND r.report_id = e.report_id"
-        " RETURNING e.export_id, e.destination, e.ae_title, e.host, e.port, r.sr_file_path, r.sr_sop_instance_uid,"
-        " e.attempts, e.max_attempts",
+        " RETURNING e.export_id, e.destination, e.ae_title, e.host, e.port,"
+        " COALESCE((SELECT o.file_path FROM firstread.report_objects o WHERE o.object_id = e.object_id), r.sr_file_path),"
+        " COALESCE((SELECT o.sop_instance_uid FROM firstread.report_objects o WHERE o.object_id = e.object_id),"
+        "  r.sr_sop_instance_uid),"
+        " e.attempts, e.max_attempts,"
+        " COALESCE((SELECT o.kind FROM firstread.report_objects o WHERE o.object_id = e.object_id), 'sr')",
         lease_seconds);
     if (r.empty()) return std::nullopt;
     DueExport d;
@@ -130,6 +171,7 @@ std::optional<DueExport> Exports::claim_due(int lease_seconds) {
     d.sr_sop_instance_uid = r[0][6].c_str();
     d.attempts = r[0][7].as<int>();
     d.max_attempts = r[0][8].as<int>();
+    d.object = r[0][9].c_str();
     return d;
   });
 }

@@ -19,11 +19,21 @@ namespace firstread::db {
 // NOTIFY channel of firstread.exports: an export became due.
 inline constexpr const char* kExportsChannel = "firstread_exports";
 
+// An object a report sends beside its SR (issue 16): a GSPS/CSPS per source
+// series or a key image, stored like the SR.
+struct NewObject {
+  std::string kind;  // "gsps", "csps", "key_image"
+  std::string source_uid;  // the source series (presentation state) or image (key image)
+  std::string sop_class_uid, sop_instance_uid, series_instance_uid, file_path;  // path relative to storage.path
+  int instance_number = 1;
+};
+
 struct NewReport {
   std::string study_uid, route, model, model_version, language, text;
   std::string sr_sop_instance_uid, sr_series_instance_uid, sr_file_path;  // path relative to storage.path
   int64_t supersedes_report_id = 0;                                      // 0: none
   double decode_ms = 0, inference_ms = 0, sr_ms = 0;                      // db_ms is measured by commit
+  std::vector<NewObject> objects;                                        // beside the SR
 };
 
 struct NewFinding {
@@ -37,6 +47,13 @@ struct NewExport {
   std::string destination, ae_title, host;
   int port = 0;
   int max_attempts = 1;
+  int object_index = -1;  // -1: the SR; else which of NewReport::objects this row sends
+};
+
+// An object of an earlier report (a re-run continues its series).
+struct ReportObjectRow {
+  std::string kind, source_uid, series_instance_uid;
+  int instance_number = 1;
 };
 
 // The job the report completes and the worker that holds its lease.
@@ -89,6 +106,12 @@ class Reports {
   explicit Reports(ConnectionPool& pool) : pool_(pool) {}
 
   std::optional<Predecessor> latest_for_route(const std::string& study_uid, const std::string& route);
+  // The presentation states and key images of a report.
+  std::vector<ReportObjectRow> objects_of(int64_t report_id);
+  // SOP Instance UIDs of everything firstread made for the study (SRs,
+  // presentation states, key images): when a PACS sends them back they are
+  // stored, but the model does not read them.
+  std::vector<std::string> own_instances(const std::string& study_uid);
 
   // Commits the report, its findings and exports and completes the job, in
   // the caller's transaction. Throws LeaseLost if the job is no longer ours
@@ -117,7 +140,8 @@ struct DueExport {
   int64_t export_id = 0;
   std::string destination, ae_title, host;
   int port = 0;
-  std::string sr_file_path, sr_sop_instance_uid;
+  std::string sr_file_path, sr_sop_instance_uid;  // the file and UID this row sends (the SR's or an object's)
+  std::string object = "sr";                      // sr, gsps, csps, key_image
   int attempts = 0;  // including this one
   int max_attempts = 0;
 };

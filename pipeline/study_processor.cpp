@@ -5,10 +5,13 @@
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <map>
 #include <memory>
+#include <set>
 #include <stdexcept>
 
 #include "db/reports.h"
@@ -17,6 +20,7 @@
 #include "dicom/sop_class.h"
 #include "dicom/text.h"
 #include "metrics/registry.h"
+#include "pipeline/report_objects.h"
 #include "reports/model_output.h"
 #include "reports/sr_builder.h"
 
@@ -39,6 +43,22 @@ std::string now_dicom_datetime() {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y%m%d%H%M%S", &tm);
   return buf;
+}
+
+// The same with microseconds: presentation states of a re-run must sort after
+// the ones they supersede even within one second.
+std::string now_dicom_datetime_with_fraction() {
+  const auto now = std::chrono::system_clock::now();
+  const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000;
+  char fraction[16];
+  std::snprintf(fraction, sizeof fraction, ".%06lld", static_cast<long long>(micros));
+  return now_dicom_datetime() + fraction;
+}
+
+bool destination_wants(const config::ExportDestination& d, const std::string& route, const std::string& object) {
+  bool wanted = d.routes.empty();
+  for (const auto& rn : d.routes) wanted = wanted || rn == route;
+  return wanted && std::find(d.objects.begin(), d.objects.end(), object) != d.objects.end();
 }
 
 }  // namespace
@@ -77,7 +97,12 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
 
   // The study's instances, in series and instance order.
   std::vector<InstanceRow> rows;
+  // What firstread made for this study (SRs, presentation states, key images) may come back from the PACS:
+  // it is stored, but it is not an image for the model.
+  const std::vector<std::string> own_list = db::Reports(pool_).own_instances(job.study_uid);
+  const std::set<std::string> own(own_list.begin(), own_list.end());
   for (const db::StudyInstance& r : db::Studies(pool_).instances(job.study_uid)) {
+    if (own.count(r.sop_instance_uid)) continue;
     InstanceRow i;
     i.sop_instance_uid = r.sop_instance_uid;
     i.sop_class_uid = r.sop_class_uid;
@@ -94,6 +119,10 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   if (selected.empty()) throw std::runtime_error("study " + job.study_uid + " has no image the model can read");
 
   LoadedModel model = models_.get(route->model);
+
+  bool key_images = false;  // some destination of this route wants marked key images
+  for (const auto& d : config_.exports.destinations) key_images = key_images || destination_wants(d, job.route, "key_image");
+  std::vector<ReadImage> read_images;  // what the presentation states and key images are made from
 
   double decode_ms = 0, inference_ms = 0;
   std::vector<std::unique_ptr<DcmFileFormat>> sources;
@@ -150,6 +179,13 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
       narrative += (narrative.empty() ? "" : "\n") + std::string("Image ") + std::to_string(n + 1) + ": " + text;
     else
       narrative = text;
+    ReadImage read{file->getDataset(), pixels.frame};
+    if (key_images) {
+      read.width = image.width;
+      read.height = image.height;
+      read.rgb = image.rgb;
+    }
+    read_images.push_back(std::move(read));
     sources.push_back(std::move(file));
   }
   if (narrative.empty()) narrative = "(the model produced no text)";
@@ -182,7 +218,22 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
     OFCondition c = sr.file->saveFile(tmp.c_str(), EXS_LittleEndianExplicit);
     if (c.bad()) throw std::runtime_error("cannot write SR " + tmp + ": " + c.text());
   });
-  const double sr_ms = ms_since(t);
+  // Beside the SR: a presentation state per source series and, when wanted, key images (issue 16).
+  ReportObjectsInput objects_input;
+  objects_input.study_uid = job.study_uid;
+  objects_input.images = std::move(read_images);
+  objects_input.findings = findings;
+  if (supersedes)
+    for (const db::ReportObjectRow& o : reports_table.objects_of(supersedes))
+      objects_input.earlier.push_back({o.kind, o.series_instance_uid, o.instance_number});
+  objects_input.key_images = key_images;
+  objects_input.creation_datetime = now_dicom_datetime_with_fraction();
+  objects_input.model_name = model.name;
+  objects_input.model_version = model.version;
+  std::vector<std::string> object_warnings;
+  const std::vector<ReportObject> objects = build_and_store_report_objects(objects_input, storage_, object_warnings);
+  for (const auto& w : object_warnings) spdlog::warn("pipeline: job {} study={}: {}", job.job_id, job.study_uid, w);
+  const double sr_ms = ms_since(t);  // the SR and its presentation states / key images
 
   db::NewReport report;
   report.study_uid = job.study_uid;
@@ -198,21 +249,27 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   report.decode_ms = decode_ms;
   report.inference_ms = inference_ms;
   report.sr_ms = sr_ms;
+  for (const ReportObject& o : objects)
+    report.objects.push_back({o.kind, o.source_key, o.sop_class_uid, o.sop_instance_uid, o.series_instance_uid,
+                              o.file_path, o.instance_number});
   std::vector<db::NewFinding> rows_of_findings;
   for (const auto& f : findings)
     rows_of_findings.push_back({f.label, f.text, f.sop_instance_uid, f.frame, f.x1, f.y1, f.x2, f.y2, std::nullopt});
   std::vector<db::NewExport> exports;
+  // One row per destination and object it wants: the SR, each presentation state, each key image.
   for (const auto& d : config_.exports.destinations) {
-    bool wanted = d.routes.empty();
-    for (const auto& rn : d.routes) wanted = wanted || rn == job.route;
-    if (wanted) exports.push_back({d.name, d.ae_title, d.host, d.port, config_.exports.max_attempts});
+    if (!destination_wants(d, job.route, "sr")) continue;
+    exports.push_back({d.name, d.ae_title, d.host, d.port, config_.exports.max_attempts, -1});
+    for (size_t i = 0; i < objects.size(); ++i)
+      if (destination_wants(d, job.route, objects[i].kind == "key_image" ? "key_image" : "gsps"))
+        exports.push_back({d.name, d.ae_title, d.host, d.port, config_.exports.max_attempts, static_cast<int>(i)});
   }
   const db::CommittedReport committed = reports_table.commit(report, rows_of_findings, exports, {job.job_id, owner});
   const int64_t report_id = committed.report_id;
   metrics::observe_job({model.name, committed.job_seconds, committed.latency_ms / 1000, decode_ms / 1000,
                         inference_ms / 1000, sr_ms / 1000, committed.db_ms / 1000});
-  spdlog::info("pipeline: job {} study={} reported: report {} sr={} findings={} total {:.0f} ms", job.job_id,
-               job.study_uid, report_id, sr.sop_instance_uid, findings.size(), ms_since(t_start));
+  spdlog::info("pipeline: job {} study={} reported: report {} sr={} findings={} objects={} total {:.0f} ms", job.job_id,
+               job.study_uid, report_id, sr.sop_instance_uid, findings.size(), objects.size(), ms_since(t_start));
   return report_id;
 }
 

@@ -74,9 +74,10 @@ int ExportOutbox::send_due() {
                  {{"outcome", result.ok ? "sent" : "failed"}})
         .inc();
     if (result.ok)
-      spdlog::info("export: SR {} sent to {}", due->sr_sop_instance_uid, due->destination);
+      spdlog::info("export: {} {} sent to {}", due->object, due->sr_sop_instance_uid, due->destination);
     else
-      spdlog::warn("export: SR {} to {} failed (attempt {}/{}{}): {}", due->sr_sop_instance_uid, due->destination,
+      spdlog::warn("export: {} {} to {} failed (attempt {}/{}{}): {}", due->object, due->sr_sop_instance_uid,
+                   due->destination,
                    due->attempts, due->max_attempts, due->attempts >= due->max_attempts ? ", giving up" : ", will retry",
                    result.error);
   }

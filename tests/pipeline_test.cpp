@@ -323,10 +323,11 @@ TEST(Pipeline, ReportReachesThePacsAsSrPresentationStatesAndKeyImagesAndAReproce
       for (const auto& g : a["graphics"]) {
         EXPECT_EQ(g["type"], "POLYLINE");
         EXPECT_EQ(g["points"][0], g["points"][4]) << "closed";
-        drawn.insert({g["points"][0][0], g["points"][0][1], g["points"][2][0], g["points"][2][1]});
+        drawn.insert(std::vector<double>{g["points"][0][0].get<double>(), g["points"][0][1].get<double>(),
+                                         g["points"][2][0].get<double>(), g["points"][2][1].get<double>()});
       }
     for (const auto& f : query_rows(s, "SELECT x1, y1, x2, y2 FROM api.findings WHERE report_id = " + report_id))
-      found.insert({std::stod(f[0]), std::stod(f[1]), std::stod(f[2]), std::stod(f[3])});
+      found.insert(std::vector<double>{std::stod(f[0]), std::stod(f[1]), std::stod(f[2]), std::stod(f[3])});
     ASSERT_EQ(drawn.size(), found.size());
     auto d = drawn.begin();
     for (auto f = found.begin(); f != found.end(); ++f, ++d)
