@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -371,4 +372,19 @@ TEST(Pipeline, ReportReachesThePacsAsSrPresentationStatesAndKeyImagesAndAReproce
                                       (newer[0][0] == "gsps" ? newer[0][3] : newer[1][3]) + "'").output);
   EXPECT_GT(new_ps["creation"].get<std::string>(), old_ps["creation"].get<std::string>());
   EXPECT_EQ(new_ps["series_instance_uid"], old_ps["series_instance_uid"]);
+
+  // FIRSTREAD_KEEP_SR_FILES=DIR keeps the chest phantom with its objects (the README's renderings).
+  if (const char* keep = std::getenv("FIRSTREAD_KEEP_SR_FILES"); keep != nullptr && keep[0] == '/') {
+    fs::create_directories(keep);
+    fs::copy_file(phantoms + "/chest/003.dcm", std::string(keep) + "/chest.dcm", fs::copy_options::overwrite_existing);
+    for (const auto& o : objects)
+      if (o[6] == chest_study)
+        fs::copy_file(s.storage() + "/" + o[5], std::string(keep) + "/chest_" + o[1] + ".dcm",
+                      fs::copy_options::overwrite_existing);
+    for (const auto& o : objects)
+      if (o[6] != chest_study)
+        fs::copy_file(s.storage() + "/" + o[5], std::string(keep) + "/endo_" + o[1] + ".dcm",
+                      fs::copy_options::overwrite_existing);
+    fs::copy_file(phantoms + "/endo/000.dcm", std::string(keep) + "/endo.dcm", fs::copy_options::overwrite_existing);
+  }
 }
