@@ -23,7 +23,6 @@
 // after a runtime CPU check.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -51,9 +50,13 @@ inline int64_t f32_tile_bytes(int64_t k) { return k * 16 * 4; }
 constexpr int64_t kQTileBlock = 512 + 64 + 64;
 inline int64_t q_tile_bytes(int64_t k) { return (k / 32) * kQTileBlock; }
 
-// FP16 -> float by table (exact). No std:: containers in this unit: an
-// out-of-line template instance compiled with AVX-512 could be the copy the
-// linker keeps for the whole program.
+// No std:: templates (containers, std::min/max) in this unit: an out-of-line
+// instance compiled with AVX-512 could be the copy the linker keeps for the
+// whole program, which would then fault on a CPU without AVX-512.
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// FP16 -> float by table (exact).
 const float* f16_table() {
   static const float* table = [] {
     float* t = new float[65536];
@@ -72,7 +75,7 @@ inline int32_t load_i32(const void* p) {
 // Writes an accumulator tile (16 activation rows of one output column n) to
 // y[(m0 + i) * ldy + n] for the rows that exist.
 inline void store_column(float* y, int64_t ldy, int64_t m0, int64_t m_total, int64_t n, __m512 v) {
-  const int64_t valid = std::min<int64_t>(16, m_total - m0);
+  const int64_t valid = min64(16, m_total - m0);
   if (valid <= 0) return;
   const __mmask16 mask = valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
   const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -173,21 +176,21 @@ int64_t tile_bytes_for(int kind, int64_t k) {
 // Rows of activations per L2-resident chunk (a multiple of 16).
 int64_t tiles_per_chunk(int64_t tile_bytes) {
   constexpr int64_t budget = 384 << 10;
-  return std::max<int64_t>(1, budget / std::max<int64_t>(1, tile_bytes));
+  return max64(1, budget / max64(1, tile_bytes));
 }
 
 template <typename Elem, int NR, int MT, typename Call>
 void drive(const uint8_t* w, int64_t row_bytes, int64_t n_rows, const uint8_t* packed, int64_t tile_bytes,
            int64_t n_tiles, int64_t n0, int64_t n1, const Call& call) {
-  const int64_t chunk = std::max<int64_t>(MT, tiles_per_chunk(tile_bytes) / MT * MT);
+  const int64_t chunk = max64(MT, tiles_per_chunk(tile_bytes) / MT * MT);
   for (int64_t c0 = 0; c0 < n_tiles; c0 += chunk) {
-    const int64_t c1 = std::min(n_tiles, c0 + chunk);
+    const int64_t c1 = min64(n_tiles, c0 + chunk);
     for (int64_t n = n0; n < n1; n += NR) {
       // Rows past the end repeat the last one (valid memory); their results are not stored.
       const Elem* rows[NR];
-      const int nvalid = int(std::min<int64_t>(NR, n1 - n));
+      const int nvalid = int(min64(NR, n1 - n));
       for (int r = 0; r < NR; ++r)
-        rows[r] = reinterpret_cast<const Elem*>(w + std::min(n + r, n_rows - 1) * row_bytes);
+        rows[r] = reinterpret_cast<const Elem*>(w + min64(n + r, n_rows - 1) * row_bytes);
       int64_t t = c0;
       for (; t + MT <= c1; t += MT) call.template run<NR, MT>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
       for (; t < c1; ++t) call.template run<NR, 1>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
