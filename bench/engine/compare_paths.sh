@@ -38,13 +38,15 @@ for line in open(sys.argv[1]):
     rnd, fmt, path, load, js = line.split(" ", 4)
     j = json.loads(js)
     rows.setdefault((fmt, path), []).append((float(load), 300e3 / j["prefill_ms"], j["prefill_cpu_ms"],
-                                             j["decode_tokens_per_second"], j.get("vision_ms", 0)))
+                                             j["decode_tokens_per_second"], j.get("vision_ms", 0),
+                                             j.get("vision_cpu_ms", 0)))
 print(f"\n{sys.argv[2]} threads; prefill 300 tokens; per cell: median (min–max) over the rounds\n")
-print("| weights | path | prefill tok/s (wall) | prefill CPU ms (all threads) | decode tok/s | vision ms | load avg |")
-print("|---|---|---|---|---|---|---|")
+print("| weights | path | prefill tok/s (wall) | prefill CPU ms (all threads) | decode tok/s | vision ms | vision CPU ms | load avg |")
+print("|---|---|---|---|---|---|---|---|")
 def cell(v, f="{:.0f}"):
     v = sorted(v); return (f + " (" + f + "–" + f + ")").format(v[len(v) // 2], v[0], v[-1])
 for (fmt, path), r in rows.items():
     print(f"| {fmt} | {path} | {cell([x[1] for x in r])} | {cell([x[2] for x in r])} | {cell([x[3] for x in r], '{:.1f}')} | "
-          f"{cell([x[4] for x in r]) if any(x[4] for x in r) else '-'} | {min(x[0] for x in r):.1f}–{max(x[0] for x in r):.1f} |")
+          f"{cell([x[4] for x in r]) if any(x[4] for x in r) else '-'} | "
+          f"{cell([x[5] for x in r]) if any(x[5] for x in r) else '-'} | {min(x[0] for x in r):.1f}–{max(x[0] for x in r):.1f} |")
 PY
