@@ -39,6 +39,8 @@ scp::ServerOptions server_options(const config::Config& c) {
   o.port = c.dicom.port;
   for (const auto& p : c.dicom.allowed_peers) o.allowed_peers.push_back({p.ae_title, p.host});
   o.max_associations = c.dicom.max_associations;
+  o.max_pending_associations = c.dicom.max_pending_associations;
+  o.max_associations_per_host = c.dicom.max_associations_per_host;
   o.max_pdu = c.dicom.max_pdu;
   o.acse_timeout_seconds = c.dicom.acse_timeout_seconds;
   o.dimse_timeout_seconds = c.dicom.dimse_timeout_seconds;

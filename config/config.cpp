@@ -217,6 +217,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     s.read("max_pdu", c.dicom.max_pdu);
     s.read("acse_timeout_seconds", c.dicom.acse_timeout_seconds);
     s.read("dimse_timeout_seconds", c.dicom.dimse_timeout_seconds);
+    s.read("max_pending_associations", c.dicom.max_pending_associations);
+    s.read("max_associations_per_host", c.dicom.max_associations_per_host);
     s.read_with("allowed_peers", [&](const YAML::Node& list, const std::string& lp) {
       if (!list.IsSequence()) fail_at(source, list, lp, "must be a list of {ae_title, host}");
       c.dicom.allowed_peers.clear();
@@ -396,6 +398,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
   check_range(source, root, "dicom.max_pdu", c.dicom.max_pdu, 4096, 131072);
   check_range(source, root, "dicom.acse_timeout_seconds", c.dicom.acse_timeout_seconds, 1, 3600);
   check_range(source, root, "dicom.dimse_timeout_seconds", c.dicom.dimse_timeout_seconds, 1, 3600);
+  check_range(source, root, "dicom.max_pending_associations", c.dicom.max_pending_associations, 1, 4096);
+  check_range(source, root, "dicom.max_associations_per_host", c.dicom.max_associations_per_host, 1, 4096);
   check_range(source, root, "database.pool_size", c.database.pool_size, 1, 256);
   check_range(source, root, "database.embedded_port", c.database.embedded_port, 1024, 65535);
   check_range(source, root, "worklist.stable_seconds", c.worklist.stable_seconds, 0, 86400);

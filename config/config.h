@@ -37,6 +37,9 @@ struct DicomConfig {
   uint32_t max_pdu = 131072;
   int acse_timeout_seconds = 30;
   int dimse_timeout_seconds = 60;
+  // node (issue 18): connection limits applied before any byte is read
+  int max_pending_associations = 32;  // connections still negotiating; more are closed at once
+  int max_associations_per_host = 8;  // connections (negotiating or associated) from one address
   TlsConfig tls;
 };
 

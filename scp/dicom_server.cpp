@@ -5,10 +5,22 @@
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmnet/assoc.h>
+#include <dcmtk/dcmnet/dcmtrans.h>
 #include <dcmtk/dcmnet/dimse.h>
+#include <dcmtk/dcmnet/dul.h>
 #include <dcmtk/oflog/oflog.h>
 #include <spdlog/spdlog.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -124,15 +136,47 @@ void DicomServer::start() {
   // DCMTK's own log goes to stderr in its own format; keep only its errors.
   OFLog::configure(OFLogger::ERROR_LOG_LEVEL);
   dcmDisableGethostbyaddr.set(OFTrue);  // no reverse DNS per association
+  // DCMTK puts SO_RCVTIMEO/SO_SNDTIMEO of 60 s on every socket unless told
+  // otherwise: use the configured DIMSE timeout instead.
+  dcmSocketReceiveTimeout.set(options_.dimse_timeout_seconds);
+  dcmSocketSendTimeout.set(options_.dimse_timeout_seconds);
+
+  // Our own listening socket, so that accepting is ours and never reads a byte.
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error(std::string("DICOM: cannot create a socket: ") + std::strerror(errno));
+  int reuse = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  addr.sin_port = htons(static_cast<uint16_t>(options_.port));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd, 128) != 0) {
+    const std::string why = std::strerror(errno);
+    close(fd);
+    throw std::runtime_error("DICOM: cannot listen on port " + std::to_string(options_.port) + ": " + why);
+  }
+  // A DCMTK network without a listening socket of its own: initializeNetworkTCP
+  // skips creating one while an external socket handle is set.
   T_ASC_Network* net = nullptr;
-  OFCondition cond = ASC_initializeNetwork(NET_ACCEPTOR, options_.port, options_.acse_timeout_seconds, &net);
-  if (cond.bad())
-    throw std::runtime_error("DICOM: cannot listen on port " + std::to_string(options_.port) + ": " + cond.text());
+  OFCondition cond;
+  {
+    std::lock_guard<std::mutex> lock(intake_mu_);
+    dcmExternalSocketHandle.set(fd);
+    cond = ASC_initializeNetwork(NET_ACCEPTOR, options_.port, options_.acse_timeout_seconds, &net);
+    dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+  }
+  if (cond.bad()) {
+    close(fd);
+    throw std::runtime_error("DICOM: cannot initialise the network on port " + std::to_string(options_.port) + ": " +
+                             cond.text());
+  }
+  listen_fd_ = fd;
   network_ = net;
   stopping_ = false;
   acceptor_ = std::thread([this] { accept_loop(); });
-  spdlog::info("DICOM: {} listening on port {} (max {} associations)", options_.ae_title, options_.port,
-               options_.max_associations);
+  spdlog::info("DICOM: {} listening on port {} (max {} associations, {} negotiating, {} per host)", options_.ae_title,
+               options_.port, options_.max_associations, options_.max_pending_associations,
+               options_.max_associations_per_host);
 }
 
 void DicomServer::stop() {
@@ -143,6 +187,8 @@ void DicomServer::stop() {
     std::unique_lock<std::mutex> lock(threads_mu_);
     threads_cv_.wait(lock, [&] { return running_threads_ == 0; });
   }
+  close(listen_fd_);
+  listen_fd_ = -1;
   T_ASC_Network* net = static_cast<T_ASC_Network*>(network_);
   ASC_dropNetwork(&net);
   network_ = nullptr;
@@ -150,38 +196,185 @@ void DicomServer::stop() {
 }
 
 void DicomServer::accept_loop() {
-  T_ASC_Network* net = static_cast<T_ASC_Network*>(network_);
   while (!stopping_) {
-    T_ASC_Association* assoc = nullptr;
-    // Poll with a 1 s timeout so that stop() is noticed promptly.
-    OFCondition cond =
-        ASC_receiveAssociation(net, &assoc, static_cast<long>(options_.max_pdu), nullptr, nullptr, OFFalse, DUL_NOBLOCK, 1);
-    if (cond == DUL_NOASSOCIATIONREQUEST) {
-      if (assoc) ASC_destroyAssociation(&assoc);
-      continue;
-    }
-    if (cond.bad()) {
-      char host[256] = "?";
-      if (assoc && assoc->params) ASC_getPresentationAddresses(assoc->params, host, sizeof host, nullptr, 0);
-      spdlog::warn("DICOM: bad association request from {}: {}", host, cond.text());
-      ++counters_.associations_failed;
-      if (assoc) {
-        ASC_dropAssociation(assoc);
-        ASC_destroyAssociation(&assoc);
+    pollfd p{listen_fd_, POLLIN, 0};
+    if (poll(&p, 1, 200) <= 0) continue;  // a short poll so that stop() is noticed promptly
+    sockaddr_in from{};
+    socklen_t len = sizeof from;
+    const int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&from), &len, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        spdlog::error("DICOM: cannot accept a connection: {}", std::strerror(errno));
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
       continue;
     }
+    char host_buf[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &from.sin_addr, host_buf, sizeof host_buf);
+    const std::string host = host_buf;
+    std::string over_limit;
+    {
+      std::lock_guard<std::mutex> lock(slots_mu_);
+      if (negotiating_ >= options_.max_pending_associations) {
+        over_limit = std::to_string(negotiating_) + " connections are still negotiating (dicom.max_pending_associations)";
+      } else if (per_host_[host] >= options_.max_associations_per_host) {
+        over_limit = std::to_string(per_host_[host]) + " connections from this host already (dicom.max_associations_per_host)";
+      } else {
+        ++negotiating_;
+        ++per_host_[host];
+      }
+    }
+    if (!over_limit.empty()) {
+      spdlog::warn("DICOM: closed a connection from {} at once: {}", host, over_limit);
+      ++counters_.connections_closed_over_limit;
+      close(fd);
+      continue;
+    }
+    ++counters_.associations_negotiating;
     {
       std::lock_guard<std::mutex> lock(threads_mu_);
       ++running_threads_;
     }
-    std::thread([this, assoc] {
-      serve_association(assoc);
+    std::thread([this, fd, host] {
+      serve_connection(fd, host);
+      {
+        std::lock_guard<std::mutex> lock(slots_mu_);
+        if (--per_host_[host] <= 0) per_host_.erase(host);
+      }
       std::lock_guard<std::mutex> lock(threads_mu_);
       --running_threads_;
       threads_cv_.notify_all();
     }).detach();
   }
+}
+
+void DicomServer::end_negotiation(bool& negotiating) {
+  if (!negotiating) return;
+  negotiating = false;
+  --counters_.associations_negotiating;
+  std::lock_guard<std::mutex> lock(slots_mu_);
+  --negotiating_;
+}
+
+// An A-ASSOCIATE-RQ is PDU type 0x01 with a 4-byte big-endian length after a
+// reserved byte (PS3.8 9.3.2). Waits until all of it has arrived, peeking only.
+DicomServer::RequestWait DicomServer::wait_for_associate_request(int fd, std::string& detail) {
+  using clock = std::chrono::steady_clock;
+  const auto deadline = clock::now() + std::chrono::seconds(options_.acse_timeout_seconds);
+  bool enlarged_buffer = false;
+  int available = 0;
+  while (!stopping_) {
+    const auto now = clock::now();
+    if (now >= deadline) {
+      detail = std::to_string(available) + " bytes";
+      return RequestWait::kTimedOut;
+    }
+    // Nothing yet: sleep in poll until bytes come. Part of a request: poll would
+    // return at once, so look again a little later.
+    const int wait_ms = available > 0 ? 20 : 200;
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    const int ready = poll(&p, 1, wait_ms);
+    if (ready < 0 && errno != EINTR) return RequestWait::kClosedMidRequest;
+    if (ready > 0 && (p.revents & (POLLERR | POLLHUP)) && !(p.revents & POLLIN))
+      return available > 0 ? RequestWait::kClosedMidRequest : RequestWait::kClosedSilently;
+    unsigned char header[6];
+    const ssize_t n = recv(fd, header, sizeof header, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return RequestWait::kClosedSilently;  // orderly close with nothing sent
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+      return available > 0 ? RequestWait::kClosedMidRequest : RequestWait::kClosedSilently;
+    }
+    if (header[0] != 0x01) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02X", header[0]);
+      detail = std::string("first PDU type ") + hex;
+      return RequestWait::kNotARequest;
+    }
+    if (ioctl(fd, FIONREAD, &available) != 0) return RequestWait::kClosedMidRequest;
+    if (n < 6) {
+      if (ready > 0 && (p.revents & POLLRDHUP)) return RequestWait::kClosedMidRequest;
+      continue;
+    }
+    const uint64_t length = (uint64_t{header[2]} << 24) | (uint64_t{header[3]} << 16) | (uint64_t{header[4]} << 8) |
+                            uint64_t{header[5]};
+    const uint64_t needed = length + 6;
+    if (needed > dcmAssociatePDUSizeLimit.get()) {
+      detail = std::to_string(length) + " bytes announced";
+      return RequestWait::kTooLarge;
+    }
+    if (static_cast<uint64_t>(available) >= needed) return RequestWait::kReady;
+    if (ready > 0 && (p.revents & POLLRDHUP)) {
+      detail = std::to_string(available) + " of " + std::to_string(needed) + " bytes";
+      return RequestWait::kClosedMidRequest;
+    }
+    // A request larger than the socket's initial receive buffer (hundreds of
+    // presentation contexts) must fit in it whole before we hand it on.
+    if (!enlarged_buffer && needed > 32 * 1024) {
+      int size = static_cast<int>(needed * 2);
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+      enlarged_buffer = true;
+    }
+  }
+  return RequestWait::kStopping;
+}
+
+void DicomServer::serve_connection(int fd, const std::string& host) {
+  bool negotiating = true;
+  std::string detail;
+  const RequestWait waited = wait_for_associate_request(fd, detail);
+  if (waited != RequestWait::kReady) {
+    switch (waited) {
+      case RequestWait::kClosedSilently:
+        spdlog::debug("DICOM: {} connected and closed without sending anything", host);
+        break;
+      case RequestWait::kClosedMidRequest:
+        spdlog::warn("DICOM: {} closed the connection in the middle of its A-ASSOCIATE-RQ ({})", host, detail);
+        ++counters_.associations_failed;
+        break;
+      case RequestWait::kTimedOut:
+        spdlog::warn("DICOM: {} sent no complete A-ASSOCIATE-RQ within {} s (dicom.acse_timeout_seconds; {} received); "
+                     "connection closed",
+                     host, options_.acse_timeout_seconds, detail);
+        ++counters_.associations_failed;
+        break;
+      case RequestWait::kNotARequest:
+        spdlog::warn("DICOM: {} did not open with an A-ASSOCIATE-RQ ({}); connection closed", host, detail);
+        ++counters_.associations_failed;
+        break;
+      case RequestWait::kTooLarge:
+        spdlog::warn("DICOM: {} announced an A-ASSOCIATE-RQ of {}, over DCMTK's limit; connection closed", host,
+                     detail);
+        ++counters_.associations_failed;
+        break;
+      default:
+        break;
+    }
+    close(fd);
+    end_negotiation(negotiating);
+    return;
+  }
+  T_ASC_Association* assoc = nullptr;
+  OFCondition cond;
+  {
+    // The request is complete in the receive buffer: DCMTK parses it without waiting.
+    std::lock_guard<std::mutex> lock(intake_mu_);
+    dcmExternalSocketHandle.set(fd);
+    cond = ASC_receiveAssociation(static_cast<T_ASC_Network*>(network_), &assoc, static_cast<long>(options_.max_pdu),
+                                  nullptr, nullptr, OFFalse, DUL_NOBLOCK, options_.acse_timeout_seconds);
+    dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+  }
+  if (cond.bad()) {
+    spdlog::warn("DICOM: bad association request from {}: {}", host, cond.text());
+    ++counters_.associations_failed;
+    if (assoc) {
+      ASC_dropAssociation(assoc);  // closes the socket
+      ASC_destroyAssociation(&assoc);
+    }
+    end_negotiation(negotiating);
+    return;
+  }
+  serve_association(assoc, host, negotiating);
+  end_negotiation(negotiating);
 }
 
 std::string DicomServer::refusal_reason(const Peer& peer) {
@@ -198,54 +391,60 @@ std::string DicomServer::refusal_reason(const Peer& peer) {
   return "";
 }
 
-void DicomServer::serve_association(void* handle) {
+void DicomServer::serve_association(void* handle, const std::string& host, bool& negotiating) {
   T_ASC_Association* assoc = static_cast<T_ASC_Association*>(handle);
-  char calling[17] = {0}, called[17] = {0}, host[256] = {0};
+  char calling[17] = {0}, called[17] = {0};
   ASC_getAPTitles(assoc->params, calling, sizeof calling, called, sizeof called, nullptr, 0);
-  ASC_getPresentationAddresses(assoc->params, host, sizeof host, nullptr, 0);
   Peer peer{calling, called, host};
-  // The presentation address is "host:port"? DCMTK gives the bare host for
-  // acceptors; strip a port if one is present.
-  if (auto colon = peer.host.rfind(':'); colon != std::string::npos && peer.host.find(':') == colon)
-    peer.host = peer.host.substr(0, colon);
 
+  bool holds_slot = false;
   auto finish = [&] {
     ASC_dropSCPAssociation(assoc);
     ASC_destroyAssociation(&assoc);
+    if (holds_slot) {
+      std::lock_guard<std::mutex> lock(slots_mu_);
+      --associated_;
+    }
+  };
+  auto refuse = [&](T_ASC_RejectParametersResult result, T_ASC_RejectParametersReason reason) {
+    reject(assoc, result, reason);
+    ++counters_.associations_refused;
+    end_negotiation(negotiating);
+    finish();
   };
 
   // Association policy, in the order a PACS administrator would debug it.
   if (!same_ae(peer.called_ae, options_.ae_title)) {
     spdlog::warn("DICOM: refused association from {} calling_ae={}: called AE '{}' is not '{}'", peer.host,
                  peer.calling_ae, peer.called_ae, options_.ae_title);
-    reject(assoc, ASC_RESULT_REJECTEDPERMANENT, ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED);
-    ++counters_.associations_refused;
-    return finish();
+    return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED);
   }
   if (std::string why = refusal_reason(peer); !why.empty()) {
     spdlog::warn("DICOM: refused association from {} calling_ae={}: {}", peer.host, peer.calling_ae, why);
-    reject(assoc, ASC_RESULT_REJECTEDPERMANENT, ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
-    ++counters_.associations_refused;
-    return finish();
+    return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
   }
-  if (counters_.associations_active.load() >= options_.max_associations) {
+  {
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    if (associated_ < options_.max_associations) {
+      ++associated_;
+      holds_slot = true;
+    }
+  }
+  if (!holds_slot) {
     spdlog::warn("DICOM: refused association from {} calling_ae={}: {} associations already active (dicom.max_associations)",
                  peer.host, peer.calling_ae, options_.max_associations);
-    reject(assoc, ASC_RESULT_REJECTEDTRANSIENT, ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
-    ++counters_.associations_refused;
-    return finish();
+    return refuse(ASC_RESULT_REJECTEDTRANSIENT, ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
   }
   if (admission_) {
     if (std::string why = admission_(); !why.empty()) {
       spdlog::error("DICOM: refused association from {} calling_ae={}: {}", peer.host, peer.calling_ae, why);
-      reject(assoc, ASC_RESULT_REJECTEDTRANSIENT, ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
-      ++counters_.associations_refused;
-      return finish();
+      return refuse(ASC_RESULT_REJECTEDTRANSIENT, ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
     }
   }
 
   OFCondition cond = negotiate_presentation_contexts(assoc->params);
   if (cond.good()) cond = ASC_acknowledgeAssociation(assoc);
+  end_negotiation(negotiating);
   if (cond.bad()) {
     spdlog::warn("DICOM: association from {} calling_ae={} failed during negotiation: {}", peer.host,
                  peer.calling_ae, cond.text());
@@ -322,7 +521,7 @@ bool DicomServer::handle_store(void* handle, void* message, unsigned char pres_i
   DcmDataset* raw = nullptr;
   T_ASC_PresentationContextID data_pres_id = pres_id;
   OFCondition cond =
-      DIMSE_receiveDataSetInMemory(assoc, DIMSE_BLOCKING, options_.dimse_timeout_seconds, &data_pres_id, &raw, nullptr, nullptr);
+      DIMSE_receiveDataSetInMemory(assoc, DIMSE_NONBLOCKING, options_.dimse_timeout_seconds, &data_pres_id, &raw, nullptr, nullptr);
   std::unique_ptr<DcmDataset> dataset(raw);
 
   T_DIMSE_C_StoreRSP rsp;
@@ -336,7 +535,8 @@ bool DicomServer::handle_store(void* handle, void* message, unsigned char pres_i
   StoreResult result;
   if (cond.bad() || !dataset) {
     if (cond == DUL_PEERABORTEDASSOCIATION || cond == DUL_NETWORKCLOSED || cond == DIMSE_READPDVFAILED ||
-        cond == DUL_READTIMEOUT || cond.code() == DULC_NETWORKCLOSED) {
+        cond == DUL_READTIMEOUT || cond == DIMSE_NODATAAVAILABLE || cond.code() == DULC_NETWORKCLOSED) {
+      // A peer that stalls mid-data-set for dicom.dimse_timeout_seconds ends up here too.
       spdlog::warn("DICOM: C-STORE sop={} calling_ae={}: connection lost while receiving: {}",
                    req.AffectedSOPInstanceUID, peer.calling_ae, cond.text());
       ++counters_.instances_failed;

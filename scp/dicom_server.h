@@ -3,11 +3,21 @@
 // each received instance is handed to an InstanceSink, whose answer becomes
 // the C-STORE response status, so Success is only sent after the sink has
 // made the instance durable.
+//
+// Accepting never waits on a peer: the accept thread only accepts the TCP
+// connection, applies the connection limits (pending negotiations, connections
+// per host) and hands the socket to a thread of its own. That thread waits, with
+// its own deadline (dicom.acse_timeout_seconds), until the peer's whole
+// A-ASSOCIATE-RQ PDU is in the kernel's receive buffer, and only then lets DCMTK
+// parse it (DCMTK 3.6.7 offers no way to hand it an accepted socket other than
+// the process-wide dcmExternalSocketHandle, so that hand-over is serialised; it
+// takes microseconds because the request is already there).
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -28,9 +38,14 @@ struct ServerOptions {
   int port = 11112;
   std::vector<AllowedPeer> allowed_peers;  // empty = anyone
   int max_associations = 16;
+  // TCP connections still negotiating (no complete A-ASSOCIATE-RQ answered yet);
+  // beyond this, new connections are closed at once.
+  int max_pending_associations = 32;
+  // Connections (negotiating or associated) from one IP address.
+  int max_associations_per_host = 8;
   uint32_t max_pdu = 131072;
-  int acse_timeout_seconds = 30;
-  int dimse_timeout_seconds = 60;
+  int acse_timeout_seconds = 30;   // deadline for the A-ASSOCIATE-RQ to arrive
+  int dimse_timeout_seconds = 60;  // idle time between commands, and socket send/receive timeout
 };
 
 struct Peer {
@@ -70,6 +85,10 @@ struct ServerCounters {
   std::atomic<uint64_t> associations_accepted{0};
   std::atomic<uint64_t> associations_refused{0};
   std::atomic<uint64_t> associations_failed{0};  // bad PDUs, aborts, timeouts
+  // TCP connections closed before negotiation: over dicom.max_pending_associations
+  // or dicom.max_associations_per_host.
+  std::atomic<uint64_t> connections_closed_over_limit{0};
+  std::atomic<int> associations_negotiating{0};
   std::atomic<uint64_t> echoes{0};
   std::atomic<uint64_t> instances_stored{0};
   std::atomic<uint64_t> instances_failed{0};
@@ -96,7 +115,13 @@ class DicomServer {
 
  private:
   void accept_loop();
-  void serve_association(void* assoc);
+  // Runs on the connection's own thread: waits for the A-ASSOCIATE-RQ, lets
+  // DCMTK read it, then serves the association.
+  void serve_connection(int fd, const std::string& host);
+  enum class RequestWait { kReady, kClosedSilently, kClosedMidRequest, kTimedOut, kNotARequest, kTooLarge, kStopping };
+  RequestWait wait_for_associate_request(int fd, std::string& detail);
+  void serve_association(void* assoc, const std::string& host, bool& negotiating);
+  void end_negotiation(bool& negotiating);
   bool handle_store(void* assoc, void* message, unsigned char pres_id, const Peer& peer);
   std::string refusal_reason(const Peer& peer);
 
@@ -104,7 +129,15 @@ class DicomServer {
   InstanceSink& sink_;
   std::function<std::string()> admission_;
   void* network_ = nullptr;
+  int listen_fd_ = -1;
   std::atomic<bool> stopping_{false};
+  // DCMTK reads the accepted socket from a process-wide variable: one hand-over at a time.
+  std::mutex intake_mu_;
+  // Connection slots: negotiating connections, associations, connections per host.
+  std::mutex slots_mu_;
+  int negotiating_ = 0;
+  int associated_ = 0;
+  std::map<std::string, int> per_host_;
   std::thread acceptor_;
   // Association threads are detached; stop() waits for this count to reach 0.
   std::mutex threads_mu_;

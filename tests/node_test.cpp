@@ -1,0 +1,244 @@
+// The DICOM node under hostile or careless peers: idle TCP connections, a
+// stalled half A-ASSOCIATE-RQ, many idle peers, and the connection limits.
+// Other senders (DCMTK's echoscu and storescu) must be served at once.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/service_harness.h"
+
+using firstread::testing::FirstreadService;
+using firstread::testing::run;
+
+namespace {
+
+const std::string kCtSmall = "/usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm";
+
+// A TCP connection to the service from a chosen loopback address (127.0.0.0/8
+// is all local on Linux), so that tests can play several hosts.
+int connect_from(const std::string& source, int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in local{};
+  local.sin_family = AF_INET;
+  inet_pton(AF_INET, source.c_str(), &local.sin_addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0) {
+    close(fd);
+    return -1;
+  }
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void put16(std::vector<unsigned char>& b, size_t v) {
+  b.push_back(static_cast<unsigned char>(v >> 8));
+  b.push_back(static_cast<unsigned char>(v));
+}
+
+void put_item(std::vector<unsigned char>& b, unsigned char type, const std::vector<unsigned char>& body) {
+  b.push_back(type);
+  b.push_back(0);
+  put16(b, body.size());
+  b.insert(b.end(), body.begin(), body.end());
+}
+
+std::vector<unsigned char> bytes(const std::string& s) { return {s.begin(), s.end()}; }
+
+// A valid A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification in implicit VR
+// little endian, written out byte by byte as a peer would send it.
+std::vector<unsigned char> associate_rq(const std::string& called, const std::string& calling) {
+  std::vector<unsigned char> body;
+  put16(body, 1);  // protocol version
+  put16(body, 0);
+  auto ae = [&](std::string t) {
+    t.resize(16, ' ');
+    body.insert(body.end(), t.begin(), t.end());
+  };
+  ae(called);
+  ae(calling);
+  body.insert(body.end(), 32, 0);
+  put_item(body, 0x10, bytes("1.2.840.10008.3.1.1.1"));
+  std::vector<unsigned char> pc = {1, 0, 0, 0};
+  put_item(pc, 0x30, bytes("1.2.840.10008.1.1"));
+  put_item(pc, 0x40, bytes("1.2.840.10008.1.2"));
+  put_item(body, 0x20, pc);
+  std::vector<unsigned char> user;
+  put_item(user, 0x51, {0x00, 0x00, 0x40, 0x00});
+  put_item(user, 0x52, bytes("1.2.826.0.1.3680043.9.7.18"));
+  put_item(body, 0x50, user);
+  std::vector<unsigned char> pdu = {0x01, 0x00};
+  const uint32_t n = static_cast<uint32_t>(body.size());
+  for (int shift = 24; shift >= 0; shift -= 8) pdu.push_back(static_cast<unsigned char>(n >> shift));
+  pdu.insert(pdu.end(), body.begin(), body.end());
+  return pdu;
+}
+
+// The first byte the service answers (0x02 A-ASSOCIATE-AC, 0x03 -RJ), 0 if it
+// closed the connection, -1 if nothing came within timeout_ms.
+int first_reply_byte(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, timeout_ms) <= 0) return -1;
+  unsigned char b = 0;
+  const ssize_t n = recv(fd, &b, 1, 0);
+  return n == 1 ? b : 0;
+}
+
+double seconds_of(const std::function<void()>& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// echoscu and storescu from 127.0.0.1 must both be served within 2 s.
+void expect_others_served(const FirstreadService& s, const std::string& situation) {
+  const std::string port = std::to_string(s.port());
+  int echo_rc = -1, store_rc = -1;
+  std::string store_out;
+  const double echo_s = seconds_of([&] { echo_rc = run("echoscu -to 10 -aec FIRSTREAD 127.0.0.1 " + port).exit_code; });
+  const double store_s = seconds_of([&] {
+    auto r = run("storescu -to 10 -aec FIRSTREAD 127.0.0.1 " + port + " " + kCtSmall);
+    store_rc = r.exit_code;
+    store_out = r.output;
+  });
+  EXPECT_EQ(echo_rc, 0) << situation;
+  EXPECT_EQ(store_rc, 0) << situation << ": " << store_out;
+  EXPECT_LT(echo_s, 2.0) << situation << ": echoscu took " << echo_s << " s";
+  EXPECT_LT(store_s, 2.0) << situation << ": storescu took " << store_s << " s";
+  std::cout << situation << ": echoscu " << echo_s << " s, storescu " << store_s << " s\n";
+}
+
+}  // namespace
+
+TEST(Node, IdleConnectionsAndAStalledRequestBlockNoOtherSender) {
+  FirstreadService s;  // the default dicom configuration
+  s.start();
+  const int port = s.port();
+
+  int idle = connect_from("127.0.0.2", port);
+  ASSERT_GE(idle, 0);
+  expect_others_served(s, "one idle TCP connection");
+
+  // Half of a valid A-ASSOCIATE-RQ, then silence.
+  const auto rq = associate_rq("FIRSTREAD", "STALLER");
+  int half = connect_from("127.0.0.3", port);
+  ASSERT_GE(half, 0);
+  ASSERT_EQ(write(half, rq.data(), rq.size() / 2), static_cast<ssize_t>(rq.size() / 2));
+  expect_others_served(s, "a stalled half A-ASSOCIATE-RQ");
+
+  // Twenty idle peers, each from its own address.
+  std::vector<int> peers;
+  for (int i = 0; i < 20; ++i) {
+    int fd = connect_from("127.0.1." + std::to_string(i + 1), port);
+    ASSERT_GE(fd, 0);
+    peers.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  expect_others_served(s, "20 idle peers");
+
+  // The stalled peer sends the rest late: it is still served (its deadline,
+  // dicom.acse_timeout_seconds, is 30 s).
+  ASSERT_EQ(write(half, rq.data() + rq.size() / 2, rq.size() - rq.size() / 2),
+            static_cast<ssize_t>(rq.size() - rq.size() / 2));
+  EXPECT_EQ(first_reply_byte(half, 5000), 0x02) << "the completed request was not accepted\n" << s.log();
+
+  // A peer that connects and leaves without a byte is not a refused association.
+  close(idle);
+  close(half);
+  for (int fd : peers) close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  EXPECT_TRUE(s.echo());
+  const std::string log = s.log();
+  EXPECT_EQ(log.find("called AE '' is not"), std::string::npos) << log;
+  EXPECT_EQ(log.find("refused association from 127.0.1."), std::string::npos) << log;
+  EXPECT_EQ(log.find("closed a connection"), std::string::npos) << "no limit should have applied:\n" << log;
+}
+
+TEST(Node, ConnectionLimitsApplyBeforeAnyByteIsRead) {
+  FirstreadService s("", "  max_associations: 2\n  max_pending_associations: 3\n  max_associations_per_host: 2\n");
+  s.start();
+  const int port = s.port();
+  const auto rq = associate_rq("FIRSTREAD", "HOLDER");
+
+  // dicom.max_associations: two held associations, the third is rejected.
+  std::vector<int> held;
+  for (const char* host : {"127.0.0.2", "127.0.0.3"}) {
+    int fd = connect_from(host, port);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, rq.data(), rq.size()), static_cast<ssize_t>(rq.size()));
+    ASSERT_EQ(first_reply_byte(fd, 5000), 0x02) << host << "\n" << s.log();
+    held.push_back(fd);
+  }
+  auto third = run("echoscu -to 5 -aec FIRSTREAD 127.0.0.1 " + std::to_string(port));
+  EXPECT_NE(third.exit_code, 0);
+  EXPECT_NE(third.output.find("Association Rejected"), std::string::npos) << third.output;
+  EXPECT_NE(s.log().find("2 associations already active (dicom.max_associations)"), std::string::npos) << s.log();
+  close(held[0]);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_TRUE(s.echo()) << "a slot freed by a closed association must be usable again\n" << s.log();
+  close(held[1]);
+
+  // dicom.max_associations_per_host: the third connection from one address is
+  // closed at once, while another address is still served.
+  std::vector<int> from_one;
+  for (int i = 0; i < 2; ++i) from_one.push_back(connect_from("127.0.0.8", port));
+  int over = connect_from("127.0.0.8", port);
+  ASSERT_GE(over, 0);
+  EXPECT_EQ(first_reply_byte(over, 2000), 0) << "the connection over the per-host limit was not closed at once";
+  close(over);
+  EXPECT_NE(s.log().find("closed a connection from 127.0.0.8 at once: 2 connections from this host already "
+                         "(dicom.max_associations_per_host)"),
+            std::string::npos)
+      << s.log();
+  EXPECT_TRUE(s.echo());
+  for (int fd : from_one) close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+
+  // dicom.max_pending_associations: three connections still negotiating fill it;
+  // the fourth is closed at once with a line naming its address.
+  std::vector<int> pending;
+  for (const char* host : {"127.0.0.4", "127.0.0.5", "127.0.0.6"}) pending.push_back(connect_from(host, port));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  int fourth = connect_from("127.0.0.7", port);
+  ASSERT_GE(fourth, 0);
+  EXPECT_EQ(first_reply_byte(fourth, 2000), 0);
+  close(fourth);
+  EXPECT_NE(s.log().find("closed a connection from 127.0.0.7 at once: 3 connections are still negotiating "
+                         "(dicom.max_pending_associations)"),
+            std::string::npos)
+      << s.log();
+  for (int fd : pending) close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_TRUE(s.echo()) << "slots of closed connections must be given back\n" << s.log();
+}
+
+TEST(Node, APeerThatNeverCompletesItsRequestIsClosedAtItsDeadline) {
+  FirstreadService s("", "  acse_timeout_seconds: 2\n");
+  s.start();
+  const auto rq = associate_rq("FIRSTREAD", "STALLER");
+  int half = connect_from("127.0.0.9", s.port());
+  ASSERT_GE(half, 0);
+  ASSERT_EQ(write(half, rq.data(), 10), 10);
+  // Closed by the service after about 2 s, not 60.
+  EXPECT_EQ(first_reply_byte(half, 8000), 0);
+  close(half);
+  EXPECT_NE(s.log().find("127.0.0.9 sent no complete A-ASSOCIATE-RQ within 2 s"), std::string::npos) << s.log();
+  EXPECT_TRUE(s.echo());
+}
