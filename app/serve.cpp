@@ -73,7 +73,6 @@ int run_serve(const Args& args) {
   const config::Config& cfg = rt.config;
   storage::FileStorage storage(cfg.storage.path, cfg.storage.fsync);
   db::InstanceIndex index(*rt.pool);
-  ingest::reconcile(storage, index);
 
   worklist::JobQueue queue(*rt.pool, {cfg.worklist.lease_seconds, cfg.worklist.retry_backoff_seconds});
   worklist::StudyAssembler assembler(*rt.pool, queue, cfg);
@@ -92,6 +91,26 @@ int run_serve(const Args& args) {
     server = std::make_unique<scp::DicomServer>(server_options(cfg), sink, admission);
     server->start();
   }
+
+  // Reconciliation runs beside the service, so that a large archive does not
+  // delay the first association; it leaves what is younger than the grace
+  // period (this node's and other nodes' transfers in flight) alone.
+  std::atomic<bool> reconcile_stop{false};
+  std::thread reconciler([&] {
+    try {
+      ingest::reconcile(storage, index, *rt.pool, {cfg.storage.reconcile_grace_seconds, &reconcile_stop});
+    } catch (const std::exception& e) {
+      spdlog::error("reconcile: {}", e.what());
+    }
+  });
+  struct StopReconciler {
+    std::atomic<bool>& stop;
+    std::thread& t;
+    ~StopReconciler() {
+      stop = true;
+      if (t.joinable()) t.join();
+    }
+  } stop_reconciler{reconcile_stop, reconciler};
 
   const std::string conninfo = rt.pool->conninfo();
   // Models load on first use; say now if one cannot, rather than at the first study.
@@ -194,6 +213,8 @@ int run_serve(const Args& args) {
   spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   http.stop();
   if (server) server->stop();  // stop accepting; associations finish the instance in flight
+  reconcile_stop = true;
+  if (reconciler.joinable()) reconciler.join();
   {
     std::lock_guard<std::mutex> lock(stop_mu);
     stopping = true;

@@ -251,6 +251,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     s.read("path", c.storage.path);
     s.read("min_free_bytes", c.storage.min_free_bytes);
     s.read("fsync", c.storage.fsync);
+    s.read("reconcile_grace_seconds", c.storage.reconcile_grace_seconds);
     s.check_unknown();
   });
 
@@ -398,6 +399,9 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
   check_range(source, root, "dicom.max_pdu", c.dicom.max_pdu, 4096, 131072);
   check_range(source, root, "dicom.acse_timeout_seconds", c.dicom.acse_timeout_seconds, 1, 3600);
   check_range(source, root, "dicom.dimse_timeout_seconds", c.dicom.dimse_timeout_seconds, 1, 3600);
+  if (c.storage.reconcile_grace_seconds < 0.5 || c.storage.reconcile_grace_seconds > 86400)
+    fail_at(source, root["storage"] ? root["storage"] : root, "storage.reconcile_grace_seconds",
+            "must be between 0.5 and 86400 seconds");
   check_range(source, root, "dicom.max_pending_associations", c.dicom.max_pending_associations, 1, 4096);
   check_range(source, root, "dicom.max_associations_per_host", c.dicom.max_associations_per_host, 1, 4096);
   check_range(source, root, "database.pool_size", c.database.pool_size, 1, 256);

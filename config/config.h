@@ -47,6 +47,9 @@ struct StorageConfig {
   std::string path = "./var";
   uint64_t min_free_bytes = 256ull * 1024 * 1024;
   bool fsync = true;  // only benchmarks and throw-away setups turn this off
+  // node (issue 18): rows and files younger than this are another node's
+  // transfer in flight, not a fault, to start-up reconciliation
+  double reconcile_grace_seconds = 30;
 };
 
 struct DatabaseConfig {

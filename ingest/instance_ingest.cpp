@@ -10,9 +10,13 @@
 #include <chrono>
 #include <future>
 #include <filesystem>
+#include <functional>
 #include <set>
+#include <thread>
+#include <vector>
 #include <stdexcept>
 
+#include "db/stored_files.h"
 #include "dicom/uid.h"
 
 namespace firstread::ingest {
@@ -163,48 +167,166 @@ scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
   return {};
 }
 
-ReconcileReport reconcile(storage::FileStorage& storage, db::InstanceIndex& index) {
+namespace {
+
+struct Stopped {};
+
+// Seconds between the file's last write and `reference` (the start of the walk,
+// when the rows were read): a file younger than the grace period at that time
+// may belong to a row the cursor could not see yet.
+double age_seconds(const std::string& abspath, std::filesystem::file_time_type reference) {
+  std::error_code ec;
+  const auto t = std::filesystem::last_write_time(abspath, ec);
+  if (ec) return 0;
+  return std::chrono::duration<double>(reference - t).count();
+}
+
+// Walks the files under `subdir` and the rows of the cursor together, both in
+// byte order of the path: a file without a row goes to on_orphan, a settled row
+// without a file to on_missing. Memory: one directory listing and one batch of rows.
+void merge_walk(storage::FileStorage& storage, const std::string& subdir, db::StoredPathCursor& rows,
+                const ReconcileOptions& options, const std::function<void(const std::string&)>& on_orphan,
+                const std::function<void(const std::string&)>& on_missing) {
+  std::string row;
+  bool settled = false;
+  bool have = rows.next(row, settled);
+  storage.for_each_file(subdir, [&](const std::string& rel) {
+    if (options.stop && options.stop->load()) throw Stopped{};
+    while (have && row < rel) {
+      if (settled) on_missing(row);
+      have = rows.next(row, settled);
+    }
+    if (have && row == rel) {
+      have = rows.next(row, settled);
+      return;
+    }
+    on_orphan(rel);
+  });
+  for (; have; have = rows.next(row, settled))
+    if (settled && row.rfind(subdir + "/", 0) == 0) on_missing(row);
+}
+
+bool index_orphan(storage::FileStorage& storage, db::InstanceIndex& index, const std::string& rel,
+                  ReconcileReport& report) {
+  DcmFileFormat file;
+  OFCondition cond = file.loadFile(storage.absolute(rel).c_str());
+  if (cond.bad()) {
+    spdlog::error("reconcile: {} is not readable DICOM ({}); left in place", rel, cond.text());
+    ++report.unreadable_files;
+    return false;
+  }
+  try {
+    OFString ts_uid;
+    file.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, ts_uid);
+    db::InstanceRecord r = describe_instance(*file.getDataset(), ts_uid.c_str());
+    OFString source_ae;
+    file.getMetaInfo()->findAndGetOFString(DCM_SourceApplicationEntityTitle, source_ae);
+    r.calling_ae = source_ae.c_str();
+    r.file_path = rel;
+    r.file_size = static_cast<int64_t>(std::filesystem::file_size(storage.absolute(rel)));
+    index.record(r);
+    ++report.indexed_files;
+    spdlog::warn("reconcile: indexed sop={} calling_ae={} found on disk without its row ({})", r.sop_instance_uid,
+                 r.calling_ae, rel);
+    return true;
+  } catch (const std::exception& e) {
+    spdlog::error("reconcile: {}: {}", rel, e.what());
+    ++report.unreadable_files;
+    return false;
+  }
+}
+
+// An SR whose report transaction never committed: the job runs again and
+// writes a new one, so this file is nobody's. Only SR objects are removed:
+// other objects under reports/ are not ours to judge here.
+void remove_orphan_sr(storage::FileStorage& storage, const std::string& rel, ReconcileReport& report) {
+  DcmFileFormat file;
+  if (file.loadFile(storage.absolute(rel).c_str(), EXS_Unknown, EGL_noChange, 0, ERM_metaOnly).bad()) return;
+  OFString sop_class;
+  file.getMetaInfo()->findAndGetOFString(DCM_MediaStorageSOPClassUID, sop_class);
+  if (std::string(sop_class.c_str()).rfind("1.2.840.10008.5.1.4.1.1.88.", 0) != 0) return;
+  std::error_code ec;
+  if (std::filesystem::remove(storage.absolute(rel), ec)) {
+    ++report.removed_reports;
+    spdlog::warn("reconcile: removed {}: an SR written by a job whose report was never committed", rel);
+  }
+}
+
+void sleep_until(std::chrono::steady_clock::time_point t, const ReconcileOptions& options) {
+  while (std::chrono::steady_clock::now() < t) {
+    if (options.stop && options.stop->load()) throw Stopped{};
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+}  // namespace
+
+ReconcileReport reconcile(storage::FileStorage& storage, db::InstanceIndex& index, db::ConnectionPool& pool,
+                          const ReconcileOptions& options) {
   ReconcileReport report;
-  report.removed_temporaries = storage.remove_stale_temporaries();
-  const std::vector<std::string> on_disk = storage.list_instance_files();
-  const std::vector<std::string> rows = index.all_file_paths();
-  const std::set<std::string> indexed(rows.begin(), rows.end());
-  const std::set<std::string> present(on_disk.begin(), on_disk.end());
-  for (const auto& rel : on_disk) {
-    if (indexed.count(rel)) continue;
-    DcmFileFormat file;
-    OFCondition cond = file.loadFile(storage.absolute(rel).c_str());
-    if (cond.bad()) {
-      spdlog::error("reconcile: {} is not readable DICOM ({}); left in place", rel, cond.text());
-      ++report.unreadable_files;
-      continue;
+  const auto started = std::chrono::steady_clock::now();
+  const auto walk_started = std::filesystem::file_time_type::clock::now();
+  const size_t max_deferred = 100000;
+  try {
+    report.removed_temporaries = storage.remove_stale_temporaries();
+    // Files younger than the grace period may be another node's transfer whose
+    // row is being committed right now: look at them again once it has passed.
+    std::vector<std::string> young_instances, young_reports;
+    {
+      db::StoredPathCursor rows(pool, db::StoredFileKind::kInstance, options.grace_seconds);
+      merge_walk(
+          storage, "instances", rows, options,
+          [&](const std::string& rel) {
+            if (age_seconds(storage.absolute(rel), walk_started) >= options.grace_seconds)
+              index_orphan(storage, index, rel, report);
+            else if (young_instances.size() < max_deferred)
+              young_instances.push_back(rel);
+          },
+          [&](const std::string& rel) {
+            ++report.missing_files;
+            spdlog::error("reconcile: the index lists {} but the file is gone", rel);
+          });
     }
-    try {
-      OFString ts_uid;
-      file.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, ts_uid);
-      db::InstanceRecord r = describe_instance(*file.getDataset(), ts_uid.c_str());
-      OFString source_ae;
-      file.getMetaInfo()->findAndGetOFString(DCM_SourceApplicationEntityTitle, source_ae);
-      r.calling_ae = source_ae.c_str();
-      r.file_path = rel;
-      r.file_size = static_cast<int64_t>(std::filesystem::file_size(storage.absolute(rel)));
-      index.record(r);
-      ++report.indexed_files;
-      spdlog::warn("reconcile: indexed sop={} calling_ae={} found on disk without its row ({})", r.sop_instance_uid,
-                   r.calling_ae, rel);
-    } catch (const std::exception& e) {
-      spdlog::error("reconcile: {}: {}", rel, e.what());
-      ++report.unreadable_files;
+    {
+      db::StoredPathCursor rows(pool, db::StoredFileKind::kReport, options.grace_seconds);
+      merge_walk(
+          storage, "reports", rows, options,
+          [&](const std::string& rel) {
+            if (age_seconds(storage.absolute(rel), walk_started) >= options.grace_seconds)
+              remove_orphan_sr(storage, rel, report);
+            else if (young_reports.size() < max_deferred)
+              young_reports.push_back(rel);
+          },
+          [&](const std::string& rel) {
+            ++report.missing_files;
+            spdlog::error("reconcile: a report lists SR {} but the file is gone", rel);
+          });
     }
+    if (!young_instances.empty() || !young_reports.empty()) {
+      sleep_until(started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                std::chrono::duration<double>(options.grace_seconds)),
+                  options);
+      const auto known_instances = db::indexed_among(pool, db::StoredFileKind::kInstance, young_instances);
+      const std::set<std::string> have_row(known_instances.begin(), known_instances.end());
+      for (const auto& rel : young_instances)
+        if (!have_row.count(rel) && std::filesystem::exists(storage.absolute(rel)))
+          index_orphan(storage, index, rel, report);
+      const auto known_reports = db::indexed_among(pool, db::StoredFileKind::kReport, young_reports);
+      const std::set<std::string> have_report(known_reports.begin(), known_reports.end());
+      for (const auto& rel : young_reports)
+        if (!have_report.count(rel) && std::filesystem::exists(storage.absolute(rel)))
+          remove_orphan_sr(storage, rel, report);
+    }
+  } catch (const Stopped&) {
+    spdlog::info("reconcile: interrupted by shutdown");
+    return report;
   }
-  for (const auto& rel : rows) {
-    if (!present.count(rel)) {
-      ++report.missing_files;
-      spdlog::error("reconcile: the index lists {} but the file is gone", rel);
-    }
-  }
-  spdlog::info("reconcile: {} files indexed, {} unreadable, {} rows without file, {} temporaries removed",
-               report.indexed_files, report.unreadable_files, report.missing_files, report.removed_temporaries);
+  spdlog::info(
+      "reconcile: {} files indexed, {} unreadable, {} rows without file, {} temporaries removed, {} uncommitted SRs "
+      "removed ({:.1f} s)",
+      report.indexed_files, report.unreadable_files, report.missing_files, report.removed_temporaries,
+      report.removed_reports,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return report;
 }
 

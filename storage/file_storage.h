@@ -2,8 +2,15 @@
 // on the same volume, fsynced, renamed into place and its directory fsynced, so
 // that after a crash a file either exists complete under its final name or not
 // at all. Paths handed out and stored in the database are relative to the root.
+//
+// Several nodes may share one storage volume. Each FileStorage has a node
+// identity (host, pid, start time) that names its temporaries
+// (tmp/<node>.<n>.part), and holds an flock on nodes/<node>.lock for as long as
+// it lives: a temporary is stale only if it is ours or its owner's lock can be
+// taken (the owner is gone), never while another node may be writing it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
@@ -21,6 +28,12 @@ class FileStorage {
  public:
   // fsync=false skips fsync calls (benchmarks, throw-away setups only).
   FileStorage(const std::string& root, bool fsync = true);
+  ~FileStorage();
+  FileStorage(const FileStorage&) = delete;
+  FileStorage& operator=(const FileStorage&) = delete;
+
+  // host-pid-startmillis, unique among the nodes sharing the volume.
+  const std::string& node_id() const { return node_id_; }
 
   const std::string& root() const { return root_; }
   std::string absolute(const std::string& relpath) const { return root_ + "/" + relpath; }
@@ -51,17 +64,28 @@ class FileStorage {
   // Bytes available to unprivileged users on the storage volume.
   uint64_t free_bytes() const;
 
-  // Removes temporary files left by a crash (they were never acknowledged).
-  int remove_stale_temporaries();
+  // Removes temporary files left by a crash (they were never acknowledged):
+  // those whose owner's lock is free (owner gone; its lock file goes too),
+  // and unowned ones (older naming) not modified for unowned_grace_seconds.
+  // Ours and another live node's temporaries are left alone (in flight).
+  int remove_stale_temporaries(double unowned_grace_seconds = 600);
 
-  // Every finished instance file, relative to the root (for reconciliation).
+  // Every finished file under `subdir` ("instances", "reports"), relative to the
+  // root, in byte order of the relative path (the order of a COLLATE "C" sort),
+  // one directory listing in memory at a time.
+  void for_each_file(const std::string& subdir, const std::function<void(const std::string&)>& fn) const;
+  // The same for instances, collected (small archives and tests).
   std::vector<std::string> list_instance_files() const;
 
  private:
+  std::string temp_name();
   void ensure_directory(const std::string& relpath);
   void fsync_path(const std::string& abspath, bool directory) const;
   std::string root_;
   bool fsync_;
+  std::string node_id_;
+  int lock_fd_ = -1;
+  std::atomic<uint64_t> temp_counter_{0};
 };
 
 }  // namespace firstread::storage

@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <algorithm>
+#include <chrono>
 #include <fstream>
+#include <unistd.h>
 
 using firstread::storage::FileStorage;
 using firstread::storage::StorageError;
@@ -64,9 +67,52 @@ TEST(FileStorage, FailedWriterLeavesNothingBehind) {
   EXPECT_TRUE(fs::is_empty(s.root() + "/tmp"));
 }
 
-TEST(FileStorage, StaleTemporariesAreRemoved) {
-  FileStorage s(temp_root());
-  std::ofstream(s.root() + "/tmp/123-1-1.part") << "x";
-  EXPECT_EQ(s.remove_stale_temporaries(), 1);
+TEST(FileStorage, OnlyTemporariesOfNodesThatAreGoneAreRemoved) {
+  const std::string root = temp_root();
+  FileStorage s(root);
+  // A node that is still running: it holds the flock on its lock file.
+  FileStorage live(root);
+  const std::string live_tmp = live.root() + "/tmp/" + live.node_id() + ".0.part";
+  std::ofstream(live_tmp) << "in flight";
+  // A node that crashed: its lock file is there, nobody holds it.
+  std::ofstream(s.root() + "/nodes/deadhost-7-1.lock") << "";
+  std::ofstream(s.root() + "/tmp/deadhost-7-1.0.part") << "x";
+  std::ofstream(s.root() + "/tmp/deadhost-7-1.1.part") << "y";
+  // Our own temporary (a transfer of ours in flight).
+  const std::string own_tmp = s.root() + "/tmp/" + s.node_id() + ".5.part";
+  std::ofstream(own_tmp) << "mine";
+  // Older naming without an owner: removed only once it is old.
+  std::ofstream(s.root() + "/tmp/123-1-1.part") << "old";
+  std::ofstream(s.root() + "/tmp/124-1-1.part") << "fresh";
+  fs::last_write_time(s.root() + "/tmp/123-1-1.part", fs::file_time_type::clock::now() - std::chrono::hours(2));
+
+  EXPECT_EQ(s.remove_stale_temporaries(600), 3);
+  EXPECT_TRUE(fs::exists(live_tmp)) << "a live node's temporary was removed";
+  EXPECT_TRUE(fs::exists(own_tmp));
+  EXPECT_TRUE(fs::exists(s.root() + "/tmp/124-1-1.part"));
+  EXPECT_FALSE(fs::exists(s.root() + "/tmp/deadhost-7-1.0.part"));
+  EXPECT_FALSE(fs::exists(s.root() + "/nodes/deadhost-7-1.lock")) << "the gone node's lock file stays";
+  EXPECT_TRUE(fs::exists(s.root() + "/nodes/" + live.node_id() + ".lock"));
   EXPECT_GT(s.free_bytes(), 0u);
+}
+
+TEST(FileStorage, TemporariesCarryTheNodeIdentity) {
+  FileStorage s(temp_root());
+  EXPECT_NE(s.node_id().find("-" + std::to_string(getpid()) + "-"), std::string::npos) << s.node_id();
+  auto staged = s.stage("instances/1/2/3.dcm", [](const std::string& tmp) { std::ofstream(tmp) << "x"; });
+  EXPECT_EQ(fs::path(staged.temp_path).filename().string().rfind(s.node_id() + ".", 0), 0u) << staged.temp_path;
+  s.discard(staged);
+}
+
+TEST(FileStorage, WalkYieldsPathsInByteOrder) {
+  FileStorage s(temp_root());
+  // "1.2" must come after "1.2.3" as a path prefix: '.' < '/'.
+  for (const auto& rel : {"instances/1.2/1.1/9.dcm", "instances/1.2.3/1.1/1.dcm", "instances/1.2/1.1/10.dcm",
+                          "instances/1.10/2/2.dcm"})
+    s.write_durably(rel, [](const std::string& tmp) { std::ofstream(tmp) << "x"; });
+  std::vector<std::string> walked = s.list_instance_files();
+  std::vector<std::string> sorted = walked;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(walked.size(), 4u);
+  EXPECT_EQ(walked, sorted);
 }

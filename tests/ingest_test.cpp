@@ -368,7 +368,7 @@ TEST(Ingest, LowDiskRefusesAssociationsWithAClearLogLine) {
 }
 
 TEST(Ingest, RestartIndexesFilesCommittedToDiskButNotToTheDatabase) {
-  FirstreadService s;
+  FirstreadService s("", "", "  reconcile_grace_seconds: 1\n");
   s.start();
   EXPECT_EQ(s.terminate(), 0);
   // As if the process died between rename and commit: the file is there, no row.
@@ -381,15 +381,26 @@ TEST(Ingest, RestartIndexesFilesCommittedToDiskButNotToTheDatabase) {
   const std::string rel = "instances/" + std::string(study.c_str()) + "/" + series.c_str() + "/" + made[0].second + ".dcm";
   fs::create_directories(fs::path(s.storage() + "/" + rel).parent_path());
   fs::copy_file(made[0].first, s.storage() + "/" + rel);
+  // A temporary of a node that crashed (its lock file is free) and one of the
+  // older naming, two hours old.
+  std::ofstream(s.storage() + "/nodes/crashed-1-1.lock") << "";
+  std::ofstream(s.storage() + "/tmp/crashed-1-1.0.part") << "half an instance";
   std::ofstream(s.storage() + "/tmp/999-1-1.part") << "half an instance";
+  fs::last_write_time(s.storage() + "/tmp/999-1-1.part", fs::file_time_type::clock::now() - std::chrono::hours(2));
   s.start();
+  // Reconciliation runs beside the service: wait for its summary line.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (s.log().find("reconcile: 1 files indexed") == std::string::npos && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_NE(s.log().find("reconcile: 1 files indexed"), std::string::npos) << s.log();
   auto conn = s.connect();
   pqxx::work t(conn);
   auto rows = t.exec_params("SELECT file_path FROM api.instances WHERE sop_instance_uid = $1", made[0].second);
   ASSERT_EQ(rows.size(), 1u) << s.log();
   EXPECT_EQ(std::string(rows[0][0].c_str()), rel);
   EXPECT_FALSE(fs::exists(s.storage() + "/tmp/999-1-1.part"));
-  EXPECT_NE(s.log().find("reconcile: 1 files indexed"), std::string::npos);
+  EXPECT_FALSE(fs::exists(s.storage() + "/tmp/crashed-1-1.0.part"));
+  EXPECT_FALSE(fs::exists(s.storage() + "/nodes/crashed-1-1.lock"));
 }
 
 TEST(Ingest, QuietStudyBecomesQueuedJobVisibleFromTheCli) {

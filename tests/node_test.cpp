@@ -8,10 +8,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <cstring>
 #include <functional>
 #include <iostream>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -240,5 +243,102 @@ TEST(Node, APeerThatNeverCompletesItsRequestIsClosedAtItsDeadline) {
   EXPECT_EQ(first_reply_byte(half, 8000), 0);
   close(half);
   EXPECT_NE(s.log().find("127.0.0.9 sent no complete A-ASSOCIATE-RQ within 2 s"), std::string::npos) << s.log();
+  EXPECT_TRUE(s.echo());
+}
+
+namespace {
+
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t pos = 0; (pos = text.find(what, pos)) != std::string::npos; pos += what.size()) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST(Node, TwoNodesOnOneVolumeNeverStepOnEachOther) {
+  FirstreadService a;
+  a.start();
+  // B shares A's storage volume and database; it receives nothing, it only
+  // starts (and reconciles) again and again while A ingests.
+  FirstreadService b(a, 4, "  reconcile_grace_seconds: 2\n");
+  b.start();
+  std::vector<std::vector<std::pair<std::string, std::string>>> studies;
+  for (int i = 0; i < 4; ++i)
+    studies.push_back(firstread::testing::make_instances(kCtSmall, a.dir() + "/send" + std::to_string(i), 500));
+  std::vector<std::string> outputs(2);
+  std::vector<int> exit_codes(2, -1);
+  std::atomic<int> running{2};
+  std::vector<std::thread> senders;
+  for (int p = 0; p < 2; ++p) {
+    senders.emplace_back([&, p] {
+      std::string cmd = "storescu -v -aec FIRSTREAD 127.0.0.1 " + std::to_string(a.port());
+      for (int st = p * 2; st < p * 2 + 2; ++st)
+        for (const auto& f : studies[st]) cmd += " " + f.first;
+      auto r = run(cmd);
+      outputs[p] = r.output;
+      exit_codes[p] = r.exit_code;
+      --running;
+    });
+  }
+  int restarts = 0;
+  while (running > 0) {
+    if (restarts % 2 == 0)
+      b.terminate();
+    else
+      b.kill9();  // a crashed node leaves its lock file behind, unlocked
+    b.start();
+    ++restarts;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // let B's reconciliation finish sometimes
+  }
+  for (auto& t : senders) t.join();
+  std::cout << "B restarted " << restarts << " times while A ingested 2000 instances\n";
+  EXPECT_GE(restarts, 3) << "the ingest ended too soon to test anything";
+
+  for (int p = 0; p < 2; ++p) {
+    EXPECT_EQ(exit_codes[p], 0) << outputs[p].substr(outputs[p].size() > 3000 ? outputs[p].size() - 3000 : 0);
+    EXPECT_EQ(count_of(outputs[p], "Received Store Response (Success)"), 1000u) << "sender " << p;
+  }
+  auto conn = a.connect();
+  pqxx::work t(conn);
+  EXPECT_EQ(t.exec1("SELECT count(*) FROM api.instances")[0].as<int>(), 2000);
+  t.commit();
+  const std::string log_a = a.log(), log_b = b.log();
+  EXPECT_EQ(log_a.find("answered 0x"), std::string::npos) << "A refused an instance:\n" << log_a.substr(0, 4000);
+  // B has no model directory (its inference worker says so); any error of the
+  // node's own parts would be a false alarm about A's work.
+  for (const std::string component : {"reconcile", "storage", "ingest", "DICOM"})
+    EXPECT_FALSE(std::regex_search(log_b, std::regex("error +\\[[0-9]+\\] " + component + ":")))
+        << "B logged a " << component << " error:\n" << log_b;
+  EXPECT_EQ(log_b.find("the index lists"), std::string::npos) << log_b;
+  EXPECT_EQ(log_b.find("found on disk without its row"), std::string::npos) << "B indexed A's files in flight\n"
+                                                                             << log_b;
+  EXPECT_GE(count_of(log_b, "reconcile: 0 files indexed, 0 unreadable, 0 rows without file"), 1u)
+      << "no reconciliation of B's finished while A ingested\n"
+      << log_b;
+}
+
+TEST(Node, AnSrWhoseReportNeverCommittedIsRemovedAtStartUp) {
+  FirstreadService s("", "", "  reconcile_grace_seconds: 1\n");
+  s.start();
+  EXPECT_EQ(s.terminate(), 0);
+  const std::string sr_sample = "/usr/lib/python3/dist-packages/pydicom/data/test_files/test-SR.dcm";
+  const std::string old_sr = s.storage() + "/reports/1.2.3/1.2.3.4/1.2.3.4.5.dcm";
+  const std::string young_sr = s.storage() + "/reports/1.2.3/1.2.3.4/1.2.3.4.6.dcm";
+  const std::string not_sr = s.storage() + "/reports/1.2.3/1.2.3.9/1.2.3.9.1.dcm";
+  for (const auto& [from, to] : {std::pair{sr_sample, old_sr}, {sr_sample, young_sr}, {kCtSmall, not_sr}}) {
+    std::filesystem::create_directories(std::filesystem::path(to).parent_path());
+    std::filesystem::copy_file(from, to);
+  }
+  std::filesystem::last_write_time(old_sr, std::filesystem::file_time_type::clock::now() - std::chrono::hours(1));
+  s.start();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  // The first start's summary is in the log too: wait for the second one.
+  while (count_of(s.log(), "uncommitted SRs removed") < 2 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_NE(s.log().find("2 uncommitted SRs removed"), std::string::npos) << s.log();
+  EXPECT_FALSE(std::filesystem::exists(old_sr));
+  EXPECT_FALSE(std::filesystem::exists(young_sr)) << "an SR too young at the walk is looked at again after the grace";
+  EXPECT_TRUE(std::filesystem::exists(not_sr)) << "only SR objects are removed";
   EXPECT_TRUE(s.echo());
 }

@@ -37,28 +37,53 @@ CommandResult run(const std::string& command) {
 
 // Below Linux's ephemeral range (32768-60999): a listening port chosen there
 // can be taken at any moment by some test's outgoing connection.
-int test_port(int offset) { return 20000 + (getpid() % 2400) * 4 + offset; }
+int test_port(int offset) { return 20000 + (getpid() % 1200) * 8 + offset; }
 
 std::string firstread_binary() { return FIRSTREAD_BINARY; }
 
-FirstreadService::FirstreadService(const std::string& extra_yaml, const std::string& dicom_extra) {
+FirstreadService::FirstreadService(const std::string& extra_yaml, const std::string& dicom_extra,
+                                   const std::string& storage_extra) {
   std::string templ = "/tmp/firstread-it-XXXXXX";
   if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
   dir_ = templ;
+  storage_path_ = dir_ + "/var";
   chmod(dir_.c_str(), 0755);  // the postgres account must reach the cluster below it
   port_ = test_port(0);
   db_port_ = test_port(1);
   config_path_ = dir_ + "/firstread.yaml";
   std::ofstream c(config_path_);
   c << "dicom:\n  port: " << port_ << "\n  dimse_timeout_seconds: 20\n" << dicom_extra
-    << "storage:\n  path: " << dir_ << "/var\n  min_free_bytes: 1MiB\n"
+    << "storage:\n  path: " << dir_ << "/var\n  min_free_bytes: 1MiB\n" << storage_extra
     << "database:\n  embedded_port: " << db_port_ << "\n"
     << "http:\n  listen: 127.0.0.1:" << test_port(2) << "\n"
     << extra_yaml;
 }
 
+FirstreadService::FirstreadService(const FirstreadService& first, int port_offset, const std::string& storage_extra)
+    : shares_storage_(true) {
+  std::string templ = "/tmp/firstread-it-node-XXXXXX";
+  if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
+  dir_ = templ;
+  storage_path_ = first.storage();
+  port_ = test_port(port_offset);
+  db_port_ = first.db_port_;
+  config_path_ = dir_ + "/firstread.yaml";
+  // The first node's embedded cluster, reached through its socket directory.
+  std::ofstream c(config_path_);
+  c << "dicom:\n  port: " << port_ << "\n  dimse_timeout_seconds: 20\n"
+    << "storage:\n  path: " << first.storage() << "\n  min_free_bytes: 1MiB\n" << storage_extra
+    << "database:\n  url: \"host=" << first.storage() << "/pg/run port=" << first.db_port_
+    << " user=firstread dbname=firstread\"\n"
+    << "http:\n  listen: 127.0.0.1:" << test_port(port_offset + 1) << "\n";
+}
+
 FirstreadService::~FirstreadService() {
   if (pid_ > 0) terminate();
+  if (shares_storage_) {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+    return;
+  }
   run(firstread_binary() + " db stop --config " + config_path_);
   std::error_code ec;
   fs::remove_all(dir_, ec);

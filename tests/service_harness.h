@@ -27,7 +27,13 @@ class FirstreadService {
  public:
   // extra_yaml is appended to the generated configuration (dicom port,
   // storage path and embedded database port are set by the harness).
-  explicit FirstreadService(const std::string& extra_yaml = "", const std::string& dicom_extra = "");
+  // dicom_extra / storage_extra are lines added to the generated dicom: and
+  // storage: sections (indented by two spaces).
+  explicit FirstreadService(const std::string& extra_yaml = "", const std::string& dicom_extra = "",
+                            const std::string& storage_extra = "");
+  // Another node on the same storage volume and database as `first` (its own
+  // DICOM and HTTP ports); call after first.start().
+  FirstreadService(const FirstreadService& first, int port_offset, const std::string& storage_extra = "");
   ~FirstreadService();
 
   void start();         // starts serve and waits until it answers C-ECHO
@@ -44,15 +50,17 @@ class FirstreadService {
 
   int port() const { return port_; }
   const std::string& dir() const { return dir_; }
-  std::string storage() const { return dir_ + "/var"; }
+  const std::string& storage() const { return storage_path_; }
   const std::string& config_path() const { return config_path_; }
 
  private:
   std::string dir_;
   std::string config_path_;
+  std::string storage_path_;
   int port_;
   int db_port_;
   pid_t pid_ = -1;
+  bool shares_storage_ = false;  // a second node: the first one owns the directory
 };
 
 // Path of the firstread binary under test.
