@@ -7,7 +7,9 @@
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <future>
 #include <filesystem>
 #include <functional>
@@ -44,6 +46,13 @@ std::optional<int> get_int(DcmDataset& ds, const DcmTagKey& tag) {
   } catch (...) {
     return std::nullopt;
   }
+}
+
+// The Error Comment holds 64 characters: the cause (the end of the message,
+// after the paths) rather than the start.
+std::string storage_comment(const std::string& error) {
+  const auto colon = error.rfind(": ");
+  return "storage: " + (colon == std::string::npos ? error : error.substr(colon + 2));
 }
 
 void require_uid(const std::string& value, const char* name) {
@@ -107,15 +116,22 @@ scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
       // The file format borrows the received data set (no copy) and hands it back.
       DcmFileFormat file(&in.dataset, OFFalse);
       file.getMetaInfo()->putAndInsertString(DCM_SourceApplicationEntityTitle, in.peer.calling_ae.c_str());
+      errno = 0;
       OFCondition cond = file.saveFile(tmp.c_str(), xfer, EET_ExplicitLength, EGL_recalcGL, EPD_noChange, 0, 0,
                                        EWM_fileformat);
+      const int write_errno = errno;
       file.getAndRemoveDataset();
-      if (cond.bad()) throw storage::StorageError("cannot write " + tmp + ": " + cond.text());
+      // DCMTK words a full disk as "I/O suspension or premature end of stream":
+      // name the cause when the system gave one.
+      if (cond.bad())
+        throw storage::StorageError("cannot write " + tmp + ": " +
+                                    (write_errno == ENOSPC || write_errno == EDQUOT ? std::strerror(write_errno)
+                                                                                    : cond.text()));
     });
   } catch (const std::exception& e) {
     spdlog::error("ingest: sop={} calling_ae={}: storing failed: {}", record.sop_instance_uid, in.peer.calling_ae,
                   e.what());
-    return {scp::kStoreOutOfResources, std::string("storage: ") + e.what()};
+    return {scp::kStoreOutOfResources, storage_comment(e.what())};
   }
   record.file_size = static_cast<int64_t>(staged.size);
 
@@ -151,14 +167,14 @@ scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
                       e.what());
       }
     }
-    return {scp::kStoreOutOfResources, "storage: " + file_error};
+    return {scp::kStoreOutOfResources, storage_comment(file_error)};
   }
   if (!db_error.empty()) {
     // The file is complete under its final name; reconciliation indexes it at the
     // next start, and the sender will retry since we answer a failure.
     spdlog::error("ingest: sop={} calling_ae={}: database commit failed: {}", record.sop_instance_uid,
                   in.peer.calling_ae, db_error);
-    return {scp::kStoreOutOfResources, "database unavailable"};
+    return {scp::kStoreOutOfResources, "database unavailable: file kept, send it again later"};
   }
   using ms = std::chrono::duration<double, std::milli>;
   spdlog::info("ingest: stored sop={} calling_ae={} study={} modality={} size={} file_ms={:.1f} total_ms={:.1f}{}",

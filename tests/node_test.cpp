@@ -1,6 +1,8 @@
 // The DICOM node under hostile or careless peers: idle TCP connections, a
 // stalled half A-ASSOCIATE-RQ, many idle peers, and the connection limits.
 // Other senders (DCMTK's echoscu and storescu) must be served at once.
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -10,11 +12,15 @@
 
 #include <atomic>
 #include <chrono>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <iostream>
+#include <map>
+#include <pqxx/pqxx>
 #include <regex>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -248,6 +254,15 @@ TEST(Node, APeerThatNeverCompletesItsRequestIsClosedAtItsDeadline) {
 
 namespace {
 
+// The first log line holding `what` (for the test's output).
+std::string line_with(const std::string& log, const std::string& what) {
+  const auto at = log.find(what);
+  if (at == std::string::npos) return "";
+  const auto start = log.rfind('\n', at);
+  const auto end = log.find('\n', at);
+  return log.substr(start == std::string::npos ? 0 : start + 1, end == std::string::npos ? end : end - start - 1);
+}
+
 size_t count_of(const std::string& text, const std::string& what) {
   size_t n = 0;
   for (size_t pos = 0; (pos = text.find(what, pos)) != std::string::npos; pos += what.size()) ++n;
@@ -341,4 +356,139 @@ TEST(Node, AnSrWhoseReportNeverCommittedIsRemovedAtStartUp) {
   EXPECT_FALSE(std::filesystem::exists(young_sr)) << "an SR too young at the walk is looked at again after the grace";
   EXPECT_TRUE(std::filesystem::exists(not_sr)) << "only SR objects are removed";
   EXPECT_TRUE(s.echo());
+}
+
+namespace {
+
+// What storescu -v saw acknowledged with Success, as SOP Instance UIDs.
+std::set<std::string> acknowledged_in(const std::string& output,
+                                      const std::vector<std::pair<std::string, std::string>>& files) {
+  std::map<std::string, std::string> sop_of;
+  for (const auto& f : files) sop_of[f.first] = f.second;
+  std::set<std::string> out;
+  std::istringstream lines(output);
+  std::string line, current;
+  while (std::getline(lines, line)) {
+    if (auto p = line.find("Sending file: "); p != std::string::npos) current = line.substr(p + 14);
+    if (line.find("Received Store Response (Success)") != std::string::npos && sop_of.count(current))
+      out.insert(sop_of[current]);
+  }
+  return out;
+}
+
+std::string pg_ctl() {
+  auto r = run("ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1");
+  std::string path = r.output;
+  while (!path.empty() && (path.back() == '\n' || path.back() == ' ')) path.pop_back();
+  return path;
+}
+
+}  // namespace
+
+TEST(Node, PostgresRestartedUnderLoadLosesNothingAndIngestResumesByItself) {
+  FirstreadService s;
+  s.start();
+  auto files = firstread::testing::make_instances(kCtSmall, s.dir() + "/send", 400);
+  std::string output;
+  std::thread sender([&] {
+    // One file per association stream as a router sends; storescu goes on
+    // after a failure status.
+    std::string cmd = "storescu -v -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port());
+    for (const auto& f : files) cmd += " " + f.first;
+    output = run(cmd).output;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (count_of(s.log(), "ingest: stored") < 40 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // The embedded cluster, stopped and started again as its owner would.
+  const std::string data = s.storage() + "/pg/data";
+  const std::string as_owner = "runuser -u $(stat -c %U '" + data + "') -- " + pg_ctl();
+  auto stopped = run(as_owner + " stop -w -m fast -D '" + data + "'");
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  auto started = run(as_owner + " start -w -D '" + data + "' -l '" + s.storage() + "/pg/restart.log' -o \"-c " +
+                     "listen_addresses='' -c unix_socket_directories='" + s.storage() + "/pg/run' -p " +
+                     std::to_string(s.db_port()) + "\"");
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  sender.join();
+
+  const auto acknowledged = acknowledged_in(output, files);
+  std::cout << acknowledged.size() << " of 400 acknowledged across the restart\n";
+  EXPECT_LT(acknowledged.size(), 400u) << "the database was never down while instances arrived";
+  EXPECT_GE(acknowledged.size(), 40u);
+  const std::string log = s.log();
+  EXPECT_NE(log.find("answered 0xA700: database unavailable: file kept, send it again later"), std::string::npos)
+      << log.substr(log.size() > 6000 ? log.size() - 6000 : 0);
+  std::cout << line_with(log, "database commit failed") << "\n";
+  // Nothing acknowledged is lost.
+  {
+    auto conn = s.connect();
+    pqxx::work t(conn);
+    for (const auto& sop : acknowledged)
+      EXPECT_EQ(t.exec_params("SELECT 1 FROM api.instances WHERE sop_instance_uid = $1", sop).size(), 1u)
+          << "acknowledged " << sop << " lost across the database restart";
+  }
+  // The same service, not restarted, takes the rest again as a sender retries.
+  std::string retry = "storescu -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port());
+  for (const auto& f : files)
+    if (!acknowledged.count(f.second)) retry += " " + f.first;
+  auto again = run(retry);
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  auto conn = s.connect();
+  pqxx::work t(conn);
+  EXPECT_EQ(t.exec1("SELECT count(*) FROM api.instances")[0].as<int>(), 400);
+}
+
+TEST(Node, DiskFillingDuringATransferAnswersA700AndLeavesNoPartialFile) {
+  if (geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs as the full disk needs root";
+  FirstreadService a;  // provides the database
+  a.start();
+  std::string mount_dir = "/tmp/firstread-full-XXXXXX";
+  ASSERT_NE(mkdtemp(mount_dir.data()), nullptr);
+  auto mounted = run("mount -t tmpfs -o size=12m tmpfs '" + mount_dir + "'");
+  ASSERT_EQ(mounted.exit_code, 0) << mounted.output;
+  struct Unmount {
+    std::string dir;
+    ~Unmount() {
+      run("umount '" + dir + "'");
+      rmdir(dir.c_str());
+    }
+  } unmount{mount_dir};
+  {
+    FirstreadService b(a, 4, "  min_free_bytes: 2MiB\n", mount_dir);
+    b.start();
+    // 40 instances of 512 KB into 12 MB: the disk fills in the middle.
+    auto files = firstread::testing::make_instances(kCtSmall, a.dir() + "/big", 40, 512);
+    std::string cmd = "storescu -v -aec FIRSTREAD 127.0.0.1 " + std::to_string(b.port());
+    for (const auto& f : files) cmd += " " + f.first;
+    auto r = run(cmd);
+    const auto acknowledged = acknowledged_in(r.output, files);
+    std::cout << acknowledged.size() << " of 40 acknowledged before the disk was full\n";
+    EXPECT_GE(acknowledged.size(), 5u) << r.output;
+    EXPECT_LT(acknowledged.size(), 40u);
+    const std::string log = b.log();
+    EXPECT_NE(log.find("answered 0xA700: storage: No space left on device"), std::string::npos) << log;
+    std::cout << line_with(log, "answered 0xA700") << "\n";
+    // No partial file: no temporary left, every stored file complete and indexed.
+    for (const auto& e : std::filesystem::directory_iterator(mount_dir + "/tmp"))
+      ADD_FAILURE() << "partial file left: " << e.path();
+    auto conn = a.connect();
+    pqxx::work t(conn);
+    int files_on_disk = 0;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(mount_dir + "/instances")) {
+      if (!e.is_regular_file()) continue;
+      ++files_on_disk;
+      DcmFileFormat f;
+      EXPECT_TRUE(f.loadFile(e.path().c_str()).good()) << e.path();
+    }
+    EXPECT_EQ(t.exec1("SELECT count(*) FROM api.instances")[0].as<int>(), files_on_disk);
+    for (const auto& sop : acknowledged)
+      EXPECT_EQ(t.exec_params("SELECT 1 FROM api.instances WHERE sop_instance_uid = $1", sop).size(), 1u) << sop;
+    t.commit();
+    // A new association is now refused with the reason; the node still answers.
+    auto refused = run("echoscu -aec FIRSTREAD 127.0.0.1 " + std::to_string(b.port()));
+    EXPECT_NE(refused.exit_code, 0);
+    EXPECT_NE(b.log().find("below storage.min_free_bytes"), std::string::npos) << b.log();
+    std::cout << line_with(b.log(), "below storage.min_free_bytes") << "\n";
+  }
 }

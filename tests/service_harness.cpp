@@ -59,19 +59,20 @@ FirstreadService::FirstreadService(const std::string& extra_yaml, const std::str
     << extra_yaml;
 }
 
-FirstreadService::FirstreadService(const FirstreadService& first, int port_offset, const std::string& storage_extra)
+FirstreadService::FirstreadService(const FirstreadService& first, int port_offset, const std::string& storage_extra,
+                                   const std::string& storage_path)
     : shares_storage_(true) {
   std::string templ = "/tmp/firstread-it-node-XXXXXX";
   if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
   dir_ = templ;
-  storage_path_ = first.storage();
+  storage_path_ = storage_path.empty() ? first.storage() : storage_path;
   port_ = test_port(port_offset);
   db_port_ = first.db_port_;
   config_path_ = dir_ + "/firstread.yaml";
   // The first node's embedded cluster, reached through its socket directory.
   std::ofstream c(config_path_);
   c << "dicom:\n  port: " << port_ << "\n  dimse_timeout_seconds: 20\n"
-    << "storage:\n  path: " << first.storage() << "\n  min_free_bytes: 1MiB\n" << storage_extra
+    << "storage:\n  path: " << storage_path_ << "\n" << (storage_extra.find("min_free_bytes") == std::string::npos ? "  min_free_bytes: 1MiB\n" : "") << storage_extra
     << "database:\n  url: \"host=" << first.storage() << "/pg/run port=" << first.db_port_
     << " user=firstread dbname=firstread\"\n"
     << "http:\n  listen: 127.0.0.1:" << test_port(port_offset + 1) << "\n";

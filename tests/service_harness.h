@@ -31,9 +31,11 @@ class FirstreadService {
   // storage: sections (indented by two spaces).
   explicit FirstreadService(const std::string& extra_yaml = "", const std::string& dicom_extra = "",
                             const std::string& storage_extra = "");
-  // Another node on the same storage volume and database as `first` (its own
-  // DICOM and HTTP ports); call after first.start().
-  FirstreadService(const FirstreadService& first, int port_offset, const std::string& storage_extra = "");
+  // Another node on the same database as `first` and, unless storage_path is
+  // given, the same storage volume (its own DICOM and HTTP ports); call after
+  // first.start().
+  FirstreadService(const FirstreadService& first, int port_offset, const std::string& storage_extra = "",
+                   const std::string& storage_path = "");
   ~FirstreadService();
 
   void start();         // starts serve and waits until it answers C-ECHO
@@ -49,6 +51,7 @@ class FirstreadService {
   CommandResult cli(const std::string& args) const;
 
   int port() const { return port_; }
+  int db_port() const { return db_port_; }
   const std::string& dir() const { return dir_; }
   const std::string& storage() const { return storage_path_; }
   const std::string& config_path() const { return config_path_; }
