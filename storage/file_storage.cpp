@@ -151,7 +151,42 @@ void FileStorage::publish(const StagedFile& staged) {
   const std::string final_path = root_ + "/" + staged.relpath;
   if (rename(staged.temp_path.c_str(), final_path.c_str()) != 0)
     throw StorageError("storage: cannot rename into " + final_path + ": " + errno_text());
-  fsync_path(dir.empty() ? root_ : root_ + "/" + dir, true);
+  sync_directory(dir.empty() ? root_ : root_ + "/" + dir);
+}
+
+void FileStorage::sync_directory(const std::string& abspath) {
+  if (!fsync_) return;
+  std::unique_lock<std::mutex> lock(dir_sync_mu_);
+  DirectorySync& d = dir_syncs_[abspath];
+  ++d.waiters;
+  const uint64_t needed = d.started + 1;  // the first fsync to start after our rename
+  while (d.finished < needed) {
+    if (d.running) {
+      dir_sync_cv_.wait(lock);
+      continue;
+    }
+    d.running = true;
+    const uint64_t epoch = ++d.started;
+    lock.unlock();
+    std::string error;
+    try {
+      fsync_path(abspath, true);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    lock.lock();
+    d.running = false;
+    d.finished = epoch;
+    if (!error.empty()) {
+      d.failed = epoch;
+      d.error = error;
+    }
+    dir_sync_cv_.notify_all();
+  }
+  const bool failed = d.failed >= needed;
+  const std::string error = d.error;
+  if (--d.waiters == 0 && !d.running) dir_syncs_.erase(abspath);
+  if (failed) throw StorageError(error);
 }
 
 void FileStorage::discard(const StagedFile& staged) { unlink(staged.temp_path.c_str()); }

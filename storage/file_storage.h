@@ -11,6 +11,9 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
@@ -80,12 +83,25 @@ class FileStorage {
  private:
   std::string temp_name();
   void ensure_directory(const std::string& relpath);
+  // fsync of a directory shared by concurrent publishers (group commit): a
+  // rename is durable once an fsync of its directory that *started* after the
+  // rename has finished, so one fsync serves every rename done before it began.
+  void sync_directory(const std::string& abspath);
   void fsync_path(const std::string& abspath, bool directory) const;
   std::string root_;
   bool fsync_;
   std::string node_id_;
   int lock_fd_ = -1;
   std::atomic<uint64_t> temp_counter_{0};
+  struct DirectorySync {
+    uint64_t started = 0, finished = 0, failed = 0;  // epochs
+    std::string error;
+    bool running = false;
+    int waiters = 0;
+  };
+  std::mutex dir_sync_mu_;
+  std::condition_variable dir_sync_cv_;
+  std::map<std::string, DirectorySync> dir_syncs_;
 };
 
 }  // namespace firstread::storage

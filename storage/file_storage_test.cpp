@@ -5,7 +5,10 @@
 #include <filesystem>
 #include <algorithm>
 #include <chrono>
+#include <atomic>
 #include <fstream>
+#include <thread>
+#include <vector>
 #include <unistd.h>
 
 using firstread::storage::FileStorage;
@@ -115,4 +118,26 @@ TEST(FileStorage, WalkYieldsPathsInByteOrder) {
   std::sort(sorted.begin(), sorted.end());
   EXPECT_EQ(walked.size(), 4u);
   EXPECT_EQ(walked, sorted);
+}
+
+TEST(FileStorage, ConcurrentPublishersInOneDirectoryShareItsFsync) {
+  FileStorage s(temp_root());
+  std::vector<std::thread> writers;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 8; ++t)
+    writers.emplace_back([&, t] {
+      for (int i = 0; i < 25; ++i) {
+        const std::string rel = "instances/1.2/1.3/" + std::to_string(t * 100 + i) + ".dcm";
+        try {
+          s.write_durably(rel, [&](const std::string& tmp) { std::ofstream(tmp) << rel; });
+        } catch (...) {
+          ++failures;
+        }
+      }
+    });
+  for (auto& w : writers) w.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(s.list_instance_files().size(), 200u);
+  EXPECT_EQ(read_all(s.absolute("instances/1.2/1.3/724.dcm")), "instances/1.2/1.3/724.dcm");
+  EXPECT_TRUE(fs::is_empty(s.root() + "/tmp"));
 }
