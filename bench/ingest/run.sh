@@ -3,7 +3,10 @@
 # TCP_NODELAY=1) to firstread (fsync + PostgreSQL index on) and to DCMTK's own
 # storescp writing to the same disk, in the same run; then the same with 4
 # storescu processes in parallel. Prints instances/s for both and the ratio.
-# Usage: bench/ingest/run.sh [COUNT]   (run scripts/setup first)
+# Each sender count is measured REPEATS times (default 3), alternating which
+# receiver goes first; the load average is printed before and after, since the
+# machine may be shared.
+# Usage: [REPEATS=N] bench/ingest/run.sh [COUNT]   (run scripts/setup first)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 count="${1:-500}"
@@ -51,16 +54,30 @@ send() {
 }
 
 echo "ingest benchmark: $count instances of ${size_kb} KB (512x512 16-bit CT), storescu with TCP_NODELAY=1"
-printf "%-24s %12s %12s %8s\n" "senders" "storescp/s" "firstread/s" "ratio"
+echo "load before: $(uptime)"
+repeats="${REPEATS:-3}"
+printf "%-24s %4s %12s %12s %8s\n" "senders" "run" "storescp/s" "firstread/s" "ratio"
 for procs in 1 4; do
-  rm -rf "$work/storescp"/*
-  t_scp=$(send ANY "$scp_port" "$procs")
-  t_fr=$(send FIRSTREAD "$fr_port" "$procs")
-  # Each instance must be in the index: a fast but lossy run does not count.
-  "$build/app/firstread" db migrate --config "$work/firstread.yaml" >/dev/null
-  printf "%-24s %12.1f %12.1f %8.2f\n" "$procs storescu process(es)" \
-    "$(echo "$count / $t_scp" | bc -l)" "$(echo "$count / $t_fr" | bc -l)" "$(echo "$t_scp / $t_fr" | bc -l)"
+  ratios=()
+  for ((rep = 1; rep <= repeats; rep++)); do
+    rm -rf "$work/storescp"/*
+    # Alternate which receiver goes first, so that a drift in the machine's
+    # load does not always favour the same one.
+    if ((rep % 2)); then
+      t_scp=$(send ANY "$scp_port" "$procs"); t_fr=$(send FIRSTREAD "$fr_port" "$procs")
+    else
+      t_fr=$(send FIRSTREAD "$fr_port" "$procs"); t_scp=$(send ANY "$scp_port" "$procs")
+    fi
+    ratio=$(echo "$t_scp / $t_fr" | bc -l)
+    ratios+=("$ratio")
+    printf "%-24s %4d %12.1f %12.1f %8.2f\n" "$procs storescu process(es)" "$rep" \
+      "$(echo "$count / $t_scp" | bc -l)" "$(echo "$count / $t_fr" | bc -l)" "$ratio"
+  done
+  median=$(printf "%s\n" "${ratios[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  printf "%-24s %4s %12s %12s %8.2f  (min %.2f, max %.2f)\n" "$procs storescu process(es)" "med" "" "" "$median" \
+    "$(printf "%s\n" "${ratios[@]}" | sort -g | head -1)" "$(printf "%s\n" "${ratios[@]}" | sort -g | tail -1)"
 done
+echo "load after: $(uptime)"
 indexed=$("$build/app/firstread" studies --json --config "$work/firstread.yaml" | grep -o '"instance_count": [0-9]*' | grep -o '[0-9]*$')
-echo "instances indexed by firstread: $indexed (expected $count; each instance was sent twice, the resend is idempotent)"
+echo "instances indexed by firstread: $indexed (expected $count; each instance was sent $((2 * repeats)) times, resends are idempotent)"
 echo "target: firstread >= 0.8x storescp"
