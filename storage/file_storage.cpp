@@ -31,7 +31,11 @@ std::string make_node_id() {
   for (const char* c = host; *c; ++c) h += (std::isalnum(static_cast<unsigned char>(*c)) || *c == '-') ? *c : '_';
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::system_clock::now().time_since_epoch()).count();
-  return h + "-" + std::to_string(getpid()) + "-" + std::to_string(ms);
+  // A second FileStorage in the same process within the same millisecond
+  // (tests) must not share the first one's identity and lock.
+  static std::atomic<int> instances{0};
+  const int k = instances++;
+  return h + "-" + std::to_string(getpid()) + "-" + std::to_string(ms) + (k ? "-" + std::to_string(k) : "");
 }
 
 // tmp/<owner>.<n>.part -> <owner>; "" for names without an owner (older versions).

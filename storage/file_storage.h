@@ -35,7 +35,7 @@ class FileStorage {
   FileStorage(const FileStorage&) = delete;
   FileStorage& operator=(const FileStorage&) = delete;
 
-  // host-pid-startmillis, unique among the nodes sharing the volume.
+  // host-pid-startmillis[-k], unique among the nodes sharing the volume.
   const std::string& node_id() const { return node_id_; }
 
   const std::string& root() const { return root_; }
