@@ -109,6 +109,7 @@ struct CommandLine {
     // Listed here for --help; they parse their own arguments (engine/cli.cpp).
     app.add_subcommand("infer", "run one image through a model (see firstread infer --help)");
     app.add_subcommand("tokenize", "the ids a model's tokenizer gives (see firstread tokenize --help)");
+    app.add_subcommand("model", "model plan DIR: memory a model needs before loading it (see firstread model plan --help)");
 #endif
   }
 
@@ -156,6 +157,7 @@ int main(int argc, char** argv) {
 #ifdef FIRSTREAD_HAVE_ENGINE
   if (first == "infer") return firstread::engine::run_infer_command(argc - 1, argv + 1);
   if (first == "tokenize") return firstread::engine::run_tokenize_command(argc - 1, argv + 1);
+  if (first == "model") return firstread::engine::run_model_command(argc - 1, argv + 1);
 #endif
   CommandLine cl;
   if (argc < 2) {

@@ -11,6 +11,8 @@
 
 #include "engine/common.h"
 #include "engine/model.h"
+#include "engine/model_plan.h"
+#include "engine/weights.h"
 #include "reports/model_output.h"
 
 namespace firstread::engine {
@@ -171,6 +173,60 @@ int run_tokenize_command(int argc, char** argv) {
     return 0;
   } catch (const std::exception& e) {
     return task_failed("tokenize", e.what());
+  }
+}
+
+int run_model_command(int argc, char** argv) {
+  CLI::App app{"Model directories: what a model needs before it is loaded.", "firstread model"};
+  app.require_subcommand(1);
+  CLI::App* plan_cmd = app.add_subcommand(
+      "plan",
+      "Memory plan of an InternVL-Chat model directory from config.json and the safetensors headers (nothing "
+      "is mapped or loaded): parameters per component, bytes per weight format, KV cache, scratch and the "
+      "resident total.");
+  std::string dir;
+  PlanOptions opts;
+  bool as_json = false, config_only = false;
+  plan_cmd->add_option("DIR", dir, "model directory (config.json, *.safetensors with an optional index)")
+      ->required();
+  plan_cmd->add_option("--weights", opts.weights, "decoder weight format: auto|f32|bf16|f16|int8|int4")
+      ->capture_default_str();
+  plan_cmd->add_option("--vision-weights", opts.vision_weights, "vision encoder format: auto|f32|bf16|f16|int8")
+      ->capture_default_str();
+  plan_cmd->add_option("--threads", opts.threads, "threads (per-thread scratch)")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  plan_cmd->add_option("--context", opts.context,
+                       "KV cache positions (default: image tokens + 512 prompt tokens + --max-new-tokens)")
+      ->check(CLI::Range(1, 1 << 24));
+  plan_cmd->add_option("--max-new-tokens", opts.max_new_tokens, "tokens a report may generate")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  plan_cmd->add_flag("--config-only", config_only, "ignore weight files: plan from config.json alone");
+  plan_cmd->add_flag("--json", as_json, "machine-readable plan on stdout");
+  std::vector<std::string> args;
+  for (int i = argc - 1; i >= 1; --i) args.emplace_back(argv[i]);  // CLI11 takes them reversed
+  try {
+    app.parse(args);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << app.help();  // delegates to the chosen subcommand
+    return 0;
+  } catch (const CLI::CallForAllHelp&) {
+    std::cout << app.help("", CLI::AppFormatMode::All);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    return fail("model", std::string(e.what()) + " (see firstread model plan --help)");
+  }
+  try {
+    parse_weight_format(opts.weights);
+    parse_weight_format(opts.vision_weights);
+    opts.read_headers = !config_only;
+    ModelPlan plan = plan_model(dir, opts);
+    if (as_json) std::cout << format_plan_json(plan) << "\n";
+    else std::cout << format_plan_text(plan);
+    return plan.problems.empty() ? 0 : 1;
+  } catch (const std::exception& e) {
+    return task_failed("model plan", e.what());
   }
 }
 

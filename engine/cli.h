@@ -9,5 +9,9 @@ namespace firstread::engine {
 int run_infer_command(int argc, char** argv);
 // firstread tokenize --model DIR (--text T | --text-file F) [--decode] [--json]
 int run_tokenize_command(int argc, char** argv);
+// firstread model plan DIR [--weights F] [--vision-weights F] [--threads N]
+//                          [--context N] [--max-new-tokens N] [--json]
+// (argv[0] = "model"); arguments parsed with CLI11.
+int run_model_command(int argc, char** argv);
 
 }  // namespace firstread::engine

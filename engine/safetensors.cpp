@@ -156,44 +156,43 @@ void SafetensorsSet::add_file(const std::string& path) {
   files_.push_back(std::move(mf));
 }
 
-SafetensorsSet::SafetensorsSet(const std::string& dir) {
-  std::string index = join_path(dir, "model.safetensors.index.json");
+namespace {
+
+// The index's weight_map, validated (plain file names); throws naming the index.
+json read_weight_map(const std::string& index) {
+  json j;
+  try {
+    j = json::parse(read_text_file(index));
+  } catch (const json::exception& e) {
+    throw EngineError(index + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!j.contains("weight_map") || !j["weight_map"].is_object()) throw EngineError(index + ": missing weight_map");
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    if (!it.value().is_string()) throw EngineError(index + ": weight_map['" + it.key() + "'] is not a file name");
+    const std::string f = it.value().get<std::string>();
+    if (f.find('/') != std::string::npos) throw EngineError(index + ": shard name '" + f + "' must be a plain file name");
+  }
+  return j["weight_map"];
+}
+
+}  // namespace
+
+std::vector<std::string> model_weight_files(const std::string& dir) {
+  const std::string index = join_path(dir, "model.safetensors.index.json");
   if (file_exists(index)) {
-    json j;
-    try {
-      j = json::parse(read_text_file(index));
-    } catch (const json::exception& e) {
-      throw EngineError(index + ": not valid JSON (" + e.what() + ")");
-    }
-    if (!j.contains("weight_map") || !j["weight_map"].is_object())
-      throw EngineError(index + ": missing weight_map");
     std::set<std::string> shards;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it.value().is_string()) throw EngineError(index + ": weight_map['" + it.key() + "'] is not a file name");
-      std::string f = it.value().get<std::string>();
-      if (f.find('/') != std::string::npos) throw EngineError(index + ": shard name '" + f + "' must be a plain file name");
-      shards.insert(f);
-    }
+    const json wm = read_weight_map(index);
+    for (auto it = wm.begin(); it != wm.end(); ++it) shards.insert(it.value().get<std::string>());
+    std::vector<std::string> out;
     for (const auto& f : shards) {
       std::string p = join_path(dir, f);
       if (!file_exists(p)) throw EngineError(index + " names shard " + f + " but " + p + " does not exist");
-      add_file(p);
+      out.push_back(p);
     }
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      auto t = tensors_.find(it.key());
-      if (t == tensors_.end())
-        throw EngineError(index + ": tensor '" + it.key() + "' is not in " + it.value().get<std::string>());
-      if (t->second.file != join_path(dir, it.value().get<std::string>()))
-        throw EngineError(index + ": tensor '" + it.key() + "' is listed in " + it.value().get<std::string>() +
-                          " but found in " + t->second.file);
-    }
-    return;
+    return out;
   }
-  std::string single = join_path(dir, "model.safetensors");
-  if (file_exists(single)) {
-    add_file(single);
-    return;
-  }
+  const std::string single = join_path(dir, "model.safetensors");
+  if (file_exists(single)) return {single};
   std::vector<std::string> found;
   if (DIR* d = ::opendir(dir.c_str())) {
     while (dirent* e = ::readdir(d)) {
@@ -204,9 +203,60 @@ SafetensorsSet::SafetensorsSet(const std::string& dir) {
   } else {
     throw EngineError("model directory " + dir + " cannot be opened: " + std::strerror(errno));
   }
-  if (found.empty()) throw EngineError(dir + ": no model.safetensors, model.safetensors.index.json or *.safetensors");
   std::sort(found.begin(), found.end());
-  for (const auto& f : found) add_file(join_path(dir, f));
+  for (auto& f : found) f = join_path(dir, f);
+  return found;
+}
+
+std::vector<TensorInfo> read_safetensors_header_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw EngineError("cannot open " + path + ": " + std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) throw EngineError("cannot stat " + path + ": " + std::strerror(errno));
+  const uint64_t size = uint64_t(st.st_size);
+  auto read_at = [&](void* dst, size_t n, uint64_t at) {
+    char* p = static_cast<char*>(dst);
+    while (n > 0) {
+      const ssize_t r = ::pread(fd, p, n, off_t(at));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) throw EngineError("cannot read " + path + ": " + (r < 0 ? std::strerror(errno) : "short file"));
+      p += r;
+      n -= size_t(r);
+      at += uint64_t(r);
+    }
+  };
+  if (size < 8) throw EngineError(path + ": file too short for a safetensors header (" + std::to_string(size) + " bytes)");
+  uint64_t hlen = 0;
+  read_at(&hlen, 8, 0);
+  if (hlen > kMaxHeaderBytes)
+    throw EngineError(path + ": safetensors header length " + std::to_string(hlen) + " is implausible (corrupt file?)");
+  if (hlen > size - 8)
+    throw EngineError(path + ": safetensors header length " + std::to_string(hlen) + " exceeds the file size " +
+                      std::to_string(size) + " (truncated file?)");
+  std::string text(size_t(hlen), '\0');
+  read_at(text.data(), text.size(), 8);
+  return parse_safetensors_header(text.data(), text.size(), size_t(size - 8 - hlen), path);
+}
+
+SafetensorsSet::SafetensorsSet(const std::string& dir) {
+  const std::vector<std::string> files = model_weight_files(dir);
+  if (files.empty()) throw EngineError(dir + ": no model.safetensors, model.safetensors.index.json or *.safetensors");
+  for (const auto& f : files) add_file(f);
+  const std::string index = join_path(dir, "model.safetensors.index.json");
+  if (!file_exists(index)) return;
+  const json wm = read_weight_map(index);
+  for (auto it = wm.begin(); it != wm.end(); ++it) {
+    auto t = tensors_.find(it.key());
+    if (t == tensors_.end())
+      throw EngineError(index + ": tensor '" + it.key() + "' is not in " + it.value().get<std::string>());
+    if (t->second.file != join_path(dir, it.value().get<std::string>()))
+      throw EngineError(index + ": tensor '" + it.key() + "' is listed in " + it.value().get<std::string>() +
+                        " but found in " + t->second.file);
+  }
 }
 
 const TensorInfo* SafetensorsSet::find(const std::string& name) const {

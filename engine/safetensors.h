@@ -39,6 +39,18 @@ struct TensorInfo {
 std::vector<TensorInfo> parse_safetensors_header(const char* json, size_t json_len,
                                                  size_t data_len, const std::string& file);
 
+// The tensors of one safetensors file read from its header alone (pread of
+// the length and the JSON; the data is neither mapped nor read). `data` of
+// each TensorInfo holds the offset of the tensor in the data section, not a
+// pointer. Used by the memory plan, which must not map 80 GB to size them.
+std::vector<TensorInfo> read_safetensors_header_file(const std::string& path);
+
+// The weight files of a model directory, in the order SafetensorsSet opens
+// them: the shards model.safetensors.index.json names (checked to exist),
+// else model.safetensors, else every *.safetensors sorted. Empty when the
+// directory holds no weights (a config-only directory, for planning).
+std::vector<std::string> model_weight_files(const std::string& dir);
+
 // A read-only memory mapping of one file.
 class MappedFile {
  public:
