@@ -287,6 +287,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       s.read("weight_cache", m.weight_cache);
       s.read("box_scale", m.box_scale);
       s.read("vision_weights", m.vision_weights);
+      s.read("max_memory", m.max_memory);
       s.check_unknown();
       if (m.box_scale < 1 || m.box_scale > 100000)
         fail_at(source, kv.second["box_scale"] ? kv.second["box_scale"] : kv.second, p + "." + name + ".box_scale",

@@ -97,6 +97,10 @@ struct ModelConfig {
   // The vision encoder + projector: empty = auto (the decoder's format when
   // f32/bf16/f16, else as stored) | f32 | bf16 | int8 (Q8_0 blocks, integer GEMM)
   std::string vision_weights;
+  // Memory this model may take (bytes, size suffixes allowed: "40GB"); 0 =
+  // what the machine or its cgroup has available at load. The model's memory
+  // plan (firstread model plan) is checked against it before loading.
+  uint64_t max_memory = 0;
 };
 
 struct ExportDestination {

@@ -10,7 +10,10 @@
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
+#include <thread>
 #include <vector>
+
+#include "engine/model_plan.h"
 
 namespace fs = std::filesystem;
 
@@ -74,6 +77,30 @@ std::pair<std::string, std::string> model_identity(const std::string& dir) {
   return {hex, uid_from_digest(digest)};
 }
 
+void check_memory_plan(const std::string& name, const config::ModelConfig& mc) {
+  engine::PlanOptions po;
+  po.weights = mc.weights.empty() ? "auto" : mc.weights;
+  po.vision_weights = mc.vision_weights.empty() ? "auto" : mc.vision_weights;
+  po.threads = mc.threads > 0 ? mc.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  po.max_new_tokens = kPlannedNewTokens;
+  engine::ModelPlan plan;
+  try {
+    plan = engine::plan_model(mc.path, po);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("model '" + name + "' (" + mc.path + "): " + e.what());
+  }
+  engine::AvailableMemory avail = engine::available_memory();
+  if (mc.max_memory > 0 && int64_t(mc.max_memory) < avail.bytes) {
+    avail.bytes = int64_t(mc.max_memory);
+    avail.source = "models." + name + ".max_memory";
+  }
+  const std::string refusal = engine::plan_refusal(name, plan, avail.bytes, avail.source);
+  if (!refusal.empty()) throw std::runtime_error(refusal);
+  spdlog::info("models: '{}' plan: {} resident ({} weights, KV {} at {} tokens); {} available ({})", name,
+               engine::human_gb(plan.total_bytes), engine::human_gb(plan.weights_resident_bytes),
+               engine::human_gb(plan.kv_bytes), plan.context, engine::human_gb(avail.bytes), avail.source);
+}
+
 bool ModelRegistry::loaded(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
   return entries_.count(name) > 0;
@@ -88,6 +115,7 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     const config::ModelConfig& mc = cfg->second;
     if (!fs::is_directory(mc.path))
       throw std::runtime_error("model '" + name + "': directory " + mc.path + " does not exist");
+    check_memory_plan(name, mc);
     auto entry = std::make_unique<Entry>();
     engine::EngineOptions opts;
     opts.threads = mc.threads;

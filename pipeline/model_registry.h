@@ -40,6 +40,16 @@ class ModelRegistry {
   std::map<std::string, std::unique_ptr<Entry>> entries_;
 };
 
+// Plans the model's memory (engine/model_plan.h) before it is loaded and
+// throws the refusal ("medrega: needs 49.2 GB with int8 decoder + ...; 31.0 GB
+// available (MemAvailable); int4 decoder + ... needs 27.9 GB") when it does
+// not fit the smaller of MemAvailable, the cgroup limit and
+// models.<name>.max_memory: refused with a reason rather than killed by the
+// kernel half-way through the load. ModelRegistry::get calls it first.
+void check_memory_plan(const std::string& name, const config::ModelConfig& model);
+// Tokens a report may generate, as planned for the KV cache (MedDr's 512).
+constexpr int kPlannedNewTokens = 512;
+
 // Digest of a model directory: names, sizes and modification times of its
 // files plus their first and last MiB (reading 80 GB of weights at start-up
 // is not an option). Returns {hex digest, "2.25.<decimal>" UID}.

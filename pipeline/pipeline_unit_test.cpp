@@ -44,3 +44,62 @@ TEST(SelectImages, MiddleTakesTheMiddleSliceOfEachSeriesOrTheMiddleFrame) {
   EXPECT_EQ(sel[1].sop_instance_uid, "2.1");
   EXPECT_EQ(sel[1].frame, -1) << "a single multi-frame instance: its middle frame";
 }
+
+// --- Memory plan before load (issue 12): a model that cannot fit is refused
+// with the figure and what would fit, instead of being killed mid-load.
+
+#include "pipeline/model_registry.h"
+
+namespace {
+std::string registry_error(const std::string& name, const firstread::config::ModelConfig& mc) {
+  firstread::pipeline::ModelRegistry reg({{name, mc}});
+  try {
+    reg.get(name);
+  } catch (const std::exception& e) {
+    EXPECT_FALSE(reg.loaded(name));
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(ModelMemoryPlan, MedRegAIsRefusedOnThisMachineWithTheReason) {
+  // tests/data/medrega holds MedRegA's config.json only: its plan (80 GB as
+  // stored, 26 GB at int4 decoder + int8 vision) exceeds a 24 GB CI machine,
+  // so the registry refuses it before opening any weights.
+  firstread::config::ModelConfig mc;
+  mc.path = std::string(FIRSTREAD_SOURCE_DIR) + "/tests/data/medrega";
+  const std::string why = registry_error("medrega", mc);
+  EXPECT_EQ(why.rfind("medrega: needs 81.", 0), 0u) << why;
+  EXPECT_NE(why.find("with stored-format decoder + stored-format vision"), std::string::npos) << why;
+  EXPECT_NE(why.find("available ("), std::string::npos) << why;
+}
+
+TEST(ModelMemoryPlan, MaxMemoryNamesTheKeyAndThatNothingFits) {
+  firstread::config::ModelConfig mc;
+  mc.path = std::string(FIRSTREAD_SOURCE_DIR) + "/tests/data/medrega";
+  mc.weights = "int8";
+  mc.threads = 2;
+  // Below what the machine has (the smaller limit wins; the engine_plan tests
+  // cover a limit where a smaller format fits).
+  mc.max_memory = 20000000000ull;
+  const std::string why = registry_error("medrega", mc);
+  EXPECT_EQ(why.rfind("medrega: needs 49.", 0), 0u) << why;
+  EXPECT_NE(why.find("with int8 decoder"), std::string::npos) << why;
+  EXPECT_NE(why.find("20.0 GB available (models.medrega.max_memory)"), std::string::npos) << why;
+  EXPECT_NE(why.find("even int4 decoder + int8 vision needs 26."), std::string::npos) << why;
+}
+
+TEST(ModelMemoryPlan, DemoModelLoadsWithinItsLimitAndIsRefusedBelowIt) {
+  firstread::config::ModelConfig mc;
+  mc.path = std::string(FIRSTREAD_SOURCE_DIR) + "/models/demo";
+  mc.threads = 1;
+  mc.max_memory = 1000000;  // 1 MB: less than the demo model's weights
+  const std::string why = registry_error("demo", mc);
+  EXPECT_EQ(why.rfind("demo: needs ", 0), 0u) << why;
+  EXPECT_NE(why.find("1 MB available (models.demo.max_memory)"), std::string::npos) << why;
+  mc.max_memory = 2000000000ull;
+  firstread::pipeline::ModelRegistry reg({{"demo", mc}});
+  EXPECT_NO_THROW(reg.get("demo"));
+  EXPECT_TRUE(reg.loaded("demo"));
+}
