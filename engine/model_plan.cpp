@@ -311,7 +311,7 @@ ModelPlan plan_model(const ModelHParams& hp, const std::vector<TensorInfo>* tens
   // Conversion at load streams one block of rows through a float32 buffer
   // (WeightStore::matrix) and drops the source pages behind it.
   const bool converts = dec_fmt != WeightFormat::AsStored || vis_fmt != WeightFormat::AsStored;
-  plan.load_transient_bytes = converts ? 2 * (int64_t(32) << 20) : 0;
+  plan.load_transient_bytes = converts ? 2 * kConvertBlockBytes : 0;
   plan.total_bytes = plan.weights_resident_bytes + plan.kv_bytes + plan.vision_scratch_bytes +
                      plan.prefill_scratch_bytes + plan.runtime_bytes;
   plan.load_peak_bytes = plan.weights_resident_bytes + plan.runtime_bytes + plan.load_transient_bytes;

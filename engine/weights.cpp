@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -54,12 +55,13 @@ std::string shape_str(const std::vector<int64_t>& s) {
 // After a tensor was converted into engine-owned memory its mapped pages are
 // not read again: drop them from this process (they stay in the page cache),
 // so resident memory is the converted copy alone.
-static void release_mapped(const TensorInfo& t) {
+static void release_mapped_range(const void* data, size_t nbytes) {
   const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-  uintptr_t b = (reinterpret_cast<uintptr_t>(t.data) + page - 1) & ~(page - 1);
-  uintptr_t e = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) & ~(page - 1);
+  uintptr_t b = (reinterpret_cast<uintptr_t>(data) + page - 1) & ~(page - 1);
+  uintptr_t e = (reinterpret_cast<uintptr_t>(data) + nbytes) & ~(page - 1);
   if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
 }
+static void release_mapped(const TensorInfo& t) { release_mapped_range(t.data, t.nbytes); }
 
 const TensorInfo& WeightStore::checked(const std::string& name, const std::vector<int64_t>& shape) {
   const TensorInfo& t = st_.get(name);
@@ -84,32 +86,54 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
   if (auto c = cached_.find(name); c != cached_.end() && c->second.dtype == want && c->second.rows == rows &&
                                    c->second.cols == cols)
     return c->second;
+  // Streamed in blocks of rows: each block of the mapped source is converted
+  // to float32 in a small buffer, written in the target format, and its
+  // source pages are dropped before the next block is read, so converting a
+  // 40 B model never holds more than the converted copy plus one block (never
+  // an F32 copy of a matrix, let alone of the model).
   const int64_t n = rows * cols;
-  std::vector<float> tmp(static_cast<size_t>(n));
-  if (!aligned) {  // a header with odd offsets: take an aligned copy first
-    std::vector<uint8_t> raw(t.nbytes);
-    std::memcpy(raw.data(), t.data, t.nbytes);
-    convert_rows_f32(WeightView{raw.data(), t.dtype, rows, cols}, 0, rows, tmp.data());
+  const int64_t block_rows = std::max<int64_t>(1, std::min<int64_t>(rows, kConvertBlockBytes / (cols * 4)));
+  const size_t src_row_bytes = size_t(cols) * dtype_size(t.dtype);
+  WeightView out;
+  std::vector<float>* f32_dst = nullptr;
+  uint8_t* block_dst = nullptr;
+  uint16_t* u16_dst = nullptr;
+  if (want == DType::Q8_0 || want == DType::Q4_0) {
+    owned_blocks_.emplace_back(matrix_bytes(want, rows, cols));
+    block_dst = owned_blocks_.back().data();
+    out = WeightView{block_dst, want, rows, cols};
+  } else if (want == DType::F32) {
+    owned_f32_.emplace_back(static_cast<size_t>(n));
+    f32_dst = &owned_f32_.back();
+    out = WeightView{f32_dst->data(), DType::F32, rows, cols};
   } else {
-    convert_rows_f32(w, 0, rows, tmp.data());
+    owned_u16_.emplace_back(static_cast<size_t>(n));
+    u16_dst = owned_u16_.back().data();
+    out = WeightView{u16_dst, want, rows, cols};
+  }
+  std::vector<float> tmp(f32_dst ? 0 : static_cast<size_t>(block_rows * cols));
+  std::vector<uint8_t> raw(aligned ? 0 : size_t(block_rows) * src_row_bytes);
+  for (int64_t r0 = 0; r0 < rows; r0 += block_rows) {
+    const int64_t r1 = std::min(rows, r0 + block_rows);
+    float* f = f32_dst ? f32_dst->data() + size_t(r0 * cols) : tmp.data();
+    const uint8_t* src = static_cast<const uint8_t*>(t.data) + size_t(r0) * src_row_bytes;
+    if (!aligned) {  // a header with odd offsets: take an aligned copy of the block first
+      std::memcpy(raw.data(), src, size_t(r1 - r0) * src_row_bytes);
+      convert_rows_f32(WeightView{raw.data(), t.dtype, r1 - r0, cols}, 0, r1 - r0, f);
+    } else {
+      convert_rows_f32(w, r0, r1, f);
+    }
+    const int64_t bpr = cols / kQBlock;  // blocks per row
+    if (want == DType::Q8_0)
+      quantize_rows_q8(f, r1 - r0, cols, reinterpret_cast<BlockQ8*>(block_dst) + r0 * bpr);
+    else if (want == DType::Q4_0)
+      quantize_rows_q4(f, r1 - r0, cols, reinterpret_cast<BlockQ4*>(block_dst) + r0 * bpr);
+    else if (u16_dst)
+      for (int64_t i = 0; i < (r1 - r0) * cols; ++i)
+        u16_dst[size_t(r0 * cols + i)] = want == DType::BF16 ? f32_to_bf16(f[size_t(i)]) : f32_to_f16(f[size_t(i)]);
+    release_mapped_range(src, size_t(r1 - r0) * src_row_bytes);
   }
   release_mapped(t);
-  WeightView out;
-  if (want == DType::Q8_0 || want == DType::Q4_0) {
-    std::vector<uint8_t> q(matrix_bytes(want, rows, cols));
-    if (want == DType::Q8_0) quantize_rows_q8(tmp.data(), rows, cols, reinterpret_cast<BlockQ8*>(q.data()));
-    else quantize_rows_q4(tmp.data(), rows, cols, reinterpret_cast<BlockQ4*>(q.data()));
-    owned_blocks_.push_back(std::move(q));
-    out = WeightView{owned_blocks_.back().data(), want, rows, cols};
-  } else if (want == DType::F32) {
-    owned_f32_.push_back(std::move(tmp));
-    out = WeightView{owned_f32_.back().data(), DType::F32, rows, cols};
-  } else {
-    std::vector<uint16_t> h(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) h[size_t(i)] = want == DType::BF16 ? f32_to_bf16(tmp[size_t(i)]) : f32_to_f16(tmp[size_t(i)]);
-    owned_u16_.push_back(std::move(h));
-    out = WeightView{owned_u16_.back().data(), want, rows, cols};
-  }
   converted_.push_back({name, out});
   return out;
 }

@@ -71,4 +71,8 @@ class WeightStore {
 
 std::string shape_str(const std::vector<int64_t>& s);
 
+// Conversion at load goes through a float32 buffer of at most this many bytes
+// (a block of rows), whatever the matrix size; the memory plan counts it.
+constexpr int64_t kConvertBlockBytes = int64_t(32) << 20;
+
 }  // namespace firstread::engine
