@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "engine/common.h"
+#include "engine/model_parallel.h"
 
 namespace firstread::engine {
 
@@ -161,7 +162,9 @@ void LlmDecoder::forward(ThreadPool& pool, const float* x_in, int n, float* logi
     const LlmLayer& L = layers_[li];
     float* kc = k_cache_.data() + (size_t(li) * max_tokens_ + n_past_) * kvd;
     float* vc = v_cache_.data() + (size_t(li) * max_tokens_ + n_past_) * kvd;
-    rms_norm(x_.data(), L.attn_norm, h_.data(), n, d, hp_.rms_eps);
+    parallel_rows(pool, n, [&](int64_t a, int64_t b) {
+      rms_norm(x_.data() + a * d, L.attn_norm, h_.data() + a * d, b - a, d, hp_.rms_eps);
+    });
     if (!L.wqkv.empty()) {
       // InternLM2: rows grouped per KV head as [q x group, k, v]; unpack.
       qkv_.resize(size_t(n) * (qd + 2 * kvd));
@@ -179,19 +182,24 @@ void LlmDecoder::forward(ThreadPool& pool, const float* x_in, int n, float* logi
       // k and v go straight into the cache.
       linear_multi(pool, h_.data(), n, {{L.wq, L.bq, q_.data()}, {L.wk, L.bk, kc}, {L.wv, L.bv, vc}}, scratch_);
     }
-    for (int t = 0; t < n; ++t) {
-      apply_rope(q_.data() + size_t(t) * qd, H, n_past_ + t);
-      apply_rope(kc + size_t(t) * kvd, KV, n_past_ + t);
-    }
+    parallel_rows(pool, n, [&](int64_t a, int64_t b) {
+      for (int64_t t = a; t < b; ++t) {
+        apply_rope(q_.data() + size_t(t) * qd, H, n_past_ + int(t));
+        apply_rope(kc + size_t(t) * kvd, KV, n_past_ + int(t));
+      }
+    });
     attention_batch(pool, L, li, n);
     linear(pool, attn_.data(), n, L.wo, L.bo, h_.data(), scratch_);
-    for (size_t i = 0; i < size_t(n) * d; ++i) x_[i] += h_[i];
-
-    rms_norm(x_.data(), L.ffn_norm, h_.data(), n, d, hp_.rms_eps);
+    parallel_rows(pool, n, [&](int64_t a, int64_t b) {
+      for (size_t i = size_t(a) * d; i < size_t(b) * d; ++i) x_[i] += h_[i];
+      rms_norm(x_.data() + a * d, L.ffn_norm, h_.data() + a * d, b - a, d, hp_.rms_eps);
+    });
     linear_multi(pool, h_.data(), n, {{L.w_gate, nullptr, gate_.data()}, {L.w_up, nullptr, up_.data()}}, scratch_);
-    silu_mul(gate_.data(), up_.data(), int64_t(n) * I);
+    parallel_rows(pool, n, [&](int64_t a, int64_t b) { silu_mul(gate_.data() + a * I, up_.data() + a * I, (b - a) * I); });
     linear(pool, gate_.data(), n, L.w_down, nullptr, h_.data(), scratch_);
-    for (size_t i = 0; i < size_t(n) * d; ++i) x_[i] += h_[i];
+    parallel_rows(pool, n, [&](int64_t a, int64_t b) {
+      for (size_t i = size_t(a) * d; i < size_t(b) * d; ++i) x_[i] += h_[i];
+    });
   }
   n_past_ += n;
   // Only the last position's logits are needed for generation.

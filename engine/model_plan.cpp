@@ -177,7 +177,13 @@ ModelPlan plan_model(const ModelHParams& hp, const std::vector<TensorInfo>* tens
   plan.assumed_dtype = assumed;
   if (tensors) plan.header_tensors = *tensors;
   const WeightFormat dec_fmt = parse_weight_format(opts.weights);
-  const WeightFormat vis_fmt = parse_weight_format(opts.vision_weights);
+  // vision "auto": the decoder's format when that is f32/bf16/f16, else as
+  // stored (Model::load's rule: int8/int4 apply to the decoder only).
+  WeightFormat vis_fmt = parse_weight_format(opts.vision_weights);
+  if (opts.vision_weights.empty() || opts.vision_weights == "auto")
+    vis_fmt = dec_fmt == WeightFormat::F32 || dec_fmt == WeightFormat::BF16 || dec_fmt == WeightFormat::F16
+                  ? dec_fmt
+                  : WeightFormat::AsStored;
   plan.weights = weight_format_name(dec_fmt);
   plan.vision_weights = weight_format_name(vis_fmt);
   plan.from_headers = tensors != nullptr;

@@ -65,6 +65,38 @@ std::string fixture_root() {
   return root;
 }
 
+std::string seed_replica_dir() {
+  const std::string root = std::string(FIRSTREAD_FIXTURE_DIR) + "-seed";
+  const std::string dir = std::string(FIRSTREAD_REF_SCRIPT_DIR);
+  ::mkdir(root.c_str(), 0755);
+  const std::string stamp_path = root + "/stamp",
+                    want = stamp_of(dir + "/internvl_ref.py") + stamp_of(dir + "/shard.py");
+  int lock = ::open((root + "/.lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  if (lock < 0) throw std::runtime_error("cannot create fixture lock in " + root);
+  ::flock(lock, LOCK_EX);
+  std::string have;
+  try {
+    have = read_text_file(stamp_path);
+  } catch (...) {
+  }
+  if (have != want) {
+    std::string out;
+    const std::string py = FIRSTREAD_REF_PYTHON;
+    const std::string cmd = "rm -rf '" + root + "/seed' && " + py + " " + dir + "/internvl_ref.py " + root +
+                            " --configs seed --dtype bf16 --new-tokens 8 && " + py + " " + dir + "/shard.py " + root +
+                            "/seed 5";
+    if (!run_command(cmd, &out)) {
+      ::flock(lock, LOCK_UN);
+      ::close(lock);
+      throw std::runtime_error("seed replica generation failed: " + cmd + "\n" + out);
+    }
+    std::ofstream(stamp_path) << want;
+  }
+  ::flock(lock, LOCK_UN);
+  ::close(lock);
+  return root + "/seed";
+}
+
 std::vector<float> read_f32(const std::string& path) {
   std::string s = read_text_file(path);
   std::vector<float> v(s.size() / 4);

@@ -10,6 +10,11 @@ namespace firstread::engine::testing_support {
 
 // Returns the fixture root (with v12/, 1b/, 2b/, bf16/v12/, resize/); fails the test on error.
 std::string fixture_root();
+// The seed-width replica (MedRegA's widths, 2 ViT + 2 decoder layers, BF16,
+// 448 px, the reference's 8 greedy ids), sharded into 5 files with an index
+// like the published checkpoint; generated once per build directory (about
+// 3 GB, a few minutes). Returns the model directory.
+std::string seed_replica_dir();
 std::vector<float> read_f32(const std::string& path);
 bool run_command(const std::string& cmd, std::string* output = nullptr);
 

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "engine/common.h"
+#include "engine/model_parallel.h"
 
 namespace firstread::engine {
 
@@ -157,23 +158,29 @@ void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, f
     float* xt = x_.data() + size_t(t) * N * d;
     std::memcpy(xt, cls_, size_t(d) * 4);
     std::memcpy(xt + d, h_.data() + size_t(t) * np * d, size_t(np) * d * 4);
-    for (size_t i = 0; i < size_t(N) * d; ++i) xt[i] += pos_grid_[i];
+    parallel_rows(pool, N, [&](int64_t a, int64_t b) {
+      for (size_t i = size_t(a) * d; i < size_t(b) * d; ++i) xt[i] += pos_grid_[i];
+    });
   }
 
   const bool ln = hp_.norm == VisionNorm::LayerNorm;
   const float scale = 1.0f / std::sqrt(float(hd));
   for (const VisionLayer& L : layers_) {
     // --- attention ---
-    if (ln) layer_norm(x_.data(), L.norm1_w, L.norm1_b, h_.data(), R, d, hp_.norm_eps);
-    else rms_norm(x_.data(), L.norm1_w, h_.data(), R, d, hp_.norm_eps);
+    parallel_rows(pool, R, [&](int64_t a, int64_t b) {
+      if (ln) layer_norm(x_.data() + a * d, L.norm1_w, L.norm1_b, h_.data() + a * d, b - a, d, hp_.norm_eps);
+      else rms_norm(x_.data() + a * d, L.norm1_w, h_.data() + a * d, b - a, d, hp_.norm_eps);
+    });
     linear(pool, h_.data(), R, L.qkv, L.qkv_b, qkv_.data(), scratch_);
     if (hp_.qk_norm) {
       // RMSNorm over all heads jointly (the whole d-wide q and k vectors).
-      for (int64_t r = 0; r < R; ++r) {
-        float* q = qkv_.data() + size_t(r) * 3 * d;
-        rms_norm(q, L.q_norm_w, q, 1, d, hp_.norm_eps);
-        rms_norm(q + d, L.k_norm_w, q + d, 1, d, hp_.norm_eps);
-      }
+      parallel_rows(pool, R, [&](int64_t a, int64_t b) {
+        for (int64_t r = a; r < b; ++r) {
+          float* q = qkv_.data() + size_t(r) * 3 * d;
+          rms_norm(q, L.q_norm_w, q, 1, d, hp_.norm_eps);
+          rms_norm(q + d, L.k_norm_w, q + d, 1, d, hp_.norm_eps);
+        }
+      });
     }
     // Heads (of every tile) split statically over the threads, each with its
     // own N x N score buffer.
@@ -193,19 +200,23 @@ void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, f
       }
     }, /*spin_after=*/false);
     linear(pool, attn_.data(), R, L.proj, L.proj_b, h_.data(), scratch_);
-    for (int64_t r = 0; r < R; ++r)
-      for (int i = 0; i < d; ++i) x_[size_t(r) * d + i] += L.ls1[i] * h_[size_t(r) * d + i];
-    // --- MLP ---
-    if (ln) layer_norm(x_.data(), L.norm2_w, L.norm2_b, h_.data(), R, d, hp_.norm_eps);
-    else rms_norm(x_.data(), L.norm2_w, h_.data(), R, d, hp_.norm_eps);
+    // Residual with layer scale, then the MLP's norm, on the same rows.
+    parallel_rows(pool, R, [&](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r)
+        for (int i = 0; i < d; ++i) x_[size_t(r) * d + i] += L.ls1[i] * h_[size_t(r) * d + i];
+      if (ln) layer_norm(x_.data() + a * d, L.norm2_w, L.norm2_b, h_.data() + a * d, b - a, d, hp_.norm_eps);
+      else rms_norm(x_.data() + a * d, L.norm2_w, h_.data() + a * d, b - a, d, hp_.norm_eps);
+    });
     linear(pool, h_.data(), R, L.fc1, L.fc1_b, mlp_.data(), scratch_);
     pool.parallel_for(pool.size(), [&](int part) {
       size_t total = size_t(R) * I, a = total * part / pool.size(), b = total * (part + 1) / pool.size();
       gelu_erf(mlp_.data() + a, int64_t(b - a));
     }, /*spin_after=*/false);
     linear(pool, mlp_.data(), R, L.fc2, L.fc2_b, h_.data(), scratch_);
-    for (int64_t r = 0; r < R; ++r)
-      for (int i = 0; i < d; ++i) x_[size_t(r) * d + i] += L.ls2[i] * h_[size_t(r) * d + i];
+    parallel_rows(pool, R, [&](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r)
+        for (int i = 0; i < d; ++i) x_[size_t(r) * d + i] += L.ls2[i] * h_[size_t(r) * d + i];
+    });
   }
 
   const int c4 = 4 * d, nt = chat_.num_image_token;
@@ -215,10 +226,14 @@ void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, f
     const float* xt = x_.data() + size_t(t) * N * d + d;  // drop CLS
     pixel_shuffle(xt, grid, d, chat_.ps_version, shuffled_.data() + size_t(t) * nt * c4);
   }
-  layer_norm(shuffled_.data(), mlp_ln_w_, mlp_ln_b_, shuffled_.data(), int64_t(T) * nt, c4, 1e-5f);
+  parallel_rows(pool, int64_t(T) * nt, [&](int64_t a, int64_t b) {
+    layer_norm(shuffled_.data() + a * c4, mlp_ln_w_, mlp_ln_b_, shuffled_.data() + a * c4, b - a, c4, 1e-5f);
+  });
   proj_tmp_.resize(size_t(T) * nt * llm_hidden_);
   linear(pool, shuffled_.data(), int64_t(T) * nt, mlp1_, mlp1_b_, proj_tmp_.data(), scratch_);
-  gelu_erf(proj_tmp_.data(), int64_t(T) * nt * llm_hidden_);
+  parallel_rows(pool, int64_t(T) * nt, [&](int64_t a, int64_t b) {
+    gelu_erf(proj_tmp_.data() + a * llm_hidden_, (b - a) * llm_hidden_);
+  });
   linear(pool, proj_tmp_.data(), int64_t(T) * nt, mlp3_, mlp3_b_, out, scratch_);
 }
 

@@ -15,7 +15,8 @@ sharing anything with the C++ engine: no KV cache (every step re-runs the
 whole sequence), plain torch ops, PIL for resizing, python-sentencepiece and a
 separate Python byte-level BPE for tokenizing.
 
-Usage: internvl_ref.py OUT_DIR [--configs v12,1b,2b] [--dtype f32|bf16]
+Usage: internvl_ref.py OUT_DIR [--configs v12,1b,2b|seed] [--dtype f32|bf16] [--new-tokens N]
+                       [--seed-layers V,D]   (seed: MedRegA widths, V ViT + D decoder layers)
        internvl_ref.py --bench OUT_DIR ...   (see bench_ref.py)
 """
 import io
@@ -39,28 +40,29 @@ torch.set_grad_enabled(False)
 
 
 def write_safetensors(path, tensors, dtype="F32"):
-    """Minimal safetensors writer: sorted names, 8-byte aligned header."""
-    header, blobs, off = {}, [], 0
+    """Minimal safetensors writer: sorted names, 8-byte aligned header. Tensors
+    are converted and written one at a time (a seed-width model is GBs)."""
+    size = {"F32": 4, "BF16": 2, "F16": 2}[dtype]
+    header, off = {}, 0
     for name in sorted(tensors):
-        t = tensors[name].detach().contiguous()
-        if dtype == "F32":
-            raw = t.to(torch.float32).numpy().tobytes()
-        elif dtype == "BF16":
-            raw = t.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
-        elif dtype == "F16":
-            raw = t.to(torch.float16).numpy().tobytes()
-        else:
-            raise ValueError(dtype)
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw)
-        off += len(raw)
+        n = int(np.prod(tensors[name].shape)) * size
+        header[name] = {"dtype": dtype, "shape": list(tensors[name].shape), "data_offsets": [off, off + n]}
+        off += n
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * ((8 - len(h) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)))
         f.write(h)
-        for b in blobs:
-            f.write(b)
+        for name in sorted(tensors):
+            t = tensors[name].detach().contiguous()
+            if dtype == "F32":
+                raw = t.to(torch.float32).numpy().tobytes()
+            elif dtype == "BF16":
+                raw = t.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+            else:
+                raw = t.to(torch.float16).numpy().tobytes()
+            assert len(raw) == header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
+            f.write(raw)
 
 
 # --------------------------------------------------------------------------- corpus
@@ -725,6 +727,33 @@ def build_config(name, out_dir):
                "downsample_ratio": 0.5, "select_layer": -1, "template": "Hermes-2", "force_image_size": 224,
                "dynamic_image_size": False, "use_thumbnail": False, "pad2square": True}
         return cfg, tok, HERMES_SYS_V12, make_test_image(200, 150, 1)
+    if name == "seed":
+        # MedRegA's widths (InternVL-Chat-V1-2: InternViT-6B-448px-V1-2 + Nous-Hermes-2-Yi-34B, the V1-2
+        # layout and defaults) cut to SEED_LAYERS layers each, with the small test tokenizer (so the
+        # embedding and head are 490 rows, not 64007): the real per-layer cost at 448 px.
+        sp = build_sentencepiece(out_dir, 480, SPECIAL_CHAT + ["<img>", "</img>"])
+        n = sp.get_piece_size()
+        added = {s: sp.piece_to_id(s) for s in SPECIAL_CHAT + ["<img>", "</img>"]}
+        extra = {s: n + i for i, s in enumerate([t for t in IMG_TOKENS if t not in ("<img>", "</img>")])}
+        with open(os.path.join(out_dir, "added_tokens.json"), "w") as f:
+            json.dump(extra, f)
+        added.update(extra)
+        with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False,
+                       "legacy": True, "bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>"}, f)
+        tok = SpRefTokenizer(sp, added, False, 1)
+        vocab = n + len(extra)
+        vl, dl = SEED_LAYERS
+        vc = vision_cfg(hidden_size=3200, intermediate_size=12800, num_attention_heads=25, num_hidden_layers=vl,
+                        image_size=448, qkv_bias=False, qk_normalization=True, initializer_factor=0.1)
+        lc = llm_cfg("LlamaForCausalLM", vocab, hidden_size=7168, intermediate_size=20480, num_attention_heads=56,
+                     num_key_value_heads=8, num_hidden_layers=dl, rope_theta=5000000.0,
+                     eos_token_id=added["<|im_end|>"], bos_token_id=1, tie_word_embeddings=False)
+        cfg = {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "vision_config": vc,
+               "llm_config": lc, "downsample_ratio": 0.5, "select_layer": -1, "template": "Hermes-2",
+               "force_image_size": 448, "dynamic_image_size": False, "use_thumbnail": False, "pad2square": False,
+               "torch_dtype": "bfloat16"}
+        return cfg, tok, HERMES_SYS_V12, make_test_image(640, 512, 4)
     if name == "1b":
         tok, vocab = build_bpe(out_dir)
         vc = vision_cfg(qkv_bias=True, qk_normalization=False, norm_type="layer_norm", num_hidden_layers=2)
@@ -759,6 +788,7 @@ def build_config(name, out_dir):
     raise ValueError(name)
 
 
+SEED_LAYERS = (2, 2)  # vision, decoder layers of the seed-width replica (--seed-layers V,D)
 QUESTION = "Please describe <ref>the lesion</ref> and 肺部 findings, with boxes like <box>[[12, 340, 560, 999]]</box>."
 
 
@@ -776,7 +806,7 @@ def generate_fixture(name, out_dir, dtype="F32", n_new=32):
     cfg, tok, sys_msg, image = build_config(name, out_dir)
     torch.manual_seed(0)
     model = InternVLChat(cfg).eval()
-    randomise(model, seed={"v12": 11, "1b": 22, "2b": 33}[name])
+    randomise(model, seed={"v12": 11, "1b": 22, "2b": 33, "seed": 44}[name])
     sd = model.state_dict()
     if cfg["llm_config"].get("tie_word_embeddings"):
         assert "language_model.lm_head.weight" not in sd
@@ -853,8 +883,10 @@ def main(argv):
         print(__doc__)
         return 2
     out = argv[1]
+    global SEED_LAYERS
     names = ["v12", "1b", "2b"]
     dtype = "F32"
+    n_new = 32
     i = 2
     while i < len(argv):
         if argv[i] == "--configs":
@@ -863,15 +895,22 @@ def main(argv):
         elif argv[i] == "--dtype":
             dtype = argv[i + 1].upper()
             i += 2
+        elif argv[i] == "--seed-layers":
+            SEED_LAYERS = tuple(int(x) for x in argv[i + 1].split(","))
+            i += 2
+        elif argv[i] == "--new-tokens":
+            n_new = int(argv[i + 1])
+            i += 2
         else:
             print("unknown argument", argv[i])
             return 2
-    torch.set_num_threads(1)
+    torch.set_num_threads(2 if names == ["seed"] else 1)
     for n in names:
-        ref = generate_fixture(n, os.path.join(out, n), dtype)
+        ref = generate_fixture(n, os.path.join(out, n), dtype, n_new)
         print("%s: %d prompt ids, %d tiles, generated %d ids, first-logit margin %.4f" % (
             n, len(ref["prompt_ids"]), ref["n_tiles"], len(ref["generated_ids"]), ref["first_margin"]))
-    write_resize_cases(os.path.join(out, "resize"))
+    if names != ["seed"]:
+        write_resize_cases(os.path.join(out, "resize"))
     return 0
 
 
