@@ -94,17 +94,22 @@ class _meta_init:
 
 
 def load_f32(d):
-    with open(os.path.join(d, "model.safetensors"), "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
+    """Every tensor of DIR (model.safetensors or the shards its index names) as float32."""
+    index = os.path.join(d, "model.safetensors.index.json")
+    files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["model.safetensors"]
     out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        b, en = e["data_offsets"]
-        raw = np.frombuffer(data, dtype=np.int16, count=(en - b) // 2, offset=b)
-        out[name] = torch.from_numpy(raw.copy()).view(torch.bfloat16).float().reshape(e["shape"])
+    for fn in files:
+        with open(os.path.join(d, fn), "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+            for name, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0] if kv[0] != "__metadata__" else -1):
+                if name == "__metadata__":
+                    continue
+                b, en = e["data_offsets"]
+                f.seek(8 + n + b)
+                raw = np.frombuffer(f.read(en - b), dtype=np.int16 if e["dtype"] == "BF16" else np.float32)
+                t = torch.from_numpy(raw.copy())
+                out[name] = (t.view(torch.bfloat16).float() if e["dtype"] == "BF16" else t).reshape(e["shape"])
     return out
 
 
@@ -119,9 +124,13 @@ class CachedQwen2:
         cos, sin = ref.rope_cos_sin(self.hd, c["rope_theta"], 4096)
         self.cos, self.sin = cos, sin
         self.emb = sd["language_model.model.embed_tokens.weight"]
+        self.head = sd.get("language_model.lm_head.weight", self.emb)  # Qwen2 ties, LLaMA/Yi has a head
 
     def w(self, i, n):
         return self.sd["language_model.model.layers.%d.%s" % (i, n)]
+
+    def b(self, i, n):  # Qwen2 has q/k/v biases, LLaMA none
+        return self.sd.get("language_model.model.layers.%d.%s" % (i, n))
 
     def rms(self, x, w):
         v = x.pow(2).mean(-1, keepdim=True)
@@ -133,9 +142,9 @@ class CachedQwen2:
         g = self.H // self.KV
         for i in range(self.L):
             h = self.rms(x, self.w(i, "input_layernorm.weight"))
-            q = F.linear(h, self.w(i, "self_attn.q_proj.weight"), self.w(i, "self_attn.q_proj.bias")).view(N, self.H, self.hd).transpose(0, 1)
-            k = F.linear(h, self.w(i, "self_attn.k_proj.weight"), self.w(i, "self_attn.k_proj.bias")).view(N, self.KV, self.hd).transpose(0, 1)
-            v = F.linear(h, self.w(i, "self_attn.v_proj.weight"), self.w(i, "self_attn.v_proj.bias")).view(N, self.KV, self.hd).transpose(0, 1)
+            q = F.linear(h, self.w(i, "self_attn.q_proj.weight"), self.b(i, "self_attn.q_proj.bias")).view(N, self.H, self.hd).transpose(0, 1)
+            k = F.linear(h, self.w(i, "self_attn.k_proj.weight"), self.b(i, "self_attn.k_proj.bias")).view(N, self.KV, self.hd).transpose(0, 1)
+            v = F.linear(h, self.w(i, "self_attn.v_proj.weight"), self.b(i, "self_attn.v_proj.bias")).view(N, self.KV, self.hd).transpose(0, 1)
             q = q * cos + ref.rotate_half(q) * sin
             k = k * cos + ref.rotate_half(k) * sin
             if cache[i] is not None:
@@ -153,7 +162,7 @@ class CachedQwen2:
             x = x + F.linear(F.silu(F.linear(h, self.w(i, "mlp.gate_proj.weight"))) * F.linear(h, self.w(i, "mlp.up_proj.weight")),
                              self.w(i, "mlp.down_proj.weight"))
         last = self.rms(x[-1:], self.sd["language_model.model.norm.weight"])
-        return F.linear(last, self.emb)[0]
+        return F.linear(last, self.head)[0]
 
 
 def run(d, threads, n_prefill, n_decode, repeat=1):
@@ -164,8 +173,8 @@ def run(d, threads, n_prefill, n_decode, repeat=1):
     vis.load_state_dict(vsd, strict=False)
     vis.eval()
     llm = CachedQwen2(sd, cfg["llm_config"])
-    pix = torch.randn(1, 3, 448, 448)
-    ids = torch.randint(0, 600, (n_prefill,))
+    pix = torch.randn(1, 3, cfg.get("force_image_size", 448), cfg.get("force_image_size", 448))
+    ids = torch.randint(0, min(600, cfg["llm_config"]["vocab_size"]), (n_prefill,))
     res = {"threads": {}, "weight_bytes_f32": sum(v.numel() * 4 for v in sd.values())}
     for t in threads:
         torch.set_num_threads(t)
@@ -200,7 +209,7 @@ def serve(d):
     vis.load_state_dict({k: v for k, v in sd.items() if not k.startswith("language_model.")}, strict=False)
     vis.eval()
     llm = CachedQwen2(sd, cfg["llm_config"])
-    pix = torch.randn(1, 3, 448, 448)
+    pix = torch.randn(1, 3, cfg.get("force_image_size", 448), cfg.get("force_image_size", 448))
     cache, pos, tok = None, 0, 0
     print(json.dumps({"ready": True, "torch": torch.__version__,
                       "weight_bytes_f32": sum(v.numel() * 4 for v in sd.values())}), flush=True)
@@ -216,7 +225,7 @@ def serve(d):
             out = {"ms": (time.time() - t0) * 1000}
         elif cmd == "prefill":
             n = int(parts[2])
-            ids = torch.randint(0, 600, (n,))
+            ids = torch.randint(0, min(600, cfg["llm_config"]["vocab_size"]), (n,))
             cache = [None] * llm.L
             t0 = time.time()
             tok = int(llm.forward(llm.emb[ids], cache, 0).argmax())
