@@ -48,6 +48,7 @@ TEST(SelectImages, MiddleTakesTheMiddleSliceOfEachSeriesOrTheMiddleFrame) {
 // --- Memory plan before load (issue 12): a model that cannot fit is refused
 // with the figure and what would fit, instead of being killed mid-load.
 
+#include "engine/model_plan.h"
 #include "pipeline/model_registry.h"
 
 namespace {
@@ -70,9 +71,14 @@ TEST(ModelMemoryPlan, MedRegAIsRefusedOnThisMachineWithTheReason) {
   firstread::config::ModelConfig mc;
   mc.path = std::string(FIRSTREAD_SOURCE_DIR) + "/tests/data/medrega";
   const std::string why = registry_error("medrega", mc);
-  EXPECT_EQ(why.rfind("medrega: needs 81.", 0), 0u) << why;
-  EXPECT_NE(why.find("with stored-format decoder + stored-format vision"), std::string::npos) << why;
-  EXPECT_NE(why.find("available ("), std::string::npos) << why;
+  const auto avail = firstread::engine::available_memory();
+  if (avail.bytes < 81000000000LL) {
+    EXPECT_EQ(why.rfind("medrega: needs 81.", 0), 0u) << why;
+    EXPECT_NE(why.find("with stored-format decoder + stored-format vision"), std::string::npos) << why;
+    EXPECT_NE(why.find(" GB available ("), std::string::npos) << why;
+  } else {  // a machine that has the memory: the plan passes and the load fails on the missing weights
+    EXPECT_NE(why.find("no model.safetensors"), std::string::npos) << why;
+  }
 }
 
 TEST(ModelMemoryPlan, MaxMemoryNamesTheKeyAndThatNothingFits) {
@@ -82,11 +88,11 @@ TEST(ModelMemoryPlan, MaxMemoryNamesTheKeyAndThatNothingFits) {
   mc.threads = 2;
   // Below what the machine has (the smaller limit wins; the engine_plan tests
   // cover a limit where a smaller format fits).
-  mc.max_memory = 20000000000ull;
+  mc.max_memory = 2000000000ull;
   const std::string why = registry_error("medrega", mc);
   EXPECT_EQ(why.rfind("medrega: needs 49.", 0), 0u) << why;
   EXPECT_NE(why.find("with int8 decoder"), std::string::npos) << why;
-  EXPECT_NE(why.find("20.0 GB available (models.medrega.max_memory)"), std::string::npos) << why;
+  EXPECT_NE(why.find("2.0 GB available (models.medrega.max_memory)"), std::string::npos) << why;
   EXPECT_NE(why.find("even int4 decoder + int8 vision needs 26."), std::string::npos) << why;
 }
 
