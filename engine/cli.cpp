@@ -217,9 +217,13 @@ int run_model_command(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return fail("model", std::string(e.what()) + " (see firstread model plan --help)");
   }
-  try {
+  try {  // a bad format is a refused argument (2), not a failed task
     parse_weight_format(opts.weights);
     parse_weight_format(opts.vision_weights);
+  } catch (const std::exception& e) {
+    return fail("model plan", e.what());
+  }
+  try {
     opts.read_headers = !config_only;
     ModelPlan plan = plan_model(dir, opts);
     if (as_json) std::cout << format_plan_json(plan) << "\n";
