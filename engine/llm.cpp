@@ -104,7 +104,7 @@ void LlmDecoder::apply_rope(float* v, int n_vec_heads, int pos) {
 }
 
 // Causal attention of n new queries (q_[n][qd]) over the cache [0, n_past + n).
-void LlmDecoder::attention_batch(ThreadPool& pool, const LlmLayer&, int layer, int n) {
+void LlmDecoder::attention_batch(ThreadPool& pool, int layer, int n) {
   const int hd = hp_.head_dim(), H = hp_.n_heads, KV = hp_.n_kv_heads, group = H / KV;
   const int qd = H * hd, kvd = KV * hd, total = n_past_ + n;
   const float scale = 1.0f / std::sqrt(float(hd));
@@ -188,7 +188,7 @@ void LlmDecoder::forward(ThreadPool& pool, const float* x_in, int n, float* logi
         apply_rope(kc + size_t(t) * kvd, KV, n_past_ + int(t));
       }
     });
-    attention_batch(pool, L, li, n);
+    attention_batch(pool, li, n);
     linear(pool, attn_.data(), n, L.wo, L.bo, h_.data(), scratch_);
     parallel_rows(pool, n, [&](int64_t a, int64_t b) {
       for (size_t i = size_t(a) * d; i < size_t(b) * d; ++i) x_[i] += h_[i];

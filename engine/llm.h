@@ -32,7 +32,7 @@ class LlmDecoder {
   void forward(ThreadPool& pool, const float* x, int n, float* logits);
 
  private:
-  void attention_batch(ThreadPool& pool, const LlmLayer& L, int layer, int n);
+  void attention_batch(ThreadPool& pool, int layer, int n);
   void apply_rope(float* v, int n_vec_heads, int pos);
   LlmHParams hp_;
   WeightView tok_emb_, lm_head_;

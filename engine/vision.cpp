@@ -114,10 +114,6 @@ void pixel_shuffle(const float* x, int grid, int c, int ps_version, float* out) 
     }
 }
 
-void VisionEncoder::encode_tile(ThreadPool& pool, const float* pixels, float* out) {
-  encode_tiles(pool, pixels, 1, out);
-}
-
 void VisionEncoder::encode_tiles(ThreadPool& pool, const float* pixels, int n_tiles, float* out) {
   const int d = hp_.hidden, p = hp_.patch_size, S = chat_.image_size, grid = S / p;
   const int np = grid * grid, N = np + 1, I = hp_.intermediate;
@@ -220,7 +216,6 @@ void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, f
   }
 
   const int c4 = 4 * d, nt = chat_.num_image_token;
-  vit_out_.resize(size_t(np) * d);
   shuffled_.resize(size_t(T) * nt * c4);
   for (int t = 0; t < T; ++t) {
     const float* xt = x_.data() + size_t(t) * N * d + d;  // drop CLS

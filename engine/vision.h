@@ -25,9 +25,7 @@ struct VisionLayer {
 class VisionEncoder {
  public:
   VisionEncoder(const ModelHParams& hp, WeightStore& ws, int llm_hidden);
-  // pixels: 3 x S x S (S = chat.image_size). Output: [num_image_token][llm_hidden].
-  void encode_tile(ThreadPool& pool, const float* pixels, float* out);
-  // n_tiles tiles (tiles x 3 x S x S) -> [n_tiles * num_image_token][llm_hidden].
+  // n_tiles tiles (tiles x 3 x S x S, S = chat.image_size) -> [n_tiles * num_image_token][llm_hidden].
   void encode_tiles(ThreadPool& pool, const float* pixels, int n_tiles, float* out);
 
  private:
@@ -44,7 +42,7 @@ class VisionEncoder {
   const float *mlp_ln_w_ = nullptr, *mlp_ln_b_ = nullptr, *mlp1_b_ = nullptr, *mlp3_b_ = nullptr;
   WeightView mlp1_, mlp3_;
   LinearScratch scratch_;
-  std::vector<float> x_, h_, qkv_, attn_, scores_, tmp_, mlp_, vit_out_, shuffled_, proj_tmp_;
+  std::vector<float> x_, h_, qkv_, attn_, scores_, tmp_, mlp_, shuffled_, proj_tmp_;
 };
 
 // Pixel shuffle (scale 0.5) of x[grid][grid][c] into out[(grid/2)^2][4c];
