@@ -142,6 +142,17 @@ void check_one_of(const std::string& source, const YAML::Node& at, const std::st
   fail_at(source, at, key, "'" + value + "' is not one of: " + list);
 }
 
+// A value that must be one of a fixed set of words, parsed once into its enum;
+// anything else is an error naming the file line and the allowed words.
+template <typename Enum>
+Enum parse_choice(const std::string& source, const YAML::Node& at, const std::string& key, const std::string& value,
+                  const std::map<std::string, Enum>& choices) {
+  std::set<std::string> allowed;
+  for (const auto& [word, e] : choices) allowed.insert(word);
+  check_one_of(source, at, key, value, allowed);
+  return choices.at(value);
+}
+
 void check_range(const std::string& source, const YAML::Node& root, const std::string& dotted,
                  double value, double lo, double hi) {
   if (value >= lo && value <= hi) return;
@@ -319,7 +330,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       s.read("prompt", r.prompt);
       s.read("language", r.language);
       s.read("max_new_tokens", r.max_new_tokens);
-      s.read("select", r.select);
+      std::string select = "each";
+      s.read("select", select);
       s.read("max_images", r.max_images);
       s.read_with("match", [&](const YAML::Node& m, const std::string& mp) {
         Section ms(m, mp, source);
@@ -331,8 +343,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       s.check_unknown();
       if (r.name.empty()) r.name = "route" + std::to_string(i + 1);
       if (r.model.empty()) fail_at(source, item, rp + ".model", "is required");
-      check_one_of(source, item["select"] ? item["select"] : item, rp + ".select", r.select,
-                   {"each", "middle"});
+      r.select = parse_choice<ImageSelection>(source, item["select"] ? item["select"] : item, rp + ".select", select,
+                                              {{"each", ImageSelection::each}, {"middle", ImageSelection::middle}});
       // The SR's language (TID 1204): the codes the SR builder writes.
       check_one_of(source, item["language"] ? item["language"] : item, rp + ".language", r.language,
                    {"en", "en-US", "zh", "zh-CN"});

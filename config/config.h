@@ -73,6 +73,10 @@ struct RouteMatch {
   std::vector<std::string> calling_aes;  // empty = any
 };
 
+// Which images of a study go to the model (routes[].select): each image
+// instance in order, or the middle slice (frame) of each series.
+enum class ImageSelection { each, middle };
+
 struct Route {
   std::string name;
   RouteMatch match;
@@ -80,7 +84,7 @@ struct Route {
   std::string prompt;
   std::string language = "en";
   int max_new_tokens = 256;
-  std::string select = "each";  // each | middle
+  ImageSelection select = ImageSelection::each;
   int max_images = 4;
 };
 
@@ -144,8 +148,9 @@ struct Config {
   LogConfig log;
 };
 
-// The embedded defaults (what `scripts/run` starts with): one route "default" for
-// every modality on the shipped demo model.
+// The embedded defaults (what `scripts/run` starts with): the shipped demo model
+// with one route per kind of image it was trained on (chest x-ray, dermoscopy,
+// fundus, endoscopy) and a route "default" for the other modalities.
 Config default_config();
 
 // Parses YAML text; `source` is used in error messages. Environment overrides

@@ -119,6 +119,18 @@ TEST(Config, ExportObjectsDefaultToSrAndGspsAndAreChecked) {
             "test.yaml:3: export.destinations[0].objects: must include sr (the report is always sent)");
 }
 
+TEST(Config, RouteImageSelectionIsParsedOnceIntoItsEnum) {
+  using firstread::config::ImageSelection;
+  const std::string models = "models:\n  m: {path: /m}\n";
+  Config c = parse_config(models + "routes:\n  - {name: a, model: m, select: middle}\n  - {name: b, model: m}\n",
+                          "test.yaml");
+  ASSERT_EQ(c.routes.size(), 2u);
+  EXPECT_EQ(c.routes[0].select, ImageSelection::middle);
+  EXPECT_EQ(c.routes[1].select, ImageSelection::each) << "the default";
+  EXPECT_EQ(error_of(models + "routes:\n  - name: a\n    model: m\n    select: centre\n"),
+            "test.yaml:6: routes[0].select: 'centre' is not one of: each, middle");
+}
+
 TEST(Config, SyntaxErrorNamesLine) {
   EXPECT_NE(error_of("dicom:\n  port: [1, 2\n").find("YAML syntax error"), std::string::npos);
 }

@@ -23,7 +23,7 @@ InstanceRow row(const std::string& sop, const std::string& series, int number, i
 
 TEST(SelectImages, EachTakesImagesInOrderUpToTheLimit) {
   firstread::config::Route route;
-  route.select = "each";
+  route.select = firstread::config::ImageSelection::each;
   route.max_images = 2;
   auto sel = select_images({row("1.1", "9.1", 1), row("1.2", "9.1", 2, 1, false), row("1.3", "9.1", 3), row("1.4", "9.2", 1)},
                            route);
@@ -34,7 +34,7 @@ TEST(SelectImages, EachTakesImagesInOrderUpToTheLimit) {
 
 TEST(SelectImages, MiddleTakesTheMiddleSliceOfEachSeriesOrTheMiddleFrame) {
   firstread::config::Route route;
-  route.select = "middle";
+  route.select = firstread::config::ImageSelection::middle;
   route.max_images = 4;
   auto sel = select_images({row("1.1", "9.1", 1), row("1.2", "9.1", 2), row("1.3", "9.1", 3), row("2.1", "9.2", 1, 40)},
                            route);

@@ -65,7 +65,7 @@ bool destination_wants(const config::ExportDestination& d, const std::string& ro
 
 std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instances, const config::Route& route) {
   std::vector<SelectedImage> out;
-  if (route.select == "middle") {
+  if (route.select == config::ImageSelection::middle) {
     std::map<std::string, std::vector<const InstanceRow*>> by_series;
     std::vector<std::string> order;
     for (const auto& i : instances) {

@@ -26,7 +26,7 @@ struct InstanceRow {
   bool has_pixels = false;
 };
 
-// Which images of a study go to the model (route.select): "each" takes every
+// Which images of a study go to the model (route.select): each takes every
 // image instance, in series/instance order, up to max_images; "middle" takes
 // the middle instance of each series (the middle frame for a multi-frame one).
 std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instances, const config::Route& route);
