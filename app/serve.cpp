@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <iostream>
 #include <thread>
+#include <vector>
 
 #include "app/commands.h"
 #include "app/runtime.h"
@@ -115,12 +116,13 @@ int run_serve(const Args& args) {
   const std::string conninfo = rt.pool->conninfo();
   // Models load on first use; say now if one cannot, rather than at the first study.
   for (const auto& [name, model] : cfg.models) {
-    if (!std::filesystem::is_directory(model.path))
+    if (model.backend == "local" && !std::filesystem::is_directory(model.path))
       spdlog::warn("models: '{}' directory {} does not exist: jobs routed to it will fail", name, model.path);
   }
 #ifdef FIRSTREAD_HAVE_PIPELINE
   pipeline::ModelRegistry models(cfg.models);
-  pipeline::StudyProcessor processor(cfg, *rt.pool, storage, models);
+  pipeline::InferenceBackends backends(cfg.models, models);
+  pipeline::StudyProcessor processor(cfg, *rt.pool, storage, backends);
   pipeline::WorkerPool workers(role == "ingest" ? 0 : cfg.worklist.workers, cfg.worklist.lease_seconds, queue,
                                processor, conninfo);
   workers.start();
@@ -135,8 +137,11 @@ int run_serve(const Args& args) {
   // does not wait for them and /readyz tells when they are there.
   std::mutex model_status_mu;
   std::map<std::string, std::string> model_errors;
-  std::set<std::string> routed_models;
-  for (const auto& r : cfg.routes) routed_models.insert(r.model);
+  std::set<std::string> routed_models, remote_models;  // local ones load here; remote ones are polled
+  for (const auto& r : cfg.routes) {
+    if (cfg.models.at(r.model).backend == "local") routed_models.insert(r.model);
+    else remote_models.insert(r.model);
+  }
   std::function<std::string()> models_status;
   std::thread model_loader;
   // A start-up failure below (say the HTTP port is taken) unwinds through
@@ -161,12 +166,15 @@ int run_serve(const Args& args) {
       }
     });
     models_status = [&]() -> std::string {
-      std::lock_guard<std::mutex> lock(model_status_mu);
-      for (const auto& name : routed_models) {
-        if (model_errors.count(name)) return model_errors[name];
-        if (!models.loaded(name)) return "model '" + name + "' is loading";
+      {
+        std::lock_guard<std::mutex> lock(model_status_mu);
+        for (const auto& name : routed_models) {
+          if (model_errors.count(name)) return model_errors[name];
+          if (!models.loaded(name)) return "model '" + name + "' is loading";
+        }
       }
-      return "";
+      // Remote models: the server answers GET /v1/models and lists the model.
+      return backends.readiness(std::vector<std::string>(remote_models.begin(), remote_models.end()));
     };
   }
 #endif

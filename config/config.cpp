@@ -1,8 +1,10 @@
 #include "config/config.h"
 
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -176,6 +178,98 @@ void apply_environment(Config& c) {
   if (const char* pw = std::getenv("FIRSTREAD_DATABASE_PASSWORD"); pw && *pw) setenv("PGPASSWORD", pw, 1);
 }
 
+// ---- models.<name>.backend: openai and its keys (issue 14: remote inference).
+
+// YAML -> JSON for models.<name>.extra: plain scalars become numbers or
+// booleans where they read as one, quoted scalars stay strings.
+nlohmann::json yaml_to_json(const YAML::Node& n) {
+  if (n.IsMap()) {
+    nlohmann::json o = nlohmann::json::object();
+    for (const auto& kv : n) o[kv.first.Scalar()] = yaml_to_json(kv.second);
+    return o;
+  }
+  if (n.IsSequence()) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& item : n) a.push_back(yaml_to_json(item));
+    return a;
+  }
+  if (!n || n.IsNull()) return nullptr;
+  const std::string text = n.Scalar();
+  if (n.Tag() != "!") {  // "!" marks a quoted scalar
+    if (text == "true" || text == "false") return text == "true";
+    char* end = nullptr;
+    const long long i = std::strtoll(text.c_str(), &end, 10);
+    if (!text.empty() && end && *end == '\0') return i;
+    const double d = std::strtod(text.c_str(), &end);
+    if (!text.empty() && end && *end == '\0') return d;
+  }
+  return text;
+}
+
+void read_remote_model_keys(Section& s, const YAML::Node& node, const std::string& key, const std::string& source,
+                            ModelConfig& m) {
+  RemoteModelConfig& r = m.remote;
+  s.read("backend", m.backend);
+  s.read("url", r.url);
+  s.read("model", r.model);
+  s.read("api_key_env", r.api_key_env);
+  s.read("timeout_seconds", r.timeout_seconds);
+  s.read("max_in_flight", r.max_in_flight);
+  s.read("system_prompt", r.system_prompt);
+  s.read("max_image_side", r.max_image_side);
+  s.read("box_format", r.box_format);
+  s.read("tls_verify", r.tls_verify);
+  s.read("ca_file", r.ca_file);
+  s.read("seed", r.seed);
+  s.read_with("extra", [&](const YAML::Node& e, const std::string& ep) {
+    if (!e.IsMap()) fail_at(source, e, ep, "must be a mapping (merged into the request body)");
+    for (const auto& kv : e)
+      if (kv.first.Scalar() == "model" || kv.first.Scalar() == "messages")
+        fail_at(source, kv.first, ep + "." + kv.first.Scalar(), "is set by firstread and cannot be overridden");
+    r.extra_json = yaml_to_json(e).dump();
+  });
+  auto at = [&](const char* k) { return node[k] ? node[k] : node; };
+  check_one_of(source, at("backend"), key + ".backend", m.backend, {"local", "openai"});
+  const bool remote = m.backend == "openai";
+  // Remote keys on a local model are a mistake worth stopping for.
+  for (const char* k : {"url", "model", "api_key_env", "timeout_seconds", "max_in_flight", "system_prompt",
+                        "max_image_side", "extra", "box_format", "tls_verify", "ca_file", "seed"})
+    if (!remote && node[k]) fail_at(source, node[k], key + "." + k, "applies to backend: openai only");
+  if (!remote) return;
+  for (const char* k : {"path", "threads", "weights", "weight_cache", "box_scale"})
+    if (node[k]) fail_at(source, node[k], key + "." + k, "applies to backend: local only");
+  const bool https = r.url.rfind("https://", 0) == 0;
+  if (r.url.empty()) fail_at(source, node, key + ".url", "is required for backend: openai");
+  if (!https && r.url.rfind("http://", 0) != 0)
+    fail_at(source, at("url"), key + ".url", "must start with http:// or https://, got '" + r.url + "'");
+  const std::string rest = r.url.substr(https ? 8 : 7);
+  if (rest.empty() || rest[0] == '/' || rest[0] == ':')
+    fail_at(source, at("url"), key + ".url", "has no host: '" + r.url + "'");
+  if (rest.find_first_of("@?#") != std::string::npos)
+    fail_at(source, at("url"), key + ".url",
+            "must not carry credentials, a query or a fragment (the token goes in api_key_env)");
+  if (r.model.empty()) fail_at(source, node, key + ".model", "is required for backend: openai (the served model name)");
+  for (char ch : r.api_key_env)
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_'))
+      fail_at(source, at("api_key_env"), key + ".api_key_env",
+              "must be the name of an environment variable (letters, digits, _), not the token itself");
+  if (r.timeout_seconds <= 0 || r.timeout_seconds > 3600)
+    fail_at(source, at("timeout_seconds"), key + ".timeout_seconds", "must be more than 0 and at most 3600");
+  if (r.max_in_flight < 1 || r.max_in_flight > 256)
+    fail_at(source, at("max_in_flight"), key + ".max_in_flight", "must be between 1 and 256");
+  if (r.max_image_side != 0 && (r.max_image_side < 28 || r.max_image_side > 16384))
+    fail_at(source, at("max_image_side"), key + ".max_image_side", "must be 0 (as decoded) or between 28 and 16384");
+  check_one_of(source, at("box_format"), key + ".box_format", r.box_format,
+               {"internvl-999", "internvl-1000", "qwen25-pixels", "none"});
+  if (!https && (node["ca_file"] || node["tls_verify"]))
+    fail_at(source, node["ca_file"] ? node["ca_file"] : node["tls_verify"], key + (node["ca_file"] ? ".ca_file" : ".tls_verify"),
+            "applies to an https:// url only");
+  if (!r.ca_file.empty()) {
+    std::ifstream ca(r.ca_file);
+    if (!ca) fail_at(source, at("ca_file"), key + ".ca_file", "cannot read '" + r.ca_file + "'");
+  }
+}
+
 }  // namespace
 
 Config default_config() {
@@ -184,7 +278,10 @@ Config default_config() {
   // The shipped demo model (models/demo, trained on synthetic phantoms): its
   // boxes are on MedRegA's 0..999 grid, and it answers the grounded-report
   // prompt it was trained with, one per kind of image.
-  c.models["demo"] = ModelConfig{"models/demo", 0, "", "auto", 999};
+  ModelConfig demo;
+  demo.path = "models/demo";
+  demo.box_scale = 999;
+  c.models["demo"] = demo;
   auto route = [&](const std::string& name, std::vector<std::string> modalities, const std::string& what) {
     Route r;
     r.name = name;
@@ -292,6 +389,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       const std::string name = kv.first.Scalar();
       ModelConfig m;
       Section s(kv.second, p + "." + name, source);
+      read_remote_model_keys(s, kv.second, p + "." + name, source, m);
       s.read("path", m.path);
       s.read("threads", m.threads);
       s.read("weights", m.weights);
@@ -303,7 +401,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
       if (m.box_scale < 1 || m.box_scale > 100000)
         fail_at(source, kv.second["box_scale"] ? kv.second["box_scale"] : kv.second, p + "." + name + ".box_scale",
                 "must be between 1 and 100000");
-      if (m.path.empty()) fail_at(source, kv.first, p + "." + name + ".path", "is required");
+      if (m.backend == "local" && m.path.empty()) fail_at(source, kv.first, p + "." + name + ".path", "is required");
       if (!m.weights.empty())
         check_one_of(source, kv.second["weights"], p + "." + name + ".weights", m.weights,
                      {"f32", "bf16", "f16", "int8", "q8", "int4", "q4"});

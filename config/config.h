@@ -88,7 +88,31 @@ struct Route {
   int max_images = 4;
 };
 
+// models.<name> with backend: openai (issue 14): the model runs on a server
+// that speaks the OpenAI-compatible chat-completions API (LMDeploy, vLLM,
+// SGLang, llama-server). Only the frame's pixels (PNG) and the route's prompt
+// are sent.
+struct RemoteModelConfig {
+  std::string url;          // http(s)://host[:port][/prefix]; /v1/chat/completions is appended
+  std::string model;        // the served model name ("model" in the request)
+  std::string api_key_env;  // name of the environment variable with the bearer token (never the token)
+  double timeout_seconds = 120;
+  int max_in_flight = 4;    // requests open at once to this server, across this process's workers
+  std::string system_prompt;  // empty = no system message
+  int max_image_side = 1024;  // longer side of the sent PNG; 0 = as decoded
+  std::string extra_json = "{}";  // models.<name>.extra as a JSON object, merged into the request body
+  // How regions are read from the reply: internvl-999 / internvl-1000
+  // (<ref>..</ref><box>[[x1,y1,x2,y2]]</box> on that grid of the sent image),
+  // qwen25-pixels (JSON {"bbox_2d": [..], "label": ..} in sent-image pixels), none.
+  std::string box_format = "internvl-1000";
+  bool tls_verify = true;   // verify the server's certificate and host name (https)
+  std::string ca_file;      // PEM bundle to verify against; empty = the system's store
+  int seed = 0;
+};
+
 struct ModelConfig {
+  std::string backend = "local";  // local | openai
+  RemoteModelConfig remote;       // backend: openai only
   std::string path;
   int threads = 0;  // 0 = number of cores
   // empty = the checkpoint's own format; f32 | bf16 | f16 | int8 (= q8) | int4

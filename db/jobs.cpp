@@ -67,15 +67,16 @@ bool Jobs::complete(int64_t job_id, const std::string& owner) {
   return pool_.transact([&](pqxx::work& txn) { return complete(txn, job_id, owner).has_value(); });
 }
 
-std::string Jobs::fail(int64_t job_id, const std::string& owner, const std::string& error, double backoff_seconds) {
+std::string Jobs::fail(int64_t job_id, const std::string& owner, const std::string& error, double backoff_seconds,
+                       double min_delay_seconds) {
   return pool_.transact([&](pqxx::work& txn) {
     auto r = txn.exec_params(
         "UPDATE firstread.jobs SET"
         " state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,"
         " error = $3, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,"
-        " next_attempt_at = now() + make_interval(secs => $4 * power(2, GREATEST(attempts - 1, 0)))"
+        " next_attempt_at = now() + make_interval(secs => GREATEST($4 * power(2, GREATEST(attempts - 1, 0)), $5))"
         " WHERE job_id = $1 AND lease_owner = $2 AND state = 'running' RETURNING state",
-        job_id, owner, error, backoff_seconds);
+        job_id, owner, error, backoff_seconds, min_delay_seconds);
     if (r.empty()) return std::string("lost");
     const std::string state = r[0][0].c_str();
     if (state == "failed") txn.exec_params("SELECT pg_notify($1, '')", kJobsChannel);

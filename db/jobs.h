@@ -63,7 +63,9 @@ class Jobs {
   bool complete(int64_t job_id, const std::string& owner);
   // Records a failed attempt: back to the queue after backoff * 2^(attempts-1)
   // seconds, or dead after max_attempts. Returns "failed", "dead" or "lost".
-  std::string fail(int64_t job_id, const std::string& owner, const std::string& error, double backoff_seconds);
+  // min_delay_seconds: wait at least this long (a server's Retry-After).
+  std::string fail(int64_t job_id, const std::string& owner, const std::string& error, double backoff_seconds,
+                   double min_delay_seconds = 0);
   // Running jobs whose lease has expired (their worker died) return to the
   // queue, or die if they have used all attempts.
   std::vector<ExpiredLease> expire_leases(double backoff_seconds);

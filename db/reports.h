@@ -34,6 +34,11 @@ struct NewReport {
   int64_t supersedes_report_id = 0;                                      // 0: none
   double decode_ms = 0, inference_ms = 0, sr_ms = 0;                      // db_ms is measured by commit
   std::vector<NewObject> objects;                                        // beside the SR
+  // Who answered (issue 14): local | openai, the model id a remote server
+  // gave, its token usage, and whether the text stopped at the token limit.
+  std::string backend = "local", served_model;
+  int prompt_tokens = 0, completion_tokens = 0;
+  bool truncated = false;
 };
 
 struct NewFinding {

@@ -30,6 +30,40 @@ RgbImage image_from_rgb8(const uint8_t* rgb, int width, int height) {
 
 // ---------------------------------------------------------------- PNG
 
+std::string encode_png(const RgbImage& img) {
+  if (img.width <= 0 || img.height <= 0 || img.rgb.size() != size_t(img.width) * img.height * 3)
+    throw EngineError("PNG encoder: not an RGB8 image of " + std::to_string(img.width) + "x" +
+                      std::to_string(img.height));
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!info) {
+    png_destroy_write_struct(&png, nullptr);
+    throw EngineError("PNG encoder: libpng init failed");
+  }
+  std::string out;
+  std::vector<png_bytep> rows(static_cast<size_t>(img.height));
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    throw EngineError("PNG encoder: libpng failed");
+  }
+  png_set_write_fn(
+      png, &out,
+      [](png_structp p, png_bytep data, png_size_t n) {
+        static_cast<std::string*>(png_get_io_ptr(p))->append(reinterpret_cast<const char*>(data), n);
+      },
+      [](png_structp) {});
+  png_set_IHDR(png, info, static_cast<png_uint_32>(img.width), static_cast<png_uint_32>(img.height), 8,
+               PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_set_compression_level(png, 6);
+  png_write_info(png, info);
+  for (int y = 0; y < img.height; ++y)
+    rows[static_cast<size_t>(y)] = const_cast<png_bytep>(img.rgb.data() + size_t(y) * img.width * 3);
+  png_write_image(png, rows.data());
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return out;
+}
+
 struct PngReadCtx {
   const std::string* data;
   size_t pos;

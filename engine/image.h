@@ -26,6 +26,8 @@ RgbImage image_from_rgb8(const uint8_t* rgb, int width, int height);  // copies 
 // Resize exactly as PIL's Image.resize(..., BICUBIC) on an RGB image
 // (separable, antialiased support when shrinking, 8-bit fixed-point passes).
 RgbImage resize_bicubic_pil(const RgbImage& in, int out_w, int out_h);
+// An 8-bit RGB PNG of the image, in memory (what a remote model server is sent).
+std::string encode_png(const RgbImage& img);
 
 // How one source image became the model's tiles. Boxes the model emits are
 // relative to the "model view": the source image, or the padded square when

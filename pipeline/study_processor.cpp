@@ -61,6 +61,17 @@ bool destination_wants(const config::ExportDestination& d, const std::string& ro
   return wanted && std::find(d.objects.begin(), d.objects.end(), object) != d.objects.end();
 }
 
+// A server's model id as the SR's device name: valid UTF-8, at most 64 bytes (LO).
+std::string served_model_name(const std::string& id) {
+  std::string name = dicom::sanitize_utf8_text(id);
+  if (name.size() > 64) {
+    size_t cut = 64;
+    while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;
+    name.resize(cut);
+  }
+  return name;
+}
+
 }  // namespace
 
 std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instances, const config::Route& route) {
@@ -118,7 +129,8 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   const std::vector<SelectedImage> selected = select_images(rows, *route);
   if (selected.empty()) throw std::runtime_error("study " + job.study_uid + " has no image the model can read");
 
-  LoadedModel model = models_.get(route->model);
+  InferenceBackend& backend = backends_.get(route->model);
+  const BackendIdentity who = backend.identity();
 
   bool key_images = false;  // some destination of this route wants marked key images
   for (const auto& d : config_.exports.destinations) key_images = key_images || destination_wants(d, job.route, "key_image");
@@ -127,7 +139,9 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   double decode_ms = 0, inference_ms = 0;
   std::vector<std::unique_ptr<DcmFileFormat>> sources;
   std::vector<reports::SrFinding> findings;
-  std::string narrative;
+  std::string narrative, served_model;
+  int prompt_tokens = 0, completion_tokens = 0;
+  bool truncated = false;
   for (size_t n = 0; n < selected.size(); ++n) {
     const SelectedImage& img = selected[n];
     auto t = Clock::now();
@@ -140,24 +154,20 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
     decode_ms += ms_since(t);
 
     t = Clock::now();
-    engine::GenerateResult result;
-    {
-      std::lock_guard<std::mutex> lock(*model.mutex);
-      result = model.model->generate(image, route->prompt, route->max_new_tokens);
-    }
+    const FrameInference result = backends_.infer(route->model, image, *route);
     inference_ms += ms_since(t);
-    spdlog::info("pipeline: job {} study={} sop={} frame={}: {} tokens, vision {:.0f} ms, prefill {:.0f} ms, "
-                 "{:.1f} tok/s",
-                 job.job_id, job.study_uid, img.sop_instance_uid, pixels.frame + 1, result.token_ids.size(),
-                 result.timings.vision_ms, result.timings.prefill_ms, result.timings.tokens_per_second);
+    spdlog::info("pipeline: job {} study={} sop={} frame={} ({} backend): {}", job.job_id, job.study_uid,
+                 img.sop_instance_uid, pixels.frame + 1, who.backend, result.log_detail);
+    prompt_tokens += result.prompt_tokens;
+    completion_tokens += result.completion_tokens;
+    truncated = truncated || result.truncated;
+    if (served_model.empty()) served_model = served_model_name(result.served_model);
 
     const bool multi_frame = pixels.frames > 1;
-    const reports::ModelOutput output =
-        reports::parse_model_output(result.text, result.images.at(0), reports::BoxFormat{model.box_scale});
-    for (const auto& box : output.regions) {
-      if (!box.within_grid) {
-        spdlog::warn("pipeline: job {}: box [{}, {}, {}, {}] is empty or outside the 0..{} grid; region dropped", job.job_id,
-                     box.model_box[0], box.model_box[1], box.model_box[2], box.model_box[3], model.box_scale);
+    for (const auto& box : result.regions) {
+      if (!box.in_grid) {
+        spdlog::warn("pipeline: job {}: box [{}, {}, {}, {}] is empty or outside the {} grid; region dropped",
+                     job.job_id, box.model_box[0], box.model_box[1], box.model_box[2], box.model_box[3], box.grid);
         continue;
       }
       reports::SrFinding f;
@@ -174,7 +184,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
       if (f.x2 <= f.x1 || f.y2 <= f.y1) continue;
       findings.push_back(f);
     }
-    const std::string text = dicom::sanitize_utf8_text(output.narrative);
+    const std::string text = dicom::sanitize_utf8_text(result.narrative);
     if (selected.size() > 1)
       narrative += (narrative.empty() ? "" : "\n") + std::string("Image ") + std::to_string(n + 1) + ": " + text;
     else
@@ -189,6 +199,10 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
     sources.push_back(std::move(file));
   }
   if (narrative.empty()) narrative = "(the model produced no text)";
+  // A reader must know the text stops where the token limit cut it.
+  if (truncated)
+    narrative += "\n[Truncated: the model stopped at the route's limit of " + std::to_string(route->max_new_tokens) +
+                 " tokens; the text above is incomplete.]";
 
   // The report this one supersedes: the latest of the same study and route.
   db::Reports reports_table(pool_);
@@ -205,9 +219,12 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   for (const auto& s : sources) input.sources.push_back(s->getDataset());
   input.narrative = narrative;
   input.language = route->language;
-  input.model_name = model.name;
-  input.model_version = model.version;
-  input.device_observer_uid = model.device_observer_uid;
+  // The device observer: the model that answered (remote: the served model's
+  // id as the server gave it, at the URL's host).
+  input.model_name = who.backend == "openai" && !served_model.empty() ? served_model : who.model_name;
+  input.model_version = who.model_version;
+  input.device_observer_uid = who.device_observer_uid;
+  if (!who.host.empty()) input.device_location = "inference server " + who.host;
   input.content_datetime = now_dicom_datetime();
   input.findings = findings;
   input.predecessor = predecessor;
@@ -238,8 +255,8 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   db::NewReport report;
   report.study_uid = job.study_uid;
   report.route = job.route;
-  report.model = model.name;
-  report.model_version = model.version;
+  report.model = who.model_name;
+  report.model_version = who.model_version;
   report.language = route->language;
   report.text = narrative;
   report.sr_sop_instance_uid = sr.sop_instance_uid;
@@ -252,6 +269,11 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   for (const ReportObject& o : objects)
     report.objects.push_back({o.kind, o.source_key, o.sop_class_uid, o.sop_instance_uid, o.series_instance_uid,
                               o.file_path, o.instance_number});
+  report.backend = who.backend;
+  report.served_model = served_model;
+  report.prompt_tokens = prompt_tokens;
+  report.completion_tokens = completion_tokens;
+  report.truncated = truncated;
   std::vector<db::NewFinding> rows_of_findings;
   for (const auto& f : findings)
     rows_of_findings.push_back({f.label, f.text, f.sop_instance_uid, f.frame, f.x1, f.y1, f.x2, f.y2, std::nullopt});
@@ -266,7 +288,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   }
   const db::CommittedReport committed = reports_table.commit(report, rows_of_findings, exports, {job.job_id, owner});
   const int64_t report_id = committed.report_id;
-  metrics::observe_job({model.name, committed.job_seconds, committed.latency_ms / 1000, decode_ms / 1000,
+  metrics::observe_job({who.model_name, committed.job_seconds, committed.latency_ms / 1000, decode_ms / 1000,
                         inference_ms / 1000, sr_ms / 1000, committed.db_ms / 1000});
   spdlog::info("pipeline: job {} study={} reported: report {} sr={} findings={} objects={} total {:.0f} ms", job.job_id,
                job.study_uid, report_id, sr.sop_instance_uid, findings.size(), objects.size(), ms_since(t_start));

@@ -9,7 +9,7 @@
 
 #include "config/config.h"
 #include "db/database.h"
-#include "pipeline/model_registry.h"
+#include "pipeline/inference_backend.h"
 #include "storage/file_storage.h"
 #include "worklist/job_queue.h"
 
@@ -34,8 +34,8 @@ std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instanc
 class StudyProcessor {
  public:
   StudyProcessor(const config::Config& config, db::ConnectionPool& pool, storage::FileStorage& storage,
-                 ModelRegistry& models)
-      : config_(config), pool_(pool), storage_(storage), models_(models) {}
+                 InferenceBackends& backends)
+      : config_(config), pool_(pool), storage_(storage), backends_(backends) {}
 
   // Runs the job and commits its report; returns the report id. Throws
   // std::runtime_error whose message is the reason the job failed.
@@ -45,7 +45,7 @@ class StudyProcessor {
   const config::Config& config_;
   db::ConnectionPool& pool_;
   storage::FileStorage& storage_;
-  ModelRegistry& models_;
+  InferenceBackends& backends_;
 };
 
 }  // namespace firstread::pipeline

@@ -69,8 +69,11 @@ void WorkerPool::run(int index) {
     try {
       processor_.process(*job, owner);
     } catch (const std::exception& e) {
+      // A server that said when to come back (429 / 503 Retry-After) is not asked sooner.
+      const auto* inference = dynamic_cast<const InferenceError*>(&e);
+      const double retry_after = inference ? inference->retry_after_seconds() : 0;
       try {
-        const std::string state = queue_.fail(job->job_id, owner, e.what());
+        const std::string state = queue_.fail(job->job_id, owner, e.what(), retry_after);
         spdlog::error("pipeline: job {} study={} failed (attempt {}/{}, now {}): {}", job->job_id, job->study_uid,
                       job->attempts, job->max_attempts, state, e.what());
       } catch (const std::exception& e2) {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <cstdlib>
 
 namespace firstread::reports {
 namespace {
@@ -84,6 +86,77 @@ void erase_all(std::string& s, const std::string& tag) {
   for (size_t p; (p = s.find(tag)) != std::string::npos;) s.erase(p, tag.size());
 }
 
+
+// The JSON string value of "key" inside text[from, to), or "" (only the
+// escapes a label needs: \" \\ \/ \n \t; \uXXXX is kept as written).
+std::string json_string_field(const std::string& text, size_t from, size_t to, const std::string& key) {
+  const std::string quoted = "\"" + key + "\"";
+  size_t k = text.find(quoted, from);
+  if (k == std::string::npos || k >= to) return "";
+  size_t p = text.find(':', k + quoted.size());
+  if (p == std::string::npos || p >= to) return "";
+  ++p;
+  while (p < to && std::isspace(static_cast<unsigned char>(text[p]))) ++p;
+  if (p >= to || text[p] != '"') return "";
+  std::string out;
+  for (++p; p < to && text[p] != '"'; ++p) {
+    if (text[p] == '\\' && p + 1 < to) {
+      const char e = text[++p];
+      if (e == 'u') out += "\\u";
+      else out += e == 'n' ? '\n' : e == 't' ? '\t' : e;
+    } else {
+      out += text[p];
+    }
+  }
+  return out;
+}
+
+// Qwen2.5-VL pixel boxes (see BoxFormat::Syntax::qwen25_json).
+std::vector<ModelRegion> parse_qwen_regions(const std::string& text, int sent_width, int sent_height,
+                                            int source_width, int source_height) {
+  std::vector<ModelRegion> out;
+  if (sent_width <= 0 || sent_height <= 0) return out;
+  const std::string key = "\"bbox_2d\"";
+  for (size_t k = text.find(key); k != std::string::npos; k = text.find(key, k + key.size())) {
+    size_t p = text.find(':', k + key.size());
+    if (p == std::string::npos) break;
+    ++p;
+    while (p < text.size() && std::isspace(static_cast<unsigned char>(text[p]))) ++p;
+    if (p >= text.size() || text[p] != '[') continue;
+    ++p;
+    double v[4];
+    bool ok = true;
+    for (int i = 0; i < 4 && ok; ++i) {
+      while (p < text.size() && std::isspace(static_cast<unsigned char>(text[p]))) ++p;
+      const char* start = text.c_str() + p;
+      char* end = nullptr;
+      v[i] = std::strtod(start, &end);
+      ok = end != start;
+      p += static_cast<size_t>(end - start);
+      while (ok && p < text.size() && std::isspace(static_cast<unsigned char>(text[p]))) ++p;
+      if (ok && i < 3) ok = p < text.size() && text[p++] == ',';
+    }
+    if (!ok || p >= text.size() || text[p] != ']') continue;
+    // The label lives in the same object: between its '{' and '}'.
+    const size_t open = text.rfind('{', k);
+    const size_t close = text.find('}', p);
+    ModelRegion f;
+    if (open != std::string::npos && close != std::string::npos)
+      f.label = json_string_field(text, open, close, "label");
+    for (int i = 0; i < 4; ++i) f.model_box[i] = static_cast<int>(std::lround(v[i]));
+    const double sx = double(source_width) / sent_width, sy = double(source_height) / sent_height;
+    f.pixel_box[0] = std::clamp(v[0] * sx, 0.0, double(source_width));
+    f.pixel_box[2] = std::clamp(v[2] * sx, 0.0, double(source_width));
+    f.pixel_box[1] = std::clamp(v[1] * sy, 0.0, double(source_height));
+    f.pixel_box[3] = std::clamp(v[3] * sy, 0.0, double(source_height));
+    const int* b = f.model_box;
+    f.within_grid = b[0] >= 0 && b[1] >= 0 && b[2] <= sent_width && b[3] <= sent_height && b[0] < b[2] && b[1] < b[3];
+    out.push_back(f);
+  }
+  return out;
+}
+
+
 }  // namespace
 
 bool box_within_grid(const int* model_box, int scale) {
@@ -92,8 +165,20 @@ bool box_within_grid(const int* model_box, int scale) {
   return model_box[0] < model_box[2] && model_box[1] < model_box[3];
 }
 
+std::optional<BoxFormat> parse_box_format(const std::string& name) {
+  BoxFormat f;
+  if (name == "internvl-999") f.scale = 999;
+  else if (name == "internvl-1000") f.scale = 1000;
+  else if (name == "qwen25-pixels") f.syntax = BoxFormat::Syntax::qwen25_json;
+  else return std::nullopt;
+  return f;
+}
+
 std::vector<ModelRegion> parse_regions(const std::string& text, const engine::PreprocessGeometry& geometry,
                                        const BoxFormat& format) {
+  if (format.syntax == BoxFormat::Syntax::qwen25_json)
+    return parse_qwen_regions(text, format.sent_width, format.sent_height, geometry.source_width,
+                              geometry.source_height);
   const int scale = format.scale > 0 ? format.scale : 1000;
   std::vector<ModelRegion> out;
   size_t pos = 0;

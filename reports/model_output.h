@@ -6,6 +6,7 @@
 // removed. The pipeline, `firstread infer` and the benchmarks all use it.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,12 +14,25 @@
 
 namespace firstread::reports {
 
-// How a model writes box coordinates: integers on a 0..scale grid relative
-// to the image it saw (999 MedRegA, 1000 base InternVL). Other conventions
-// (e.g. pixels of the model's view) are added here as further fields.
+// How a model writes box coordinates.
+//  - internvl_markup: `<ref>label</ref><box>[[x1, y1, x2, y2]]</box>`, integers
+//    on a 0..scale grid relative to the image it saw (999 MedRegA, 1000 base
+//    InternVL), mapped through the geometry.
+//  - qwen25_json: Qwen2.5-VL's JSON objects `{"bbox_2d": [x1, y1, x2, y2],
+//    "label": "..."}` (alone, in a list, or in a ```json fence amid prose) in
+//    pixels of the image the model saw, which was the source frame
+//    (geometry.source_width x source_height) resized to sent_width x
+//    sent_height; a box is within the grid when inside that image.
 struct BoxFormat {
+  enum class Syntax { internvl_markup, qwen25_json };
   int scale = 1000;
+  Syntax syntax = Syntax::internvl_markup;
+  int sent_width = 0, sent_height = 0;  // qwen25_json only
 };
+
+// models.<name>.box_format: "internvl-999" | "internvl-1000" | "qwen25-pixels"
+// (sent size to be filled in by the caller); "none" or anything else: nullopt.
+std::optional<BoxFormat> parse_box_format(const std::string& name);
 
 struct ModelRegion {
   std::string label;                      // text of the preceding <ref>, as written (may be empty)

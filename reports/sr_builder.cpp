@@ -534,7 +534,8 @@ BuiltSr build_sr(const SrInput& input) {
   require_ok(report.setLanguage(language), "TID 1204 language '" + input.language + "'");
   require_ok(report.getObservationContext().addDeviceObserver(input.device_observer_uid.c_str(), input.model_name.c_str(),
                                                               input.algorithm_manufacturer.c_str(),
-                                                              input.model_name.c_str()),
+                                                              input.model_name.c_str(), "" /* serial */,
+                                                              input.device_location.c_str()),
              "device observer (UID " + input.device_observer_uid + ")");
   std::set<std::string> procedures_reported;
   for (const SourceImage& image : images) {

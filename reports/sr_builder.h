@@ -49,6 +49,9 @@ struct SrInput {
   std::string language = "en";             // "en" or "en-US"; "zh" or "zh-CN" (TID 1204)
   std::string model_name, model_version;   // e.g. "demo", "0.1"; model_name must not be empty
   std::string device_observer_uid;         // changes with the weights (given by caller)
+  // Device Observer Physical Location (TID 1004), e.g. "inference server gpu1"
+  // for a model served remotely; empty = not written.
+  std::string device_location;
   std::string algorithm_manufacturer = "firstread";
   std::string content_datetime;            // YYYYMMDDHHMMSS: when the analysis started
   std::vector<SrFinding> findings;

@@ -19,8 +19,9 @@ bool JobQueue::heartbeat(int64_t job_id, const std::string& owner) {
 
 bool JobQueue::complete(int64_t job_id, const std::string& owner) { return jobs_.complete(job_id, owner); }
 
-std::string JobQueue::fail(int64_t job_id, const std::string& owner, const std::string& error) {
-  return jobs_.fail(job_id, owner, error, policy_.retry_backoff_seconds);
+std::string JobQueue::fail(int64_t job_id, const std::string& owner, const std::string& error,
+                           double min_delay_seconds) {
+  return jobs_.fail(job_id, owner, error, policy_.retry_backoff_seconds, min_delay_seconds);
 }
 
 int JobQueue::expire_leases() {

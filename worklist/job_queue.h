@@ -37,7 +37,9 @@ class JobQueue {
   bool complete(int64_t job_id, const std::string& owner);
   // Records a failed attempt: back to the queue after the backoff, or dead
   // after max_attempts. Returns the new state ("failed" or "dead").
-  std::string fail(int64_t job_id, const std::string& owner, const std::string& error);
+  // min_delay_seconds: wait at least this long before the next attempt (a
+  // server's Retry-After), even when the backoff is shorter.
+  std::string fail(int64_t job_id, const std::string& owner, const std::string& error, double min_delay_seconds = 0);
   // Running jobs whose lease has expired (their worker died) return to the
   // queue, or die if they have used all attempts. Returns how many.
   int expire_leases();
