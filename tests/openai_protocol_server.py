@@ -28,7 +28,9 @@ Faults by scenario: --scenario-file holds a JSON object read at every request
   {"mode": "sleep", "delay": 30} (answers after the client gave up)
 
 Every request is appended to --log as one JSON line: path, accepted (bool),
-reason, open (requests open at its start, itself included), image
+reason, open (requests open at its start, itself included; a request stops
+counting before its answer is written, so this never exceeds what the client
+has open), image
 (WxH and the matched file), prompt, max_tokens, and the body's top-level keys.
 """
 import argparse
@@ -183,8 +185,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet; the JSON log says it all
         pass
 
+    def release_open(self):
+        # A request stops counting as open before its answer is written: the
+        # client cannot have the answer (and send its next request) earlier,
+        # so "open" never counts more requests than the client has open.
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.server.state.lock:
+                self.server.state.open -= 1
+
     def send_json(self, status, obj, extra_headers=None, raw=None):
         data = raw if raw is not None else json.dumps(obj).encode()
+        self.release_open()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -217,12 +229,12 @@ class Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.open += 1
             open_now = state.open
+        self._counted = True
         entry = {"path": self.path, "open": open_now, "t": time.time()}
         try:
             self.handle_post(state, entry)
         finally:
-            with state.lock:
-                state.open -= 1
+            self.release_open()
             state.log(entry)
 
     def handle_post(self, state, entry):
@@ -255,6 +267,7 @@ class Handler(BaseHTTPRequestHandler):
             headers = {"Retry-After": sc["retry_after"]} if "retry_after" in sc else None
             return self.error(int(sc["status"]), sc.get("message", "injected fault"), headers)
         if mode == "close":
+            self.release_open()
             self.close_connection = True
             self.connection.shutdown(2)
             return None
