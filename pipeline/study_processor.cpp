@@ -245,8 +245,8 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
       objects_input.earlier.push_back({o.kind, o.series_instance_uid, o.instance_number});
   objects_input.key_images = key_images;
   objects_input.creation_datetime = now_dicom_datetime_with_fraction();
-  objects_input.model_name = model.name;
-  objects_input.model_version = model.version;
+  objects_input.model_name = input.model_name;
+  objects_input.model_version = who.model_version;
   std::vector<std::string> object_warnings;
   const std::vector<ReportObject> objects = build_and_store_report_objects(objects_input, storage_, object_warnings);
   for (const auto& w : object_warnings) spdlog::warn("pipeline: job {} study={}: {}", job.job_id, job.study_uid, w);
