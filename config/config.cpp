@@ -236,7 +236,7 @@ void read_remote_model_keys(Section& s, const YAML::Node& node, const std::strin
                         "max_image_side", "extra", "box_format", "tls_verify", "ca_file", "seed"})
     if (!remote && node[k]) fail_at(source, node[k], key + "." + k, "applies to backend: openai only");
   if (!remote) return;
-  for (const char* k : {"path", "threads", "weights", "weight_cache", "box_scale"})
+  for (const char* k : {"path", "threads", "weights", "weight_cache", "box_scale", "vision_weights"})
     if (node[k]) fail_at(source, node[k], key + "." + k, "applies to backend: local only");
   const bool https = r.url.rfind("https://", 0) == 0;
   if (r.url.empty()) fail_at(source, node, key + ".url", "is required for backend: openai");
