@@ -53,6 +53,7 @@ int run_infer_command(int argc, char** argv) {
                "--json prints text, token_ids, prompt_token_ids, findings and timings_ms.",
                "firstread infer"};
   std::string model_dir, image_path, prompt = "Please describe the image.", weights = "auto", system;
+  std::string vision_weights = "auto";
   int max_new = 256, threads = 0, box_scale = 0;
   bool as_json = false;
   // --model and --image are checked after parsing, so that an unknown flag is named first.
@@ -64,6 +65,8 @@ int run_infer_command(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(1, 1000000));
   app.add_option("--weights", weights, "weight format: auto|f32|bf16|f16|int8|int4")->capture_default_str();
+  app.add_option("--vision-weights", vision_weights, "vision encoder + projector format: auto|f32|bf16|int8")
+      ->capture_default_str();
   CLI::Option* system_opt = app.add_option("--system", system, "system message instead of the template's");
   app.add_option("--box-scale", box_scale, "box grid 0..N (default: 999 for pixel shuffle v1, else 1000)")
       ->check(CLI::Range(1, 1000000));
@@ -75,6 +78,7 @@ int run_infer_command(int argc, char** argv) {
     EngineOptions opts;
     opts.threads = threads;
     opts.weights = weights;
+    opts.vision_weights = vision_weights;
     if (*system_opt) {
       opts.system_message = system;
       opts.has_system_message = true;
