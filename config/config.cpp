@@ -299,212 +299,207 @@ Config default_config() {
   return c;
 }
 
-Config parse_config(const std::string& yaml_text, const std::string& source) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::ParserException& e) {
-    std::ostringstream s;
-    s << source << ":" << (e.mark.line + 1) << ": YAML syntax error: " << e.msg;
-    throw ConfigError(s.str());
-  }
-  Config c = default_config();
-  c.source = source;
-  if (!root || root.IsNull()) {
-    apply_environment(c);
-    validate(c);
-    return c;
-  }
-  Section top(root, "", source);
+namespace {
 
-  top.read_with("dicom", [&](const YAML::Node& n, const std::string& p) {
-    Section s(n, p, source);
-    s.read("ae_title", c.dicom.ae_title);
-    s.read("port", c.dicom.port);
-    s.read("max_associations", c.dicom.max_associations);
-    s.read("max_pdu", c.dicom.max_pdu);
-    s.read("acse_timeout_seconds", c.dicom.acse_timeout_seconds);
-    s.read("dimse_timeout_seconds", c.dicom.dimse_timeout_seconds);
-    s.read("max_pending_associations", c.dicom.max_pending_associations);
-    s.read("max_associations_per_host", c.dicom.max_associations_per_host);
-    s.read_with("allowed_peers", [&](const YAML::Node& list, const std::string& lp) {
-      if (!list.IsSequence()) fail_at(source, list, lp, "must be a list of {ae_title, host}");
-      c.dicom.allowed_peers.clear();
-      for (const auto& item : list) {
-        AllowedPeer peer;
-        Section ps(item, lp + "[]", source);
-        ps.read("ae_title", peer.ae_title);
-        ps.read("host", peer.host);
-        ps.check_unknown();
-        if (peer.ae_title.empty() && peer.host.empty())
-          fail_at(source, item, lp, "each entry needs an ae_title, a host or both");
-        c.dicom.allowed_peers.push_back(peer);
-      }
-    });
-    s.read_with("tls", [&](const YAML::Node& t, const std::string& tp) {
-      Section ts(t, tp, source);
-      ts.read("enabled", c.dicom.tls.enabled);
-      ts.read("certificate", c.dicom.tls.certificate);
-      ts.read("private_key", c.dicom.tls.private_key);
-      ts.check_unknown();
-      if (c.dicom.tls.enabled)
-        fail_at(source, t, tp + ".enabled",
-                "DICOM TLS is not implemented in this version; put a TLS proxy (stunnel) in front of the port");
-    });
-    s.check_unknown();
-  });
-
-  top.read_with("storage", [&](const YAML::Node& n, const std::string& p) {
-    Section s(n, p, source);
-    s.read("path", c.storage.path);
-    s.read("min_free_bytes", c.storage.min_free_bytes);
-    s.read("fsync", c.storage.fsync);
-    s.read("reconcile_grace_seconds", c.storage.reconcile_grace_seconds);
-    s.check_unknown();
-  });
-
-  top.read_with("database", [&](const YAML::Node& n, const std::string& p) {
-    Section s(n, p, source);
-    s.read("url", c.database.url);
-    s.read("pool_size", c.database.pool_size);
-    s.read("embedded_port", c.database.embedded_port);
-    s.check_unknown();
-  });
-
-  top.read_with("worklist", [&](const YAML::Node& n, const std::string& p) {
-    Section s(n, p, source);
-    s.read("stable_seconds", c.worklist.stable_seconds);
-    s.read("workers", c.worklist.workers);
-    s.read("max_attempts", c.worklist.max_attempts);
-    s.read("lease_seconds", c.worklist.lease_seconds);
-    s.read("retry_backoff_seconds", c.worklist.retry_backoff_seconds);
-    s.read("poll_seconds", c.worklist.poll_seconds);
-    s.check_unknown();
-  });
-
-  top.read_with("models", [&](const YAML::Node& n, const std::string& p) {
-    if (!n.IsMap()) fail_at(source, n, p, "must be a mapping of model name to settings");
-    c.models.clear();
-    for (const auto& kv : n) {
-      const std::string name = kv.first.Scalar();
-      ModelConfig m;
-      Section s(kv.second, p + "." + name, source);
-      read_remote_model_keys(s, kv.second, p + "." + name, source, m);
-      s.read("path", m.path);
-      s.read("threads", m.threads);
-      s.read("weights", m.weights);
-      s.read("weight_cache", m.weight_cache);
-      s.read("box_scale", m.box_scale);
-      s.read("vision_weights", m.vision_weights);
-      s.read("max_memory", m.max_memory);
-      s.check_unknown();
-      if (m.box_scale < 1 || m.box_scale > 100000)
-        fail_at(source, kv.second["box_scale"] ? kv.second["box_scale"] : kv.second, p + "." + name + ".box_scale",
-                "must be between 1 and 100000");
-      if (m.backend == "local" && m.path.empty()) fail_at(source, kv.first, p + "." + name + ".path", "is required");
-      if (!m.weights.empty())
-        check_one_of(source, kv.second["weights"], p + "." + name + ".weights", m.weights,
-                     {"f32", "bf16", "f16", "int8", "q8", "int4", "q4"});
-      if (!m.vision_weights.empty())
-        check_one_of(source, kv.second["vision_weights"], p + "." + name + ".vision_weights", m.vision_weights,
-                     {"auto", "f32", "bf16", "int8", "q8"});
-      if (m.weight_cache.empty())
-        fail_at(source, kv.second["weight_cache"], p + "." + name + ".weight_cache",
-                "must be auto, off or a directory");
-      c.models[name] = m;
+// One reader per top-level section: each refuses unknown keys and checks
+// what it can alone; parse_config checks the ranges that span sections.
+void read_dicom_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  Section s(n, p, source);
+  s.read("ae_title", c.dicom.ae_title);
+  s.read("port", c.dicom.port);
+  s.read("max_associations", c.dicom.max_associations);
+  s.read("max_pdu", c.dicom.max_pdu);
+  s.read("acse_timeout_seconds", c.dicom.acse_timeout_seconds);
+  s.read("dimse_timeout_seconds", c.dicom.dimse_timeout_seconds);
+  s.read("max_pending_associations", c.dicom.max_pending_associations);
+  s.read("max_associations_per_host", c.dicom.max_associations_per_host);
+  s.read_with("allowed_peers", [&](const YAML::Node& list, const std::string& lp) {
+    if (!list.IsSequence()) fail_at(source, list, lp, "must be a list of {ae_title, host}");
+    c.dicom.allowed_peers.clear();
+    for (const auto& item : list) {
+      AllowedPeer peer;
+      Section ps(item, lp + "[]", source);
+      ps.read("ae_title", peer.ae_title);
+      ps.read("host", peer.host);
+      ps.check_unknown();
+      if (peer.ae_title.empty() && peer.host.empty())
+        fail_at(source, item, lp, "each entry needs an ae_title, a host or both");
+      c.dicom.allowed_peers.push_back(peer);
     }
   });
-
-  top.read_with("routes", [&](const YAML::Node& n, const std::string& p) {
-    if (!n.IsSequence()) fail_at(source, n, p, "must be a list of routes");
-    c.routes.clear();
-    for (size_t i = 0; i < n.size(); ++i) {
-      const YAML::Node item = n[i];
-      Route r;
-      const std::string rp = p + "[" + std::to_string(i) + "]";
-      Section s(item, rp, source);
-      s.read("name", r.name);
-      s.read("model", r.model);
-      s.read("prompt", r.prompt);
-      s.read("language", r.language);
-      s.read("max_new_tokens", r.max_new_tokens);
-      std::string select = "each";
-      s.read("select", select);
-      s.read("max_images", r.max_images);
-      s.read_with("match", [&](const YAML::Node& m, const std::string& mp) {
-        Section ms(m, mp, source);
-        ms.read("modality", r.match.modalities);
-        ms.read("body_part", r.match.body_parts);
-        ms.read("calling_ae", r.match.calling_aes);
-        ms.check_unknown();
-      });
-      s.check_unknown();
-      if (r.name.empty()) r.name = "route" + std::to_string(i + 1);
-      if (r.model.empty()) fail_at(source, item, rp + ".model", "is required");
-      r.select = parse_choice<ImageSelection>(source, item["select"] ? item["select"] : item, rp + ".select", select,
-                                              {{"each", ImageSelection::each}, {"middle", ImageSelection::middle}});
-      // The SR's language (TID 1204): the codes the SR builder writes.
-      check_one_of(source, item["language"] ? item["language"] : item, rp + ".language", r.language,
-                   {"en", "en-US", "zh", "zh-CN"});
-      if (r.max_new_tokens < 1 || r.max_new_tokens > 8192)
-        fail_at(source, item, rp + ".max_new_tokens", "must be between 1 and 8192");
-      if (r.max_images < 1 || r.max_images > 64)
-        fail_at(source, item, rp + ".max_images", "must be between 1 and 64");
-      c.routes.push_back(r);
-    }
+  s.read_with("tls", [&](const YAML::Node& t, const std::string& tp) {
+    Section ts(t, tp, source);
+    ts.read("enabled", c.dicom.tls.enabled);
+    ts.read("certificate", c.dicom.tls.certificate);
+    ts.read("private_key", c.dicom.tls.private_key);
+    ts.check_unknown();
+    if (c.dicom.tls.enabled)
+      fail_at(source, t, tp + ".enabled",
+              "DICOM TLS is not implemented in this version; put a TLS proxy (stunnel) in front of the port");
   });
+  s.check_unknown();
+}
 
-  top.read_with("export", [&](const YAML::Node& n, const std::string& p) {
-    Section s(n, p, source);
-    s.read("calling_ae_title", c.exports.calling_ae_title);
-    s.read("max_attempts", c.exports.max_attempts);
-    s.read("retry_backoff_seconds", c.exports.retry_backoff_seconds);
-    s.read_with("destinations", [&](const YAML::Node& list, const std::string& lp) {
-      if (!list.IsSequence()) fail_at(source, list, lp, "must be a list of destinations");
-      for (size_t i = 0; i < list.size(); ++i) {
-        ExportDestination d;
-        const std::string dp = lp + "[" + std::to_string(i) + "]";
-        Section ds(list[i], dp, source);
-        ds.read("name", d.name);
-        ds.read("ae_title", d.ae_title);
-        ds.read("host", d.host);
-        ds.read("port", d.port);
-        ds.read("routes", d.routes);
-        ds.read("objects", d.objects);
-        ds.check_unknown();
-        for (const auto& object : d.objects)
-          if (object != "sr" && object != "gsps" && object != "key_image")
-            fail_at(source, list[i], dp + ".objects", "unknown object '" + object + "' (sr, gsps, key_image)");
-        if (std::find(d.objects.begin(), d.objects.end(), "sr") == d.objects.end())
-          fail_at(source, list[i], dp + ".objects", "must include sr (the report is always sent)");
-        if (d.ae_title.empty()) fail_at(source, list[i], dp + ".ae_title", "is required");
-        if (d.host.empty()) fail_at(source, list[i], dp + ".host", "is required");
-        if (d.name.empty()) d.name = d.ae_title;
-        c.exports.destinations.push_back(d);
-      }
-    });
-    s.check_unknown();
+void read_storage_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  Section s(n, p, source);
+  s.read("path", c.storage.path);
+  s.read("min_free_bytes", c.storage.min_free_bytes);
+  s.read("fsync", c.storage.fsync);
+  s.read("reconcile_grace_seconds", c.storage.reconcile_grace_seconds);
+  s.check_unknown();
+}
+
+void read_database_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  Section s(n, p, source);
+  s.read("url", c.database.url);
+  s.read("pool_size", c.database.pool_size);
+  s.read("embedded_port", c.database.embedded_port);
+  s.check_unknown();
+}
+
+void read_worklist_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  Section s(n, p, source);
+  s.read("stable_seconds", c.worklist.stable_seconds);
+  s.read("workers", c.worklist.workers);
+  s.read("max_attempts", c.worklist.max_attempts);
+  s.read("lease_seconds", c.worklist.lease_seconds);
+  s.read("retry_backoff_seconds", c.worklist.retry_backoff_seconds);
+  s.read("poll_seconds", c.worklist.poll_seconds);
+  s.check_unknown();
+}
+
+// models.<name>: one model's settings (local engine or remote backend).
+ModelConfig read_model(const YAML::Node& name_node, const YAML::Node& node, const std::string& mp,
+                       const std::string& source) {
+  ModelConfig m;
+  Section s(node, mp, source);
+  read_remote_model_keys(s, node, mp, source, m);
+  s.read("path", m.path);
+  s.read("threads", m.threads);
+  s.read("weights", m.weights);
+  s.read("weight_cache", m.weight_cache);
+  s.read("box_scale", m.box_scale);
+  s.read("vision_weights", m.vision_weights);
+  s.read("max_memory", m.max_memory);
+  s.check_unknown();
+  if (m.box_scale < 1 || m.box_scale > 100000)
+    fail_at(source, node["box_scale"] ? node["box_scale"] : node, mp + ".box_scale", "must be between 1 and 100000");
+  if (m.backend == "local" && m.path.empty()) fail_at(source, name_node, mp + ".path", "is required");
+  if (!m.weights.empty())
+    check_one_of(source, node["weights"], mp + ".weights", m.weights,
+                 {"f32", "bf16", "f16", "int8", "q8", "int4", "q4"});
+  if (!m.vision_weights.empty())
+    check_one_of(source, node["vision_weights"], mp + ".vision_weights", m.vision_weights,
+                 {"auto", "f32", "bf16", "int8", "q8"});
+  if (m.weight_cache.empty())
+    fail_at(source, node["weight_cache"], mp + ".weight_cache", "must be auto, off or a directory");
+  return m;
+}
+
+void read_models_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  if (!n.IsMap()) fail_at(source, n, p, "must be a mapping of model name to settings");
+  c.models.clear();
+  for (const auto& kv : n) {
+    const std::string name = kv.first.Scalar();
+    c.models[name] = read_model(kv.first, kv.second, p + "." + name, source);
+  }
+}
+
+// routes[i]: which studies go to which model, with what prompt.
+Route read_route(const YAML::Node& item, const std::string& rp, size_t i, const std::string& source) {
+  Route r;
+  Section s(item, rp, source);
+  s.read("name", r.name);
+  s.read("model", r.model);
+  s.read("prompt", r.prompt);
+  s.read("language", r.language);
+  s.read("max_new_tokens", r.max_new_tokens);
+  std::string select = "each";
+  s.read("select", select);
+  s.read("max_images", r.max_images);
+  s.read_with("match", [&](const YAML::Node& m, const std::string& mp) {
+    Section ms(m, mp, source);
+    ms.read("modality", r.match.modalities);
+    ms.read("body_part", r.match.body_parts);
+    ms.read("calling_ae", r.match.calling_aes);
+    ms.check_unknown();
   });
+  s.check_unknown();
+  if (r.name.empty()) r.name = "route" + std::to_string(i + 1);
+  if (r.model.empty()) fail_at(source, item, rp + ".model", "is required");
+  r.select = parse_choice<ImageSelection>(source, item["select"] ? item["select"] : item, rp + ".select", select,
+                                          {{"each", ImageSelection::each}, {"middle", ImageSelection::middle}});
+  // The SR's language (TID 1204): the codes the SR builder writes.
+  check_one_of(source, item["language"] ? item["language"] : item, rp + ".language", r.language,
+               {"en", "en-US", "zh", "zh-CN"});
+  if (r.max_new_tokens < 1 || r.max_new_tokens > 8192)
+    fail_at(source, item, rp + ".max_new_tokens", "must be between 1 and 8192");
+  if (r.max_images < 1 || r.max_images > 64)
+    fail_at(source, item, rp + ".max_images", "must be between 1 and 64");
+  return r;
+}
 
-  top.read_with("http", [&](const YAML::Node& n, const std::string& p) {
-    Section s(n, p, source);
-    s.read("listen", c.http.listen);
-    s.read("token", c.http.token);
-    s.check_unknown();
+void read_routes_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  if (!n.IsSequence()) fail_at(source, n, p, "must be a list of routes");
+  c.routes.clear();
+  for (size_t i = 0; i < n.size(); ++i)
+    c.routes.push_back(read_route(n[i], p + "[" + std::to_string(i) + "]", i, source));
+}
+
+// export.destinations[i]: one PACS (or other store) the results are sent to.
+ExportDestination read_destination(const YAML::Node& node, const std::string& dp, const std::string& source) {
+  ExportDestination d;
+  Section ds(node, dp, source);
+  ds.read("name", d.name);
+  ds.read("ae_title", d.ae_title);
+  ds.read("host", d.host);
+  ds.read("port", d.port);
+  ds.read("routes", d.routes);
+  ds.read("objects", d.objects);
+  ds.check_unknown();
+  for (const auto& object : d.objects)
+    if (object != "sr" && object != "gsps" && object != "key_image")
+      fail_at(source, node, dp + ".objects", "unknown object '" + object + "' (sr, gsps, key_image)");
+  if (std::find(d.objects.begin(), d.objects.end(), "sr") == d.objects.end())
+    fail_at(source, node, dp + ".objects", "must include sr (the report is always sent)");
+  if (d.ae_title.empty()) fail_at(source, node, dp + ".ae_title", "is required");
+  if (d.host.empty()) fail_at(source, node, dp + ".host", "is required");
+  if (d.name.empty()) d.name = d.ae_title;
+  return d;
+}
+
+void read_export_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  Section s(n, p, source);
+  s.read("calling_ae_title", c.exports.calling_ae_title);
+  s.read("max_attempts", c.exports.max_attempts);
+  s.read("retry_backoff_seconds", c.exports.retry_backoff_seconds);
+  s.read_with("destinations", [&](const YAML::Node& list, const std::string& lp) {
+    if (!list.IsSequence()) fail_at(source, list, lp, "must be a list of destinations");
+    for (size_t i = 0; i < list.size(); ++i)
+      c.exports.destinations.push_back(read_destination(list[i], lp + "[" + std::to_string(i) + "]", source));
   });
+  s.check_unknown();
+}
 
-  top.read_with("log", [&](const YAML::Node& n, const std::string& p) {
-    Section s(n, p, source);
-    s.read("level", c.log.level);
-    s.read("format", c.log.format);
-    s.check_unknown();
-    check_one_of(source, n["level"] ? n["level"] : n, p + ".level", c.log.level,
-                 {"trace", "debug", "info", "warn", "error", "critical", "off"});
-    check_one_of(source, n["format"] ? n["format"] : n, p + ".format", c.log.format, {"text", "json"});
-  });
-  top.check_unknown();
+void read_http_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  Section s(n, p, source);
+  s.read("listen", c.http.listen);
+  s.read("token", c.http.token);
+  s.check_unknown();
+}
 
-  // Value ranges, reported at the line of the offending key.
+void read_log_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  Section s(n, p, source);
+  s.read("level", c.log.level);
+  s.read("format", c.log.format);
+  s.check_unknown();
+  check_one_of(source, n["level"] ? n["level"] : n, p + ".level", c.log.level,
+               {"trace", "debug", "info", "warn", "error", "critical", "off"});
+  check_one_of(source, n["format"] ? n["format"] : n, p + ".format", c.log.format, {"text", "json"});
+}
+
+// Value ranges, reported at the line of the offending key.
+void check_value_ranges(const std::string& source, const YAML::Node& root, const Config& c) {
   check_range(source, root, "dicom.port", c.dicom.port, 1, 65535);
   check_range(source, root, "dicom.max_associations", c.dicom.max_associations, 1, 1024);
   check_range(source, root, "dicom.max_pdu", c.dicom.max_pdu, 4096, 131072);
@@ -527,6 +522,39 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
   if (c.dicom.ae_title.empty() || c.dicom.ae_title.size() > 16)
     fail_at(source, root["dicom"] ? root["dicom"] : root, "dicom.ae_title", "must be 1..16 characters");
   if (c.storage.path.empty()) fail_at(source, root, "storage.path", "must not be empty");
+}
+
+}  // namespace
+
+Config parse_config(const std::string& yaml_text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::ParserException& e) {
+    std::ostringstream s;
+    s << source << ":" << (e.mark.line + 1) << ": YAML syntax error: " << e.msg;
+    throw ConfigError(s.str());
+  }
+  Config c = default_config();
+  c.source = source;
+  if (!root || root.IsNull()) {
+    apply_environment(c);
+    validate(c);
+    return c;
+  }
+  Section top(root, "", source);
+
+  // Sections in the order the example file has them.
+  using SectionReader = void (*)(const YAML::Node&, const std::string&, const std::string&, Config&);
+  static const std::pair<const char*, SectionReader> kSections[] = {
+      {"dicom", read_dicom_section},       {"storage", read_storage_section}, {"database", read_database_section},
+      {"worklist", read_worklist_section}, {"models", read_models_section},   {"routes", read_routes_section},
+      {"export", read_export_section},     {"http", read_http_section},       {"log", read_log_section}};
+  for (const auto& [key, reader] : kSections)
+    top.read_with(key, [&, reader = reader](const YAML::Node& n, const std::string& p) { reader(n, p, source, c); });
+  top.check_unknown();
+
+  check_value_ranges(source, root, c);
 
   apply_environment(c);
   try {
