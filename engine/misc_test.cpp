@@ -67,6 +67,22 @@ TEST(engine_pixelshuffle, V1IsTransposedV2) {
   EXPECT_EQ(std::vector<float>(v1.begin() + 4, v1.begin() + 8), (std::vector<float>{8, 9, 12, 13}));
 }
 
+TEST(engine_pixelshuffle, RowSlicesEqualWholeTile) {
+  // What threads do: each shuffles a slice of output rows; together they must
+  // write exactly the whole-tile result (8x8 grid, 3 channels, both versions).
+  const int grid = 8, c = 3;
+  std::vector<float> x(grid * grid * c);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(i);
+  for (int ps : {1, 2}) {
+    std::vector<float> whole(x.size()), sliced(x.size(), -1.0f);
+    pixel_shuffle(x.data(), grid, c, ps, whole.data());
+    pixel_shuffle_rows(x.data(), grid, c, ps, sliced.data(), 0, 1);
+    pixel_shuffle_rows(x.data(), grid, c, ps, sliced.data(), 1, 3);
+    pixel_shuffle_rows(x.data(), grid, c, ps, sliced.data(), 3, 4);
+    EXPECT_EQ(sliced, whole) << "ps_version " << ps;
+  }
+}
+
 TEST(engine_image, BadImages) {
   std::string dir = "/tmp/firstread_engine_img_" + std::to_string(::getpid());
   ::mkdir(dir.c_str(), 0755);

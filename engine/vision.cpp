@@ -103,8 +103,12 @@ void VisionEncoder::interpolate_pos_embed(int grid) {
 }
 
 void pixel_shuffle(const float* x, int grid, int c, int ps_version, float* out) {
+  pixel_shuffle_rows(x, grid, c, ps_version, out, 0, grid / 2);
+}
+
+void pixel_shuffle_rows(const float* x, int grid, int c, int ps_version, float* out, int row_begin, int row_end) {
   const int g2 = grid / 2;
-  for (int i = 0; i < g2; ++i)      // output row
+  for (int i = row_begin; i < row_end; ++i)  // output row
     for (int j = 0; j < g2; ++j) {  // output column
       const int token = ps_version == 2 ? i * g2 + j : j * g2 + i;
       float* o = out + size_t(token) * 4 * c;
@@ -217,10 +221,15 @@ void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, f
 
   const int c4 = 4 * d, nt = chat_.num_image_token;
   shuffled_.resize(size_t(T) * nt * c4);
-  for (int t = 0; t < T; ++t) {
-    const float* xt = x_.data() + size_t(t) * N * d + d;  // drop CLS
-    pixel_shuffle(xt, grid, d, chat_.ps_version, shuffled_.data() + size_t(t) * nt * c4);
-  }
+  const int g2 = grid / 2;
+  parallel_rows(pool, int64_t(T) * g2, [&](int64_t a, int64_t b) {
+    for (int64_t r = a; r < b;) {  // r = tile * g2 + output row
+      const int t = int(r / g2), row = int(r % g2), row_end = int(std::min<int64_t>(g2, row + (b - r)));
+      const float* xt = x_.data() + size_t(t) * N * d + d;  // drop CLS
+      pixel_shuffle_rows(xt, grid, d, chat_.ps_version, shuffled_.data() + size_t(t) * nt * c4, row, row_end);
+      r += row_end - row;
+    }
+  }, /*min_rows=*/2);
   parallel_rows(pool, int64_t(T) * nt, [&](int64_t a, int64_t b) {
     layer_norm(shuffled_.data() + a * c4, mlp_ln_w_, mlp_ln_b_, shuffled_.data() + a * c4, b - a, c4, 1e-5f);
   });

@@ -48,5 +48,8 @@ class VisionEncoder {
 // Pixel shuffle (scale 0.5) of x[grid][grid][c] into out[(grid/2)^2][4c];
 // v1 emits tokens column-major (transposed), v2 row-major.
 void pixel_shuffle(const float* x, int grid, int c, int ps_version, float* out);
+// The same for output rows [row_begin, row_end) of grid/2, so that threads
+// can share one tile (a 6B-width tile moves 13 MB).
+void pixel_shuffle_rows(const float* x, int grid, int c, int ps_version, float* out, int row_begin, int row_end);
 
 }  // namespace firstread::engine
