@@ -82,8 +82,16 @@ int migrate(pqxx::connection& conn) {
   for (const Migration& m : migrations()) {
     pqxx::work txn(conn);
     txn.exec("SELECT pg_advisory_xact_lock(7461726474)");
-    auto done = txn.exec_params("SELECT 1 FROM firstread.schema_migrations WHERE version = $1", m.version);
-    if (!done.empty()) continue;
+    auto done = txn.exec_params("SELECT name FROM firstread.schema_migrations WHERE version = $1", m.version);
+    if (!done.empty()) {
+      // Same version, other file: this database was migrated by a build whose
+      // migration of that number is not this one, so this one never ran.
+      const std::string recorded = done[0][0].as<std::string>();
+      if (recorded != m.name)
+        throw DatabaseError("migration version " + std::to_string(m.version) + ": the database applied '" + recorded +
+                            "' but this build's is '" + m.name + "'; the schema is not the one this build expects");
+      continue;
+    }
     try {
       txn.exec0(m.sql);
     } catch (const std::exception& e) {

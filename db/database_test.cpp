@@ -51,6 +51,38 @@ TEST_F(DatabaseTest, MigrationsAreAppliedOnceAndIdempotent) {
   EXPECT_EQ(firstread::db::migrate(*lease), 0);  // already applied
 }
 
+TEST_F(DatabaseTest, MigrationVersionsAreUniqueAndIncreasing) {
+  int last = 0;
+  for (const auto& m : firstread::db::migrations()) {
+    EXPECT_GT(m.version, last) << m.name << " follows a migration with the same or a higher version";
+    last = m.version;
+  }
+}
+
+// A database migrated by a build whose migration N was another file (two
+// branches each adding one numbered N) is refused, naming both, instead of
+// silently never running this build's migration N.
+TEST_F(DatabaseTest, MigrateRefusesADatabaseWhoseMigrationOfTheSameVersionDiffers) {
+  auto lease = pool().acquire();
+  const auto& last = firstread::db::migrations().back();
+  auto rename = [&](const std::string& name) {
+    pqxx::work txn(*lease);
+    txn.exec_params0("UPDATE firstread.schema_migrations SET name = $1 WHERE version = $2", name, last.version);
+    txn.commit();
+  };
+  rename("0099_other_branch");
+  std::string error;
+  try {
+    firstread::db::migrate(*lease);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  rename(last.name);
+  EXPECT_NE(error.find("0099_other_branch"), std::string::npos) << error;
+  EXPECT_NE(error.find(last.name), std::string::npos) << error;
+  EXPECT_EQ(firstread::db::migrate(*lease), 0);
+}
+
 TEST_F(DatabaseTest, ApiViewsHaveTheDocumentedColumns) {
   auto cols = [&](const std::string& view) {
     return pool().transact([&](pqxx::work& txn) {
