@@ -35,26 +35,9 @@ void require_positive(int v, const char* key, const std::string& where) {
   if (v <= 0) throw EngineError(where + ": key '" + key + "' must be positive, got " + std::to_string(v));
 }
 
-}  // namespace
-
-ModelHParams parse_model_config(const std::string& text, const std::string& path) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw EngineError(path + ": not valid JSON (" + e.what() + ")");
-  }
-  if (!j.is_object()) throw EngineError(path + ": not a JSON object");
-  if (!j.contains("vision_config") || !j["vision_config"].is_object())
-    throw EngineError(path + ": missing vision_config (not an InternVL-Chat config?)");
-  if (!j.contains("llm_config") || !j["llm_config"].is_object())
-    throw EngineError(path + ": missing llm_config (not an InternVL-Chat config?)");
-  ModelHParams hp;
-
-  // --- vision: InternVisionConfig defaults ---
-  const json& v = j["vision_config"];
-  const std::string vw = path + " vision_config";
-  VisionHParams& vh = hp.vision;
+// vision_config, with InternVisionConfig's defaults.
+VisionHParams parse_vision_hparams(const json& v, const std::string& vw) {
+  VisionHParams vh;
   vh.hidden = get_or<int>(v, "hidden_size", 3200, vw);
   vh.intermediate = get_or<int>(v, "intermediate_size", 12800, vw);
   vh.n_heads = get_or<int>(v, "num_attention_heads", 25, vw);
@@ -78,11 +61,12 @@ ModelHParams parse_model_config(const std::string& text, const std::string& path
   require_positive(vh.image_size, "image_size", vw);
   if (vh.hidden % vh.n_heads) throw EngineError(vw + ": hidden_size not divisible by num_attention_heads");
   if (vh.n_channels != 3) throw EngineError(vw + ": num_channels must be 3");
+  return vh;
+}
 
-  // --- llm ---
-  const json& l = j["llm_config"];
-  const std::string lw = path + " llm_config";
-  LlmHParams& lh = hp.llm;
+// llm_config, with the defaults of LlamaConfig / Qwen2Config / InternLM2Config.
+LlmHParams parse_llm_hparams(const json& l, const std::string& lw) {
+  LlmHParams lh;
   std::string arch;
   if (l.contains("architectures") && l["architectures"].is_array() && !l["architectures"].empty() &&
       l["architectures"][0].is_string())
@@ -126,9 +110,13 @@ ModelHParams parse_model_config(const std::string& text, const std::string& path
     std::string type = get_or<std::string>(l["rope_scaling"], "type", "", lw + " rope_scaling");
     if (type != "dynamic") throw EngineError(lw + ": unsupported rope_scaling type '" + type + "'");
   }
+  return lh;
+}
 
-  // --- chat wrapper: InternVLChatConfig defaults ---
-  ChatHParams& ch = hp.chat;
+// The chat wrapper's own keys (InternVLChatConfig defaults) and the image
+// token count they imply with the vision tower's patch grid.
+ChatHParams parse_chat_hparams(const json& j, const std::string& path, const VisionHParams& vh) {
+  ChatHParams ch;
   ch.template_name = get_or<std::string>(j, "template", "", path);
   int force = get_or<int>(j, "force_image_size", 0, path);
   ch.image_size = force > 0 ? force : vh.image_size;
@@ -155,6 +143,27 @@ ModelHParams parse_model_config(const std::string& text, const std::string& path
                       std::to_string(vh.n_layers) + " layers");
   if (ch.min_dynamic_patch < 1 || ch.max_dynamic_patch < ch.min_dynamic_patch)
     throw EngineError(path + ": min/max_dynamic_patch out of range");
+  return ch;
+}
+
+}  // namespace
+
+ModelHParams parse_model_config(const std::string& text, const std::string& path) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw EngineError(path + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!j.is_object()) throw EngineError(path + ": not a JSON object");
+  if (!j.contains("vision_config") || !j["vision_config"].is_object())
+    throw EngineError(path + ": missing vision_config (not an InternVL-Chat config?)");
+  if (!j.contains("llm_config") || !j["llm_config"].is_object())
+    throw EngineError(path + ": missing llm_config (not an InternVL-Chat config?)");
+  ModelHParams hp;
+  hp.vision = parse_vision_hparams(j["vision_config"], path + " vision_config");
+  hp.llm = parse_llm_hparams(j["llm_config"], path + " llm_config");
+  hp.chat = parse_chat_hparams(j, path, hp.vision);
   return hp;
 }
 
