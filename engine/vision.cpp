@@ -131,16 +131,79 @@ void VisionEncoder::encode_tiles(ThreadPool& pool, const float* pixels, int n_ti
   }
 }
 
+void VitBlockScratch::reserve(int64_t rows, int d, int intermediate, int tokens, int threads) {
+  h.resize(size_t(rows) * d);
+  qkv.resize(size_t(rows) * 3 * d);
+  attn.resize(size_t(rows) * d);
+  mlp.resize(size_t(rows) * intermediate);
+  scores.resize(size_t(threads) * tokens * tokens);
+}
+
+void vit_block(ThreadPool& pool, const VisionHParams& hp, const VisionLayer& L, float* x, int T, int N,
+               VitBlockScratch& s) {
+  const int d = hp.hidden, H = hp.n_heads, hd = hp.head_dim(), I = hp.intermediate;
+  const int64_t R = int64_t(T) * N;
+  const bool ln = hp.norm == VisionNorm::LayerNorm;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  // --- attention ---
+  parallel_rows(pool, R, [&](int64_t a, int64_t b) {
+    if (ln) layer_norm(x + a * d, L.norm1_w, L.norm1_b, s.h.data() + a * d, b - a, d, hp.norm_eps);
+    else rms_norm(x + a * d, L.norm1_w, s.h.data() + a * d, b - a, d, hp.norm_eps);
+  });
+  linear(pool, s.h.data(), R, L.qkv, L.qkv_b, s.qkv.data(), s.linear);
+  if (hp.qk_norm) {
+    // RMSNorm over all heads jointly (the whole d-wide q and k vectors).
+    parallel_rows(pool, R, [&](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) {
+        float* q = s.qkv.data() + size_t(r) * 3 * d;
+        rms_norm(q, L.q_norm_w, q, 1, d, hp.norm_eps);
+        rms_norm(q + d, L.k_norm_w, q + d, 1, d, hp.norm_eps);
+      }
+    });
+  }
+  // Heads (of every tile) split statically over the threads, each with its
+  // own N x N score buffer.
+  const int parts = pool.size();
+  pool.parallel_for(parts, [&](int part) {
+    float* sc = s.scores.data() + size_t(part) * N * N;
+    for (int job = part; job < T * H; job += parts) {
+      const int t = job / H, hh = job % H;
+      const float* base = s.qkv.data() + size_t(t) * N * 3 * d;
+      const float* q = base + hh * hd;
+      const float* k = base + d + hh * hd;
+      const float* v = base + 2 * d + hh * hd;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * d, k, 3 * d, 0.f, sc, N);
+      for (int r = 0; r < N; ++r) softmax_inplace(sc + size_t(r) * N, N);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.f, sc, N, v, 3 * d, 0.f,
+                  s.attn.data() + size_t(t) * N * d + hh * hd, d);
+    }
+  }, /*spin_after=*/false);
+  linear(pool, s.attn.data(), R, L.proj, L.proj_b, s.h.data(), s.linear);
+  // Residual with layer scale, then the MLP's norm, on the same rows.
+  parallel_rows(pool, R, [&](int64_t a, int64_t b) {
+    for (int64_t r = a; r < b; ++r)
+      for (int i = 0; i < d; ++i) x[size_t(r) * d + i] += L.ls1[i] * s.h[size_t(r) * d + i];
+    if (ln) layer_norm(x + a * d, L.norm2_w, L.norm2_b, s.h.data() + a * d, b - a, d, hp.norm_eps);
+    else rms_norm(x + a * d, L.norm2_w, s.h.data() + a * d, b - a, d, hp.norm_eps);
+  });
+  linear(pool, s.h.data(), R, L.fc1, L.fc1_b, s.mlp.data(), s.linear);
+  pool.parallel_for(pool.size(), [&](int part) {
+    size_t total = size_t(R) * I, a = total * part / pool.size(), b = total * (part + 1) / pool.size();
+    gelu_erf(s.mlp.data() + a, int64_t(b - a));
+  }, /*spin_after=*/false);
+  linear(pool, s.mlp.data(), R, L.fc2, L.fc2_b, s.h.data(), s.linear);
+  parallel_rows(pool, R, [&](int64_t a, int64_t b) {
+    for (int64_t r = a; r < b; ++r)
+      for (int i = 0; i < d; ++i) x[size_t(r) * d + i] += L.ls2[i] * s.h[size_t(r) * d + i];
+  });
+}
+
 void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, float* out) {
   const int d = hp_.hidden, p = hp_.patch_size, S = chat_.image_size, grid = S / p;
-  const int np = grid * grid, N = np + 1, H = hp_.n_heads, hd = hp_.head_dim(), I = hp_.intermediate;
+  const int np = grid * grid, N = np + 1, I = hp_.intermediate;
   const int64_t R = int64_t(T) * N;  // rows over all tiles
   x_.resize(size_t(R) * d);
-  h_.resize(size_t(R) * d);
-  qkv_.resize(size_t(R) * 3 * d);
-  attn_.resize(size_t(R) * d);
-  mlp_.resize(size_t(R) * I);
-  scores_.resize(size_t(pool.size()) * N * N);
+  block_.reserve(R, d, I, N, pool.size());
 
   // Patch embedding as a matrix product over im2col rows (c, ky, kx order = conv weight order).
   tmp_.resize(size_t(T) * np * 3 * p * p);
@@ -153,71 +216,17 @@ void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, f
           for (int ky = 0; ky < p; ++ky)
             std::memcpy(row + (c * p + ky) * p, px + (size_t(c) * S + gy * p + ky) * S + gx * p, size_t(p) * 4);
       }
-  linear(pool, tmp_.data(), int64_t(T) * np, patch_w_, patch_b_, h_.data(), scratch_);
+  linear(pool, tmp_.data(), int64_t(T) * np, patch_w_, patch_b_, block_.h.data(), scratch_);
   for (int t = 0; t < T; ++t) {
     float* xt = x_.data() + size_t(t) * N * d;
     std::memcpy(xt, cls_, size_t(d) * 4);
-    std::memcpy(xt + d, h_.data() + size_t(t) * np * d, size_t(np) * d * 4);
+    std::memcpy(xt + d, block_.h.data() + size_t(t) * np * d, size_t(np) * d * 4);
     parallel_rows(pool, N, [&](int64_t a, int64_t b) {
       for (size_t i = size_t(a) * d; i < size_t(b) * d; ++i) xt[i] += pos_grid_[i];
     });
   }
 
-  const bool ln = hp_.norm == VisionNorm::LayerNorm;
-  const float scale = 1.0f / std::sqrt(float(hd));
-  for (const VisionLayer& L : layers_) {
-    // --- attention ---
-    parallel_rows(pool, R, [&](int64_t a, int64_t b) {
-      if (ln) layer_norm(x_.data() + a * d, L.norm1_w, L.norm1_b, h_.data() + a * d, b - a, d, hp_.norm_eps);
-      else rms_norm(x_.data() + a * d, L.norm1_w, h_.data() + a * d, b - a, d, hp_.norm_eps);
-    });
-    linear(pool, h_.data(), R, L.qkv, L.qkv_b, qkv_.data(), scratch_);
-    if (hp_.qk_norm) {
-      // RMSNorm over all heads jointly (the whole d-wide q and k vectors).
-      parallel_rows(pool, R, [&](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r) {
-          float* q = qkv_.data() + size_t(r) * 3 * d;
-          rms_norm(q, L.q_norm_w, q, 1, d, hp_.norm_eps);
-          rms_norm(q + d, L.k_norm_w, q + d, 1, d, hp_.norm_eps);
-        }
-      });
-    }
-    // Heads (of every tile) split statically over the threads, each with its
-    // own N x N score buffer.
-    const int parts = pool.size();
-    pool.parallel_for(parts, [&](int part) {
-      float* sc = scores_.data() + size_t(part) * N * N;
-      for (int job = part; job < T * H; job += parts) {
-        const int t = job / H, hh = job % H;
-        const float* base = qkv_.data() + size_t(t) * N * 3 * d;
-        const float* q = base + hh * hd;
-        const float* k = base + d + hh * hd;
-        const float* v = base + 2 * d + hh * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * d, k, 3 * d, 0.f, sc, N);
-        for (int r = 0; r < N; ++r) softmax_inplace(sc + size_t(r) * N, N);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.f, sc, N, v, 3 * d, 0.f,
-                    attn_.data() + size_t(t) * N * d + hh * hd, d);
-      }
-    }, /*spin_after=*/false);
-    linear(pool, attn_.data(), R, L.proj, L.proj_b, h_.data(), scratch_);
-    // Residual with layer scale, then the MLP's norm, on the same rows.
-    parallel_rows(pool, R, [&](int64_t a, int64_t b) {
-      for (int64_t r = a; r < b; ++r)
-        for (int i = 0; i < d; ++i) x_[size_t(r) * d + i] += L.ls1[i] * h_[size_t(r) * d + i];
-      if (ln) layer_norm(x_.data() + a * d, L.norm2_w, L.norm2_b, h_.data() + a * d, b - a, d, hp_.norm_eps);
-      else rms_norm(x_.data() + a * d, L.norm2_w, h_.data() + a * d, b - a, d, hp_.norm_eps);
-    });
-    linear(pool, h_.data(), R, L.fc1, L.fc1_b, mlp_.data(), scratch_);
-    pool.parallel_for(pool.size(), [&](int part) {
-      size_t total = size_t(R) * I, a = total * part / pool.size(), b = total * (part + 1) / pool.size();
-      gelu_erf(mlp_.data() + a, int64_t(b - a));
-    }, /*spin_after=*/false);
-    linear(pool, mlp_.data(), R, L.fc2, L.fc2_b, h_.data(), scratch_);
-    parallel_rows(pool, R, [&](int64_t a, int64_t b) {
-      for (int64_t r = a; r < b; ++r)
-        for (int i = 0; i < d; ++i) x_[size_t(r) * d + i] += L.ls2[i] * h_[size_t(r) * d + i];
-    });
-  }
+  for (const VisionLayer& L : layers_) vit_block(pool, hp_, L, x_.data(), T, N, block_);
 
   const int c4 = 4 * d, nt = chat_.num_image_token;
   shuffled_.resize(size_t(T) * nt * c4);

@@ -22,6 +22,21 @@ struct VisionLayer {
   const float *fc1_b = nullptr, *fc2_b = nullptr;
 };
 
+// Work buffers of one ViT block over rows = tiles x tokens (sized once per
+// batch by reserve; the block itself allocates nothing).
+struct VitBlockScratch {
+  std::vector<float> h, qkv, attn, mlp, scores;
+  LinearScratch linear;
+  void reserve(int64_t rows, int d, int intermediate, int tokens, int threads);
+};
+
+// One InternViT block, in place on x[tiles * tokens][hidden]: pre-norm
+// (RMSNorm or LayerNorm) attention with fused qkv, optional joint qk RMSNorm
+// and layer scale ls1, then pre-norm MLP (fc1, exact GELU, fc2) with layer
+// scale ls2. Attention stays within each tile's `tokens` rows.
+void vit_block(ThreadPool& pool, const VisionHParams& hp, const VisionLayer& layer, float* x, int tiles, int tokens,
+               VitBlockScratch& scratch);
+
 class VisionEncoder {
  public:
   VisionEncoder(const ModelHParams& hp, WeightStore& ws, int llm_hidden);
@@ -42,7 +57,8 @@ class VisionEncoder {
   const float *mlp_ln_w_ = nullptr, *mlp_ln_b_ = nullptr, *mlp1_b_ = nullptr, *mlp3_b_ = nullptr;
   WeightView mlp1_, mlp3_;
   LinearScratch scratch_;
-  std::vector<float> x_, h_, qkv_, attn_, scores_, tmp_, mlp_, shuffled_, proj_tmp_;
+  VitBlockScratch block_;
+  std::vector<float> x_, tmp_, shuffled_, proj_tmp_;
 };
 
 // Pixel shuffle (scale 0.5) of x[grid][grid][c] into out[(grid/2)^2][4c];
