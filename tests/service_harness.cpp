@@ -149,6 +149,15 @@ std::string FirstreadService::log() const {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+bool FirstreadService::wait_for_log(const std::string& needle, double seconds) const {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (log().find(needle) == std::string::npos) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return true;
+}
+
 pqxx::connection FirstreadService::connect() const {
   // The embedded cluster's socket lives under <storage>/pg/run (see db/embedded_postgres.cpp).
   return pqxx::connection("host=" + storage() + "/pg/run port=" + std::to_string(db_port_) +

@@ -46,6 +46,9 @@ class FirstreadService {
 
   bool echo() const;  // echoscu against the service
   std::string log() const;
+  // Waits until the service's log contains `needle` (lines are written by the
+  // service's threads after they answer, so a client may return first).
+  bool wait_for_log(const std::string& needle, double seconds = 15) const;
   pqxx::connection connect() const;
   // Runs `firstread ARGS --config <ours>`.
   CommandResult cli(const std::string& args) const;
