@@ -33,6 +33,7 @@ struct HttpApiOptions {
   int handler_threads = 4;                // request handling (database, files, PNG)
   int read_timeout_seconds = 30;          // a request must arrive completely within this
   int max_connections = 256;              // further connections are closed at once
+  std::string kernels;                    // the engine's kernel path, named by /readyz (empty: no engine here)
 };
 
 // From the configuration's http section.

@@ -26,6 +26,7 @@
 #include "app/http_api.h"
 #include "reports/export_outbox.h"
 #ifdef FIRSTREAD_HAVE_PIPELINE
+#include "engine/kernels.h"
 #include "pipeline/model_registry.h"
 #include "pipeline/study_processor.h"
 #include "pipeline/worker_pool.h"
@@ -180,7 +181,12 @@ int run_serve(const Args& args) {
 #endif
   std::unique_ptr<scp::ServerMetrics> server_metrics;
   if (server) server_metrics = std::make_unique<scp::ServerMetrics>(*server);
-  app::HttpApi http(app::http_api_options(cfg.http), *rt.pool, storage, models_status);
+  app::HttpApiOptions http_options = app::http_api_options(cfg.http);
+#ifdef FIRSTREAD_HAVE_PIPELINE
+  http_options.kernels = engine::kernel_path_description();
+  spdlog::info("engine: kernels {}", http_options.kernels);
+#endif
+  app::HttpApi http(http_options, *rt.pool, storage, models_status);
   http.start();
 
   // Study assembly and lease expiry: a poll against the database clock, so any

@@ -236,7 +236,8 @@ void read_remote_model_keys(Section& s, const YAML::Node& node, const std::strin
                         "max_image_side", "extra", "box_format", "tls_verify", "ca_file", "seed"})
     if (!remote && node[k]) fail_at(source, node[k], key + "." + k, "applies to backend: openai only");
   if (!remote) return;
-  for (const char* k : {"path", "threads", "weights", "weight_cache", "box_scale", "vision_weights"})
+  for (const char* k : {"path", "threads", "weights", "weight_cache", "box_scale", "vision_weights", "max_batch",
+                        "prefill_chunk"})
     if (node[k]) fail_at(source, node[k], key + "." + k, "applies to backend: local only");
   const bool https = r.url.rfind("https://", 0) == 0;
   if (r.url.empty()) fail_at(source, node, key + ".url", "is required for backend: openai");
@@ -381,9 +382,16 @@ ModelConfig read_model(const YAML::Node& name_node, const YAML::Node& node, cons
   s.read("box_scale", m.box_scale);
   s.read("vision_weights", m.vision_weights);
   s.read("max_memory", m.max_memory);
+  s.read("max_batch", m.max_batch);
+  s.read("prefill_chunk", m.prefill_chunk);
   s.check_unknown();
   if (m.box_scale < 1 || m.box_scale > 100000)
     fail_at(source, node["box_scale"] ? node["box_scale"] : node, mp + ".box_scale", "must be between 1 and 100000");
+  if (m.max_batch < 1 || m.max_batch > 64)
+    fail_at(source, node["max_batch"] ? node["max_batch"] : node, mp + ".max_batch", "must be between 1 and 64");
+  if (m.prefill_chunk < 1 || m.prefill_chunk > 65536)
+    fail_at(source, node["prefill_chunk"] ? node["prefill_chunk"] : node, mp + ".prefill_chunk",
+            "must be between 1 and 65536");
   if (m.backend == "local" && m.path.empty()) fail_at(source, name_node, mp + ".path", "is required");
   if (!m.weights.empty())
     check_one_of(source, node["weights"], mp + ".weights", m.weights,

@@ -129,6 +129,11 @@ struct ModelConfig {
   // what the machine or its cgroup has available at load. The model's memory
   // plan (firstread model plan) is checked against it before loading.
   uint64_t max_memory = 0;
+  // Continuous batching (issue 13): up to max_batch of the workers' studies on
+  // this model share each decode step (1 = one study at a time); a newcomer's
+  // prompt is prefilled in chunks of prefill_chunk tokens between those steps.
+  int max_batch = 4;
+  int prefill_chunk = 64;
 };
 
 struct ExportDestination {

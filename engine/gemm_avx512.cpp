@@ -282,4 +282,177 @@ void gemm_run(int kind, const void* w_v, int64_t n_rows, int64_t k, const uint8_
                          CallQ<true>{tb, k / 32, m, ldy, y});
 }
 
+
+// ------------------------------------------------------------------ decode rows (batched decode)
+//
+// Q8_0 / Q4_0 decode products against a few input rows (one per sequence of
+// a batched decode step; issue 13). Decode reads every weight once per step,
+// so with B sequences the same bytes serve B dot products and what limits
+// B > 1 is the work per weight. Here a zmm holds two whole blocks of one
+// weight row (64 weights, made unsigned as above) and each input row costs
+// one vpdpbusd per 64 weights, its int32 lanes starting at -offset * (their
+// four activations' sum) so the offset leaves exactly; then one convert and
+// one FMA by the two blocks' scales (lanes 0-7 block 2j, 8-15 block 2j+1).
+// The GEMM above broadcasts 4 weight bytes against 16 activation rows: 16x
+// the work per weight at B = 1, 4x at B = 4. Every (row, input) result is the
+// same operations whatever the number of inputs, so a sequence gets the bits
+// alone that it gets in a batch.
+
+namespace {
+// Per pair of blocks and input: 64 activation bytes, 16 negated four-byte sums
+// (int32), 16 scales (lanes 0-7 the first block's, 8-15 the second's).
+constexpr int64_t kPairBytes = 64 + 64 + 64;
+
+struct BlockQ8ActRaw {  // engine::BlockQ8Act
+  float d;
+  float s;
+  int8_t q[32];
+};
+
+}  // namespace
+
+int64_t matvec_pack_bytes(int64_t n, int64_t cols) { return n * ((cols / 32 + 1) / 2) * kPairBytes; }
+
+// Repacks n quantised input rows (BlockQ8Act, cols / 32 blocks each) for the
+// kernels below; dst 64-byte aligned, matvec_pack_bytes(n, cols) long.
+void matvec_pack(const void* xq_v, int64_t n, int64_t cols, uint8_t* dst) {
+  const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
+  const int64_t nb = cols / 32, pairs = (nb + 1) / 2;
+  for (int64_t g = 0; g < n; ++g)
+    for (int64_t j = 0; j < pairs; ++j) {
+      uint8_t* p = dst + (g * pairs + j) * kPairBytes;
+      int8_t q[64];
+      float d[2] = {0.f, 0.f};
+      for (int h = 0; h < 2; ++h) {
+        const int64_t b = 2 * j + h;
+        if (b < nb) {
+          std::memcpy(q + 32 * h, xq[g * nb + b].q, 32);
+          d[h] = xq[g * nb + b].d;
+        } else {
+          std::memset(q + 32 * h, 0, 32);
+        }
+      }
+      std::memcpy(p, q, 64);
+      int32_t sums[16];
+      float scales[16];
+      for (int l = 0; l < 16; ++l) {
+        sums[l] = -(int32_t(q[4 * l]) + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
+        scales[l] = d[l / 8];
+      }
+      std::memcpy(p + 64, sums, 64);
+      std::memcpy(p + 128, scales, 64);
+    }
+}
+
+namespace {
+
+// Two blocks (2j, 2j+1) of one row as 64 unsigned bytes, in the activations'
+// element order; a missing second block (odd block count) is zero.
+template <bool Q4>
+inline __m512i load_pair(const void* row, int64_t j, int64_t nb) {
+  const bool two = 2 * j + 1 < nb;
+  if (!Q4) {
+    const BlockQ8Raw* b = static_cast<const BlockQ8Raw*>(row) + 2 * j;
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0].q));
+    const __m256i hi = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[1].q)) : _mm256_set1_epi8(char(0x80));
+    return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8(char(0x80)));
+  }
+  const BlockQ4Raw* b = static_cast<const BlockQ4Raw*>(row) + 2 * j;
+  const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0].qs));
+  const __m128i q1 = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[1].qs)) : _mm_setzero_si128();
+  const __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);  // [qs0 | qs1]
+  const __m256i m = _mm256_set1_epi8(0x0F);
+  const __m256i lo = _mm256_and_si256(t, m), hi = _mm256_and_si256(_mm256_srli_epi16(t, 4), m);
+  // [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1]: weights 0..15, 16..31 of each block.
+  const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+template <bool Q4>
+inline __m512 pair_scales(const void* row, int64_t j, int64_t nb, const float* T) {
+  const uint16_t d0 = Q4 ? (static_cast<const BlockQ4Raw*>(row) + 2 * j)->d : (static_cast<const BlockQ8Raw*>(row) + 2 * j)->d;
+  uint16_t d1 = 0;
+  if (2 * j + 1 < nb)
+    d1 = Q4 ? (static_cast<const BlockQ4Raw*>(row) + 2 * j + 1)->d : (static_cast<const BlockQ8Raw*>(row) + 2 * j + 1)->d;
+  // (insertf32x8 is AVX-512 DQ; the 64-bit-lane insert is plain F.)
+  return _mm512_castpd_ps(
+      _mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(T[d0])), _mm256_castps_pd(_mm256_set1_ps(T[d1])), 1));
+}
+
+// Rows r and r + 1 against G inputs.
+template <bool Q4, int G>
+inline void rows2(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes, float* y,
+                  int64_t ldy, int64_t r, const float* T) {
+  const int64_t pairs = (nb + 1) / 2;
+  const uint8_t* w0 = base + r * row_bytes;
+  const uint8_t* w1 = w0 + row_bytes;
+  __m512 a0[G], a1[G];
+  for (int g = 0; g < G; ++g) a0[g] = a1[g] = _mm512_setzero_ps();
+  const int shift = Q4 ? 3 : 7;  // offsets 8 and 128
+  for (int64_t j = 0; j < pairs; ++j) {
+    _mm_prefetch(reinterpret_cast<const char*>(w1 + row_bytes) + j * (Q4 ? 36 : 68), _MM_HINT_T0);
+    const __m512i u0 = load_pair<Q4>(w0, j, nb), u1 = load_pair<Q4>(w1, j, nb);
+    const __m512 d0 = pair_scales<Q4>(w0, j, nb, T), d1 = pair_scales<Q4>(w1, j, nb, T);
+    for (int g = 0; g < G; ++g) {
+      const uint8_t* p = xp + g * in_bytes + j * kPairBytes;
+      const __m512i a = _mm512_load_si512(p);
+      const __m512i init = _mm512_slli_epi32(_mm512_load_si512(p + 64), shift);
+      const __m512 da = _mm512_load_ps(reinterpret_cast<const float*>(p + 128));
+      a0[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u0, a)), _mm512_mul_ps(d0, da), a0[g]);
+      a1[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u1, a)), _mm512_mul_ps(d1, da), a1[g]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    y[g * ldy + r] = _mm512_reduce_add_ps(a0[g]);
+    y[g * ldy + r + 1] = _mm512_reduce_add_ps(a1[g]);
+  }
+}
+
+template <bool Q4>
+inline void row1(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes, float* y,
+                 int64_t ldy, int64_t r, int nx, const float* T) {
+  const int64_t pairs = (nb + 1) / 2;
+  const uint8_t* w0 = base + r * row_bytes;
+  const int shift = Q4 ? 3 : 7;
+  for (int g = 0; g < nx; ++g) {
+    __m512 a0 = _mm512_setzero_ps();
+    for (int64_t j = 0; j < pairs; ++j) {
+      const uint8_t* p = xp + g * in_bytes + j * kPairBytes;
+      const __m512i init = _mm512_slli_epi32(_mm512_load_si512(p + 64), shift);
+      a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, load_pair<Q4>(w0, j, nb), _mm512_load_si512(p))),
+                           _mm512_mul_ps(pair_scales<Q4>(w0, j, nb, T), _mm512_load_ps(reinterpret_cast<const float*>(p + 128))),
+                           a0);
+    }
+    y[g * ldy + r] = _mm512_reduce_add_ps(a0);
+  }
+}
+
+template <bool Q4>
+void matvec_q(const void* w, int64_t cols, const uint8_t* xp, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t nb = cols / 32, row_bytes = nb * (Q4 ? 18 : 34), in_bytes = ((nb + 1) / 2) * kPairBytes;
+  const uint8_t* base = static_cast<const uint8_t*>(w);
+  const float* T = f16_table();
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    int g = 0;
+    // Up to four inputs per pass: 8 accumulators + 4 weight vectors stay in registers.
+    for (; g + 4 <= nx; g += 4) rows2<Q4, 4>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r, T);
+    if (nx - g == 3) rows2<Q4, 3>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r, T);
+    else if (nx - g == 2) rows2<Q4, 2>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r, T);
+    else if (nx - g == 1) rows2<Q4, 1>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r, T);
+  }
+  if (r < r1) row1<Q4>(base, row_bytes, nb, xp, in_bytes, y, ldy, r, nx, T);
+}
+
+}  // namespace
+
+void matvec_q8(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0,
+               int64_t r1) {
+  matvec_q<false>(w, cols, packed, nx, y, ldy, r0, r1);
+}
+void matvec_q4(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0,
+               int64_t r1) {
+  matvec_q<true>(w, cols, packed, nx, y, ldy, r0, r1);
+}
+
 }  // namespace firstread::engine::avx512

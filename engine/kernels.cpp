@@ -14,13 +14,17 @@
 namespace firstread::engine {
 
 namespace avx2 {
-void matvec_f32(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
-void matvec_bf16(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
-void matvec_f16(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+// nx inputs x[g * ldx] -> y[g * ldy + r] for rows [r0, r1); Q8_0 / Q4_0: xq[g * cols / 32].
+void matvec_f32(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                int64_t r1);
+void matvec_bf16(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                 int64_t r1);
+void matvec_f16(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                int64_t r1);
 void convert_bf16(const uint16_t* src, float* dst, int64_t n);
 void convert_f16(const uint16_t* src, float* dst, int64_t n);
-void matvec_q8(const void* w, int64_t cols, const void* xq, float* y, int64_t r0, int64_t r1);
-void matvec_q4(const void* w, int64_t cols, const void* xq, float* y, int64_t r0, int64_t r1);
+void matvec_q8(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
+void matvec_q4(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
 void convert_q8(const void* blocks, float* dst, int64_t n_blocks);
 void convert_q4(const void* blocks, float* dst, int64_t n_blocks);
 void quantize_act(const float* x, int64_t n_blocks, void* dst);
@@ -32,6 +36,11 @@ void axpy(float* y, float a, const float* x, int64_t n);
 }  // namespace avx2
 
 namespace avx512 {
+// Decode products of Q8_0 / Q4_0 rows against nx inputs (batched decode).
+int64_t matvec_pack_bytes(int64_t n, int64_t cols);
+void matvec_pack(const void* xq, int64_t n, int64_t cols, uint8_t* dst);
+void matvec_q8(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
+void matvec_q4(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
 int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k);
 void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
 void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
@@ -363,6 +372,7 @@ size_t matrix_bytes(DType t, int64_t rows, int64_t cols) {
 
 // The scalar kernels compute exactly what the AVX2 ones do (integer block
 // dots for the quantised formats), so the two are compared in the tests.
+// Inputs are taken one at a time: nx > 1 changes nothing per (row, input).
 static void scalar_matvec(const WeightView& w, const float* x, const BlockQ8Act* xq, float* y, int64_t r0,
                           int64_t r1) {
   const int64_t cols = w.cols, nb = cols / kQBlock;
@@ -401,15 +411,26 @@ static void scalar_matvec(const WeightView& w, const float* x, const BlockQ8Act*
 
 static bool is_block_quantised(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
 
-static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* xq, float* y, int64_t r0,
-                         int64_t r1) {
-  if (!cpu_has_avx2_fma_f16c()) return scalar_matvec(w, x, xq, y, r0, r1);
+// Rows [r0, r1) of w against nx inputs x[g * w.cols] (xq[g * w.cols / 32] when
+// block-quantised) into y[g * ldy + r]: each weight row is read once for all
+// inputs, and each (row, input) result is bit-identical to nx = 1.
+// packed: the inputs repacked for the AVX-512 VNNI kernels (avx512 path, Q8_0 / Q4_0), else null.
+static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* xq, const uint8_t* packed, int nx,
+                         float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t cols = w.cols, nb = cols / kQBlock;
+  if (packed && w.dtype == DType::Q8_0) return avx512::matvec_q8(w.data, cols, packed, nx, y, ldy, r0, r1);
+  if (packed && w.dtype == DType::Q4_0) return avx512::matvec_q4(w.data, cols, packed, nx, y, ldy, r0, r1);
+  if (!cpu_has_avx2_fma_f16c()) {
+    for (int g = 0; g < nx; ++g)
+      scalar_matvec(w, x ? x + g * cols : nullptr, xq ? xq + g * nb : nullptr, y + g * ldy, r0, r1);
+    return;
+  }
   switch (w.dtype) {
-    case DType::F32: return avx2::matvec_f32(w.data, w.cols, x, y, r0, r1);
-    case DType::BF16: return avx2::matvec_bf16(w.data, w.cols, x, y, r0, r1);
-    case DType::F16: return avx2::matvec_f16(w.data, w.cols, x, y, r0, r1);
-    case DType::Q8_0: return avx2::matvec_q8(w.data, w.cols, xq, y, r0, r1);
-    case DType::Q4_0: return avx2::matvec_q4(w.data, w.cols, xq, y, r0, r1);
+    case DType::F32: return avx2::matvec_f32(w.data, cols, x, cols, nx, y, ldy, r0, r1);
+    case DType::BF16: return avx2::matvec_bf16(w.data, cols, x, cols, nx, y, ldy, r0, r1);
+    case DType::F16: return avx2::matvec_f16(w.data, cols, x, cols, nx, y, ldy, r0, r1);
+    case DType::Q8_0: return avx2::matvec_q8(w.data, cols, xq, nx, y, ldy, r0, r1);
+    case DType::Q4_0: return avx2::matvec_q4(w.data, cols, xq, nx, y, ldy, r0, r1);
   }
 }
 
@@ -468,9 +489,10 @@ static int64_t decode_chunk_rows(int64_t rows, int threads) {
 
 // The input of a product with block-quantised weights, quantised once for
 // all threads (scratch reused: no allocation after the first token).
-static const BlockQ8Act* quantised_input(LinearScratch& scratch, const float* x, int64_t cols) {
-  scratch.xq.resize(size_t(cols / kQBlock));
-  quantize_act_q8(x, cols, scratch.xq.data());
+static const BlockQ8Act* quantised_input(LinearScratch& scratch, const float* x, int64_t n, int64_t cols) {
+  const int64_t nb = cols / kQBlock;
+  scratch.xq.resize(size_t(n * nb));
+  for (int64_t t = 0; t < n; ++t) quantize_act_q8(x + t * cols, cols, scratch.xq.data() + t * nb);
   return scratch.xq.data();
 }
 
@@ -526,22 +548,64 @@ static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const Linea
   }, /*spin_after=*/false);
 }
 
+// Decode products: the output rows of every job split into a few long runs
+// per thread (one pool job for all of them), each run read once for all n
+// inputs. Fixed-size bookkeeping on the stack: no allocation per token.
+static void matvec_jobs(ThreadPool& pool, const float* x, int64_t n, const LinearJob* jobs, size_t nj,
+                        LinearScratch& scratch) {
+  constexpr size_t kMaxJobs = 8;
+  if (nj > kMaxJobs) throw std::logic_error("linear_multi: too many jobs");
+  int64_t total_rows = 0;
+  for (size_t j = 0; j < nj; ++j) total_rows += jobs[j].w.rows;
+  const int64_t chunk = decode_chunk_rows(total_rows, pool.size());
+  std::array<int, kMaxJobs + 1> first_task{};
+  bool any_quantised = false;
+  for (size_t j = 0; j < nj; ++j) {
+    first_task[j + 1] = first_task[j] + int((jobs[j].w.rows + chunk - 1) / chunk);
+    any_quantised = any_quantised || is_block_quantised(jobs[j].w.dtype);
+    if (jobs[j].w.cols != jobs[0].w.cols) throw std::logic_error("linear_multi: inputs of different widths");
+  }
+  const int64_t cols = jobs[0].w.cols;
+  const BlockQ8Act* xq = any_quantised ? quantised_input(scratch, x, n, cols) : nullptr;
+  const uint8_t* packed = nullptr;
+  if (any_quantised && kernel_path() == KernelPath::Avx512) {
+    scratch.packed.resize(size_t(avx512::matvec_pack_bytes(n, cols)) + 64);
+    uint8_t* p = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch.packed.data()) + 63) & ~uintptr_t(63));
+    avx512::matvec_pack(xq, n, cols, p);
+    packed = p;
+  }
+  pool.parallel_for(first_task[nj], [&](int task) {
+    size_t j = 0;
+    while (task >= first_task[j + 1]) ++j;
+    const LinearJob& job = jobs[j];
+    const int64_t rows = job.w.rows;
+    const int64_t r0 = int64_t(task - first_task[j]) * chunk, r1 = std::min(rows, r0 + chunk);
+    matvec_range(job.w, x, xq, packed, int(n), job.y, rows, r0, r1);
+    if (job.bias)
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = r0; r < r1; ++r) job.y[t * rows + r] += job.bias[r];
+  });
+}
+
+void linear_rows(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
+                 LinearScratch& scratch) {
+  if (n <= 0) return;
+  const LinearJob job{w, bias, y};
+  matvec_jobs(pool, x, n, &job, 1, scratch);
+}
+
+void linear_multi_rows(ThreadPool& pool, const float* x, int64_t n, std::initializer_list<LinearJob> jobs,
+                       LinearScratch& scratch) {
+  if (n <= 0) return;
+  matvec_jobs(pool, x, n, jobs.begin(), jobs.size(), scratch);
+}
+
 void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
             LinearScratch& scratch) {
   const int64_t rows = w.rows, cols = w.cols;
   if (n < 4) {
-    // Decode: bandwidth bound; split output rows over threads, weights read once.
-    const int64_t chunk = decode_chunk_rows(rows, pool.size());
-    const int n_tasks = int((rows + chunk - 1) / chunk);
-    for (int64_t t = 0; t < n; ++t) {
-      const float* xt = x + t * cols;
-      float* yt = y + t * rows;
-      const BlockQ8Act* xq = is_block_quantised(w.dtype) ? quantised_input(scratch, xt, cols) : nullptr;
-      pool.parallel_for(n_tasks, [&](int task) {
-        int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
-        matvec_range(w, xt, xq, yt, r0, r1);
-      });
-    }
+    // Decode: bandwidth bound; output rows split over threads, weights read once for the n rows.
+    return linear_rows(pool, x, n, w, bias, y, scratch);
   } else if (use_avx512_gemm(w)) {
     const LinearJob job{w, nullptr, y};
     gemm_avx512(pool, x, n, &job, 1, scratch);
@@ -601,35 +665,7 @@ void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_
         }
     return;
   }
-  // Fixed-size bookkeeping on the stack: no allocation per token.
-  constexpr size_t kMaxJobs = 8;
-  if (job_list.size() > kMaxJobs) throw std::logic_error("linear_multi: too many jobs");
-  const LinearJob* jobs = job_list.begin();
-  int64_t total_rows = 0;
-  for (const auto& j : job_list) total_rows += j.w.rows;
-  const int64_t chunk = decode_chunk_rows(total_rows, pool.size());
-  std::array<int, kMaxJobs + 1> first_task{};
-  const size_t nj = job_list.size();
-  bool any_quantised = false;
-  for (size_t j = 0; j < nj; ++j) {
-    first_task[j + 1] = first_task[j] + int((jobs[j].w.rows + chunk - 1) / chunk);
-    any_quantised = any_quantised || is_block_quantised(jobs[j].w.dtype);
-    if (jobs[j].w.cols != jobs[0].w.cols) throw std::logic_error("linear_multi: inputs of different widths");
-  }
-  const int64_t cols = jobs[0].w.cols;
-  for (int64_t t = 0; t < n; ++t) {
-    const BlockQ8Act* xq = any_quantised ? quantised_input(scratch, x + t * cols, cols) : nullptr;
-    pool.parallel_for(first_task[nj], [&](int task) {
-      size_t j = 0;
-      while (task >= first_task[j + 1]) ++j;
-      const LinearJob& job = jobs[j];
-      const int64_t r0 = int64_t(task - first_task[j]) * chunk, r1 = std::min(job.w.rows, r0 + chunk);
-      float* y = job.y + t * job.w.rows;
-      matvec_range(job.w, x + t * job.w.cols, xq, y, r0, r1);
-      if (job.bias)
-        for (int64_t r = r0; r < r1; ++r) y[r] += job.bias[r];
-    });
-  }
+  matvec_jobs(pool, x, n, job_list.begin(), job_list.size(), scratch);
 }
 
 // ---------------------------------------------------------------- element-wise

@@ -151,9 +151,10 @@ struct LinearScratch {
   std::vector<uint8_t> packed;   // packed activations of a batched product (avx512 path; 64-byte aligned inside)
 };
 
-// y[n][rows] = x[n][cols] · Wᵀ (+ bias). Uses the matvec for n < 4 and sgemm
-// otherwise (single-threaded OpenBLAS per thread on a slice of the output
-// features; BF16/F16 weights converted blockwise on the fly).
+// y[n][rows] = x[n][cols] · Wᵀ (+ bias). Uses the matvec (linear_rows) for
+// n < 4 and a GEMM otherwise (avx512: gemm_avx512 from the stored format;
+// else single-threaded OpenBLAS per thread on a slice of the output features,
+// BF16/F16/Q8_0/Q4_0 weights converted blockwise on the fly).
 void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
             LinearScratch& scratch);
 
@@ -166,6 +167,16 @@ struct LinearJob {
 };
 void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_list<LinearJob> jobs,
                   LinearScratch& scratch);
+
+// Decode products of n independent rows (one new token of each of n
+// sequences in a batched decode step; any n): every weight row is read from
+// memory once for all n inputs, and each row's result is bit-identical to the
+// n = 1 product (a sequence decoded in a batch gets exactly the ids it gets
+// alone). linear / linear_multi use them for n < 4.
+void linear_rows(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
+                 LinearScratch& scratch);
+void linear_multi_rows(ThreadPool& pool, const float* x, int64_t n, std::initializer_list<LinearJob> jobs,
+                       LinearScratch& scratch);
 
 // Row-wise ops over x[n][d] (in place unless an output is given).
 void rms_norm(const float* x, const float* weight, float* y, int64_t n, int64_t d, float eps);

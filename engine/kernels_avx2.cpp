@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace firstread::engine::avx2 {
@@ -24,8 +25,6 @@ static inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-// Two rows at once: x is loaded once for both, and four independent
-// accumulator chains hide the FMA latency.
 template <int KIND>  // 0 f32, 1 bf16, 2 f16
 static inline __m256 load8(const void* base, int64_t i) {
   if (KIND == 0) return _mm256_loadu_ps(static_cast<const float*>(base) + i);
@@ -45,54 +44,89 @@ static inline float load1(const void* base, int64_t i) {
   return _cvtsh_ss(v);
 }
 
+// Rows of W against nx input vectors x[g * ldx] (one per decoded sequence),
+// y[g * ldy + r]. Each weight row is read from memory once for all inputs
+// (the second pair of inputs finds it in L1), and every (row, input) result
+// is computed by exactly the operations nx = 1 uses, so a sequence decoded in
+// a batch gets the bits it gets alone. Two rows at once: x is loaded once for
+// both, and two accumulator chains per (row, input) hide the FMA latency.
+template <int KIND, int G>  // G inputs per pass (1 or 2: 8 accumulators fit the 16 ymm registers)
+static inline void matvec_pair(const char* w0, const char* w1, int64_t cols, const float* x, int64_t ldx, float* y,
+                               int64_t ldy, int64_t r, bool prefetch) {
+  const size_t esz = KIND == 0 ? 4 : 2;
+  __m256 a0[G], a1[G], b0[G], b1[G];
+  for (int g = 0; g < G; ++g) a0[g] = a1[g] = b0[g] = b1[g] = _mm256_setzero_ps();
+  int64_t i = 0;
+  // The next row pair follows in memory: prefetch it as this pair streams,
+  // so each core keeps enough misses in flight to approach DRAM bandwidth.
+  const char* next = w1 + 3 * cols * esz;
+  for (; i + 16 <= cols; i += 16) {
+    if (prefetch) {
+      _mm_prefetch(next + 2 * i * esz, _MM_HINT_T0);
+      _mm_prefetch(next + 2 * i * esz + 64, _MM_HINT_T0);
+    }
+    const __m256 w00 = load8<KIND>(w0, i), w01 = load8<KIND>(w0, i + 8);
+    const __m256 w10 = load8<KIND>(w1, i), w11 = load8<KIND>(w1, i + 8);
+    for (int g = 0; g < G; ++g) {
+      const float* xg = x + g * ldx;
+      const __m256 x0 = _mm256_loadu_ps(xg + i), x1 = _mm256_loadu_ps(xg + i + 8);
+      a0[g] = _mm256_fmadd_ps(w00, x0, a0[g]);
+      a1[g] = _mm256_fmadd_ps(w01, x1, a1[g]);
+      b0[g] = _mm256_fmadd_ps(w10, x0, b0[g]);
+      b1[g] = _mm256_fmadd_ps(w11, x1, b1[g]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const float* xg = x + g * ldx;
+    float s0 = hsum(_mm256_add_ps(a0[g], a1[g])), s1 = hsum(_mm256_add_ps(b0[g], b1[g]));
+    for (int64_t k = i; k < cols; ++k) {
+      s0 = std::fma(load1<KIND>(w0, k), xg[k], s0);
+      s1 = std::fma(load1<KIND>(w1, k), xg[k], s1);
+    }
+    y[g * ldy + r] = s0;
+    y[g * ldy + r + 1] = s1;
+  }
+}
+
 template <int KIND>
-static void matvec_rows(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
+static inline float matvec_one(const char* w0, int64_t cols, const float* x) {
+  __m256 a0 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) a0 = _mm256_fmadd_ps(load8<KIND>(w0, i), _mm256_loadu_ps(x + i), a0);
+  float s0 = hsum(a0);
+  for (; i < cols; ++i) s0 = std::fma(load1<KIND>(w0, i), x[i], s0);
+  return s0;
+}
+
+template <int KIND>
+static void matvec_rows(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
   const size_t esz = KIND == 0 ? 4 : 2;
   int64_t r = r0;
   for (; r + 2 <= r1; r += 2) {
     const char* w0 = static_cast<const char*>(w) + size_t(r) * cols * esz;
     const char* w1 = w0 + cols * esz;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    // The next row pair follows in memory: prefetch it as this pair streams,
-    // so each core keeps enough misses in flight to approach DRAM bandwidth.
-    const char* next = w1 + 3 * cols * esz;
-    for (; i + 16 <= cols; i += 16) {
-      _mm_prefetch(next + 2 * i * esz, _MM_HINT_T0);
-      _mm_prefetch(next + 2 * i * esz + 64, _MM_HINT_T0);
-      __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
-      a0 = _mm256_fmadd_ps(load8<KIND>(w0, i), x0, a0);
-      a1 = _mm256_fmadd_ps(load8<KIND>(w0, i + 8), x1, a1);
-      b0 = _mm256_fmadd_ps(load8<KIND>(w1, i), x0, b0);
-      b1 = _mm256_fmadd_ps(load8<KIND>(w1, i + 8), x1, b1);
-    }
-    float s0 = hsum(_mm256_add_ps(a0, a1)), s1 = hsum(_mm256_add_ps(b0, b1));
-    for (; i < cols; ++i) {
-      s0 += load1<KIND>(w0, i) * x[i];
-      s1 += load1<KIND>(w1, i) * x[i];
-    }
-    y[r] = s0;
-    y[r + 1] = s1;
+    int g = 0;
+    for (; g + 2 <= nx; g += 2) matvec_pair<KIND, 2>(w0, w1, cols, x + g * ldx, ldx, y + g * ldy, ldy, r, g == 0);
+    if (g < nx) matvec_pair<KIND, 1>(w0, w1, cols, x + g * ldx, ldx, y + g * ldy, ldy, r, g == 0);
   }
   for (; r < r1; ++r) {
     const char* w0 = static_cast<const char*>(w) + size_t(r) * cols * esz;
-    __m256 a0 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= cols; i += 8) a0 = _mm256_fmadd_ps(load8<KIND>(w0, i), _mm256_loadu_ps(x + i), a0);
-    float s0 = hsum(a0);
-    for (; i < cols; ++i) s0 += load1<KIND>(w0, i) * x[i];
-    y[r] = s0;
+    for (int g = 0; g < nx; ++g) y[g * ldy + r] = matvec_one<KIND>(w0, cols, x + g * ldx);
   }
 }
 
-void matvec_f32(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  matvec_rows<0>(w, cols, x, y, r0, r1);
+void matvec_f32(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                int64_t r1) {
+  matvec_rows<0>(w, cols, x, ldx, nx, y, ldy, r0, r1);
 }
-void matvec_bf16(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  matvec_rows<1>(w, cols, x, y, r0, r1);
+void matvec_bf16(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                 int64_t r1) {
+  matvec_rows<1>(w, cols, x, ldx, nx, y, ldy, r0, r1);
 }
-void matvec_f16(const void* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  matvec_rows<2>(w, cols, x, y, r0, r1);
+void matvec_f16(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                int64_t r1) {
+  matvec_rows<2>(w, cols, x, ldx, nx, y, ldy, r0, r1);
 }
 
 void convert_bf16(const uint16_t* src, float* dst, int64_t n) {
@@ -276,82 +310,101 @@ static inline __m256 dot_i8(__m256i w, __m256i a) {
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
-// Q8_0 rows against the quantised input: two rows per pass share the input
-// loads; the next rows are prefetched as these stream.
-void matvec_q8(const void* w, int64_t cols, const void* xq_v, float* y, int64_t r0, int64_t r1) {
-  using Block = BlockQ8Raw;
-  const int64_t nb = cols / 32;
-  const Block* base = static_cast<const Block*>(w);
-  const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
-  const float* T = f16_table();
-  int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) {
-    const Block* w0 = base + r * nb;
-    const Block* w1 = w0 + nb;
-    const char* next = reinterpret_cast<const char*>(w1 + nb);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      _mm_prefetch(next + b * 2 * sizeof(Block), _MM_HINT_T0);
-      const __m256i a = load_q8(xq[b].q);
-      const __m256 dx = _mm256_broadcast_ss(&xq[b].d);
-      const __m256i q0 = load_q8(w0[b].q), q1 = load_q8(w1[b].q);
-      acc0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_broadcast_ss(T + w0[b].d), dx), dot_i8(q0, a), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_broadcast_ss(T + w1[b].d), dx), dot_i8(q1, a), acc1);
-    }
-    y[r] = hsum(acc0);
-    y[r + 1] = hsum(acc1);
+// Q8_0 / Q4_0 rows against nx quantised inputs xq[g * nb] (one per decoded
+// sequence): two rows per pass share the input loads, every weight block is
+// loaded once for all inputs, and each (row, input) result takes exactly the
+// operations of nx = 1 (batched decode gives a sequence the bits it gets
+// alone). The next rows are prefetched as these stream.
+// Q8_0: sum over blocks of dw * dx * sum(w * a).
+// Q4_0: sum over blocks of dw * dx * sum((n - 8) * a) = dw * (dx * sum(n * a)) - 8 * dw * (dx * sum(a));
+// the second term is one scalar FMA per block with dx * sum(a) precomputed.
+template <bool Q4>
+struct QBlocks {
+  using Block = std::conditional_t<Q4, BlockQ4Raw, BlockQ8Raw>;
+  // The block's weights as bytes for its dot product (Q4_0: unsigned nibbles).
+  static __m256i weights(const Block& b) {
+    if constexpr (Q4) return load_nibbles(b.qs);
+    else return load_q8(b.q);
   }
-  for (; r < r1; ++r) {
-    const Block* w0 = base + r * nb;
-    __m256 acc0 = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const __m256i a = load_q8(xq[b].q);
-      const __m256i q0 = load_q8(w0[b].q);
-      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w0[b].d) * xq[b].d), dot_i8(q0, a), acc0);
+  static __m256 dot(__m256i w, __m256i a) {
+    if constexpr (Q4) return dot_u4(w, a);
+    else return dot_i8(w, a);
+  }
+};
+
+template <bool Q4, int G>
+static inline void q_pair(const typename QBlocks<Q4>::Block* w0, const typename QBlocks<Q4>::Block* w1, int64_t nb,
+                          const BlockQ8ActRaw* xq, float* y, int64_t ldy, int64_t r, bool prefetch) {
+  using Q = QBlocks<Q4>;
+  const float* T = f16_table();
+  const char* next = reinterpret_cast<const char*>(w1 + nb);
+  __m256 acc0[G], acc1[G];
+  float c0[G], c1[G];
+  for (int g = 0; g < G; ++g) {
+    acc0[g] = acc1[g] = _mm256_setzero_ps();
+    c0[g] = c1[g] = 0.f;
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    if (prefetch) _mm_prefetch(next + b * 2 * sizeof(w0[0]), _MM_HINT_T0);
+    const float* d0 = T + w0[b].d;
+    const float* d1 = T + w1[b].d;
+    const __m256i q0 = Q::weights(w0[b]), q1 = Q::weights(w1[b]);
+    const __m256 vd0 = _mm256_broadcast_ss(d0), vd1 = _mm256_broadcast_ss(d1);
+    for (int g = 0; g < G; ++g) {
+      const BlockQ8ActRaw& xb = xq[g * nb + b];
+      const __m256i a = load_q8(xb.q);
+      const __m256 dx = _mm256_broadcast_ss(&xb.d);
+      acc0[g] = _mm256_fmadd_ps(_mm256_mul_ps(vd0, dx), Q::dot(q0, a), acc0[g]);
+      acc1[g] = _mm256_fmadd_ps(_mm256_mul_ps(vd1, dx), Q::dot(q1, a), acc1[g]);
+      if constexpr (Q4) {
+        c0[g] = std::fma(*d0, xb.s, c0[g]);
+        c1[g] = std::fma(*d1, xb.s, c1[g]);
+      }
     }
-    y[r] = hsum(acc0);
+  }
+  for (int g = 0; g < G; ++g) {
+    y[g * ldy + r] = hsum(acc0[g]) - 8.f * c0[g];
+    y[g * ldy + r + 1] = hsum(acc1[g]) - 8.f * c1[g];
   }
 }
 
-// Q4_0: sum over blocks of dw * dx * sum((n - 8) * a) = dw * (dx * sum(n * a)) - 8 * dw * (dx * sum(a));
-// the second term is one scalar FMA per block with dx * sum(a) precomputed.
-void matvec_q4(const void* w, int64_t cols, const void* xq_v, float* y, int64_t r0, int64_t r1) {
+template <bool Q4>
+static void matvec_q(const void* w, int64_t cols, const void* xq_v, int nx, float* y, int64_t ldy, int64_t r0,
+                     int64_t r1) {
+  using Q = QBlocks<Q4>;
   const int64_t nb = cols / 32;
-  const BlockQ4Raw* base = static_cast<const BlockQ4Raw*>(w);
+  const typename Q::Block* base = static_cast<const typename Q::Block*>(w);
   const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
   const float* T = f16_table();
   int64_t r = r0;
   for (; r + 2 <= r1; r += 2) {
-    const BlockQ4Raw* w0 = base + r * nb;
-    const BlockQ4Raw* w1 = w0 + nb;
-    const char* next = reinterpret_cast<const char*>(w1 + nb);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float c0 = 0.f, c1 = 0.f;
-    for (int64_t b = 0; b < nb; ++b) {
-      _mm_prefetch(next + b * 2 * sizeof(BlockQ4Raw), _MM_HINT_T0);
-      const __m256i a = load_q8(xq[b].q);
-      const __m256 dx = _mm256_broadcast_ss(&xq[b].d);
-      const float* d0 = T + w0[b].d;
-      const float* d1 = T + w1[b].d;
-      acc0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_broadcast_ss(d0), dx), dot_u4(load_nibbles(w0[b].qs), a), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_broadcast_ss(d1), dx), dot_u4(load_nibbles(w1[b].qs), a), acc1);
-      c0 += *d0 * xq[b].s;
-      c1 += *d1 * xq[b].s;
-    }
-    y[r] = hsum(acc0) - 8.f * c0;
-    y[r + 1] = hsum(acc1) - 8.f * c1;
+    const typename Q::Block* w0 = base + r * nb;
+    int g = 0;
+    for (; g + 2 <= nx; g += 2) q_pair<Q4, 2>(w0, w0 + nb, nb, xq + g * nb, y + g * ldy, ldy, r, g == 0);
+    if (g < nx) q_pair<Q4, 1>(w0, w0 + nb, nb, xq + g * nb, y + g * ldy, ldy, r, g == 0);
   }
   for (; r < r1; ++r) {
-    const BlockQ4Raw* w0 = base + r * nb;
-    __m256 acc0 = _mm256_setzero_ps();
-    float c0 = 0.f;
-    for (int64_t b = 0; b < nb; ++b) {
-      const float d0 = _cvtsh_ss(w0[b].d);
-      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * xq[b].d), dot_u4(load_nibbles(w0[b].qs), load_q8(xq[b].q)), acc0);
-      c0 += d0 * xq[b].s;
+    const typename Q::Block* w0 = base + r * nb;
+    for (int g = 0; g < nx; ++g) {
+      const BlockQ8ActRaw* xg = xq + g * nb;
+      __m256 acc0 = _mm256_setzero_ps();
+      float c0 = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* d0 = T + w0[b].d;
+        acc0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_broadcast_ss(d0), _mm256_broadcast_ss(&xg[b].d)),
+                               Q::dot(Q::weights(w0[b]), load_q8(xg[b].q)), acc0);
+        if constexpr (Q4) c0 = std::fma(*d0, xg[b].s, c0);
+      }
+      y[g * ldy + r] = hsum(acc0) - 8.f * c0;
     }
-    y[r] = hsum(acc0) - 8.f * c0;
   }
+}
+
+void matvec_q8(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  matvec_q<false>(w, cols, xq, nx, y, ldy, r0, r1);
+}
+void matvec_q4(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  matvec_q<true>(w, cols, xq, nx, y, ldy, r0, r1);
 }
 
 void convert_q8(const void* blocks, float* dst, int64_t n_blocks) {

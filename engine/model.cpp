@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <thread>
 
+#include "engine/batch_scheduler.h"
 #include "engine/common.h"
 #include "engine/kernels.h"
 #include "engine/llm.h"
@@ -45,61 +47,43 @@ class ModelImpl {
   std::unique_ptr<ThreadPool> pool;
   ChatTemplate tmpl;
   int img_context_id = -1, stop_id = -1;
-  // One request at a time per Model (scratch buffers and the KV cache are
-  // shared); concurrent callers queue here.
+  // Held around every use of the pool (the scheduler's units of work,
+  // encode_image): the decoder's and encoder's scratch buffers are shared.
   std::recursive_mutex mu;
-  std::vector<float> logits, emb;
   std::string cache_note;
+  // Last: stopped (its thread joined) before the decoder and pool go.
+  std::unique_ptr<BatchScheduler> scheduler;
 };
 
 Model::Model(std::unique_ptr<ModelImpl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
 // Prefill (image embeddings written over the <IMG_CONTEXT> positions in
-// order) then greedy decoding.
-static void run_decoder(ModelImpl& m, const std::vector<int>& ids, const std::vector<float>& vis,
+// order) then greedy decoding, batched with whatever else runs on this model.
+static void run_decoder(ModelImpl& m, const std::vector<int>& ids, std::function<std::vector<float>()> vision,
                         const GenerateOptions& opts, GenerateResult& res) {
-  const int H = m.hp.llm.hidden;
-  const double t2 = now_ms();
-  const int n = int(ids.size());
-  m.emb.resize(size_t(n) * H);
-  m.llm->embed(ids.data(), n, m.emb.data());
-  size_t vi = 0;
-  for (int i = 0; i < n; ++i)
-    if (ids[i] == m.img_context_id) {
-      if ((vi + 1) * H > vis.size()) throw EngineError("more <IMG_CONTEXT> tokens than image embeddings");
-      std::memcpy(m.emb.data() + size_t(i) * H, vis.data() + vi * H, size_t(H) * 4);
-      ++vi;
-    }
-  m.llm->reset(n + opts.max_new_tokens);
-  m.logits.resize(size_t(m.hp.llm.vocab));
-  m.llm->forward(*m.pool, m.emb.data(), n, m.logits.data());
-  if (opts.keep_first_logits) res.first_logits = m.logits;
-  double t3 = now_ms();
-
-  std::vector<float> x(static_cast<size_t>(H));
-  for (int step = 0; step < opts.max_new_tokens; ++step) {
-    // Greedy: the first index of the maximum, as torch.argmax.
-    int best = int(std::max_element(m.logits.begin(), m.logits.end()) - m.logits.begin());
-    res.token_ids.push_back(best);
-    if (opts.stop_on_end_token && best == m.stop_id) {
-      res.stopped_on_end_token = true;
-      break;
-    }
-    if (step + 1 == opts.max_new_tokens) break;
-    m.llm->embed(&best, 1, x.data());
-    m.llm->forward(*m.pool, x.data(), 1, m.logits.data());
-  }
-  double t4 = now_ms();
-
+  DecodeRequest req;
+  req.ids = ids;
+  req.vision = std::move(vision);
+  req.img_context_id = m.img_context_id;
+  req.max_new_tokens = opts.max_new_tokens;
+  req.stop_on_end_token = opts.stop_on_end_token;
+  req.stop_id = m.stop_id;
+  req.keep_first_logits = opts.keep_first_logits;
+  m.scheduler->run(req);
+  res.token_ids = std::move(req.tokens);
+  res.stopped_on_end_token = req.stopped_on_end_token;
+  res.first_logits = std::move(req.first_logits);
   std::vector<int> text_ids = res.token_ids;
   if (res.stopped_on_end_token) text_ids.pop_back();
   res.text = m.tok->decode(text_ids, true);
   Timings& tm = res.timings;
-  tm.prefill_ms = t3 - t2;
-  tm.decode_ms = t4 - t3;
-  tm.prompt_tokens = n;
+  tm.vision_ms = req.vision_ms;
+  tm.prefill_ms = req.prefill_ms;
+  tm.decode_ms = req.decode_ms;
+  tm.prompt_tokens = int(ids.size());
   tm.generated_tokens = int(res.token_ids.size());
+  tm.largest_batch = req.largest_batch;
   // The first token comes from prefill; the decode loop produced the rest.
   tm.tokens_per_second = tm.decode_ms > 0 ? (res.token_ids.size() - 1) * 1000.0 / tm.decode_ms : 0.0;
 }
@@ -157,6 +141,9 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const EngineOptions& 
   if (m->img_context_id < 0) throw EngineError(dir + ": tokenizer has no <IMG_CONTEXT> token");
   m->stop_id = m->tok->token_id(t.sep);
   if (m->stop_id < 0) throw EngineError(dir + ": tokenizer has no " + t.sep + " token (template end)");
+  if (opts.max_batch < 1) throw EngineError("max_batch must be at least 1");
+  if (opts.prefill_chunk < 1) throw EngineError("prefill_chunk must be at least 1");
+  m->scheduler = std::make_unique<BatchScheduler>(*m->llm, *m->pool, m->mu, opts.max_batch, opts.prefill_chunk);
   return std::unique_ptr<Model>(new Model(std::move(m)));
 }
 
@@ -167,6 +154,9 @@ int Model::threads() const { return impl_->pool->size(); }
 size_t Model::weight_bytes() const { return impl_->st->total_bytes(); }
 size_t Model::converted_weight_bytes() const { return impl_->ws->owned_bytes(); }
 const std::string& Model::dir() const { return impl_->dir; }
+int Model::max_batch() const { return impl_->scheduler->max_batch(); }
+BatchStats Model::batch_stats() const { return impl_->scheduler->stats(); }
+void Model::reset_batch_stats() { impl_->scheduler->reset_stats(); }
 
 std::vector<float> Model::encode_image(const PreprocessedImage& img) {
   std::lock_guard<std::recursive_mutex> lk(impl_->mu);
@@ -216,45 +206,49 @@ GenerateResult Model::generate(const RgbImage& image, const std::string& prompt,
 GenerateResult Model::generate(const std::vector<RgbImage>& images, const std::string& prompt,
                                const GenerateOptions& opts) {
   ModelImpl& m = *impl_;
-  std::lock_guard<std::recursive_mutex> lk(m.mu);
   if (opts.max_new_tokens < 1) throw EngineError("max_new_tokens must be at least 1");
   GenerateResult res;
-  const int H = m.hp.llm.hidden, nt = m.hp.chat.num_image_token;
+  const int nt = m.hp.chat.num_image_token;
 
   double t0 = now_ms();
   std::vector<PreprocessedImage> pre;
   for (const auto& img : images) pre.push_back(preprocess_image(img, m.hp.chat));
   double t1 = now_ms();
-  std::vector<float> vis;
   std::vector<int> tokens_per_image;
+  int64_t image_tokens = 0;
   for (const auto& p : pre) {
-    std::vector<float> e = encode_image(p);
-    vis.insert(vis.end(), e.begin(), e.end());
     tokens_per_image.push_back(p.geometry.n_tiles * nt);
+    image_tokens += tokens_per_image.back();
     res.images.push_back(p.geometry);
   }
-  double t2 = now_ms();
-
   const std::string text = build_prompt(prompt, tokens_per_image);
   std::vector<int> ids = m.tok->encode(text, true);
   int64_t n_ctx_tokens = std::count(ids.begin(), ids.end(), m.img_context_id);
-  if (n_ctx_tokens * H != int64_t(vis.size()))
+  if (n_ctx_tokens != image_tokens)
     throw EngineError("prompt has " + std::to_string(n_ctx_tokens) + " <IMG_CONTEXT> tokens but the images give " +
-                      std::to_string(vis.size() / H));
+                      std::to_string(image_tokens));
   res.prompt_token_ids = ids;
-  run_decoder(m, ids, vis, opts, res);
+  // The encoder runs on the scheduler's thread, between other requests' decode steps.
+  auto vision = [this, &pre] {
+    std::vector<float> vis;
+    for (const auto& p : pre) {
+      std::vector<float> e = encode_image(p);
+      vis.insert(vis.end(), e.begin(), e.end());
+    }
+    return vis;
+  };
+  if (pre.empty()) run_decoder(m, ids, nullptr, opts, res);
+  else run_decoder(m, ids, vision, opts, res);
   res.timings.preprocess_ms = t1 - t0;
-  res.timings.vision_ms = t2 - t1;
   return res;
 }
 
 GenerateResult Model::generate_from_ids(const std::vector<int>& ids, const GenerateOptions& opts) {
   if (ids.empty()) throw EngineError("empty prompt");
   if (opts.max_new_tokens < 1) throw EngineError("max_new_tokens must be at least 1");
-  std::lock_guard<std::recursive_mutex> lk(impl_->mu);
   GenerateResult res;
   res.prompt_token_ids = ids;
-  run_decoder(*impl_, ids, {}, opts, res);
+  run_decoder(*impl_, ids, nullptr, opts, res);
   return res;
 }
 

@@ -38,12 +38,19 @@ struct EngineOptions {
   std::string weight_cache = "auto";
   std::string system_message;     // empty: the template's default
   bool has_system_message = false;
+  // Continuous batching (engine/batch_scheduler.h): concurrent generate calls
+  // on one Model share each decode step, up to max_batch sequences (1: one
+  // request at a time). Prompts are prefilled in chunks of prefill_chunk
+  // tokens between the others' decode steps.
+  int max_batch = 4;
+  int prefill_chunk = 64;
 };
 
 struct Timings {
   double preprocess_ms = 0, vision_ms = 0, prefill_ms = 0, decode_ms = 0;
   double tokens_per_second = 0;  // generated tokens after the first / decode time
   int prompt_tokens = 0, generated_tokens = 0;
+  int largest_batch = 0;  // the most sequences (this one included) that shared one of its decode steps
 };
 
 struct GenerateResult {
@@ -62,10 +69,12 @@ struct GenerateOptions {
   bool stop_on_end_token = true;
 };
 
+struct BatchStats;
 class ModelImpl;
 
-// A loaded model. Requests on one Model are serialised (it owns one KV cache
-// and one thread pool); run several Models for concurrent inference.
+// A loaded model. generate / generate_from_ids are thread-safe: concurrent
+// calls are batched (EngineOptions::max_batch sequences share each decode
+// step, each with its own KV cache) and each gets the ids it would get alone.
 class Model {
  public:
   // Loads config.json, the safetensors weights (mmap) and the tokenizer.
@@ -94,6 +103,10 @@ class Model {
   // What happened with the weight cache at load (mapped, written, ignored and
   // why, or empty when no cache applies).
   const std::string& weight_cache_note() const;
+  int max_batch() const;
+  // Decode steps by batch size so far (engine/batch_scheduler.h), and a reset.
+  BatchStats batch_stats() const;
+  void reset_batch_stats();
 
  private:
   explicit Model(std::unique_ptr<ModelImpl> impl);

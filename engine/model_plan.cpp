@@ -291,7 +291,7 @@ ModelPlan plan_model(const ModelHParams& hp, const std::vector<TensorInfo>* tens
     plan.problems.push_back("context of " + std::to_string(plan.context) + " tokens exceeds max_position_embeddings " +
                             std::to_string(lh.max_positions));
   plan.kv_bytes_per_token = int64_t(2) * lh.n_layers * kvd * 4;
-  plan.kv_bytes = plan.kv_bytes_per_token * plan.context;
+  plan.kv_bytes = plan.kv_bytes_per_token * plan.context * std::max(1, opts.sequences);
 
   // --- Scratch (float32 buffers the encoder and decoder keep; VisionEncoder::encode_batch,
   // LlmDecoder::forward, linear's per-thread weight blocks of 16 MB).

@@ -27,6 +27,7 @@ struct PlanOptions {
   int context = 0;                      // KV positions; 0 = image tokens + prompt_tokens + max_new_tokens
   int prompt_tokens = 512;              // text tokens of the prompt (system + question) for the default context
   int max_new_tokens = 400;
+  int sequences = 1;                    // KV caches held at once (models.<name>.max_batch)
   bool read_headers = true;             // use the safetensors headers when the weight files exist
 };
 

@@ -12,19 +12,15 @@
 namespace firstread::pipeline {
 namespace {
 
-// backend: local, the in-process engine. One generate at a time per model
-// (one KV cache), as before the seam existed.
+// backend: local, the in-process engine. Workers call generate concurrently;
+// the engine batches their decode steps (models.<name>.max_batch).
 class LocalBackend : public InferenceBackend {
  public:
   LocalBackend(std::string name, ModelRegistry& registry) : name_(std::move(name)), registry_(registry) {}
 
   FrameInference infer(const engine::RgbImage& frame, const config::Route& route) override {
     LoadedModel model = registry_.get(name_);
-    engine::GenerateResult result;
-    {
-      std::lock_guard<std::mutex> lock(*model.mutex);
-      result = model.model->generate(frame, route.prompt, route.max_new_tokens);
-    }
+    const engine::GenerateResult result = model.model->generate(frame, route.prompt, route.max_new_tokens);
     FrameInference out;
     parse_reply(result.text, result.images.at(0), reports::BoxFormat{model.box_scale},
                 "0.." + std::to_string(model.box_scale), out);
@@ -32,9 +28,9 @@ class LocalBackend : public InferenceBackend {
     out.completion_tokens = static_cast<int>(result.token_ids.size());
     out.truncated = !result.stopped_on_end_token && out.completion_tokens >= route.max_new_tokens;
     out.served_model = model.name;
-    out.log_detail = fmt::format("{} tokens, vision {:.0f} ms, prefill {:.0f} ms, {:.1f} tok/s",
+    out.log_detail = fmt::format("{} tokens, vision {:.0f} ms, prefill {:.0f} ms, {:.1f} tok/s, decode batch up to {}",
                                  result.token_ids.size(), result.timings.vision_ms, result.timings.prefill_ms,
-                                 result.timings.tokens_per_second);
+                                 result.timings.tokens_per_second, result.timings.largest_batch);
     return out;
   }
 

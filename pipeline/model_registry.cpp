@@ -83,6 +83,7 @@ void check_memory_plan(const std::string& name, const config::ModelConfig& mc) {
   po.vision_weights = mc.vision_weights.empty() ? "auto" : mc.vision_weights;
   po.threads = mc.threads > 0 ? mc.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   po.max_new_tokens = kPlannedNewTokens;
+  po.sequences = mc.max_batch;  // one KV cache per sequence in a batch
   engine::ModelPlan plan;
   try {
     plan = engine::plan_model(mc.path, po);
@@ -96,9 +97,10 @@ void check_memory_plan(const std::string& name, const config::ModelConfig& mc) {
   }
   const std::string refusal = engine::plan_refusal(name, plan, avail.bytes, avail.source);
   if (!refusal.empty()) throw std::runtime_error(refusal);
-  spdlog::info("models: '{}' plan: {} resident ({} weights, KV {} at {} tokens); {} available ({})", name,
-               engine::human_gb(plan.total_bytes), engine::human_gb(plan.weights_resident_bytes),
-               engine::human_gb(plan.kv_bytes), plan.context, engine::human_gb(avail.bytes), avail.source);
+  spdlog::info("models: '{}' plan: {} resident ({} weights, KV {} at {} tokens x {} sequences); {} available ({})",
+               name, engine::human_gb(plan.total_bytes), engine::human_gb(plan.weights_resident_bytes),
+               engine::human_gb(plan.kv_bytes), plan.context, po.sequences, engine::human_gb(avail.bytes),
+               avail.source);
 }
 
 bool ModelRegistry::loaded(const std::string& name) {
@@ -121,6 +123,8 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     opts.threads = mc.threads;
     if (!mc.weights.empty()) opts.weights = mc.weights;
     opts.weight_cache = mc.weight_cache;
+    opts.max_batch = mc.max_batch;
+    opts.prefill_chunk = mc.prefill_chunk;
     if (!mc.vision_weights.empty()) opts.vision_weights = mc.vision_weights;
     try {
       entry->model = engine::Model::load(mc.path, opts);
@@ -130,15 +134,17 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     auto [version, uid] = model_identity(mc.path);
     entry->version = version;
     entry->device_uid = uid;
-    spdlog::info("models: loaded '{}' from {} (version {}, {} threads, weights {}, vision weights {}, kernels {})",
+    spdlog::info("models: loaded '{}' from {} (version {}, {} threads, weights {}, vision weights {}, max_batch {}, "
+                 "prefill_chunk {}, kernels {})",
                  name, mc.path, version, entry->model->threads(), mc.weights.empty() ? "as stored" : mc.weights,
-                 mc.vision_weights.empty() ? "auto" : mc.vision_weights, engine::kernel_path_description());
+                 mc.vision_weights.empty() ? "auto" : mc.vision_weights, mc.max_batch, mc.prefill_chunk,
+                 engine::kernel_path_description());
     if (!entry->model->weight_cache_note().empty())
       spdlog::info("models: '{}' weight cache: {}", name, entry->model->weight_cache_note());
     it = entries_.emplace(name, std::move(entry)).first;
   }
   Entry& e = *it->second;
-  return LoadedModel{e.model.get(), &e.mutex, name, e.version, e.device_uid, configs_.at(name).box_scale};
+  return LoadedModel{e.model.get(), name, e.version, e.device_uid, configs_.at(name).box_scale};
 }
 
 }  // namespace firstread::pipeline

@@ -1,6 +1,6 @@
 // Models by name, loaded on first use and kept for the life of the process.
-// An engine model is not re-entrant (one KV cache), so each comes with a
-// mutex that a worker holds while it generates.
+// Workers call a model's generate concurrently: the engine batches their
+// decode steps (models.<name>.max_batch sequences, each with its own KV cache).
 #pragma once
 
 #include <map>
@@ -15,7 +15,6 @@ namespace firstread::pipeline {
 
 struct LoadedModel {
   engine::Model* model = nullptr;
-  std::mutex* mutex = nullptr;
   std::string name;
   std::string version;             // short digest of the weights
   std::string device_observer_uid; // 2.25.<digest>: changes when the weights change
@@ -32,7 +31,6 @@ class ModelRegistry {
  private:
   struct Entry {
     std::unique_ptr<engine::Model> model;
-    std::mutex mutex;
     std::string version, device_uid;
   };
   std::map<std::string, config::ModelConfig> configs_;

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include "engine/model_plan.h"
+#include "pipeline/model_registry.h"
 #include "pipeline/study_processor.h"
 
 using firstread::pipeline::InstanceRow;
@@ -70,6 +72,7 @@ TEST(ModelMemoryPlan, MedRegAIsRefusedOnThisMachineWithTheReason) {
   // so the registry refuses it before opening any weights.
   firstread::config::ModelConfig mc;
   mc.path = std::string(FIRSTREAD_SOURCE_DIR) + "/tests/data/medrega";
+  mc.max_batch = 1;  // one KV cache: the single-sequence figures of the README
   const std::string why = registry_error("medrega", mc);
   const auto avail = firstread::engine::available_memory();
   if (avail.bytes < 81000000000LL) {
@@ -86,6 +89,7 @@ TEST(ModelMemoryPlan, MaxMemoryNamesTheKeyAndThatNothingFits) {
   mc.path = std::string(FIRSTREAD_SOURCE_DIR) + "/tests/data/medrega";
   mc.weights = "int8";
   mc.threads = 2;
+  mc.max_batch = 1;
   // Below what the machine has (the smaller limit wins; the engine_plan tests
   // cover a limit where a smaller format fits).
   mc.max_memory = 2000000000ull;
@@ -94,6 +98,35 @@ TEST(ModelMemoryPlan, MaxMemoryNamesTheKeyAndThatNothingFits) {
   EXPECT_NE(why.find("with int8 decoder"), std::string::npos) << why;
   EXPECT_NE(why.find("2.0 GB available (models.medrega.max_memory)"), std::string::npos) << why;
   EXPECT_NE(why.find("even int4 decoder + int8 vision needs 26."), std::string::npos) << why;
+}
+
+// "medrega: needs 49.2 GB with ..." -> 49.2e9
+static double needed_bytes(const std::string& why) {
+  const auto at = why.find("needs ");
+  return at == std::string::npos ? 0.0 : std::stod(why.substr(at + 6)) * 1e9;
+}
+
+TEST(ModelMemoryPlan, EverySequenceOfABatchIsPlannedItsOwnKvCache) {
+  // MedRegA's KV cache: 491 520 bytes per token (60 layers x 1024 x 2 x F32)
+  // at the planned context, per sequence; max_batch 4 holds 4 of them.
+  firstread::config::ModelConfig mc;
+  mc.path = std::string(FIRSTREAD_SOURCE_DIR) + "/tests/data/medrega";
+  mc.weights = "int8";
+  mc.threads = 2;
+  mc.max_memory = 2000000000ull;
+  mc.max_batch = 1;
+  const double one = needed_bytes(registry_error("medrega", mc));
+  mc.max_batch = 4;
+  const std::string why4 = registry_error("medrega", mc);
+  const double four = needed_bytes(why4);
+  firstread::engine::PlanOptions po;
+  po.weights = "int8";
+  po.threads = 2;
+  po.max_new_tokens = firstread::pipeline::kPlannedNewTokens;
+  const firstread::engine::ModelPlan plan = firstread::engine::plan_model(mc.path, po);
+  EXPECT_EQ(plan.kv_bytes_per_token, 491520);
+  EXPECT_GT(one, 49.0e9);
+  EXPECT_NEAR(four - one, 3.0 * double(plan.kv_bytes), 0.11e9) << why4;  // the figures are printed to 0.1 GB
 }
 
 TEST(ModelMemoryPlan, DemoModelLoadsWithinItsLimitAndIsRefusedBelowIt) {

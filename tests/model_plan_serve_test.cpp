@@ -41,7 +41,7 @@ Reply get(int port, const std::string& target) {
 
 TEST(ModelPlanServe, ModelThatDoesNotFitIsNotReadyWithTheReason) {
   const std::string medrega = std::string(FIRSTREAD_SOURCE_DIR) + "/tests/data/medrega";
-  FirstreadService s("models:\n  medrega: {path: " + medrega + ", weights: int8, threads: 2, max_memory: 2GB}\n"
+  FirstreadService s("models:\n  medrega: {path: " + medrega + ", weights: int8, threads: 2, max_memory: 2GB, max_batch: 1}\n"
                      "routes:\n  - {name: cxr, model: medrega, prompt: \"Describe the image.\", max_new_tokens: 400}\n");
   s.start();
   const int http = firstread::testing::test_port(2);

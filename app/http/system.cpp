@@ -42,7 +42,10 @@ ApiResponse readyz(Context& ctx, const ApiRequest&) {
   }
   checks["models"] = models_problem.empty() ? "ok" : models_problem;
   if (!models_problem.empty()) ready = false;
-  return json_response(ready ? 200 : 503, json{{"ready", ready}, {"checks", checks}});
+  json body{{"ready", ready}, {"checks", checks}};
+  // Which compute kernels the engine runs (scalar / avx2 / avx512, and why).
+  if (!ctx.options.kernels.empty()) body["kernels"] = ctx.options.kernels;
+  return json_response(ready ? 200 : 503, body);
 }
 
 ApiResponse openapi(Context&, const ApiRequest&) { return json_response(200, openapi_document()); }

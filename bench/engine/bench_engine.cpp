@@ -1,5 +1,15 @@
 // bench_engine [--model DIR] [--threads N] [--repeat N] [--decode-tokens N]
 //              [--formats auto,f16,int8,int4] [--no-pytorch] [--no-vision]
+// bench_engine --batched 1,2,4 [--model DIR] [--threads N] [--repeat N] [--decode-tokens N]
+//              [--prompt-tokens N] [--formats ...]
+//
+// --batched: continuous batching (issue 13). Per format, one Model with
+// max_batch = the largest count; for each count N, N callers at once each
+// generate --decode-tokens (default 64) after a --prompt-tokens (300) prompt.
+// Prints the aggregate decode tok/s of the steps that carried all N
+// sequences (N x steps / their time, from Model::batch_stats), per sequence,
+// and the ratio to N = 1 within each round; counts alternate order per round
+// and the load average is printed beside every figure.
 //
 // On random weights of real sizes (InternViT-300M-shaped encoder at 448 px,
 // Qwen2-0.5B-shaped decoder, BF16; made by tools/reference/bench_ref.py if
@@ -20,6 +30,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -32,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/batch_scheduler.h"
 #include "engine/common.h"
 #include "engine/config.h"
 #include "engine/kernels.h"
@@ -143,6 +155,8 @@ struct Phases {
 
 // --vision-weights: EngineOptions::vision_weights for every format's process.
 static std::string g_vision_weights = "auto";
+// --prefill-chunk: EngineOptions::prefill_chunk (0: the engine's default).
+static int g_prefill_chunk = 0;
 
 // One format in this process: load, then vision / prefill / decode.
 static int run_child(const std::string& dir, const std::string& fmt, int threads, int prefill_tokens,
@@ -151,6 +165,7 @@ static int run_child(const std::string& dir, const std::string& fmt, int threads
   opts.threads = threads;
   opts.weights = fmt;
   opts.vision_weights = g_vision_weights;
+  if (g_prefill_chunk > 0) opts.prefill_chunk = g_prefill_chunk;
   double t0 = now_ms();
   auto model = Model::load(dir, opts);
   Phases ph;
@@ -218,7 +233,7 @@ static json run_format_process(const std::string& self, const std::string& dir, 
                                int decode_tokens, bool vision) {
   std::string cmd = "'" + self + "' --child " + fmt + " --model '" + dir + "' --threads " + std::to_string(threads) +
                     " --decode-tokens " + std::to_string(decode_tokens) + (vision ? "" : " --no-vision") +
-                    " --vision-weights " + g_vision_weights;
+                    " --vision-weights " + g_vision_weights + " --prefill-chunk " + std::to_string(g_prefill_chunk);
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) throw EngineError("could not start " + cmd);
   std::string line, last;
@@ -233,6 +248,91 @@ static json run_format_process(const std::string& self, const std::string& dir, 
   const int rc = pclose(p);
   if (rc != 0 || last.empty()) throw EngineError("format " + fmt + ": child failed (" + cmd + ")");
   return json::parse(last);
+}
+
+static double load_average() {
+  double l[1] = {0};
+  return getloadavg(l, 1) == 1 ? l[0] : -1;
+}
+
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// --batched: aggregate decode tok/s with 1, 2, 4 ... concurrent sequences on one Model.
+static int run_batched(const std::string& dir, const std::vector<std::string>& formats, const std::vector<int>& counts,
+                       int threads, int repeat, int prompt_tokens, int decode_tokens) {
+  const int most = *std::max_element(counts.begin(), counts.end());
+  std::printf("batched decode: %s, %d threads, prompt %d tokens, %d new tokens per sequence, %d rounds, kernels %s\n",
+              dir.c_str(), threads, prompt_tokens, decode_tokens, repeat, kernel_path_description().c_str());
+  for (const std::string& fmt : formats) {
+    EngineOptions opts;
+    opts.threads = threads;
+    opts.weights = fmt;
+    opts.vision_weights = g_vision_weights;
+    opts.max_batch = most;
+    if (g_prefill_chunk > 0) opts.prefill_chunk = g_prefill_chunk;
+    auto model = Model::load(dir, opts);
+    const int vocab = model->hparams().llm.vocab;
+    {
+      GenerateOptions w;
+      w.max_new_tokens = 2;
+      w.stop_on_end_token = false;
+      model->generate_from_ids(std::vector<int>(8, 1), w);  // fault the mapped weights in
+    }
+    std::map<int, std::vector<double>> rate, ratio, load, wall_rate;
+    for (int round = 0; round < repeat; ++round) {
+      std::vector<int> order = counts;
+      if (round % 2) std::reverse(order.begin(), order.end());
+      std::map<int, double> this_round;
+      for (int n : order) {
+        load[n].push_back(load_average());
+        model->reset_batch_stats();
+        std::vector<std::thread> callers;
+        std::atomic<int> ready{0};
+        const double t0 = now_ms();
+        for (int i = 0; i < n; ++i)
+          callers.emplace_back([&, i] {
+            std::mt19937 g(unsigned(100 + i));
+            std::vector<int> ids(size_t(prompt_tokens));
+            for (auto& id : ids) id = int(g() % unsigned(std::min(vocab, 600)));
+            GenerateOptions go;
+            go.max_new_tokens = decode_tokens;
+            go.stop_on_end_token = false;
+            ++ready;
+            while (ready.load() < n) std::this_thread::yield();
+            model->generate_from_ids(ids, go);
+          });
+        for (auto& c : callers) c.join();
+        const double wall = now_ms() - t0;
+        const BatchStats st = model->batch_stats();
+        const double steps = double(st.steps[size_t(n)]), ms = st.step_ms[size_t(n)];
+        const double r = ms > 0 ? n * steps * 1000.0 / ms : 0;
+        rate[n].push_back(r);
+        wall_rate[n].push_back(n * decode_tokens * 1000.0 / wall);
+        this_round[n] = r;
+        std::printf("  %s round %d: %d sequences: %.0f steps of %d, %.1f ms/step, %.1f tok/s aggregate "
+                    "(wall incl. prefill %.1f tok/s), load %.1f\n",
+                    fmt.c_str(), round + 1, n, steps, n, steps > 0 ? ms / steps : 0, r, wall_rate[n].back(),
+                    load[n].back());
+        std::fflush(stdout);
+      }
+      for (int n : counts)
+        if (this_round[counts[0]] > 0) ratio[n].push_back(this_round[n] / this_round[counts[0]]);
+    }
+    std::printf("\n| weights | sequences | aggregate decode tok/s (median, min-max) | per sequence | "
+                "ratio to %d (per round: median, min-max) | wall tok/s incl. prefill | load average |\n"
+                "|---|---|---|---|---|---|---|\n", counts[0]);
+    auto lo = [](const std::vector<double>& v) { return v.empty() ? 0.0 : *std::min_element(v.begin(), v.end()); };
+    auto hi = [](const std::vector<double>& v) { return v.empty() ? 0.0 : *std::max_element(v.begin(), v.end()); };
+    for (int n : counts)
+      std::printf("| %s | %d | %.1f (%.1f-%.1f) | %.1f | %.2f (%.2f-%.2f) | %.1f | %.1f-%.1f |\n", fmt.c_str(), n,
+                  median(rate[n]), lo(rate[n]), hi(rate[n]), median(rate[n]) / n, median(ratio[n]), lo(ratio[n]),
+                  hi(ratio[n]), median(wall_rate[n]), lo(load[n]), hi(load[n]));
+    std::printf("\n");
+  }
+  return 0;
 }
 
 // llama.cpp (CPU build, 2 threads) on the same decoder on this kind of machine (shared/SPEC.md).
@@ -254,22 +354,34 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp/firstread_bench_model", child, formats_arg = "auto,f16,int8,int4";
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
   int decode_tokens = 32, prefill_tokens = 300, repeat = 2;
-  bool pytorch = true, vision = true;
+  bool pytorch = true, vision = true, decode_tokens_set = false;
+  std::vector<int> batched;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--model" && i + 1 < argc) dir = argv[++i];
     else if (a == "--threads" && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--decode-tokens" && i + 1 < argc) decode_tokens = std::max(2, std::atoi(argv[++i]));
+    else if (a == "--decode-tokens" && i + 1 < argc) decode_tokens = std::max(2, std::atoi(argv[++i])), decode_tokens_set = true;
+    else if (a == "--prompt-tokens" && i + 1 < argc) prefill_tokens = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--batched" && i + 1 < argc) {
+      for (const char* p = argv[++i]; *p;) {
+        batched.push_back(std::max(1, std::atoi(p)));
+        while (*p && *p != ',') ++p;
+        if (*p == ',') ++p;
+      }
+    }
     else if (a == "--repeat" && i + 1 < argc) repeat = std::max(1, std::atoi(argv[++i]));
     else if (a == "--formats" && i + 1 < argc) formats_arg = argv[++i];
     else if (a == "--child" && i + 1 < argc) child = argv[++i];
     else if (a == "--no-pytorch") pytorch = false;
     else if (a == "--no-vision") vision = false;
     else if (a == "--vision-weights" && i + 1 < argc) g_vision_weights = argv[++i];
+    else if (a == "--prefill-chunk" && i + 1 < argc) g_prefill_chunk = std::max(0, std::atoi(argv[++i]));
     else {
       std::fprintf(stderr,
                    "usage: bench_engine [--model DIR] [--threads N] [--repeat N] [--decode-tokens N] "
-                   "[--formats auto,f16,int8,int4] [--vision-weights auto|f32|bf16|int8] [--no-pytorch] [--no-vision]\n");
+                   "[--formats auto,f16,int8,int4] [--vision-weights auto|f32|bf16|int8] [--prefill-chunk N] [--no-pytorch] [--no-vision]\n"
+                   "       bench_engine --batched 1,2,4 [--model DIR] [--threads N] [--repeat N] [--decode-tokens N] "
+                   "[--prompt-tokens N] [--formats ...]\n");
       return 2;
     }
   }
@@ -287,6 +399,18 @@ int main(int argc, char** argv) {
     a = b + 1;
   }
   const std::string python = FIRSTREAD_REF_PYTHON, script = std::string(FIRSTREAD_REF_SCRIPT_DIR) + "/bench_ref.py";
+  if (!batched.empty()) {
+    try {
+      if (!file_exists(dir + "/config.json") && std::system((python + " " + script + " make " + dir).c_str()) != 0) {
+        std::fprintf(stderr, "bench_ref.py make failed\n");
+        return 1;
+      }
+      return run_batched(dir, formats, batched, threads, repeat, prefill_tokens, decode_tokens_set ? decode_tokens : 64);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_engine --batched: %s\n", e.what());
+      return 1;
+    }
+  }
   char self[4096];
   const ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
   if (sl <= 0) return 1;

@@ -1,8 +1,11 @@
 // bench_gemm [--m 300] [--k 896] [--n 4864] [--threads 2] [--repeat 20] [--paths avx2,avx512]
+//            [--products gemm,rows]
 // One batched product (the prefill / vision shape) per weight format and
 // kernel path, best of --repeat, in GFLOP/s (2*m*k*n / time). The paths
 // alternate within each repetition so both see the same load of the host.
-// Not a CTest test.
+// --products: gemm = linear (the GEMM for m >= 4, the decode matvec below),
+// rows = linear_rows (the batched-decode product: m sequences' rows against
+// weights read once), alternated too. Not a CTest test.
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -32,7 +35,7 @@ static double now_s() {
 int main(int argc, char** argv) {
   int64_t m = 300, k = 896, n = 4864;
   int threads = 2, repeat = 20;
-  std::string paths_arg = "avx2,avx512", formats_arg = "f32,bf16,f16,q8_0,q4_0";
+  std::string paths_arg = "avx2,avx512", formats_arg = "f32,bf16,f16,q8_0,q4_0", products_arg = "gemm";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? argv[++i] : (char*)"0"; };
@@ -43,8 +46,9 @@ int main(int argc, char** argv) {
     else if (a == "--repeat") repeat = std::atoi(next());
     else if (a == "--paths") paths_arg = next();
     else if (a == "--formats") formats_arg = next();
+    else if (a == "--products") products_arg = next();
     else {
-      std::fprintf(stderr, "usage: bench_gemm [--m M] [--k K] [--n N] [--threads T] [--repeat R] [--paths avx2,avx512] [--formats f32,bf16,f16,q8_0,q4_0]\n");
+      std::fprintf(stderr, "usage: bench_gemm [--m M] [--k K] [--n N] [--threads T] [--repeat R] [--paths avx2,avx512] [--formats f32,bf16,f16,q8_0,q4_0] [--products gemm,rows]\n");
       return 2;
     }
   }
@@ -87,25 +91,34 @@ int main(int argc, char** argv) {
   ThreadPool pool(threads);
   LinearScratch scratch;
   std::map<std::string, double> best, best_cpu;
+  std::vector<std::string> products;
+  for (const char* pr : {"gemm", "rows"})
+    if (("," + products_arg + ",").find(std::string(",") + pr + ",") != std::string::npos) products.push_back(pr);
   for (int r = 0; r < repeat; ++r)
     for (auto& [name, w] : fmts)
-      for (KernelPath p : paths) {
-        force_kernel_path(p);
-        const double t0 = now_s(), c0 = cpu_s();
-        linear(pool, x.data(), m, w, nullptr, y.data(), scratch);
-        const double dt = now_s() - t0, dc = cpu_s() - c0;
-        const std::string key = name + " " + kernel_path_name(p);
-        if (!best.count(key) || dt < best[key]) best[key] = dt;
-        if (!best_cpu.count(key) || dc < best_cpu[key]) best_cpu[key] = dc;
-      }
-  std::printf("m %lld k %lld n %lld, %d threads, best of %d (paths alternate)\n", (long long)m, (long long)k,
-              (long long)n, threads, repeat);
-  std::printf("| weights | path | ms | GFLOP/s | GFLOP/s of CPU time (1 thread only) |\n|---|---|---|---|---|\n");
+      for (KernelPath p : paths)
+        for (const std::string& pr : products) {
+          force_kernel_path(p);
+          const double t0 = now_s(), c0 = cpu_s();
+          if (pr == "rows") linear_rows(pool, x.data(), m, w, nullptr, y.data(), scratch);
+          else linear(pool, x.data(), m, w, nullptr, y.data(), scratch);
+          const double dt = now_s() - t0, dc = cpu_s() - c0;
+          const std::string key = name + " " + kernel_path_name(p) + " " + pr;
+          if (!best.count(key) || dt < best[key]) best[key] = dt;
+          if (!best_cpu.count(key) || dc < best_cpu[key]) best_cpu[key] = dc;
+        }
+  std::printf("m %lld k %lld n %lld, %d threads, best of %d (paths and products alternate)\n", (long long)m,
+              (long long)k, (long long)n, threads, repeat);
+  std::printf("| weights | path | product | ms | GFLOP/s | GFLOP/s of CPU time (1 thread only) |\n"
+              "|---|---|---|---|---|---|\n");
   for (auto& [name, w] : fmts)
-    for (KernelPath p : paths) {
-      const double dt = best[name + " " + kernel_path_name(p)], dc = best_cpu[name + " " + kernel_path_name(p)];
-      std::printf("| %s | %s | %.2f | %.1f | %s |\n", name.c_str(), kernel_path_name(p), dt * 1e3,
-                  2.0 * m * k * n / dt / 1e9, threads == 1 ? std::to_string(int(2.0 * m * k * n / dc / 1e9)).c_str() : "-");
-    }
+    for (KernelPath p : paths)
+      for (const std::string& pr : products) {
+        const std::string key = name + " " + kernel_path_name(p) + " " + pr;
+        const double dt = best[key], dc = best_cpu[key];
+        std::printf("| %s | %s | %s | %.3f | %.1f | %s |\n", name.c_str(), kernel_path_name(p), pr.c_str(), dt * 1e3,
+                    2.0 * m * k * n / dt / 1e9,
+                    threads == 1 ? std::to_string(int(2.0 * m * k * n / dc / 1e9)).c_str() : "-");
+      }
   return 0;
 }
