@@ -295,7 +295,7 @@ static int run_batched(const std::string& dir, const std::vector<std::string>& f
         for (int i = 0; i < n; ++i)
           callers.emplace_back([&, i] {
             std::mt19937 g(unsigned(100 + i));
-            std::vector<int> ids(size_t(prompt_tokens));
+            std::vector<int> ids(static_cast<size_t>(prompt_tokens));
             for (auto& id : ids) id = int(g() % unsigned(std::min(vocab, 600)));
             GenerateOptions go;
             go.max_new_tokens = decode_tokens;
