@@ -11,7 +11,8 @@
 #   MODEL_DIR: default the reference v12 model made here (tiny: database and SR
 #   time dominate); the bench model of bench_engine (/tmp/firstread_bench_model,
 #   Qwen2-0.5B-sized decoder + InternViT-300M) is what the issue asks for.
-#   WEIGHTS: models.<m>.weights (default: as stored).
+#   WEIGHTS: models.<m>.weights (default: as stored); env VISION_WEIGHTS: models.<m>.vision_weights,
+#   WORKERS: worklist.workers (4).
 # Run scripts/setup (or build) first; uses build/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +21,7 @@ tokens="${2:-64}"
 rounds="${3:-2}"
 model="${4:-}"
 weights="${5:-}"
+vision_weights="${VISION_WEIGHTS:-}"
 workers="${WORKERS:-4}"
 build=build
 top="$(mktemp -d /tmp/firstread-backlog-XXXXXX)"
@@ -55,7 +57,7 @@ database: {embedded_port: $((port + 2000))}
 http: {listen: "127.0.0.1:$((port + 3000))"}
 worklist: {stable_seconds: 1, poll_seconds: 0.2, workers: $workers}
 models:
-  bench: {path: $model, threads: 2, max_batch: $batch, weight_cache: $top/cache${weights:+, weights: $weights}}
+  bench: {path: $model, threads: 2, max_batch: $batch, weight_cache: $top/cache${weights:+, weights: $weights}${vision_weights:+, vision_weights: $vision_weights}}
 routes:
   - {name: default, model: bench, prompt: "Describe the image.", max_new_tokens: $tokens}
 log: {level: info}
@@ -90,7 +92,7 @@ YAML
   echo "$secs ${largest:-?}"
 }
 
-echo "backlog of $studies studies, $tokens new tokens each, model $model${weights:+ ($weights)}, $workers workers, 2 threads"
+echo "backlog of $studies studies, $tokens new tokens each, model $model${weights:+ ($weights)}${vision_weights:+ (vision $vision_weights)}, $workers workers, 2 threads"
 ratios=()
 for r in $(seq 1 "$rounds"); do
   if [ $((r % 2)) -eq 1 ]; then order="4 1"; else order="1 4"; fi
@@ -99,11 +101,11 @@ for r in $(seq 1 "$rounds"); do
     l0=$(load)
     read -r secs largest < <(run_once "$b")
     l1=$(load)
-    sph=$(awk -v n="$studies" -v s="$secs" 'BEGIN { printf "%.0f", s > 0 ? n * 3600 / s : 0 }')
+    sph=$(awk -v n="$studies" -v s="$secs" 'BEGIN { printf "%.0f", (s > 0 ? n * 3600 / s : 0) }')
     per[$b]=$sph
     echo "round $r max_batch $b: $studies studies in $secs s = $sph studies/hour (largest decode batch $largest; load $l0 -> $l1)"
   done
-  ratio=$(awk -v a="${per[4]}" -v b="${per[1]}" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }')
+  ratio=$(awk -v a="${per[4]}" -v b="${per[1]}" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
   ratios+=("$ratio")
   echo "round $r: max_batch 4 / max_batch 1 = $ratio"
   unset per
