@@ -45,12 +45,13 @@ TEST(ModelPlanServe, ModelThatDoesNotFitIsNotReadyWithTheReason) {
                      "routes:\n  - {name: cxr, model: medrega, prompt: \"Describe the image.\", max_new_tokens: 400}\n");
   s.start();
   const int http = firstread::testing::test_port(2);
-  std::string models_check;
+  std::string models_check, kernels;
   int status = 0;
   for (int i = 0; i < 100; ++i) {
     Reply r = get(http, "/readyz");
     status = r.status;
     if (r.status == 503) {
+      kernels = json::parse(r.body).value("kernels", "");
       models_check = json::parse(r.body)["checks"]["models"].get<std::string>();
       if (models_check.find("loading") == std::string::npos) break;
     }
@@ -63,5 +64,9 @@ TEST(ModelPlanServe, ModelThatDoesNotFitIsNotReadyWithTheReason) {
   // The service keeps serving DICOM and says why in its log.
   EXPECT_TRUE(s.echo());
   EXPECT_NE(s.log().find("models: medrega: needs 49."), std::string::npos) << s.log();
+  // /readyz and the start-up log name the engine's kernel path (issue 13).
+  const bool known = kernels.rfind("scalar", 0) == 0 || kernels.rfind("avx2", 0) == 0 || kernels.rfind("avx512", 0) == 0;
+  EXPECT_TRUE(known) << kernels;
+  EXPECT_NE(s.log().find("engine: kernels " + kernels), std::string::npos) << s.log();
   EXPECT_EQ(s.terminate(), 0);
 }
