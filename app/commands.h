@@ -12,5 +12,6 @@ int run_studies(const Args& args);
 int run_jobs(const Args& args);
 int run_results(const Args& args);
 int run_reprocess(const Args& args);
+int run_token_create(const Args& args);  // token_command.cpp
 
 }  // namespace firstread::app

@@ -3,10 +3,14 @@
 // app/http/routes.cpp, served as GET /api/v1/openapi.json and listed in the
 // README; one file per resource under app/http/.
 //
-// Authentication: when http.token is set, every route of role viewer or
-// operator needs `Authorization: Bearer <token>` (401 otherwise, also for
-// unknown routes); routes of role anyone (/healthz, the page shell, the
-// OpenAPI document) carry no patient data.
+// Authentication (app/http/auth.h): when http.users (or http.tokens_file) or
+// the shared http.token is set, every route but those of role anyone needs
+// `Authorization: Bearer <token>` (401 otherwise, also for unknown routes),
+// and the token's role must reach the route's (403 otherwise): viewer reads,
+// operator reads and changes, sender stores (STOW-RS), admin does everything.
+// Routes of role anyone (/healthz, the page shell, the OpenAPI document) carry
+// no patient data. Requests that return patient data are audit lines in
+// http.audit_log. With http.tls, the same over HTTPS only.
 //
 // Errors are JSON `{"error": "..."}`: 400 bad parameter, 401 missing or wrong
 // token, 404 unknown route or resource, 405 known route with the wrong method
@@ -19,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "config/config.h"
 #include "db/database.h"
@@ -28,7 +33,10 @@ namespace firstread::app {
 
 struct HttpApiOptions {
   std::string listen = "127.0.0.1:8080";  // host:port; port 0 picks a free port (tests)
-  std::string token;                      // empty = no authentication
+  std::string token;                      // the shared token (user "token", admin); with users empty: no authentication
+  std::vector<config::HttpUser> users;    // http.users and the tokens file's
+  std::string tls_certificate, tls_private_key;  // HTTPS when set (PEM)
+  std::string audit_log;                  // empty = no audit log
   int io_threads = 2;                     // socket reads and writes
   int handler_threads = 4;                // request handling (database, files, PNG)
   int read_timeout_seconds = 30;          // a request must arrive completely within this
@@ -36,8 +44,9 @@ struct HttpApiOptions {
   std::string kernels;                    // the engine's kernel path, named by /readyz (empty: no engine here)
 };
 
-// From the configuration's http section.
-HttpApiOptions http_api_options(const config::HttpConfig& http);
+// From the configuration's http section; the audit log defaults to
+// <storage_path>/audit.log.
+HttpApiOptions http_api_options(const config::HttpConfig& http, const std::string& storage_path);
 
 class HttpApi {
  public:

@@ -60,6 +60,7 @@ struct CommandLine {
   CLI::App app{"firstread: an AI first reader for a PACS (DICOM node, job queue, model, DICOM SR).", "firstread"};
   Args args;
   CLI::App *serve, *db, *db_migrate, *db_stop, *studies, *jobs, *results, *reprocess, *version;
+  CLI::App *token, *token_create;
 
   CommandLine() {
     app.footer(kFooter);
@@ -105,6 +106,16 @@ struct CommandLine {
 
     version = app.add_subcommand("version", "print the version");
 
+    token = app.add_subcommand("token", "HTTP access tokens (http.users)");
+    token->require_subcommand(0, 1);
+    token_create = token->add_subcommand(
+        "create", "make a random token for a user and print it with the token_hash line for http.users");
+    add_value(token_create, args, "--name", "NAME", "the user's name, as the audit log will show it")->required();
+    add_value(token_create, args, "--role", "viewer|operator|sender|admin", "what the token may do")
+        ->required()
+        ->check(CLI::IsMember({"viewer", "operator", "sender", "admin"}));
+    add_json(token_create, args);
+
 #ifdef FIRSTREAD_HAVE_ENGINE
     // Listed here for --help; they parse their own arguments (engine/cli.cpp).
     app.add_subcommand("infer", "run one image through a model (see firstread infer --help)");
@@ -140,6 +151,11 @@ int run_chosen(CommandLine& cl) {
   if (cl.jobs->parsed()) return run_jobs(cl.args);
   if (cl.results->parsed()) return run_results(cl.args);
   if (cl.reprocess->parsed()) return run_reprocess(cl.args);
+  if (cl.token_create->parsed()) return run_token_create(cl.args);
+  if (cl.token->parsed()) {
+    std::cerr << "firstread token: a subcommand is required: create (see firstread token --help)\n";
+    return 2;
+  }
   std::cerr << "firstread: a command is required (see firstread --help)\n";
   return 2;
 }

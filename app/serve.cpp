@@ -39,13 +39,22 @@ scp::ServerOptions server_options(const config::Config& c) {
   scp::ServerOptions o;
   o.ae_title = c.dicom.ae_title;
   o.port = c.dicom.port;
-  for (const auto& p : c.dicom.allowed_peers) o.allowed_peers.push_back({p.ae_title, p.host});
+  for (const auto& p : c.dicom.allowed_peers) o.allowed_peers.push_back({p.ae_title, p.host, p.certificate_subject});
   o.max_associations = c.dicom.max_associations;
   o.max_pending_associations = c.dicom.max_pending_associations;
   o.max_associations_per_host = c.dicom.max_associations_per_host;
   o.max_pdu = c.dicom.max_pdu;
   o.acse_timeout_seconds = c.dicom.acse_timeout_seconds;
   o.dimse_timeout_seconds = c.dicom.dimse_timeout_seconds;
+  if (c.dicom.tls.enabled) {
+    o.tls_port = c.dicom.tls.port;
+    o.plain_port_enabled = c.dicom.tls.keep_plain_port;
+    o.tls.certificate = c.dicom.tls.certificate;
+    o.tls.private_key = c.dicom.tls.private_key;
+    o.tls.ca_certificates = c.dicom.tls.ca_certificates;
+    o.tls.require_peer_certificate = c.dicom.tls.require_peer_certificate;
+    o.tls.profile = c.dicom.tls.profile == "bcp195-extended" ? scp::TlsProfile::bcp195_extended : scp::TlsProfile::bcp195;
+  }
   return o;
 }
 
@@ -181,7 +190,7 @@ int run_serve(const Args& args) {
 #endif
   std::unique_ptr<scp::ServerMetrics> server_metrics;
   if (server) server_metrics = std::make_unique<scp::ServerMetrics>(*server);
-  app::HttpApiOptions http_options = app::http_api_options(cfg.http);
+  app::HttpApiOptions http_options = app::http_api_options(cfg.http, cfg.storage.path);
 #ifdef FIRSTREAD_HAVE_PIPELINE
   http_options.kernels = engine::kernel_path_description();
   spdlog::info("engine: kernels {}", http_options.kernels);
@@ -210,11 +219,17 @@ int run_serve(const Args& args) {
   });
 
   std::cout << "firstread " << kVersion << " serving (role " << role << ")\n";
-  if (server)
+  if (server && (!cfg.dicom.tls.enabled || cfg.dicom.tls.keep_plain_port))
     std::cout << "  DICOM: AE title " << cfg.dicom.ae_title << " on port " << cfg.dicom.port
               << "  (try: echoscu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port
               << "; storescu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port << " FILE.dcm)\n";
-  std::cout << "  HTTP: http://" << cfg.http.listen << "/  (API under /api/v1, metrics at /metrics)\n";
+  if (server && cfg.dicom.tls.enabled)
+    std::cout << "  DICOM TLS: AE title " << cfg.dicom.ae_title << " on port " << cfg.dicom.tls.port
+              << "  (try: echoscu +tls CLIENT.key CLIENT.pem +cf CA.pem -aec " << cfg.dicom.ae_title << " localhost "
+              << cfg.dicom.tls.port << ")\n";
+  const bool https = !cfg.http.tls_certificate.empty();
+  std::cout << "  HTTP: " << (https ? "https://" : "http://") << cfg.http.listen
+            << "/  (API under /api/v1, metrics at /metrics)\n";
   std::cout << "  storage: " << storage.root() << "\n";
   std::cout << "  database: " << (rt.embedded ? "embedded cluster in " + rt.embedded->data_dir() : "database.url")
             << "\n";

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <set>
@@ -271,6 +272,140 @@ void read_remote_model_keys(Section& s, const YAML::Node& node, const std::strin
   }
 }
 
+
+// ---- tls (issue 17): DICOM TLS, HTTPS and users.
+
+bool readable_file(const std::string& path) {
+  std::ifstream f(path);
+  return static_cast<bool>(f);
+}
+
+// section.key must name a readable file (or directory); errors point at the
+// key's line, or the section's when the key is missing.
+void require_readable(const std::string& source, const YAML::Node& section, const std::string& section_path,
+                      const char* key, const std::string& path) {
+  const YAML::Node at = section[key] ? section[key] : section;
+  const std::string full = section_path + "." + key;
+  if (path.empty()) fail_at(source, at, full, "is required");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec) && !readable_file(path))
+    fail_at(source, at, full, "cannot read '" + path + "'");
+}
+
+bool is_hex(const std::string& s) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (!std::isxdigit(static_cast<unsigned char>(c))) return false;
+  return true;
+}
+
+// sha256:<salt hex>:<digest hex>, as `firstread token create` prints it.
+bool is_token_hash(const std::string& h) {
+  const auto first = h.find(':'), last = h.rfind(':');
+  return h.rfind("sha256:", 0) == 0 && first != last && last - first - 1 >= 32 &&
+         is_hex(h.substr(first + 1, last - first - 1)) && h.size() - last - 1 == 64 && is_hex(h.substr(last + 1));
+}
+
+// http.users entries and the tokens file: a list of {name, role, token_hash}.
+void read_users(const YAML::Node& list, const std::string& key, const std::string& source,
+                std::vector<HttpUser>& users) {
+  if (!list.IsSequence()) fail_at(source, list, key, "must be a list of {name, role, token_hash}");
+  for (const auto& item : list) {
+    HttpUser u;
+    Section us(item, key + "[]", source);
+    us.read("name", u.name);
+    us.read("role", u.role);
+    us.read("token_hash", u.token_hash);
+    us.check_unknown();
+    if (u.name.empty()) fail_at(source, item, key + "[].name", "is required");
+    for (char c : u.name)
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == '@'))
+        fail_at(source, item["name"], key + "[].name",
+                "'" + u.name + "' may hold letters, digits and - _ . @ only (it is written to the audit log)");
+    check_one_of(source, item["role"] ? item["role"] : item, key + "[].role", u.role,
+                 {"viewer", "operator", "sender", "admin"});
+    if (!is_token_hash(u.token_hash))
+      fail_at(source, item["token_hash"] ? item["token_hash"] : item, key + "[].token_hash",
+              "must be sha256:<salt hex>:<digest hex> as `firstread token create` prints it (never the token itself)");
+    for (const auto& other : users)
+      if (other.name == u.name) fail_at(source, item, key + "[].name", "user '" + u.name + "' is listed twice");
+    users.push_back(u);
+  }
+}
+
+void check_tls_profile(const std::string& source, const YAML::Node& node, const std::string& key,
+                       const std::string& profile) {
+  check_one_of(source, node["profile"] ? node["profile"] : node, key + ".profile", profile,
+               {"bcp195", "bcp195-extended"});
+}
+
+// dicom.tls: the node's DICOM TLS port.
+void read_dicom_tls(const YAML::Node& t, const std::string& tp, const std::string& source, TlsConfig& tls) {
+  Section ts(t, tp, source);
+  ts.read("enabled", tls.enabled);
+  ts.read("port", tls.port);
+  ts.read("keep_plain_port", tls.keep_plain_port);
+  ts.read("certificate", tls.certificate);
+  ts.read("private_key", tls.private_key);
+  ts.read("ca_certificates", tls.ca_certificates);
+  ts.read("require_peer_certificate", tls.require_peer_certificate);
+  ts.read("profile", tls.profile);
+  ts.check_unknown();
+  check_tls_profile(source, t, tp, tls.profile);
+  if (!tls.enabled) return;
+  if (tls.port < 1 || tls.port > 65535)
+    fail_at(source, t["port"] ? t["port"] : t, tp + ".port", "must be between 1 and 65535");
+  require_readable(source, t, tp, "certificate", tls.certificate);
+  require_readable(source, t, tp, "private_key", tls.private_key);
+  if (tls.require_peer_certificate || !tls.ca_certificates.empty())
+    require_readable(source, t, tp, "ca_certificates", tls.ca_certificates);
+}
+
+// export.destinations[i].tls: the C-STORE SCU over DICOM TLS.
+void read_destination_tls(const YAML::Node& t, const std::string& tp, const std::string& source,
+                          DestinationTlsConfig& tls) {
+  Section ts(t, tp, source);
+  ts.read("enabled", tls.enabled);
+  ts.read("certificate", tls.certificate);
+  ts.read("private_key", tls.private_key);
+  ts.read("ca_certificates", tls.ca_certificates);
+  ts.read("profile", tls.profile);
+  ts.read("verify_host", tls.verify_host);
+  ts.check_unknown();
+  check_tls_profile(source, t, tp, tls.profile);
+  if (!tls.enabled) return;
+  require_readable(source, t, tp, "ca_certificates", tls.ca_certificates);
+  if (tls.certificate.empty() != tls.private_key.empty())
+    fail_at(source, t, tp, "certificate and private_key go together (the client certificate for the PACS)");
+  if (!tls.certificate.empty()) {
+    require_readable(source, t, tp, "certificate", tls.certificate);
+    require_readable(source, t, tp, "private_key", tls.private_key);
+  }
+}
+
+// http.tokens_file: more users, the same list as http.users, in its own file.
+void read_tokens_file(const YAML::Node& at, const std::string& key, const std::string& source, HttpConfig& http) {
+  YAML::Node file;
+  try {
+    file = YAML::LoadFile(http.tokens_file);
+  } catch (const YAML::BadFile&) {
+    fail_at(source, at, key, "cannot read '" + http.tokens_file + "'");
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(http.tokens_file + ":" + std::to_string(e.mark.line + 1) + ": YAML syntax error: " + e.msg);
+  }
+  read_users(file, "users", http.tokens_file, http.users);
+}
+
+// Keys of dicom.tls that depend on other dicom keys.
+void check_dicom_tls_keys(const std::string& source, const YAML::Node& root, const Config& c) {
+  if (c.dicom.tls.enabled && c.dicom.tls.keep_plain_port && c.dicom.tls.port == c.dicom.port)
+    fail_at(source, root["dicom"]["tls"], "dicom.tls.port", "must differ from dicom.port while the plain port is kept");
+  for (const auto& peer : c.dicom.allowed_peers)
+    if (!peer.certificate_subject.empty() && !c.dicom.tls.enabled)
+      fail_at(source, root["dicom"]["allowed_peers"], "dicom.allowed_peers",
+              "certificate_subject needs dicom.tls.enabled (a plain connection has no certificate)");
+}
+
 }  // namespace
 
 Config default_config() {
@@ -315,29 +450,21 @@ void read_dicom_section(const YAML::Node& n, const std::string& p, const std::st
   s.read("max_pending_associations", c.dicom.max_pending_associations);
   s.read("max_associations_per_host", c.dicom.max_associations_per_host);
   s.read_with("allowed_peers", [&](const YAML::Node& list, const std::string& lp) {
-    if (!list.IsSequence()) fail_at(source, list, lp, "must be a list of {ae_title, host}");
+    if (!list.IsSequence()) fail_at(source, list, lp, "must be a list of {ae_title, host, certificate_subject}");
     c.dicom.allowed_peers.clear();
     for (const auto& item : list) {
       AllowedPeer peer;
       Section ps(item, lp + "[]", source);
       ps.read("ae_title", peer.ae_title);
       ps.read("host", peer.host);
+      ps.read("certificate_subject", peer.certificate_subject);
       ps.check_unknown();
-      if (peer.ae_title.empty() && peer.host.empty())
-        fail_at(source, item, lp, "each entry needs an ae_title, a host or both");
+      if (peer.ae_title.empty() && peer.host.empty() && peer.certificate_subject.empty())
+        fail_at(source, item, lp, "each entry needs an ae_title, a host, a certificate_subject or several");
       c.dicom.allowed_peers.push_back(peer);
     }
   });
-  s.read_with("tls", [&](const YAML::Node& t, const std::string& tp) {
-    Section ts(t, tp, source);
-    ts.read("enabled", c.dicom.tls.enabled);
-    ts.read("certificate", c.dicom.tls.certificate);
-    ts.read("private_key", c.dicom.tls.private_key);
-    ts.check_unknown();
-    if (c.dicom.tls.enabled)
-      fail_at(source, t, tp + ".enabled",
-              "DICOM TLS is not implemented in this version; put a TLS proxy (stunnel) in front of the port");
-  });
+  s.read_with("tls", [&](const YAML::Node& t, const std::string& tp) { read_dicom_tls(t, tp, source, c.dicom.tls); });
   s.check_unknown();
 }
 
@@ -464,6 +591,7 @@ ExportDestination read_destination(const YAML::Node& node, const std::string& dp
   ds.read("port", d.port);
   ds.read("routes", d.routes);
   ds.read("objects", d.objects);
+  ds.read_with("tls", [&](const YAML::Node& t, const std::string& tp) { read_destination_tls(t, tp, source, d.tls); });
   ds.check_unknown();
   for (const auto& object : d.objects)
     if (object != "sr" && object != "gsps" && object != "key_image")
@@ -493,7 +621,19 @@ void read_http_section(const YAML::Node& n, const std::string& p, const std::str
   Section s(n, p, source);
   s.read("listen", c.http.listen);
   s.read("token", c.http.token);
+  s.read_with("tls", [&](const YAML::Node& t, const std::string& tp) {
+    Section ts(t, tp, source);
+    ts.read("certificate", c.http.tls_certificate);
+    ts.read("private_key", c.http.tls_private_key);
+    ts.check_unknown();
+    require_readable(source, t, tp, "certificate", c.http.tls_certificate);
+    require_readable(source, t, tp, "private_key", c.http.tls_private_key);
+  });
+  s.read_with("users", [&](const YAML::Node& list, const std::string& lp) { read_users(list, lp, source, c.http.users); });
+  s.read("tokens_file", c.http.tokens_file);
+  s.read("audit_log", c.http.audit_log);
   s.check_unknown();
+  if (!c.http.tokens_file.empty()) read_tokens_file(n["tokens_file"], p + ".tokens_file", source, c.http);
 }
 
 void read_log_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
@@ -563,6 +703,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
   top.check_unknown();
 
   check_value_ranges(source, root, c);
+  check_dicom_tls_keys(source, root, c);
 
   apply_environment(c);
   try {

@@ -21,12 +21,31 @@ class ConfigError : public std::runtime_error {
 struct AllowedPeer {
   std::string ae_title;  // empty = any calling AE title
   std::string host;      // empty = any host; otherwise an IP address or host name
+  // tls (issue 17): empty = any; else the DICOM TLS client certificate's subject
+  // in RFC 2253 form (openssl x509 -noout -subject -nameopt RFC2253)
+  std::string certificate_subject;
 };
 
+// tls (issue 17): dicom.tls, DICOM TLS for the node (DCMTK dcmtls, BCP 195).
 struct TlsConfig {
   bool enabled = false;
-  std::string certificate;
+  int port = 2762;               // the registered DICOM-TLS port
+  bool keep_plain_port = true;   // false: dicom.port does not listen
+  std::string certificate;       // PEM
+  std::string private_key;       // PEM, not passphrase-protected
+  std::string ca_certificates;   // PEM file or directory: the CAs whose client certificates are trusted
+  bool require_peer_certificate = true;
+  std::string profile = "bcp195";  // bcp195 (TLS 1.2+, non-downgrading) | bcp195-extended (TLS 1.2, ECDHE/DHE GCM)
+};
+
+// tls (issue 17): export.destinations[].tls, DICOM TLS for the C-STORE SCU.
+struct DestinationTlsConfig {
+  bool enabled = false;
+  std::string certificate;      // our client certificate (PEM), for PACS that require one; empty = none
   std::string private_key;
+  std::string ca_certificates;  // required: the CAs that may sign the PACS's certificate
+  std::string profile = "bcp195";
+  bool verify_host = true;      // the PACS's certificate must name `host` (DNS name or IP address SAN)
 };
 
 struct DicomConfig {
@@ -145,6 +164,7 @@ struct ExportDestination {
   // What goes there per report (issue 16): "sr" (always), "gsps" (a GSPS or CSPS
   // per source series), "key_image" (a Secondary Capture with the boxes burned in).
   std::vector<std::string> objects = {"sr", "gsps"};
+  DestinationTlsConfig tls;  // tls (issue 17)
 };
 
 struct ExportConfig {
@@ -154,9 +174,25 @@ struct ExportConfig {
   std::vector<ExportDestination> destinations;
 };
 
+// tls (issue 17): http.users / http.tokens_file entries. The token itself is
+// never stored: token_hash is "sha256:<salt hex>:<SHA-256(salt || token) hex>"
+// as `firstread token create` prints it.
+struct HttpUser {
+  std::string name;
+  std::string role;  // viewer | operator | sender | admin
+  std::string token_hash;
+};
+
 struct HttpConfig {
   std::string listen = "127.0.0.1:8080";
-  std::string token;  // empty = no authentication; FIRSTREAD_HTTP_TOKEN overrides
+  // The shared token of earlier versions: the user "token" with role admin.
+  // Empty (and no users) = no authentication; FIRSTREAD_HTTP_TOKEN overrides.
+  std::string token;
+  // tls (issue 17): HTTPS when both are set (PEM; the certificate file may hold the chain)
+  std::string tls_certificate, tls_private_key;
+  std::vector<HttpUser> users;  // http.users, then those of http.tokens_file
+  std::string tokens_file;
+  std::string audit_log;        // empty = <storage.path>/audit.log
 };
 
 struct LogConfig {

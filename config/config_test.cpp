@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 
@@ -140,9 +141,71 @@ TEST(Config, RouteMustNameKnownModel) {
   EXPECT_NE(e.find("no model named 'nothere'"), std::string::npos) << e;
 }
 
-TEST(Config, TlsEnabledIsRefusedClearly) {
-  const std::string e = error_of("dicom:\n  tls:\n    enabled: true\n");
-  EXPECT_NE(e.find("test.yaml:3: dicom.tls.enabled"), std::string::npos) << e;
+TEST(Config, DicomTlsNeedsReadableFilesAndKnowsItsKeys) {
+  // Enabled without a certificate: the missing key is named.
+  std::string e = error_of("dicom:\n  tls:\n    enabled: true\n");
+  EXPECT_NE(e.find("dicom.tls.certificate: is required"), std::string::npos) << e;
+  e = error_of("dicom:\n  tls:\n    enabled: true\n    certificate: /nonexistent/cert.pem\n");
+  EXPECT_NE(e.find("test.yaml:4: dicom.tls.certificate: cannot read '/nonexistent/cert.pem'"), std::string::npos) << e;
+  e = error_of("dicom:\n  tls:\n    profile: bcp196\n");
+  EXPECT_NE(e.find("dicom.tls.profile: 'bcp196' is not one of: bcp195, bcp195-extended"), std::string::npos) << e;
+  e = error_of("dicom:\n  tls:\n    ciphers: ALL\n");
+  EXPECT_NE(e.find("dicom.tls.ciphers: unknown key"), std::string::npos) << e;
+  e = error_of("dicom:\n  allowed_peers:\n    - {certificate_subject: \"CN=x\"}\n");
+  EXPECT_NE(e.find("certificate_subject needs dicom.tls.enabled"), std::string::npos) << e;
+  // Files that exist: /etc/passwd stands in for PEM files (firstread reads them at start).
+  const Config c = parse_config(
+      "dicom:\n  tls:\n    enabled: true\n    port: 2763\n    keep_plain_port: false\n    certificate: /etc/passwd\n"
+      "    private_key: /etc/passwd\n    ca_certificates: /etc/passwd\n    profile: bcp195-extended\n"
+      "  allowed_peers:\n    - {certificate_subject: \"CN=ct1,O=Hospital\", ae_title: CT1}\n",
+      "t.yaml");
+  EXPECT_TRUE(c.dicom.tls.enabled);
+  EXPECT_EQ(c.dicom.tls.port, 2763);
+  EXPECT_FALSE(c.dicom.tls.keep_plain_port);
+  EXPECT_EQ(c.dicom.tls.profile, "bcp195-extended");
+  EXPECT_EQ(c.dicom.allowed_peers.at(0).certificate_subject, "CN=ct1,O=Hospital");
+  EXPECT_EQ(parse_config("", "t.yaml").dicom.tls.port, 2762);
+}
+
+TEST(Config, ExportDestinationTlsNeedsItsCa) {
+  const std::string head = "export:\n  destinations:\n    - name: p\n      ae_title: P\n      host: h\n      tls:\n";
+  std::string e = error_of(head + "        enabled: true\n");
+  EXPECT_NE(e.find("export.destinations[0].tls.ca_certificates: is required"), std::string::npos) << e;
+  e = error_of(head + "        enabled: true\n        ca_certificates: /etc/passwd\n        certificate: /etc/passwd\n");
+  EXPECT_NE(e.find("certificate and private_key go together"), std::string::npos) << e;
+  const Config c = parse_config(head + "        enabled: true\n        ca_certificates: /etc/passwd\n"
+                                       "        verify_host: false\n", "t.yaml");
+  EXPECT_TRUE(c.exports.destinations.at(0).tls.enabled);
+  EXPECT_FALSE(c.exports.destinations.at(0).tls.verify_host);
+  EXPECT_EQ(c.exports.destinations.at(0).tls.profile, "bcp195");
+}
+
+TEST(Config, HttpUsersKeepOnlyTokenHashesWithKnownRoles) {
+  const std::string hash = "sha256:00112233445566778899aabbccddeeff:" + std::string(64, 'a');
+  const Config c = parse_config("http:\n  users:\n    - {name: vera, role: viewer, token_hash: \"" + hash + "\"}\n",
+                                "t.yaml");
+  ASSERT_EQ(c.http.users.size(), 1u);
+  EXPECT_EQ(c.http.users[0].role, "viewer");
+  std::string e = error_of("http:\n  users:\n    - {name: vera, role: reader, token_hash: \"" + hash + "\"}\n");
+  EXPECT_NE(e.find("'reader' is not one of: admin, operator, sender, viewer"), std::string::npos) << e;
+  e = error_of("http:\n  users:\n    - {name: vera, role: viewer, token_hash: my-secret-token}\n");
+  EXPECT_NE(e.find("never the token itself"), std::string::npos) << e;
+  EXPECT_EQ(e.find("my-secret-token"), std::string::npos) << "the message must not repeat a token: " << e;
+  e = error_of("http:\n  users:\n    - {name: vera, role: viewer, token_hash: \"" + hash +
+               "\"}\n    - {name: vera, role: admin, token_hash: \"" + hash + "\"}\n");
+  EXPECT_NE(e.find("user 'vera' is listed twice"), std::string::npos) << e;
+  // The tokens file: the same entries, its own line numbers in errors.
+  const std::string path = "/tmp/firstread-config-test-tokens.yaml";
+  std::ofstream(path) << "- {name: ada, role: admin, token_hash: \"" << hash << "\"}\n- {name: sam, role: sendr}\n";
+  e = error_of("http:\n  tokens_file: " + path + "\n");
+  EXPECT_NE(e.find(path + ":2: users[].role: 'sendr'"), std::string::npos) << e;
+  std::ofstream(path) << "- {name: ada, role: admin, token_hash: \"" << hash << "\"}\n";
+  const Config f = parse_config("http:\n  tokens_file: " + path + "\n", "t.yaml");
+  ASSERT_EQ(f.http.users.size(), 1u);
+  EXPECT_EQ(f.http.users[0].name, "ada");
+  std::remove(path.c_str());
+  e = error_of("http:\n  tls:\n    certificate: /etc/passwd\n");
+  EXPECT_NE(e.find("http.tls.private_key: is required"), std::string::npos) << e;
 }
 
 TEST(Config, EnvironmentOverridesSecrets) {

@@ -138,10 +138,10 @@ ReportPage Reports::read(const ReportQuery& query) {
 
 std::optional<SrFile> Reports::sr_file(int64_t report_id) {
   return pool_.transact([&](pqxx::work& txn) -> std::optional<SrFile> {
-    auto r = txn.exec_params("SELECT sr_file_path, sr_sop_instance_uid FROM api.reports WHERE report_id = $1",
-                             report_id);
+    auto r = txn.exec_params(
+        "SELECT sr_file_path, sr_sop_instance_uid, study_uid FROM api.reports WHERE report_id = $1", report_id);
     if (r.empty()) return std::nullopt;
-    return SrFile{r[0][0].c_str(), r[0][1].c_str()};
+    return SrFile{r[0][0].c_str(), r[0][1].c_str(), r[0][2].c_str()};
   });
 }
 

@@ -104,6 +104,7 @@ struct ReportPage {
 
 struct SrFile {
   std::string file_path, sr_sop_instance_uid;
+  std::string study_uid;  // for the HTTP audit log
 };
 
 class Reports {

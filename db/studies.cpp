@@ -68,10 +68,11 @@ std::vector<StudyInstance> Studies::instances(const std::string& study_uid) {
 
 std::optional<InstanceFile> Studies::instance_file(const std::string& sop_instance_uid) {
   return pool_.transact([&](pqxx::work& txn) -> std::optional<InstanceFile> {
-    auto r = txn.exec_params("SELECT file_path, coalesce(frames, 1) FROM api.instances WHERE sop_instance_uid = $1",
-                             sop_instance_uid);
+    auto r = txn.exec_params(
+        "SELECT file_path, coalesce(frames, 1), study_uid FROM api.instances WHERE sop_instance_uid = $1",
+        sop_instance_uid);
     if (r.empty()) return std::nullopt;
-    return InstanceFile{r[0][0].c_str(), r[0][1].as<int>()};
+    return InstanceFile{r[0][0].c_str(), r[0][1].as<int>(), r[0][2].c_str()};
   });
 }
 

@@ -39,6 +39,7 @@ struct StudyInstance {
 struct InstanceFile {
   std::string file_path;
   int frames = 1;
+  std::string study_uid;  // for the HTTP audit log
 };
 
 // Keyset position in the newest-first order (first_received_at, study_uid).

@@ -9,14 +9,38 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <memory>
+#include <optional>
 
 #include "db/reports.h"
 #include "metrics/registry.h"
+#include "scp/tls.h"
 
 namespace firstread::reports {
 
+namespace {
+
+// DcmSCU takes a transport layer through a protected call (DcmTLSSCU would
+// make its own, without our handshake's refusal reasons).
+class Scu : public DcmSCU {
+ public:
+  using DcmSCU::useSecureConnection;
+};
+
+}  // namespace
+
+scp::TlsOptions destination_tls_options(const config::ExportDestination& d) {
+  scp::TlsOptions o;
+  o.certificate = d.tls.certificate;
+  o.private_key = d.tls.private_key;
+  o.ca_certificates = d.tls.ca_certificates;
+  o.profile = d.tls.profile == "bcp195-extended" ? scp::TlsProfile::bcp195_extended : scp::TlsProfile::bcp195;
+  if (d.tls.verify_host) o.verify_host = d.host;
+  return o;
+}
+
 SendResult send_file(const std::string& path, const std::string& calling_ae, const std::string& called_ae,
-                     const std::string& host, int port, int timeout_seconds) {
+                     const std::string& host, int port, int timeout_seconds, const scp::TlsOptions* tls) {
   DcmFileFormat file;
   OFCondition cond = file.loadFile(path.c_str());
   if (cond.bad()) return {false, "cannot read " + path + ": " + cond.text()};
@@ -24,7 +48,8 @@ SendResult send_file(const std::string& path, const std::string& calling_ae, con
   file.getDataset()->findAndGetOFString(DCM_SOPClassUID, sop_class);
   file.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, ts);
 
-  DcmSCU scu;
+  std::unique_ptr<scp::TlsLayer> layer;  // outlives the SCU, which only borrows it
+  Scu scu;
   scu.setAETitle(calling_ae.c_str());
   scu.setPeerAETitle(called_ae.c_str());
   scu.setPeerHostName(host.c_str());
@@ -38,9 +63,22 @@ SendResult send_file(const std::string& path, const std::string& calling_ae, con
   if (ts != UID_LittleEndianExplicitTransferSyntax) syntaxes.push_back(UID_LittleEndianExplicitTransferSyntax);
   syntaxes.push_back(UID_LittleEndianImplicitTransferSyntax);
   scu.addPresentationContext(sop_class, syntaxes);
-  const std::string peer = called_ae + "@" + host + ":" + std::to_string(port);
+  const std::string peer = called_ae + "@" + host + ":" + std::to_string(port) + (tls ? " (TLS)" : "");
   if ((cond = scu.initNetwork()).bad()) return {false, "network: " + std::string(cond.text())};
-  if ((cond = scu.negotiateAssociation()).bad()) return {false, "association with " + peer + ": " + cond.text()};
+  if (tls) {
+    try {
+      layer = std::make_unique<scp::TlsLayer>(NET_REQUESTOR, *tls);
+    } catch (const std::exception& e) {
+      return {false, e.what()};
+    }
+    if ((cond = scu.useSecureConnection(layer.get())).bad()) return {false, "TLS: " + std::string(cond.text())};
+  }
+  if ((cond = scu.negotiateAssociation()).bad()) {
+    // A refused handshake says why (untrusted, expired, wrong host) rather than DCMTK's generic condition.
+    const std::string why = layer && !layer->last_failure().empty() ? "TLS handshake refused: " + layer->last_failure()
+                                                                    : std::string(cond.text());
+    return {false, "association with " + peer + ": " + why};
+  }
   const T_ASC_PresentationContextID pres_id = scu.findPresentationContextID(sop_class, "");
   if (pres_id == 0) {
     scu.releaseAssociation();
@@ -66,8 +104,13 @@ int ExportOutbox::send_due() {
     const auto due = exports.claim_due();
     if (!due) break;
     ++attempted;
+    // TLS is the destination's as configured now (by name); a destination no
+    // longer configured is sent to as its row says, in plain TCP.
+    std::optional<scp::TlsOptions> tls;
+    for (const auto& d : config_.destinations)
+      if (d.name == due->destination && d.tls.enabled) tls = destination_tls_options(d);
     SendResult result = send_file(storage_.absolute(due->sr_file_path), config_.calling_ae_title, due->ae_title,
-                                  due->host, due->port);
+                                  due->host, due->port, 30, tls ? &*tls : nullptr);
     exports.settle(due->export_id, result.ok, result.error, config_.retry_backoff_seconds);
     metrics::registry()
         .counter("firstread_export_attempts_total", "C-STORE attempts of the export outbox by this process, by outcome",

@@ -10,6 +10,7 @@
 
 #include "config/config.h"
 #include "db/database.h"
+#include "scp/tls_options.h"
 #include "storage/file_storage.h"
 
 namespace firstread::reports {
@@ -20,9 +21,16 @@ struct SendResult {
 };
 
 // One C-STORE of a file to a peer with DCMTK's SCU (the file's own SOP class
-// and transfer syntax, plus explicit/implicit little endian).
+// and transfer syntax, plus explicit/implicit little endian). With `tls`, over
+// DICOM TLS (scp/tls.h): the peer's certificate must be signed by one of
+// tls->ca_certificates (and name tls->verify_host when set); a refused
+// handshake is the error, in words.
 SendResult send_file(const std::string& path, const std::string& calling_ae, const std::string& called_ae,
-                     const std::string& host, int port, int timeout_seconds = 30);
+                     const std::string& host, int port, int timeout_seconds = 30,
+                     const scp::TlsOptions* tls = nullptr);
+
+// export.destinations[].tls as the SCU's TLS options (verify_host: the destination's host).
+scp::TlsOptions destination_tls_options(const config::ExportDestination& destination);
 
 class ExportOutbox {
  public:

@@ -11,6 +11,8 @@
 #include <dcmtk/oflog/oflog.h>
 #include <spdlog/spdlog.h>
 
+#include "scp/tls.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -122,6 +124,39 @@ OFCondition negotiate_presentation_contexts(T_ASC_Parameters* params) {
   return EC_Normal;
 }
 
+// Our own listening socket, so that accepting is ours and never reads a byte.
+int open_listener(int port, const char* what) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error(std::string("DICOM: cannot create a socket: ") + std::strerror(errno));
+  int reuse = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd, 128) != 0) {
+    const std::string why = std::strerror(errno);
+    close(fd);
+    throw std::runtime_error(std::string("DICOM: cannot listen on ") + what + " " + std::to_string(port) + ": " + why);
+  }
+  return fd;
+}
+
+// The A-ASSOCIATE-RQ's 6-byte header: PDU type 0x01, a reserved byte, a
+// 4-byte big-endian length (PS3.8 9.3.2). Sets `needed` to the whole PDU's size.
+bool associate_request_header(const unsigned char* header, uint64_t& needed, std::string& detail) {
+  if (header[0] != 0x01) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02X", header[0]);
+    detail = std::string("first PDU type ") + hex;
+    return false;
+  }
+  const uint64_t length = (uint64_t{header[2]} << 24) | (uint64_t{header[3]} << 16) | (uint64_t{header[4]} << 8) |
+                          uint64_t{header[5]};
+  needed = length + 6;
+  return true;
+}
+
 }  // namespace
 
 DicomServer::DicomServer(ServerOptions options, InstanceSink& sink, std::function<std::string()> admission)
@@ -141,41 +176,54 @@ void DicomServer::start() {
   dcmSocketReceiveTimeout.set(options_.dimse_timeout_seconds);
   dcmSocketSendTimeout.set(options_.dimse_timeout_seconds);
 
-  // Our own listening socket, so that accepting is ours and never reads a byte.
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw std::runtime_error(std::string("DICOM: cannot create a socket: ") + std::strerror(errno));
-  int reuse = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_ANY);
-  addr.sin_port = htons(static_cast<uint16_t>(options_.port));
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd, 128) != 0) {
-    const std::string why = std::strerror(errno);
-    close(fd);
-    throw std::runtime_error("DICOM: cannot listen on port " + std::to_string(options_.port) + ": " + why);
+  if (options_.tls_port > 0) tls_layer_ = std::make_unique<TlsLayer>(NET_ACCEPTOR, options_.tls);  // throws naming the file
+  if (!options_.plain_port_enabled && options_.tls_port <= 0)
+    throw std::runtime_error("DICOM: neither the plain port nor a TLS port is enabled");
+  const int fd = options_.plain_port_enabled ? open_listener(options_.port, "port") : -1;
+  int tls_fd = -1;
+  if (options_.tls_port > 0) {
+    try {
+      tls_fd = open_listener(options_.tls_port, "TLS port");
+    } catch (...) {
+      if (fd >= 0) close(fd);
+      throw;
+    }
   }
+  const int network_fd = fd >= 0 ? fd : tls_fd;
   // A DCMTK network without a listening socket of its own: initializeNetworkTCP
   // skips creating one while an external socket handle is set.
   T_ASC_Network* net = nullptr;
   OFCondition cond;
   {
     std::lock_guard<std::mutex> lock(intake_mu_);
-    dcmExternalSocketHandle.set(fd);
+    dcmExternalSocketHandle.set(network_fd);
     cond = ASC_initializeNetwork(NET_ACCEPTOR, options_.port, options_.acse_timeout_seconds, &net);
     dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+    // Plain connections get DCMTK's TCP connection from this layer too; TLS
+    // ones the connection their thread prepared (TlsLayer::createConnection).
+    if (cond.good() && tls_layer_) cond = ASC_setTransportLayer(net, tls_layer_.get(), 0);
   }
   if (cond.bad()) {
-    close(fd);
+    if (fd >= 0) close(fd);
+    if (tls_fd >= 0) close(tls_fd);
+    if (net) ASC_dropNetwork(&net);
     throw std::runtime_error("DICOM: cannot initialise the network on port " + std::to_string(options_.port) + ": " +
                              cond.text());
   }
   listen_fd_ = fd;
+  tls_listen_fd_ = tls_fd;
   network_ = net;
   stopping_ = false;
   acceptor_ = std::thread([this] { accept_loop(); });
-  spdlog::info("DICOM: {} listening on port {} (max {} associations, {} negotiating, {} per host)", options_.ae_title,
-               options_.port, options_.max_associations, options_.max_pending_associations,
+  std::string ports;
+  if (fd >= 0) ports = "port " + std::to_string(options_.port);
+  if (tls_fd >= 0)
+    ports += (ports.empty() ? "port " : " and TLS port ") + std::to_string(options_.tls_port) +
+             (ports.empty() ? " (TLS only, plain port off)" : "") + " (" +
+             (options_.tls.profile == TlsProfile::bcp195 ? "bcp195" : "bcp195-extended") + ", client certificate " +
+             (options_.tls.require_peer_certificate ? "required" : "optional") + ")";
+  spdlog::info("DICOM: {} listening on {} (max {} associations, {} negotiating, {} per host)", options_.ae_title,
+               ports, options_.max_associations, options_.max_pending_associations,
                options_.max_associations_per_host);
 }
 
@@ -187,65 +235,75 @@ void DicomServer::stop() {
     std::unique_lock<std::mutex> lock(threads_mu_);
     threads_cv_.wait(lock, [&] { return running_threads_ == 0; });
   }
-  close(listen_fd_);
-  listen_fd_ = -1;
+  if (listen_fd_ >= 0) close(listen_fd_);
+  if (tls_listen_fd_ >= 0) close(tls_listen_fd_);
+  listen_fd_ = tls_listen_fd_ = -1;
   T_ASC_Network* net = static_cast<T_ASC_Network*>(network_);
-  ASC_dropNetwork(&net);
+  ASC_dropNetwork(&net);  // the TLS layer was lent, not given: ours to free after
   network_ = nullptr;
+  tls_layer_.reset();
   spdlog::info("DICOM: stopped accepting associations");
 }
 
 void DicomServer::accept_loop() {
   while (!stopping_) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    if (poll(&p, 1, 200) <= 0) continue;  // a short poll so that stop() is noticed promptly
-    sockaddr_in from{};
-    socklen_t len = sizeof from;
-    const int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&from), &len, SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        spdlog::error("DICOM: cannot accept a connection: {}", std::strerror(errno));
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-      continue;
+    pollfd p[2] = {{listen_fd_, POLLIN, 0}, {tls_listen_fd_, POLLIN, 0}};  // poll skips a negative fd
+    if (poll(p, 2, 200) <= 0) continue;  // a short poll so that stop() is noticed promptly
+    if (p[0].revents & POLLIN) accept_one(listen_fd_, false);
+    if (p[1].revents & POLLIN) accept_one(tls_listen_fd_, true);
+  }
+}
+
+void DicomServer::accept_one(int listen_fd, bool tls) {
+  sockaddr_in from{};
+  socklen_t len = sizeof from;
+  const int fd = accept4(listen_fd, reinterpret_cast<sockaddr*>(&from), &len, SOCK_CLOEXEC);
+  if (fd < 0) {
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      spdlog::error("DICOM: cannot accept a connection: {}", std::strerror(errno));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    char host_buf[INET_ADDRSTRLEN] = "?";
-    inet_ntop(AF_INET, &from.sin_addr, host_buf, sizeof host_buf);
-    const std::string host = host_buf;
-    std::string over_limit;
+    return;
+  }
+  char host_buf[INET_ADDRSTRLEN] = "?";
+  inet_ntop(AF_INET, &from.sin_addr, host_buf, sizeof host_buf);
+  const std::string host = host_buf;
+  std::string over_limit;
+  {
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    if (negotiating_ >= options_.max_pending_associations) {
+      over_limit = std::to_string(negotiating_) + " connections are still negotiating (dicom.max_pending_associations)";
+    } else if (per_host_[host] >= options_.max_associations_per_host) {
+      over_limit = std::to_string(per_host_[host]) + " connections from this host already (dicom.max_associations_per_host)";
+    } else {
+      ++negotiating_;
+      ++per_host_[host];
+    }
+  }
+  if (!over_limit.empty()) {
+    spdlog::warn("DICOM: closed a connection from {} at once: {}", host, over_limit);
+    ++counters_.connections_closed_over_limit;
+    close(fd);
+    return;
+  }
+  ++counters_.associations_negotiating;
+  {
+    std::lock_guard<std::mutex> lock(threads_mu_);
+    ++running_threads_;
+  }
+  std::thread([this, fd, host, tls] {
+    if (tls)
+      serve_tls_connection(fd, host);
+    else
+      serve_connection(fd, host);
     {
       std::lock_guard<std::mutex> lock(slots_mu_);
-      if (negotiating_ >= options_.max_pending_associations) {
-        over_limit = std::to_string(negotiating_) + " connections are still negotiating (dicom.max_pending_associations)";
-      } else if (per_host_[host] >= options_.max_associations_per_host) {
-        over_limit = std::to_string(per_host_[host]) + " connections from this host already (dicom.max_associations_per_host)";
-      } else {
-        ++negotiating_;
-        ++per_host_[host];
-      }
+      if (--per_host_[host] <= 0) per_host_.erase(host);
     }
-    if (!over_limit.empty()) {
-      spdlog::warn("DICOM: closed a connection from {} at once: {}", host, over_limit);
-      ++counters_.connections_closed_over_limit;
-      close(fd);
-      continue;
-    }
-    ++counters_.associations_negotiating;
-    {
-      std::lock_guard<std::mutex> lock(threads_mu_);
-      ++running_threads_;
-    }
-    std::thread([this, fd, host] {
-      serve_connection(fd, host);
-      {
-        std::lock_guard<std::mutex> lock(slots_mu_);
-        if (--per_host_[host] <= 0) per_host_.erase(host);
-      }
-      std::lock_guard<std::mutex> lock(threads_mu_);
-      --running_threads_;
-      threads_cv_.notify_all();
-    }).detach();
-  }
+    std::lock_guard<std::mutex> lock(threads_mu_);
+    --running_threads_;
+    threads_cv_.notify_all();
+  }).detach();
 }
 
 void DicomServer::end_negotiation(bool& negotiating) {
@@ -284,22 +342,15 @@ DicomServer::RequestWait DicomServer::wait_for_associate_request(int fd, std::st
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
       return available > 0 ? RequestWait::kClosedMidRequest : RequestWait::kClosedSilently;
     }
-    if (header[0] != 0x01) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "0x%02X", header[0]);
-      detail = std::string("first PDU type ") + hex;
-      return RequestWait::kNotARequest;
-    }
+    uint64_t needed = 0;
+    if (!associate_request_header(header, needed, detail)) return RequestWait::kNotARequest;
     if (ioctl(fd, FIONREAD, &available) != 0) return RequestWait::kClosedMidRequest;
     if (n < 6) {
       if (ready > 0 && (p.revents & POLLRDHUP)) return RequestWait::kClosedMidRequest;
       continue;
     }
-    const uint64_t length = (uint64_t{header[2]} << 24) | (uint64_t{header[3]} << 16) | (uint64_t{header[4]} << 8) |
-                            uint64_t{header[5]};
-    const uint64_t needed = length + 6;
     if (needed > dcmAssociatePDUSizeLimit.get()) {
-      detail = std::to_string(length) + " bytes announced";
+      detail = std::to_string(needed - 6) + " bytes announced";
       return RequestWait::kTooLarge;
     }
     if (static_cast<uint64_t>(available) >= needed) return RequestWait::kReady;
@@ -318,51 +369,52 @@ DicomServer::RequestWait DicomServer::wait_for_associate_request(int fd, std::st
   return RequestWait::kStopping;
 }
 
-void DicomServer::serve_connection(int fd, const std::string& host) {
-  bool negotiating = true;
-  std::string detail;
-  const RequestWait waited = wait_for_associate_request(fd, detail);
-  if (waited != RequestWait::kReady) {
-    switch (waited) {
-      case RequestWait::kClosedSilently:
-        spdlog::debug("DICOM: {} connected and closed without sending anything", host);
-        break;
-      case RequestWait::kClosedMidRequest:
-        spdlog::warn("DICOM: {} closed the connection in the middle of its A-ASSOCIATE-RQ ({})", host, detail);
-        ++counters_.associations_failed;
-        break;
-      case RequestWait::kTimedOut:
-        spdlog::warn("DICOM: {} sent no complete A-ASSOCIATE-RQ within {} s (dicom.acse_timeout_seconds; {} received); "
-                     "connection closed",
-                     host, options_.acse_timeout_seconds, detail);
-        ++counters_.associations_failed;
-        break;
-      case RequestWait::kNotARequest:
-        spdlog::warn("DICOM: {} did not open with an A-ASSOCIATE-RQ ({}); connection closed", host, detail);
-        ++counters_.associations_failed;
-        break;
-      case RequestWait::kTooLarge:
-        spdlog::warn("DICOM: {} announced an A-ASSOCIATE-RQ of {}, over DCMTK's limit; connection closed", host,
-                     detail);
-        ++counters_.associations_failed;
-        break;
-      default:
-        break;
-    }
-    close(fd);
-    end_negotiation(negotiating);
-    return;
+void DicomServer::log_request_wait(RequestWait waited, const std::string& host, const std::string& detail) {
+  switch (waited) {
+    case RequestWait::kClosedSilently:
+      spdlog::debug("DICOM: {} connected and closed without sending anything", host);
+      break;
+    case RequestWait::kClosedMidRequest:
+      spdlog::warn("DICOM: {} closed the connection in the middle of its A-ASSOCIATE-RQ ({})", host, detail);
+      ++counters_.associations_failed;
+      break;
+    case RequestWait::kTimedOut:
+      spdlog::warn("DICOM: {} sent no complete A-ASSOCIATE-RQ within {} s (dicom.acse_timeout_seconds; {} received); "
+                   "connection closed",
+                   host, options_.acse_timeout_seconds, detail);
+      ++counters_.associations_failed;
+      break;
+    case RequestWait::kNotARequest:
+      spdlog::warn("DICOM: {} did not open with an A-ASSOCIATE-RQ ({}); connection closed", host, detail);
+      ++counters_.associations_failed;
+      break;
+    case RequestWait::kTooLarge:
+      spdlog::warn("DICOM: {} announced an A-ASSOCIATE-RQ of {}, over DCMTK's limit; connection closed", host,
+                   detail);
+      ++counters_.associations_failed;
+      break;
+    default:
+      break;
   }
+}
+
+void* DicomServer::receive_association(int fd, const std::string& host, void* tls_connection) {
   T_ASC_Association* assoc = nullptr;
   OFCondition cond;
+  DcmTransportConnection* unused = nullptr;
   {
-    // The request is complete in the receive buffer: DCMTK parses it without waiting.
+    // The request is complete in the receive buffer (or, over TLS, in memory):
+    // DCMTK parses it without waiting.
     std::lock_guard<std::mutex> lock(intake_mu_);
     dcmExternalSocketHandle.set(fd);
+    if (tls_connection) TlsLayer::prepare_handover(static_cast<DcmTransportConnection*>(tls_connection));
     cond = ASC_receiveAssociation(static_cast<T_ASC_Network*>(network_), &assoc, static_cast<long>(options_.max_pdu),
-                                  nullptr, nullptr, OFFalse, DUL_NOBLOCK, options_.acse_timeout_seconds);
+                                  nullptr, nullptr, tls_connection ? OFTrue : OFFalse, DUL_NOBLOCK,
+                                  options_.acse_timeout_seconds);
     dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+    if (tls_connection) unused = TlsLayer::take_unused_handover();
   }
+  delete unused;  // DCMTK failed before taking it: this closes the socket
   if (cond.bad()) {
     spdlog::warn("DICOM: bad association request from {}: {}", host, cond.text());
     ++counters_.associations_failed;
@@ -370,10 +422,93 @@ void DicomServer::serve_connection(int fd, const std::string& host) {
       ASC_dropAssociation(assoc);  // closes the socket
       ASC_destroyAssociation(&assoc);
     }
+    return nullptr;
+  }
+  return assoc;
+}
+
+void DicomServer::serve_connection(int fd, const std::string& host) {
+  bool negotiating = true;
+  std::string detail;
+  const RequestWait waited = wait_for_associate_request(fd, detail);
+  if (waited != RequestWait::kReady) {
+    log_request_wait(waited, host, detail);
+    close(fd);
     end_negotiation(negotiating);
     return;
   }
-  serve_association(assoc, host, negotiating);
+  if (void* assoc = receive_association(fd, host, nullptr)) serve_association(assoc, Peer{"", "", host}, negotiating);
+  end_negotiation(negotiating);
+}
+
+// Handshake, then the whole A-ASSOCIATE-RQ, both non-blocking on this thread
+// and within dicom.acse_timeout_seconds of the connection; then DCMTK.
+void DicomServer::serve_tls_connection(int fd, const std::string& host) {
+  bool negotiating = true;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(options_.acse_timeout_seconds);
+  auto give_up = [&](ssl_st* ssl) {
+    free_tls(ssl);
+    close(fd);
+    end_negotiation(negotiating);
+  };
+  TlsIntake intake = accept_tls(*tls_layer_, fd, deadline, stopping_);
+  switch (intake.outcome) {
+    case TlsIntake::kReady:
+      break;
+    case TlsIntake::kPlainDicom:
+      spdlog::warn("DICOM TLS: refused a connection from {} on TLS port {}: it sent plain (unencrypted) DICOM; it must "
+                   "use TLS here{}",
+                   host, options_.tls_port,
+                   options_.plain_port_enabled ? " or the plain port " + std::to_string(options_.port) : "");
+      ++counters_.tls_handshakes_failed;
+      return give_up(nullptr);
+    case TlsIntake::kRefused:
+      spdlog::warn("DICOM TLS: refused a connection from {} on TLS port {}: {}", host, options_.tls_port,
+                   intake.failure);
+      ++counters_.tls_handshakes_failed;
+      return give_up(nullptr);
+    case TlsIntake::kTimedOut:
+      spdlog::warn("DICOM TLS: {} completed no TLS handshake within {} s (dicom.acse_timeout_seconds); connection "
+                   "closed",
+                   host, options_.acse_timeout_seconds);
+      ++counters_.tls_handshakes_failed;
+      return give_up(nullptr);
+    case TlsIntake::kClosed:
+      spdlog::debug("DICOM TLS: {} connected and closed without sending anything", host);
+      return give_up(nullptr);
+    case TlsIntake::kStopping:
+      return give_up(nullptr);
+  }
+  // The A-ASSOCIATE-RQ, whole, before DCMTK sees the connection.
+  std::string request;
+  std::string detail;
+  RequestWait waited = RequestWait::kReady;
+  int rc = tls_read_exactly(intake.ssl, fd, 6, request, deadline, stopping_);
+  uint64_t needed = 0;
+  if (rc == 1 && !associate_request_header(reinterpret_cast<const unsigned char*>(request.data()), needed, detail)) {
+    waited = RequestWait::kNotARequest;
+  } else if (rc == 1 && needed > dcmAssociatePDUSizeLimit.get()) {
+    detail = std::to_string(needed - 6) + " bytes announced";
+    waited = RequestWait::kTooLarge;
+  } else if (rc == 1) {
+    rc = tls_read_exactly(intake.ssl, fd, static_cast<size_t>(needed - 6), request, deadline, stopping_);
+  }
+  if (waited == RequestWait::kReady && rc != 1) {
+    detail = std::to_string(request.size()) + " bytes";
+    waited = rc == -2   ? RequestWait::kTimedOut
+             : rc == -3 ? RequestWait::kStopping
+             : request.empty() && rc == 0 ? RequestWait::kClosedSilently
+                                          : RequestWait::kClosedMidRequest;
+  }
+  if (waited != RequestWait::kReady) {
+    log_request_wait(waited, host, detail);
+    return give_up(intake.ssl);
+  }
+  DcmTransportConnection* connection = make_prefetched_connection(fd, intake.ssl, std::move(request));
+  if (void* assoc = receive_association(fd, host, connection)) {
+    Peer transport{"", "", host, true, intake.peer_subject};
+    serve_association(assoc, transport, negotiating);
+  }
   end_negotiation(negotiating);
 }
 
@@ -381,21 +516,27 @@ std::string DicomServer::refusal_reason(const Peer& peer) {
   if (!options_.allowed_peers.empty()) {
     bool allowed = false;
     for (const auto& p : options_.allowed_peers) {
-      if ((p.ae_title.empty() || same_ae(p.ae_title, peer.calling_ae)) && (p.host.empty() || p.host == peer.host)) {
+      if ((p.ae_title.empty() || same_ae(p.ae_title, peer.calling_ae)) && (p.host.empty() || p.host == peer.host) &&
+          (p.certificate_subject.empty() || (peer.tls && p.certificate_subject == peer.certificate_subject))) {
         allowed = true;
         break;
       }
     }
-    if (!allowed) return "calling AE/host not in dicom.allowed_peers";
+    if (!allowed)
+      return peer.tls ? "calling AE/host/client certificate subject '" + peer.certificate_subject +
+                            "' not in dicom.allowed_peers"
+                      : "calling AE/host not in dicom.allowed_peers";
   }
   return "";
 }
 
-void DicomServer::serve_association(void* handle, const std::string& host, bool& negotiating) {
+void DicomServer::serve_association(void* handle, const Peer& transport, bool& negotiating) {
   T_ASC_Association* assoc = static_cast<T_ASC_Association*>(handle);
   char calling[17] = {0}, called[17] = {0};
   ASC_getAPTitles(assoc->params, calling, sizeof calling, called, sizeof called, nullptr, 0);
-  Peer peer{calling, called, host};
+  Peer peer = transport;
+  peer.calling_ae = calling;
+  peer.called_ae = called;
 
   bool holds_slot = false;
   auto finish = [&] {
@@ -453,8 +594,9 @@ void DicomServer::serve_association(void* handle, const std::string& host, bool&
   }
   ++counters_.associations_accepted;
   ++counters_.associations_active;
-  spdlog::debug("DICOM: association accepted from {} calling_ae={} ({} presentation contexts accepted)", peer.host,
-                peer.calling_ae, ASC_countAcceptedPresentationContexts(assoc->params));
+  spdlog::debug("DICOM: association accepted from {} calling_ae={}{} ({} presentation contexts accepted)", peer.host,
+                peer.calling_ae, peer.tls ? " over TLS, certificate '" + peer.certificate_subject + "'" : "",
+                ASC_countAcceptedPresentationContexts(assoc->params));
 
   int idle_seconds = 0;
   bool open = true;

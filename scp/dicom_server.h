@@ -12,17 +12,25 @@
 // parse it (DCMTK 3.6.7 offers no way to hand it an accepted socket other than
 // the process-wide dcmExternalSocketHandle, so that hand-over is serialised; it
 // takes microseconds because the request is already there).
+//
+// DICOM TLS (dicom.tls) listens on a port of its own; the plain port may stay
+// open or be off. A TLS connection's thread runs the handshake and reads the
+// whole A-ASSOCIATE-RQ itself, non-blocking and within the same deadline
+// (scp/tls.h), so a peer that stalls its handshake holds only its own thread.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <condition_variable>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "scp/tls_options.h"
 
 class DcmDataset;
 
@@ -31,7 +39,12 @@ namespace firstread::scp {
 struct AllowedPeer {
   std::string ae_title;  // empty = any
   std::string host;      // empty = any
+  // empty = any; else the TLS client certificate's subject, RFC 2253
+  // ("CN=ct1,O=Hospital"): only TLS peers with that certificate match
+  std::string certificate_subject;
 };
+
+class TlsLayer;
 
 struct ServerOptions {
   std::string ae_title = "FIRSTREAD";
@@ -46,12 +59,17 @@ struct ServerOptions {
   uint32_t max_pdu = 131072;
   int acse_timeout_seconds = 30;   // deadline for the A-ASSOCIATE-RQ to arrive
   int dimse_timeout_seconds = 60;  // idle time between commands, and socket send/receive timeout
+  bool plain_port_enabled = true;  // false: only the TLS port listens
+  int tls_port = 0;                // 0: no DICOM TLS
+  TlsOptions tls;
 };
 
 struct Peer {
   std::string calling_ae;
   std::string called_ae;
   std::string host;
+  bool tls = false;
+  std::string certificate_subject;  // TLS: the client certificate's subject (RFC 2253), "" if none
 };
 
 struct ReceivedInstance {
@@ -89,6 +107,9 @@ struct ServerCounters {
   // or dicom.max_associations_per_host.
   std::atomic<uint64_t> connections_closed_over_limit{0};
   std::atomic<int> associations_negotiating{0};
+  // TLS connections refused before any association: handshake failed or timed
+  // out, or plain DICOM sent to the TLS port.
+  std::atomic<uint64_t> tls_handshakes_failed{0};
   std::atomic<uint64_t> echoes{0};
   std::atomic<uint64_t> instances_stored{0};
   std::atomic<uint64_t> instances_failed{0};
@@ -112,15 +133,22 @@ class DicomServer {
 
   const ServerCounters& counters() const { return counters_; }
   int port() const { return options_.port; }
+  int tls_port() const { return options_.tls_port; }
 
  private:
   void accept_loop();
   // Runs on the connection's own thread: waits for the A-ASSOCIATE-RQ, lets
   // DCMTK read it, then serves the association.
   void serve_connection(int fd, const std::string& host);
+  void serve_tls_connection(int fd, const std::string& host);
   enum class RequestWait { kReady, kClosedSilently, kClosedMidRequest, kTimedOut, kNotARequest, kTooLarge, kStopping };
   RequestWait wait_for_associate_request(int fd, std::string& detail);
-  void serve_association(void* assoc, const std::string& host, bool& negotiating);
+  void log_request_wait(RequestWait waited, const std::string& host, const std::string& detail);
+  // Hands the socket (and, over TLS, its prepared connection) to DCMTK, which
+  // parses the A-ASSOCIATE-RQ already received; nullptr if it cannot.
+  void* receive_association(int fd, const std::string& host, void* tls_connection);
+  void serve_association(void* assoc, const Peer& transport, bool& negotiating);
+  void accept_one(int listen_fd, bool tls);
   void end_negotiation(bool& negotiating);
   bool handle_store(void* assoc, void* message, unsigned char pres_id, const Peer& peer);
   std::string refusal_reason(const Peer& peer);
@@ -129,7 +157,9 @@ class DicomServer {
   InstanceSink& sink_;
   std::function<std::string()> admission_;
   void* network_ = nullptr;
-  int listen_fd_ = -1;
+  int listen_fd_ = -1;      // the plain port; -1 when off
+  int tls_listen_fd_ = -1;  // the TLS port; -1 when off
+  std::unique_ptr<TlsLayer> tls_layer_;
   std::atomic<bool> stopping_{false};
   // DCMTK reads the accepted socket from a process-wide variable: one hand-over at a time.
   std::mutex intake_mu_;

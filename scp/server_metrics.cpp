@@ -13,6 +13,10 @@ ServerMetrics::ServerMetrics(const DicomServer& server, metrics::Registry& regis
               static_cast<double>(c.associations_refused.load()));
         m.add("firstread_dicom_associations_total", Type::counter, associations, {{"outcome", "failed"}},
               static_cast<double>(c.associations_failed.load()));
+        m.add("firstread_dicom_tls_handshakes_failed_total", Type::counter,
+              "DICOM TLS connections refused before association: failed or timed-out handshakes, plain DICOM on "
+              "the TLS port",
+              {}, static_cast<double>(c.tls_handshakes_failed.load()));
         m.add("firstread_dicom_associations_active", Type::gauge, "DICOM associations open now", {},
               c.associations_active.load());
         m.add("firstread_dicom_echoes_total", Type::counter, "C-ECHO requests answered", {},

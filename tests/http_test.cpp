@@ -24,6 +24,7 @@
 #include <sstream>
 #include <thread>
 
+#include "app/http/auth.h"
 #include "app/http_api.h"
 #include "db/instance_index.h"
 #include "db/test_cluster.h"
@@ -32,6 +33,7 @@
 #include "scp/dicom_server.h"
 #include "scp/server_metrics.h"
 #include "storage/file_storage.h"
+#include "tests/test_pki.h"
 
 namespace fs = std::filesystem;
 namespace beast = boost::beast;
@@ -370,9 +372,14 @@ class HttpApiTest : public ::testing::Test {
   void start_server(const std::string& token = "", std::function<std::string()> models_status = {},
                     int read_timeout_seconds = 30) {
     HttpApiOptions options;
-    options.listen = "127.0.0.1:0";
     options.token = token;
     options.read_timeout_seconds = read_timeout_seconds;
+    start_server_with(options, std::move(models_status));
+  }
+
+  // options.listen is set here (a free loopback port).
+  void start_server_with(HttpApiOptions options, std::function<std::string()> models_status = {}) {
+    options.listen = "127.0.0.1:0";
     api_ = std::make_unique<HttpApi>(options, pool(), *storage_, std::move(models_status));
     api_->start();
     port_ = api_->port();
@@ -642,7 +649,7 @@ TEST_F(HttpApiTest, BearerTokenIsRequiredWhenConfigured) {
   auto missing = get(port_, "/api/v1/studies");
   expect_json_error(missing, 401, "missing");
   EXPECT_NE(missing.header("www-authenticate").find("Bearer"), std::string::npos);
-  expect_json_error(get(port_, "/api/v1/studies", "wrong-token"), 401, "wrong");
+  expect_json_error(get(port_, "/api/v1/studies", "wrong-token"), 401, "unknown");
   expect_json_error(get(port_, "/api/v1/studies", "s3cret-toke"), 401);
   expect_json_error(get(port_, "/api/v1/studies", "s3cret-token-and-more"), 401);
   expect_json_error(get(port_, "/metrics"), 401);
@@ -1005,6 +1012,148 @@ TEST_F(HttpApiTest, OpenApiDocumentDescribesTheServedRoutes) {
   }
   EXPECT_TRUE(d["paths"]["/api/v1/studies"]["get"].contains("security"));
   expect_json_error(get(port_, "/api/v1/studies"), 401);
+}
+
+// ---------------------------------------------------------------------------
+// Roles, the audit log and HTTPS (issue 17).
+
+namespace {
+
+struct TestUser {
+  std::string name, role, token;
+};
+
+std::vector<TestUser> make_users(std::vector<firstread::config::HttpUser>& config_users) {
+  std::vector<TestUser> users = {{"vera", "viewer", ""}, {"otto", "operator", ""}, {"sam", "sender", ""},
+                                 {"ada", "admin", ""}};
+  for (auto& u : users) {
+    u.token = firstread::app::http::new_token();
+    config_users.push_back({u.name, u.role, firstread::app::http::hash_token(u.token)});
+  }
+  return users;
+}
+
+std::vector<json> audit_lines(const std::string& path) {
+  std::vector<json> lines;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+  return lines;
+}
+
+}  // namespace
+
+TEST_F(HttpApiTest, EachRoleReachesItsRoutesAndIsRefusedTheOthers) {
+  const std::string study = "1.2.826.0.1.3680043.10.17.1", sop = study + ".1.1";
+  add_instance(study, study + ".1", sop, "CT", kCtSmall);
+  const long long job = add_job(study, "done");
+  const long long report = add_report(study, job, "default", "No finding.", study + ".900", "DICM-sr", 1000);
+  HttpApiOptions options;
+  const auto users = make_users(options.users);
+  options.audit_log = dir_ + "/audit.log";
+  start_server_with(options);
+
+  const std::string report_sr = "/api/v1/reports/" + std::to_string(report) + "/sr";
+  struct Case {
+    http::verb method;
+    std::string target;
+    // expected status for viewer, operator, sender, admin (written out, not derived from the code)
+    int viewer, op, sender, admin;
+  };
+  const std::vector<Case> cases = {
+      {http::verb::get, "/api/v1/studies", 200, 200, 403, 200},
+      {http::verb::get, "/api/v1/studies/" + study, 200, 200, 403, 200},
+      {http::verb::get, "/api/v1/studies/" + study + "/report", 200, 200, 403, 200},
+      {http::verb::get, report_sr, 200, 200, 403, 200},
+      {http::verb::get, "/api/v1/jobs", 200, 200, 403, 200},
+      {http::verb::get, "/api/v1/instances/" + sop + "/png", 200, 200, 403, 200},
+      {http::verb::get, "/readyz", 200, 200, 403, 200},
+      {http::verb::get, "/metrics", 403, 403, 403, 200},
+      {http::verb::post, "/api/v1/studies/" + study + "/reprocess", 403, 202, 403, 202},
+      {http::verb::get, "/healthz", 200, 200, 200, 200},
+      {http::verb::get, "/api/v1/openapi.json", 200, 200, 200, 200},
+  };
+  for (const Case& c : cases) {
+    const int expected[] = {c.viewer, c.op, c.sender, c.admin};
+    for (size_t u = 0; u < users.size(); ++u) {
+      const Reply r = http_request(port_, c.method, c.target, users[u].token);
+      EXPECT_EQ(r.status, expected[u]) << users[u].role << " " << c.target << ": " << r.body;
+      if (expected[u] == 403) {
+        expect_json_error(r, 403, "needs role");
+        EXPECT_NE(r.body.find(users[u].name), std::string::npos) << r.body;  // says who was refused
+      }
+    }
+    const bool is_public = c.target == "/healthz" || c.target == "/api/v1/openapi.json";
+    EXPECT_EQ(http_request(port_, c.method, c.target).status, is_public ? 200 : 401) << c.target;
+    EXPECT_EQ(http_request(port_, c.method, c.target, "not-" + users[0].token).status, is_public ? 200 : 401)
+        << c.target;
+  }
+  // Unknown routes: 401 without a token (no map for strangers), 404 with one.
+  EXPECT_EQ(get(port_, "/no-such-route").status, 401);
+  EXPECT_EQ(get(port_, "/no-such-route", users[2].token).status, 404);
+
+  // One audit line per answer that carried patient data: who, which study, when.
+  const auto lines = audit_lines(dir_ + "/audit.log");
+  std::map<std::string, std::vector<std::string>> targets_by_user;
+  for (const auto& line : lines) {
+    targets_by_user[line.at("user").get<std::string>()].push_back(line.at("target").get<std::string>());
+    EXPECT_EQ(line.at("status"), 200) << line.dump();
+    EXPECT_EQ(line.at("studies"), json::array({study})) << line.dump();
+    EXPECT_EQ(line.at("remote"), "127.0.0.1");
+    EXPECT_TRUE(std::regex_match(line.at("time").get<std::string>(),
+                                 std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)")))
+        << line.dump();
+  }
+  const std::vector<std::string> patient_data = {"/api/v1/studies", "/api/v1/studies/" + study,
+                                                 "/api/v1/studies/" + study + "/report", report_sr,
+                                                 "/api/v1/instances/" + sop + "/png"};
+  for (const char* name : {"vera", "otto", "ada"}) EXPECT_EQ(targets_by_user[name], patient_data) << name;
+  EXPECT_EQ(targets_by_user.count("sam"), 0u) << "refused requests carried no patient data";
+  EXPECT_EQ(lines.size(), 15u);
+  const std::string audit_text = read_file(dir_ + "/audit.log");
+  for (const auto& u : users) EXPECT_EQ(audit_text.find(u.token), std::string::npos) << u.name << "'s token";
+}
+
+TEST_F(HttpApiTest, HttpsServesTheApiWithTheSharedTokenAsAdminAndRefusesPlainHttp) {
+  firstread::testing::TestPki pki(dir_ + "/pki");
+  const auto server = pki.issue("server", "localhost", "DNS:localhost,IP:127.0.0.1");
+  add_instance("1.2.826.0.1.3680043.10.17.2", "1.2.826.0.1.3680043.10.17.2.1", "1.2.826.0.1.3680043.10.17.2.1.1",
+               "CT");
+  HttpApiOptions options;
+  options.tls_certificate = server.cert;
+  options.tls_private_key = server.key;
+  options.token = "legacy-shared-token";  // http.token of earlier versions: the admin "token"
+  start_server_with(options);
+  const std::string port = std::to_string(port_);
+  const std::string resolve = " --resolve localhost:" + std::to_string(port_) + ":127.0.0.1 ";
+  const std::string curl = "curl -s -o /dev/null -w '%{http_code}'" + resolve + "--cacert " + pki.ca() + " ";
+  int rc = -1;
+  EXPECT_EQ(run_command(curl + "https://localhost:" + port + "/api/v1/studies -H 'Authorization: Bearer "
+                               "legacy-shared-token'", &rc), "200");
+  EXPECT_EQ(run_command(curl + "https://127.0.0.1:" + port + "/metrics -H 'Authorization: Bearer legacy-shared-token'",
+                        &rc),
+            "200");
+  EXPECT_EQ(run_command(curl + "https://localhost:" + port + "/api/v1/studies", &rc), "401");
+  const std::string body = run_command("curl -s" + resolve + "--cacert " + pki.ca() + " https://localhost:" + port +
+                                       "/api/v1/studies -H 'Authorization: Bearer legacy-shared-token'");
+  EXPECT_NE(body.find("1.2.826.0.1.3680043.10.17.2"), std::string::npos) << body;
+
+  // A client that does not trust the server's CA, and plain HTTP on the HTTPS port.
+  run_command("curl -s -o /dev/null" + resolve + "--cacert " + pki.other_ca() + " https://localhost:" + port + "/healthz",
+              &rc);
+  EXPECT_EQ(rc, 60) << "curl: peer certificate cannot be authenticated with the given CA";
+  const std::string plain = run_command("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:" + port + "/healthz",
+                                        &rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(plain, "200");
+
+  // TLS 1.2 negotiates a forward-secret AEAD suite; TLS 1.1 is refused by the server (its alert).
+  const std::string tls12 = run_command("openssl s_client -connect 127.0.0.1:" + port + " -tls1_2 -CAfile " +
+                                        pki.ca() + " </dev/null 2>&1");
+  EXPECT_TRUE(std::regex_search(tls12, std::regex("Cipher is (ECDHE|DHE)-RSA-AES(128|256)-GCM-SHA(256|384)")))
+      << tls12;
+  const std::string tls11 = run_command("openssl s_client -connect 127.0.0.1:" + port +
+                                        " -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' </dev/null 2>&1");
+  EXPECT_NE(tls11.find("alert protocol version"), std::string::npos) << tls11;
 }
 
 TEST(PrometheusParser, RejectsMalformedText) {

@@ -16,7 +16,7 @@
 
 namespace firstread::testing {
 
-OrthancServer::OrthancServer(int firstread_port) {
+OrthancServer::OrthancServer(int firstread_port, const std::string& extra_json) {
   std::string templ = "/tmp/firstread-orthanc-XXXXXX";
   if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
   dir_ = templ;
@@ -35,8 +35,8 @@ OrthancServer::OrthancServer(int firstread_port) {
     << "  \"Plugins\": [],\n"
     << "  \"DicomAlwaysAllowStore\": true,\n"
     << "  \"DicomCheckCalledAet\": false,\n"
-    << "  \"DicomModalities\": { \"firstread\": [\"FIRSTREAD\", \"127.0.0.1\", " << firstread_port << "] }\n"
-    << "}\n";
+    << "  \"DicomModalities\": { \"firstread\": [\"FIRSTREAD\", \"127.0.0.1\", " << firstread_port << "] }"
+    << (extra_json.empty() ? "" : ",\n  " + extra_json) << "\n}\n";
 }
 
 OrthancServer::~OrthancServer() {

@@ -11,7 +11,8 @@ namespace firstread::testing {
 class OrthancServer {
  public:
   // firstread_port: where Orthanc's modality "firstread" (AE FIRSTREAD) listens.
-  explicit OrthancServer(int firstread_port);
+  // extra_json: more top-level configuration members ("\"DicomTlsEnabled\": true, ...").
+  explicit OrthancServer(int firstread_port, const std::string& extra_json = "");
   ~OrthancServer();
   void start();  // waits until the REST API answers
   void stop();

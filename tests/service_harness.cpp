@@ -41,8 +41,28 @@ int test_port(int offset) { return 20000 + (getpid() % 1200) * 8 + offset; }
 
 std::string firstread_binary() { return FIRSTREAD_BINARY; }
 
+bool wait_until(const std::function<bool()>& condition, int seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return condition();
+}
+
+std::string query_value(const FirstreadService& service, const std::string& sql) {
+  try {
+    auto c = service.connect();
+    pqxx::work t(c);
+    auto r = t.exec(sql);
+    return r.empty() || r[0][0].is_null() ? "" : r[0][0].c_str();
+  } catch (const std::exception&) {
+    return "";
+  }
+}
+
 FirstreadService::FirstreadService(const std::string& extra_yaml, const std::string& dicom_extra,
-                                   const std::string& storage_extra) {
+                                   const std::string& storage_extra, const std::string& http_extra) {
   std::string templ = "/tmp/firstread-it-XXXXXX";
   if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
   dir_ = templ;
@@ -55,7 +75,7 @@ FirstreadService::FirstreadService(const std::string& extra_yaml, const std::str
   c << "dicom:\n  port: " << port_ << "\n  dimse_timeout_seconds: 20\n" << dicom_extra
     << "storage:\n  path: " << dir_ << "/var\n  min_free_bytes: 1MiB\n" << storage_extra
     << "database:\n  embedded_port: " << db_port_ << "\n"
-    << "http:\n  listen: 127.0.0.1:" << test_port(2) << "\n"
+    << "http:\n  listen: 127.0.0.1:" << test_port(2) << "\n" << http_extra
     << extra_yaml;
 }
 

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <pqxx/pqxx>
 #include <string>
 #include <vector>
@@ -29,8 +30,9 @@ class FirstreadService {
   // storage path and embedded database port are set by the harness).
   // dicom_extra / storage_extra are lines added to the generated dicom: and
   // storage: sections (indented by two spaces).
+  // http_extra: lines added to the http: section (indented by two spaces).
   explicit FirstreadService(const std::string& extra_yaml = "", const std::string& dicom_extra = "",
-                            const std::string& storage_extra = "");
+                            const std::string& storage_extra = "", const std::string& http_extra = "");
   // Another node on the same database as `first` and, unless storage_path is
   // given, the same storage volume (its own DICOM and HTTP ports); call after
   // first.start().
@@ -71,6 +73,13 @@ class FirstreadService {
 
 // Path of the firstread binary under test.
 std::string firstread_binary();
+
+// Polls `condition` every 100 ms until it holds or `seconds` pass; returns its last answer.
+bool wait_until(const std::function<bool()>& condition, int seconds);
+
+// The first column of the first row `sql` gives on the service's database;
+// "" for no row, NULL, or a database that does not answer (yet).
+std::string query_value(const FirstreadService& service, const std::string& sql);
 
 // Writes `count` copies of a source DICOM file with fresh Study/Series/SOP
 // Instance UIDs (one study per call) into dir; returns {file path, SOP UID}.

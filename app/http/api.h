@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "app/http/auth.h"
 #include "app/http_api.h"
 #include "db/database.h"
 #include "storage/file_storage.h"
@@ -31,7 +32,10 @@ struct ApiRequest {
   std::vector<std::string> segments;         // path split at '/', empty ones dropped, each percent-decoded
   std::map<std::string, std::string> query;  // percent-decoded; '+' is taken literally
   std::map<std::string, std::string> path_params;  // {name} segments of the matched route
-  std::string authorization;
+  std::string authorization;                 // the header as sent: never logged
+  std::string target;                        // path and query as sent (for the audit log)
+  std::string remote;                        // the client's IP address
+  Caller user;                               // set by dispatch() once the token is checked
 };
 
 struct ApiResponse {
@@ -39,6 +43,9 @@ struct ApiResponse {
   std::string content_type = "application/json";
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;
+  // Routes with Audit::patient_data: the Study Instance UIDs whose data this
+  // answer carries, for the audit line dispatch() writes.
+  std::vector<std::string> audit_studies;
 };
 
 // Thrown by handlers for answers other than 200: status and message.
@@ -61,15 +68,16 @@ struct Context {
   const storage::FileStorage& storage;
   std::function<std::string()> models_status;
   std::atomic<uint64_t> readyz_probe_counter{0};
+  Access access;   // tokens and their users (auth.h); empty = no authentication
+  AuditLog audit;  // closed = no audit log (tests that do not ask for one)
 };
 
 // --- the route table
-enum class Role {
-  anyone,    // no token: liveness, the page shell, the API's description (no patient data)
-  viewer,    // reads; needs the bearer token when http.token is set
-  operator_  // changes (reprocess); needs the bearer token when http.token is set
-};
-const char* role_name(Role r);
+// Role (auth.h): the least role a route needs. anyone: no token (liveness, the
+// page shell, the API's description: no patient data).
+// Audit::patient_data: the answer carries patient data; each such request is
+// an audit line (who, what studies, when) in http.audit_log.
+enum class Audit { none, patient_data };
 
 struct QueryParam {
   const char* name;
@@ -85,6 +93,7 @@ struct Route {
   const char* summary;
   Handler handler;
   std::vector<QueryParam> query;
+  Audit audit = Audit::none;
 };
 
 const std::vector<Route>& routes();

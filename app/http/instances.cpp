@@ -69,6 +69,7 @@ ApiResponse instance_png(Context& ctx, const ApiRequest& req) {
   r.content_type = "image/png";
   r.body = encode_png_rgb8(pixels.image.rgb.data(), pixels.image.width, pixels.image.height);
   r.headers.emplace_back("Cache-Control", "private, max-age=300");
+  r.audit_studies.push_back(found->study_uid);
   return r;
 }
 

@@ -37,7 +37,9 @@ ApiResponse study_report(Context& ctx, const ApiRequest& req) {
   const db::ReportPage page = db::Reports(ctx.pool).read(query);
   if (page.reports.empty())
     throw HttpError(404, "study " + study_uid + " has no report yet" + (route.empty() ? "" : " for route " + route));
-  return json_response(200, page.reports[0]);
+  ApiResponse r = json_response(200, page.reports[0]);
+  r.audit_studies.push_back(study_uid);
+  return r;
 }
 
 ApiResponse report_sr(Context& ctx, const ApiRequest& req) {
@@ -56,6 +58,7 @@ ApiResponse report_sr(Context& ctx, const ApiRequest& req) {
   r.content_type = "application/dicom";
   r.body = bytes.str();
   r.headers.emplace_back("Content-Disposition", "attachment; filename=\"" + found->sr_sop_instance_uid + ".dcm\"");
+  r.audit_studies.push_back(found->study_uid);
   return r;
 }
 

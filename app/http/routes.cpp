@@ -25,7 +25,7 @@ const std::vector<Route>& routes() {
        "200 when the database answers, storage is writable and the models are loaded; else 503 with each check's "
        "reason; `kernels` names the engine's kernel path (scalar / avx2 / avx512 and why)",
        readyz, {}},
-      {Verb::get, "/metrics", Role::viewer,
+      {Verb::get, "/metrics", Role::admin,
        "Prometheus text: DICOM associations/instances/bytes, HTTP codes, exports sent, studies/jobs/exports by state, "
        "instances, reports by model, histograms of job duration, report latency and decode/inference/sr/db time",
        metrics, {}},
@@ -37,32 +37,25 @@ const std::vector<Route>& routes() {
         {"modality", "e.g. CT"},
         {"state", "receiving|queued|processing|reported|failed|unrouted"},
         {"limit", "1..500 (50)"},
-        {"cursor", "next_cursor of the previous page (keyset: stable while studies arrive)"}}},
+        {"cursor", "next_cursor of the previous page (keyset: stable while studies arrive)"}},
+       Audit::patient_data},
       {Verb::get, "/api/v1/studies/{study_uid}", Role::viewer, "The study, its instances, jobs and reports", get_study,
-       {}},
+       {}, Audit::patient_data},
       {Verb::get, "/api/v1/studies/{study_uid}/report", Role::viewer,
        "The latest report: text, language, model, findings (x1,y1,x2,y2 in source pixels), SR UID, sr_url, exports "
        "(the same JSON as `firstread results --json`)",
-       study_report, {{"route", "only reports of this route"}}},
+       study_report, {{"route", "only reports of this route"}}, Audit::patient_data},
       {Verb::post, "/api/v1/studies/{study_uid}/reprocess", Role::operator_,
        "202: run the study again (the new SR supersedes the old)", reprocess_study, {}},
-      {Verb::get, "/api/v1/reports/{report_id}/sr", Role::viewer, "The SR file (application/dicom)", report_sr, {}},
+      {Verb::get, "/api/v1/reports/{report_id}/sr", Role::viewer, "The SR file (application/dicom)", report_sr, {},
+       Audit::patient_data},
       {Verb::get, "/api/v1/jobs", Role::viewer, "{\"jobs\":[...]} newest first", list_jobs,
        {{"state", "queued|running|done|failed|dead"}, {"study", "a Study Instance UID"}, {"limit", "1..1000 (100)"}}},
       {Verb::get, "/api/v1/instances/{sop_instance_uid}/png", Role::viewer,
        "A frame as 8-bit RGB PNG through the model's pixel path, at source resolution (boxes map 1:1)", instance_png,
-       {{"frame", "0-based frame (0)"}}},
+       {{"frame", "0-based frame (0)"}}, Audit::patient_data},
   };
   return table;
-}
-
-const char* role_name(Role r) {
-  switch (r) {
-    case Role::anyone: return "anyone";
-    case Role::viewer: return "viewer";
-    case Role::operator_: return "operator";
-  }
-  return "?";
 }
 
 namespace {
@@ -94,27 +87,16 @@ bool matches(const Route& route, const std::vector<std::string>& segments, std::
   return true;
 }
 
-bool tokens_equal(const std::string& a, const std::string& b) {
-  // Constant time in the length of the expected token.
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < b.size(); ++i) diff |= static_cast<unsigned char>(b[i] ^ (i < a.size() ? a[i] : 0));
-  return diff == 0;
-}
-
-std::optional<ApiResponse> refuse_without_token(const Context& ctx, const ApiRequest& req) {
-  const std::string prefix = "Bearer ";
+ApiResponse unauthorized(const ApiRequest& req) {
+  // Neither message repeats what was sent: the token stays out of answers and logs.
   if (req.authorization.empty()) {
-    ApiResponse r = error_response(401, "missing Authorization: Bearer <token> (http.token is set)");
+    ApiResponse r = error_response(401, "missing Authorization: Bearer <token> (http.users / http.token are set)");
     r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"firstread\"");
     return r;
   }
-  if (req.authorization.compare(0, prefix.size(), prefix) != 0 ||
-      !tokens_equal(req.authorization.substr(prefix.size()), ctx.options.token)) {
-    ApiResponse r = error_response(401, "wrong bearer token");
-    r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"firstread\", error=\"invalid_token\"");
-    return r;
-  }
-  return std::nullopt;
+  ApiResponse r = error_response(401, "unknown bearer token");
+  r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"firstread\", error=\"invalid_token\"");
+  return r;
 }
 
 std::string method_name(Verb v) { return std::string(boost::beast::http::to_string(v)); }
@@ -125,16 +107,29 @@ ApiResponse dispatch(Context& ctx, ApiRequest& req) {
   std::vector<const Route*> on_path;
   for (const Route& r : routes())
     if (matches(r, req.segments, nullptr)) on_path.push_back(&r);
-  // Strangers get no map of the routes: anything but a public path needs the token.
+  // Strangers get no map of the routes: anything but a public path needs a token.
   bool public_path = !on_path.empty();
   for (const Route* r : on_path) public_path = public_path && r->role == Role::anyone;
-  if (!public_path && !ctx.options.token.empty())
-    if (auto refused = refuse_without_token(ctx, req)) return *refused;
+  if (!ctx.access.enabled()) {
+    req.user = Caller{"anonymous", Role::admin};  // no users configured: no authentication
+  } else if (!public_path) {
+    const auto caller = ctx.access.authenticate(req.authorization);
+    if (!caller) return unauthorized(req);
+    req.user = *caller;
+  }
   if (on_path.empty()) throw HttpError(404, "no such route: " + req.path);
   for (const Route* r : on_path) {
     if (req.method == r->method || (r->method == Verb::get && req.method == Verb::head)) {
+      if (!role_allows(req.user.role, r->role))
+        throw HttpError(403, "user '" + req.user.name + "' (role " + role_name(req.user.role) + ") may not " +
+                                 method_name(req.method) + " " + r->pattern + ": it needs role " + role_name(r->role) +
+                                 (r->role == Role::admin ? "" : " or admin"));
       matches(*r, req.segments, &req.path_params);
-      return r->handler(ctx, req);
+      ApiResponse response = r->handler(ctx, req);
+      if (r->audit == Audit::patient_data)
+        ctx.audit.write(req.user, req.remote, method_name(req.method), req.target, response.status,
+                        response.audit_studies);
+      return response;
     }
   }
   std::string allow;
@@ -149,7 +144,8 @@ ApiResponse dispatch(Context& ctx, ApiRequest& req) {
 json openapi_document() {
   json paths = json::object();
   for (const Route& r : routes()) {
-    json op = {{"summary", r.summary}, {"x-firstread-role", role_name(r.role)}};
+    json op = {{"summary", r.summary}, {"x-firstread-role", role_name(r.role)},
+               {"x-firstread-audit", r.audit == Audit::patient_data}};
     json params = json::array();
     for (const auto& part : split_pattern(r.pattern))
       if (part.front() == '{')
@@ -162,7 +158,8 @@ json openapi_document() {
     if (!params.empty()) op["parameters"] = params;
     if (r.role != Role::anyone) op["security"] = json::array({json{{"bearer", json::array()}}});
     op["responses"] = {{"200", {{"description", "success"}}}, {"400", {{"description", "bad parameter"}}},
-                       {"401", {{"description", "missing or wrong token (when http.token is set)"}}},
+                       {"401", {{"description", "missing or unknown token (when http.users or http.token is set)"}}},
+                       {"403", {{"description", "the token's role may not use this route"}}},
                        {"404", {{"description", "unknown route or resource"}}}};
     if (r.method == Verb::post) op["responses"]["202"] = {{"description", "accepted"}};
     std::string method = method_name(r.method);

@@ -4,11 +4,18 @@
 // threads. A client that sends half a request holds no thread, only a
 // socket, and is dropped after the read timeout. What each route does is in
 // routes.cpp and the files beside it.
+//
+// HTTPS (http.tls): the same sessions over Beast's ssl_stream on OpenSSL,
+// TLS 1.2 or newer; the handshake runs asynchronously on the I/O threads
+// under the read timeout, so a client that stalls it holds no thread.
+#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <chrono>
 #include <sstream>
 
@@ -32,15 +39,21 @@ struct HttpApi::Impl {
       : context{std::move(o), p, s, std::move(m)},
         options(context.options),
         handlers(static_cast<size_t>(std::max(1, options.handler_threads))) {
+    context.access = http::Access(options.users, options.token);
+    if (!options.audit_log.empty()) context.audit.open(options.audit_log);  // throws naming the file
+    if (!options.tls_certificate.empty()) ssl = make_ssl_context(options);
     // The usual codes exist from the first scrape.
-    for (unsigned code : {200, 202, 400, 401, 404, 405, 422, 500, 503})
+    for (unsigned code : {200, 202, 400, 401, 403, 404, 405, 422, 500, 503})
       metrics::registry().counter("firstread_http_requests_total",
                                   "HTTP requests answered by this process, by status code",
                                   {{"code", std::to_string(code)}});
   }
 
+  static std::unique_ptr<net::ssl::context> make_ssl_context(const HttpApiOptions& o);
+
   http::Context context;
   const HttpApiOptions& options;
+  std::unique_ptr<net::ssl::context> ssl;  // HTTPS when set
   // Declared before io: sessions still queued in io touch it when io is destroyed.
   std::atomic<int> open_connections{0};
   net::io_context io;
@@ -49,8 +62,27 @@ struct HttpApi::Impl {
   net::thread_pool handlers;
   std::atomic<bool> running{false};
 
-  ApiResponse handle(const bhttp::request<bhttp::string_body>& request);
+  ApiResponse handle(const bhttp::request<bhttp::string_body>& request, const std::string& remote);
 };
+
+std::unique_ptr<net::ssl::context> HttpApi::Impl::make_ssl_context(const HttpApiOptions& o) {
+  auto ctx = std::make_unique<net::ssl::context>(net::ssl::context::tls_server);
+  ctx->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                   net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 | net::ssl::context::no_tlsv1_1 |
+                   net::ssl::context::single_dh_use | SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+  // TLS 1.2: forward-secret AEAD suites only (BCP 195); TLS 1.3 suites are OpenSSL's defaults.
+  SSL_CTX_set_cipher_list(ctx->native_handle(), "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!SHA1");
+  boost::system::error_code ec;
+  ctx->use_certificate_chain_file(o.tls_certificate, ec);
+  if (ec) throw std::runtime_error("http.tls.certificate: cannot use " + o.tls_certificate + ": " + ec.message());
+  ctx->use_private_key_file(o.tls_private_key, net::ssl::context::pem, ec);
+  if (ec) throw std::runtime_error("http.tls.private_key: cannot use " + o.tls_private_key + ": " + ec.message());
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
+    throw std::runtime_error("http.tls: the private key " + o.tls_private_key + " does not belong to " +
+                             o.tls_certificate);
+  return ctx;
+}
 
 namespace {
 
@@ -81,7 +113,7 @@ ApiRequest parse_target(bhttp::verb method, const std::string& target) {
 
 }  // namespace
 
-ApiResponse HttpApi::Impl::handle(const bhttp::request<bhttp::string_body>& request) {
+ApiResponse HttpApi::Impl::handle(const bhttp::request<bhttp::string_body>& request, const std::string& remote) {
   const auto started = std::chrono::steady_clock::now();
   const std::string method(bhttp::to_string(request.method()));
   const std::string target(request.target());
@@ -89,6 +121,8 @@ ApiResponse HttpApi::Impl::handle(const bhttp::request<bhttp::string_body>& requ
   try {
     ApiRequest req = parse_target(request.method(), target);
     req.authorization = std::string(request[bhttp::field::authorization]);
+    req.target = target;
+    req.remote = remote;
     response = http::dispatch(context, req);
   } catch (const HttpError& e) {
     response = error_response(e.status(), e.what());
@@ -110,26 +144,53 @@ ApiResponse HttpApi::Impl::handle(const bhttp::request<bhttp::string_body>& requ
 
 namespace {
 
-class Session : public std::enable_shared_from_this<Session> {
+// One connection, plain (beast::tcp_stream) or HTTPS (beast::ssl_stream over it).
+template <class Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
+  static constexpr bool kTls = !std::is_same_v<Stream, beast::tcp_stream>;
+
  public:
-  Session(tcp::socket socket, HttpApi::Impl& api) : stream_(std::move(socket)), api_(api) {}
+  template <class... StreamArgs>
+  Session(HttpApi::Impl& api, std::string remote, StreamArgs&&... stream_args)
+      : stream_(std::forward<StreamArgs>(stream_args)...), api_(api), remote_(std::move(remote)) {}
   ~Session() { api_.open_connections.fetch_sub(1); }
 
-  void start() { net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_request(); }); }
+  void start() {
+    net::dispatch(stream_.get_executor(), [self = this->shared_from_this()] {
+      if constexpr (kTls)
+        self->handshake();
+      else
+        self->read_request();
+    });
+  }
 
  private:
+  void handshake() {
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(api_.options.read_timeout_seconds));
+    stream_.async_handshake(net::ssl::stream_base::server, [self = this->shared_from_this()](beast::error_code ec) {
+      if (ec) {
+        // Plain HTTP on the HTTPS port reads as "http request"; a client that
+        // does not trust the certificate ends with an alert.
+        spdlog::warn("http: TLS handshake with {} failed: {}", self->remote_, ec.message());
+        self->close_socket();
+        return;
+      }
+      self->read_request();
+    });
+  }
+
   void read_request() {
     parser_.emplace();
     parser_->header_limit(16 * 1024);
     parser_->body_limit(64 * 1024);
-    stream_.expires_after(std::chrono::seconds(api_.options.read_timeout_seconds));
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(api_.options.read_timeout_seconds));
     bhttp::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+                     [self = this->shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
   }
 
   void on_read(beast::error_code ec) {
     if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted ||
-        ec == net::error::connection_reset || ec == net::error::eof) {
+        ec == net::error::connection_reset || ec == net::error::eof || ec == net::ssl::error::stream_truncated) {
       close();
       return;
     }
@@ -149,7 +210,7 @@ class Session : public std::enable_shared_from_this<Session> {
       send(error_response(status, "malformed HTTP request: " + ec.message()), bhttp::verb::get, 11, false);
       return;
     }
-    stream_.expires_never();  // handling may take a while (PNG rendering); the client is waiting
+    beast::get_lowest_layer(stream_).expires_never();  // handling may take a while (PNG rendering); the client waits
     bhttp::request<bhttp::string_body> request = parser_->release();
     // Liveness and the page's static files answer on this I/O thread, so that
     // they never queue behind slow handlers (large PNGs, a busy database).
@@ -159,7 +220,7 @@ class Session : public std::enable_shared_from_this<Session> {
       respond(request);
       return;
     }
-    net::post(api_.handlers, [self = shared_from_this(), request = std::move(request)]() mutable {
+    net::post(api_.handlers, [self = this->shared_from_this(), request = std::move(request)]() mutable {
       self->respond(request);
     });
   }
@@ -167,14 +228,14 @@ class Session : public std::enable_shared_from_this<Session> {
   // Handles one request (on whichever thread calls it) and writes the answer
   // from the connection's strand.
   void respond(const bhttp::request<bhttp::string_body>& request) {
-    ApiResponse response = api_.handle(request);
+    ApiResponse response = api_.handle(request, remote_);
     const bool keep_alive = request.keep_alive();
     const unsigned version = request.version();
     const bhttp::verb method = request.method();
-    net::post(stream_.get_executor(),
-              [self = shared_from_this(), response = std::move(response), method, version, keep_alive]() mutable {
-                self->send(std::move(response), method, version, keep_alive);
-              });
+    net::post(stream_.get_executor(), [self = this->shared_from_this(), response = std::move(response), method, version,
+                                       keep_alive]() mutable {
+      self->send(std::move(response), method, version, keep_alive);
+    });
   }
 
   void send(ApiResponse r, bhttp::verb method, unsigned version, bool keep_alive) {
@@ -184,29 +245,48 @@ class Session : public std::enable_shared_from_this<Session> {
     response_.set(bhttp::field::server, "firstread");
     response_.set(bhttp::field::content_type, r.content_type);
     response_.set("X-Content-Type-Options", "nosniff");
+    if constexpr (kTls) response_.set("Strict-Transport-Security", "max-age=31536000");
     for (const auto& [name, value] : r.headers) response_.set(name, value);
     response_.keep_alive(keep_alive);
     const size_t length = r.body.size();
     if (method != bhttp::verb::head) response_.body() = std::move(r.body);
     response_.content_length(length);
-    stream_.expires_after(std::chrono::seconds(120));  // a slow reader of a large file is dropped eventually
-    bhttp::async_write(stream_, response_, [self = shared_from_this(), keep_alive](beast::error_code ec, size_t) {
-      if (ec || !keep_alive) {
-        self->close();
+    // a slow reader of a large file is dropped eventually
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(120));
+    bhttp::async_write(stream_, response_,
+                       [self = this->shared_from_this(), keep_alive](beast::error_code ec, size_t) {
+                         if (ec || !keep_alive) {
+                           self->close();
+                           return;
+                         }
+                         self->read_request();
+                       });
+  }
+
+  // HTTPS sends its close_notify first (briefly: a vanished client is not waited for).
+  void close() {
+    if constexpr (kTls) {
+      if (!shutting_down_) {
+        shutting_down_ = true;
+        beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(2));
+        stream_.async_shutdown([self = this->shared_from_this()](beast::error_code) { self->close_socket(); });
         return;
       }
-      self->read_request();
-    });
+    }
+    close_socket();
   }
 
-  void close() {
+  void close_socket() {
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    stream_.socket().close(ignored);
+    auto& socket = beast::get_lowest_layer(stream_).socket();
+    socket.shutdown(tcp::socket::shutdown_send, ignored);
+    socket.close(ignored);
   }
 
-  beast::tcp_stream stream_;
+  Stream stream_;
   HttpApi::Impl& api_;
+  std::string remote_;  // the client's address, for the audit log
+  bool shutting_down_ = false;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   bhttp::response<bhttp::string_body> response_;
@@ -223,7 +303,15 @@ void accept_next(HttpApi::Impl& api) {
       socket.close(ignored);
     } else {
       api.open_connections.fetch_add(1);
-      std::make_shared<Session>(std::move(socket), api)->start();
+      beast::error_code endpoint_error;
+      const auto peer = socket.remote_endpoint(endpoint_error);
+      std::string remote = endpoint_error ? "?" : peer.address().to_string();
+      if (api.ssl)
+        std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(api, std::move(remote), std::move(socket),
+                                                                         *api.ssl)
+            ->start();
+      else
+        std::make_shared<Session<beast::tcp_stream>>(api, std::move(remote), std::move(socket))->start();
     }
     accept_next(api);
   });
@@ -231,10 +319,14 @@ void accept_next(HttpApi::Impl& api) {
 
 }  // namespace
 
-HttpApiOptions http_api_options(const config::HttpConfig& http) {
+HttpApiOptions http_api_options(const config::HttpConfig& http, const std::string& storage_path) {
   HttpApiOptions o;
   o.listen = http.listen;
   o.token = http.token;
+  o.users = http.users;
+  o.tls_certificate = http.tls_certificate;
+  o.tls_private_key = http.tls_private_key;
+  o.audit_log = !http.audit_log.empty() ? http.audit_log : storage_path.empty() ? "" : storage_path + "/audit.log";
   return o;
 }
 
@@ -275,8 +367,12 @@ void HttpApi::start() {
   api.running = true;
   accept_next(api);
   for (int i = 0; i < std::max(1, api.options.io_threads); ++i) api.io_threads.emplace_back([&api] { api.io.run(); });
-  spdlog::info("http: listening on {}:{}{}", host, bound_port_,
-               api.options.token.empty() ? "" : " (bearer token required)");
+  const bool tokens = api.context.access.enabled();
+  spdlog::info("http: listening on {}:{} ({}{}{})", host, bound_port_, api.ssl ? "HTTPS" : "plain HTTP",
+               tokens ? ", bearer tokens required: " + std::to_string(api.options.users.size()) + " user(s)" +
+                            (api.options.token.empty() ? "" : " + the shared http.token (admin)")
+                      : ", no authentication",
+               api.context.audit.is_open() ? ", audit log " + api.options.audit_log : "");
 }
 
 void HttpApi::stop() {

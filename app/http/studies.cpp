@@ -63,8 +63,10 @@ ApiResponse list_studies(Context& ctx, const ApiRequest& req) {
     // The only client-supplied value PostgreSQL parses here is `since`.
     throw HttpError(400, "since: '" + query.since + "' is not a valid time: " + e.what());
   }
-  return json_response(200, json{{"studies", page.studies},
-                                 {"next_cursor", page.next ? json(encode_cursor(*page.next)) : json(nullptr)}});
+  ApiResponse r = json_response(200, json{{"studies", page.studies},
+                                          {"next_cursor", page.next ? json(encode_cursor(*page.next)) : json(nullptr)}});
+  for (const auto& study : page.studies) r.audit_studies.push_back(study.value("study_uid", ""));
+  return r;
 }
 
 ApiResponse get_study(Context& ctx, const ApiRequest& req) {
@@ -72,7 +74,9 @@ ApiResponse get_study(Context& ctx, const ApiRequest& req) {
   require_uid("study UID", study_uid);
   auto detail = db::Studies(ctx.pool).detail(study_uid);
   if (!detail) throw HttpError(404, "unknown study " + study_uid);
-  return json_response(200, *detail);
+  ApiResponse r = json_response(200, *detail);
+  r.audit_studies.push_back(study_uid);
+  return r;
 }
 
 ApiResponse reprocess_study(Context& ctx, const ApiRequest& req) {
