@@ -55,6 +55,8 @@ extern "C" int record_verify_result(int ok, X509_STORE_CTX* store) {
   auto* record = ssl ? static_cast<TlsVerifyRecord*>(SSL_get_ex_data(ssl, record_index())) : nullptr;
   if (!ok && record && record->error == X509_V_OK) {
     record->error = X509_STORE_CTX_get_error(store);
+    record->depth = X509_STORE_CTX_get_error_depth(store);
+    if (X509* leaf = X509_STORE_CTX_get0_cert(store)) record->leaf_subject = rfc2253(X509_get_subject_name(leaf));
     X509* cert = X509_STORE_CTX_get_current_cert(store);
     if (cert) {
       record->subject = rfc2253(X509_get_subject_name(cert));
@@ -76,7 +78,9 @@ enum class Side { acceptor, requestor };
 
 std::string describe_verify_error(const TlsVerifyRecord& r, Side side, const TlsOptions& o) {
   const std::string whose = side == Side::acceptor ? "its client certificate" : "the server's certificate";
-  const std::string cert = whose + " '" + r.subject + "'";
+  // The peer's own certificate first; an issuer up its chain that failed, after it.
+  const std::string cert = whose + " '" + (r.depth > 0 && !r.leaf_subject.empty() ? r.leaf_subject : r.subject) + "'" +
+                           (r.depth > 0 ? " (its chain's '" + r.subject + "')" : "");
   const std::string ca_key = side == Side::acceptor ? "dicom.tls.ca_certificates" : "tls.ca_certificates";
   switch (r.error) {
     case X509_V_ERR_CERT_HAS_EXPIRED:

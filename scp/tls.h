@@ -33,6 +33,8 @@ namespace firstread::scp {
 struct TlsVerifyRecord {
   int error = 0;  // X509_V_OK or the first X509_V_ERR_* seen
   std::string subject;    // of the certificate that failed (RFC 2253)
+  std::string leaf_subject;  // of the peer's own certificate, when the failure is further up its chain
+  int depth = 0;             // of the failing certificate: 0 the peer's own, 1 its issuer, ...
   std::string not_after;  // its notAfter, for expiry messages
   std::string not_before;
 };

@@ -35,9 +35,9 @@ void write_file(const std::string& path, const std::string& text) {
 TestPki::TestPki(const std::string& dir) : dir_(dir) {
   std::filesystem::create_directories(dir_ + "/issued");
   openssl(dir_, "req -x509 -newkey rsa:2048 -sha256 -nodes -keyout ca.key -out ca.pem -days 30 "
-                "-subj '/CN=firstread test CA/O=firstread test'");
+                "-subj '/O=firstread test/CN=firstread test CA'");
   openssl(dir_, "req -x509 -newkey rsa:2048 -sha256 -nodes -keyout other-ca.key -out other-ca.pem -days 30 "
-                "-subj '/CN=some other CA/O=elsewhere'");
+                "-subj '/O=elsewhere/CN=some other CA'");
   ca_ = dir_ + "/ca.pem";
   other_ca_ = dir_ + "/other-ca.pem";
   // `openssl ca` is the one that takes an arbitrary validity period (-startdate/-enddate).
