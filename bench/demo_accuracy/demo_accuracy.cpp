@@ -4,6 +4,13 @@
 //
 // usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999]
 //                      [--weights FORMAT] [--langs en,zh] [--limit N] [--cases-out FILE]
+//                      [--modes off,moed,rad,both --annotations FILE]
+// --modes: GSCo modes to compare (MedDr's generalist-specialist collaboration):
+// off = the route prompt alone; moed / rad / both append the specialists'
+// diagnoses and / or the most similar library cases' diagnoses, assembled as
+// the pipeline does (route prompt + " " + the filled template's sentences).
+// --annotations: per held-out image ("modality/seed" -> {moed, rad}) as
+// tools/demo_model/specialists.py annotate computes them in PyTorch.
 // --weights is passed to EngineOptions::weights unchanged (auto, f32, bf16,
 // f16, q8, int8, int4; the engine validates it).
 #include <algorithm>
@@ -16,6 +23,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -66,6 +74,17 @@ double iou(const Box& a, const Box& b) {
   return u > 0 ? inter / u : 0.0;
 }
 
+// The default GSCo template (MedDr's inference_gsco.py sentence), one sentence per source.
+const char* kRadSentence = "The diagnoses of the most similar cases are ";
+const char* kMoedSentence = "The diagnoses of the specialist models are ";
+
+std::string gsco_prompt(const std::string& prompt, const std::string& mode, const std::string& moed, const std::string& rad) {
+  std::string out = prompt;
+  if (mode == "rad" || mode == "both") out += " " + std::string(kRadSentence) + rad + ".";
+  if (mode == "moed" || mode == "both") out += " " + std::string(kMoedSentence) + moed + ".";
+  return out;
+}
+
 struct Stats {
   int n = 0, exact = 0, normals = 0, normal_ok = 0, gt_boxes = 0, matched = 0, hit50 = 0;
   double iou_sum = 0, ms_sum = 0;
@@ -84,6 +103,8 @@ int main(int argc, char** argv) {
   std::string model_dir, data_dir, cases_out, weights = "auto", vision_weights = "auto";
   int threads = 0, scale = 999, limit = 0;
   std::vector<std::string> langs = {"en", "zh"};
+  std::vector<std::string> modes = {"off"};
+  std::string annotations_path;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -98,6 +119,18 @@ int main(int argc, char** argv) {
     else if (a == "--weights") weights = next();
     else if (a == "--vision-weights") vision_weights = next();
     else if (a == "--cases-out") cases_out = next();
+    else if (a == "--annotations") annotations_path = next();
+    else if (a == "--modes") {
+      modes.clear();
+      std::stringstream ss(next());
+      for (std::string t; std::getline(ss, t, ',');) {
+        if (t != "off" && t != "moed" && t != "rad" && t != "both") {
+          std::cerr << "demo_accuracy: --modes: unknown GSCo mode '" << t << "' (off, moed, rad, both)\n";
+          return 2;
+        }
+        modes.push_back(t);
+      }
+    }
     else if (a == "--langs") {
       langs.clear();
       std::stringstream ss(next());
@@ -105,7 +138,7 @@ int main(int argc, char** argv) {
     } else {
       std::cerr << "usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999]"
                    " [--weights FORMAT] [--vision-weights auto|f32|bf16|int8] [--langs en,zh] [--limit N]"
-                   " [--cases-out FILE]\n";
+                   " [--cases-out FILE] [--modes off,moed,rad,both --annotations FILE]\n";
       return 2;
     }
   }
@@ -116,6 +149,17 @@ int main(int argc, char** argv) {
   std::ifstream gtf(data_dir + "/ground_truth.json");
   if (!gtf) { std::cerr << "cannot read " << data_dir << "/ground_truth.json\n"; return 1; }
   json gt = json::parse(gtf);
+  json annotations = json::object();
+  bool need_gsco = std::any_of(modes.begin(), modes.end(), [](const std::string& m) { return m != "off"; });
+  if (need_gsco) {
+    if (annotations_path.empty()) {
+      std::cerr << "demo_accuracy: --modes " << "with moed / rad / both needs --annotations FILE\n";
+      return 2;
+    }
+    std::ifstream af(annotations_path);
+    if (!af) { std::cerr << "cannot read " << annotations_path << "\n"; return 1; }
+    annotations = json::parse(af);
+  }
   fe::EngineOptions eo;
   eo.threads = threads;
   eo.weights = weights;
@@ -131,7 +175,7 @@ int main(int argc, char** argv) {
   if (!cases_out.empty()) cases.open(cases_out);
 
   std::vector<std::string> mods = {"chest", "derm", "fundus", "endo"};
-  std::map<std::pair<std::string, std::string>, Stats> st;
+  std::map<std::tuple<std::string, std::string, std::string>, Stats> st;  // (modality, lang, mode)
   std::map<std::string, int> seen;
   for (const auto& s : gt["studies"]) {
     const std::string mod = s["modality"];
@@ -144,9 +188,21 @@ int main(int argc, char** argv) {
       auto& v = truth[f["label"].get<std::string>()];
       for (const auto& b : f["boxes"]) v.push_back({b[0], b[1], b[2], b[3]});
     }
+    std::string moed, rad;
+    if (need_gsco) {
+      const std::string key = mod + "/" + std::to_string(s["seed"].get<long>());
+      if (!annotations.contains(key)) {
+        std::cerr << "demo_accuracy: " << annotations_path << " has no entry " << key << " (" << s["file"] << ")\n";
+        return 1;
+      }
+      moed = annotations[key]["moed"];
+      rad = annotations[key]["rad"];
+    }
+    for (const auto& mode : modes)
     for (const auto& lang : langs) {
+      const std::string prompt = gsco_prompt(prompt_for(mod, lang), mode, moed, rad);
       auto t0 = std::chrono::steady_clock::now();
-      fe::GenerateResult r = model->generate(image, prompt_for(mod, lang), 200);
+      fe::GenerateResult r = model->generate(image, prompt, 200);
       double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       auto found = firstread::reports::parse_regions(r.text, r.images.at(0), firstread::reports::BoxFormat{scale});
       std::map<std::string, std::vector<Box>> pred;
@@ -162,7 +218,7 @@ int main(int argc, char** argv) {
       std::set<std::string> ps, ts;
       for (auto& kv : pred) ps.insert(kv.first);
       for (auto& kv : truth) ts.insert(kv.first);
-      Stats& S = st[{mod, lang}];
+      Stats& S = st[{mod, lang, mode}];
       S.n++;
       S.ms_sum += ms;
       bool exact = ps == ts;
@@ -196,7 +252,7 @@ int main(int argc, char** argv) {
         }
       }
       if (cases) {
-        json c = {{"file", s["file"]}, {"lang", lang}, {"text", r.text}, {"exact", exact},
+        json c = {{"file", s["file"]}, {"lang", lang}, {"mode", mode}, {"prompt", prompt}, {"text", r.text}, {"exact", exact},
                   {"truth", std::vector<std::string>(ts.begin(), ts.end())},
                   {"pred", std::vector<std::string>(ps.begin(), ps.end())}, {"matches", jm}, {"ms", ms}};
         cases << c.dump() << "\n";
@@ -205,14 +261,15 @@ int main(int argc, char** argv) {
   }
   std::printf("\nDemo model accuracy (held-out DICOM phantoms; synthetic, not clinical), box scale %d, weights %s\n\n", scale,
               weights.c_str());
-  std::printf("| modality | lang | images | finding set exact | normal as normal | mean IoU (matched boxes) | boxes IoU>=0.5 / GT boxes | ms/image |\n");
-  std::printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
+  std::printf("| modality | lang | gsco | images | finding set exact | normal as normal | mean IoU (matched boxes) | boxes IoU>=0.5 / GT boxes | ms/image |\n");
+  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|\n");
   for (const auto& lang : langs)
-    for (const auto& mod : mods) {
-      auto it = st.find({mod, lang});
+    for (const auto& mod : mods)
+    for (const auto& mode : modes) {
+      auto it = st.find({mod, lang, mode});
       if (it == st.end()) continue;
       const Stats& S = it->second;
-      std::printf("| %s | %s | %d | %s | %s (%d) | %s (%d) | %s (%d/%d) | %.0f |\n", mod.c_str(), lang.c_str(), S.n,
+      std::printf("| %s | %s | %s | %d | %s | %s (%d) | %s (%d) | %s (%d/%d) | %.0f |\n", mod.c_str(), lang.c_str(), mode.c_str(), S.n,
                   pct(S.exact, S.n).c_str(), pct(S.normal_ok, S.normals).c_str(), S.normals,
                   S.matched ? (std::to_string(S.iou_sum / S.matched).substr(0, 5)).c_str() : "  -  ", S.matched,
                   pct(S.hit50, S.gt_boxes).c_str(), S.hit50, S.gt_boxes, S.ms_sum / std::max(1, S.n));

@@ -9,7 +9,10 @@
 #   PER_MODALITY  held-out phantoms per modality (default 40)
 # env: MODEL (default models/demo), THREADS (default 1), WEIGHTS (engine weight
 #      format: auto, f32, bf16, f16, q8, int8, int4; default auto), DATA (phantom dir,
-#      default BUILD_DIR/bench/demo_accuracy/phantoms-N), CASES (per-case JSON lines)
+#      default BUILD_DIR/bench/demo_accuracy/phantoms-N), CASES (per-case JSON lines),
+#      MODES (GSCo modes compared, default off; e.g. off,moed,rad,both), ANNOTATIONS
+#      (MoED / RAD per held-out image from tools/demo_model/specialists.py annotate;
+#      needed when MODES has more than off)
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${1:-build}
@@ -29,4 +32,8 @@ fi
 if [ ! -f "$DATA/ground_truth.json" ]; then
   /usr/bin/python3 "$ROOT/tools/demo_model/make_dicom.py" "$DATA" --per-modality "$N"
 fi
-exec "$BIN" --model "$MODEL" --data "$DATA" --threads "$THREADS" --weights "$WEIGHTS" --box-scale 999 --cases-out "$CASES"
+MODES=${MODES:-off}
+set -- --model "$MODEL" --data "$DATA" --threads "$THREADS" --weights "$WEIGHTS" --box-scale 999 --cases-out "$CASES" \
+  --modes "$MODES"
+[ -n "${ANNOTATIONS:-}" ] && set -- "$@" --annotations "$ANNOTATIONS"
+exec "$BIN" "$@"

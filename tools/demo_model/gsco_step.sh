@@ -1,0 +1,58 @@
+#!/bin/sh
+# The GSCo step of the demo recipe (TRAINING.md), after the generalist's own
+# training: specialists, case library, MoED / RAD annotations, the generalist
+# fine-tuned on GSCo prompts. Every step is time-budgeted and runs with one
+# torch thread under nice (the machine is shared); the step times are printed.
+#
+# usage: tools/demo_model/gsco_step.sh WORK_DIR [GENERALIST_DIR]
+#   GENERALIST_DIR: the generalist to fine-tune (default models/demo)
+# env: SPEC_MINUTES (chest; the others get half), GSCO_MINUTES, NICE (default 10)
+# Writes WORK_DIR/specialists/<modality>/ (HF ViTForImageClassification),
+# WORK_DIR/library/<modality>/{*.png,labels.csv} (the case library),
+# WORK_DIR/annotations-{query,held}.json, WORK_DIR/generalist/ (the GSCo model).
+set -eu
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=$1
+GEN=${2:-$HERE/../../models/demo}
+SPEC_MINUTES=${SPEC_MINUTES:-8}
+GSCO_MINUTES=${GSCO_MINUTES:-20}
+NICE=${NICE:-10}
+PY="nice -n $NICE /usr/bin/python3"
+S="$HERE/specialists.py"
+mkdir -p "$WORK"
+cd "$WORK"
+t0=$(date +%s)
+stamp() { echo "[gsco_step] $(( $(date +%s) - t0 )) s: $*"; }
+
+# 1. phantoms (two processes): specialist training seeds + their library PNGs,
+#    calibration seeds, held-out seeds, and the generalist's GSCo seeds (224 px too)
+stamp render
+$PY "$S" render train-chest --seeds 0:2000 --modalities chest --png library > render-a.log &
+A=$!
+{ $PY "$S" render train-other --seeds 0:800 --modalities derm,endo,fundus --png library &&
+  $PY "$S" render val --seeds 900000:900150 &&
+  $PY "$S" render held --seeds 5000000:5000200 --sizes 112,224 &&
+  $PY "$S" render query --seeds 2000:2300 --sizes 112,224; } > render-b.log
+wait $A
+stamp rendered
+TRAIN=train-chest,train-other
+
+# 2. specialists, one per modality, then per-label temperature on the calibration seeds
+half=$(awk "BEGIN { print $SPEC_MINUTES / 2 }")
+for m in chest fundus derm endo; do
+  min=$SPEC_MINUTES; [ "$m" = chest ] || min=$half
+  data=train-chest; [ "$m" = chest ] || data=train-other
+  $PY "$S" train specialists/$m --modality $m --data $data --minutes "$min" > train-$m.log
+  $PY "$S" calibrate specialists/$m --val val --held held > calibrate-$m.log
+  stamp "specialist $m"
+done
+
+# 3. MoED / RAD for the generalist's GSCo seeds and for the held-out seeds (bench)
+$PY "$S" annotate annotations-query.json --models specialists --library train-chest,train-other --query query
+$PY "$S" annotate annotations-held.json --models specialists --library train-chest,train-other --query held
+stamp annotated
+
+# 4. the generalist on GSCo prompts (ViT frozen, decoder trained; GSCo dropout)
+$PY "$HERE/train_gsco.py" "$GEN" generalist --cache query --annotations annotations-query.json \
+  --minutes "$GSCO_MINUTES" > train-gsco.log
+stamp "generalist fine-tuned"
