@@ -9,8 +9,12 @@
 // off = the route prompt alone; moed / rad / both append the specialists'
 // diagnoses and / or the most similar library cases' diagnoses, assembled as
 // the pipeline does (route prompt + " " + the filled template's sentences).
-// --annotations: per held-out image ("modality/seed" -> {moed, rad}) as
-// tools/demo_model/specialists.py annotate computes them in PyTorch.
+// --specialists ROOT --library ROOT: MoED and RAD through firstread's own code
+// (pipeline/gsco: engine::ViTClassifier specialists ROOT/<modality>, FAISS
+// retrieval::CaseIndex over the case library ROOT/<modality>/labels.csv, the
+// pipeline's format_moed / format_rad / assemble_prompt) on the decoded frame.
+// --annotations FILE instead: per held-out image ("modality/seed" -> {moed, rad})
+// as tools/demo_model/specialists.py annotate computes them in PyTorch.
 // --weights is passed to EngineOptions::weights unchanged (auto, f32, bf16,
 // f16, q8, int8, int4; the engine validates it).
 #include <algorithm>
@@ -28,6 +32,11 @@
 
 #include <nlohmann/json.hpp>
 
+#ifdef FIRSTREAD_BENCH_GSCO
+#include "config/config.h"
+#include "pipeline/gsco.h"
+#include "retrieval/case_index.h"
+#endif
 #include "dicom/pixels.h"
 #include "engine/model.h"
 #include "reports/model_output.h"
@@ -85,6 +94,74 @@ std::string gsco_prompt(const std::string& prompt, const std::string& mode, cons
   return out;
 }
 
+#ifdef FIRSTREAD_BENCH_GSCO
+// The specialists and case libraries of the demo, one per modality, as the
+// pipeline runs them (no database: the index the pipeline builds from
+// firstread.cases is built here from the library's labels.csv).
+struct NativeGsco {
+  std::unique_ptr<firstread::pipeline::Specialists> specialists;
+  std::map<std::string, std::unique_ptr<firstread::retrieval::CaseIndex>> libraries;
+  int k = 10;
+
+  static std::string name_of(const std::string& modality) { return "demo-" + modality; }
+
+  NativeGsco(const std::string& spec_root, const std::string& lib_root, const std::vector<std::string>& mods, int threads,
+             int k_) : k(k_) {
+    std::map<std::string, firstread::config::SpecialistConfig> configs;
+    for (const auto& m : mods) configs[name_of(m)] = {spec_root + "/" + m, threads, 0.5};
+    specialists = std::make_unique<firstread::pipeline::Specialists>(configs);
+    for (const auto& m : mods) {
+      auto index = std::make_unique<firstread::retrieval::CaseIndex>(firstread::retrieval::IndexOptions{});
+      const std::string dir = lib_root + "/" + m;
+      std::ifstream csv(dir + "/labels.csv");
+      if (!csv) throw std::runtime_error("cannot read " + dir + "/labels.csv");
+      std::vector<int64_t> ids;
+      std::vector<std::vector<std::string>> labels;
+      std::vector<float> features;
+      int dim = 0;
+      for (std::string line; std::getline(csv, line);) {
+        if (line.empty() || line == "file,labels") continue;
+        const size_t comma = line.find(',');
+        std::vector<std::string> ls;
+        std::stringstream ss(comma == std::string::npos ? "" : line.substr(comma + 1));
+        for (std::string l; std::getline(ss, l, ';');)
+          if (!l.empty()) ls.push_back(l);
+        const auto r = specialists->classify(name_of(m), fe::load_image_file(dir + "/" + line.substr(0, comma)));
+        dim = int(r.feature.size());
+        features.insert(features.end(), r.feature.begin(), r.feature.end());
+        ids.push_back(int64_t(ids.size()) + 1);
+        labels.push_back(std::move(ls));
+      }
+      index->add_many(ids, std::move(labels), features.data(), dim);
+      std::fprintf(stderr, "case library %s: %zu cases from %s\n", m.c_str(), index->size(), dir.c_str());
+      libraries[m] = std::move(index);
+    }
+  }
+
+  struct Result {
+    std::string moed, rad;
+    std::set<std::string> positives;  // the specialist's own finding set
+  };
+  Result run(const std::string& modality, const fe::RgbImage& frame) {
+    const auto r = specialists->classify(name_of(modality), frame);
+    const auto nb = libraries.at(modality)->search(r.feature.data(), int(r.feature.size()), k);
+    Result out{firstread::pipeline::format_moed({r}), firstread::pipeline::format_rad(nb), {}};
+    for (const auto& [label, p] : r.positives()) out.positives.insert(label);
+    return out;
+  }
+};
+
+std::string assembled(const std::string& prompt, const std::string& mode, const std::string& moed, const std::string& rad) {
+  firstread::config::Route route;
+  route.prompt = prompt;
+  route.gsco = mode == "moed"  ? firstread::config::GscoMode::moed
+               : mode == "rad" ? firstread::config::GscoMode::rad
+               : mode == "both" ? firstread::config::GscoMode::both
+                               : firstread::config::GscoMode::off;
+  return firstread::pipeline::assemble_prompt(route, moed, rad);
+}
+#endif
+
 struct Stats {
   int n = 0, exact = 0, normals = 0, normal_ok = 0, gt_boxes = 0, matched = 0, hit50 = 0;
   double iou_sum = 0, ms_sum = 0;
@@ -104,7 +181,8 @@ int main(int argc, char** argv) {
   int threads = 0, scale = 999, limit = 0;
   std::vector<std::string> langs = {"en", "zh"};
   std::vector<std::string> modes = {"off"};
-  std::string annotations_path;
+  std::string annotations_path, specialists_root, library_root;
+  int k = 10;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -120,6 +198,9 @@ int main(int argc, char** argv) {
     else if (a == "--vision-weights") vision_weights = next();
     else if (a == "--cases-out") cases_out = next();
     else if (a == "--annotations") annotations_path = next();
+    else if (a == "--specialists") specialists_root = next();
+    else if (a == "--library") library_root = next();
+    else if (a == "--k") k = std::stoi(next());
     else if (a == "--modes") {
       modes.clear();
       std::stringstream ss(next());
@@ -138,7 +219,8 @@ int main(int argc, char** argv) {
     } else {
       std::cerr << "usage: demo_accuracy --model DIR --data DIR [--threads N] [--box-scale 999]"
                    " [--weights FORMAT] [--vision-weights auto|f32|bf16|int8] [--langs en,zh] [--limit N]"
-                   " [--cases-out FILE] [--modes off,moed,rad,both --annotations FILE]\n";
+                   " [--cases-out FILE] [--modes off,moed,rad,both (--specialists ROOT --library ROOT [--k 10] |"
+                   " --annotations FILE)]\n";
       return 2;
     }
   }
@@ -151,9 +233,20 @@ int main(int argc, char** argv) {
   json gt = json::parse(gtf);
   json annotations = json::object();
   bool need_gsco = std::any_of(modes.begin(), modes.end(), [](const std::string& m) { return m != "off"; });
-  if (need_gsco) {
+  const bool native = !specialists_root.empty();
+#ifndef FIRSTREAD_BENCH_GSCO
+  if (native) {
+    std::cerr << "demo_accuracy: built without pipeline/gsco (no --specialists); use --annotations\n";
+    return 2;
+  }
+#endif
+  if (native && library_root.empty()) {
+    std::cerr << "demo_accuracy: --specialists needs --library ROOT (ROOT/<modality>/labels.csv)\n";
+    return 2;
+  }
+  if (need_gsco && !native) {
     if (annotations_path.empty()) {
-      std::cerr << "demo_accuracy: --modes " << "with moed / rad / both needs --annotations FILE\n";
+      std::cerr << "demo_accuracy: --modes with moed / rad / both needs --specialists and --library, or --annotations\n";
       return 2;
     }
     std::ifstream af(annotations_path);
@@ -175,6 +268,18 @@ int main(int argc, char** argv) {
   if (!cases_out.empty()) cases.open(cases_out);
 
   std::vector<std::string> mods = {"chest", "derm", "fundus", "endo"};
+#ifdef FIRSTREAD_BENCH_GSCO
+  std::unique_ptr<NativeGsco> gsco;
+  if (native) {
+    try {
+      gsco = std::make_unique<NativeGsco>(specialists_root, library_root, mods, threads, k);
+    } catch (const std::exception& e) {
+      std::cerr << "demo_accuracy: GSCo set-up: " << e.what() << "\n";
+      return 1;
+    }
+  }
+#endif
+  std::map<std::string, std::pair<int, int>> specialist_exact;  // modality -> (right, images)
   std::map<std::tuple<std::string, std::string, std::string>, Stats> st;  // (modality, lang, mode)
   std::map<std::string, int> seen;
   for (const auto& s : gt["studies"]) {
@@ -189,6 +294,20 @@ int main(int argc, char** argv) {
       for (const auto& b : f["boxes"]) v.push_back({b[0], b[1], b[2], b[3]});
     }
     std::string moed, rad;
+    json specialist_set = nullptr;
+#ifdef FIRSTREAD_BENCH_GSCO
+    if (gsco) {
+      auto g = gsco->run(mod, image);
+      moed = g.moed;
+      rad = g.rad;
+      std::set<std::string> ts;
+      for (auto& kv : truth) ts.insert(kv.first);
+      auto& se = specialist_exact[mod];
+      se.first += g.positives == ts;
+      se.second++;
+      specialist_set = std::vector<std::string>(g.positives.begin(), g.positives.end());
+    } else
+#endif
     if (need_gsco) {
       const std::string key = mod + "/" + std::to_string(s["seed"].get<long>());
       if (!annotations.contains(key)) {
@@ -200,7 +319,11 @@ int main(int argc, char** argv) {
     }
     for (const auto& mode : modes)
     for (const auto& lang : langs) {
+#ifdef FIRSTREAD_BENCH_GSCO
+      const std::string prompt = assembled(prompt_for(mod, lang), mode, moed, rad);
+#else
       const std::string prompt = gsco_prompt(prompt_for(mod, lang), mode, moed, rad);
+#endif
       auto t0 = std::chrono::steady_clock::now();
       fe::GenerateResult r = model->generate(image, prompt, 200);
       double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -252,7 +375,7 @@ int main(int argc, char** argv) {
         }
       }
       if (cases) {
-        json c = {{"file", s["file"]}, {"lang", lang}, {"mode", mode}, {"prompt", prompt}, {"text", r.text}, {"exact", exact},
+        json c = {{"file", s["file"]}, {"lang", lang}, {"mode", mode}, {"prompt", prompt}, {"specialist", specialist_set}, {"text", r.text}, {"exact", exact},
                   {"truth", std::vector<std::string>(ts.begin(), ts.end())},
                   {"pred", std::vector<std::string>(ps.begin(), ps.end())}, {"matches", jm}, {"ms", ms}};
         cases << c.dump() << "\n";
@@ -274,5 +397,13 @@ int main(int argc, char** argv) {
                   S.matched ? (std::to_string(S.iou_sum / S.matched).substr(0, 5)).c_str() : "  -  ", S.matched,
                   pct(S.hit50, S.gt_boxes).c_str(), S.hit50, S.gt_boxes, S.ms_sum / std::max(1, S.n));
     }
+  if (!specialist_exact.empty()) {
+    std::printf("\n| modality | specialist alone: finding set exact (labels with p >= 0.5) |\n|---|---:|\n");
+    for (const auto& mod : mods) {
+      auto it = specialist_exact.find(mod);
+      if (it != specialist_exact.end())
+        std::printf("| %s | %s (%d) |\n", mod.c_str(), pct(it->second.first, it->second.second).c_str(), it->second.second);
+    }
+  }
   return 0;
 }

@@ -94,10 +94,10 @@ def library_labels(findings):
 
 
 def load_data(prefixes, modality, size):
-    """the images of one modality at one size from render prefixes (those without it are skipped)"""
+    """the images of one modality at one size from render prefixes (those without them are skipped)"""
     imgs, metas = [], []
     for p in prefixes.split(","):
-        if not os.path.exists("%s.%s.json" % (p, modality)):
+        if not os.path.exists("%s.%s.%d.npy" % (p, modality, size)):
             continue
         imgs.append(np.load("%s.%s.%d.npy" % (p, modality, size)))
         metas += json.load(open("%s.%s.json" % (p, modality)))
@@ -136,6 +136,7 @@ def patch_targets(metas, labels, g):
 
 
 def cmd_train(args):
+    torch.set_grad_enabled(True)  # internvl_ref (imported by hf_vit) turns it off
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.RandomState(args.seed)
@@ -148,6 +149,10 @@ def cmd_train(args):
     model = hf_vit.ViTForImageClassification(cfg)
     hf_vit.init_weights(model, args.seed)
     aux = torch.nn.Linear(args.dim, len(labels))  # dense head on the patch tokens (training only)
+    if args.init:  # continue an earlier run of this recipe (same shape): its weights and aux head
+        model.load_state_dict(hf_vit.read_safetensors(os.path.join(args.init, "model.safetensors")))
+        if os.path.exists(os.path.join(args.init, "aux.pt")):
+            aux.load_state_dict(torch.load(os.path.join(args.init, "aux.pt")))
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
     n = len(metas)
@@ -192,7 +197,8 @@ def cmd_train(args):
             print("step %d t=%.0fs cls %.4f aux %.4f lr %.5f" % (step, el, float(l_cls), float(l_aux), lr), flush=True)
     model.eval()
     hf_vit.save(model, args.out)
-    rec = {"modality": args.modality, "steps": step, "seconds": round(time.time() - t0, 1), "images": n,
+    torch.save(aux.state_dict(), os.path.join(args.out, "aux.pt"))
+    rec = {"modality": args.modality, "steps": step, "init": args.init, "seconds": round(time.time() - t0, 1), "images": n,
            "batch": args.batch, "cmd": " ".join(sys.argv)}
     json.dump(rec, open(os.path.join(args.out, "train.json"), "w"), indent=1)
     print("trained %s: %d steps in %.0f s -> %s" % (args.modality, step, time.time() - t0, args.out), flush=True)
@@ -321,6 +327,7 @@ def main():
     t.add_argument("--data", required=True)
     t.add_argument("--minutes", type=float, default=5)
     t.add_argument("--max-steps", type=int, default=0)
+    t.add_argument("--init", default="", help="a directory this command wrote: continue from its weights")
     t.add_argument("--size", type=int, default=112)
     t.add_argument("--patch", type=int, default=8)
     t.add_argument("--dim", type=int, default=64)

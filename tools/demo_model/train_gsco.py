@@ -66,6 +66,9 @@ def main():
     ap.add_argument("--modes", default="0.45,0.15,0.15,0.25", help="GSCo dropout: both,moed,rad,off")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=2468)
+    ap.add_argument("--per-modality", type=int, default=0, help="use only the first N images of each modality")
+    ap.add_argument("--modality-weights", default="1,1,1,1",
+                    help="sampling weight of chest,derm,fundus,endo images (chest has most to gain from GSCo)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -82,8 +85,9 @@ def main():
     imgs, metas = [], []
     for mod in phantoms.MODALITIES:
         for p in args.cache.split(","):
-            imgs.append(np.load("%s.%s.%d.npy" % (p, mod, size)))
-            metas += json.load(open("%s.%s.json" % (p, mod)))
+            lim = args.per_modality or None
+            imgs.append(np.load("%s.%s.%d.npy" % (p, mod, size))[:lim])
+            metas += json.load(open("%s.%s.json" % (p, mod)))[:lim]
     imgs = np.concatenate(imgs)
     keys = ["%s/%d" % (m["modality"], m["seed"]) for m in metas]
     missing = [k for k in keys if k not in ann]
@@ -104,6 +108,9 @@ def main():
             vt.append(torch.cat(chunks))
         VT = torch.stack(vt)  # (2, n, T, d)
     flipped = [instruct.flip_findings(m["findings"]) for m in metas]
+    mw = dict(zip(phantoms.MODALITIES, [float(x) for x in args.modality_weights.split(",")]))
+    pick = np.array([mw[m["modality"]] for m in metas])
+    pick /= pick.sum()
     print("gsco fine-tune: %d images, image tokens computed in %.0f s" % (n, time.time() - t0), flush=True)
 
     for p_ in list(model.vision_model.parameters()) + list(model.mlp1.parameters()):
@@ -135,7 +142,7 @@ def main():
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * el / budget)))
         for gp in opt.param_groups:
             gp["lr"] = lr
-        idx = rng.randint(0, n, size=args.imgs)
+        idx = rng.choice(n, size=args.imgs, p=pick)
         fl = rng.rand(args.imgs) < 0.5
         seqs = []
         for bi, i in enumerate(idx):
