@@ -83,7 +83,9 @@ double iou(const Box& a, const Box& b) {
   return u > 0 ? inter / u : 0.0;
 }
 
-// The default GSCo template (MedDr's inference_gsco.py sentence), one sentence per source.
+#ifndef FIRSTREAD_BENCH_GSCO
+// Without pipeline/gsco: the default GSCo template (MedDr's inference_gsco.py
+// sentence) assembled as pipeline::assemble_prompt does.
 const char* kRadSentence = "The diagnoses of the most similar cases are ";
 const char* kMoedSentence = "The diagnoses of the specialist models are ";
 
@@ -93,6 +95,7 @@ std::string gsco_prompt(const std::string& prompt, const std::string& mode, cons
   if (mode == "moed" || mode == "both") out += " " + std::string(kMoedSentence) + moed + ".";
   return out;
 }
+#endif
 
 #ifdef FIRSTREAD_BENCH_GSCO
 // The specialists and case libraries of the demo, one per modality, as the
@@ -105,12 +108,19 @@ struct NativeGsco {
 
   static std::string name_of(const std::string& modality) { return "demo-" + modality; }
 
+  std::set<std::string> modalities;  // those with a specialist (ROOT/<modality>/config.json)
+  bool has(const std::string& modality) const { return modalities.count(modality) > 0; }
+
   NativeGsco(const std::string& spec_root, const std::string& lib_root, const std::vector<std::string>& mods, int threads,
              int k_) : k(k_) {
     std::map<std::string, firstread::config::SpecialistConfig> configs;
-    for (const auto& m : mods) configs[name_of(m)] = {spec_root + "/" + m, threads, 0.5};
+    for (const auto& m : mods)
+      if (std::ifstream(spec_root + "/" + m + "/config.json")) {
+        configs[name_of(m)] = {spec_root + "/" + m, threads, 0.5};
+        modalities.insert(m);
+      }
     specialists = std::make_unique<firstread::pipeline::Specialists>(configs);
-    for (const auto& m : mods) {
+    for (const auto& m : modalities) {
       auto index = std::make_unique<firstread::retrieval::CaseIndex>(firstread::retrieval::IndexOptions{});
       const std::string dir = lib_root + "/" + m;
       std::ifstream csv(dir + "/labels.csv");
@@ -295,8 +305,11 @@ int main(int argc, char** argv) {
     }
     std::string moed, rad;
     json specialist_set = nullptr;
+    bool no_specialist = false;  // that modality's route keeps gsco off: every mode asks the route prompt alone
 #ifdef FIRSTREAD_BENCH_GSCO
-    if (gsco) {
+    if (gsco && !gsco->has(mod)) {
+      no_specialist = true;
+    } else if (gsco) {
       auto g = gsco->run(mod, image);
       moed = g.moed;
       rad = g.rad;
@@ -310,19 +323,18 @@ int main(int argc, char** argv) {
 #endif
     if (need_gsco) {
       const std::string key = mod + "/" + std::to_string(s["seed"].get<long>());
-      if (!annotations.contains(key)) {
-        std::cerr << "demo_accuracy: " << annotations_path << " has no entry " << key << " (" << s["file"] << ")\n";
-        return 1;
+      no_specialist = !annotations.contains(key);
+      if (!no_specialist) {
+        moed = annotations[key]["moed"];
+        rad = annotations[key]["rad"];
       }
-      moed = annotations[key]["moed"];
-      rad = annotations[key]["rad"];
     }
     for (const auto& mode : modes)
     for (const auto& lang : langs) {
 #ifdef FIRSTREAD_BENCH_GSCO
-      const std::string prompt = assembled(prompt_for(mod, lang), mode, moed, rad);
+      const std::string prompt = assembled(prompt_for(mod, lang), no_specialist ? "off" : mode, moed, rad);
 #else
-      const std::string prompt = gsco_prompt(prompt_for(mod, lang), mode, moed, rad);
+      const std::string prompt = gsco_prompt(prompt_for(mod, lang), no_specialist ? "off" : mode, moed, rad);
 #endif
       auto t0 = std::chrono::steady_clock::now();
       fe::GenerateResult r = model->generate(image, prompt, 200);

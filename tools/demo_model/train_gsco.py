@@ -90,9 +90,11 @@ def main():
             metas += json.load(open("%s.%s.json" % (p, mod)))[:lim]
     imgs = np.concatenate(imgs)
     keys = ["%s/%d" % (m["modality"], m["seed"]) for m in metas]
-    missing = [k for k in keys if k not in ann]
-    if missing:
-        sys.exit("train_gsco: %d images without annotations (first %s)" % (len(missing), missing[0]))
+    # a modality without a specialist (no annotations) is trained with gsco off only
+    without = sorted(set(k.split("/")[0] for k in keys if k not in ann))
+    if without:
+        print("gsco fine-tune: no specialist for %s: those images get the route prompt alone" % ", ".join(without),
+              flush=True)
     n = len(metas)
     t0 = time.time()
     # frozen vision side: image tokens of every image, unflipped and flipped
@@ -147,13 +149,14 @@ def main():
         seqs = []
         for bi, i in enumerate(idx):
             m = metas[i]
-            a_ = ann[keys[i]]
+            a_ = ann.get(keys[i])
             f = flipped[i] if fl[bi] else m["findings"]
             for _ in range(args.qa):
                 q, a = instruct.sample(rng, m["modality"], f)
-                mode = modes[rng.choice(4, p=pm / pm.sum())]
+                mode = modes[rng.choice(4, p=pm / pm.sum())] if a_ else "off"
                 mode_count[mode] += 1
-                q = gsco_prompt.assemble(q, mode, a_["moed"], a_["rad"])
+                if a_:
+                    q = gsco_prompt.assemble(q, mode, a_["moed"], a_["rad"])
                 seqs.append((bi, enc(R.build_prompt(q, T.SYS_MSG, n_img_tok)), enc(a) + [end]))
         vit = VT[fl.astype(int), idx]
         seqs.sort(key=lambda s_: len(s_[1]) + len(s_[2]))
