@@ -4,6 +4,8 @@
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
+#include <dcmtk/dcmdata/dcostrma.h>
+#include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <spdlog/spdlog.h>
 
@@ -11,6 +13,7 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <optional>
 #include <filesystem>
 #include <functional>
 #include <set>
@@ -88,6 +91,145 @@ db::InstanceRecord describe_instance(DcmDataset& ds, const std::string& transfer
   return r;
 }
 
+namespace {
+
+// DCMTK's output stream into a NewFile (a null file: a stream that failed to open).
+class FileConsumer : public DcmConsumer {
+ public:
+  FileConsumer(storage::FileStorage::NewFile* file, std::string error) : file_(file), error_(std::move(error)) {}
+  OFBool good() const override { return error_.empty(); }
+  OFCondition status() const override {
+    return good() ? EC_Normal : makeOFCondition(OFM_dcmdata, 901, OF_error, error_.c_str());
+  }
+  OFBool isFlushed() const override { return OFTrue; }
+  offile_off_t avail() const override { return good() ? offile_off_t{1} << 30 : 0; }
+  offile_off_t write(const void* buf, offile_off_t buflen) override {
+    if (!good()) return 0;
+    try {
+      file_->write(buf, static_cast<size_t>(buflen));
+      return buflen;
+    } catch (const std::exception& e) {
+      error_ = e.what();
+      return 0;
+    }
+  }
+  void flush() override {}
+  const std::string& error() const { return error_; }
+
+ private:
+  storage::FileStorage::NewFile* file_;
+  std::string error_;
+};
+
+class ConsumerStream : public DcmOutputStream {
+ public:
+  explicit ConsumerStream(DcmConsumer* consumer) : DcmOutputStream(consumer) {}
+};
+
+struct FileOutput {
+  FileOutput(storage::FileStorage::NewFile* file, std::string error) : consumer(file, std::move(error)), stream(&consumer) {}
+  FileConsumer consumer;
+  ConsumerStream stream;
+};
+
+// The File Meta Information header DCMTK's storescp writes before a streamed
+// data set, plus the calling AE as Source Application Entity Title.
+OFCondition write_meta_header(DcmOutputStream& out, const scp::StoreRequest& r) {
+  DcmMetaInfo meta;
+  const Uint8 version[2] = {0, 1};
+  meta.putAndInsertUint8Array(DCM_FileMetaInformationVersion, version, 2);
+  meta.putAndInsertString(DCM_MediaStorageSOPClassUID, r.sop_class_uid.c_str());
+  meta.putAndInsertString(DCM_MediaStorageSOPInstanceUID, r.sop_instance_uid.c_str());
+  meta.putAndInsertString(DCM_TransferSyntaxUID, r.transfer_syntax_uid.c_str());
+  meta.putAndInsertString(DCM_ImplementationClassUID, OFFIS_IMPLEMENTATION_CLASS_UID);
+  meta.putAndInsertString(DCM_ImplementationVersionName, OFFIS_DTK_IMPLEMENTATION_VERSION_NAME);
+  if (!r.peer.calling_ae.empty())
+    meta.putAndInsertString(DCM_SourceApplicationEntityTitle, r.peer.calling_ae.c_str());
+  OFCondition cond =
+      meta.computeGroupLengthAndPadding(EGL_withGL, EPD_noChange, META_HEADER_DEFAULT_TRANSFERSYNTAX, EET_ExplicitLength);
+  if (cond.bad()) return cond;
+  meta.transferInit();
+  cond = meta.write(out, META_HEADER_DEFAULT_TRANSFERSYNTAX, EET_ExplicitLength, nullptr);
+  meta.transferEnd();
+  return cond;
+}
+
+std::optional<scp::StoreResult> mismatch(const db::InstanceRecord& record, const std::string& sop_class_uid,
+                                         const std::string& sop_instance_uid) {
+  if (record.sop_instance_uid != sop_instance_uid)
+    return scp::StoreResult{scp::kStoreDataSetDoesNotMatchSopClass,
+                            "SOP Instance UID in data set differs from the C-STORE request"};
+  if (record.sop_class_uid != sop_class_uid)
+    return scp::StoreResult{scp::kStoreDataSetDoesNotMatchSopClass,
+                            "SOP Class UID in data set differs from the C-STORE request"};
+  return std::nullopt;
+}
+
+scp::StoreResult storage_failure(const std::string& sop, const scp::Peer& peer, const std::string& error) {
+  spdlog::error("ingest: sop={} calling_ae={}: storing failed: {}", sop, peer.calling_ae, error);
+  return {scp::kStoreOutOfResources, storage_comment(error)};
+}
+
+class StreamedInstance : public scp::InstanceStream {
+ public:
+  StreamedInstance(InstanceIngest& ingest, storage::FileStorage& storage, const scp::StoreRequest& request)
+      : ingest_(ingest), request_(request) {
+    std::string error;
+    try {
+      file_ = storage.create_file();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    output_ = std::make_unique<FileOutput>(file_.get(), error);
+    if (file_) {
+      const OFCondition cond = write_meta_header(output_->stream, request_);
+      if (cond.bad() && output_->consumer.good())
+        output_ = std::make_unique<FileOutput>(nullptr, std::string("cannot write the meta header: ") + cond.text());
+    }
+  }
+  DcmOutputStream& data() override { return output_->stream; }
+  scp::StoreResult write_failure() const override {
+    return storage_failure(request_.sop_instance_uid, request_.peer, output_->consumer.error());
+  }
+  scp::StoreResult finish() override {
+    if (!file_ || !output_->consumer.good()) return write_failure();
+    return ingest_.finish_file(*file_, request_);
+  }
+
+ private:
+  InstanceIngest& ingest_;
+  scp::StoreRequest request_;
+  std::unique_ptr<storage::FileStorage::NewFile> file_;
+  std::unique_ptr<FileOutput> output_;
+};
+
+}  // namespace
+
+std::unique_ptr<scp::InstanceStream> InstanceIngest::open_stream(const scp::StoreRequest& request) {
+  return std::make_unique<StreamedInstance>(*this, storage_, request);
+}
+
+scp::StoreResult InstanceIngest::finish_file(storage::FileStorage::NewFile& file, const scp::StoreRequest& request) {
+  db::InstanceRecord record;
+  try {
+    file.flush();
+    // The header only: values longer than this stay on disk (pixel data).
+    DcmFileFormat ff;
+    const OFCondition cond = ff.loadFile(file.read_path().c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
+    if (cond.bad()) return {scp::kStoreCannotUnderstand, std::string("cannot parse data set: ") + cond.text()};
+    record = describe_instance(*ff.getDataset(), request.transfer_syntax_uid);
+  } catch (const std::invalid_argument& e) {
+    return {scp::kStoreCannotUnderstand, e.what()};
+  } catch (const std::exception& e) {
+    return storage_failure(request.sop_instance_uid, request.peer, e.what());
+  }
+  if (auto refused = mismatch(record, request.sop_class_uid, request.sop_instance_uid)) return *refused;
+  record.calling_ae = request.peer.calling_ae;
+  record.file_path =
+      storage::FileStorage::instance_path(record.study_uid, record.series_instance_uid, record.sop_instance_uid);
+  return commit(file, record, request.peer);
+}
+
 scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
   db::InstanceRecord record;
   try {
@@ -95,57 +237,61 @@ scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
   } catch (const std::invalid_argument& e) {
     return {scp::kStoreCannotUnderstand, e.what()};
   }
-  if (record.sop_instance_uid != in.sop_instance_uid)
-    return {scp::kStoreDataSetDoesNotMatchSopClass,
-            "SOP Instance UID in data set differs from the C-STORE request"};
-  if (record.sop_class_uid != in.sop_class_uid)
-    return {scp::kStoreDataSetDoesNotMatchSopClass, "SOP Class UID in data set differs from the C-STORE request"};
+  if (auto refused = mismatch(record, in.sop_class_uid, in.sop_instance_uid)) return *refused;
   record.calling_ae = in.peer.calling_ae;
   record.file_path =
       storage::FileStorage::instance_path(record.study_uid, record.series_instance_uid, record.sop_instance_uid);
-
   const E_TransferSyntax xfer = DcmXfer(in.transfer_syntax_uid.c_str()).getXfer();
   if (xfer == EXS_Unknown)
     return {scp::kStoreCannotUnderstand, "unknown transfer syntax " + in.transfer_syntax_uid};
-  const auto t0 = std::chrono::steady_clock::now();
-  storage::FileStorage::StagedFile staged;
-  try {
-    staged = storage_.stage(record.file_path, [&](const std::string& tmp) {
-      // The data set is written in the transfer syntax it arrived in: encapsulated
-      // pixel data stays as the sender compressed it.
-      // The file format borrows the received data set (no copy) and hands it back.
-      DcmFileFormat file(&in.dataset, OFFalse);
-      file.getMetaInfo()->putAndInsertString(DCM_SourceApplicationEntityTitle, in.peer.calling_ae.c_str());
-      errno = 0;
-      OFCondition cond = file.saveFile(tmp.c_str(), xfer, EET_ExplicitLength, EGL_recalcGL, EPD_noChange, 0, 0,
-                                       EWM_fileformat);
-      const int write_errno = errno;
-      file.getAndRemoveDataset();
-      // DCMTK words a full disk as "I/O suspension or premature end of stream":
-      // name the cause when the system gave one.
-      if (cond.bad())
-        throw storage::StorageError("cannot write " + tmp + ": " +
-                                    (write_errno == ENOSPC || write_errno == EDQUOT ? std::strerror(write_errno)
-                                                                                    : cond.text()));
-    });
-  } catch (const std::exception& e) {
-    spdlog::error("ingest: sop={} calling_ae={}: storing failed: {}", record.sop_instance_uid, in.peer.calling_ae,
-                  e.what());
-    return {scp::kStoreOutOfResources, storage_comment(e.what())};
-  }
-  record.file_size = static_cast<int64_t>(staged.size);
 
-  // The file's fsync/rename/directory fsync and the database commit each wait
+  std::unique_ptr<storage::FileStorage::NewFile> file;
+  try {
+    file = storage_.create_file();
+  } catch (const std::exception& e) {
+    return storage_failure(record.sop_instance_uid, in.peer, e.what());
+  }
+  FileOutput out(file.get(), "");
+  // The data set is written in the transfer syntax it arrived in: encapsulated
+  // pixel data stays as the sender compressed it. The file format borrows the
+  // received data set (no copy) and hands it back.
+  DcmFileFormat ff(&in.dataset, OFFalse);
+  ff.getMetaInfo()->putAndInsertString(DCM_SourceApplicationEntityTitle, in.peer.calling_ae.c_str());
+  ff.transferInit();
+  const OFCondition cond = ff.write(out.stream, xfer, EET_ExplicitLength, nullptr, EGL_recalcGL, EPD_noChange, 0, 0, 0,
+                                    EWM_fileformat);
+  ff.transferEnd();
+  ff.getAndRemoveDataset();
+  if (cond.bad() || !out.consumer.good())
+    return storage_failure(record.sop_instance_uid, in.peer,
+                           out.consumer.good() ? std::string("cannot write data set: ") + cond.text()
+                                               : out.consumer.error());
+  return commit(*file, record, in.peer);
+}
+
+scp::StoreResult InstanceIngest::commit(storage::FileStorage::NewFile& file, db::InstanceRecord& record,
+                                        const scp::Peer& peer) {
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    file.flush();
+    record.file_size = static_cast<int64_t>(file.size());
+    storage_.link(file, record.file_path);
+  } catch (const std::exception& e) {
+    return storage_failure(record.sop_instance_uid, peer, e.what());
+  }
+  // The fsync of the file and its directory and the database commit each wait
   // on the disk; they run at the same time and Success is answered only when
   // both are durable. A failure of either answers a failure status; what the
   // other left behind is repaired here or by start-up reconciliation.
   auto commit_row = std::async(std::launch::async, [&] { return index_.record(record); });
   std::string file_error;
   try {
-    storage_.publish(staged);
+    storage_.sync(file);
   } catch (const std::exception& e) {
-    storage_.discard(staged);
     file_error = e.what();
+    // A new name whose data may not be on disk goes; a replaced file was
+    // synced before the rename and stays.
+    if (!file.replaced()) storage_.unlink_file(file);
   }
   const auto t1 = std::chrono::steady_clock::now();
   bool is_new = false;
@@ -157,9 +303,7 @@ scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
   }
   const auto t2 = std::chrono::steady_clock::now();
   if (!file_error.empty()) {
-    spdlog::error("ingest: sop={} calling_ae={}: storing failed: {}", record.sop_instance_uid, in.peer.calling_ae,
-                  file_error);
-    if (db_error.empty() && is_new) {
+    if (db_error.empty() && is_new && !file.replaced()) {
       try {
         index_.forget(record.sop_instance_uid);
       } catch (const std::exception& e) {
@@ -167,18 +311,18 @@ scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
                       e.what());
       }
     }
-    return {scp::kStoreOutOfResources, storage_comment(file_error)};
+    return storage_failure(record.sop_instance_uid, peer, file_error);
   }
   if (!db_error.empty()) {
     // The file is complete under its final name; reconciliation indexes it at the
     // next start, and the sender will retry since we answer a failure.
     spdlog::error("ingest: sop={} calling_ae={}: database commit failed: {}", record.sop_instance_uid,
-                  in.peer.calling_ae, db_error);
+                  peer.calling_ae, db_error);
     return {scp::kStoreOutOfResources, "database unavailable: file kept, send it again later"};
   }
   using ms = std::chrono::duration<double, std::milli>;
-  spdlog::info("ingest: stored sop={} calling_ae={} study={} modality={} size={} file_ms={:.1f} total_ms={:.1f}{}",
-               record.sop_instance_uid, in.peer.calling_ae, record.study_uid, record.modality, record.file_size,
+  spdlog::info("ingest: stored sop={} calling_ae={} study={} modality={} size={} sync_ms={:.2f} total_ms={:.2f}{}",
+               record.sop_instance_uid, peer.calling_ae, record.study_uid, record.modality, record.file_size,
                ms(t1 - t0).count(), ms(t2 - t0).count(), is_new ? "" : " (again: row refreshed)");
   return {};
 }
@@ -228,6 +372,16 @@ bool index_orphan(storage::FileStorage& storage, db::InstanceIndex& index, const
   OFCondition cond = file.loadFile(storage.absolute(rel).c_str());
   if (cond.bad()) {
     spdlog::error("reconcile: {} is not readable DICOM ({}); left in place", rel, cond.text());
+    ++report.unreadable_files;
+    return false;
+  }
+  // A file named but not yet synced when the power went may hold only the
+  // start of its data (it was never acknowledged): an image without its pixel
+  // data is such a file, not an instance to index.
+  DcmDataset& ds = *file.getDataset();
+  if (ds.tagExists(DCM_Rows) && !ds.tagExists(DCM_PixelData) && !ds.tagExists(DCM_FloatPixelData) &&
+      !ds.tagExists(DCM_DoubleFloatPixelData)) {
+    spdlog::error("reconcile: {} is incomplete (an image without pixel data); left in place, not indexed", rel);
     ++report.unreadable_files;
     return false;
   }
@@ -283,6 +437,8 @@ ReconcileReport reconcile(storage::FileStorage& storage, db::InstanceIndex& inde
   const auto started = std::chrono::steady_clock::now();
   const auto walk_started = std::filesystem::file_time_type::clock::now();
   const size_t max_deferred = 100000;
+  // A volume that is not mounted would otherwise log every row of the archive.
+  const int kListedMissing = 100;
   try {
     report.removed_temporaries = storage.remove_stale_temporaries();
     // Files younger than the grace period may be another node's transfer whose
@@ -299,8 +455,10 @@ ReconcileReport reconcile(storage::FileStorage& storage, db::InstanceIndex& inde
               young_instances.push_back(rel);
           },
           [&](const std::string& rel) {
-            ++report.missing_files;
-            spdlog::error("reconcile: the index lists {} but the file is gone", rel);
+            if (++report.missing_files <= kListedMissing)
+              spdlog::error("reconcile: the index lists {} but the file is gone", rel);
+            else if (report.missing_files == kListedMissing + 1)
+              spdlog::error("reconcile: more rows without their file: counted, not listed (see the summary)");
           });
     }
     {
@@ -314,8 +472,10 @@ ReconcileReport reconcile(storage::FileStorage& storage, db::InstanceIndex& inde
               young_reports.push_back(rel);
           },
           [&](const std::string& rel) {
-            ++report.missing_files;
-            spdlog::error("reconcile: a report lists SR {} but the file is gone", rel);
+            if (++report.missing_files <= kListedMissing)
+              spdlog::error("reconcile: a report lists SR {} but the file is gone", rel);
+            else if (report.missing_files == kListedMissing + 1)
+              spdlog::error("reconcile: more rows without their file: counted, not listed (see the summary)");
           });
     }
     if (!young_instances.empty() || !young_reports.empty()) {

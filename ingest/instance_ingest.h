@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
 #include <string>
 
 #include "db/instance_index.h"
@@ -14,15 +15,34 @@ class DcmDataset;
 
 namespace firstread::ingest {
 
+// The durable path, for every way an instance arrives (C-STORE streamed,
+// a data set in memory such as STOW-RS):
+//   1. the bytes go into an unnamed file on the storage volume as they arrive
+//      (writeback started per piece);
+//   2. the header is read back, validated and the file named
+//      instances/<study>/<series>/<sop>.dcm;
+//   3. one fsync of the file and of its directory, at the same time as the
+//      database commit of its row;
+//   4. Success only once both are durable.
+// A crash before 2 leaves nothing; between 2 and 4 a named file that was never
+// acknowledged (with or without its row): reconciliation indexes it only if it
+// reads back complete, and the sender's resend replaces it.
 class InstanceIngest : public scp::InstanceSink {
  public:
   InstanceIngest(storage::FileStorage& storage, db::InstanceIndex& index) : storage_(storage), index_(index) {}
 
-  // Validates, writes durably (fsync, rename, directory fsync), commits the
-  // rows, and only then returns Success.
+  // A data set already in memory: written, validated, made durable, indexed.
   scp::StoreResult store(const scp::ReceivedInstance& instance) override;
+  // A C-STORE data set written to its file as it arrives (never parsed into
+  // memory: the file holds the bytes as sent, after a File Meta Information
+  // header naming the calling AE).
+  std::unique_ptr<scp::InstanceStream> open_stream(const scp::StoreRequest& request) override;
+
+  // Steps 2-4 for a file holding a complete data set (with its meta header).
+  scp::StoreResult finish_file(storage::FileStorage::NewFile& file, const scp::StoreRequest& request);
 
  private:
+  scp::StoreResult commit(storage::FileStorage::NewFile& file, db::InstanceRecord& record, const scp::Peer& peer);
   storage::FileStorage& storage_;
   db::InstanceIndex& index_;
 };

@@ -2,6 +2,7 @@
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcostrma.h>
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmnet/assoc.h>
@@ -660,10 +661,16 @@ void DicomServer::serve_association(void* handle, const Peer& transport, bool& n
 bool DicomServer::handle_store(void* handle, void* message, unsigned char pres_id, const Peer& peer) {
   T_ASC_Association* assoc = static_cast<T_ASC_Association*>(handle);
   T_DIMSE_C_StoreRQ& req = static_cast<T_DIMSE_Message*>(message)->msg.CStoreRQ;
+  T_ASC_PresentationContext cmd_pc;
+  ASC_findAcceptedPresentationContext(assoc->params, pres_id, &cmd_pc);
+  std::unique_ptr<InstanceStream> stream =
+      sink_.open_stream({peer, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID, cmd_pc.acceptedTransferSyntax});
   DcmDataset* raw = nullptr;
   T_ASC_PresentationContextID data_pres_id = pres_id;
-  OFCondition cond =
-      DIMSE_receiveDataSetInMemory(assoc, DIMSE_NONBLOCKING, options_.dimse_timeout_seconds, &data_pres_id, &raw, nullptr, nullptr);
+  OFCondition cond = stream ? DIMSE_receiveDataSetInFile(assoc, DIMSE_NONBLOCKING, options_.dimse_timeout_seconds,
+                                                         &data_pres_id, &stream->data(), nullptr, nullptr)
+                            : DIMSE_receiveDataSetInMemory(assoc, DIMSE_NONBLOCKING, options_.dimse_timeout_seconds,
+                                                           &data_pres_id, &raw, nullptr, nullptr);
   std::unique_ptr<DcmDataset> dataset(raw);
 
   T_DIMSE_C_StoreRSP rsp;
@@ -675,7 +682,18 @@ bool DicomServer::handle_store(void* handle, void* message, unsigned char pres_i
   rsp.opts = O_STORE_AFFECTEDSOPCLASSUID | O_STORE_AFFECTEDSOPINSTANCEUID;
 
   StoreResult result;
-  if (cond.bad() || !dataset) {
+  if (stream && cond.bad() && !stream->data().good()) {
+    result = stream->write_failure();  // the rest of the data set was read and dropped
+  } else if (stream && cond.good()) {
+    counters_.bytes_received += static_cast<uint64_t>(stream->data().tell());
+    try {
+      result = data_pres_id == pres_id
+                   ? stream->finish()
+                   : StoreResult{kStoreCannotUnderstand, "data set sent on another presentation context"};
+    } catch (const std::exception& e) {
+      result = {kStoreOutOfResources, e.what()};
+    }
+  } else if (cond.bad() || !dataset) {
     if (cond == DUL_PEERABORTEDASSOCIATION || cond == DUL_NETWORKCLOSED || cond == DIMSE_READPDVFAILED ||
         cond == DUL_READTIMEOUT || cond == DIMSE_NODATAAVAILABLE || cond.code() == DULC_NETWORKCLOSED) {
       // A peer that stalls mid-data-set for dicom.dimse_timeout_seconds ends up here too.

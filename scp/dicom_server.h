@@ -33,6 +33,7 @@
 #include "scp/tls_options.h"
 
 class DcmDataset;
+class DcmOutputStream;
 
 namespace firstread::scp {
 
@@ -93,10 +94,35 @@ struct StoreResult {
   std::string error_comment;  // sent as Error Comment (0000,0902), at most 64 characters
 };
 
+// What a C-STORE request says before its data set arrives.
+struct StoreRequest {
+  const Peer& peer;
+  std::string sop_class_uid;
+  std::string sop_instance_uid;
+  std::string transfer_syntax_uid;  // of the presentation context
+};
+
+// A data set taken by the sink as it arrives (PDV by PDV, bytes as sent),
+// instead of parsed into memory first.
+class InstanceStream {
+ public:
+  virtual ~InstanceStream() = default;  // destroyed without finish(): nothing is kept
+  // Receives the data set's bytes in the request's transfer syntax. A write
+  // the sink cannot do makes the stream bad; the rest is then read and dropped.
+  virtual DcmOutputStream& data() = 0;
+  // After a bad data(): the answer naming the sink's own failure (disk full).
+  virtual StoreResult write_failure() const = 0;
+  // The whole data set has arrived: validate, make durable, answer.
+  virtual StoreResult finish() = 0;
+};
+
 class InstanceSink {
  public:
   virtual ~InstanceSink() = default;
   virtual StoreResult store(const ReceivedInstance& instance) = 0;
+  // A stream for the request's data set, or nullptr to receive it in memory
+  // and hand it to store().
+  virtual std::unique_ptr<InstanceStream> open_stream(const StoreRequest&) { return nullptr; }
 };
 
 struct ServerCounters {

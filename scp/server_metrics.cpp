@@ -19,6 +19,13 @@ ServerMetrics::ServerMetrics(const DicomServer& server, metrics::Registry& regis
               {}, static_cast<double>(c.tls_handshakes_failed.load()));
         m.add("firstread_dicom_associations_active", Type::gauge, "DICOM associations open now", {},
               c.associations_active.load());
+        m.add("firstread_dicom_associations_negotiating", Type::gauge,
+              "TCP connections whose A-ASSOCIATE-RQ is not answered yet (dicom.max_pending_associations)", {},
+              c.associations_negotiating.load());
+        m.add("firstread_dicom_connections_closed_over_limit_total", Type::counter,
+              "TCP connections closed before negotiation: over dicom.max_pending_associations or "
+              "dicom.max_associations_per_host",
+              {}, static_cast<double>(c.connections_closed_over_limit.load()));
         m.add("firstread_dicom_echoes_total", Type::counter, "C-ECHO requests answered", {},
               static_cast<double>(c.echoes.load()));
         const char* instances = "C-STORE instances received, by outcome";

@@ -48,6 +48,20 @@ std::string owner_of(const std::string& name) {
 }
 
 
+// Buffered writes go to the file system (and their writeback starts) once
+// this much has gathered: each received PDV (up to dicom.max_pdu, 128 KiB by
+// default) goes out as it arrives, DCMTK's small element writes are gathered.
+constexpr size_t kNewFileBuffer = 64 * 1024;
+
+void check_relpath(const std::string& relpath) {
+  if (relpath.empty() || relpath.front() == '/' || relpath.find("..") != std::string::npos)
+    throw StorageError("storage: refusing path '" + relpath + "'");
+}
+
+void fsync_fd(int fd, const std::string& what) {
+  if (fsync(fd) != 0) throw StorageError("storage: fsync " + what + " failed: " + errno_text());
+}
+
 }  // namespace
 
 FileStorage::FileStorage(const std::string& root, bool fsync) : fsync_(fsync), node_id_(make_node_id()) {
@@ -119,43 +133,150 @@ void FileStorage::ensure_directory(const std::string& relpath) {
 
 uint64_t FileStorage::write_durably(const std::string& relpath,
                                     const std::function<void(const std::string&)>& write) {
-  StagedFile staged = stage(relpath, write);
+  check_relpath(relpath);
+  const std::string temp_path = root_ + "/tmp/" + temp_name();
+  uint64_t size = 0;
   try {
-    publish(staged);
-  } catch (...) {
-    discard(staged);
-    throw;
-  }
-  return staged.size;
-}
-
-FileStorage::StagedFile FileStorage::stage(const std::string& relpath,
-                                           const std::function<void(const std::string&)>& write) {
-  if (relpath.empty() || relpath.front() == '/' || relpath.find("..") != std::string::npos)
-    throw StorageError("storage: refusing path '" + relpath + "'");
-  StagedFile staged{relpath, root_ + "/tmp/" + temp_name(), 0};
-  try {
-    write(staged.temp_path);
+    write(temp_path);
     struct stat st{};
-    if (stat(staged.temp_path.c_str(), &st) != 0)
-      throw StorageError("storage: cannot stat " + staged.temp_path + ": " + errno_text());
-    staged.size = static_cast<uint64_t>(st.st_size);
+    if (stat(temp_path.c_str(), &st) != 0)
+      throw StorageError("storage: cannot stat " + temp_path + ": " + errno_text());
+    size = static_cast<uint64_t>(st.st_size);
+    fsync_path(temp_path, false);
+    const auto slash = relpath.rfind('/');
+    const std::string dir = slash == std::string::npos ? "" : relpath.substr(0, slash);
+    if (!dir.empty()) ensure_directory(dir);
+    const std::string final_path = root_ + "/" + relpath;
+    if (rename(temp_path.c_str(), final_path.c_str()) != 0)
+      throw StorageError("storage: cannot rename into " + final_path + ": " + errno_text());
+    sync_directory(dir.empty() ? root_ : root_ + "/" + dir);
   } catch (...) {
-    unlink(staged.temp_path.c_str());
+    unlink(temp_path.c_str());
     throw;
   }
-  return staged;
+  return size;
 }
 
-void FileStorage::publish(const StagedFile& staged) {
-  fsync_path(staged.temp_path, false);
-  const auto slash = staged.relpath.rfind('/');
-  const std::string dir = slash == std::string::npos ? "" : staged.relpath.substr(0, slash);
-  if (!dir.empty()) ensure_directory(dir);
-  const std::string final_path = root_ + "/" + staged.relpath;
-  if (rename(staged.temp_path.c_str(), final_path.c_str()) != 0)
+FileStorage::NewFile::~NewFile() {
+  if (fd_ >= 0) close(fd_);
+  if (!named_ && !temp_path_.empty()) unlink(temp_path_.c_str());
+}
+
+std::string FileStorage::NewFile::read_path() const { return "/proc/self/fd/" + std::to_string(fd_); }
+
+void FileStorage::NewFile::write(const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  if (buffer_.empty() && size >= kNewFileBuffer) {
+    write_out(p, size);
+    return;
+  }
+  buffer_.insert(buffer_.end(), p, p + size);
+  size_ += size;
+  if (buffer_.size() >= kNewFileBuffer) {
+    const size_t n = buffer_.size();
+    size_ -= n;  // write_out counts them
+    write_out(buffer_.data(), n);
+    buffer_.clear();
+  }
+}
+
+void FileStorage::NewFile::flush() {
+  if (buffer_.empty()) return;
+  const size_t n = buffer_.size();
+  size_ -= n;
+  write_out(buffer_.data(), n);
+  buffer_.clear();
+}
+
+void FileStorage::NewFile::write_out(const char* data, size_t size) {
+  const uint64_t start = written_;
+  for (size_t done = 0; done < size;) {
+    const ssize_t n = ::write(fd_, data + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      size_ += done;
+      written_ += done;
+      throw StorageError("storage: cannot write " + (temp_path_.empty() ? std::string("new file") : temp_path_) +
+                         ": " + std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  written_ += size;
+  size_ += size;
+  // Start writing these pages to the disk now, while the rest is still
+  // arriving; the fsync in sync() then waits only for what came last.
+  if (kick_writeback_) sync_file_range(fd_, static_cast<off_t>(start), static_cast<off_t>(size), SYNC_FILE_RANGE_WRITE);
+}
+
+std::unique_ptr<FileStorage::NewFile> FileStorage::create_file() {
+  std::unique_ptr<NewFile> file(new NewFile());
+  file->kick_writeback_ = fsync_;
+  const std::string dir = root_ + "/tmp";
+  int fd = open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+  if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL || errno == ENOENT)) {
+    // No O_TMPFILE on this file system: a named temporary of this node.
+    file->temp_path_ = dir + "/" + temp_name();
+    fd = open(file->temp_path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  }
+  if (fd < 0) throw StorageError("storage: cannot create a file in " + dir + ": " + errno_text());
+  file->fd_ = fd;
+  file->buffer_.reserve(4 * kNewFileBuffer);
+  return file;
+}
+
+void FileStorage::link(NewFile& file, const std::string& relpath) {
+  check_relpath(relpath);
+  if (file.named_) throw StorageError("storage: " + relpath + ": file already named");
+  file.flush();
+  const auto slash = relpath.rfind('/');
+  if (slash != std::string::npos) ensure_directory(relpath.substr(0, slash));
+  const std::string final_path = root_ + "/" + relpath;
+  if (file.temp_path_.empty()) {
+    const std::string proc = file.read_path();
+    int rc = linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, final_path.c_str(), AT_SYMLINK_FOLLOW);
+    if (rc != 0 && errno == ENOENT)  // no /proc: needs CAP_DAC_READ_SEARCH
+      rc = linkat(file.fd_, "", AT_FDCWD, final_path.c_str(), AT_EMPTY_PATH);
+    if (rc == 0) {
+      file.named_ = true;
+      file.relpath_ = relpath;
+      return;
+    }
+    if (errno != EEXIST) throw StorageError("storage: cannot link into " + final_path + ": " + errno_text());
+    // A file is already there (a resend). It may have been acknowledged: replace
+    // it only by complete data, through a name of ours in tmp/ and a rename.
+    if (fsync_) fsync_fd(file.fd_, "new file for " + final_path);
+    file.temp_path_ = root_ + "/tmp/" + temp_name();
+    if (linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, file.temp_path_.c_str(), AT_SYMLINK_FOLLOW) != 0 &&
+        linkat(file.fd_, "", AT_FDCWD, file.temp_path_.c_str(), AT_EMPTY_PATH) != 0) {
+      const std::string err = errno_text();
+      file.temp_path_.clear();
+      throw StorageError("storage: cannot link into " + root_ + "/tmp: " + err);
+    }
+    file.replaced_ = true;
+  } else if (access(final_path.c_str(), F_OK) == 0) {
+    if (fsync_) fsync_fd(file.fd_, file.temp_path_);
+    file.replaced_ = true;
+  }
+  if (rename(file.temp_path_.c_str(), final_path.c_str()) != 0)
     throw StorageError("storage: cannot rename into " + final_path + ": " + errno_text());
-  sync_directory(dir.empty() ? root_ : root_ + "/" + dir);
+  file.temp_path_.clear();
+  file.named_ = true;
+  file.relpath_ = relpath;
+}
+
+void FileStorage::sync(NewFile& file) {
+  if (!file.named_) throw StorageError("storage: sync of a file without a name");
+  if (!fsync_) return;
+  fsync_fd(file.fd_, root_ + "/" + file.relpath_);
+  const auto slash = file.relpath_.rfind('/');
+  sync_directory(slash == std::string::npos ? root_ : root_ + "/" + file.relpath_.substr(0, slash));
+}
+
+void FileStorage::unlink_file(NewFile& file) {
+  if (!file.named_) return;
+  unlink((root_ + "/" + file.relpath_).c_str());
+  file.named_ = false;
 }
 
 void FileStorage::sync_directory(const std::string& abspath) {
@@ -192,8 +313,6 @@ void FileStorage::sync_directory(const std::string& abspath) {
   if (--d.waiters == 0 && !d.running) dir_syncs_.erase(abspath);
   if (failed) throw StorageError(error);
 }
-
-void FileStorage::discard(const StagedFile& staged) { unlink(staged.temp_path.c_str()); }
 
 uint64_t FileStorage::free_bytes() const {
   struct statvfs s{};

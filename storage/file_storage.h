@@ -1,7 +1,10 @@
-// Durable files under storage.path. Every file is written to a temporary file
-// on the same volume, fsynced, renamed into place and its directory fsynced, so
-// that after a crash a file either exists complete under its final name or not
-// at all. Paths handed out and stored in the database are relative to the root.
+// Durable files under storage.path. write_durably() (SRs, presentation states)
+// writes a temporary file on the same volume, fsyncs it, renames it into place
+// and fsyncs the directory, so that after a crash a file either exists
+// complete under its final name or not at all. Received instances take the
+// faster NewFile path below (one sync for data and name; the database row is
+// the commit point). Paths handed out and stored in the database are relative
+// to the root.
 //
 // Several nodes may share one storage volume. Each FileStorage has a node
 // identity (host, pid, start time) that names its temporaries
@@ -13,6 +16,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <cstdint>
 #include <functional>
@@ -52,17 +56,54 @@ class FileStorage {
   // file atomically. Returns the file size.
   uint64_t write_durably(const std::string& relpath, const std::function<void(const std::string&)>& write);
 
-  // The same in two steps, so that a caller can overlap other durable work
-  // (the database commit) with the fsyncs: stage() writes the temporary file,
-  // publish() fsyncs it, renames it into place and fsyncs the directory.
-  struct StagedFile {
-    std::string relpath;
-    std::string temp_path;
-    uint64_t size = 0;
+  // A file written as its data arrives, for instances (the receive path):
+  // an unnamed file (O_TMPFILE) on the storage volume, so that a crash before
+  // it is named leaves nothing at all. Writeback of each full buffer starts at
+  // once (sync_file_range), so the final sync waits only for the tail. Where
+  // the file system has no O_TMPFILE, a named temporary in tmp/ stands in.
+  // Destroyed without link(): the data is gone.
+  class NewFile {
+   public:
+    ~NewFile();
+    NewFile(const NewFile&) = delete;
+    NewFile& operator=(const NewFile&) = delete;
+    // Throws StorageError naming the file and the cause (e.g. No space left on device).
+    void write(const void* data, size_t size);
+    // Everything written so far reaches the file (before it is read back or named).
+    void flush();
+    uint64_t size() const { return size_; }
+    // A path this process can open the (possibly unnamed) file by, for reading it back.
+    std::string read_path() const;
+    bool named() const { return named_; }
+    // link() replaced a file that was already there (a resend).
+    bool replaced() const { return replaced_; }
+
+   private:
+    friend class FileStorage;
+    NewFile() = default;
+    void write_out(const char* data, size_t size);
+    int fd_ = -1;
+    std::string temp_path_;  // only for the named fallback
+    std::string relpath_;    // once linked
+    bool named_ = false;
+    bool replaced_ = false;  // link() replaced an existing file
+    bool kick_writeback_ = true;
+    uint64_t size_ = 0, written_ = 0;
+    std::vector<char> buffer_;
   };
-  StagedFile stage(const std::string& relpath, const std::function<void(const std::string&)>& write);
-  void publish(const StagedFile& staged);
-  void discard(const StagedFile& staged);
+  std::unique_ptr<NewFile> create_file();
+  // Gives the file its final name. A new name: the data and the name become
+  // durable together in sync(), so a crash before that may leave the name
+  // with part of the data (never acknowledged; reconciliation checks such a
+  // file before indexing it). An existing file under that name (a resend) is
+  // replaced atomically and only by complete, synced data: the file it
+  // replaces may have been acknowledged.
+  void link(NewFile& file, const std::string& relpath);
+  // fsync of the file (data, and on journalling file systems its new name in
+  // the same commit) and of its directory (shared with concurrent publishers).
+  void sync(NewFile& file);
+  // Removes the name link() gave (a failed sync or a refused instance).
+  void unlink_file(NewFile& file);
 
   // Bytes available to unprivileged users on the storage volume.
   uint64_t free_bytes() const;

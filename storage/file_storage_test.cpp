@@ -102,9 +102,75 @@ TEST(FileStorage, OnlyTemporariesOfNodesThatAreGoneAreRemoved) {
 TEST(FileStorage, TemporariesCarryTheNodeIdentity) {
   FileStorage s(temp_root());
   EXPECT_NE(s.node_id().find("-" + std::to_string(getpid()) + "-"), std::string::npos) << s.node_id();
-  auto staged = s.stage("instances/1/2/3.dcm", [](const std::string& tmp) { std::ofstream(tmp) << "x"; });
-  EXPECT_EQ(fs::path(staged.temp_path).filename().string().rfind(s.node_id() + ".", 0), 0u) << staged.temp_path;
-  s.discard(staged);
+  s.write_durably("instances/1/2/3.dcm", [&](const std::string& tmp) {
+    EXPECT_EQ(fs::path(tmp).filename().string().rfind(s.node_id() + ".", 0), 0u) << tmp;
+    std::ofstream(tmp) << "x";
+  });
+}
+
+namespace {
+// Every name under the storage root except the node's lock (what a crash would leave).
+std::vector<std::string> names_under(const std::string& root) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(root))
+    if (e.is_regular_file() && e.path().parent_path().filename() != "nodes") out.push_back(e.path().string());
+  return out;
+}
+}  // namespace
+
+TEST(FileStorage, NewFileHasNoNameUntilLinkedAndIsCompleteAfterSync) {
+  FileStorage s(temp_root());
+  const std::string rel = FileStorage::instance_path("1.2", "1.2.3", "1.2.3.4");
+  auto file = s.create_file();
+  std::string expected;
+  for (int i = 0; i < 40; ++i) {  // pieces of several sizes, some past the buffer
+    const std::string piece(static_cast<size_t>(i) * 7001 + 3, static_cast<char>('a' + i % 26));
+    file->write(piece.data(), piece.size());
+    expected += piece;
+  }
+  EXPECT_EQ(file->size(), expected.size());
+  EXPECT_TRUE(names_under(s.root()).empty()) << "an unlinked file is visible: " << names_under(s.root()).front();
+  s.link(*file, rel);
+  s.sync(*file);
+  EXPECT_TRUE(file->named());
+  EXPECT_FALSE(file->replaced());
+  file.reset();
+  EXPECT_EQ(read_all(s.absolute(rel)), expected);
+  EXPECT_EQ(names_under(s.root()), std::vector<std::string>{s.absolute(rel)});
+}
+
+TEST(FileStorage, NewFileDroppedBeforeLinkLeavesNothing) {
+  FileStorage s(temp_root());
+  {
+    auto file = s.create_file();
+    file->write("half", 4);
+    file->flush();
+  }
+  EXPECT_TRUE(names_under(s.root()).empty());
+  EXPECT_TRUE(s.list_instance_files().empty());
+}
+
+TEST(FileStorage, NewFileReplacesAnExistingOneWholeAndUnlinkRemovesANewName) {
+  FileStorage s(temp_root());
+  const std::string rel = FileStorage::instance_path("1.2", "1.2.3", "1.2.3.5");
+  s.write_durably(rel, [](const std::string& tmp) { std::ofstream(tmp) << "acknowledged earlier"; });
+  auto again = s.create_file();
+  again->write("sent again", 10);
+  s.link(*again, rel);
+  EXPECT_TRUE(again->replaced());
+  s.sync(*again);
+  again.reset();
+  EXPECT_EQ(read_all(s.absolute(rel)), "sent again");
+  EXPECT_TRUE(fs::is_empty(s.root() + "/tmp"));
+
+  const std::string other = FileStorage::instance_path("1.2", "1.2.3", "1.2.3.6");
+  auto refused = s.create_file();
+  refused->write("x", 1);
+  s.link(*refused, other);
+  s.unlink_file(*refused);
+  refused.reset();
+  EXPECT_FALSE(fs::exists(s.absolute(other)));
+  EXPECT_THROW(s.link(*s.create_file(), "../outside.dcm"), StorageError);
 }
 
 TEST(FileStorage, WalkYieldsPathsInByteOrder) {

@@ -376,15 +376,27 @@ TEST(Ingest, RestartIndexesFilesCommittedToDiskButNotToTheDatabase) {
   s.start();
   EXPECT_EQ(s.terminate(), 0);
   // As if the process died between rename and commit: the file is there, no row.
-  auto made = firstread::testing::make_instances(kCtSmall, s.dir() + "/orphans", 1);
+  auto made = firstread::testing::make_instances(kCtSmall, s.dir() + "/orphans", 3, 256);
   DcmFileFormat f;
   ASSERT_TRUE(f.loadFile(made[0].first.c_str()).good());
   OFString study, series;
   f.getDataset()->findAndGetOFString(DCM_StudyInstanceUID, study);
   f.getDataset()->findAndGetOFString(DCM_SeriesInstanceUID, series);
-  const std::string rel = "instances/" + std::string(study.c_str()) + "/" + series.c_str() + "/" + made[0].second + ".dcm";
+  auto rel_of = [&](int i) {
+    return "instances/" + std::string(study.c_str()) + "/" + series.c_str() + "/" + made[i].second + ".dcm";
+  };
+  const std::string rel = rel_of(0);
   fs::create_directories(fs::path(s.storage() + "/" + rel).parent_path());
   fs::copy_file(made[0].first, s.storage() + "/" + rel);
+  // As if the power went after the name was written but before the data was:
+  // one file cut inside its pixel data, one cut where the pixel data starts.
+  // Neither was acknowledged; neither may be indexed.
+  fs::copy_file(made[1].first, s.storage() + "/" + rel_of(1));
+  fs::resize_file(s.storage() + "/" + rel_of(1), fs::file_size(made[1].first) / 2);
+  DcmFileFormat cut;
+  ASSERT_TRUE(cut.loadFile(made[2].first.c_str()).good());
+  cut.getDataset()->findAndDeleteElement(DCM_PixelData);
+  ASSERT_TRUE(cut.saveFile((s.storage() + "/" + rel_of(2)).c_str(), EXS_LittleEndianExplicit).good());
   // A temporary of a node that crashed (its lock file is free) and one of the
   // older naming, two hours old.
   std::ofstream(s.storage() + "/nodes/crashed-1-1.lock") << "";
@@ -402,6 +414,10 @@ TEST(Ingest, RestartIndexesFilesCommittedToDiskButNotToTheDatabase) {
   auto rows = t.exec_params("SELECT file_path FROM api.instances WHERE sop_instance_uid = $1", made[0].second);
   ASSERT_EQ(rows.size(), 1u) << s.log();
   EXPECT_EQ(std::string(rows[0][0].c_str()), rel);
+  EXPECT_NE(s.log().find("reconcile: 1 files indexed, 2 unreadable"), std::string::npos) << s.log();
+  for (int cut_one : {1, 2})
+    EXPECT_EQ(t.exec_params("SELECT 1 FROM api.instances WHERE sop_instance_uid = $1", made[cut_one].second).size(), 0u)
+        << "an incomplete file was indexed: " << rel_of(cut_one) << "\n" << s.log();
   EXPECT_FALSE(fs::exists(s.storage() + "/tmp/999-1-1.part"));
   EXPECT_FALSE(fs::exists(s.storage() + "/tmp/crashed-1-1.0.part"));
   EXPECT_FALSE(fs::exists(s.storage() + "/nodes/crashed-1-1.lock"));

@@ -180,6 +180,15 @@ TEST(Node, IdleConnectionsAndAStalledRequestBlockNoOtherSender) {
   EXPECT_EQ(log.find("closed a connection"), std::string::npos) << "no limit should have applied:\n" << log;
 }
 
+// One sample `name value` of the service's /metrics (Prometheus text), or -1.
+static double scraped(const std::string& series) {
+  const auto r = run("curl -s http://127.0.0.1:" + std::to_string(firstread::testing::test_port(2)) + "/metrics");
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);)
+    if (line.compare(0, series.size() + 1, series + " ") == 0) return std::stod(line.substr(series.size() + 1));
+  return -1;
+}
+
 TEST(Node, ConnectionLimitsApplyBeforeAnyByteIsRead) {
   FirstreadService s("", "  max_associations: 2\n  max_pending_associations: 3\n  max_associations_per_host: 2\n");
   s.start();
@@ -233,9 +242,13 @@ TEST(Node, ConnectionLimitsApplyBeforeAnyByteIsRead) {
                          "(dicom.max_pending_associations)"),
             std::string::npos)
       << s.log();
+  // Both closures and the connections still negotiating are in /metrics.
+  EXPECT_EQ(scraped("firstread_dicom_associations_negotiating"), 3);
+  EXPECT_EQ(scraped("firstread_dicom_connections_closed_over_limit_total"), 2);
   for (int fd : pending) close(fd);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_TRUE(s.echo()) << "slots of closed connections must be given back\n" << s.log();
+  EXPECT_EQ(scraped("firstread_dicom_associations_negotiating"), 0);
 }
 
 TEST(Node, APeerThatNeverCompletesItsRequestIsClosedAtItsDeadline) {
