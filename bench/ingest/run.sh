@@ -3,8 +3,8 @@
 # TCP_NODELAY=1) to firstread (fsync + PostgreSQL index on) and to DCMTK's own
 # storescp writing to the same disk, in the same run; then the same with 4
 # storescu processes in parallel. Prints instances/s for both and the ratio.
-# Each sender count is measured REPEATS times (default 3), alternating which
-# receiver goes first; the load average is printed before and after, since the
+# Each sender count is measured REPEATS times (default 3), each time with a
+# fresh study of COUNT new instances, alternating which receiver goes first; the load average is printed before and after, since the
 # machine may be shared.
 # Usage: [REPEATS=N] bench/ingest/run.sh [COUNT]   (run scripts/setup first)
 set -euo pipefail
@@ -15,7 +15,14 @@ work="$(mktemp -d /tmp/firstread-bench-XXXXXX)"
 chmod 755 "$work"
 trap 'cp $work/firstread.log /tmp/bench-fr.log 2>/dev/null; kill $(jobs -p) 2>/dev/null || true; "$build/app/firstread" db stop --config "$work/firstread.yaml" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
-"$build/bench/ingest/bench_make_instances" /usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm "$work/data" "$count" >/dev/null
+# A fresh study (new UIDs) for every timed run: what a site receives is new
+# instances; a resend of stored ones takes the slower replace path.
+make_data() {
+  rm -rf "$work/data"
+  "$build/bench/ingest/bench_make_instances" /usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm \
+    "$work/data" "$count" >/dev/null
+}
+make_data
 size_kb=$(du -k "$work/data/0.dcm" | cut -f1)
 
 fr_port=$((42000 + RANDOM % 1000)); scp_port=$((fr_port + 1000))
@@ -37,11 +44,11 @@ for i in $(seq 1 300); do
 done
 
 export TCP_NODELAY=1
-files=("$work"/data/*.dcm)
 
 # send TARGET_AE PORT PROCESSES -> elapsed seconds
 send() {
   local ae=$1 port=$2 procs=$3 start end
+  local files=("$work"/data/*.dcm)
   start=$(date +%s.%N)
   for ((p = 0; p < procs; p++)); do
     local part=()
@@ -61,6 +68,8 @@ for procs in 1 4; do
   ratios=()
   for ((rep = 1; rep <= repeats; rep++)); do
     rm -rf "$work/storescp"/*
+    make_data
+    sync
     # Alternate which receiver goes first, so that a drift in the machine's
     # load does not always favour the same one.
     if ((rep % 2)); then
@@ -78,6 +87,6 @@ for procs in 1 4; do
     "$(printf "%s\n" "${ratios[@]}" | sort -g | head -1)" "$(printf "%s\n" "${ratios[@]}" | sort -g | tail -1)"
 done
 echo "load after: $(uptime)"
-indexed=$("$build/app/firstread" studies --json --config "$work/firstread.yaml" | grep -o '"instance_count": [0-9]*' | grep -o '[0-9]*$')
-echo "instances indexed by firstread: $indexed (expected $count; each instance was sent $((2 * repeats)) times, resends are idempotent)"
+indexed=$("$build/app/firstread" studies --all --json --config "$work/firstread.yaml" | grep -o '"instance_count": [0-9]*' | grep -o '[0-9]*$' | paste -sd+ | bc)
+echo "instances indexed by firstread: $indexed (expected $((2 * repeats * count)): a new study of $count per run)"
 echo "target: firstread >= 0.8x storescp"
