@@ -274,18 +274,19 @@ scp::StoreResult InstanceIngest::commit(storage::FileStorage::NewFile& file, db:
   const auto t0 = std::chrono::steady_clock::now();
   try {
     file.flush();
-    record.file_size = static_cast<int64_t>(file.size());
-    storage_.link(file, record.file_path);
   } catch (const std::exception& e) {
     return storage_failure(record.sop_instance_uid, peer, e.what());
   }
-  // The fsync of the file and its directory and the database commit each wait
-  // on the disk; they run at the same time and Success is answered only when
-  // both are durable. A failure of either answers a failure status; what the
-  // other left behind is repaired here or by start-up reconciliation.
+  record.file_size = static_cast<int64_t>(file.size());
+  // Naming the file and its fsyncs, and the database commit, each wait on the
+  // disk; they run at the same time (the commit is the longer one) and
+  // Success is answered only when both are durable. A failure of either
+  // answers a failure status; what the other left behind is repaired here or
+  // by start-up reconciliation.
   auto commit_row = std::async(std::launch::async, [&] { return index_.record(record); });
   std::string file_error;
   try {
+    storage_.link(file, record.file_path);
     storage_.sync(file);
   } catch (const std::exception& e) {
     file_error = e.what();

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -268,9 +269,20 @@ void FileStorage::link(NewFile& file, const std::string& relpath) {
 void FileStorage::sync(NewFile& file) {
   if (!file.named_) throw StorageError("storage: sync of a file without a name");
   if (!fsync_) return;
-  fsync_fd(file.fd_, root_ + "/" + file.relpath_);
   const auto slash = file.relpath_.rfind('/');
-  sync_directory(slash == std::string::npos ? root_ : root_ + "/" + file.relpath_.substr(0, slash));
+  const std::string dir = slash == std::string::npos ? root_ : root_ + "/" + file.relpath_.substr(0, slash);
+  // Both at once: without a journal (as on this project's test machines) the
+  // file's fsync does not carry its new name, and the two writes and cache
+  // flushes overlap instead of queueing one behind the other.
+  auto directory = std::async(std::launch::async, [&] { sync_directory(dir); });
+  std::string file_error;
+  try {
+    fsync_fd(file.fd_, root_ + "/" + file.relpath_);
+  } catch (const std::exception& e) {
+    file_error = e.what();
+  }
+  directory.get();
+  if (!file_error.empty()) throw StorageError(file_error);
 }
 
 void FileStorage::unlink_file(NewFile& file) {
