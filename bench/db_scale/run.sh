@@ -51,7 +51,7 @@ dicom_port=$((30000 + $$ % 2000))
 export TCP_NODELAY=1
 serve_once() {  # DATABASE LABEL
   cfg="$work/serve-$2.yaml"
-  rm -rf "$work/var-$2" "$work/data"
+  rm -rf "$work/var-$2" "$work/instances"
   cat > "$cfg" <<YAML
 database: {url: "host=$work port=$port user=postgres dbname=$1"}
 storage: {path: $work/var-$2, min_free_bytes: 1MiB}
@@ -61,8 +61,8 @@ worklist: {stable_seconds: 3600}
 log: {level: info}
 YAML
   "$build/bench/ingest/bench_make_instances" /usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm \
-    "$work/data" "$count" >/dev/null
-  "$build/app/firstread" db migrate --config "$cfg" >/dev/null 2>&1
+    "$work/instances" "$count" >/dev/null
+  "$build/app/firstread" db migrate --config "$cfg" >/dev/null
   sync
   t0=$(date +%s.%N)
   "$build/app/firstread" serve --config "$cfg" > "$work/serve-$2.log" 2>&1 &
@@ -81,7 +81,7 @@ YAML
   done
   reconcile=$(grep -o 'removed ([0-9.]* s)' "$work/serve-$2.log" | grep -o '[0-9.]*' | head -1)
   t2=$(date +%s.%N)
-  storescu -aec FIRSTREAD 127.0.0.1 "$dicom_port" "$work"/data/*.dcm
+  storescu -aec FIRSTREAD 127.0.0.1 "$dicom_port" "$work"/instances/*.dcm
   t3=$(date +%s.%N)
   hwm=$(awk '/VmHWM/ {print int($2 / 1024)}' /proc/$pid/status)
   kill -TERM $pid; wait $pid || true
