@@ -193,6 +193,12 @@ static double pil_bicubic(double x) {
   return 0.0;
 }
 
+// Pillow's bilinear (triangle) filter, support 1 scaled likewise.
+static double pil_bilinear(double x) {
+  x = std::fabs(x);
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
 static constexpr int kPrecisionBits = 32 - 8 - 2;
 
 struct ResampleCoeffs {
@@ -201,11 +207,12 @@ struct ResampleCoeffs {
   std::vector<int32_t> k;   // fixed-point coefficients
 };
 
-static ResampleCoeffs precompute_coeffs(int in_size, int out_size) {
+static ResampleCoeffs precompute_coeffs(int in_size, int out_size, PilFilter filter) {
   const double in0 = 0.0, in1 = in_size;
   const double scale = (in1 - in0) / out_size;
   const double filterscale = scale < 1.0 ? 1.0 : scale;
-  const double support = 2.0 * filterscale;
+  double (*const kernel)(double) = filter == PilFilter::Bilinear ? pil_bilinear : pil_bicubic;
+  const double support = (filter == PilFilter::Bilinear ? 1.0 : 2.0) * filterscale;
   ResampleCoeffs c;
   c.ksize = int(std::ceil(support)) * 2 + 1;
   c.bounds.resize(size_t(out_size) * 2);
@@ -221,7 +228,7 @@ static ResampleCoeffs precompute_coeffs(int in_size, int out_size) {
     xmax -= xmin;
     double ww = 0.0;
     for (int x = 0; x < xmax; ++x) {
-      const double w = pil_bicubic((x + xmin - center + 0.5) * ss);
+      const double w = kernel((x + xmin - center + 0.5) * ss);
       kk[size_t(x)] = w;
       ww += w;
     }
@@ -243,12 +250,16 @@ static inline uint8_t clip8(int64_t v) {
 }
 
 RgbImage resize_bicubic_pil(const RgbImage& in, int out_w, int out_h) {
+  return resize_pil(in, out_w, out_h, PilFilter::Bicubic);
+}
+
+RgbImage resize_pil(const RgbImage& in, int out_w, int out_h, PilFilter filter) {
   check_dims(in.width, in.height, "resize input");
   check_dims(out_w, out_h, "resize output");
   if (out_w == in.width && out_h == in.height) return in;  // PIL returns a copy
   RgbImage cur = in;
   if (out_w != cur.width) {  // horizontal pass first, as ImagingResampleInner
-    ResampleCoeffs c = precompute_coeffs(cur.width, out_w);
+    ResampleCoeffs c = precompute_coeffs(cur.width, out_w, filter);
     RgbImage t;
     t.width = out_w;
     t.height = cur.height;
@@ -269,7 +280,7 @@ RgbImage resize_bicubic_pil(const RgbImage& in, int out_w, int out_h) {
     cur = std::move(t);
   }
   if (out_h != cur.height) {
-    ResampleCoeffs c = precompute_coeffs(cur.height, out_h);
+    ResampleCoeffs c = precompute_coeffs(cur.height, out_h, filter);
     RgbImage t;
     t.width = cur.width;
     t.height = out_h;

@@ -26,6 +26,9 @@ RgbImage image_from_rgb8(const uint8_t* rgb, int width, int height);  // copies 
 // Resize exactly as PIL's Image.resize(..., BICUBIC) on an RGB image
 // (separable, antialiased support when shrinking, 8-bit fixed-point passes).
 RgbImage resize_bicubic_pil(const RgbImage& in, int out_w, int out_h);
+// The same for PIL's BILINEAR (resample=2, what ViTImageProcessor uses by default) or BICUBIC (3).
+enum class PilFilter { Bilinear, Bicubic };
+RgbImage resize_pil(const RgbImage& in, int out_w, int out_h, PilFilter filter);
 // An 8-bit RGB PNG of the image, in memory (what a remote model server is sent).
 std::string encode_png(const RgbImage& img);
 

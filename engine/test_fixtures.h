@@ -15,6 +15,11 @@ std::string fixture_root();
 // like the published checkpoint; generated once per build directory (about
 // 3 GB, a few minutes). Returns the model directory.
 std::string seed_replica_dir();
+// A random ViTForImageClassification directory made by
+// tools/reference/vit_classifier_ref.py make <args> (with its reference
+// outputs beside the model), under <fixture dir>-vit/<name>; generated once per
+// build directory and argument list.
+std::string vit_classifier_fixture(const std::string& name, const std::string& args);
 std::vector<float> read_f32(const std::string& path);
 bool run_command(const std::string& cmd, std::string* output = nullptr);
 
