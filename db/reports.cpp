@@ -53,15 +53,16 @@ CommittedReport Reports::commit(const NewReport& report, const std::vector<NewFi
   auto r = txn.exec_params1(
       "INSERT INTO firstread.reports (study_uid, job_id, route, model, model_version, language, text,"
       " sr_sop_instance_uid, sr_series_instance_uid, sr_file_path, supersedes_report_id, latency_ms,"
-      " decode_ms, inference_ms, sr_ms, db_ms, backend, served_model, prompt_tokens, completion_tokens, truncated)"
+      " decode_ms, inference_ms, sr_ms, db_ms, backend, served_model, prompt_tokens, completion_tokens, truncated,"
+      " prompt, gsco)"
       " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULLIF($11, 0),"
       "  extract(epoch FROM clock_timestamp() - s.last_received_at) * 1000, $12, $13, $14, $15,"
-      "  $16, NULLIF($17, ''), $18, $19, $20"
+      "  $16, NULLIF($17, ''), $18, $19, $20, NULLIF($21, ''), NULLIF($22, '')::jsonb"
       " FROM firstread.studies s WHERE s.study_uid = $1 RETURNING report_id, latency_ms",
       report.study_uid, job.job_id, report.route, report.model, report.model_version, report.language, report.text,
       report.sr_sop_instance_uid, report.sr_series_instance_uid, report.sr_file_path, report.supersedes_report_id,
       report.decode_ms, report.inference_ms, report.sr_ms, out.db_ms, report.backend, report.served_model,
-      report.prompt_tokens, report.completion_tokens, report.truncated);
+      report.prompt_tokens, report.completion_tokens, report.truncated, report.prompt, report.gsco);
   out.report_id = r[0].as<int64_t>();
   out.latency_ms = r[1].as<double>();
   for (const auto& f : findings) {

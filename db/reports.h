@@ -39,6 +39,10 @@ struct NewReport {
   std::string backend = "local", served_model;
   int prompt_tokens = 0, completion_tokens = 0;
   bool truncated = false;
+  // GSCo (issue 15): the prompt as assembled for the generalist (empty: the
+  // route's own) and, as JSON text, what the specialists said and how many
+  // cases were retrieved (empty: GSCo off).
+  std::string prompt, gsco;
 };
 
 struct NewFinding {
