@@ -13,5 +13,9 @@ int run_jobs(const Args& args);
 int run_results(const Args& args);
 int run_reprocess(const Args& args);
 int run_token_create(const Args& args);  // token_command.cpp
+// GSCo case library (issue 15), app/case_commands.cpp
+int run_cases_import(const Args& args);
+int run_cases_list(const Args& args);
+int run_confirm(const Args& args);
 
 }  // namespace firstread::app

@@ -22,6 +22,9 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -48,6 +51,19 @@ struct HttpApiOptions {
 // <storage_path>/audit.log.
 HttpApiOptions http_api_options(const config::HttpConfig& http, const std::string& storage_path);
 
+// POST /api/v1/reports/{id}/confirm (GSCo, issue 15): adds the report's
+// images to the case library with the labels; returns the answer's JSON.
+// Throws ConfirmRefused for input the caller must change (nothing written).
+using ConfirmReport = std::function<nlohmann::json(int64_t report_id, const std::vector<std::string>& labels)>;
+class ConfirmRefused : public std::runtime_error {
+ public:
+  ConfirmRefused(unsigned status, const std::string& message) : std::runtime_error(message), status_(status) {}
+  unsigned status() const { return status_; }
+
+ private:
+  unsigned status_;
+};
+
 class HttpApi {
  public:
   // models_status: "" when the models are loaded, else the reason (for
@@ -67,6 +83,8 @@ class HttpApi {
   void stop();
 
   int port() const { return bound_port_; }  // the bound port, after start()
+  // Before start(): what POST /api/v1/reports/{id}/confirm runs (else it answers 503).
+  void set_confirm_report(ConfirmReport fn);
 
   struct Impl;
 

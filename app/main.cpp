@@ -61,6 +61,7 @@ struct CommandLine {
   Args args;
   CLI::App *serve, *db, *db_migrate, *db_stop, *studies, *jobs, *results, *reprocess, *version;
   CLI::App *token, *token_create;
+  CLI::App *cases = nullptr, *cases_import = nullptr, *cases_list = nullptr, *confirm = nullptr;  // GSCo (issue 15)
 
   CommandLine() {
     app.footer(kFooter);
@@ -105,6 +106,9 @@ struct CommandLine {
     add_config(reprocess, args);
 
     version = app.add_subcommand("version", "print the version");
+#ifdef FIRSTREAD_HAVE_PIPELINE
+    add_case_library_commands();
+#endif
 
     token = app.add_subcommand("token", "HTTP access tokens (http.users)");
     token->require_subcommand(0, 1);
@@ -122,6 +126,33 @@ struct CommandLine {
     app.add_subcommand("tokenize", "the ids a model's tokenizer gives (see firstread tokenize --help)");
     app.add_subcommand("model", "model plan DIR: memory a model needs before loading it (see firstread model plan --help)");
 #endif
+  }
+
+  // The GSCo case library (issue 15): cases import / cases list / confirm.
+  void add_case_library_commands() {
+    cases = app.add_subcommand("cases", "the GSCo case library that similar-case retrieval searches (api.cases)");
+    cases->require_subcommand(0, 1);
+    cases_import = cases->add_subcommand("import", "add labelled DICOM or PNG files to the case library");
+    add_positional(cases_import, args, "DIR", "directory holding the files labels.csv names")->required();
+    add_value(cases_import, args, "--labels", "CSV", "labels.csv: file,label[;label...] per line")->required();
+    add_value(cases_import, args, "--specialist", "NAME", "the specialist (configuration's specialists) whose feature is kept")
+        ->required();
+    add_config(cases_import, args);
+    add_json(cases_import, args);
+    cases_list = cases->add_subcommand("list", "the library's cases, newest first (api.cases)");
+    add_value(cases_list, args, "--specialist", "NAME", "only this specialist's cases");
+    add_config(cases_list, args);
+    add_json(cases_list, args);
+    confirm = app.add_subcommand("confirm", "a radiologist's labels for a report: its images join the case library");
+    confirm
+        ->add_option_function<std::vector<std::string>>(
+            "REPORT_ID",
+            [this](const std::vector<std::string>& values) { args.items.insert(args.items.end(), values.begin(), values.end()); },
+            "the report (api.reports.report_id), then at least one label: REPORT_ID LABEL...")
+        ->expected(2, -1)
+        ->required();
+    add_config(confirm, args);
+    add_json(confirm, args);
   }
 
   // The chosen subcommand's name for messages ("db migrate", "studies", ...).
@@ -156,6 +187,15 @@ int run_chosen(CommandLine& cl) {
     std::cerr << "firstread token: a subcommand is required: create (see firstread token --help)\n";
     return 2;
   }
+#ifdef FIRSTREAD_HAVE_PIPELINE
+  if (cl.cases_import && cl.cases_import->parsed()) return run_cases_import(cl.args);
+  if (cl.cases_list && cl.cases_list->parsed()) return run_cases_list(cl.args);
+  if (cl.cases && cl.cases->parsed()) {
+    std::cerr << "usage: firstread cases import DIR --labels labels.csv --specialist NAME | firstread cases list\n";
+    return 2;
+  }
+  if (cl.confirm && cl.confirm->parsed()) return run_confirm(cl.args);
+#endif
   std::cerr << "firstread: a command is required (see firstread --help)\n";
   return 2;
 }

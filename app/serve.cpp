@@ -27,6 +27,7 @@
 #include "reports/export_outbox.h"
 #ifdef FIRSTREAD_HAVE_PIPELINE
 #include "engine/kernels.h"
+#include "pipeline/case_library.h"
 #include "pipeline/model_registry.h"
 #include "pipeline/study_processor.h"
 #include "pipeline/worker_pool.h"
@@ -34,6 +35,8 @@
 
 namespace firstread::app {
 namespace {
+
+using json = nlohmann::json;
 
 scp::ServerOptions server_options(const config::Config& c) {
   scp::ServerOptions o;
@@ -63,6 +66,50 @@ std::string human_bytes(uint64_t b) {
   snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1024.0 * 1024.0));
   return buf;
 }
+
+#ifdef FIRSTREAD_HAVE_PIPELINE
+// At start-up (GSCo, issue 15): load every specialist a route names and build
+// the case index of each one that retrieval searches; a failure is reported
+// through `fail` (shown by /readyz) and its jobs fail with the same reason.
+void load_gsco(const config::Config& cfg, pipeline::Specialists& specialists, retrieval::CaseLibrary& library,
+               const std::function<void(const std::string&, const std::string&)>& fail) {
+  std::set<std::string> named, searched;
+  for (const auto& r : cfg.routes) {
+    named.insert(r.specialists.begin(), r.specialists.end());
+    if (!r.specialists.empty() && (r.gsco == config::GscoMode::rad || r.gsco == config::GscoMode::both))
+      searched.insert(r.specialists.front());
+  }
+  for (const auto& name : named) {
+    try {
+      specialists.identity(name);
+    } catch (const std::exception& e) {
+      spdlog::error("specialists: {}", e.what());
+      fail("specialist " + name, e.what());
+    }
+  }
+  for (const auto& name : searched) {
+    try {
+      const size_t n = library.sync(name);
+      spdlog::info("case library: {} cases of specialist {} indexed", n, name);
+    } catch (const std::exception& e) {
+      spdlog::error("case library: {}", e.what());
+      fail("case library " + name, e.what());
+    }
+  }
+}
+
+json confirm_as_json(int64_t report_id, const std::vector<std::string>& labels, const config::Config& cfg,
+                     db::ConnectionPool& pool, const storage::FileStorage& storage, pipeline::Specialists& specialists) {
+  try {
+    const pipeline::ConfirmResult r = pipeline::confirm_report(report_id, labels, cfg, pool, storage, specialists);
+    return json{{"report_id", r.report_id}, {"study_uid", r.study_uid}, {"route", r.route}, {"labels", r.labels},
+                {"case_ids", r.case_ids}};
+  } catch (const pipeline::CaseLibraryError& e) {
+    using Kind = pipeline::CaseLibraryError::Kind;
+    throw ConfirmRefused(e.kind() == Kind::unknown_report ? 404 : e.kind() == Kind::not_applicable ? 409 : 400, e.what());
+  }
+}
+#endif
 
 }  // namespace
 
@@ -132,7 +179,12 @@ int run_serve(const Args& args) {
 #ifdef FIRSTREAD_HAVE_PIPELINE
   pipeline::ModelRegistry models(cfg.models);
   pipeline::InferenceBackends backends(cfg.models, models);
-  pipeline::StudyProcessor processor(cfg, *rt.pool, storage, backends);
+  // GSCo (issue 15): specialists load on first use; each node's case index is
+  // rebuilt from firstread.cases and follows it by case_id.
+  pipeline::Specialists specialists(cfg.specialists);
+  retrieval::CaseLibrary case_library(*rt.pool, {cfg.case_library.flat_max, cfg.case_library.hnsw_m,
+                                                 cfg.case_library.hnsw_ef_search, cfg.case_library.hnsw_ef_construction});
+  pipeline::StudyProcessor processor(cfg, *rt.pool, storage, backends, &specialists, &case_library);
   pipeline::WorkerPool workers(role == "ingest" ? 0 : cfg.worklist.workers, cfg.worklist.lease_seconds, queue,
                                processor, conninfo);
   workers.start();
@@ -174,13 +226,18 @@ int run_serve(const Args& args) {
           model_errors[name] = e.what();
         }
       }
+      load_gsco(cfg, specialists, case_library, [&](const std::string& what, const std::string& error) {
+        std::lock_guard<std::mutex> lock(model_status_mu);
+        model_errors[what] = error;
+        routed_models.insert(what);
+      });
     });
     models_status = [&]() -> std::string {
       {
         std::lock_guard<std::mutex> lock(model_status_mu);
         for (const auto& name : routed_models) {
           if (model_errors.count(name)) return model_errors[name];
-          if (!models.loaded(name)) return "model '" + name + "' is loading";
+          if (cfg.models.count(name) && !models.loaded(name)) return "model '" + name + "' is loading";
         }
       }
       // Remote models: the server answers GET /v1/models and lists the model.
@@ -196,6 +253,11 @@ int run_serve(const Args& args) {
   spdlog::info("engine: kernels {}", http_options.kernels);
 #endif
   app::HttpApi http(http_options, *rt.pool, storage, models_status);
+#ifdef FIRSTREAD_HAVE_PIPELINE
+  http.set_confirm_report([&](int64_t report_id, const std::vector<std::string>& labels) {
+    return confirm_as_json(report_id, labels, cfg, *rt.pool, storage, specialists);
+  });
+#endif
   http.start();
 
   // Study assembly and lease expiry: a poll against the database clock, so any

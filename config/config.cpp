@@ -404,6 +404,21 @@ void check_dicom_tls_keys(const std::string& source, const YAML::Node& root, con
     if (!peer.certificate_subject.empty() && !c.dicom.tls.enabled)
       fail_at(source, root["dicom"]["allowed_peers"], "dicom.allowed_peers",
               "certificate_subject needs dicom.tls.enabled (a plain connection has no certificate)");
+// routes[].gsco / specialists / prompt_template / retrieval_k (issue 15).
+void check_gsco_route(const std::string& source, const YAML::Node& item, const std::string& rp, const std::string& gsco,
+                      Route& r) {
+  r.gsco = parse_choice<GscoMode>(source, item["gsco"] ? item["gsco"] : item, rp + ".gsco", gsco,
+                                  {{"off", GscoMode::off}, {"moed", GscoMode::moed}, {"rad", GscoMode::rad},
+                                   {"both", GscoMode::both}});
+  if (r.gsco != GscoMode::off && r.specialists.empty())
+    fail_at(source, item["gsco"], rp + ".gsco", "'" + gsco + "' needs at least one entry in specialists");
+  if (r.retrieval_k < 1 || r.retrieval_k > 1000)
+    fail_at(source, item["retrieval_k"] ? item["retrieval_k"] : item, rp + ".retrieval_k", "must be between 1 and 1000");
+  const YAML::Node at = item["prompt_template"] ? item["prompt_template"] : item;
+  if ((r.gsco == GscoMode::moed || r.gsco == GscoMode::both) && r.prompt_template.find("{moed}") == std::string::npos)
+    fail_at(source, at, rp + ".prompt_template", "must contain {moed} when gsco is " + gsco);
+  if ((r.gsco == GscoMode::rad || r.gsco == GscoMode::both) && r.prompt_template.find("{rad}") == std::string::npos)
+    fail_at(source, at, rp + ".prompt_template", "must contain {rad} when gsco is " + gsco);
 }
 
 }  // namespace
@@ -552,6 +567,11 @@ Route read_route(const YAML::Node& item, const std::string& rp, size_t i, const 
   std::string select = "each";
   s.read("select", select);
   s.read("max_images", r.max_images);
+  std::string gsco = "off";
+  s.read("specialists", r.specialists);
+  s.read("gsco", gsco);
+  s.read("prompt_template", r.prompt_template);
+  s.read("retrieval_k", r.retrieval_k);
   s.read_with("match", [&](const YAML::Node& m, const std::string& mp) {
     Section ms(m, mp, source);
     ms.read("modality", r.match.modalities);
@@ -571,6 +591,7 @@ Route read_route(const YAML::Node& item, const std::string& rp, size_t i, const 
     fail_at(source, item, rp + ".max_new_tokens", "must be between 1 and 8192");
   if (r.max_images < 1 || r.max_images > 64)
     fail_at(source, item, rp + ".max_images", "must be between 1 and 64");
+  check_gsco_route(source, item, rp, gsco, r);
   return r;
 }
 
@@ -579,6 +600,35 @@ void read_routes_section(const YAML::Node& n, const std::string& p, const std::s
   c.routes.clear();
   for (size_t i = 0; i < n.size(); ++i)
     c.routes.push_back(read_route(n[i], p + "[" + std::to_string(i) + "]", i, source));
+}
+
+// specialists.<name> (issue 15): a ViTForImageClassification directory.
+void read_specialists_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  if (!n.IsMap()) fail_at(source, n, p, "must be a mapping of specialist name to settings");
+  for (const auto& kv : n) {
+    const std::string name = kv.first.Scalar(), sp = p + "." + name;
+    SpecialistConfig sc;
+    Section s(kv.second, sp, source);
+    s.read("path", sc.path);
+    s.read("threads", sc.threads);
+    s.read("threshold", sc.threshold);
+    s.check_unknown();
+    if (sc.path.empty()) fail_at(source, kv.first, sp + ".path", "is required");
+    if (!(sc.threshold > 0 && sc.threshold < 1))
+      fail_at(source, kv.second["threshold"] ? kv.second["threshold"] : kv.second, sp + ".threshold",
+              "must be between 0 and 1 (exclusive)");
+    c.specialists[name] = sc;
+  }
+}
+
+// case_library (issue 15): the retrieval index.
+void read_case_library_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
+  Section s(n, p, source);
+  s.read("flat_max", c.case_library.flat_max);
+  s.read("hnsw_m", c.case_library.hnsw_m);
+  s.read("hnsw_ef_search", c.case_library.hnsw_ef_search);
+  s.read("hnsw_ef_construction", c.case_library.hnsw_ef_construction);
+  s.check_unknown();
 }
 
 // export.destinations[i]: one PACS (or other store) the results are sent to.
@@ -667,6 +717,10 @@ void check_value_ranges(const std::string& source, const YAML::Node& root, const
   check_range(source, root, "worklist.retry_backoff_seconds", c.worklist.retry_backoff_seconds, 0, 86400);
   check_range(source, root, "worklist.poll_seconds", c.worklist.poll_seconds, 0.05, 60);
   check_range(source, root, "export.max_attempts", c.exports.max_attempts, 1, 1000);
+  check_range(source, root, "case_library.flat_max", c.case_library.flat_max, 0, 100000000);
+  check_range(source, root, "case_library.hnsw_m", c.case_library.hnsw_m, 4, 256);
+  check_range(source, root, "case_library.hnsw_ef_search", c.case_library.hnsw_ef_search, 1, 100000);
+  check_range(source, root, "case_library.hnsw_ef_construction", c.case_library.hnsw_ef_construction, 4, 100000);
   if (c.dicom.ae_title.empty() || c.dicom.ae_title.size() > 16)
     fail_at(source, root["dicom"] ? root["dicom"] : root, "dicom.ae_title", "must be 1..16 characters");
   if (c.storage.path.empty()) fail_at(source, root, "storage.path", "must not be empty");
@@ -696,7 +750,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
   using SectionReader = void (*)(const YAML::Node&, const std::string&, const std::string&, Config&);
   static const std::pair<const char*, SectionReader> kSections[] = {
       {"dicom", read_dicom_section},       {"storage", read_storage_section}, {"database", read_database_section},
-      {"worklist", read_worklist_section}, {"models", read_models_section},   {"routes", read_routes_section},
+      {"worklist", read_worklist_section}, {"models", read_models_section},   {"specialists", read_specialists_section},
+      {"case_library", read_case_library_section}, {"routes", read_routes_section},
       {"export", read_export_section},     {"http", read_http_section},       {"log", read_log_section}};
   for (const auto& [key, reader] : kSections)
     top.read_with(key, [&, reader = reader](const YAML::Node& n, const std::string& p) { reader(n, p, source, c); });
@@ -721,6 +776,9 @@ void validate(const Config& c) {
       throw ConfigError("routes." + r.name + ".model: no model named '" + r.model + "' in models");
     if (!route_names.insert(r.name).second)
       throw ConfigError("routes: route name '" + r.name + "' is used twice");
+    for (const auto& sp : r.specialists)
+      if (!c.specialists.count(sp))
+        throw ConfigError("routes." + r.name + ".specialists: no specialist named '" + sp + "' in specialists");
   }
   for (const auto& d : c.exports.destinations)
     for (const auto& rn : d.routes)

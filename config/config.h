@@ -96,6 +96,14 @@ struct RouteMatch {
 // instance in order, or the middle slice (frame) of each series.
 enum class ImageSelection { each, middle };
 
+// GSCo per route (issue 15): which specialists' diagnoses (MoED) and which
+// retrieved cases' diagnoses (RAD) go into the generalist's prompt.
+enum class GscoMode { off, moed, rad, both };
+
+// GSCo's own sentence; {rad} and {moed} are filled per image (see pipeline/gsco).
+inline constexpr const char* kDefaultGscoTemplate =
+    "The diagnoses of the most similar cases are {rad}. The diagnoses of the specialist models are {moed}.";
+
 struct Route {
   std::string name;
   RouteMatch match;
@@ -105,6 +113,27 @@ struct Route {
   int max_new_tokens = 256;
   ImageSelection select = ImageSelection::each;
   int max_images = 4;
+  // GSCo (issue 15): specialists by name (top-level `specialists`); the first
+  // one's feature is what the case library is searched with.
+  std::vector<std::string> specialists;
+  GscoMode gsco = GscoMode::off;
+  std::string prompt_template = kDefaultGscoTemplate;
+  int retrieval_k = 10;
+};
+
+// specialists.<name> (issue 15): a Hugging Face ViTForImageClassification directory.
+struct SpecialistConfig {
+  std::string path;
+  int threads = 0;         // 0 = number of cores
+  double threshold = 0.5;  // a label with p >= threshold is a positive diagnosis ({moed})
+};
+
+// case_library (issue 15): the retrieval index over firstread.cases.
+struct CaseLibraryConfig {
+  int flat_max = 20000;     // exact IndexFlatIP up to this many cases of a specialist, HNSW beyond
+  int hnsw_m = 32;          // HNSW links per node
+  int hnsw_ef_search = 128;  // HNSW candidate list at query time
+  int hnsw_ef_construction = 80;
 };
 
 // models.<name> with backend: openai (issue 14): the model runs on a server
@@ -208,6 +237,8 @@ struct Config {
   WorklistConfig worklist;
   std::vector<Route> routes;
   std::map<std::string, ModelConfig> models;
+  std::map<std::string, SpecialistConfig> specialists;  // issue 15
+  CaseLibraryConfig case_library;                      // issue 15
   ExportConfig exports;
   HttpConfig http;
   LogConfig log;

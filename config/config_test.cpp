@@ -236,3 +236,42 @@ TEST(Config, ExampleFileIsValidAndMatchesDefaults) {
   }
   EXPECT_EQ(c.models.at("demo").box_scale, d.models.at("demo").box_scale);
 }
+
+// GSCo (issue 15): specialists, the per-route keys and the case library.
+TEST(Config, GscoKeysAreReadAndChecked) {
+  const std::string base =
+      "models:\n  m: {path: /m}\n"
+      "specialists:\n  chest-vit: {path: /s/chest, threads: 1, threshold: 0.4}\n";
+  Config c = parse_config(base +
+                              "case_library: {flat_max: 5000, hnsw_m: 16, hnsw_ef_search: 64}\n"
+                              "routes:\n  - {name: r, model: m, specialists: [chest-vit], gsco: both, retrieval_k: 5}\n",
+                          "g.yaml");
+  ASSERT_EQ(c.routes.size(), 1u);
+  EXPECT_EQ(c.routes[0].specialists, std::vector<std::string>{"chest-vit"});
+  EXPECT_EQ(c.routes[0].gsco, firstread::config::GscoMode::both);
+  EXPECT_EQ(c.routes[0].retrieval_k, 5);
+  EXPECT_EQ(c.routes[0].prompt_template, firstread::config::kDefaultGscoTemplate);
+  EXPECT_EQ(c.specialists.at("chest-vit").path, "/s/chest");
+  EXPECT_DOUBLE_EQ(c.specialists.at("chest-vit").threshold, 0.4);
+  EXPECT_EQ(c.case_library.flat_max, 5000);
+  EXPECT_EQ(c.case_library.hnsw_m, 16);
+  // Defaults: GSCo off, no specialists.
+  EXPECT_EQ(parse_config("", "e.yaml").routes[0].gsco, firstread::config::GscoMode::off);
+
+  EXPECT_NE(error_of(base + "routes:\n  - {name: r, model: m, specialists: [nobody]}\n")
+                .find("routes.r.specialists: no specialist named 'nobody'"),
+            std::string::npos);
+  EXPECT_NE(error_of(base + "routes:\n  - {name: r, model: m, gsco: both}\n").find("needs at least one entry in specialists"),
+            std::string::npos);
+  EXPECT_NE(error_of(base + "routes:\n  - {name: r, model: m, specialists: [chest-vit], gsco: sometimes}\n")
+                .find("routes[0].gsco"),
+            std::string::npos);
+  EXPECT_NE(error_of(base + "routes:\n  - {name: r, model: m, specialists: [chest-vit], gsco: rad,"
+                            " prompt_template: \"Specialists say {moed}.\"}\n")
+                .find("must contain {rad}"),
+            std::string::npos);
+  EXPECT_NE(error_of("specialists:\n  s: {path: /s, threshold: 1.5}\n").find("specialists.s.threshold"), std::string::npos);
+  EXPECT_NE(error_of("specialists:\n  s: {threads: 2}\n").find("specialists.s.path"), std::string::npos);
+  EXPECT_NE(error_of("case_library: {flat_max: -1}\n").find("case_library.flat_max"), std::string::npos);
+  EXPECT_NE(error_of("case_library: {flat: 1}\n").find("flat"), std::string::npos);
+}

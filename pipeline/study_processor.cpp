@@ -101,18 +101,15 @@ std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instanc
   return out;
 }
 
-int64_t StudyProcessor::process(const worklist::Job& job, const std::string& owner) {
-  const auto t_start = Clock::now();
-  const config::Route* route = find_route(config_, job.route);
-  if (!route) throw std::runtime_error("route '" + job.route + "' is no longer configured");
-
+std::vector<SelectedImage> study_images(db::ConnectionPool& pool, const std::string& study_uid,
+                                        const config::Route& route) {
   // The study's instances, in series and instance order.
   std::vector<InstanceRow> rows;
   // What firstread made for this study (SRs, presentation states, key images) may come back from the PACS:
   // it is stored, but it is not an image for the model.
-  const std::vector<std::string> own_list = db::Reports(pool_).own_instances(job.study_uid);
+  const std::vector<std::string> own_list = db::Reports(pool).own_instances(study_uid);
   const std::set<std::string> own(own_list.begin(), own_list.end());
-  for (const db::StudyInstance& r : db::Studies(pool_).instances(job.study_uid)) {
+  for (const db::StudyInstance& r : db::Studies(pool).instances(study_uid)) {
     if (own.count(r.sop_instance_uid)) continue;
     InstanceRow i;
     i.sop_instance_uid = r.sop_instance_uid;
@@ -126,7 +123,15 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
     i.has_pixels = r.has_rows_and_columns && !dicom::sop_class::is_structured_report(i.sop_class_uid);
     rows.push_back(i);
   }
-  const std::vector<SelectedImage> selected = select_images(rows, *route);
+  return select_images(rows, route);
+}
+
+int64_t StudyProcessor::process(const worklist::Job& job, const std::string& owner) {
+  const auto t_start = Clock::now();
+  const config::Route* route = find_route(config_, job.route);
+  if (!route) throw std::runtime_error("route '" + job.route + "' is no longer configured");
+
+  const std::vector<SelectedImage> selected = study_images(pool_, job.study_uid, *route);
   if (selected.empty()) throw std::runtime_error("study " + job.study_uid + " has no image the model can read");
 
   InferenceBackend& backend = backends_.get(route->model);
@@ -140,6 +145,12 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   std::vector<std::unique_ptr<DcmFileFormat>> sources;
   std::vector<reports::SrFinding> findings;
   std::string narrative, served_model;
+  // GSCo (issue 15): what the specialists said per image, the prompts they made.
+  if (!route->specialists.empty() && !specialists_)
+    throw std::runtime_error("route '" + route->name + "' lists specialists but this node has none loaded");
+  nlohmann::json gsco_images = nlohmann::json::array();
+  std::vector<reports::SrSpecialistEvaluation> evaluations;
+  std::vector<std::string> prompts;
   int prompt_tokens = 0, completion_tokens = 0;
   bool truncated = false;
   for (size_t n = 0; n < selected.size(); ++n) {
@@ -154,7 +165,23 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
     decode_ms += ms_since(t);
 
     t = Clock::now();
-    const FrameInference result = backends_.infer(route->model, image, *route);
+    config::Route asked = *route;  // the route with the prompt GSCo assembled for this image
+    GscoImage gsco;
+    if (!route->specialists.empty()) {
+      gsco = run_gsco(*route, image, *specialists_, library_);
+      asked.prompt = gsco.prompt;
+      gsco_images.push_back(gsco_json(gsco, img.sop_instance_uid));
+      for (const SpecialistResult& r : gsco.specialists) {
+        reports::SrSpecialistEvaluation e{r.name, r.version, r.device_observer_uid, img.sop_instance_uid, {}, {}, -1};
+        for (size_t i = 0; i < r.labels.size(); ++i) e.probabilities.push_back({r.labels[i], r.probs[i]});
+        for (const auto& p : r.positives()) e.positives.push_back(p.first);
+        if (route->gsco == config::GscoMode::rad || route->gsco == config::GscoMode::both)
+          e.retrieved_cases = int(gsco.neighbours.size());
+        evaluations.push_back(std::move(e));
+      }
+    }
+    if (std::find(prompts.begin(), prompts.end(), asked.prompt) == prompts.end()) prompts.push_back(asked.prompt);
+    const FrameInference result = backends_.infer(route->model, image, asked);
     inference_ms += ms_since(t);
     spdlog::info("pipeline: job {} study={} sop={} frame={} ({} backend): {}", job.job_id, job.study_uid,
                  img.sop_instance_uid, pixels.frame + 1, who.backend, result.log_detail);
@@ -182,6 +209,8 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
       f.y2 = box.pixel_box[3];
       // A box squeezed to nothing by clamping has no region to draw.
       if (f.x2 <= f.x1 || f.y2 <= f.y1) continue;
+      // The probability a specialist gave the same label (percent in the SR, 0..1 in api.findings).
+      if (const auto p = specialist_confidence(gsco.specialists, f.label)) f.confidence = *p * 100.0;
       findings.push_back(f);
     }
     const std::string text = dicom::sanitize_utf8_text(result.narrative);
@@ -228,6 +257,7 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   input.content_datetime = now_dicom_datetime();
   input.findings = findings;
   input.predecessor = predecessor;
+  input.specialist_evaluations = evaluations;
   reports::BuiltSr sr = reports::build_sr(input);
   for (const auto& w : sr.warnings) spdlog::warn("pipeline: job {} study={} SR: {}", job.job_id, job.study_uid, w);
   const std::string sr_path = "reports/" + job.study_uid + "/" + sr.series_instance_uid + "/" + sr.sop_instance_uid + ".dcm";
@@ -274,9 +304,18 @@ int64_t StudyProcessor::process(const worklist::Job& job, const std::string& own
   report.prompt_tokens = prompt_tokens;
   report.completion_tokens = completion_tokens;
   report.truncated = truncated;
+  if (!route->specialists.empty()) {
+    for (const auto& p : prompts) report.prompt += (report.prompt.empty() ? "" : "\n") + p;
+    report.gsco = nlohmann::json{{"mode", gsco_mode_name(route->gsco)}, {"images", gsco_images}}.dump();
+  } else {
+    report.prompt = route->prompt;
+  }
   std::vector<db::NewFinding> rows_of_findings;
-  for (const auto& f : findings)
-    rows_of_findings.push_back({f.label, f.text, f.sop_instance_uid, f.frame, f.x1, f.y1, f.x2, f.y2, std::nullopt});
+  for (const auto& f : findings) {
+    std::optional<double> probability;
+    if (f.confidence) probability = *f.confidence / 100.0;
+    rows_of_findings.push_back({f.label, f.text, f.sop_instance_uid, f.frame, f.x1, f.y1, f.x2, f.y2, probability});
+  }
   std::vector<db::NewExport> exports;
   // One row per destination and object it wants: the SR, each presentation state, each key image.
   for (const auto& d : config_.exports.destinations) {

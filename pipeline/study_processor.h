@@ -9,6 +9,7 @@
 
 #include "config/config.h"
 #include "db/database.h"
+#include "pipeline/gsco.h"
 #include "pipeline/inference_backend.h"
 #include "storage/file_storage.h"
 #include "worklist/job_queue.h"
@@ -31,11 +32,20 @@ struct InstanceRow {
 // the middle instance of each series (the middle frame for a multi-frame one).
 std::vector<SelectedImage> select_images(const std::vector<InstanceRow>& instances, const config::Route& route);
 
+// The images of a study the route reads: select_images over its instances in
+// series and instance order, leaving out what firstread made (SRs,
+// presentation states, key images the PACS may send back).
+std::vector<SelectedImage> study_images(db::ConnectionPool& pool, const std::string& study_uid,
+                                        const config::Route& route);
+
 class StudyProcessor {
  public:
+  // specialists / library: GSCo (issue 15), needed by routes that list specialists.
   StudyProcessor(const config::Config& config, db::ConnectionPool& pool, storage::FileStorage& storage,
-                 InferenceBackends& backends)
-      : config_(config), pool_(pool), storage_(storage), backends_(backends) {}
+                 InferenceBackends& backends, Specialists* specialists = nullptr,
+                 retrieval::CaseLibrary* library = nullptr)
+      : config_(config), pool_(pool), storage_(storage), backends_(backends), specialists_(specialists),
+        library_(library) {}
 
   // Runs the job and commits its report; returns the report id. Throws
   // std::runtime_error whose message is the reason the job failed.
@@ -46,6 +56,8 @@ class StudyProcessor {
   db::ConnectionPool& pool_;
   storage::FileStorage& storage_;
   InferenceBackends& backends_;
+  Specialists* specialists_;
+  retrieval::CaseLibrary* library_;
 };
 
 }  // namespace firstread::pipeline

@@ -13,6 +13,7 @@
 #include <dcmtk/dcmsr/codes/dcm.h>
 #include <dcmtk/dcmsr/dsrdoc.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -290,6 +291,19 @@ void validate_input(const SrInput& input) {
     require_uid(input.predecessor->sop_class_uid, "predecessor sop_class_uid");
     require_uid(input.predecessor->sop_instance_uid, "predecessor sop_instance_uid");
   }
+  for (const SrSpecialistEvaluation& e : input.specialist_evaluations) {
+    const std::string which = "specialist '" + e.name + "'";
+    if (trim(e.name).empty()) fail("a specialist evaluation has no name");
+    require_utf8(e.name, which + " name");
+    require_utf8(e.version, which + " version");
+    require_uid(e.device_observer_uid, which + " device_observer_uid");
+    require_uid(e.sop_instance_uid, which + " sop_instance_uid");
+    for (const auto& [label, p] : e.probabilities) {
+      if (trim(label).empty()) fail(which + " has an empty label");
+      require_utf8(label, which + " label");
+      if (!(p >= 0.0 && p <= 1.0)) fail(which + " label '" + label + "' probability is outside 0..1");
+    }
+  }
 }
 
 // Checks one finding against its source image and returns that image.
@@ -336,6 +350,22 @@ const SourceImage& validate_finding(const SrFinding& finding, size_t index, cons
   return *image;
 }
 
+// A new TID 1501 Measurement Group after the last one under Imaging
+// Measurements; the tree's cursor is left on it.
+void add_group_container(DSRDocumentTree& tree, const std::string& which) {
+  if (tree.gotoNamedNode(CODE_DCM_ImagingMeasurements) == 0) fail("the TID 1500 tree has no Imaging Measurements");
+  DSRTypes::E_AddMode add_mode = DSRTypes::AM_belowCurrent;
+  if (tree.gotoChild() != 0) {  // append after the last existing group
+    while (tree.gotoNext() != 0) {}
+    add_mode = DSRTypes::AM_afterCurrent;
+  }
+  if (tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container, add_mode) == 0)
+    fail(which + ": cannot add its Measurement Group");
+  DSRContentItem& group = tree.getCurrentContentItem();
+  require_ok(group.setConceptName(CODE_DCM_MeasurementGroup), which + ": Measurement Group concept");
+  require_ok(group.setTemplateIdentification("1501", "DCMR", UID_DICOMContentMappingResource), which + ": TID 1501 id");
+}
+
 // Adds one measurement group (TID 1501, its measurement a TID 300 NUM inferred
 // from the region) below "Imaging Measurements". The layout is the one the
 // viewers that read TID 1500 regions take apart without losing anything
@@ -356,17 +386,7 @@ const SourceImage& validate_finding(const SrFinding& finding, size_t index, cons
 void add_measurement_group(DSRDocumentTree& tree, const SrFinding& finding, size_t index, const SourceImage& image,
                            const SrInput& input) {
   const std::string which = "finding " + std::to_string(index + 1) + " ('" + finding.label + "')";
-  if (tree.gotoNamedNode(CODE_DCM_ImagingMeasurements) == 0) fail("the TID 1500 tree has no Imaging Measurements");
-  DSRTypes::E_AddMode add_mode = DSRTypes::AM_belowCurrent;
-  if (tree.gotoChild() != 0) {  // append after the last existing group
-    while (tree.gotoNext() != 0) {}
-    add_mode = DSRTypes::AM_afterCurrent;
-  }
-  if (tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container, add_mode) == 0)
-    fail(which + ": cannot add its Measurement Group");
-  DSRContentItem& group = tree.getCurrentContentItem();
-  require_ok(group.setConceptName(CODE_DCM_MeasurementGroup), which + ": Measurement Group concept");
-  require_ok(group.setTemplateIdentification("1501", "DCMR", UID_DICOMContentMappingResource), which + ": TID 1501 id");
+  add_group_container(tree, which);
 
   require_ok(tree.addChildContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Text, CODE_DCM_TrackingIdentifier),
              which + ": Tracking Identifier");
@@ -444,6 +464,77 @@ void add_measurement_group(DSRDocumentTree& tree, const SrFinding& finding, size
     require_ok(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Text, CODE_DCM_Comment), which + ": Comment");
     require_ok(tree.getCurrentContentItem().setStringValue(sentence.c_str()), which + ": Comment value");
   }
+}
+
+// A text content item below the current one (AM_afterCurrent after the first).
+void add_text(DSRDocumentTree& tree, DSRTypes::E_RelationshipType rel, const DSRCodedEntryValue& concept,
+              const std::string& value, DSRTypes::E_AddMode& mode, const std::string& what) {
+  if (tree.addContentItem(rel, DSRTypes::VT_Text, mode) == 0) fail(what + ": cannot add");
+  mode = DSRTypes::AM_afterCurrent;
+  require_ok(tree.getCurrentContentItem().setConceptName(concept, false /*check*/), what + " concept");
+  require_ok(tree.getCurrentContentItem().setStringValue(value.c_str()), what + " value");
+}
+
+// GSCo (issue 15): one container per specialist and image at the end of the
+// report (firstread's own concept). The specialist is its device observer
+// (TID 1004 inside the container, as IHE AIR has an observer per result); each
+// label's probability and the number of similar cases retrieved are TEXT
+// evaluations; the image it classified is referenced.
+void add_specialist_group(DSRDocumentTree& tree, const SrSpecialistEvaluation& e, size_t index, const SrInput& input,
+                          const std::vector<SourceImage>& images) {
+  const std::string which = "specialist " + e.name + " on " + e.sop_instance_uid;
+  // After the root's last item: not under Imaging Measurements, whose every group
+  // OHIF's SR code takes for a region on an image.
+  if (tree.gotoRoot() == 0 || tree.gotoChild() == 0) fail("the TID 1500 tree has no root content");
+  while (tree.gotoNext() != 0) {}
+  if (tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container, DSRTypes::AM_afterCurrent) == 0)
+    fail(which + ": cannot add its container");
+  require_ok(tree.getCurrentContentItem().setConceptName(
+                 DSRCodedEntryValue(kSpecialistContainerCode, kFindingCodingScheme, "Specialist classification"), false),
+             which + ": container concept");
+  DSRTypes::E_AddMode mode = DSRTypes::AM_belowCurrent;
+  if (tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Code, mode) == 0) fail(which + ": Observer Type");
+  mode = DSRTypes::AM_afterCurrent;
+  require_ok(tree.getCurrentContentItem().setConceptName(CODE_DCM_ObserverType), which + ": Observer Type concept");
+  require_ok(tree.getCurrentContentItem().setCodeValue(CODE_DCM_Device), which + ": Observer Type value");
+  require_ok(tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_UIDRef, CODE_DCM_DeviceObserverUID),
+             which + ": Device Observer UID");
+  require_ok(tree.getCurrentContentItem().setStringValue(e.device_observer_uid.c_str()), which + ": Device Observer UID value");
+  add_text(tree, DSRTypes::RT_hasObsContext, CODE_DCM_DeviceObserverName, e.name, mode, which + ": Device Observer Name");
+  add_text(tree, DSRTypes::RT_hasObsContext, CODE_DCM_DeviceObserverManufacturer, input.algorithm_manufacturer, mode,
+           which + ": Device Observer Manufacturer");
+  add_text(tree, DSRTypes::RT_hasObsContext, CODE_DCM_DeviceObserverModelName,
+           e.version.empty() ? e.name : e.name + " " + e.version, mode, which + ": Device Observer Model Name");
+  add_text(tree, DSRTypes::RT_hasObsContext, CODE_DCM_TrackingIdentifier, "firstread specialist " + e.name, mode,
+           which + ": Tracking Identifier");
+  char tracking_uid[100];
+  dcmGenerateUniqueIdentifier(tracking_uid, SITE_INSTANCE_UID_ROOT);
+  require_ok(tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_UIDRef, CODE_DCM_TrackingUniqueIdentifier),
+             which + ": Tracking Unique Identifier");
+  require_ok(tree.getCurrentContentItem().setStringValue(tracking_uid), which + ": Tracking Unique Identifier value");
+  for (const auto& [label, p] : e.probabilities) {
+    const FindingCode code = finding_code(label);
+    const bool positive = std::find(e.positives.begin(), e.positives.end(), label) != e.positives.end();
+    char value[64];
+    std::snprintf(value, sizeof value, "probability %.4f%s", p, positive ? ", positive" : "");
+    add_text(tree, DSRTypes::RT_contains, DSRCodedEntryValue(code.value.c_str(), code.scheme.c_str(), code.meaning.c_str()),
+             value, mode, which + ": label '" + label + "'");
+  }
+  if (e.retrieved_cases >= 0)
+    add_text(tree, DSRTypes::RT_contains,
+             DSRCodedEntryValue(kRetrievedCasesCode, kFindingCodingScheme, "Similar confirmed cases retrieved"),
+             std::to_string(e.retrieved_cases), mode, which + ": retrieved cases");
+  // The image it classified.
+  const SourceImage* image = nullptr;
+  for (const SourceImage& candidate : images)
+    if (candidate.sop_instance_uid == e.sop_instance_uid) image = &candidate;
+  if (!image) fail(which + ": the image is not among the sources");
+  if (tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Image, mode) == 0) fail(which + ": Source Image");
+  require_ok(tree.getCurrentContentItem().setConceptName(CODE_DCM_SourceImage), which + ": Source Image concept");
+  require_ok(tree.getCurrentContentItem().setImageReference(
+                 DSRImageReferenceValue(image->sop_class_uid.c_str(), image->sop_instance_uid.c_str())),
+             which + ": Source Image reference");
+  (void)index;
 }
 
 // IHE AIR 6.5.3.1: the algorithm as Contributing Equipment of the SR.
@@ -572,6 +663,8 @@ BuiltSr build_sr(const SrInput& input) {
   // --- TID 1410 planar-ROI groups, one per finding
   for (size_t i = 0; i < input.findings.size(); ++i)
     add_measurement_group(document.getTree(), input.findings[i], i, *finding_images[i], input);
+  for (size_t i = 0; i < input.specialist_evaluations.size(); ++i)
+    add_specialist_group(document.getTree(), input.specialist_evaluations[i], i, input, images);
 
   // --- patient, study, new series, equipment, flags, evidence
   SourceImage& first = images.front();
@@ -604,6 +697,8 @@ BuiltSr build_sr(const SrInput& input) {
   }
   bool own_codes = false;
   for (const SrFinding& finding : input.findings) own_codes = own_codes || finding_code(finding.label).scheme == kFindingCodingScheme;
+  // A specialist's container is named with firstread's own code.
+  own_codes = own_codes || !input.specialist_evaluations.empty();
   if (own_codes) {
     DSRCodingSchemeIdentificationList& schemes = document.getCodingSchemeIdentification();
     require_ok(schemes.addItem(kFindingCodingScheme), "Coding Scheme Identification for " + std::string(kFindingCodingScheme));

@@ -37,6 +37,17 @@ struct SrPredecessor {
   std::string study_uid, series_uid, sop_class_uid, sop_instance_uid;
 };
 
+// What one specialist classifier said about one source image (GSCo, issue 15):
+// written as its own container after the report's content, with the specialist
+// as the container's device observer and its classifications as TEXT evaluations.
+struct SrSpecialistEvaluation {
+  std::string name, version, device_observer_uid;
+  std::string sop_instance_uid;  // the source image it classified
+  std::vector<std::pair<std::string, double>> probabilities;  // label, 0..1
+  std::vector<std::string> positives;  // the labels it counts as its diagnosis
+  int retrieved_cases = -1;            // similar cases retrieved with its feature; -1: no retrieval
+};
+
 struct SrInput {
   // The source images (at least one, all of one study): patient and study are
   // copied from the first; every one goes into the image library and the
@@ -56,6 +67,7 @@ struct SrInput {
   std::string content_datetime;            // YYYYMMDDHHMMSS: when the analysis started
   std::vector<SrFinding> findings;
   std::optional<SrPredecessor> predecessor;
+  std::vector<SrSpecialistEvaluation> specialist_evaluations;
 };
 
 struct BuiltSr {
@@ -78,6 +90,10 @@ inline constexpr const char* kRectangleTrackingIdentifier = "Cornerstone3DTools@
 // firstread's own coding scheme for finding labels that have no standard code
 // (declared in the SR's Coding Scheme Identification Sequence).
 inline constexpr const char* kFindingCodingScheme = "99FIRSTREAD";
+// Its code for the number of similar cases GSCo retrieved (a specialist group's evaluation).
+inline constexpr const char* kRetrievedCasesCode = "GSCO-RAD-N";
+// Its code for a specialist's container (what one specialist said about one image).
+inline constexpr const char* kSpecialistContainerCode = "GSCO-SPEC";
 
 // The code a finding label is written with: SNOMED CT where firstread's table
 // knows the label (English or Chinese, plurals too), else kFindingCodingScheme

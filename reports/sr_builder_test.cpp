@@ -502,6 +502,54 @@ TEST_F(SrBuilderOhifTest, CtFindingsKnownOwnCodeAndConfidenceAreShownAndHydrated
   expect_ohif_reads(build_sr(input), "ohif_ct", input.findings, {path});
 }
 
+// GSCo (issue 15): a specialist's group (device observer, label probabilities,
+// retrieved case count, no region) beside the findings: OHIF still shows and
+// hydrates exactly the findings, and the SR stays valid.
+TEST_F(SrBuilderOhifTest, SpecialistGroupsLeaveTheFindingsAsOhifReadsThem) {
+  const std::string path = kPydicomTestFiles + "CT_small.dcm";
+  auto ct = load("CT_small.dcm");
+  DcmDataset& image = *ct->getDataset();
+  SrInput input = base_input({&image});
+  SrFinding nodule = finding_on(image, "nodule", 10.5, 20.0, 40.25, 60.0);
+  nodule.confidence = 93.0;
+  input.findings = {nodule};
+  firstread::reports::SrSpecialistEvaluation e;
+  e.name = "chest-vit";
+  e.version = "3f2a";
+  e.device_observer_uid = "2.25.1234567890";
+  e.sop_instance_uid = nodule.sop_instance_uid;
+  e.probabilities = {{"nodule", 0.93}, {"normal", 0.04}, {"zebra sign", 0.5}};
+  e.positives = {"nodule", "zebra sign"};
+  e.retrieved_cases = 10;
+  input.specialist_evaluations = {e};
+  const BuiltSr built = build_sr(input);
+  const json sr = save_and_validate(built, "specialist");
+  ASSERT_EQ(sr["groups"].size(), 1u);
+  ASSERT_EQ(sr["specialist_groups"].size(), 1u);
+  EXPECT_EQ(sr["specialist_groups"][0]["image"], nodule.sop_instance_uid);
+  const json& g = sr["specialist_groups"][0];
+  EXPECT_EQ(g["observer"]["type"], "Device");
+  EXPECT_EQ(g["observer"]["name"], "chest-vit");
+  EXPECT_EQ(g["observer"]["uid"], "2.25.1234567890");
+  EXPECT_EQ(g["evaluations"]["Similar confirmed cases retrieved"], "10");
+  EXPECT_EQ(g["evaluations"]["zebra sign"], "probability 0.5000, positive");
+  expect_ohif_reads(built, "ohif_specialist", input.findings, {path});
+  const fs::path saved = temp_dir_ / "ohif_specialist.dcm";
+  const CommandResult dump = run_command("dsrdump +Pc '" + saved.string() + "'", temp_dir_ / "dsrdump.err");
+  ASSERT_EQ(dump.exit_code, 0) << dump.err;
+  for (const std::string want :
+       {"(121013,DCM,\"Device Observer Name\")=\"chest-vit\"", "(121012,DCM,\"Device Observer UID\")=\"2.25.1234567890\"",
+        "=\"probability 0.9300, positive\"", "=\"probability 0.0400\"", "=\"probability 0.5000, positive\"",
+        "(GSCO-RAD-N,99FIRSTREAD,\"Similar confirmed cases retrieved\")=\"10\""})
+    EXPECT_NE(dump.out.find(want), std::string::npos) << want << "\n" << dump.out;
+  SrInput bad = input;
+  bad.specialist_evaluations[0].probabilities = {{"nodule", 1.5}};
+  EXPECT_THROW(build_sr(bad), std::runtime_error);
+  bad.specialist_evaluations[0].probabilities = {{"nodule", 0.5}};
+  bad.specialist_evaluations[0].device_observer_uid = "not a uid";
+  EXPECT_THROW(build_sr(bad), std::runtime_error);
+}
+
 TEST_F(SrBuilderOhifTest, RegionOnTheSecondFrameOfAMultiFrameImage) {
   auto sc = load("SC_rgb_rle_2frame.dcm");  // 2 frames, 100 x 100
   DcmDataset& image = *sc->getDataset();

@@ -60,6 +60,7 @@ const std::vector<std::pair<std::string, std::string>> kCommands = {
     {"studies", "--state"},     {"jobs", "--state"},        {"results", "--since"},
     {"reprocess", "STUDY_UID"}, {"version", "--help"},      {"infer", "--max-new-tokens"},
     {"tokenize", "--text-file"},
+    {"cases import", "--specialist"}, {"cases list", "--specialist"}, {"confirm", "REPORT_ID"},  // GSCo (issue 15)
 };
 
 }  // namespace
@@ -82,7 +83,10 @@ TEST(CommandLine, EverySubcommandHasHelp) {
 
 TEST(CommandLine, UnknownFlagsAreRefusedNamingTheFlag) {
   for (const auto& [command, flag] : kCommands) {
-    const std::string extra = command == "reprocess" ? " 1.2.3" : "";
+    const std::string extra = command == "reprocess"      ? " 1.2.3"
+                              : command == "cases import" ? " /tmp --labels l.csv --specialist s"
+                              : command == "confirm"      ? " 1 pneumonia"
+                                                          : "";
     expect_refused(command + extra + " --no-such-flag", {"--no-such-flag"});
   }
   expect_refused("studies --jsno", {"--jsno"});
@@ -103,6 +107,9 @@ TEST(CommandLine, BadValuesAndCommandsAreRefusedNamingThem) {
   expect_refused("infer --image x.png", {"--model"});
   expect_refused("tokenize --model /nonexistent --text a --text-file b", {"--text", "--text-file"});
   expect_refused("tokenize --model /nonexistent", {"--text"});
+  expect_refused("cases import /tmp --labels l.csv", {"--specialist"});
+  expect_refused("cases import --labels l.csv --specialist s", {"DIR"});
+  expect_refused("confirm 7", {"REPORT_ID"});  // a report id and at least one label
 }
 
 TEST(CommandLine, UsageWithoutACommandAndVersion) {

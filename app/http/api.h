@@ -36,6 +36,7 @@ struct ApiRequest {
   std::string target;                        // path and query as sent (for the audit log)
   std::string remote;                        // the client's IP address
   Caller user;                               // set by dispatch() once the token is checked
+  std::string body;          // the body of a request of a route that does not stream
 };
 
 struct ApiResponse {
@@ -70,6 +71,7 @@ struct Context {
   std::atomic<uint64_t> readyz_probe_counter{0};
   Access access;   // tokens and their users (auth.h); empty = no authentication
   AuditLog audit;  // closed = no audit log (tests that do not ask for one)
+  ConfirmReport confirm_report;  // GSCo (issue 15); empty on a node without the pipeline
 };
 
 // --- the route table
@@ -133,6 +135,7 @@ ApiResponse get_study(Context&, const ApiRequest&);       // studies.cpp
 ApiResponse reprocess_study(Context&, const ApiRequest&); // studies.cpp
 ApiResponse study_report(Context&, const ApiRequest&);    // reports.cpp
 ApiResponse report_sr(Context&, const ApiRequest&);       // reports.cpp
+ApiResponse confirm_report(Context&, const ApiRequest&);  // reports.cpp
 ApiResponse list_jobs(Context&, const ApiRequest&);       // jobs.cpp
 ApiResponse instance_png(Context&, const ApiRequest&);    // instances.cpp
 

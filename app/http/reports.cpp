@@ -62,4 +62,30 @@ ApiResponse report_sr(Context& ctx, const ApiRequest& req) {
   return r;
 }
 
+ApiResponse confirm_report(Context& ctx, const ApiRequest& req) {
+  const long long report_id = integer_param("report id", req.path_params.at("report_id"), 1, 999999999999999999LL);
+  refuse_unknown_params(req, {});
+  json body;
+  try {
+    body = json::parse(req.body);
+  } catch (const json::exception&) {
+    throw HttpError(400, "the body must be JSON: {\"labels\": [\"label\", ...]}");
+  }
+  if (!body.is_object() || !body.contains("labels") || !body["labels"].is_array() || body["labels"].empty())
+    throw HttpError(400, "the body must hold \"labels\": a non-empty list of label strings");
+  for (const auto& key : body.items())
+    if (key.key() != "labels") throw HttpError(400, "unknown key '" + key.key() + "' in the body (only labels)");
+  std::vector<std::string> labels;
+  for (const auto& l : body["labels"]) {
+    if (!l.is_string()) throw HttpError(400, "labels: every label must be a string, got " + l.dump());
+    labels.push_back(l.get<std::string>());
+  }
+  if (!ctx.confirm_report) throw HttpError(503, "this node runs no specialists (role ingest or no pipeline)");
+  try {
+    return json_response(200, ctx.confirm_report(report_id, labels));
+  } catch (const ConfirmRefused& e) {
+    throw HttpError(e.status(), e.what());
+  }
+}
+
 }  // namespace firstread::app::http

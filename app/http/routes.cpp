@@ -49,6 +49,11 @@ const std::vector<Route>& routes() {
        "202: run the study again (the new SR supersedes the old)", reprocess_study, {}},
       {Verb::get, "/api/v1/reports/{report_id}/sr", Role::viewer, "The SR file (application/dicom)", report_sr, {},
        Audit::patient_data},
+      {Verb::post, "/api/v1/reports/{report_id}/confirm", Role::operator_,
+       "Body {\"labels\": [\"pneumonia\", ...]}: a radiologist's diagnosis of the report; its study's images join the "
+       "GSCo case library (200 {report_id, study_uid, route, labels, case_ids}; 404 unknown report; 409 route without "
+       "specialists; 400 bad labels)",
+       confirm_report, {}, Audit::patient_data},
       {Verb::get, "/api/v1/jobs", Role::viewer, "{\"jobs\":[...]} newest first", list_jobs,
        {{"state", "queued|running|done|failed|dead"}, {"study", "a Study Instance UID"}, {"limit", "1..1000 (100)"}}},
       {Verb::get, "/api/v1/instances/{sop_instance_uid}/png", Role::viewer,

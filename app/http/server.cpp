@@ -123,6 +123,7 @@ ApiResponse HttpApi::Impl::handle(const bhttp::request<bhttp::string_body>& requ
     req.authorization = std::string(request[bhttp::field::authorization]);
     req.target = target;
     req.remote = remote;
+    req.body = request.body();
     response = http::dispatch(context, req);
   } catch (const HttpError& e) {
     response = error_response(e.status(), e.what());
@@ -335,6 +336,8 @@ HttpApi::HttpApi(HttpApiOptions options, db::ConnectionPool& pool, const storage
     : impl_(std::make_unique<Impl>(std::move(options), pool, storage, std::move(models_status))) {}
 
 HttpApi::~HttpApi() { stop(); }
+
+void HttpApi::set_confirm_report(ConfirmReport fn) { impl_->context.confirm_report = std::move(fn); }
 
 void HttpApi::start() {
   Impl& api = *impl_;

@@ -36,6 +36,7 @@ COMMENT = ("121106", "DCM")
 ALGORITHM_NAME = ("111001", "DCM")
 ALGORITHM_VERSION = ("111003", "DCM")
 AREA = ("42798000", "SCT")
+SPECIALIST_CONTAINER = ("GSCO-SPEC", "99FIRSTREAD")  # GSCo (issue 15): one specialist on one image
 
 
 class SrError(Exception):
@@ -145,6 +146,43 @@ def read_group(group, index):
     return out
 
 
+def read_observer_item(child, name, observer):
+    """A device observer item (TID 1004) into `observer`; False for any other item."""
+    if name == OBSERVER_TYPE:
+        observer["type"] = code_dict(child.ConceptCodeSequence[0])["meaning"]
+    elif name == DEVICE_OBSERVER_UID:
+        observer["uid"] = child.UID
+    elif name == DEVICE_OBSERVER_NAME:
+        observer["name"] = child.TextValue
+    elif name == DEVICE_OBSERVER_MANUFACTURER:
+        observer["manufacturer"] = child.TextValue
+    elif name == DEVICE_OBSERVER_MODEL_NAME:
+        observer["model_name"] = child.TextValue
+    else:
+        return False
+    return True
+
+
+def read_specialist_group(group):
+    """A GSCo specialist's group (issue 15): its own device observer, TEXT
+    evaluations (label -> "probability p[, positive]", the retrieved case
+    count), and no region."""
+    out = {"observer": {}, "tracking_identifier": None, "evaluations": {}, "image": None}
+    for child in children(group):
+        name = concept(child)
+        if read_observer_item(child, name, out["observer"]):
+            pass
+        elif name == TRACKING_IDENTIFIER:
+            out["tracking_identifier"] = child.TextValue
+        elif child.ValueType == "IMAGE":
+            out["image"] = child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        elif child.ValueType == "TEXT" and child.RelationshipType == "CONTAINS":
+            out["evaluations"][child.ConceptNameCodeSequence[0].CodeMeaning] = child.TextValue
+        elif child.ValueType == "SCOORD":
+            raise SrError("a specialist group holds a region")
+    return out
+
+
 def collect_images(item, found):
     for child in children(item):
         if child.ValueType == "IMAGE":
@@ -179,6 +217,7 @@ def read_sr(path):
         "image_library": [],
         "narrative": [],
         "groups": [],
+        "specialist_groups": [],
         "evidence": [],
         "predecessors": [],
         "contributing_equipment": [],
@@ -190,16 +229,8 @@ def read_sr(path):
         name = concept(child)
         if name == LANGUAGE:
             out["language"] = code_dict(child.ConceptCodeSequence[0])
-        elif name == OBSERVER_TYPE:
-            out["device_observer"]["type"] = code_dict(child.ConceptCodeSequence[0])["meaning"]
-        elif name == DEVICE_OBSERVER_UID:
-            out["device_observer"]["uid"] = child.UID
-        elif name == DEVICE_OBSERVER_NAME:
-            out["device_observer"]["name"] = child.TextValue
-        elif name == DEVICE_OBSERVER_MANUFACTURER:
-            out["device_observer"]["manufacturer"] = child.TextValue
-        elif name == DEVICE_OBSERVER_MODEL_NAME:
-            out["device_observer"]["model_name"] = child.TextValue
+        elif read_observer_item(child, name, out["device_observer"]):
+            pass
         elif name == PROCEDURE_REPORTED:
             out["procedures_reported"].append(code_dict(child.ConceptCodeSequence[0]))
         elif name == IMAGE_LIBRARY:
@@ -208,6 +239,8 @@ def read_sr(path):
             for group in children(child):
                 if concept(group) == MEASUREMENT_GROUP:
                     out["groups"].append(read_group(group, len(out["groups"])))
+        elif name == SPECIALIST_CONTAINER:
+            out["specialist_groups"].append(read_specialist_group(child))
         elif name == QUALITATIVE_EVALUATIONS:
             for evaluation in children(child):
                 if evaluation.ValueType not in ("TEXT", "CODE"):
