@@ -404,6 +404,8 @@ void check_dicom_tls_keys(const std::string& source, const YAML::Node& root, con
     if (!peer.certificate_subject.empty() && !c.dicom.tls.enabled)
       fail_at(source, root["dicom"]["allowed_peers"], "dicom.allowed_peers",
               "certificate_subject needs dicom.tls.enabled (a plain connection has no certificate)");
+}
+
 // routes[].gsco / specialists / prompt_template / retrieval_k (issue 15).
 void check_gsco_route(const std::string& source, const YAML::Node& item, const std::string& rp, const std::string& gsco,
                       Route& r) {
