@@ -43,26 +43,9 @@ std::string pipeline_yaml(int orthanc_dicom_port, int lease_seconds = 30, int ma
          std::to_string(orthanc_dicom_port) + "}\n";
 }
 
-bool wait_until(const std::function<bool()>& condition, int seconds) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return condition();
-}
-
-std::string query1(const FirstreadService& s, const std::string& sql) {
-  try {
-    auto c = s.connect();
-    pqxx::work t(c);
-    auto r = t.exec(sql);
-    if (r.empty() || r[0][0].is_null()) return "";
-    return r[0][0].c_str();
-  } catch (const std::exception&) {
-    return "";
-  }
-}
+// The harness's polling and one-value query (tests/service_harness.h).
+using firstread::testing::query_value;
+using firstread::testing::wait_until;
 
 void expect_valid_sr(const std::string& path) {
   auto v = run("dciodvfy '" + path + "'");
@@ -101,18 +84,18 @@ TEST(Pipeline, OrthancForwardsAStudyAndReceivesTheSrInTheSameStudy) {
   pacs.rest("POST", "/modalities/firstread/store", study_id, &code);
   ASSERT_EQ(code, 200) << "Orthanc could not forward the study to firstread";
 
-  ASSERT_TRUE(wait_until([&] { return !query1(s, "SELECT sr_sop_instance_uid FROM api.reports").empty(); }, 180))
+  ASSERT_TRUE(wait_until([&] { return !query_value(s, "SELECT sr_sop_instance_uid FROM api.reports").empty(); }, 180))
       << s.log();
-  const std::string sr_uid = query1(s, "SELECT sr_sop_instance_uid FROM api.reports");
-  const std::string sr_path = s.storage() + "/" + query1(s, "SELECT sr_file_path FROM api.reports");
+  const std::string sr_uid = query_value(s, "SELECT sr_sop_instance_uid FROM api.reports");
+  const std::string sr_path = s.storage() + "/" + query_value(s, "SELECT sr_file_path FROM api.reports");
   expect_valid_sr(sr_path);
-  EXPECT_EQ(query1(s, "SELECT state FROM api.studies"), "reported");
-  EXPECT_NE(query1(s, "SELECT latency_ms FROM api.reports"), "");
+  EXPECT_EQ(query_value(s, "SELECT state FROM api.studies"), "reported");
+  EXPECT_NE(query_value(s, "SELECT latency_ms FROM api.reports"), "");
 
   // The SR and the GSPS (export.destinations[].objects defaults to [sr, gsps]).
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT string_agg(object || ':' || state, ',' ORDER BY object)"
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT string_agg(object || ':' || state, ',' ORDER BY object)"
                                                 " FROM api.exports") == "gsps:sent,sr:sent"; }, 60))
-      << query1(s, "SELECT string_agg(last_error, '; ') FROM api.exports") << "\n" << s.log();
+      << query_value(s, "SELECT string_agg(last_error, '; ') FROM api.exports") << "\n" << s.log();
 
   // Orthanc lists the SR in the same study, and it points at the CT image.
   const json instances = json::parse(pacs.rest("GET", "/studies/" + study_id + "/instances"));
@@ -142,25 +125,25 @@ TEST(Pipeline, ExportWaitsForTheDownPacsAndABrokenStudyDiesWithItsReason) {
   ASSERT_EQ(run("storescu -aec FIRSTREAD 127.0.0.1 " + port + " '" + broken + "'").exit_code, 0);
   ASSERT_EQ(run("storescu -aec FIRSTREAD 127.0.0.1 " + port + " '" + good + "'").exit_code, 0);
 
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "1"; }, 180)) << s.log();
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT state FROM api.jobs WHERE state = 'dead'") == "dead"; }, 120))
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "1"; }, 180)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT state FROM api.jobs WHERE state = 'dead'") == "dead"; }, 120))
       << s.log();
-  const std::string error = query1(s, "SELECT error FROM api.jobs WHERE state = 'dead'");
+  const std::string error = query_value(s, "SELECT error FROM api.jobs WHERE state = 'dead'");
   EXPECT_NE(error.find("ixel"), std::string::npos) << "the reason should name the pixel data: " << error;
-  EXPECT_EQ(query1(s, "SELECT attempts FROM api.jobs WHERE state = 'dead'"), "2");
-  EXPECT_EQ(query1(s, "SELECT count(*) FROM api.studies WHERE state = 'failed'"), "1");
+  EXPECT_EQ(query_value(s, "SELECT attempts FROM api.jobs WHERE state = 'dead'"), "2");
+  EXPECT_EQ(query_value(s, "SELECT count(*) FROM api.studies WHERE state = 'failed'"), "1");
 
   // The exports (SR and GSPS) wait (pending, with their error) while the PACS is down...
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT min(attempts) >= 2 FROM api.exports") == "t"; }, 60));
-  EXPECT_EQ(query1(s, "SELECT string_agg(DISTINCT state, ',') FROM api.exports"), "pending");
-  EXPECT_EQ(query1(s, "SELECT count(*) FROM api.exports WHERE last_error IS NOT NULL"), "2");
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT min(attempts) >= 2 FROM api.exports") == "t"; }, 60));
+  EXPECT_EQ(query_value(s, "SELECT string_agg(DISTINCT state, ',') FROM api.exports"), "pending");
+  EXPECT_EQ(query_value(s, "SELECT count(*) FROM api.exports WHERE last_error IS NOT NULL"), "2");
   // ...and are delivered when the PACS is back.
   pacs.start();
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT string_agg(DISTINCT state, ',') FROM api.exports") == "sent"; }, 90))
-      << query1(s, "SELECT string_agg(last_error, '; ') FROM api.exports");
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT string_agg(DISTINCT state, ',') FROM api.exports") == "sent"; }, 90))
+      << query_value(s, "SELECT string_agg(last_error, '; ') FROM api.exports");
   const json found = json::parse(pacs.rest("POST", "/tools/find",
                                            R"({"Level":"Instance","Query":{"SOPInstanceUID":")" +
-                                               query1(s, "SELECT sr_sop_instance_uid FROM api.reports") + R"("}})"));
+                                               query_value(s, "SELECT sr_sop_instance_uid FROM api.reports") + R"("}})"));
   EXPECT_EQ(found.size(), 1u);
   EXPECT_TRUE(s.echo());
 }
@@ -173,15 +156,15 @@ TEST(Pipeline, KillDashNineDuringInferenceGivesExactlyOneReport) {
   s.start();
   const std::string study = make_study(s.dir() + "/study", false);
   ASSERT_EQ(run("storescu -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port()) + " '" + study + "'").exit_code, 0);
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT state FROM api.jobs") == "running"; }, 60)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT state FROM api.jobs") == "running"; }, 60)) << s.log();
   s.kill9();
-  EXPECT_EQ(query1(s, "SELECT count(*) FROM api.reports"), "0") << "the kill came after the report";
+  EXPECT_EQ(query_value(s, "SELECT count(*) FROM api.reports"), "0") << "the kill came after the report";
   s.start();
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "1"; }, 240)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "1"; }, 240)) << s.log();
   std::this_thread::sleep_for(std::chrono::seconds(2));
-  EXPECT_EQ(query1(s, "SELECT count(*) FROM api.reports"), "1");
-  EXPECT_EQ(query1(s, "SELECT state FROM api.jobs"), "done");
-  EXPECT_EQ(query1(s, "SELECT attempts FROM api.jobs"), "2");
+  EXPECT_EQ(query_value(s, "SELECT count(*) FROM api.reports"), "1");
+  EXPECT_EQ(query_value(s, "SELECT state FROM api.jobs"), "done");
+  EXPECT_EQ(query_value(s, "SELECT attempts FROM api.jobs"), "2");
 }
 
 TEST(Pipeline, ReprocessGivesANewSrThatSupersedesTheFirst) {
@@ -190,9 +173,9 @@ TEST(Pipeline, ReprocessGivesANewSrThatSupersedesTheFirst) {
   s.start();
   const std::string study_file = make_study(s.dir() + "/study", false);
   ASSERT_EQ(run("storescu -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port()) + " '" + study_file + "'").exit_code, 0);
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "1"; }, 180)) << s.log();
-  const std::string study = query1(s, "SELECT study_uid FROM api.studies");
-  const std::string first_sr = query1(s, "SELECT sr_sop_instance_uid FROM api.reports");
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "1"; }, 180)) << s.log();
+  const std::string study = query_value(s, "SELECT study_uid FROM api.studies");
+  const std::string first_sr = query_value(s, "SELECT sr_sop_instance_uid FROM api.reports");
 
   auto results = s.cli("results --json --study " + study);
   ASSERT_EQ(results.exit_code, 0) << results.output;
@@ -220,16 +203,16 @@ TEST(Pipeline, ReprocessGivesANewSrThatSupersedesTheFirst) {
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("no study 1.2.3.999"), std::string::npos) << bad.output;
   ASSERT_EQ(s.cli("reprocess " + study).exit_code, 0);
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "2"; }, 180)) << s.log();
-  EXPECT_EQ(query1(s, "SELECT supersedes_report_id FROM api.reports ORDER BY report_id DESC LIMIT 1"),
-            query1(s, "SELECT min(report_id) FROM api.reports"));
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "2"; }, 180)) << s.log();
+  EXPECT_EQ(query_value(s, "SELECT supersedes_report_id FROM api.reports ORDER BY report_id DESC LIMIT 1"),
+            query_value(s, "SELECT min(report_id) FROM api.reports"));
   const std::string second_path =
-      s.storage() + "/" + query1(s, "SELECT sr_file_path FROM api.reports ORDER BY report_id DESC LIMIT 1");
+      s.storage() + "/" + query_value(s, "SELECT sr_file_path FROM api.reports ORDER BY report_id DESC LIMIT 1");
   expect_valid_sr(second_path);
   auto dump = run("dcmdump +P 0040,a360 +P 0008,1155 '" + second_path + "'");
   EXPECT_NE(dump.output.find(first_sr), std::string::npos)
       << "the new SR must list the first one in Predecessor Documents Sequence:\n" << dump.output;
-  EXPECT_EQ(query1(s, "SELECT state FROM api.studies"), "reported");
+  EXPECT_EQ(query_value(s, "SELECT state FROM api.studies"), "reported");
 }
 
 namespace {
@@ -294,10 +277,10 @@ TEST(Pipeline, ReportReachesThePacsAsSrPresentationStatesAndKeyImagesAndAReproce
     ASSERT_EQ(run("storescu -aec FIRSTREAD 127.0.0.1 " + port + " '" + phantoms + "/" + file + "'").exit_code, 0);
 
   // Per report: the SR, one presentation state (one source series) and one key image, each sent.
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "2"; }, 240)) << s.log();
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.exports WHERE state = 'sent'") == "6"; }, 120))
-      << query1(s, "SELECT string_agg(last_error, '; ') FROM api.exports") << "\n" << s.log();
-  EXPECT_NE(query1(s, "SELECT count(*) FROM api.findings f JOIN api.reports r USING (report_id)"
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "2"; }, 240)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.exports WHERE state = 'sent'") == "6"; }, 120))
+      << query_value(s, "SELECT string_agg(last_error, '; ') FROM api.exports") << "\n" << s.log();
+  EXPECT_NE(query_value(s, "SELECT count(*) FROM api.findings f JOIN api.reports r USING (report_id)"
                       " JOIN api.jobs j USING (job_id) WHERE j.route = 'endo'"),
             "0")
       << "the demo model finds the polyp on its endoscopy phantom";
@@ -348,14 +331,14 @@ TEST(Pipeline, ReportReachesThePacsAsSrPresentationStatesAndKeyImagesAndAReproce
     if (o[6] == chest_study) chest_series[o[1]] = o[3];
   ASSERT_EQ(chest_series.size(), 2u);
   const std::string old_ps_path = s.storage() + "/" +
-      query1(s, "SELECT file_path FROM api.report_objects WHERE kind = 'gsps'");
+      query_value(s, "SELECT file_path FROM api.report_objects WHERE kind = 'gsps'");
   const json old_ps = json::parse(run("/usr/bin/python3 '" + std::string(FIRSTREAD_SOURCE_DIR) +
                                       "/tools/sr_check/read_ps.py' '" + old_ps_path + "'").output);
 
   // A reprocess: new objects in the same series, next instance, later creation; sent too.
   ASSERT_EQ(s.cli("reprocess " + chest_study).exit_code, 0);
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "3"; }, 240)) << s.log();
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.exports WHERE state = 'sent'") == "9"; }, 120))
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "3"; }, 240)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.exports WHERE state = 'sent'") == "9"; }, 120))
       << s.log();
   const auto newer = query_rows(s, "SELECT kind, series_instance_uid, instance_number, file_path, sop_instance_uid"
                                    " FROM api.report_objects WHERE report_id = (SELECT max(report_id) FROM api.reports)"

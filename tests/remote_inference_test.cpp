@@ -34,26 +34,9 @@ const std::string kCtSmall = "/usr/lib/python3/dist-packages/pydicom/data/test_f
 const std::string kToken = "test-token-4f1c2a";  // given to firstread only through FR_TEST_GPU_TOKEN
 const std::string kPrompt = "Please locate and describe the findings in this CT image.";
 
-bool wait_until(const std::function<bool()>& condition, int seconds) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return condition();
-}
-
-std::string query1(const FirstreadService& s, const std::string& sql) {
-  try {
-    auto c = s.connect();
-    pqxx::work t(c);
-    auto r = t.exec(sql);
-    if (r.empty() || r[0][0].is_null()) return "";
-    return r[0][0].c_str();
-  } catch (const std::exception&) {
-    return "";
-  }
-}
+// The harness's polling and one-value query (tests/service_harness.h).
+using firstread::testing::query_value;
+using firstread::testing::wait_until;
 
 // The protocol server as a child process (/usr/bin/python3).
 class ProtocolServer {
@@ -216,7 +199,7 @@ TEST(RemoteInference, OrthancStudyThroughTheProtocolServerComesBackAsAnSrWithBox
   const json uploaded = json::parse(pacs.upload(kCtSmall));
   pacs.rest("POST", "/modalities/firstread/store", uploaded.at("ParentStudy"), &code);
   ASSERT_EQ(code, 200);
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "1"; }, 120)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "1"; }, 120)) << s.log();
 
   const auto requests = gpu.chat_requests();
   ASSERT_EQ(requests.size(), 1u);
@@ -226,27 +209,27 @@ TEST(RemoteInference, OrthancStudyThroughTheProtocolServerComesBackAsAnSrWithBox
   EXPECT_EQ(requests[0].at("system"), "Answer the questions.");
   EXPECT_EQ(requests[0].at("max_tokens"), 300);
 
-  EXPECT_EQ(query1(s, "SELECT backend FROM api.reports"), "openai");
-  EXPECT_EQ(query1(s, "SELECT served_model FROM api.reports"), "MedRegA-40B");
-  EXPECT_EQ(query1(s, "SELECT model FROM api.reports"), "gpu");
-  EXPECT_EQ(query1(s, "SELECT prompt_tokens FROM api.reports"), "1790");
-  EXPECT_EQ(query1(s, "SELECT completion_tokens FROM api.reports"), "41");
-  EXPECT_EQ(query1(s, "SELECT truncated FROM api.reports"), "f");
-  const std::string text = query1(s, "SELECT text FROM api.reports");
+  EXPECT_EQ(query_value(s, "SELECT backend FROM api.reports"), "openai");
+  EXPECT_EQ(query_value(s, "SELECT served_model FROM api.reports"), "MedRegA-40B");
+  EXPECT_EQ(query_value(s, "SELECT model FROM api.reports"), "gpu");
+  EXPECT_EQ(query_value(s, "SELECT prompt_tokens FROM api.reports"), "1790");
+  EXPECT_EQ(query_value(s, "SELECT completion_tokens FROM api.reports"), "41");
+  EXPECT_EQ(query_value(s, "SELECT truncated FROM api.reports"), "f");
+  const std::string text = query_value(s, "SELECT text FROM api.reports");
   EXPECT_NE(text.find("nodule in the left lung"), std::string::npos) << text;
   EXPECT_NE(text.find("artefact."), std::string::npos) << "the dropped box's text stays: " << text;
   // One finding: [[250, 250, 750, 500]] on 0..999 of the sent image = the same
   // fraction of the 128 x 128 source.
-  ASSERT_EQ(query1(s, "SELECT count(*) FROM api.findings"), "1");
-  EXPECT_EQ(query1(s, "SELECT label FROM api.findings"), "nodule");
+  ASSERT_EQ(query_value(s, "SELECT count(*) FROM api.findings"), "1");
+  EXPECT_EQ(query_value(s, "SELECT label FROM api.findings"), "nodule");
   const double expect[4] = {250 / 999.0 * 128, 250 / 999.0 * 128, 750 / 999.0 * 128, 500 / 999.0 * 128};
   const char* cols[4] = {"x1", "y1", "x2", "y2"};
   for (int k = 0; k < 4; ++k)
-    EXPECT_NEAR(std::atof(query1(s, std::string("SELECT ") + cols[k] + " FROM api.findings").c_str()), expect[k], 1e-3)
+    EXPECT_NEAR(std::atof(query_value(s, std::string("SELECT ") + cols[k] + " FROM api.findings").c_str()), expect[k], 1e-3)
         << cols[k];
 
   // The SR: valid, its device observer names the served model and the server's host.
-  const std::string sr_path = s.storage() + "/" + query1(s, "SELECT sr_file_path FROM api.reports");
+  const std::string sr_path = s.storage() + "/" + query_value(s, "SELECT sr_file_path FROM api.reports");
   auto v = run("dciodvfy '" + sr_path + "' 2>&1 | grep '^Error' || true");
   EXPECT_TRUE(v.output.empty()) << v.output;
   auto dump = run("dsrdump '" + sr_path + "'");
@@ -258,10 +241,10 @@ TEST(RemoteInference, OrthancStudyThroughTheProtocolServerComesBackAsAnSrWithBox
   EXPECT_NE(dump.output.find("32.032"), std::string::npos) << dump.output;
 
   // Back in Orthanc, in the same study.
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT state FROM api.exports") == "sent"; }, 60)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT state FROM api.exports") == "sent"; }, 60)) << s.log();
   const json found = json::parse(pacs.rest("POST", "/tools/find",
                                            R"({"Level":"Instance","Query":{"SOPInstanceUID":")" +
-                                               query1(s, "SELECT sr_sop_instance_uid FROM api.reports") + R"("}})"));
+                                               query_value(s, "SELECT sr_sop_instance_uid FROM api.reports") + R"("}})"));
   EXPECT_EQ(found.size(), 1u);
 
   // /metrics: one successful openai request for model gpu.
@@ -295,16 +278,16 @@ TEST(RemoteInference, QwenPixelBoxesMapThroughTheSentSizeAndTruncationIsMarked) 
   FirstreadService s(remote_yaml(y));
   s.start();
   send_study(s, s.dir() + "/study");
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "1"; }, 120)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "1"; }, 120)) << s.log();
   ASSERT_EQ(gpu.chat_requests().size(), 1u);
   EXPECT_TRUE(gpu.chat_requests()[0].value("accepted", false)) << gpu.chat_requests()[0].dump();
-  EXPECT_EQ(query1(s, "SELECT truncated FROM api.reports"), "t");
-  EXPECT_NE(query1(s, "SELECT text FROM api.reports").find("[Truncated"), std::string::npos);
-  ASSERT_EQ(query1(s, "SELECT count(*) FROM api.findings"), "1") << s.log();
-  EXPECT_EQ(query1(s, "SELECT label FROM api.findings"), "mass");
-  EXPECT_EQ(query1(s, "SELECT x1 || ',' || y1 || ',' || x2 || ',' || y2 FROM api.findings"),
+  EXPECT_EQ(query_value(s, "SELECT truncated FROM api.reports"), "t");
+  EXPECT_NE(query_value(s, "SELECT text FROM api.reports").find("[Truncated"), std::string::npos);
+  ASSERT_EQ(query_value(s, "SELECT count(*) FROM api.findings"), "1") << s.log();
+  EXPECT_EQ(query_value(s, "SELECT label FROM api.findings"), "mass");
+  EXPECT_EQ(query_value(s, "SELECT x1 || ',' || y1 || ',' || x2 || ',' || y2 FROM api.findings"),
             "32,64,96,128");  // x * 128 / 84
-  const std::string sr_path = s.storage() + "/" + query1(s, "SELECT sr_file_path FROM api.reports");
+  const std::string sr_path = s.storage() + "/" + query_value(s, "SELECT sr_file_path FROM api.reports");
   EXPECT_NE(run("dsrdump +Pl '" + sr_path + "'").output.find("[Truncated: the model stopped"), std::string::npos);
   fs::remove_all(dir);
 }
@@ -350,12 +333,12 @@ TEST(RemoteInference, EveryServerFaultIsAClearJobErrorAndNeverAReport) {
     }
     ++n;
     send_study(s, s.dir() + "/study" + std::to_string(n));
-    ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.jobs WHERE state = 'dead'") == std::to_string(n); }, 60))
+    ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.jobs WHERE state = 'dead'") == std::to_string(n); }, 60))
         << s.log();
-    const std::string error = query1(s, "SELECT error FROM api.jobs ORDER BY job_id DESC LIMIT 1");
+    const std::string error = query_value(s, "SELECT error FROM api.jobs ORDER BY job_id DESC LIMIT 1");
     EXPECT_NE(error.find(c.expected_error), std::string::npos) << error;
     EXPECT_NE(error.find("remote model 'gpu' (http://127.0.0.1:"), std::string::npos) << error;
-    EXPECT_EQ(query1(s, "SELECT count(*) FROM api.reports"), "0");
+    EXPECT_EQ(query_value(s, "SELECT count(*) FROM api.reports"), "0");
   }
   // A wrong served model name: the server's 404 message.
   const std::string metrics = http_get(s, "/metrics");
@@ -377,20 +360,20 @@ TEST(RemoteInference, TooManyRequestsWaitsForRetryAfterThenSucceeds) {
   FirstreadService s(remote_yaml(y));
   s.start();
   send_study(s, s.dir() + "/study");
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT state FROM api.jobs") == "failed"; }, 60)) << s.log();
-  EXPECT_NE(query1(s, "SELECT error FROM api.jobs").find("HTTP 429 too many requests (Retry-After 4): rate limited"),
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT state FROM api.jobs") == "failed"; }, 60)) << s.log();
+  EXPECT_NE(query_value(s, "SELECT error FROM api.jobs").find("HTTP 429 too many requests (Retry-After 4): rate limited"),
             std::string::npos)
-      << query1(s, "SELECT error FROM api.jobs");
+      << query_value(s, "SELECT error FROM api.jobs");
   // next_attempt_at honours Retry-After, not the 0.2 s backoff.
   const double wait = std::atof(
-      query1(s, "SELECT extract(epoch FROM next_attempt_at - finished_at) FROM firstread.jobs").c_str());
+      query_value(s, "SELECT extract(epoch FROM next_attempt_at - finished_at) FROM firstread.jobs").c_str());
   EXPECT_GE(wait, 3.9);
   gpu.scenario({{"mode", "ok"}, {"content", "No finding."}});
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "1"; }, 60)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "1"; }, 60)) << s.log();
   const auto requests = gpu.chat_requests();
   ASSERT_EQ(requests.size(), 2u);
   EXPECT_GE(requests[1].at("t").get<double>() - requests[0].at("t").get<double>(), 3.9);
-  EXPECT_EQ(query1(s, "SELECT attempts FROM api.jobs"), "2");
+  EXPECT_EQ(query_value(s, "SELECT attempts FROM api.jobs"), "2");
   fs::remove_all(dir);
 }
 
@@ -410,10 +393,10 @@ TEST(RemoteInference, WrongTokenAndUnknownModelGiveTheServersMessage) {
   EXPECT_EQ(code, 503);
   EXPECT_NE(ready.find("GET /v1/models answered HTTP 401: invalid api key"), std::string::npos) << ready;
   send_study(s, s.dir() + "/a");
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT state FROM api.jobs") == "dead"; }, 60)) << s.log();
-  EXPECT_NE(query1(s, "SELECT error FROM api.jobs").find("HTTP 401 (request refused): invalid api key"),
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT state FROM api.jobs") == "dead"; }, 60)) << s.log();
+  EXPECT_NE(query_value(s, "SELECT error FROM api.jobs").find("HTTP 401 (request refused): invalid api key"),
             std::string::npos)
-      << query1(s, "SELECT error FROM api.jobs");
+      << query_value(s, "SELECT error FROM api.jobs");
   EXPECT_EQ(s.log().find("not-the-token"), std::string::npos);
   s.terminate();
   setenv("FR_TEST_GPU_TOKEN", kToken.c_str(), 1);
@@ -421,11 +404,11 @@ TEST(RemoteInference, WrongTokenAndUnknownModelGiveTheServersMessage) {
   ASSERT_TRUE(wait_until([&] { return http_get(s, "/readyz", &code).find("does not list model 'no-such-model'") != std::string::npos; }, 20))
       << http_get(s, "/readyz");
   send_study(s, s.dir() + "/b");
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.jobs WHERE state = 'dead'") == "2"; }, 60));
-  EXPECT_NE(query1(s, "SELECT error FROM api.jobs ORDER BY job_id DESC LIMIT 1")
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.jobs WHERE state = 'dead'") == "2"; }, 60));
+  EXPECT_NE(query_value(s, "SELECT error FROM api.jobs ORDER BY job_id DESC LIMIT 1")
                 .find("HTTP 404 (request refused): The model `no-such-model` does not exist."),
             std::string::npos)
-      << query1(s, "SELECT error FROM api.jobs ORDER BY job_id DESC LIMIT 1");
+      << query_value(s, "SELECT error FROM api.jobs ORDER BY job_id DESC LIMIT 1");
   unsetenv("FR_TEST_GPU_TOKEN");
   fs::remove_all(dir);
 }
@@ -456,20 +439,20 @@ TEST(RemoteInference, HttpsWithTheTestCaAndAWrongCaRefused) {
     FirstreadService wrong(remote_yaml(y));
     wrong.start();
     send_study(wrong, wrong.dir() + "/s");
-    ASSERT_TRUE(wait_until([&] { return query1(wrong, "SELECT state FROM api.jobs") == "dead"; }, 60)) << wrong.log();
-    const std::string error = query1(wrong, "SELECT error FROM api.jobs");
+    ASSERT_TRUE(wait_until([&] { return query_value(wrong, "SELECT state FROM api.jobs") == "dead"; }, 60)) << wrong.log();
+    const std::string error = query_value(wrong, "SELECT error FROM api.jobs");
     EXPECT_NE(error.find("TLS handshake failed"), std::string::npos) << error;
     EXPECT_NE(error.find("certificate"), std::string::npos) << error;
-    EXPECT_EQ(query1(wrong, "SELECT count(*) FROM api.reports"), "0");
+    EXPECT_EQ(query_value(wrong, "SELECT count(*) FROM api.reports"), "0");
     EXPECT_TRUE(gpu.chat_requests().empty()) << "no request may reach a server that failed verification";
   }
   y.extra_model_keys = "    ca_file: " + dir + "/ca.pem\n";
   FirstreadService s(remote_yaml(y));
   s.start();
   send_study(s, s.dir() + "/s");
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "1"; }, 60)) << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "1"; }, 60)) << s.log();
   EXPECT_EQ(gpu.chat_requests().size(), 1u);
-  EXPECT_EQ(query1(s, "SELECT x2 FROM api.findings"), "128");
+  EXPECT_EQ(query_value(s, "SELECT x2 FROM api.findings"), "128");
   fs::remove_all(dir);
 }
 
@@ -489,8 +472,8 @@ TEST(RemoteInference, TwentyStudiesWithMaxInFlightFourNeverOpenMoreThanFour) {
   for (int i = 0; i < 20; ++i)
     files += " '" + firstread::testing::make_instances(kCtSmall, s.dir() + "/s" + std::to_string(i), 1)[0].first + "'";
   ASSERT_EQ(run("storescu -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port()) + files).exit_code, 0);
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.reports") == "20"; }, 180))
-      << query1(s, "SELECT count(*) FROM api.reports") << "\n" << s.log();
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.reports") == "20"; }, 180))
+      << query_value(s, "SELECT count(*) FROM api.reports") << "\n" << s.log();
   int most = 0;
   const auto requests = gpu.chat_requests();
   EXPECT_EQ(requests.size(), 20u);
@@ -516,18 +499,18 @@ TEST(RemoteInference, KillDashNineWithRequestsInFlightGivesExactlyOneReportPerJo
   for (int i = 0; i < 4; ++i)
     files += " '" + firstread::testing::make_instances(kCtSmall, s.dir() + "/s" + std::to_string(i), 1)[0].first + "'";
   ASSERT_EQ(run("storescu -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port()) + files).exit_code, 0);
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.jobs WHERE state = 'running'") == "4"; }, 60))
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.jobs WHERE state = 'running'") == "4"; }, 60))
       << s.log();
   std::this_thread::sleep_for(std::chrono::milliseconds(800));  // the requests are open on the server
   s.kill9();
-  EXPECT_EQ(query1(s, "SELECT count(*) FROM api.reports"), "0");
+  EXPECT_EQ(query_value(s, "SELECT count(*) FROM api.reports"), "0");
   gpu.scenario({{"mode", "ok"}, {"delay", 0.2}, {"content", "No finding."}});
   s.start();
-  ASSERT_TRUE(wait_until([&] { return query1(s, "SELECT count(*) FROM api.jobs WHERE state = 'done'") == "4"; }, 120))
+  ASSERT_TRUE(wait_until([&] { return query_value(s, "SELECT count(*) FROM api.jobs WHERE state = 'done'") == "4"; }, 120))
       << s.log();
   std::this_thread::sleep_for(std::chrono::seconds(2));
-  EXPECT_EQ(query1(s, "SELECT count(*) FROM api.reports"), "4");
-  EXPECT_EQ(query1(s, "SELECT count(DISTINCT job_id) FROM api.reports"), "4");
+  EXPECT_EQ(query_value(s, "SELECT count(*) FROM api.reports"), "4");
+  EXPECT_EQ(query_value(s, "SELECT count(DISTINCT job_id) FROM api.reports"), "4");
   EXPECT_GE(gpu.chat_requests().size(), 8u) << "the killed requests were sent again";
   fs::remove_all(dir);
 }

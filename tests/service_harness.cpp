@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -170,12 +171,7 @@ std::string FirstreadService::log() const {
 }
 
 bool FirstreadService::wait_for_log(const std::string& needle, double seconds) const {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (log().find(needle) == std::string::npos) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return true;
+  return wait_until([&] { return log().find(needle) != std::string::npos; }, int(std::ceil(seconds)));
 }
 
 pqxx::connection FirstreadService::connect() const {
