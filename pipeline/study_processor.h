@@ -52,6 +52,16 @@ class StudyProcessor {
   int64_t process(const worklist::Job& job, const std::string& owner);
 
  private:
+  struct StudyRead;
+  struct WrittenObjects;
+  // The stages of process(), in order.
+  void read_image(const worklist::Job& job, const config::Route& route, const BackendIdentity& who,
+                  const SelectedImage& img, size_t n, size_t count, bool key_images, StudyRead& read);
+  WrittenObjects write_objects(const worklist::Job& job, const config::Route& route, const BackendIdentity& who,
+                               bool key_images, StudyRead& read);
+  int64_t commit_report(const worklist::Job& job, const std::string& owner, const config::Route& route,
+                        const BackendIdentity& who, const StudyRead& read, const WrittenObjects& written);
+
   const config::Config& config_;
   db::ConnectionPool& pool_;
   storage::FileStorage& storage_;
