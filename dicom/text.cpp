@@ -58,4 +58,33 @@ std::string sanitize_utf8_text(std::string_view text) {
   return out;
 }
 
+std::string truncate_utf8_bytes(std::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return std::string(text);
+  const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
+  int32_t cut = static_cast<int32_t>(max_bytes);
+  // Back to the start of the code point that max_bytes falls inside.
+  U8_SET_CP_START(bytes, 0, cut);
+  return std::string(text.substr(0, static_cast<size_t>(cut)));
+}
+
+std::string truncate_utf8_code_points(std::string_view text, size_t max_code_points) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
+  const int32_t size = static_cast<int32_t>(text.size());
+  int32_t i = 0;
+  for (size_t n = 0; n < max_code_points && i < size; ++n) U8_FWD_1(bytes, i, size);
+  return std::string(text.substr(0, static_cast<size_t>(i)));
+}
+
+std::u32string utf8_code_points(std::string_view text) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
+  const int32_t size = static_cast<int32_t>(text.size());
+  std::u32string out;
+  for (int32_t i = 0; i < size;) {
+    UChar32 c;
+    U8_NEXT(bytes, i, size, c);
+    out.push_back(c < 0 ? U'\uFFFD' : static_cast<char32_t>(c));
+  }
+  return out;
+}
+
 }  // namespace firstread::dicom

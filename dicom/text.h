@@ -20,4 +20,15 @@ size_t first_invalid_utf8(std::string_view text);
 // (C0 and DEL), which those value representations exclude, are dropped.
 std::string sanitize_utf8_text(std::string_view text);
 
+// The longest prefix of valid UTF-8 `text` that has at most max_bytes bytes
+// (a value length limit such as LO's 64 bytes), never cutting a code point.
+std::string truncate_utf8_bytes(std::string_view text, size_t max_bytes);
+
+// The first max_code_points code points of valid UTF-8 `text` (a limit in
+// characters, such as Code Meaning's 64).
+std::string truncate_utf8_code_points(std::string_view text, size_t max_code_points);
+
+// The code points of valid UTF-8 `text` (ill-formed sequences as U+FFFD).
+std::u32string utf8_code_points(std::string_view text);
+
 }  // namespace firstread::dicom

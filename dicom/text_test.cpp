@@ -6,6 +6,9 @@
 
 using firstread::dicom::first_invalid_utf8;
 using firstread::dicom::sanitize_utf8_text;
+using firstread::dicom::truncate_utf8_bytes;
+using firstread::dicom::truncate_utf8_code_points;
+using firstread::dicom::utf8_code_points;
 
 namespace {
 const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD
@@ -42,4 +45,21 @@ TEST(DicomText, ReplacesIllFormedSequencesWithU_FFFD) {
   EXPECT_EQ(sanitize_utf8_text("\xC0\xAF"), kReplacement + kReplacement) << "overlong";
   const std::string repaired = sanitize_utf8_text("x\xe7\xbb y \xF4\x90\x80\x80 z");
   EXPECT_EQ(first_invalid_utf8(repaired), std::string::npos) << repaired;
+}
+
+TEST(DicomText, TruncatesAtCodePointsByBytesAndByCharacters) {
+  // "结" is 3 bytes: a 64-byte LO limit must not split it.
+  const std::string chinese = std::string(62, 'a') + "结节";
+  EXPECT_EQ(truncate_utf8_bytes(chinese, 64), std::string(62, 'a')) << "the 3-byte character at bytes 62..64 is dropped whole";
+  EXPECT_EQ(truncate_utf8_bytes(chinese, 65), std::string(62, 'a') + "结");
+  EXPECT_EQ(truncate_utf8_bytes("short", 64), "short");
+  EXPECT_EQ(truncate_utf8_bytes("🫁x", 3), "") << "a 4-byte character does not fit in 3 bytes";
+  EXPECT_EQ(truncate_utf8_code_points("右肺上叶结节", 2), "右肺");
+  EXPECT_EQ(truncate_utf8_code_points("🫁 nodule", 3), "🫁 n");
+  EXPECT_EQ(truncate_utf8_code_points("ab", 64), "ab");
+}
+
+TEST(DicomText, CodePointsOfUtf8) {
+  EXPECT_EQ(utf8_code_points("a结🫁"), std::u32string({U'a', U'\u7ed3', U'\U0001FAC1'}));
+  EXPECT_EQ(utf8_code_points("x\xff"), std::u32string({U'x', U'\uFFFD'})) << "ill-formed byte";
 }

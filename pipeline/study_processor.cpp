@@ -64,13 +64,7 @@ bool destination_wants(const config::ExportDestination& d, const std::string& ro
 
 // A server's model id as the SR's device name: valid UTF-8, at most 64 bytes (LO).
 std::string served_model_name(const std::string& id) {
-  std::string name = dicom::sanitize_utf8_text(id);
-  if (name.size() > 64) {
-    size_t cut = 64;
-    while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;
-    name.resize(cut);
-  }
-  return name;
+  return dicom::truncate_utf8_bytes(dicom::sanitize_utf8_text(id), 64);
 }
 
 // A model region as a finding on the source image's pixels, or none when the

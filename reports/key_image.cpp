@@ -15,6 +15,9 @@
 #include <filesystem>
 #include <mutex>
 #include <stdexcept>
+#include <string>
+
+#include "dicom/text.h"
 
 namespace firstread::reports {
 namespace {
@@ -59,22 +62,6 @@ Font& font() {
   return f;
 }
 
-std::vector<uint32_t> utf8_code_points(const std::string& text) {
-  std::vector<uint32_t> out;
-  for (size_t i = 0; i < text.size();) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    uint32_t cp = c;
-    size_t length = 1;
-    if (c >= 0xF0) { cp = c & 0x07; length = 4; }
-    else if (c >= 0xE0) { cp = c & 0x0F; length = 3; }
-    else if (c >= 0xC0) { cp = c & 0x1F; length = 2; }
-    for (size_t k = 1; k < length && i + k < text.size(); ++k) cp = (cp << 6) | (text[i + k] & 0x3F);
-    out.push_back(cp);
-    i += length;
-  }
-  return out;
-}
-
 struct Canvas {
   int width, height;
   std::vector<uint8_t>& rgb;
@@ -90,9 +77,9 @@ struct Canvas {
 };
 
 // Width of a text line in pixels at the face's current size.
-int text_width(FT_Face face, const std::vector<uint32_t>& text) {
+int text_width(FT_Face face, const std::u32string& text) {
   int width = 0;
-  for (uint32_t cp : text)
+  for (char32_t cp : text)
     if (FT_Load_Char(face, cp, FT_LOAD_DEFAULT) == 0) width += static_cast<int>(face->glyph->advance.x >> 6);
   return width;
 }
@@ -105,7 +92,7 @@ void draw_text(Canvas& canvas, const std::string& utf8, int x, int y, int pixel_
   FT_Set_Pixel_Sizes(f.face, 0, static_cast<FT_UInt>(pixel_height));
   const int ascender = static_cast<int>(f.face->size->metrics.ascender >> 6);
   int pen = x;
-  for (uint32_t cp : utf8_code_points(utf8)) {
+  for (char32_t cp : dicom::utf8_code_points(utf8)) {
     if (FT_Load_Char(f.face, cp, FT_LOAD_RENDER) != 0) continue;
     const FT_GlyphSlot g = f.face->glyph;
     for (unsigned row = 0; row < g->bitmap.rows; ++row)
@@ -121,7 +108,7 @@ int measure(const std::string& utf8, int pixel_height) {
   std::lock_guard<std::mutex> lock(f.mutex);
   if (f.face == nullptr) fail(f.error);
   FT_Set_Pixel_Sizes(f.face, 0, static_cast<FT_UInt>(pixel_height));
-  return text_width(f.face, utf8_code_points(utf8));
+  return text_width(f.face, dicom::utf8_code_points(utf8));
 }
 
 std::string format_number(double value) {

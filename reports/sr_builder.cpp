@@ -574,28 +574,15 @@ FindingCode finding_code(const std::string& label) {
   char value[16];
   std::snprintf(value, sizeof value, "L%08X", hash);
   // Code Meaning is LO: at most 64 characters (not bytes); cut at a code point.
-  std::string meaning;
-  size_t characters = 0;
-  for (size_t i = 0; i < text.size() && characters < 64; ++characters) {
-    size_t length = 1;
-    const auto lead = static_cast<unsigned char>(text[i]);
-    if (lead >= 0xF0) length = 4;
-    else if (lead >= 0xE0) length = 3;
-    else if (lead >= 0xC0) length = 2;
-    meaning += text.substr(i, length);
-    i += length;
-  }
+  const std::string meaning = dicom::truncate_utf8_code_points(text, 64);
   return {value, kFindingCodingScheme, meaning};
 }
 
-BuiltSr build_sr(const SrInput& input) {
-  // DCMTK builds its context-group code lists lazily and not thread-safely;
-  // workers call build_sr concurrently, so build them all once up front.
-  static std::once_flag context_groups_initialized;
-  std::call_once(context_groups_initialized, [] { CMR_ContentMappingResource::initializeAllContextGroups(); });
+namespace {
 
-  validate_input(input);
-
+// The sources as the SR cites them: one study, no instance twice, and the
+// predecessor (if any) in the same study.
+std::vector<SourceImage> read_sources(const SrInput& input) {
   std::vector<SourceImage> images;
   std::set<std::string> seen_instances;
   for (size_t i = 0; i < input.sources.size(); ++i) {
@@ -610,13 +597,14 @@ BuiltSr build_sr(const SrInput& input) {
   if (input.predecessor && input.predecessor->study_uid != images.front().study_uid)
     fail("predecessor " + input.predecessor->sop_instance_uid + " is in study " + input.predecessor->study_uid +
          ", not in the sources' study " + images.front().study_uid);
-  BuiltSr built;
-  std::vector<const SourceImage*> finding_images;
-  for (size_t i = 0; i < input.findings.size(); ++i)
-    finding_images.push_back(&validate_finding(input.findings[i], i, images, built.warnings));
+  return images;
+}
 
-  // --- TID 1500 root, observer, procedure, image library, report-level text
-  TID1500_MeasurementReport report(CMR_CID7021::ImagingMeasurementReport);
+// TID 1500's root: language, the model as device observer, the procedures,
+// the image library (one group per series, in source order) and the
+// report-level narrative.
+void fill_measurement_report(TID1500_MeasurementReport& report, const SrInput& input,
+                             const std::vector<SourceImage>& images) {
   // Code meanings as in CID 5000 of the standard (PixelMed's validator warns on
   // DCMTK 3.6.7's older "English (US)").
   const CID5000_Languages language =
@@ -637,7 +625,7 @@ BuiltSr build_sr(const SrInput& input) {
 
   TID1600_ImageLibrary& library = report.getImageLibrary();
   require_ok(library.createNewImageLibrary(), "Image Library");
-  std::string current_group_series;  // one Image Library Group per series, in source order
+  std::string current_group_series;
   for (const SourceImage& image : images) {
     if (image.series_uid != current_group_series) {
       require_ok(library.addImageGroup(), "Image Library Group for series " + image.series_uid);
@@ -654,19 +642,12 @@ BuiltSr build_sr(const SrInput& input) {
   if (!narrative.impression.empty())
     require_ok(report.addQualitativeEvaluation(CODE_DCM_Impression, narrative.impression.c_str()),
                "narrative impression text");
+}
 
-  DSRDocument document;
-  require_ok(document.setTreeFromRootTemplate(report), "TID 1500 tree");
-  // DCMTK picks Enhanced SR for this tree; IHE AIR asks for Comprehensive 3D SR.
-  require_ok(document.changeDocumentType(DSRTypes::DT_Comprehensive3DSR), "Comprehensive 3D SR document type");
-
-  // --- TID 1410 planar-ROI groups, one per finding
-  for (size_t i = 0; i < input.findings.size(); ++i)
-    add_measurement_group(document.getTree(), input.findings[i], i, *finding_images[i], input);
-  for (size_t i = 0; i < input.specialist_evaluations.size(); ++i)
-    add_specialist_group(document.getTree(), input.specialist_evaluations[i], i, input, images);
-
-  // --- patient, study, new series, equipment, flags, evidence
+// Patient and study from the first source, a new series, equipment, the
+// preliminary flags, the evidence and predecessor references, and firstread's
+// own coding scheme when a code of it is used.
+void set_document_header(DSRDocument& document, const SrInput& input, std::vector<SourceImage>& images) {
   SourceImage& first = images.front();
   require_ok(document.readStudyData(*first.header), "patient/study data of source " + first.sop_instance_uid);
   require_ok(document.setSpecificCharacterSetType(DSRTypes::CS_UTF8), "Specific Character Set ISO_IR 192");
@@ -705,6 +686,10 @@ BuiltSr build_sr(const SrInput& input) {
     require_ok(schemes.setCodingSchemeName("firstread AI finding labels"), "Coding Scheme Name");
     require_ok(schemes.setCodingSchemeResponsibleOrganization("firstread"), "Coding Scheme Responsible Organization");
   }
+}
+
+// The checked document as a data set, with its UIDs read back.
+void write_document(DSRDocument& document, const SrInput& input, BuiltSr& built) {
   if (document.getCompletionFlag() != DSRTypes::CF_Partial) fail("Completion Flag is not PARTIAL");
   if (document.getVerificationFlag() != DSRTypes::VF_Unverified) fail("Verification Flag is not UNVERIFIED");
   if (!document.isValid()) fail("DCMTK reports the SR document as invalid");
@@ -723,6 +708,38 @@ BuiltSr build_sr(const SrInput& input) {
   built.sop_class_uid = value.c_str();
   if (built.sop_class_uid != kComprehensive3DSrSopClassUid)
     fail("SR SOP Class UID is " + built.sop_class_uid + ", expected Comprehensive 3D SR");
+}
+
+}  // namespace
+
+BuiltSr build_sr(const SrInput& input) {
+  // DCMTK builds its context-group code lists lazily and not thread-safely;
+  // workers call build_sr concurrently, so build them all once up front.
+  static std::once_flag context_groups_initialized;
+  std::call_once(context_groups_initialized, [] { CMR_ContentMappingResource::initializeAllContextGroups(); });
+
+  validate_input(input);
+  std::vector<SourceImage> images = read_sources(input);
+  BuiltSr built;
+  std::vector<const SourceImage*> finding_images;
+  for (size_t i = 0; i < input.findings.size(); ++i)
+    finding_images.push_back(&validate_finding(input.findings[i], i, images, built.warnings));
+
+  TID1500_MeasurementReport report(CMR_CID7021::ImagingMeasurementReport);
+  fill_measurement_report(report, input, images);
+  DSRDocument document;
+  require_ok(document.setTreeFromRootTemplate(report), "TID 1500 tree");
+  // DCMTK picks Enhanced SR for this tree; IHE AIR asks for Comprehensive 3D SR.
+  require_ok(document.changeDocumentType(DSRTypes::DT_Comprehensive3DSR), "Comprehensive 3D SR document type");
+
+  // TID 1410 planar-ROI groups, one per finding; then the specialists' evaluations (GSCo).
+  for (size_t i = 0; i < input.findings.size(); ++i)
+    add_measurement_group(document.getTree(), input.findings[i], i, *finding_images[i], input);
+  for (size_t i = 0; i < input.specialist_evaluations.size(); ++i)
+    add_specialist_group(document.getTree(), input.specialist_evaluations[i], i, input, images);
+
+  set_document_header(document, input, images);
+  write_document(document, input, built);
   return built;
 }
 
