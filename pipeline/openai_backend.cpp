@@ -310,13 +310,12 @@ OpenAiBackend::Reply OpenAiBackend::exchange(const std::string& method, const st
   });
 }
 
-FrameInference OpenAiBackend::infer(const engine::RgbImage& frame, const config::Route& route) {
-  // The image as sent: resized with the PIL-exact bicubic the engine uses.
-  int w = 0, h = 0;
-  sent_size(frame.width, frame.height, cfg_, &w, &h);
+// The chat-completions request for one frame: the route's prompt and the
+// frame as a PNG data URI, resized to the sent size with the PIL-exact
+// bicubic the engine uses.
+std::string OpenAiBackend::request_body(const engine::RgbImage& frame, const config::Route& route, int w, int h) const {
   const engine::RgbImage sent = (w == frame.width && h == frame.height) ? frame : engine::resize_bicubic_pil(frame, w, h);
   const std::string data_uri = "data:image/png;base64," + base64(engine::encode_png(sent));
-
   json body = json::parse(cfg_.extra_json);
   body["model"] = cfg_.model;
   body["messages"] = json::array();
@@ -331,8 +330,101 @@ FrameInference OpenAiBackend::infer(const engine::RgbImage& frame, const config:
   body["seed"] = cfg_.seed;
   body["max_tokens"] = route.max_new_tokens;
   if (!body.contains("stream")) body["stream"] = false;
-  const std::string request = body.dump();
+  return body.dump();
+}
 
+// An HTTP status other than 200 as the job's error: 429 / 503 with the wait
+// the server asked for, 5xx, 4xx (the server's own message), anything else.
+void OpenAiBackend::check_status(const Reply& reply) const {
+  if (reply.status == 429 || reply.status == 503) {
+    const double wait = parse_retry_after(reply.retry_after);
+    throw InferenceError(reply.status == 429 ? "http_429" : "http_5xx",
+                         where() + ": HTTP " + std::to_string(reply.status) +
+                             (reply.status == 429 ? " too many requests" : " service unavailable") +
+                             (wait > 0 ? " (Retry-After " + reply.retry_after + ")" : "") + ": " +
+                             server_message(reply.body),
+                         wait);
+  }
+  if (reply.status >= 500)
+    throw InferenceError("http_5xx", where() + ": HTTP " + std::to_string(reply.status) + " server error: " +
+                                         server_message(reply.body));
+  if (reply.status >= 400)
+    throw InferenceError("http_4xx", where() + ": HTTP " + std::to_string(reply.status) + " (request refused): " +
+                                         server_message(reply.body));
+  if (reply.status != 200)
+    throw InferenceError("bad_reply", where() + ": unexpected HTTP " + std::to_string(reply.status));
+}
+
+// The answer's text (choices[0].message.content, as a string or in text
+// parts), whether it stopped at the token limit, its token counts and the
+// served model; a reply without text is the job's error.
+std::string OpenAiBackend::read_choice(const std::string& reply_body, FrameInference& out) const {
+  json j;
+  try {
+    j = json::parse(reply_body);
+  } catch (const json::parse_error& e) {
+    throw InferenceError("bad_reply", where() + ": the reply is not valid JSON (" + std::to_string(reply_body.size()) +
+                                          " bytes; truncated or not JSON): " + e.what());
+  }
+  if (!j.is_object() || !j.contains("choices") || !j["choices"].is_array() || j["choices"].empty())
+    throw InferenceError("bad_reply", where() + ": the reply has no choices");
+  const json& choice = j["choices"][0];
+  if (!choice.is_object() || !choice.contains("message") || !choice["message"].is_object())
+    throw InferenceError("bad_reply", where() + ": choices[0] has no message");
+  const json& content = choice["message"].value("content", json());
+  std::string text;
+  if (content.is_string()) {
+    text = content.get<std::string>();
+  } else if (content.is_array()) {  // some servers answer in parts
+    for (const auto& part : content)
+      if (part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string())
+        text += part["text"].get<std::string>();
+  }
+  const std::string finish_reason =
+      choice.contains("finish_reason") && choice["finish_reason"].is_string() ? choice["finish_reason"].get<std::string>()
+                                                                             : std::string();
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos)
+    throw InferenceError("bad_reply", where() + ": the reply's choices[0].message.content is empty" +
+                                          (finish_reason.empty() ? std::string() : " (finish_reason " + finish_reason + ")"));
+  out.truncated = finish_reason == "length";
+  if (j.contains("usage") && j["usage"].is_object()) {
+    const json& u = j["usage"];
+    if (u.contains("prompt_tokens") && u["prompt_tokens"].is_number_integer()) out.prompt_tokens = u["prompt_tokens"];
+    if (u.contains("completion_tokens") && u["completion_tokens"].is_number_integer())
+      out.completion_tokens = u["completion_tokens"];
+  }
+  out.served_model = j.contains("model") && j["model"].is_string() ? j["model"].get<std::string>() : cfg_.model;
+  if (out.served_model.empty()) out.served_model = cfg_.model;
+  return text;
+}
+
+// The answer's regions on the frame. InternVL's grid is relative to the sent
+// image, which is the whole frame resized, so relative coordinates map onto
+// the frame directly; Qwen's pixels are pixels of the sent w x h image.
+void OpenAiBackend::map_regions(const std::string& text, const engine::RgbImage& frame, int w, int h,
+                                FrameInference& out) const {
+  engine::PreprocessGeometry g;
+  g.source_width = g.view_width = frame.width;
+  g.source_height = g.view_height = frame.height;
+  if (std::optional<reports::BoxFormat> format = reports::parse_box_format(cfg_.box_format)) {
+    format->sent_width = w;
+    format->sent_height = h;
+    const bool pixels = format->syntax == reports::BoxFormat::Syntax::qwen25_json;
+    parse_reply(text, g, *format,
+                pixels ? std::to_string(w) + "x" + std::to_string(h) + " px" : "0.." + std::to_string(format->scale),
+                out);
+  } else {  // box_format: none
+    out.text = text;
+    out.narrative = reports::strip_region_markup(text);
+  }
+}
+
+FrameInference OpenAiBackend::infer(const engine::RgbImage& frame, const config::Route& route) {
+  int w = 0, h = 0;
+  sent_size(frame.width, frame.height, cfg_, &w, &h);
+  const std::string request = request_body(frame, route, w, h);
+
+  // At most max_in_flight requests open at once, across this process's workers.
   {
     std::unique_lock<std::mutex> lock(gate_mu_);
     gate_cv_.wait(lock, [&] { return open_ < cfg_.max_in_flight; });
@@ -354,81 +446,11 @@ FrameInference OpenAiBackend::infer(const engine::RgbImage& frame, const config:
                                std::chrono::duration_cast<Clock::duration>(
                                    std::chrono::duration<double>(cfg_.timeout_seconds)));
   const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-
-  if (reply.status == 429 || reply.status == 503) {
-    const double wait = parse_retry_after(reply.retry_after);
-    throw InferenceError(reply.status == 429 ? "http_429" : "http_5xx",
-                         where() + ": HTTP " + std::to_string(reply.status) +
-                             (reply.status == 429 ? " too many requests" : " service unavailable") +
-                             (wait > 0 ? " (Retry-After " + reply.retry_after + ")" : "") + ": " +
-                             server_message(reply.body),
-                         wait);
-  }
-  if (reply.status >= 500)
-    throw InferenceError("http_5xx", where() + ": HTTP " + std::to_string(reply.status) + " server error: " +
-                                         server_message(reply.body));
-  if (reply.status >= 400)
-    throw InferenceError("http_4xx", where() + ": HTTP " + std::to_string(reply.status) + " (request refused): " +
-                                         server_message(reply.body));
-  if (reply.status != 200)
-    throw InferenceError("bad_reply", where() + ": unexpected HTTP " + std::to_string(reply.status));
-
-  json j;
-  try {
-    j = json::parse(reply.body);
-  } catch (const json::parse_error& e) {
-    throw InferenceError("bad_reply", where() + ": the reply is not valid JSON (" + std::to_string(reply.body.size()) +
-                                          " bytes; truncated or not JSON): " + e.what());
-  }
-  if (!j.is_object() || !j.contains("choices") || !j["choices"].is_array() || j["choices"].empty())
-    throw InferenceError("bad_reply", where() + ": the reply has no choices");
-  const json& choice = j["choices"][0];
-  if (!choice.is_object() || !choice.contains("message") || !choice["message"].is_object())
-    throw InferenceError("bad_reply", where() + ": choices[0] has no message");
-  const json& content = choice["message"].value("content", json());
-  std::string text;
-  if (content.is_string()) {
-    text = content.get<std::string>();
-  } else if (content.is_array()) {  // some servers answer in parts
-    for (const auto& part : content)
-      if (part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string())
-        text += part["text"].get<std::string>();
-  }
-  if (text.find_first_not_of(" \t\r\n") == std::string::npos)
-    throw InferenceError("bad_reply", where() + ": the reply's choices[0].message.content is empty" +
-                                          (choice.contains("finish_reason") && choice["finish_reason"].is_string()
-                                               ? " (finish_reason " + choice["finish_reason"].get<std::string>() + ")"
-                                               : std::string()));
+  check_status(reply);
 
   FrameInference out;
-  out.truncated = choice.contains("finish_reason") && choice["finish_reason"].is_string() &&
-                  choice["finish_reason"].get<std::string>() == "length";
-  if (j.contains("usage") && j["usage"].is_object()) {
-    const json& u = j["usage"];
-    if (u.contains("prompt_tokens") && u["prompt_tokens"].is_number_integer()) out.prompt_tokens = u["prompt_tokens"];
-    if (u.contains("completion_tokens") && u["completion_tokens"].is_number_integer())
-      out.completion_tokens = u["completion_tokens"];
-  }
-  out.served_model = j.contains("model") && j["model"].is_string() ? j["model"].get<std::string>() : cfg_.model;
-  if (out.served_model.empty()) out.served_model = cfg_.model;
-
-  // The frame as the geometry: InternVL's grid is relative to the sent image,
-  // which is the whole frame resized, so relative coordinates map onto the
-  // frame directly; Qwen's pixels are pixels of the sent w x h image.
-  engine::PreprocessGeometry g;
-  g.source_width = g.view_width = frame.width;
-  g.source_height = g.view_height = frame.height;
-  if (std::optional<reports::BoxFormat> format = reports::parse_box_format(cfg_.box_format)) {
-    format->sent_width = w;
-    format->sent_height = h;
-    const bool pixels = format->syntax == reports::BoxFormat::Syntax::qwen25_json;
-    parse_reply(text, g, *format,
-                pixels ? std::to_string(w) + "x" + std::to_string(h) + " px" : "0.." + std::to_string(format->scale),
-                out);
-  } else {  // box_format: none
-    out.text = text;
-    out.narrative = reports::strip_region_markup(text);
-  }
+  const std::string text = read_choice(reply.body, out);
+  map_regions(text, frame, w, h, out);
   out.log_detail = "sent " + std::to_string(w) + "x" + std::to_string(h) + " PNG to " + url_.str() + ", served " +
                    out.served_model + ", " + std::to_string(out.prompt_tokens) + "+" +
                    std::to_string(out.completion_tokens) + " tokens in " + std::to_string(static_cast<int>(ms)) +

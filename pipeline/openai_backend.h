@@ -57,6 +57,11 @@ class OpenAiBackend : public InferenceBackend {
   // connect / TLS / timeout / network faults.
   Reply exchange(const std::string& method, const std::string& path, const std::string& body,
                  std::chrono::steady_clock::duration timeout);
+  // The stages of infer(), in order.
+  std::string request_body(const engine::RgbImage& frame, const config::Route& route, int w, int h) const;
+  void check_status(const Reply& reply) const;
+  std::string read_choice(const std::string& reply_body, FrameInference& out) const;
+  void map_regions(const std::string& text, const engine::RgbImage& frame, int w, int h, FrameInference& out) const;
   std::string bearer_token() const;  // "" when no api_key_env
   std::string where() const;         // "remote model 'x' (https://host:port)" for messages
 
