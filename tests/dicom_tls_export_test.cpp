@@ -24,6 +24,7 @@ using firstread::testing::query_value;
 using firstread::testing::run;
 using firstread::testing::wait_until;
 using firstread::testing::TestCert;
+using firstread::testing::TempDir;
 using firstread::testing::TestPki;
 using json = nlohmann::json;
 
@@ -41,9 +42,8 @@ std::string destination(const std::string& name, const std::string& host, int po
 }  // namespace
 
 TEST(DicomTlsExport, OrthancOverTlsReceivesTheSrAndUntrustedOrMisnamedPacsAreRefusedWithTheReason) {
-  std::string templ = "/tmp/firstread-tls-export-XXXXXX";
-  ASSERT_NE(mkdtemp(templ.data()), nullptr);
-  const std::string dir = templ;
+  const TempDir tmp("tls-export");
+  const std::string& dir = tmp.path();
   TestPki pki(dir);
   // Orthanc's certificate names 127.0.0.1 only, so "localhost" is the wrong host for it.
   const TestCert orthanc_cert = pki.issue("orthanc", "firstread-test-pacs", "IP:127.0.0.1");

@@ -22,25 +22,13 @@ using firstread::testing::query_value;
 using firstread::testing::run;
 using firstread::testing::wait_until;
 using firstread::testing::TestCert;
+using firstread::testing::TempDir;
 using firstread::testing::TestPki;
 using json = nlohmann::json;
 
 namespace {
 
 const std::string kCtSmall = "/usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm";
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string templ = "/tmp/firstread-tls-XXXXXX";
-    if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
-    path = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
 
 // The dicom.tls block (inside dicom:, indented two spaces).
 std::string dicom_tls_yaml(const TestPki& pki, const TestCert& server, int tls_port, const std::string& more = "") {
@@ -62,8 +50,8 @@ bool log_has(const FirstreadService& s, const std::string& text) {
 }  // namespace
 
 TEST(DicomTls, AGoodClientCertificateEchoesAndStoresAndEachRefusalSaysWhyWhileServingGoesOn) {
-  TempDir tmp;
-  TestPki pki(tmp.path);
+  TempDir tmp("tls");
+  TestPki pki(tmp.path());
   const TestCert server = pki.issue("server", "localhost", "DNS:localhost,IP:127.0.0.1");
   const TestCert good = pki.issue("good", "modality-good");
   const TestCert expired = pki.issue("expired", "modality-expired", "", true);
@@ -120,8 +108,8 @@ TEST(DicomTls, AGoodClientCertificateEchoesAndStoresAndEachRefusalSaysWhyWhileSe
 }
 
 TEST(DicomTls, OnlyTheTlsPortListensAndAllowedPeersMatchTheCertificateSubject) {
-  TempDir tmp;
-  TestPki pki(tmp.path);
+  TempDir tmp("tls");
+  TestPki pki(tmp.path());
   const TestCert server = pki.issue("server", "localhost", "DNS:localhost,IP:127.0.0.1");
   const TestCert allowed = pki.issue("allowed", "ct-scanner-1");
   const TestCert other = pki.issue("other", "ct-scanner-2");  // same trusted CA, not listed
@@ -152,8 +140,8 @@ TEST(DicomTls, OnlyTheTlsPortListensAndAllowedPeersMatchTheCertificateSubject) {
 }
 
 TEST(HttpsService, RolesOverHttpsWithTokensMadeByTheCliAndNoTokenInAnyLog) {
-  TempDir tmp;
-  TestPki pki(tmp.path);
+  TempDir tmp("tls");
+  TestPki pki(tmp.path());
   const TestCert server = pki.issue("server", "localhost", "DNS:localhost,IP:127.0.0.1");
   // Tokens from the real CLI; one user inline, one in a tokens file.
   auto created = [&](const std::string& name, const std::string& role) {
@@ -163,10 +151,10 @@ TEST(HttpsService, RolesOverHttpsWithTokensMadeByTheCliAndNoTokenInAnyLog) {
     return json::parse(r.output);
   };
   const json vera = created("vera", "viewer"), ada = created("ada", "admin");
-  const std::string tokens_file = tmp.path + "/tokens.yaml";
+  const std::string tokens_file = tmp.path() + "/tokens.yaml";
   std::ofstream(tokens_file) << "- name: ada\n  role: admin\n  token_hash: " << ada.at("token_hash").get<std::string>()
                              << "\n";
-  const std::string audit = tmp.path + "/audit.log";
+  const std::string audit = tmp.path() + "/audit.log";
   FirstreadService s("log:\n  level: debug\n", "", "",
                      "  tls:\n    certificate: " + server.cert + "\n    private_key: " + server.key +
                          "\n  users:\n    - {name: vera, role: viewer, token_hash: \"" +

@@ -33,6 +33,7 @@
 #include "scp/dicom_server.h"
 #include "scp/server_metrics.h"
 #include "storage/file_storage.h"
+#include "tests/service_harness.h"
 #include "tests/test_pki.h"
 
 namespace fs = std::filesystem;
@@ -44,6 +45,7 @@ using json = nlohmann::json;
 using firstread::app::HttpApi;
 using firstread::app::HttpApiOptions;
 using firstread::db::testing::TestCluster;
+using firstread::testing::connect_loopback;
 
 namespace {
 
@@ -136,20 +138,6 @@ std::string read_file(const std::string& path) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
-}
-
-// A plain TCP connection for the slow client and malformed requests.
-int connect_raw(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 // Reads until the peer closes or `seconds` pass; returns what came.
@@ -609,7 +597,7 @@ TEST_F(HttpApiTest, BadParametersAre400) {
             1);
 
   // Not HTTP at all: 400 and the connection closed.
-  int fd = connect_raw(port_);
+  int fd = connect_loopback(port_);
   ASSERT_GE(fd, 0);
   const std::string garbage = "\x16\x03\x01 hello, this is not HTTP\r\n\r\n";
   ASSERT_EQ(send(fd, garbage.data(), garbage.size(), 0), static_cast<ssize_t>(garbage.size()));
@@ -823,14 +811,14 @@ TEST_F(HttpApiTest, SlowClientsDoNotBlockOthers) {
   // More half-sent requests than there are I/O and handler threads together.
   std::vector<int> slow;
   for (int i = 0; i < 24; ++i) {
-    int fd = connect_raw(port_);
+    int fd = connect_loopback(port_);
     ASSERT_GE(fd, 0);
     const std::string half = "GET /api/v1/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
     ASSERT_EQ(send(fd, half.data(), half.size(), 0), static_cast<ssize_t>(half.size()));
     slow.push_back(fd);
   }
   // A connection that never sends anything at all.
-  int silent = connect_raw(port_);
+  int silent = connect_loopback(port_);
   ASSERT_GE(silent, 0);
   for (int i = 0; i < 10; ++i) {
     const auto started = std::chrono::steady_clock::now();
@@ -854,7 +842,7 @@ TEST_F(HttpApiTest, SlowClientsDoNotBlockOthers) {
   EXPECT_EQ(get(port_, "/healthz").status, 200);
 
   // Keep-alive: several requests on one connection.
-  int fd = connect_raw(port_);
+  int fd = connect_loopback(port_);
   const std::string two = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   ASSERT_EQ(send(fd, two.data(), two.size(), 0), static_cast<ssize_t>(two.size()));
   const std::string both = read_until_close(fd, 5, &closed);

@@ -27,35 +27,13 @@
 
 #include "tests/service_harness.h"
 
+using firstread::testing::connect_loopback;
 using firstread::testing::FirstreadService;
 using firstread::testing::run;
 
 namespace {
 
 const std::string kCtSmall = "/usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm";
-
-// A TCP connection to the service from a chosen loopback address (127.0.0.0/8
-// is all local on Linux), so that tests can play several hosts.
-int connect_from(const std::string& source, int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  inet_pton(AF_INET, source.c_str(), &local.sin_addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0) {
-    close(fd);
-    return -1;
-  }
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 void put16(std::vector<unsigned char>& b, size_t v) {
   b.push_back(static_cast<unsigned char>(v >> 8));
@@ -141,13 +119,13 @@ TEST(Node, IdleConnectionsAndAStalledRequestBlockNoOtherSender) {
   s.start();
   const int port = s.port();
 
-  int idle = connect_from("127.0.0.2", port);
+  int idle = connect_loopback(port, "127.0.0.2");
   ASSERT_GE(idle, 0);
   expect_others_served(s, "one idle TCP connection");
 
   // Half of a valid A-ASSOCIATE-RQ, then silence.
   const auto rq = associate_rq("FIRSTREAD", "STALLER");
-  int half = connect_from("127.0.0.3", port);
+  int half = connect_loopback(port, "127.0.0.3");
   ASSERT_GE(half, 0);
   ASSERT_EQ(write(half, rq.data(), rq.size() / 2), static_cast<ssize_t>(rq.size() / 2));
   expect_others_served(s, "a stalled half A-ASSOCIATE-RQ");
@@ -155,7 +133,7 @@ TEST(Node, IdleConnectionsAndAStalledRequestBlockNoOtherSender) {
   // Twenty idle peers, each from its own address.
   std::vector<int> peers;
   for (int i = 0; i < 20; ++i) {
-    int fd = connect_from("127.0.1." + std::to_string(i + 1), port);
+    int fd = connect_loopback(port, "127.0.1." + std::to_string(i + 1));
     ASSERT_GE(fd, 0);
     peers.push_back(fd);
   }
@@ -198,7 +176,7 @@ TEST(Node, ConnectionLimitsApplyBeforeAnyByteIsRead) {
   // dicom.max_associations: two held associations, the third is rejected.
   std::vector<int> held;
   for (const char* host : {"127.0.0.2", "127.0.0.3"}) {
-    int fd = connect_from(host, port);
+    int fd = connect_loopback(port, host);
     ASSERT_GE(fd, 0);
     ASSERT_EQ(write(fd, rq.data(), rq.size()), static_cast<ssize_t>(rq.size()));
     ASSERT_EQ(first_reply_byte(fd, 5000), 0x02) << host << "\n" << s.log();
@@ -216,8 +194,8 @@ TEST(Node, ConnectionLimitsApplyBeforeAnyByteIsRead) {
   // dicom.max_associations_per_host: the third connection from one address is
   // closed at once, while another address is still served.
   std::vector<int> from_one;
-  for (int i = 0; i < 2; ++i) from_one.push_back(connect_from("127.0.0.8", port));
-  int over = connect_from("127.0.0.8", port);
+  for (int i = 0; i < 2; ++i) from_one.push_back(connect_loopback(port, "127.0.0.8"));
+  int over = connect_loopback(port, "127.0.0.8");
   ASSERT_GE(over, 0);
   EXPECT_EQ(first_reply_byte(over, 2000), 0) << "the connection over the per-host limit was not closed at once";
   close(over);
@@ -232,9 +210,9 @@ TEST(Node, ConnectionLimitsApplyBeforeAnyByteIsRead) {
   // dicom.max_pending_associations: three connections still negotiating fill it;
   // the fourth is closed at once with a line naming its address.
   std::vector<int> pending;
-  for (const char* host : {"127.0.0.4", "127.0.0.5", "127.0.0.6"}) pending.push_back(connect_from(host, port));
+  for (const char* host : {"127.0.0.4", "127.0.0.5", "127.0.0.6"}) pending.push_back(connect_loopback(port, host));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  int fourth = connect_from("127.0.0.7", port);
+  int fourth = connect_loopback(port, "127.0.0.7");
   ASSERT_GE(fourth, 0);
   EXPECT_EQ(first_reply_byte(fourth, 2000), 0);
   close(fourth);
@@ -255,7 +233,7 @@ TEST(Node, APeerThatNeverCompletesItsRequestIsClosedAtItsDeadline) {
   FirstreadService s("", "  acse_timeout_seconds: 2\n");
   s.start();
   const auto rq = associate_rq("FIRSTREAD", "STALLER");
-  int half = connect_from("127.0.0.9", s.port());
+  int half = connect_loopback(s.port(), "127.0.0.9");
   ASSERT_GE(half, 0);
   ASSERT_EQ(write(half, rq.data(), 10), 10);
   // Closed by the service after about 2 s, not 60.

@@ -24,6 +24,7 @@
 
 namespace fs = std::filesystem;
 using firstread::testing::FirstreadService;
+using firstread::testing::TempDir;
 using firstread::testing::OrthancServer;
 using firstread::testing::run;
 using json = nlohmann::json;
@@ -139,13 +140,6 @@ std::string remote_yaml(const RemoteYaml& y) {
   return s.str();
 }
 
-// A fresh temporary directory for one test's files.
-std::string temp_dir() {
-  std::string templ = "/tmp/firstread-remote-XXXXXX";
-  if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
-  return templ;
-}
-
 std::string send_study(const FirstreadService& s, const std::string& dir) {
   auto made = firstread::testing::make_instances(kCtSmall, dir, 1);
   auto r = run("storescu -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port()) + " '" + made[0].first + "'");
@@ -170,7 +164,8 @@ class Env {
 
 TEST(RemoteInference, OrthancStudyThroughTheProtocolServerComesBackAsAnSrWithBoxesOnSourcePixels) {
   Env env;
-  const std::string dir = temp_dir();
+  const TempDir tmp("remote");
+  const std::string& dir = tmp.path();
   // The server checks the sent PNG against pydicom's 8-bit reading of the
   // very file Orthanc forwards, resized to 100 x 100 (max_image_side 100).
   fs::create_directories(dir + "/expect");
@@ -261,7 +256,8 @@ TEST(RemoteInference, OrthancStudyThroughTheProtocolServerComesBackAsAnSrWithBox
 
 TEST(RemoteInference, QwenPixelBoxesMapThroughTheSentSizeAndTruncationIsMarked) {
   Env env;
-  const std::string dir = temp_dir();
+  const TempDir tmp("remote");
+  const std::string& dir = tmp.path();
   fs::create_directories(dir + "/expect");
   fs::copy_file(kCtSmall, dir + "/expect/ct.dcm");
   // qwen25-pixels: 128 px at max_image_side 100 is sent at 84 x 84 (multiples
@@ -295,7 +291,8 @@ TEST(RemoteInference, QwenPixelBoxesMapThroughTheSentSizeAndTruncationIsMarked) 
 // Each fault: a job error naming the cause, retried by the queue, never a report.
 TEST(RemoteInference, EveryServerFaultIsAClearJobErrorAndNeverAReport) {
   Env env;
-  const std::string dir = temp_dir();
+  const TempDir tmp("remote");
+  const std::string& dir = tmp.path();
   ProtocolServer gpu(dir, {});
   RemoteYaml y;
   y.url = "http://127.0.0.1:" + std::to_string(gpu.port());
@@ -350,7 +347,8 @@ TEST(RemoteInference, EveryServerFaultIsAClearJobErrorAndNeverAReport) {
 
 TEST(RemoteInference, TooManyRequestsWaitsForRetryAfterThenSucceeds) {
   Env env;
-  const std::string dir = temp_dir();
+  const TempDir tmp("remote");
+  const std::string& dir = tmp.path();
   ProtocolServer gpu(dir, {});
   gpu.scenario({{"mode", "status"}, {"status", 429}, {"retry_after", "4"}, {"message", "rate limited"}});
   gpu.start();
@@ -378,7 +376,8 @@ TEST(RemoteInference, TooManyRequestsWaitsForRetryAfterThenSucceeds) {
 }
 
 TEST(RemoteInference, WrongTokenAndUnknownModelGiveTheServersMessage) {
-  const std::string dir = temp_dir();
+  const TempDir tmp("remote");
+  const std::string& dir = tmp.path();
   ProtocolServer gpu(dir, {});
   gpu.start();
   setenv("FR_TEST_GPU_TOKEN", "not-the-token", 1);
@@ -415,7 +414,8 @@ TEST(RemoteInference, WrongTokenAndUnknownModelGiveTheServersMessage) {
 
 TEST(RemoteInference, HttpsWithTheTestCaAndAWrongCaRefused) {
   Env env;
-  const std::string dir = temp_dir();
+  const TempDir tmp("remote");
+  const std::string& dir = tmp.path();
   // A test CA and a server certificate for 127.0.0.1 signed by it; a second CA that signed nothing.
   const std::string sh =
       "cd '" + dir + "' && "
@@ -458,7 +458,8 @@ TEST(RemoteInference, HttpsWithTheTestCaAndAWrongCaRefused) {
 
 TEST(RemoteInference, TwentyStudiesWithMaxInFlightFourNeverOpenMoreThanFour) {
   Env env;
-  const std::string dir = temp_dir();
+  const TempDir tmp("remote");
+  const std::string& dir = tmp.path();
   ProtocolServer gpu(dir, {});
   gpu.scenario({{"mode", "ok"}, {"delay", 0.8}, {"content", "No finding."}});
   gpu.start();
@@ -485,7 +486,8 @@ TEST(RemoteInference, TwentyStudiesWithMaxInFlightFourNeverOpenMoreThanFour) {
 
 TEST(RemoteInference, KillDashNineWithRequestsInFlightGivesExactlyOneReportPerJob) {
   Env env;
-  const std::string dir = temp_dir();
+  const TempDir tmp("remote");
+  const std::string& dir = tmp.path();
   ProtocolServer gpu(dir, {});
   gpu.scenario({{"mode", "ok"}, {"delay", 3}, {"content", "No finding."}});
   gpu.start();

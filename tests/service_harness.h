@@ -87,4 +87,24 @@ std::string query_value(const FirstreadService& service, const std::string& sql)
 std::vector<std::pair<std::string, std::string>> make_instances(const std::string& source, const std::string& dir,
                                                                  int count, int size = 0);
 
+// A directory under /tmp for one test's files (/tmp/firstread-<what>-XXXXXX),
+// removed with everything in it when the test ends.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& what);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A plain TCP connection to 127.0.0.1:port (for slow clients and malformed
+// requests), from a chosen loopback source address when `from` is given
+// (127.0.0.0/8 is all local on Linux, so a test can play several hosts);
+// -1 when it cannot connect.
+int connect_loopback(int port, const std::string& from = "");
+
 }  // namespace firstread::testing
