@@ -80,14 +80,20 @@ int run_confirm(const Args& args) {
   const pipeline::ConfirmResult r =
       pipeline::confirm_report(report_id, labels, rt.config, *rt.pool, storage, specialists);
   if (args.has("--json")) {
-    std::cout << json{{"report_id", r.report_id}, {"study_uid", r.study_uid}, {"route", r.route}, {"labels", r.labels},
-                      {"case_ids", r.case_ids}}
-                     .dump(2)
-              << "\n";
+    std::cout << pipeline::confirm_json(r).dump(2) << "\n";
     return 0;
   }
-  std::cout << "report " << r.report_id << " (study " << r.study_uid << ") confirmed: " << r.case_ids.size()
-            << " cases added to the library\n";
+  const size_t added = r.case_ids.size() - size_t(r.unchanged);
+  std::cout << "report " << r.report_id << " (study " << r.study_uid << ") confirmed: ";
+  if (added == 0) {
+    std::cout << "already in the library with these labels, nothing changed\n";
+    return 0;
+  }
+  std::cout << added << " cases added to the library";
+  if (!r.replaced_case_ids.empty())
+    std::cout << ", replacing " << r.replaced_case_ids.size() << " confirmed earlier with other labels";
+  if (r.unchanged) std::cout << ", " << r.unchanged << " unchanged";
+  std::cout << "\n";
   return 0;
 }
 

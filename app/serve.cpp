@@ -101,9 +101,7 @@ void load_gsco(const config::Config& cfg, pipeline::Specialists& specialists, re
 json confirm_as_json(int64_t report_id, const std::vector<std::string>& labels, const config::Config& cfg,
                      db::ConnectionPool& pool, const storage::FileStorage& storage, pipeline::Specialists& specialists) {
   try {
-    const pipeline::ConfirmResult r = pipeline::confirm_report(report_id, labels, cfg, pool, storage, specialists);
-    return json{{"report_id", r.report_id}, {"study_uid", r.study_uid}, {"route", r.route}, {"labels", r.labels},
-                {"case_ids", r.case_ids}};
+    return pipeline::confirm_json(pipeline::confirm_report(report_id, labels, cfg, pool, storage, specialists));
   } catch (const pipeline::CaseLibraryError& e) {
     using Kind = pipeline::CaseLibraryError::Kind;
     throw ConfirmRefused(e.kind() == Kind::unknown_report ? 404 : e.kind() == Kind::not_applicable ? 409 : 400, e.what());

@@ -1,6 +1,9 @@
 // firstread.cases: the GSCo case library (issue 15). Cases are added in one
 // transaction per import or confirmation (all or nothing), and every node
 // follows the table by case_id to keep its retrieval index equal to the others'.
+// Writers take one advisory lock until they commit, so case ids become visible
+// in increasing order and a node reading "the rows above the newest I hold"
+// never skips a row that a slower transaction commits later.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -25,8 +28,16 @@ struct NewCase {
 
 struct CaseRow {
   int64_t case_id = 0;
+  std::string source, source_ref;
   std::vector<std::string> labels;
   std::vector<float> feature;
+};
+
+// What a confirmation did to the library, case by case.
+struct ConfirmWrite {
+  std::vector<int64_t> case_ids;  // one per case given, in order (a kept case keeps its id)
+  std::vector<int64_t> replaced;  // earlier confirmed cases of the same images, now deleted
+  int unchanged = 0;              // cases that were already confirmed with the same labels
 };
 
 // What a confirmation needs of its report.
@@ -42,7 +53,18 @@ class Cases {
   // Throws std::invalid_argument (nothing written) for a case without labels
   // or feature.
   std::vector<int64_t> add(const std::vector<NewCase>& cases);
+  // A radiologist's confirmation (source "confirmed", one case per image and
+  // specialist): an image of a specialist is in the library once. An earlier
+  // confirmed case of the same specialist and image (source_ref), from this or
+  // another report of the study, with other labels or another specialist
+  // version is replaced (deleted, the new one added: the labels were
+  // corrected); with the same labels it is kept as it is (confirming twice
+  // changes nothing). One transaction. Throws std::invalid_argument (nothing
+  // written) for a bad case or one image given twice for a specialist.
+  ConfirmWrite confirm(const std::vector<NewCase>& cases);
   // The specialist's cases with case_id > after_id, in id order, at most limit.
+  // A replaced confirmed case is gone from the table; its replacement (same
+  // source_ref, a higher id) tells a node which case it held to drop.
   std::vector<CaseRow> after(const std::string& specialist, int64_t after_id, int limit);
   int64_t count(const std::string& specialist);
   // api.cases rows, newest first (specialist empty = any).

@@ -45,6 +45,10 @@ engine::RgbImage read_frame(const std::string& path, const std::string& name) {
   }
 }
 
+void add_once(std::vector<std::string>& labels, std::string label) {
+  if (std::find(labels.begin(), labels.end(), label) == labels.end()) labels.push_back(std::move(label));
+}
+
 }  // namespace
 
 std::string checked_label(const std::string& label, const std::string& where) {
@@ -85,7 +89,7 @@ std::vector<LabelledFile> parse_labels_csv(const std::string& text, const std::s
     std::istringstream labels(t.substr(comma + 1));
     for (std::string label; std::getline(labels, label, ';');) {
       if (trim(label).empty()) continue;
-      f.labels.push_back(checked_label(label, where));
+      add_once(f.labels, checked_label(label, where));
     }
     if (f.labels.empty()) throw CaseLibraryError(Kind::bad_input, where + ": file '" + f.file + "' has no label");
     out.push_back(std::move(f));
@@ -128,12 +132,19 @@ ImportResult import_cases(const std::string& dir, const std::string& labels_csv,
   return result;
 }
 
+nlohmann::json confirm_json(const ConfirmResult& r) {
+  return {{"report_id", r.report_id},   {"study_uid", r.study_uid},
+          {"route", r.route},           {"labels", r.labels},
+          {"case_ids", r.case_ids},     {"replaced_case_ids", r.replaced_case_ids},
+          {"unchanged_cases", r.unchanged}};
+}
+
 ConfirmResult confirm_report(int64_t report_id, const std::vector<std::string>& labels, const config::Config& config,
                              db::ConnectionPool& pool, const storage::FileStorage& storage, Specialists& specialists) {
   ConfirmResult result;
   result.report_id = report_id;
   for (size_t i = 0; i < labels.size(); ++i)
-    result.labels.push_back(checked_label(labels[i], "labels[" + std::to_string(i) + "]"));
+    add_once(result.labels, checked_label(labels[i], "labels[" + std::to_string(i) + "]"));
   if (result.labels.empty()) throw CaseLibraryError(Kind::bad_input, "labels: at least one label is needed");
   const auto target = db::Cases(pool).report_target(report_id);
   if (!target) throw CaseLibraryError(Kind::unknown_report, "unknown report " + std::to_string(report_id));
@@ -165,14 +176,14 @@ ConfirmResult confirm_report(int64_t report_id, const std::vector<std::string>& 
       cases.push_back({name, r.version, "confirmed", img.sop_instance_uid, report_id, result.labels, r.feature});
     }
   }
-  result.case_ids = db::Cases(pool).add(cases);
-  spdlog::info("case library: report {} confirmed as [{}]: {} cases added", report_id,
-               [&] {
-                 std::string s;
-                 for (const auto& l : result.labels) s += (s.empty() ? "" : ", ") + l;
-                 return s;
-               }(),
-               cases.size());
+  db::ConfirmWrite written = db::Cases(pool).confirm(cases);
+  result.case_ids = std::move(written.case_ids);
+  result.replaced_case_ids = std::move(written.replaced);
+  result.unchanged = written.unchanged;
+  std::string labels_text;
+  for (const auto& l : result.labels) labels_text += (labels_text.empty() ? "" : ", ") + l;
+  spdlog::info("case library: report {} confirmed as [{}]: {} cases, {} of them unchanged, {} earlier ones replaced",
+               report_id, labels_text, result.case_ids.size(), result.unchanged, result.replaced_case_ids.size());
   return result;
 }
 

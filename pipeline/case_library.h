@@ -6,6 +6,8 @@
 // transaction: a bad file or label leaves nothing half-written.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -41,6 +43,9 @@ struct LabelledFile {
 std::vector<LabelledFile> parse_labels_csv(const std::string& text, const std::string& path);
 // A label as the library keeps it: trimmed, 1..64 bytes, no control
 // characters, ',' or ';' (they separate labels in labels.csv and the prompt).
+// Any such label is taken, also one outside the specialists' id2label (the
+// demo library's `normal` for a phantom without findings; a site's own
+// vocabulary): RAD repeats the neighbours' labels as they are.
 // Throws CaseLibraryError (bad_input) naming `where`.
 std::string checked_label(const std::string& label, const std::string& where);
 
@@ -58,10 +63,18 @@ struct ConfirmResult {
   int64_t report_id = 0;
   std::string study_uid, route;
   std::vector<std::string> labels;
-  std::vector<int64_t> case_ids;  // one per image and specialist of the route
+  std::vector<int64_t> case_ids;           // one per image and specialist of the route
+  std::vector<int64_t> replaced_case_ids;  // earlier confirmations of these images, replaced
+  int unchanged = 0;                       // cases already confirmed with these labels
 };
 // The report's study images (as its route selects them) with `labels`, one
-// case per image and specialist of the route.
+// case per image and specialist of the route. Confirming again corrects:
+// an image already confirmed (through this report or another of its study)
+// gets the new labels in place of the old ones; the same labels again change
+// nothing (db::Cases::confirm).
+// The HTTP answer and `firstread confirm --json`: report_id, study_uid, route,
+// labels, case_ids, replaced_case_ids, unchanged_cases.
+nlohmann::json confirm_json(const ConfirmResult& r);
 ConfirmResult confirm_report(int64_t report_id, const std::vector<std::string>& labels, const config::Config& config,
                              db::ConnectionPool& pool, const storage::FileStorage& storage, Specialists& specialists);
 

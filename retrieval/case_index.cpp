@@ -34,8 +34,20 @@ void CaseIndex::add_many(const std::vector<int64_t>& case_ids, std::vector<std::
   // Up to flat_max the scan stays exact; the batch that crosses it moves everything into HNSW.
   if (!hnsw_ && int64_t(case_ids_.size()) + n > int64_t(options_.flat_max)) switch_to_hnsw();
   index_->add(n, features);
-  case_ids_.insert(case_ids_.end(), case_ids.begin(), case_ids.end());
+  for (int64_t id : case_ids) {
+    row_of_[id] = case_ids_.size();
+    case_ids_.push_back(id);
+  }
+  removed_.resize(case_ids_.size(), 0);
   for (auto& l : labels) labels_.push_back(std::move(l));
+}
+
+void CaseIndex::remove(int64_t case_id) {
+  std::unique_lock lock(mu_);
+  const auto it = row_of_.find(case_id);
+  if (it == row_of_.end() || removed_[it->second]) return;
+  removed_[it->second] = 1;
+  ++removed_count_;
 }
 
 // Past flat_max an exact scan costs more than a query may take: the vectors
@@ -57,13 +69,15 @@ std::vector<Neighbour> CaseIndex::search(const float* feature, int dim, int k) c
   if (dim != dim_)
     throw std::invalid_argument("query feature has " + std::to_string(dim) + " values but the library's cases have " +
                                 std::to_string(dim_));
-  const int n = int(std::min<int64_t>(k, index_->ntotal));
+  // Ask for as many more as there are removed rows, so that k remain after skipping them.
+  const int n = int(std::min<int64_t>(int64_t(k) + int64_t(removed_count_), index_->ntotal));
   std::vector<float> scores(static_cast<size_t>(n));
   std::vector<faiss::Index::idx_t> rows(static_cast<size_t>(n));
   index_->search(1, feature, n, scores.data(), rows.data());
-  for (int i = 0; i < n; ++i) {
+  for (int i = 0; i < n && int(out.size()) < k; ++i) {
     if (rows[size_t(i)] < 0) continue;  // HNSW may return fewer than asked
     const size_t row = size_t(rows[size_t(i)]);
+    if (removed_[row]) continue;
     out.push_back({case_ids_[row], scores[size_t(i)], labels_[row]});
   }
   return out;
@@ -71,7 +85,7 @@ std::vector<Neighbour> CaseIndex::search(const float* feature, int dim, int k) c
 
 size_t CaseIndex::size() const {
   std::shared_lock lock(mu_);
-  return case_ids_.size();
+  return case_ids_.size() - removed_count_;
 }
 int CaseIndex::dim() const {
   std::shared_lock lock(mu_);
@@ -104,9 +118,15 @@ size_t CaseLibrary::sync(const std::string& specialist) {
     std::vector<int64_t> ids;
     std::vector<std::vector<std::string>> labels;
     std::vector<float> features;
-    int dim = index.size() > 0 ? index.dim() : rows.empty() ? 0 : int(rows.front().feature.size());
+    std::vector<int64_t> replaced;
+    int dim = index.dim() > 0 ? index.dim() : rows.empty() ? 0 : int(rows.front().feature.size());
     for (const db::CaseRow& r : rows) {
       watermark = r.case_id;
+      if (r.source == "confirmed") {  // a later confirmation of an image replaces the case held for it
+        int64_t& held = confirmed_[specialist][r.source_ref];
+        if (held != 0) replaced.push_back(held);
+        held = r.case_id;
+      }
       if (int(r.feature.size()) != dim) {
         // Another version of the specialist with another width: its features cannot be compared.
         spdlog::warn("case library: case {} of specialist {} has {} feature values, the others {}; not searched",
@@ -118,6 +138,7 @@ size_t CaseLibrary::sync(const std::string& specialist) {
       features.insert(features.end(), r.feature.begin(), r.feature.end());
     }
     index.add_many(ids, std::move(labels), features.data(), dim);
+    for (int64_t id : replaced) index.remove(id);
     added += ids.size();
     if (rows.size() < size_t(kPage)) break;
   }

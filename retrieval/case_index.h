@@ -3,7 +3,9 @@
 // Exact inner product (IndexFlatIP) up to case_library.flat_max cases, HNSW
 // (IndexHNSWFlat, inner product) beyond. The database (firstread.cases) is the
 // truth: CaseLibrary reads the rows newer than the newest it holds before each
-// search, so every node answers from the same cases.
+// search, so every node answers from the same cases. A confirmation that
+// corrects an image's labels replaces its case (db::Cases::confirm): each node
+// drops the case it held for that image when it reads the replacement.
 #pragma once
 
 #include <cstdint>
@@ -47,8 +49,11 @@ class CaseIndex {
   // builds HNSW links on every OpenMP thread.
   void add_many(const std::vector<int64_t>& case_ids, std::vector<std::vector<std::string>> labels,
                 const float* features, int dim);
+  // Drops a case from the results (FAISS's flat and HNSW indexes cannot delete
+  // a row in place: the row stays and searches skip it). Unknown ids are ignored.
+  void remove(int64_t case_id);
   std::vector<Neighbour> search(const float* feature, int dim, int k) const;
-  size_t size() const;
+  size_t size() const;  // the cases searched (removed ones not counted)
   int dim() const;
   bool is_hnsw() const;
   int64_t newest_case_id() const;  // 0 when empty
@@ -62,6 +67,9 @@ class CaseIndex {
   int dim_ = 0;
   std::vector<int64_t> case_ids_;               // by FAISS row
   std::vector<std::vector<std::string>> labels_;  // by FAISS row
+  std::vector<char> removed_;                   // by FAISS row
+  std::map<int64_t, size_t> row_of_;            // case id -> FAISS row
+  size_t removed_count_ = 0;
 };
 
 // Every specialist's index, following firstread.cases.
@@ -83,6 +91,8 @@ class CaseLibrary {
   std::mutex mu_;  // the map and each sync (one reader of the table per specialist at a time)
   std::map<std::string, std::unique_ptr<CaseIndex>> indexes_;
   std::map<std::string, int64_t> watermarks_;  // the newest case_id read per specialist (kept or skipped)
+  // Per specialist: the confirmed case held for each image (source_ref).
+  std::map<std::string, std::map<std::string, int64_t>> confirmed_;
 };
 
 }  // namespace firstread::retrieval

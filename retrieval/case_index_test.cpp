@@ -1,7 +1,9 @@
 // The case library's index: exact results against a brute-force scan, the
 // switch to HNSW past flat_max (recall against the exact answer), and two
 // "nodes" (two CaseLibrary objects on one database) that see the same
-// neighbours, including cases one of them adds after start-up.
+// neighbours, including cases one of them adds after start-up and a
+// confirmation that corrects an image's labels; removed cases in both kinds
+// of index.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -101,6 +103,34 @@ TEST(CaseIndex, HnswBeyondFlatMaxKeepsRecall) {
     }
   }
   EXPECT_GE(double(hits) / total, 0.95) << hits << "/" << total;
+
+  // A removed case is never returned, and k others still are.
+  const std::vector<float> q = data[123];
+  ASSERT_EQ(index.search(q.data(), 48, 10)[0].case_id, 124);
+  index.remove(124);
+  index.remove(999999);  // not held: ignored
+  const auto after = index.search(q.data(), 48, 10);
+  EXPECT_EQ(after.size(), 10u);
+  EXPECT_TRUE(std::none_of(after.begin(), after.end(), [](const retrieval::Neighbour& n) { return n.case_id == 124; }));
+  EXPECT_EQ(index.size(), 2999u);
+}
+
+TEST(CaseIndex, FlatSkipsRemovedCases) {
+  std::mt19937 rng(4);
+  retrieval::CaseIndex index({});
+  std::vector<std::vector<float>> data;
+  for (int i = 0; i < 20; ++i) {
+    data.push_back(unit_vector(rng, 16));
+    index.add(i + 1, {"l" + std::to_string(i)}, data.back().data(), 16);
+  }
+  const auto want = brute_force(data, data[5], 4);  // row 5 itself, then its three nearest
+  index.remove(6);
+  const auto got = index.search(data[5].data(), 16, 3);
+  ASSERT_EQ(got.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(got[size_t(i)].case_id, int64_t(want[size_t(i) + 1] + 1));
+  for (int i = 1; i <= 20; ++i) index.remove(i);
+  EXPECT_TRUE(index.search(data[5].data(), 16, 3).empty());
+  EXPECT_EQ(index.size(), 0u);
 }
 
 TEST(CaseLibrary, TwoNodesSeeTheSameNeighboursAndFollowNewCases) {
@@ -142,6 +172,83 @@ TEST(CaseLibrary, TwoNodesSeeTheSameNeighboursAndFollowNewCases) {
   EXPECT_EQ(b2[0].case_id, a2[0].case_id);
   EXPECT_NEAR(b2[0].similarity, 1.0f, 1e-5);
   EXPECT_EQ(node_b.size("chest"), 201u);
+}
+
+namespace {
+
+db::NewCase confirmed_case(const std::string& sop, std::vector<std::string> labels, std::vector<float> feature,
+                           const std::string& version = "v1") {
+  db::NewCase c;
+  c.specialist = "chest";
+  c.specialist_version = version;
+  c.source = "confirmed";
+  c.source_ref = sop;
+  c.labels = std::move(labels);
+  c.feature = std::move(feature);
+  return c;
+}
+
+}  // namespace
+
+// A radiologist who corrects the labels of a confirmed study: the library
+// keeps one case per image (the corrected one), every node (those running
+// and one started later) drops the old case, and confirming the same labels
+// again changes nothing.
+TEST(CaseLibrary, ACorrectedConfirmationReplacesTheCaseOnEveryNode) {
+  TestCluster& cluster = TestCluster::get();
+  cluster.truncate_all();
+  db::ConnectionPool& pool = cluster.pool();
+  std::mt19937 rng(5);
+  std::vector<db::NewCase> imports;
+  for (int i = 0; i < 50; ++i) {
+    db::NewCase c = confirmed_case("img" + std::to_string(i) + ".png", {"normal"}, unit_vector(rng, 24));
+    c.source = "import";
+    imports.push_back(c);
+  }
+  db::Cases cases(pool);
+  cases.add(imports);
+  const std::vector<float> q = unit_vector(rng, 24);
+  const db::ConfirmWrite first = cases.confirm({confirmed_case("1.2.3.4", {"pneumonia", "nodule"}, q)});
+  ASSERT_EQ(first.case_ids.size(), 1u);
+  EXPECT_TRUE(first.replaced.empty());
+  retrieval::CaseLibrary node_a(pool, {}), node_b(pool, {});
+  EXPECT_EQ(node_a.search("chest", q, 5)[0].case_id, first.case_ids[0]);
+  EXPECT_EQ(node_b.search("chest", q, 5)[0].case_id, first.case_ids[0]);
+
+  // The same labels (in another order) again: nothing changes.
+  const db::ConfirmWrite again = cases.confirm({confirmed_case("1.2.3.4", {"nodule", "pneumonia"}, q)});
+  EXPECT_EQ(again.case_ids, first.case_ids);
+  EXPECT_EQ(again.unchanged, 1);
+  EXPECT_EQ(cases.count("chest"), 51);
+
+  // Corrected labels: the old case is replaced, in the table and on both nodes at their next search.
+  const db::ConfirmWrite corrected = cases.confirm({confirmed_case("1.2.3.4", {"effusion", "nodule"}, q)});
+  ASSERT_EQ(corrected.case_ids.size(), 1u);
+  EXPECT_EQ(corrected.replaced, first.case_ids);
+  EXPECT_EQ(corrected.unchanged, 0);
+  EXPECT_EQ(cases.count("chest"), 51);
+  for (retrieval::CaseLibrary* node : {&node_a, &node_b}) {
+    const auto n = node->search("chest", q, 5);
+    ASSERT_EQ(n.size(), 5u);
+    EXPECT_EQ(n[0].case_id, corrected.case_ids[0]);
+    EXPECT_EQ(n[0].labels, (std::vector<std::string>{"effusion", "nodule"}));
+    EXPECT_TRUE(std::none_of(n.begin(), n.end(), [&](const retrieval::Neighbour& x) { return x.case_id == first.case_ids[0]; }));
+    EXPECT_EQ(node->size("chest"), 51u);
+  }
+  // A node started now rebuilds the same index from the table.
+  retrieval::CaseLibrary node_c(pool, {});
+  const auto a = node_a.search("chest", q, 10), c = node_c.search("chest", q, 10);
+  ASSERT_EQ(c.size(), 10u);
+  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(a[i].case_id, c[i].case_id);
+  EXPECT_EQ(node_c.size("chest"), 51u);
+
+  // Unchanged labels but a retrained specialist (another version): replaced, since its feature differs.
+  const db::ConfirmWrite retrained = cases.confirm({confirmed_case("1.2.3.4", {"nodule", "effusion"}, q, "v2")});
+  EXPECT_EQ(retrained.replaced, corrected.case_ids);
+  // One image twice in one confirmation is refused and writes nothing.
+  EXPECT_THROW(cases.confirm({confirmed_case("9.9", {"a"}, q), confirmed_case("9.9", {"b"}, q)}), std::invalid_argument);
+  EXPECT_EQ(cases.count("chest"), 51);
+  EXPECT_EQ(node_b.search("chest", q, 1)[0].case_id, retrained.case_ids[0]);
 }
 
 TEST(Cases, NothingIsWrittenWhenOneCaseIsBad) {
