@@ -10,9 +10,11 @@
 # env: MODEL (default models/demo), THREADS (default 1), WEIGHTS (engine weight
 #      format: auto, f32, bf16, f16, q8, int8, int4; default auto), DATA (phantom dir,
 #      default BUILD_DIR/bench/demo_accuracy/phantoms-N), CASES (per-case JSON lines),
-#      MODES (GSCo modes compared, default off; e.g. off,moed,rad,both), ANNOTATIONS
-#      (MoED / RAD per held-out image from tools/demo_model/specialists.py annotate;
-#      needed when MODES has more than off)
+#      MODES (GSCo modes compared, default off; e.g. off,moed,rad,both); for MODES beyond
+#      off either SPECIALISTS + LIBRARY (firstread's own path: the C++ specialists
+#      SPECIALISTS/<modality> and a FAISS case library of LIBRARY/<modality>/labels.csv
+#      + PNGs, as tools/demo_model/specialists.py render --png writes it) or ANNOTATIONS
+#      (MoED / RAD per held-out image from tools/demo_model/specialists.py annotate)
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${1:-build}
@@ -36,4 +38,5 @@ MODES=${MODES:-off}
 set -- --model "$MODEL" --data "$DATA" --threads "$THREADS" --weights "$WEIGHTS" --box-scale 999 --cases-out "$CASES" \
   --modes "$MODES"
 [ -n "${ANNOTATIONS:-}" ] && set -- "$@" --annotations "$ANNOTATIONS"
+[ -n "${SPECIALISTS:-}" ] && set -- "$@" --specialists "$SPECIALISTS" --library "${LIBRARY:?LIBRARY (case library root) goes with SPECIALISTS}"
 exec "$BIN" "$@"
