@@ -51,8 +51,9 @@ const std::vector<Route>& routes() {
        Audit::patient_data},
       {Verb::post, "/api/v1/reports/{report_id}/confirm", Role::operator_,
        "Body {\"labels\": [\"pneumonia\", ...]}: a radiologist's diagnosis of the report; its study's images join the "
-       "GSCo case library (200 {report_id, study_uid, route, labels, case_ids}; 404 unknown report; 409 route without "
-       "specialists; 400 bad labels)",
+       "GSCo case library, once per image: confirming again with other labels replaces the image's case (a "
+       "correction), with the same labels changes nothing (200 {report_id, study_uid, route, labels, case_ids, "
+       "replaced_case_ids, unchanged_cases}; 404 unknown report; 409 route without specialists; 400 bad labels)",
        confirm_report, {}, Audit::patient_data},
       {Verb::get, "/api/v1/jobs", Role::viewer, "{\"jobs\":[...]} newest first", list_jobs,
        {{"state", "queued|running|done|failed|dead"}, {"study", "a Study Instance UID"}, {"limit", "1..1000 (100)"}}},
