@@ -521,10 +521,11 @@ ModelConfig read_model(const YAML::Node& name_node, const YAML::Node& node, cons
   read_remote_model_keys(s, node, mp, source, m);
   s.read("path", m.path);
   s.read("threads", m.threads);
-  s.read("weights", m.weights);
+  std::string weights, vision_weights;
+  s.read("weights", weights);
   s.read("weight_cache", m.weight_cache);
   s.read("box_scale", m.box_scale);
-  s.read("vision_weights", m.vision_weights);
+  s.read("vision_weights", vision_weights);
   s.read("max_memory", m.max_memory);
   s.read("max_batch", m.max_batch);
   s.read("prefill_chunk", m.prefill_chunk);
@@ -537,12 +538,18 @@ ModelConfig read_model(const YAML::Node& name_node, const YAML::Node& node, cons
     fail_at(source, node["prefill_chunk"] ? node["prefill_chunk"] : node, mp + ".prefill_chunk",
             "must be between 1 and 65536");
   if (m.backend == "local" && m.path.empty()) fail_at(source, name_node, mp + ".path", "is required");
-  if (!m.weights.empty())
-    check_one_of(source, node["weights"], mp + ".weights", m.weights,
-                 {"f32", "bf16", "f16", "int8", "q8", "int4", "q4"});
-  if (!m.vision_weights.empty())
-    check_one_of(source, node["vision_weights"], mp + ".vision_weights", m.vision_weights,
-                 {"auto", "f32", "bf16", "int8", "q8"});
+  if (!weights.empty())
+    m.weights = parse_choice<DecoderWeights>(source, node["weights"], mp + ".weights", weights,
+                                             {{"f32", DecoderWeights::f32}, {"bf16", DecoderWeights::bf16},
+                                              {"f16", DecoderWeights::f16}, {"int8", DecoderWeights::int8},
+                                              {"q8", DecoderWeights::int8}, {"int4", DecoderWeights::int4},
+                                              {"q4", DecoderWeights::int4}});
+  if (!vision_weights.empty())
+    m.vision_weights = parse_choice<VisionWeights>(source, node["vision_weights"], mp + ".vision_weights",
+                                                   vision_weights,
+                                                   {{"auto", VisionWeights::automatic}, {"f32", VisionWeights::f32},
+                                                    {"bf16", VisionWeights::bf16}, {"int8", VisionWeights::int8},
+                                                    {"q8", VisionWeights::int8}});
   if (m.weight_cache.empty())
     fail_at(source, node["weight_cache"], mp + ".weight_cache", "must be auto, off or a directory");
   return m;
@@ -564,7 +571,8 @@ Route read_route(const YAML::Node& item, const std::string& rp, size_t i, const 
   s.read("name", r.name);
   s.read("model", r.model);
   s.read("prompt", r.prompt);
-  s.read("language", r.language);
+  std::string language = "en";
+  s.read("language", language);
   s.read("max_new_tokens", r.max_new_tokens);
   std::string select = "each";
   s.read("select", select);
@@ -587,8 +595,10 @@ Route read_route(const YAML::Node& item, const std::string& rp, size_t i, const 
   r.select = parse_choice<ImageSelection>(source, item["select"] ? item["select"] : item, rp + ".select", select,
                                           {{"each", ImageSelection::each}, {"middle", ImageSelection::middle}});
   // The SR's language (TID 1204): the codes the SR builder writes.
-  check_one_of(source, item["language"] ? item["language"] : item, rp + ".language", r.language,
-               {"en", "en-US", "zh", "zh-CN"});
+  r.language = parse_choice<ReportLanguage>(source, item["language"] ? item["language"] : item, rp + ".language",
+                                            language,
+                                            {{"en", ReportLanguage::en}, {"en-US", ReportLanguage::en},
+                                             {"zh", ReportLanguage::zh}, {"zh-CN", ReportLanguage::zh}});
   if (r.max_new_tokens < 1 || r.max_new_tokens > 8192)
     fail_at(source, item, rp + ".max_new_tokens", "must be between 1 and 8192");
   if (r.max_images < 1 || r.max_images > 64)
@@ -805,6 +815,30 @@ Config load_config(const std::optional<std::string>& path) {
   Config c = default_config();
   apply_environment(c);
   return c;
+}
+
+const char* language_code(ReportLanguage language) { return language == ReportLanguage::zh ? "zh" : "en"; }
+
+const char* weights_name(DecoderWeights weights) {
+  switch (weights) {
+    case DecoderWeights::f32: return "f32";
+    case DecoderWeights::bf16: return "bf16";
+    case DecoderWeights::f16: return "f16";
+    case DecoderWeights::int8: return "int8";
+    case DecoderWeights::int4: return "int4";
+    case DecoderWeights::as_stored: break;
+  }
+  return "auto";
+}
+
+const char* weights_name(VisionWeights weights) {
+  switch (weights) {
+    case VisionWeights::f32: return "f32";
+    case VisionWeights::bf16: return "bf16";
+    case VisionWeights::int8: return "int8";
+    case VisionWeights::automatic: break;
+  }
+  return "auto";
 }
 
 }  // namespace firstread::config

@@ -96,6 +96,22 @@ struct RouteMatch {
 // instance in order, or the middle slice (frame) of each series.
 enum class ImageSelection { each, middle };
 
+// The report's language (routes[].language; the SR's TID 1204 code):
+// "en" / "en-US" or "zh" / "zh-CN" in the configuration.
+enum class ReportLanguage { en, zh };
+// The short code ("en", "zh"): what api.reports.language holds and the SR builder takes.
+const char* language_code(ReportLanguage language);
+
+// models.<name>.weights: the decoder's format in memory (as stored, or
+// converted / quantised at load; q8 / q4 are read as int8 / int4).
+enum class DecoderWeights { as_stored, f32, bf16, f16, int8, int4 };
+// models.<name>.vision_weights: the vision encoder's and projector's format
+// (auto: the decoder's when that is f32/bf16/f16, else as stored).
+enum class VisionWeights { automatic, f32, bf16, int8 };
+// The engine's word for each ("auto" for as_stored / automatic).
+const char* weights_name(DecoderWeights weights);
+const char* weights_name(VisionWeights weights);
+
 // GSCo per route (issue 15): which specialists' diagnoses (MoED) and which
 // retrieved cases' diagnoses (RAD) go into the generalist's prompt.
 enum class GscoMode { off, moed, rad, both };
@@ -109,7 +125,7 @@ struct Route {
   RouteMatch match;
   std::string model;
   std::string prompt;
-  std::string language = "en";
+  ReportLanguage language = ReportLanguage::en;
   int max_new_tokens = 256;
   ImageSelection select = ImageSelection::each;
   int max_images = 4;
@@ -165,14 +181,14 @@ struct ModelConfig {
   int threads = 0;  // 0 = number of cores
   // empty = the checkpoint's own format; f32 | bf16 | f16 | int8 (= q8) | int4
   // (= q4): 8- / 4-bit blocks of 32 weights with an FP16 scale, quantised at load
-  std::string weights;
+  DecoderWeights weights = DecoderWeights::as_stored;
   // Where int8/int4 blocks are cached between restarts: auto (beside the
   // model, .firstread-cache-<format>.bin), off, or a directory
   std::string weight_cache = "auto";
   int box_scale = 1000;  // grid of the model's <box> coordinates: 999 for MedRegA, 1000 for InternVL
   // The vision encoder + projector: empty = auto (the decoder's format when
   // f32/bf16/f16, else as stored) | f32 | bf16 | int8 (Q8_0 blocks, integer GEMM)
-  std::string vision_weights;
+  VisionWeights vision_weights = VisionWeights::automatic;
   // Memory this model may take (bytes, size suffixes allowed: "40GB"); 0 =
   // what the machine or its cgroup has available at load. The model's memory
   // plan (firstread model plan) is checked against it before loading.

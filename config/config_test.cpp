@@ -76,14 +76,14 @@ log: {level: debug, format: json}
   EXPECT_EQ(c.storage.min_free_bytes, 2ull * 1024 * 1024 * 1024);
   EXPECT_EQ(c.database.pool_size, 2);
   EXPECT_DOUBLE_EQ(c.worklist.stable_seconds, 2.5);
-  EXPECT_EQ(c.models.at("cxr").weights, "int8");
+  EXPECT_EQ(c.models.at("cxr").weights, firstread::config::DecoderWeights::int8);
   EXPECT_EQ(c.models.at("cxr").weight_cache, "auto");
-  EXPECT_EQ(c.models.at("small").weights, "int4");
+  EXPECT_EQ(c.models.at("small").weights, firstread::config::DecoderWeights::int4);
   EXPECT_EQ(c.models.at("small").weight_cache, "/var/cache/firstread");
   ASSERT_EQ(c.routes.size(), 1u);
   EXPECT_EQ(c.routes[0].match.modalities, (std::vector<std::string>{"CR", "DX"}));
   EXPECT_EQ(c.routes[0].match.body_parts, (std::vector<std::string>{"CHEST"}));
-  EXPECT_EQ(c.routes[0].language, "zh");
+  EXPECT_EQ(c.routes[0].language, firstread::config::ReportLanguage::zh);
   ASSERT_EQ(c.exports.destinations.size(), 1u);
   EXPECT_EQ(c.exports.destinations[0].port, 4243);
   EXPECT_EQ(c.log.format, "json");
@@ -274,4 +274,31 @@ TEST(Config, GscoKeysAreReadAndChecked) {
   EXPECT_NE(error_of("specialists:\n  s: {threads: 2}\n").find("specialists.s.path"), std::string::npos);
   EXPECT_NE(error_of("case_library: {flat_max: -1}\n").find("case_library.flat_max"), std::string::npos);
   EXPECT_NE(error_of("case_library: {flat: 1}\n").find("flat"), std::string::npos);
+}
+
+TEST(Config, WeightFormatsAndLanguagesAreParsedOnceIntoTheirEnums) {
+  using firstread::config::DecoderWeights;
+  using firstread::config::ReportLanguage;
+  using firstread::config::VisionWeights;
+  const Config c = parse_config(
+      "models:\n  a: {path: /a, weights: q8, vision_weights: q8}\n  b: {path: /b, weights: q4, vision_weights: bf16}\n"
+      "  c: {path: /c}\n"
+      "routes:\n  - {model: a, language: en-US}\n  - {model: b, language: zh-CN}\n  - {model: c}\n",
+      "enums.yaml");
+  EXPECT_EQ(c.models.at("a").weights, DecoderWeights::int8) << "q8 is int8";
+  EXPECT_EQ(c.models.at("a").vision_weights, VisionWeights::int8);
+  EXPECT_EQ(c.models.at("b").weights, DecoderWeights::int4) << "q4 is int4";
+  EXPECT_EQ(c.models.at("b").vision_weights, VisionWeights::bf16);
+  EXPECT_EQ(c.models.at("c").weights, DecoderWeights::as_stored);
+  EXPECT_EQ(c.models.at("c").vision_weights, VisionWeights::automatic);
+  EXPECT_STREQ(firstread::config::weights_name(c.models.at("c").weights), "auto") << "the engine's word for as stored";
+  EXPECT_STREQ(firstread::config::weights_name(c.models.at("a").weights), "int8");
+  EXPECT_EQ(c.routes[0].language, ReportLanguage::en);
+  EXPECT_EQ(c.routes[1].language, ReportLanguage::zh);
+  EXPECT_EQ(c.routes[2].language, ReportLanguage::en) << "English unless a route says otherwise";
+  EXPECT_STREQ(firstread::config::language_code(c.routes[1].language), "zh") << "what api.reports.language holds";
+  EXPECT_EQ(error_of("models:\n  m: {path: /m}\nroutes:\n  - {model: m, language: fr}\n"),
+            "test.yaml:4: routes[0].language: 'fr' is not one of: en, en-US, zh, zh-CN");
+  EXPECT_EQ(error_of("models:\n  m:\n    path: /m\n    vision_weights: int4\n"),
+            "test.yaml:4: models.m.vision_weights: 'int4' is not one of: auto, bf16, f32, int8, q8");
 }

@@ -79,8 +79,8 @@ std::pair<std::string, std::string> model_identity(const std::string& dir) {
 
 void check_memory_plan(const std::string& name, const config::ModelConfig& mc) {
   engine::PlanOptions po;
-  po.weights = mc.weights.empty() ? "auto" : mc.weights;
-  po.vision_weights = mc.vision_weights.empty() ? "auto" : mc.vision_weights;
+  po.weights = config::weights_name(mc.weights);
+  po.vision_weights = config::weights_name(mc.vision_weights);
   po.threads = mc.threads > 0 ? mc.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   po.max_new_tokens = kPlannedNewTokens;
   po.sequences = mc.max_batch;  // one KV cache per sequence in a batch
@@ -121,11 +121,11 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     auto entry = std::make_unique<Entry>();
     engine::EngineOptions opts;
     opts.threads = mc.threads;
-    if (!mc.weights.empty()) opts.weights = mc.weights;
+    opts.weights = config::weights_name(mc.weights);
     opts.weight_cache = mc.weight_cache;
     opts.max_batch = mc.max_batch;
     opts.prefill_chunk = mc.prefill_chunk;
-    if (!mc.vision_weights.empty()) opts.vision_weights = mc.vision_weights;
+    opts.vision_weights = config::weights_name(mc.vision_weights);
     try {
       entry->model = engine::Model::load(mc.path, opts);
     } catch (const std::exception& e) {
@@ -136,8 +136,8 @@ LoadedModel ModelRegistry::get(const std::string& name) {
     entry->device_uid = uid;
     spdlog::info("models: loaded '{}' from {} (version {}, {} threads, weights {}, vision weights {}, max_batch {}, "
                  "prefill_chunk {}, kernels {})",
-                 name, mc.path, version, entry->model->threads(), mc.weights.empty() ? "as stored" : mc.weights,
-                 mc.vision_weights.empty() ? "auto" : mc.vision_weights, mc.max_batch, mc.prefill_chunk,
+                 name, mc.path, version, entry->model->threads(), mc.weights == config::DecoderWeights::as_stored ? "as stored" : config::weights_name(mc.weights),
+                 config::weights_name(mc.vision_weights), mc.max_batch, mc.prefill_chunk,
                  engine::kernel_path_description());
     if (!entry->model->weight_cache_note().empty())
       spdlog::info("models: '{}' weight cache: {}", name, entry->model->weight_cache_note());

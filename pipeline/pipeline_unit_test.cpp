@@ -87,7 +87,7 @@ TEST(ModelMemoryPlan, MedRegAIsRefusedOnThisMachineWithTheReason) {
 TEST(ModelMemoryPlan, MaxMemoryNamesTheKeyAndThatNothingFits) {
   firstread::config::ModelConfig mc;
   mc.path = std::string(FIRSTREAD_SOURCE_DIR) + "/tests/data/medrega";
-  mc.weights = "int8";
+  mc.weights = firstread::config::DecoderWeights::int8;
   mc.threads = 2;
   mc.max_batch = 1;
   // Below what the machine has (the smaller limit wins; the engine_plan tests
@@ -111,7 +111,7 @@ TEST(ModelMemoryPlan, EverySequenceOfABatchIsPlannedItsOwnKvCache) {
   // at the planned context, per sequence; max_batch 4 holds 4 of them.
   firstread::config::ModelConfig mc;
   mc.path = std::string(FIRSTREAD_SOURCE_DIR) + "/tests/data/medrega";
-  mc.weights = "int8";
+  mc.weights = firstread::config::DecoderWeights::int8;
   mc.threads = 2;
   mc.max_memory = 2000000000ull;
   mc.max_batch = 1;

@@ -286,7 +286,7 @@ StudyProcessor::WrittenObjects StudyProcessor::write_objects(const worklist::Job
   reports::SrInput input;
   for (const auto& s : read.sources) input.sources.push_back(s->getDataset());
   input.narrative = read.narrative;
-  input.language = route.language;
+  input.language = config::language_code(route.language);
   // The device observer: the model that answered (remote: the served model's
   // id as the server gave it, at the URL's host).
   input.model_name = who.backend == "openai" && !read.served_model.empty() ? read.served_model : who.model_name;
@@ -334,7 +334,7 @@ int64_t StudyProcessor::commit_report(const worklist::Job& job, const std::strin
   report.route = job.route;
   report.model = who.model_name;
   report.model_version = who.model_version;
-  report.language = route.language;
+  report.language = config::language_code(route.language);
   report.text = read.narrative;
   report.sr_sop_instance_uid = written.sr.sop_instance_uid;
   report.sr_series_instance_uid = written.sr.series_instance_uid;
