@@ -531,6 +531,47 @@ std::string DicomServer::refusal_reason(const Peer& peer) {
   return "";
 }
 
+// The association policy, in the order a PACS administrator would debug it:
+// called AE, allowed peers, a free association slot (taken here when it
+// returns true), the node's admission check (disk, database). A refusal is
+// logged with its reason and sets `result` / `reason` for the A-ASSOCIATE-RJ.
+bool DicomServer::admit(const Peer& peer, bool& holds_slot, unsigned char& result, unsigned char& reason) {
+  if (!same_ae(peer.called_ae, options_.ae_title)) {
+    spdlog::warn("DICOM: refused association from {} calling_ae={}: called AE '{}' is not '{}'", peer.host,
+                 peer.calling_ae, peer.called_ae, options_.ae_title);
+    result = ASC_RESULT_REJECTEDPERMANENT;
+    reason = ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED;
+    return false;
+  }
+  if (std::string why = refusal_reason(peer); !why.empty()) {
+    spdlog::warn("DICOM: refused association from {} calling_ae={}: {}", peer.host, peer.calling_ae, why);
+    result = ASC_RESULT_REJECTEDPERMANENT;
+    reason = ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED;
+    return false;
+  }
+  result = ASC_RESULT_REJECTEDTRANSIENT;
+  reason = ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED;
+  {
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    if (associated_ < options_.max_associations) {
+      ++associated_;
+      holds_slot = true;
+    }
+  }
+  if (!holds_slot) {
+    spdlog::warn("DICOM: refused association from {} calling_ae={}: {} associations already active (dicom.max_associations)",
+                 peer.host, peer.calling_ae, options_.max_associations);
+    return false;
+  }
+  if (admission_) {
+    if (std::string why = admission_(); !why.empty()) {
+      spdlog::error("DICOM: refused association from {} calling_ae={}: {}", peer.host, peer.calling_ae, why);
+      return false;
+    }
+  }
+  return true;
+}
+
 void DicomServer::serve_association(void* handle, const Peer& transport, bool& negotiating) {
   T_ASC_Association* assoc = static_cast<T_ASC_Association*>(handle);
   char calling[17] = {0}, called[17] = {0};
@@ -548,40 +589,12 @@ void DicomServer::serve_association(void* handle, const Peer& transport, bool& n
       --associated_;
     }
   };
-  auto refuse = [&](T_ASC_RejectParametersResult result, T_ASC_RejectParametersReason reason) {
-    reject(assoc, result, reason);
+  unsigned char result = 0, reason = 0;
+  if (!admit(peer, holds_slot, result, reason)) {
+    reject(assoc, static_cast<T_ASC_RejectParametersResult>(result), static_cast<T_ASC_RejectParametersReason>(reason));
     ++counters_.associations_refused;
     end_negotiation(negotiating);
-    finish();
-  };
-
-  // Association policy, in the order a PACS administrator would debug it.
-  if (!same_ae(peer.called_ae, options_.ae_title)) {
-    spdlog::warn("DICOM: refused association from {} calling_ae={}: called AE '{}' is not '{}'", peer.host,
-                 peer.calling_ae, peer.called_ae, options_.ae_title);
-    return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED);
-  }
-  if (std::string why = refusal_reason(peer); !why.empty()) {
-    spdlog::warn("DICOM: refused association from {} calling_ae={}: {}", peer.host, peer.calling_ae, why);
-    return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
-  }
-  {
-    std::lock_guard<std::mutex> lock(slots_mu_);
-    if (associated_ < options_.max_associations) {
-      ++associated_;
-      holds_slot = true;
-    }
-  }
-  if (!holds_slot) {
-    spdlog::warn("DICOM: refused association from {} calling_ae={}: {} associations already active (dicom.max_associations)",
-                 peer.host, peer.calling_ae, options_.max_associations);
-    return refuse(ASC_RESULT_REJECTEDTRANSIENT, ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
-  }
-  if (admission_) {
-    if (std::string why = admission_(); !why.empty()) {
-      spdlog::error("DICOM: refused association from {} calling_ae={}: {}", peer.host, peer.calling_ae, why);
-      return refuse(ASC_RESULT_REJECTEDTRANSIENT, ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
-    }
+    return finish();
   }
 
   OFCondition cond = negotiate_presentation_contexts(assoc->params);
@@ -598,14 +611,22 @@ void DicomServer::serve_association(void* handle, const Peer& transport, bool& n
   spdlog::debug("DICOM: association accepted from {} calling_ae={}{} ({} presentation contexts accepted)", peer.host,
                 peer.calling_ae, peer.tls ? " over TLS, certificate '" + peer.certificate_subject + "'" : "",
                 ASC_countAcceptedPresentationContexts(assoc->params));
+  serve_commands(assoc, peer);
+  --counters_.associations_active;
+  finish();
+}
 
+// An accepted association's DIMSE commands until the peer releases or
+// aborts it, it stays idle past dimse_timeout_seconds, or the node stops.
+void DicomServer::serve_commands(void* handle, const Peer& peer) {
+  T_ASC_Association* assoc = static_cast<T_ASC_Association*>(handle);
   int idle_seconds = 0;
   bool open = true;
   while (open) {
     T_DIMSE_Message msg;
     T_ASC_PresentationContextID pres_id = 0;
     // Short polls so that a stop request is noticed between commands.
-    cond = DIMSE_receiveCommand(assoc, DIMSE_NONBLOCKING, 1, &pres_id, &msg, nullptr);
+    OFCondition cond = DIMSE_receiveCommand(assoc, DIMSE_NONBLOCKING, 1, &pres_id, &msg, nullptr);
     if (cond == DIMSE_NODATAAVAILABLE) {
       if (stopping_) {
         spdlog::info("DICOM: shutting down: aborting idle association from {} calling_ae={}", peer.host,
@@ -654,8 +675,6 @@ void DicomServer::serve_association(void* handle, const Peer& transport, bool& n
         open = false;
     }
   }
-  --counters_.associations_active;
-  finish();
 }
 
 bool DicomServer::handle_store(void* handle, void* message, unsigned char pres_id, const Peer& peer) {

@@ -174,6 +174,10 @@ class DicomServer {
   // parses the A-ASSOCIATE-RQ already received; nullptr if it cannot.
   void* receive_association(int fd, const std::string& host, void* tls_connection);
   void serve_association(void* assoc, const Peer& transport, bool& negotiating);
+  // serve_association's stages: the policy (A-ASSOCIATE-RJ result / reason
+  // when refused), then the accepted association's commands.
+  bool admit(const Peer& peer, bool& holds_slot, unsigned char& result, unsigned char& reason);
+  void serve_commands(void* assoc, const Peer& peer);
   void accept_one(int listen_fd, bool tls);
   void end_negotiation(bool& negotiating);
   bool handle_store(void* assoc, void* message, unsigned char pres_id, const Peer& peer);
