@@ -4,8 +4,6 @@
 
 #include <atomic>
 #include <functional>
-#include <map>
-#include <set>
 #include <filesystem>
 #include <chrono>
 #include <condition_variable>
@@ -29,6 +27,7 @@
 #include "engine/kernels.h"
 #include "pipeline/case_library.h"
 #include "pipeline/model_registry.h"
+#include "pipeline/startup_load.h"
 #include "pipeline/study_processor.h"
 #include "pipeline/worker_pool.h"
 #endif
@@ -68,36 +67,6 @@ std::string human_bytes(uint64_t b) {
 }
 
 #ifdef FIRSTREAD_HAVE_PIPELINE
-// At start-up (GSCo, issue 15): load every specialist a route names and build
-// the case index of each one that retrieval searches; a failure is reported
-// through `fail` (shown by /readyz) and its jobs fail with the same reason.
-void load_gsco(const config::Config& cfg, pipeline::Specialists& specialists, retrieval::CaseLibrary& library,
-               const std::function<void(const std::string&, const std::string&)>& fail) {
-  std::set<std::string> named, searched;
-  for (const auto& r : cfg.routes) {
-    named.insert(r.specialists.begin(), r.specialists.end());
-    if (!r.specialists.empty() && (r.gsco == config::GscoMode::rad || r.gsco == config::GscoMode::both))
-      searched.insert(r.specialists.front());
-  }
-  for (const auto& name : named) {
-    try {
-      specialists.identity(name);
-    } catch (const std::exception& e) {
-      spdlog::error("specialists: {}", e.what());
-      fail("specialist " + name, e.what());
-    }
-  }
-  for (const auto& name : searched) {
-    try {
-      const size_t n = library.sync(name);
-      spdlog::info("case library: {} cases of specialist {} indexed", n, name);
-    } catch (const std::exception& e) {
-      spdlog::error("case library: {}", e.what());
-      fail("case library " + name, e.what());
-    }
-  }
-}
-
 json confirm_as_json(int64_t report_id, const std::vector<std::string>& labels, const config::Config& cfg,
                      db::ConnectionPool& pool, const storage::FileStorage& storage, pipeline::Specialists& specialists) {
   try {
@@ -108,6 +77,131 @@ json confirm_as_json(int64_t report_id, const std::vector<std::string>& labels, 
   }
 }
 #endif
+
+
+// Associations are refused while the storage volume has less than
+// storage.min_free_bytes free.
+std::function<std::string()> storage_admission(const storage::FileStorage& storage, uint64_t min_free) {
+  return [&storage, min_free]() -> std::string {
+    const uint64_t free = storage.free_bytes();
+    if (free < min_free)
+      return "storage " + storage.root() + " has " + human_bytes(free) + " free, below storage.min_free_bytes (" +
+             human_bytes(min_free) + ")";
+    return "";
+  };
+}
+
+// Reconciliation runs beside the service, so that a large archive does not
+// delay the first association; it leaves what is younger than the grace
+// period (this node's and other nodes' transfers in flight) alone.
+class BackgroundReconcile {
+ public:
+  BackgroundReconcile(storage::FileStorage& storage, db::InstanceIndex& index, db::ConnectionPool& pool,
+                      double grace_seconds)
+      : thread_([this, &storage, &index, &pool, grace_seconds] {
+          try {
+            ingest::reconcile(storage, index, pool, {grace_seconds, &stop_});
+          } catch (const std::exception& e) {
+            spdlog::error("reconcile: {}", e.what());
+          }
+        }) {}
+  ~BackgroundReconcile() { stop(); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// Study assembly, lease expiry and the tallies' compaction: a poll against the
+// database clock, so any node may do it and nothing depends on this process's
+// memory.
+class Housekeeping {
+ public:
+  Housekeeping(worklist::StudyAssembler& assembler, worklist::JobQueue& queue, db::Tallies& tallies,
+               double poll_seconds)
+      : thread_([this, &assembler, &queue, &tallies, poll_seconds] {
+          while (!stopping_) {
+            try {
+              assembler.assemble_ready();
+              queue.expire_leases();
+              tallies.compact();
+            } catch (const std::exception& e) {
+              spdlog::error("worklist: {}", e.what());
+            }
+            std::unique_lock<std::mutex> lock(mu_);
+            cv_.wait_for(lock, std::chrono::duration<double>(poll_seconds), [&] { return stopping_.load(); });
+          }
+        }) {}
+  ~Housekeeping() { stop(); }
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+#ifdef FIRSTREAD_HAVE_PIPELINE
+// The inference side of a node: models (loaded in the background at start-up,
+// /readyz tells when they are there), backends, GSCo's specialists and case
+// index (rebuilt from firstread.cases, following it by case_id), and the
+// workers (none for --role ingest).
+struct InferenceSide {
+  pipeline::ModelRegistry models;
+  pipeline::InferenceBackends backends;
+  pipeline::Specialists specialists;
+  retrieval::CaseLibrary case_library;
+  pipeline::StudyProcessor processor;
+  pipeline::WorkerPool workers;
+  pipeline::StartupLoad startup;
+
+  InferenceSide(const config::Config& cfg, db::ConnectionPool& pool, storage::FileStorage& storage,
+                worklist::JobQueue& queue, int workers_count)
+      : models(cfg.models),
+        backends(cfg.models, models),
+        specialists(cfg.specialists),
+        case_library(pool, {cfg.case_library.flat_max, cfg.case_library.hnsw_m, cfg.case_library.hnsw_ef_search,
+                            cfg.case_library.hnsw_ef_construction}),
+        processor(cfg, pool, storage, backends, &specialists, &case_library),
+        workers(workers_count, cfg.worklist.lease_seconds, queue, processor, pool.conninfo()),
+        startup(cfg, models, backends, specialists, case_library) {}
+};
+#endif
+
+// What the node serves and how to try it, on standard output.
+void print_banner(const config::Config& cfg, const std::string& role, bool dicom, const storage::FileStorage& storage,
+                  const Runtime& rt, const Args& args) {
+  std::cout << "firstread " << kVersion << " serving (role " << role << ")\n";
+  if (dicom && (!cfg.dicom.tls.enabled || cfg.dicom.tls.keep_plain_port))
+    std::cout << "  DICOM: AE title " << cfg.dicom.ae_title << " on port " << cfg.dicom.port
+              << "  (try: echoscu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port
+              << "; storescu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port << " FILE.dcm)\n";
+  if (dicom && cfg.dicom.tls.enabled)
+    std::cout << "  DICOM TLS: AE title " << cfg.dicom.ae_title << " on port " << cfg.dicom.tls.port
+              << "  (try: echoscu +tls CLIENT.key CLIENT.pem +cf CA.pem -aec " << cfg.dicom.ae_title << " localhost "
+              << cfg.dicom.tls.port << ")\n";
+  const bool https = !cfg.http.tls_certificate.empty();
+  std::cout << "  HTTP: " << (https ? "https://" : "http://") << cfg.http.listen
+            << "/  (API under /api/v1, metrics at /metrics)\n";
+  std::cout << "  storage: " << storage.root() << "\n";
+  std::cout << "  database: " << (rt.embedded ? "embedded cluster in " + rt.embedded->data_dir() : "database.url")
+            << "\n";
+  std::cout << "  studies: firstread studies" << (args.value("--config") ? " --config " + *args.value("--config") : "")
+            << "\n"
+            << std::flush;
+}
 
 }  // namespace
 
@@ -129,120 +223,39 @@ int run_serve(const Args& args) {
   const config::Config& cfg = rt.config;
   storage::FileStorage storage(cfg.storage.path, cfg.storage.fsync);
   db::InstanceIndex index(*rt.pool);
-
   worklist::JobQueue queue(*rt.pool, {cfg.worklist.lease_seconds, cfg.worklist.retry_backoff_seconds});
   worklist::StudyAssembler assembler(*rt.pool, queue, cfg);
 
+  // The DICOM node (not for --role worker), then reconciliation beside it.
   ingest::InstanceIngest sink(storage, index);
-  const uint64_t min_free = cfg.storage.min_free_bytes;
-  auto admission = [&storage, min_free]() -> std::string {
-    const uint64_t free = storage.free_bytes();
-    if (free < min_free)
-      return "storage " + storage.root() + " has " + human_bytes(free) + " free, below storage.min_free_bytes (" +
-             human_bytes(min_free) + ")";
-    return "";
-  };
+  const std::function<std::string()> admission = storage_admission(storage, cfg.storage.min_free_bytes);
   std::unique_ptr<scp::DicomServer> server;
   if (role != "worker") {
     server = std::make_unique<scp::DicomServer>(server_options(cfg), sink, admission);
     server->start();
   }
+  BackgroundReconcile reconcile(storage, index, *rt.pool, cfg.storage.reconcile_grace_seconds);
 
-  // Reconciliation runs beside the service, so that a large archive does not
-  // delay the first association; it leaves what is younger than the grace
-  // period (this node's and other nodes' transfers in flight) alone.
-  std::atomic<bool> reconcile_stop{false};
-  std::thread reconciler([&] {
-    try {
-      ingest::reconcile(storage, index, *rt.pool, {cfg.storage.reconcile_grace_seconds, &reconcile_stop});
-    } catch (const std::exception& e) {
-      spdlog::error("reconcile: {}", e.what());
-    }
-  });
-  struct StopReconciler {
-    std::atomic<bool>& stop;
-    std::thread& t;
-    ~StopReconciler() {
-      stop = true;
-      if (t.joinable()) t.join();
-    }
-  } stop_reconciler{reconcile_stop, reconciler};
-
-  const std::string conninfo = rt.pool->conninfo();
   // Models load on first use; say now if one cannot, rather than at the first study.
   for (const auto& [name, model] : cfg.models) {
     if (model.backend == "local" && !std::filesystem::is_directory(model.path))
       spdlog::warn("models: '{}' directory {} does not exist: jobs routed to it will fail", name, model.path);
   }
+  std::function<std::string()> models_status;  // empty: nothing to wait for (/readyz)
 #ifdef FIRSTREAD_HAVE_PIPELINE
-  pipeline::ModelRegistry models(cfg.models);
-  pipeline::InferenceBackends backends(cfg.models, models);
-  // GSCo (issue 15): specialists load on first use; each node's case index is
-  // rebuilt from firstread.cases and follows it by case_id.
-  pipeline::Specialists specialists(cfg.specialists);
-  retrieval::CaseLibrary case_library(*rt.pool, {cfg.case_library.flat_max, cfg.case_library.hnsw_m,
-                                                 cfg.case_library.hnsw_ef_search, cfg.case_library.hnsw_ef_construction});
-  pipeline::StudyProcessor processor(cfg, *rt.pool, storage, backends, &specialists, &case_library);
-  pipeline::WorkerPool workers(role == "ingest" ? 0 : cfg.worklist.workers, cfg.worklist.lease_seconds, queue,
-                               processor, conninfo);
-  workers.start();
+  InferenceSide inference(cfg, *rt.pool, storage, queue, role == "ingest" ? 0 : cfg.worklist.workers);
+  inference.workers.start();
+  if (role != "ingest" && cfg.worklist.workers > 0) {
+    inference.startup.start();
+    models_status = [&inference] { return inference.startup.status(); };
+  }
 #else
   if (role != "ingest" && cfg.worklist.workers > 0)
     spdlog::warn("this build has no inference pipeline: jobs stay queued");
 #endif
-  reports::ExportOutbox outbox(*rt.pool, storage, cfg.exports, conninfo);
+  reports::ExportOutbox outbox(*rt.pool, storage, cfg.exports, rt.pool->conninfo());
   outbox.start();
 
-  // Models are loaded in the background at start-up, so that the first study
-  // does not wait for them and /readyz tells when they are there.
-  std::mutex model_status_mu;
-  std::map<std::string, std::string> model_errors;
-  std::set<std::string> routed_models, remote_models;  // local ones load here; remote ones are polled
-  for (const auto& r : cfg.routes) {
-    if (cfg.models.at(r.model).backend == "local") routed_models.insert(r.model);
-    else remote_models.insert(r.model);
-  }
-  std::function<std::string()> models_status;
-  std::thread model_loader;
-  // A start-up failure below (say the HTTP port is taken) unwinds through
-  // here: wait for the loader rather than let a joinable thread terminate.
-  struct JoinOnExit {
-    std::thread& t;
-    ~JoinOnExit() {
-      if (t.joinable()) t.join();
-    }
-  } join_model_loader{model_loader};
-#ifdef FIRSTREAD_HAVE_PIPELINE
-  if (role != "ingest" && cfg.worklist.workers > 0) {
-    model_loader = std::thread([&] {
-      for (const auto& name : routed_models) {
-        try {
-          models.get(name);
-        } catch (const std::exception& e) {
-          spdlog::error("models: {}", e.what());
-          std::lock_guard<std::mutex> lock(model_status_mu);
-          model_errors[name] = e.what();
-        }
-      }
-      load_gsco(cfg, specialists, case_library, [&](const std::string& what, const std::string& error) {
-        std::lock_guard<std::mutex> lock(model_status_mu);
-        model_errors[what] = error;
-        routed_models.insert(what);
-      });
-    });
-    models_status = [&]() -> std::string {
-      {
-        std::lock_guard<std::mutex> lock(model_status_mu);
-        for (const auto& name : routed_models) {
-          if (model_errors.count(name)) return model_errors[name];
-          if (cfg.models.count(name) && !models.loaded(name)) return "model '" + name + "' is loading";
-        }
-      }
-      // Remote models: the server answers GET /v1/models and lists the model.
-      return backends.readiness(std::vector<std::string>(remote_models.begin(), remote_models.end()));
-    };
-  }
-#endif
   std::unique_ptr<scp::ServerMetrics> server_metrics;
   if (server) server_metrics = std::make_unique<scp::ServerMetrics>(*server);
   app::HttpApiOptions http_options = app::http_api_options(cfg.http, cfg.storage.path);
@@ -253,68 +266,29 @@ int run_serve(const Args& args) {
   app::HttpApi http(http_options, *rt.pool, storage, models_status);
 #ifdef FIRSTREAD_HAVE_PIPELINE
   http.set_confirm_report([&](int64_t report_id, const std::vector<std::string>& labels) {
-    return confirm_as_json(report_id, labels, cfg, *rt.pool, storage, specialists);
+    return confirm_as_json(report_id, labels, cfg, *rt.pool, storage, inference.specialists);
   });
 #endif
   http.start();
 
-  // Study assembly and lease expiry: a poll against the database clock, so any
-  // node may do it and nothing depends on this process's memory.
   db::Tallies tallies(*rt.pool);  // /metrics' counts, folded here so that a scrape has little to fold
-  std::atomic<bool> stopping{false};
-  std::mutex stop_mu;
-  std::condition_variable stop_cv;
-  std::thread housekeeping([&] {
-    while (!stopping) {
-      try {
-        assembler.assemble_ready();
-        queue.expire_leases();
-        tallies.compact();
-      } catch (const std::exception& e) {
-        spdlog::error("worklist: {}", e.what());
-      }
-      std::unique_lock<std::mutex> lock(stop_mu);
-      stop_cv.wait_for(lock, std::chrono::duration<double>(cfg.worklist.poll_seconds), [&] { return stopping.load(); });
-    }
-  });
-
-  std::cout << "firstread " << kVersion << " serving (role " << role << ")\n";
-  if (server && (!cfg.dicom.tls.enabled || cfg.dicom.tls.keep_plain_port))
-    std::cout << "  DICOM: AE title " << cfg.dicom.ae_title << " on port " << cfg.dicom.port
-              << "  (try: echoscu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port
-              << "; storescu -aec " << cfg.dicom.ae_title << " localhost " << cfg.dicom.port << " FILE.dcm)\n";
-  if (server && cfg.dicom.tls.enabled)
-    std::cout << "  DICOM TLS: AE title " << cfg.dicom.ae_title << " on port " << cfg.dicom.tls.port
-              << "  (try: echoscu +tls CLIENT.key CLIENT.pem +cf CA.pem -aec " << cfg.dicom.ae_title << " localhost "
-              << cfg.dicom.tls.port << ")\n";
-  const bool https = !cfg.http.tls_certificate.empty();
-  std::cout << "  HTTP: " << (https ? "https://" : "http://") << cfg.http.listen
-            << "/  (API under /api/v1, metrics at /metrics)\n";
-  std::cout << "  storage: " << storage.root() << "\n";
-  std::cout << "  database: " << (rt.embedded ? "embedded cluster in " + rt.embedded->data_dir() : "database.url")
-            << "\n";
-  std::cout << "  studies: firstread studies" << (args.value("--config") ? " --config " + *args.value("--config") : "")
-            << "\n"
-            << std::flush;
+  Housekeeping housekeeping(assembler, queue, tallies, cfg.worklist.poll_seconds);
+  print_banner(cfg, role, server != nullptr, storage, rt, args);
 
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   http.stop();
   if (server) server->stop();  // stop accepting; associations finish the instance in flight
-  reconcile_stop = true;
-  if (reconciler.joinable()) reconciler.join();
-  {
-    std::lock_guard<std::mutex> lock(stop_mu);
-    stopping = true;
-  }
-  stop_cv.notify_all();
-  housekeeping.join();
+  reconcile.stop();
+  housekeeping.stop();
 #ifdef FIRSTREAD_HAVE_PIPELINE
-  workers.stop();  // each worker finishes the job in hand
+  inference.workers.stop();  // each worker finishes the job in hand
 #endif
   outbox.stop();
-  if (model_loader.joinable()) model_loader.join();
+#ifdef FIRSTREAD_HAVE_PIPELINE
+  inference.startup.wait();
+#endif
   rt.pool.reset();
   if (rt.embedded) rt.embedded->stop();
   spdlog::info("stopped");
