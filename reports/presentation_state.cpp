@@ -316,7 +316,11 @@ bool is_color_image(const DcmDataset& image) {
   return !(photometric.empty() || photometric == "MONOCHROME1" || photometric == "MONOCHROME2");
 }
 
-BuiltPs build_presentation_state(const PsInput& input) {
+namespace {
+
+// The sources, checked: as many frames as sources, one series, one kind
+// (grey or colour) — one presentation state per series.
+std::vector<Source> read_sources(const PsInput& input, bool& color) {
   if (input.sources.empty()) fail("no source image given");
   if (input.frames_read.size() != input.sources.size())
     fail("frames_read has " + std::to_string(input.frames_read.size()) + " entries for " +
@@ -330,19 +334,16 @@ BuiltPs build_presentation_state(const PsInput& input) {
       fail("source " + std::to_string(i) + " is in series " + sources.back().series_uid + ", not " +
            sources.front().series_uid + ": one presentation state per series");
   }
-  BuiltPs built;
-  built.color = is_color_image(*input.sources.front());
+  color = is_color_image(*input.sources.front());
   for (size_t i = 1; i < input.sources.size(); ++i)
-    if (is_color_image(*input.sources[i]) != built.color)
+    if (is_color_image(*input.sources[i]) != color)
       fail("series " + sources.front().series_uid + " mixes grey and colour images");
-  built.sop_class_uid = built.color ? kCspsSopClassUid : kGspsSopClassUid;
+  return sources;
+}
 
-  built.file = std::make_unique<DcmFileFormat>();
-  DcmDataset& out = *built.file->getDataset();
-  DcmDataset& first = *sources.front().dataset;
-  copy_patient_and_study(out, first);
-
-  // SOP Common, series (its own, or the superseded one's), equipment.
+// SOP Common, the series (its own, or the superseded one's), equipment, and
+// the Presentation State Identification a radiologist chooses it by.
+void put_identification(DcmDataset& out, const PsInput& input, DcmDataset& first, BuiltPs& built) {
   char uid[100];
   built.sop_instance_uid = dcmGenerateUniqueIdentifier(uid, SITE_INSTANCE_UID_ROOT);
   built.series_instance_uid =
@@ -364,7 +365,6 @@ BuiltPs build_presentation_state(const PsInput& input) {
   if (!input.model_name.empty()) put(out, DCM_ManufacturerModelName, input.model_name, "Manufacturer's Model Name");
   if (!input.model_version.empty()) put(out, DCM_SoftwareVersions, input.model_version, "Software Versions");
 
-  // Presentation State Identification: what it is, for a radiologist choosing it.
   put(out, DCM_InstanceNumber, std::to_string(input.instance_number), "Instance Number");
   put(out, DCM_ContentLabel, kPsContentLabel, "Content Label");
   std::string description = "AI preliminary result, not for diagnosis";
@@ -373,14 +373,17 @@ BuiltPs build_presentation_state(const PsInput& input) {
   put(out, DCM_PresentationCreationDate, date, "Presentation Creation Date");
   put(out, DCM_PresentationCreationTime, time, "Presentation Creation Time");
   put(out, DCM_ContentCreatorName, "firstread^AI", "Content Creator's Name");
+}
 
-  // Presentation State Relationship: the series' images the model read.
+// Presentation State Relationship (the series' images the model read) and
+// Displayed Area: each whole image, scaled to fit, square pixels unless the
+// image says otherwise.
+void put_references_and_displayed_areas(DcmDataset& out, const std::vector<Source>& sources) {
   DcmItem* series = nullptr;
   require_ok(out.findOrCreateSequenceItem(DCM_ReferencedSeriesSequence, series, -2), "Referenced Series Sequence");
   put(*series, DCM_SeriesInstanceUID, sources.front().series_uid, "Referenced Series Instance UID");
   for (const Source& s : sources) add_image_reference(*series, DCM_ReferencedImageSequence, s, 0);
 
-  // Displayed Area: each whole image, scaled to fit, square pixels unless the image says otherwise.
   for (const Source& s : sources) {
     DcmItem* area = nullptr;
     require_ok(out.findOrCreateSequenceItem(DCM_DisplayedAreaSelectionSequence, area, -2), "Displayed Area Selection item");
@@ -396,11 +399,25 @@ BuiltPs build_presentation_state(const PsInput& input) {
     else
       put(*area, DCM_PresentationPixelAspectRatio, "1\\1", "Presentation Pixel Aspect Ratio");
   }
+}
+
+}  // namespace
+
+BuiltPs build_presentation_state(const PsInput& input) {
+  BuiltPs built;
+  const std::vector<Source> sources = read_sources(input, built.color);
+  built.sop_class_uid = built.color ? kCspsSopClassUid : kGspsSopClassUid;
+
+  built.file = std::make_unique<DcmFileFormat>();
+  DcmDataset& out = *built.file->getDataset();
+  DcmDataset& first = *sources.front().dataset;
+  copy_patient_and_study(out, first);
+  put_identification(out, input, first, built);
+  put_references_and_displayed_areas(out, sources);
 
   add_annotations(out, sources, input.annotations);
   put(out, DCM_ImageRotation, "0", "Image Rotation");
   put(out, DCM_ImageHorizontalFlip, "N", "Image Horizontal Flip");
-
   if (built.color) {
     add_icc_profile(out, first);
   } else {
