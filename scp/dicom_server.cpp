@@ -591,8 +591,9 @@ void DicomServer::serve_association(void* handle, const Peer& transport, bool& n
   };
   unsigned char result = 0, reason = 0;
   if (!admit(peer, holds_slot, result, reason)) {
-    reject(assoc, static_cast<T_ASC_RejectParametersResult>(result), static_cast<T_ASC_RejectParametersReason>(reason));
+    // Counted before the peer hears it, so a scrape after the peer's refusal sees it.
     ++counters_.associations_refused;
+    reject(assoc, static_cast<T_ASC_RejectParametersResult>(result), static_cast<T_ASC_RejectParametersReason>(reason));
     end_negotiation(negotiating);
     return finish();
   }
