@@ -613,8 +613,8 @@ void DicomServer::serve_association(void* handle, const Peer& transport, bool& n
                 peer.calling_ae, peer.tls ? " over TLS, certificate '" + peer.certificate_subject + "'" : "",
                 ASC_countAcceptedPresentationContexts(assoc->params));
   serve_commands(assoc, peer);
+  finish();  // the slot is free before the gauge says so: a peer that sees no association open finds a slot
   --counters_.associations_active;
-  finish();
 }
 
 // An accepted association's DIMSE commands until the peer releases or
