@@ -285,23 +285,32 @@ void gemm_run(int kind, const void* w_v, int64_t n_rows, int64_t k, const uint8_
 
 // ------------------------------------------------------------------ decode rows (batched decode)
 //
-// Q8_0 / Q4_0 decode products against a few input rows (one per sequence of
-// a batched decode step; issue 13). Decode reads every weight once per step,
-// so with B sequences the same bytes serve B dot products and what limits
-// B > 1 is the work per weight. Here a zmm holds two whole blocks of one
-// weight row (64 weights, made unsigned as above) and each input row costs
-// one vpdpbusd per 64 weights, its int32 lanes starting at -offset * (their
-// four activations' sum) so the offset leaves exactly; then one convert and
-// one FMA by the two blocks' scales (lanes 0-7 block 2j, 8-15 block 2j+1).
+// Decode products against a few input rows (one per sequence of a batched
+// decode step; issue 13). Decode reads every weight once per step, so with B
+// sequences the same bytes serve B dot products and what limits B > 1 is the
+// work per weight and input. Both kernels below therefore do everything that
+// depends on the weights alone (loading, unpacking to unsigned bytes or to
+// float, the block scales) once per weight for all inputs, and everything
+// that depends on the input alone (quantising, the offset's start value, the
+// element order) once per step in a pack; what is left per (weight, input)
+// is the multiply-add itself. Four weight rows per pass share each input
+// load. Every (row, input) result is the same operations whatever the number
+// of inputs and rows in the pass, so a sequence gets the bits alone that it
+// gets in a batch.
+//
+// Q8_0 / Q4_0: a zmm holds two whole blocks of one weight row (64 weights,
+// made unsigned as above) and each input row costs one vpdpbusd per 64
+// weights, its int32 lanes starting at -offset * (their four activations'
+// sum) so the offset leaves exactly; then one convert and one FMA by the two
+// blocks' scales (lanes 0-7 block 2j, 8-15 block 2j+1).
 // The GEMM above broadcasts 4 weight bytes against 16 activation rows: 16x
-// the work per weight at B = 1, 4x at B = 4. Every (row, input) result is the
-// same operations whatever the number of inputs, so a sequence gets the bits
-// alone that it gets in a batch.
+// the work per weight at B = 1, 4x at B = 4.
 
 namespace {
-// Per pair of blocks and input: 64 activation bytes, 16 negated four-byte sums
-// (int32), 16 scales (lanes 0-7 the first block's, 8-15 the second's).
-constexpr int64_t kPairBytes = 64 + 64 + 64;
+// Per pair of blocks and input: 64 activation bytes, 16 start values for
+// Q8_0 (-128 * four-byte sum, int32), 16 for Q4_0 (-8 * sum), 16 scales
+// (lanes 0-7 the first block's, 8-15 the second's).
+constexpr int64_t kPairBytes = 64 + 64 + 64 + 64;
 
 struct BlockQ8ActRaw {  // engine::BlockQ8Act
   float d;
@@ -333,14 +342,17 @@ void matvec_pack(const void* xq_v, int64_t n, int64_t cols, uint8_t* dst) {
         }
       }
       std::memcpy(p, q, 64);
-      int32_t sums[16];
+      int32_t start8[16], start4[16];
       float scales[16];
       for (int l = 0; l < 16; ++l) {
-        sums[l] = -(int32_t(q[4 * l]) + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
+        const int32_t sum = int32_t(q[4 * l]) + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3];
+        start8[l] = -128 * sum;
+        start4[l] = -8 * sum;
         scales[l] = d[l / 8];
       }
-      std::memcpy(p + 64, sums, 64);
-      std::memcpy(p + 128, scales, 64);
+      std::memcpy(p + 64, start8, 64);
+      std::memcpy(p + 128, start4, 64);
+      std::memcpy(p + 192, scales, 64);
     }
 }
 
@@ -357,15 +369,15 @@ inline __m512i load_pair(const void* row, int64_t j, int64_t nb) {
     const __m256i hi = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[1].q)) : _mm256_set1_epi8(char(0x80));
     return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8(char(0x80)));
   }
+  // Q4_0: [qs0 | qs0 | qs1 | qs1] by broadcast loads, the high nibbles shifted
+  // down in 128-bit lanes 1 and 3: weights 0..15, 16..31 of each block.
   const BlockQ4Raw* b = static_cast<const BlockQ4Raw*>(row) + 2 * j;
-  const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0].qs));
-  const __m128i q1 = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[1].qs)) : _mm_setzero_si128();
-  const __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);  // [qs0 | qs1]
-  const __m256i m = _mm256_set1_epi8(0x0F);
-  const __m256i lo = _mm256_and_si256(t, m), hi = _mm256_and_si256(_mm256_srli_epi16(t, 4), m);
-  // [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1]: weights 0..15, 16..31 of each block.
-  const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-  return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+  const __m256i q0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0].qs)));
+  const __m256i q1 =
+      two ? _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[1].qs))) : _mm256_setzero_si256();
+  __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+  t = _mm512_mask_srli_epi16(t, __mmask32(0xFF00FF00u), t, 4);
+  return _mm512_and_si512(t, _mm512_set1_epi8(0x0F));
 }
 
 template <bool Q4>
@@ -379,69 +391,171 @@ inline __m512 pair_scales(const void* row, int64_t j, int64_t nb, const float* T
       _mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(T[d0])), _mm256_castps_pd(_mm256_set1_ps(T[d1])), 1));
 }
 
-// Rows r and r + 1 against G inputs.
-template <bool Q4, int G>
-inline void rows2(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes, float* y,
-                  int64_t ldy, int64_t r, const float* T) {
+// R consecutive rows from r against G inputs: per pair of blocks, each row's
+// unsigned weights and scales once, then per input one start-value load,
+// vpdpbusd, convert and FMA per row.
+template <bool Q4, int R, int G>
+inline void q_rows(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes, float* y,
+                   int64_t ldy, int64_t r, const float* T) {
   const int64_t pairs = (nb + 1) / 2;
-  const uint8_t* w0 = base + r * row_bytes;
-  const uint8_t* w1 = w0 + row_bytes;
-  __m512 a0[G], a1[G];
-  for (int g = 0; g < G; ++g) a0[g] = a1[g] = _mm512_setzero_ps();
-  const int shift = Q4 ? 3 : 7;  // offsets 8 and 128
+  constexpr int start_at = Q4 ? 128 : 64;
+  const uint8_t* w[R];
+  for (int i = 0; i < R; ++i) w[i] = base + (r + i) * row_bytes;
+  __m512 acc[R][G];
+  for (int i = 0; i < R; ++i)
+    for (int g = 0; g < G; ++g) acc[i][g] = _mm512_setzero_ps();
   for (int64_t j = 0; j < pairs; ++j) {
-    _mm_prefetch(reinterpret_cast<const char*>(w1 + row_bytes) + j * (Q4 ? 36 : 68), _MM_HINT_T0);
-    const __m512i u0 = load_pair<Q4>(w0, j, nb), u1 = load_pair<Q4>(w1, j, nb);
-    const __m512 d0 = pair_scales<Q4>(w0, j, nb, T), d1 = pair_scales<Q4>(w1, j, nb, T);
+    // The next rows follow in memory: keep their lines coming as these stream.
+    for (int i = 0; i < R; ++i)
+      _mm_prefetch(reinterpret_cast<const char*>(w[i] + R * row_bytes) + j * (Q4 ? 36 : 68), _MM_HINT_T0);
+    __m512i u[R];
+    __m512 d[R];
+    for (int i = 0; i < R; ++i) {
+      u[i] = load_pair<Q4>(w[i], j, nb);
+      d[i] = pair_scales<Q4>(w[i], j, nb, T);
+    }
     for (int g = 0; g < G; ++g) {
       const uint8_t* p = xp + g * in_bytes + j * kPairBytes;
       const __m512i a = _mm512_load_si512(p);
-      const __m512i init = _mm512_slli_epi32(_mm512_load_si512(p + 64), shift);
-      const __m512 da = _mm512_load_ps(reinterpret_cast<const float*>(p + 128));
-      a0[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u0, a)), _mm512_mul_ps(d0, da), a0[g]);
-      a1[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u1, a)), _mm512_mul_ps(d1, da), a1[g]);
+      const __m512i init = _mm512_load_si512(p + start_at);
+      const __m512 da = _mm512_load_ps(reinterpret_cast<const float*>(p + 192));
+      for (int i = 0; i < R; ++i)
+        acc[i][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u[i], a)), _mm512_mul_ps(d[i], da),
+                                    acc[i][g]);
     }
   }
-  for (int g = 0; g < G; ++g) {
-    y[g * ldy + r] = _mm512_reduce_add_ps(a0[g]);
-    y[g * ldy + r + 1] = _mm512_reduce_add_ps(a1[g]);
-  }
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < R; ++i) y[g * ldy + r + i] = _mm512_reduce_add_ps(acc[i][g]);
+}
+
+// Where one call of the kernels below reads and writes: rows [r, r + R) of
+// the weights against inputs [g, g + G) of the packed input.
+struct RowsArgs {
+  const uint8_t* base;  // the weights
+  int64_t row_bytes, cols, in_bytes, ldy, r;
+  const uint8_t* xp;  // the packed inputs, in_bytes apart
+  float* y;
+  const float* T;  // FP16 table
+};
+
+// Rows [a.r, r1) against nx inputs: four rows at a time (one for the last
+// few), inputs four at a time (the second pass finds the rows in L1 / L2).
+// K::run<R, G>(args, g) is the kernel of one format.
+template <typename K, int R>
+inline void over_inputs(int nx, const RowsArgs& a) {
+  int g = 0;
+  for (; g + 4 <= nx; g += 4) K::template run<R, 4>(a, g);
+  if (nx - g == 3) K::template run<R, 3>(a, g);
+  else if (nx - g == 2) K::template run<R, 2>(a, g);
+  else if (nx - g == 1) K::template run<R, 1>(a, g);
+}
+template <typename K>
+void over_rows(RowsArgs a, int nx, int64_t r1) {
+  for (; a.r + 4 <= r1; a.r += 4) over_inputs<K, 4>(nx, a);
+  for (; a.r < r1; ++a.r) over_inputs<K, 1>(nx, a);
 }
 
 template <bool Q4>
-inline void row1(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes, float* y,
-                 int64_t ldy, int64_t r, int nx, const float* T) {
-  const int64_t pairs = (nb + 1) / 2;
-  const uint8_t* w0 = base + r * row_bytes;
-  const int shift = Q4 ? 3 : 7;
-  for (int g = 0; g < nx; ++g) {
-    __m512 a0 = _mm512_setzero_ps();
-    for (int64_t j = 0; j < pairs; ++j) {
-      const uint8_t* p = xp + g * in_bytes + j * kPairBytes;
-      const __m512i init = _mm512_slli_epi32(_mm512_load_si512(p + 64), shift);
-      a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, load_pair<Q4>(w0, j, nb), _mm512_load_si512(p))),
-                           _mm512_mul_ps(pair_scales<Q4>(w0, j, nb, T), _mm512_load_ps(reinterpret_cast<const float*>(p + 128))),
-                           a0);
-    }
-    y[g * ldy + r] = _mm512_reduce_add_ps(a0);
+struct QKernel {
+  template <int R, int G>
+  static void run(const RowsArgs& a, int g) {
+    q_rows<Q4, R, G>(a.base, a.row_bytes, a.cols / 32, a.xp + g * a.in_bytes, a.in_bytes, a.y + g * a.ldy, a.ldy, a.r,
+                     a.T);
   }
-}
+};
 
 template <bool Q4>
 void matvec_q(const void* w, int64_t cols, const uint8_t* xp, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const int64_t nb = cols / 32, row_bytes = nb * (Q4 ? 18 : 34), in_bytes = ((nb + 1) / 2) * kPairBytes;
-  const uint8_t* base = static_cast<const uint8_t*>(w);
-  const float* T = f16_table();
-  int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) {
-    int g = 0;
-    // Up to four inputs per pass: 8 accumulators + 4 weight vectors stay in registers.
-    for (; g + 4 <= nx; g += 4) rows2<Q4, 4>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r, T);
-    if (nx - g == 3) rows2<Q4, 3>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r, T);
-    else if (nx - g == 2) rows2<Q4, 2>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r, T);
-    else if (nx - g == 1) rows2<Q4, 1>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r, T);
+  const int64_t nb = cols / 32;
+  const RowsArgs a{static_cast<const uint8_t*>(w), nb * (Q4 ? 18 : 34), cols, ((nb + 1) / 2) * kPairBytes, ldy, r0, xp,
+                   y, f16_table()};
+  over_rows<QKernel<Q4>>(a, nx, r1);
+}
+
+// ------------------------------------------------------------------ decode rows, F32 / BF16 / F16
+//
+// Each weight converted to float once for all inputs (BF16: 32 weights per
+// load, the even ones by a shift and the odd ones by a mask, against inputs
+// packed once per step in that even / odd order; F16: vcvtph2ps; F32 as is),
+// then one FMA per 16 weights and input, in F32 like the scalar path.
+
+// 32 weights from element i of a row as two float vectors, in the order the
+// packed input uses; `mask` selects the elements that exist (the row's tail).
+template <int KIND>
+inline void load_w32(const uint8_t* row, int64_t i, __mmask32 mask, bool full, __m512& wa, __m512& wb) {
+  if (KIND == kBF16) {
+    const void* p = row + i * 2;
+    const __m512i v = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(mask, p);
+    wa = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    wb = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int32_t(0xFFFF0000u))));
+  } else if (KIND == kF16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + i;
+    if (full) {
+      wa = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      wb = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)));
+    } else {
+      const __m512i v = _mm512_maskz_loadu_epi16(mask, p);
+      wa = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+      wb = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+    }
+  } else {
+    const float* p = reinterpret_cast<const float*>(row) + i;
+    if (full) {
+      wa = _mm512_loadu_ps(p);
+      wb = _mm512_loadu_ps(p + 16);
+    } else {
+      wa = _mm512_maskz_loadu_ps(__mmask16(mask & 0xFFFF), p);
+      wb = _mm512_maskz_loadu_ps(__mmask16(mask >> 16), p + 16);
+    }
   }
-  if (r < r1) row1<Q4>(base, row_bytes, nb, xp, in_bytes, y, ldy, r, nx, T);
+}
+
+template <int KIND, int R, int G>
+inline void f_rows(const uint8_t* base, int64_t row_bytes, int64_t cols, const float* xp, int64_t in_floats, float* y,
+                   int64_t ldy, int64_t r) {
+  const uint8_t* w[R];
+  for (int i = 0; i < R; ++i) w[i] = base + (r + i) * row_bytes;
+  __m512 acc[R][G];
+  for (int i = 0; i < R; ++i)
+    for (int g = 0; g < G; ++g) acc[i][g] = _mm512_setzero_ps();
+  constexpr int64_t esz = KIND == kF32 ? 4 : 2;
+  const int64_t full = cols / 32;
+  auto step = [&](int64_t c, bool whole, __mmask32 mask) {
+    __m512 wa[R], wb[R];
+    for (int i = 0; i < R; ++i) {
+      for (int64_t l = 0; l < 32 * esz; l += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(w[i] + R * row_bytes + c * 32 * esz + l), _MM_HINT_T0);
+      load_w32<KIND>(w[i], c * 32, mask, whole, wa[i], wb[i]);
+    }
+    for (int g = 0; g < G; ++g) {
+      const float* xg = xp + g * in_floats + c * 32;
+      const __m512 xa = _mm512_load_ps(xg), xb = _mm512_load_ps(xg + 16);
+      for (int i = 0; i < R; ++i) {
+        acc[i][g] = _mm512_fmadd_ps(wa[i], xa, acc[i][g]);
+        acc[i][g] = _mm512_fmadd_ps(wb[i], xb, acc[i][g]);
+      }
+    }
+  };
+  for (int64_t c = 0; c < full; ++c) step(c, true, __mmask32(0xFFFFFFFFu));
+  if (cols % 32) step(full, false, __mmask32((1u << (cols % 32)) - 1));
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < R; ++i) y[g * ldy + r + i] = _mm512_reduce_add_ps(acc[i][g]);
+}
+
+template <int KIND>
+struct FKernel {
+  template <int R, int G>
+  static void run(const RowsArgs& a, int g) {
+    const float* xp = reinterpret_cast<const float*>(a.xp + g * a.in_bytes);
+    f_rows<KIND, R, G>(a.base, a.row_bytes, a.cols, xp, a.in_bytes / 4, a.y + g * a.ldy, a.ldy, a.r);
+  }
+};
+
+template <int KIND>
+void matvec_f(const void* w, int64_t cols, const float* xp, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const RowsArgs a{static_cast<const uint8_t*>(w), cols * (KIND == kF32 ? 4 : 2), cols, (cols + 31) / 32 * 32 * 4, ldy,
+                   r0, reinterpret_cast<const uint8_t*>(xp), y, nullptr};
+  over_rows<FKernel<KIND>>(a, nx, r1);
 }
 
 }  // namespace
@@ -453,6 +567,33 @@ void matvec_q8(const void* w, int64_t cols, const uint8_t* packed, int nx, float
 void matvec_q4(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0,
                int64_t r1) {
   matvec_q<true>(w, cols, packed, nx, y, ldy, r0, r1);
+}
+
+// Floats per packed input row of the F32 / BF16 / F16 kernels (cols rounded up to 32).
+int64_t matvec_f_pack_floats(int64_t cols) { return (cols + 31) / 32 * 32; }
+
+// n inputs x[n][cols] for weights of `kind` (F32 / F16 / BF16) into dst
+// (64-byte aligned, n * matvec_f_pack_floats(cols) floats): zero-padded to a
+// multiple of 32; for BF16 each 32 in the order even elements, odd elements.
+void matvec_f_pack(int kind, const float* x, int64_t n, int64_t cols, float* dst) {
+  const int64_t stride = matvec_f_pack_floats(cols);
+  for (int64_t g = 0; g < n; ++g) {
+    const float* xg = x + g * cols;
+    float* out = dst + g * stride;
+    std::memset(out, 0, size_t(stride) * 4);
+    if (kind != kBF16) {
+      std::memcpy(out, xg, size_t(cols) * 4);
+      continue;
+    }
+    for (int64_t i = 0; i < cols; ++i) out[i / 32 * 32 + (i % 2) * 16 + (i % 32) / 2] = xg[i];
+  }
+}
+
+void matvec_f(int kind, const void* w, int64_t cols, const float* packed, int nx, float* y, int64_t ldy, int64_t r0,
+              int64_t r1) {
+  if (kind == kBF16) matvec_f<kBF16>(w, cols, packed, nx, y, ldy, r0, r1);
+  else if (kind == kF16) matvec_f<kF16>(w, cols, packed, nx, y, ldy, r0, r1);
+  else matvec_f<kF32>(w, cols, packed, nx, y, ldy, r0, r1);
 }
 
 }  // namespace firstread::engine::avx512

@@ -41,6 +41,11 @@ int64_t matvec_pack_bytes(int64_t n, int64_t cols);
 void matvec_pack(const void* xq, int64_t n, int64_t cols, uint8_t* dst);
 void matvec_q8(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
 void matvec_q4(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
+// The same for F32 / F16 / BF16 rows (kind = DType), inputs packed by matvec_f_pack.
+int64_t matvec_f_pack_floats(int64_t cols);
+void matvec_f_pack(int kind, const float* x, int64_t n, int64_t cols, float* dst);
+void matvec_f(int kind, const void* w, int64_t cols, const float* packed, int nx, float* y, int64_t ldy, int64_t r0,
+              int64_t r1);
 int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k);
 void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
 void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
@@ -227,7 +232,7 @@ std::string kernel_path_description() {
   const KernelPath p = kernel_path();
   std::string s = kernel_path_name(p);
   if (p == KernelPath::Avx512)
-    s += " (AVX-512 F/BW/VL+VNNI batched GEMMs from BF16/F16/Q8_0/Q4_0; AVX2/FMA/F16C decode and vector math)";
+    s += " (AVX-512 F/BW/VL+VNNI GEMMs and decode rows from F32/BF16/F16/Q8_0/Q4_0; AVX2/FMA/F16C vector math)";
   else if (p == KernelPath::Avx2)
     s += " (AVX2/FMA/F16C decode and vector math; batched products via F32 blocks + OpenBLAS)";
   else
@@ -414,12 +419,15 @@ static bool is_block_quantised(DType t) { return t == DType::Q8_0 || t == DType:
 // Rows [r0, r1) of w against nx inputs x[g * w.cols] (xq[g * w.cols / 32] when
 // block-quantised) into y[g * ldy + r]: each weight row is read once for all
 // inputs, and each (row, input) result is bit-identical to nx = 1.
-// packed: the inputs repacked for the AVX-512 VNNI kernels (avx512 path, Q8_0 / Q4_0), else null.
-static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* xq, const uint8_t* packed, int nx,
-                         float* y, int64_t ldy, int64_t r0, int64_t r1) {
+// The inputs repacked for the AVX-512 kernels (avx512 path, else null):
+// packed_q for Q8_0 / Q4_0, packed_f for F32 / F16 / BF16 (matvec_f_pack for w's dtype).
+static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* xq, const uint8_t* packed_q,
+                         const float* packed_f, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t cols = w.cols, nb = cols / kQBlock;
-  if (packed && w.dtype == DType::Q8_0) return avx512::matvec_q8(w.data, cols, packed, nx, y, ldy, r0, r1);
-  if (packed && w.dtype == DType::Q4_0) return avx512::matvec_q4(w.data, cols, packed, nx, y, ldy, r0, r1);
+  if (packed_q && w.dtype == DType::Q8_0) return avx512::matvec_q8(w.data, cols, packed_q, nx, y, ldy, r0, r1);
+  if (packed_q && w.dtype == DType::Q4_0) return avx512::matvec_q4(w.data, cols, packed_q, nx, y, ldy, r0, r1);
+  if (packed_f && !is_block_quantised(w.dtype))
+    return avx512::matvec_f(int(w.dtype), w.data, cols, packed_f, nx, y, ldy, r0, r1);
   if (!cpu_has_avx2_fma_f16c()) {
     for (int g = 0; g < nx; ++g)
       scalar_matvec(w, x ? x + g * cols : nullptr, xq ? xq + g * nb : nullptr, y + g * ldy, r0, r1);
@@ -559,20 +567,39 @@ static void matvec_jobs(ThreadPool& pool, const float* x, int64_t n, const Linea
   for (size_t j = 0; j < nj; ++j) total_rows += jobs[j].w.rows;
   const int64_t chunk = decode_chunk_rows(total_rows, pool.size());
   std::array<int, kMaxJobs + 1> first_task{};
-  bool any_quantised = false;
+  bool any_quantised = false, any_bf16 = false, any_f = false;  // any_f: F32 / F16
   for (size_t j = 0; j < nj; ++j) {
     first_task[j + 1] = first_task[j] + int((jobs[j].w.rows + chunk - 1) / chunk);
-    any_quantised = any_quantised || is_block_quantised(jobs[j].w.dtype);
+    const DType t = jobs[j].w.dtype;
+    any_quantised = any_quantised || is_block_quantised(t);
+    any_bf16 = any_bf16 || t == DType::BF16;
+    any_f = any_f || t == DType::F32 || t == DType::F16;
     if (jobs[j].w.cols != jobs[0].w.cols) throw std::logic_error("linear_multi: inputs of different widths");
   }
   const int64_t cols = jobs[0].w.cols;
   const BlockQ8Act* xq = any_quantised ? quantised_input(scratch, x, n, cols) : nullptr;
-  const uint8_t* packed = nullptr;
-  if (any_quantised && kernel_path() == KernelPath::Avx512) {
-    scratch.packed.resize(size_t(avx512::matvec_pack_bytes(n, cols)) + 64);
-    uint8_t* p = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch.packed.data()) + 63) & ~uintptr_t(63));
-    avx512::matvec_pack(xq, n, cols, p);
-    packed = p;
+  // avx512: each input packed once for all jobs and threads (int8 pairs of
+  // blocks with their start values and scales; floats in the kernel's order).
+  const uint8_t* packed_q = nullptr;
+  const float* packed_f = nullptr;
+  const float* packed_bf16 = nullptr;
+  if (kernel_path() == KernelPath::Avx512) {
+    if (any_quantised) {
+      scratch.packed.resize(size_t(avx512::matvec_pack_bytes(n, cols)) + 64);
+      uint8_t* p = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch.packed.data()) + 63) & ~uintptr_t(63));
+      avx512::matvec_pack(xq, n, cols, p);
+      packed_q = p;
+    }
+    if (any_bf16 || any_f) {
+      // BF16's element order differs from F32 / F16's: one region each.
+      const size_t region = size_t(n * avx512::matvec_f_pack_floats(cols));
+      scratch.xf.resize(2 * region + 16);
+      float* p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.xf.data()) + 63) & ~uintptr_t(63));
+      if (any_f) avx512::matvec_f_pack(int(DType::F32), x, n, cols, p);
+      if (any_bf16) avx512::matvec_f_pack(int(DType::BF16), x, n, cols, p + region);
+      packed_f = p;
+      packed_bf16 = p + region;
+    }
   }
   pool.parallel_for(first_task[nj], [&](int task) {
     size_t j = 0;
@@ -580,7 +607,8 @@ static void matvec_jobs(ThreadPool& pool, const float* x, int64_t n, const Linea
     const LinearJob& job = jobs[j];
     const int64_t rows = job.w.rows;
     const int64_t r0 = int64_t(task - first_task[j]) * chunk, r1 = std::min(rows, r0 + chunk);
-    matvec_range(job.w, x, xq, packed, int(n), job.y, rows, r0, r1);
+    matvec_range(job.w, x, xq, packed_q, job.w.dtype == DType::BF16 ? packed_bf16 : packed_f, int(n), job.y, rows, r0,
+                 r1);
     if (job.bias)
       for (int64_t t = 0; t < n; ++t)
         for (int64_t r = r0; r < r1; ++r) job.y[t * rows + r] += job.bias[r];

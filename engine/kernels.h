@@ -106,9 +106,10 @@ int blas_threads();
 //   avx2    AVX2/FMA/F16C: decode matvec (F32/BF16/F16/Q8_0/Q4_0), vector
 //           math; batched products convert weight blocks to F32 + OpenBLAS
 //   avx512  AVX-512 F/BW/VL + VNNI (all required): batched BF16/F16/
-//           Q8_0/Q4_0 products by gemm_avx512.cpp straight from the stored
-//           format (BF16/F16: exact conversion + FMA; Q8_0/Q4_0: int8
-//           activations + vpdpbusd); the rest as avx2
+//           Q8_0/Q4_0 products and every decode product (linear_rows) by
+//           gemm_avx512.cpp straight from the stored format (F32/BF16/F16:
+//           exact conversion + FMA; Q8_0/Q4_0: int8 activations + vpdpbusd);
+//           vector math as avx2
 enum class KernelPath { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 KernelPath kernel_path();          // in use now
 KernelPath best_kernel_path();     // the best this CPU supports
@@ -149,6 +150,7 @@ struct LinearScratch {
   std::vector<float> wbuf;       // converted weight block for batched BF16/F16/Q8_0/Q4_0 (avx2 path)
   std::vector<BlockQ8Act> xq;    // the quantised input of a decode product
   std::vector<uint8_t> packed;   // packed activations of a batched product (avx512 path; 64-byte aligned inside)
+  std::vector<float> xf;         // decode inputs of F32 / F16 / BF16 rows in the avx512 kernel's order (aligned inside)
 };
 
 // y[n][rows] = x[n][cols] · Wᵀ (+ bias). Uses the matvec (linear_rows) for
