@@ -78,6 +78,8 @@ void BatchScheduler::admit() {
     s.next = -1;
     s.finished = false;
     s.error = nullptr;
+    s.t_vision = -1;
+    s.vis.clear();
     ++active_;
   }
 }
@@ -128,6 +130,7 @@ void BatchScheduler::finish(Slot& s) {
   s.w->done = true;
   s.w = nullptr;
   s.emb.clear();
+  s.vis.clear();
   --active_;
 }
 
@@ -187,14 +190,7 @@ void BatchScheduler::decode_step() {
 void BatchScheduler::start_prefill(Slot& s) {
   DecodeRequest& r = *s.w->req;
   const int H = llm_.hparams().hidden, n = int(r.ids.size());
-  std::vector<float> vis;
-  if (r.vision) {
-    const double t0 = now_ms();
-    vis = r.vision();
-    r.vision_ms = now_ms() - t0;
-    std::lock_guard<std::mutex> lk(mu_);
-    stats_.vision_ms += r.vision_ms;
-  }
+  const std::vector<float>& vis = s.vis;
   s.emb.resize(size_t(n) * H);
   llm_.embed(r.ids.data(), n, s.emb.data());
   size_t vi = 0;
@@ -207,13 +203,29 @@ void BatchScheduler::start_prefill(Slot& s) {
   if (vi * H != vis.size())
     throw EngineError("prompt has " + std::to_string(vi) + " <IMG_CONTEXT> tokens but the images give " +
                       std::to_string(vis.size() / H));
+  s.vis.clear();
   llm_.init_cache(s.cache, n + r.max_new_tokens);
   s.logits.resize(size_t(llm_.hparams().vocab));
   s.stage = Stage::Prefill;
 }
 
-// The oldest sequence not yet decoding gets one unit of work: its image
-// encode (with the prompt embeddings), or its next prefill chunk.
+// One unit of the slot's image encode; its wall time from the first unit to
+// the last (the others' decode steps between them included) is the request's vision_ms.
+bool BatchScheduler::vision_unit(Slot& s) {
+  DecodeRequest& r = *s.w->req;
+  const double t0 = now_ms();
+  if (s.t_vision < 0) s.t_vision = t0;
+  const bool done = r.vision(s.vis);
+  const double t1 = now_ms();
+  if (done) r.vision_ms = t1 - s.t_vision;
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.vision_ms += t1 - t0;
+  stats_.vision_units += 1;
+  return done;
+}
+
+// The oldest sequence not yet decoding gets one unit of work: a unit of its
+// image encode (the last with the prompt embeddings), or its next prefill chunk.
 void BatchScheduler::advance_one() {
   Slot* oldest = nullptr;
   for (Slot& s : slots_)
@@ -223,8 +235,9 @@ void BatchScheduler::advance_one() {
   DecodeRequest& r = *s.w->req;
   try {
     if (s.stage == Stage::Vision) {
+      if (r.vision && !vision_unit(s)) return;
       start_prefill(s);
-      if (r.vision) return;  // an image encode is a unit of its own
+      if (r.vision) return;  // the last image-encode unit is a unit of its own
     }
     const int n = int(r.ids.size()), H = llm_.hparams().hidden;
     const int chunk = std::min(prefill_chunk_, n - s.prefilled);

@@ -3,8 +3,8 @@
 // decoder's weights per step for all sequences in flight, each with its own KV
 // cache and position — and a sequence joins or leaves at any step. A
 // newcomer's vision and prefill run between the others' decode steps, the
-// prefill in chunks of `prefill_chunk` tokens, so a decoding sequence waits at
-// most one chunk (or one image encode) per step.
+// image encode in units of a few ViT layers and the prefill in chunks of
+// `prefill_chunk` tokens, so a decoding sequence waits at most one unit per step.
 //
 // One thread of the scheduler's own runs all compute on the model's pool; a
 // caller's run() blocks until its request is done. Greedy ids do not depend
@@ -32,9 +32,11 @@ namespace firstread::engine {
 struct DecodeRequest {
   std::vector<int> ids;  // the whole prompt (template applied, image contexts expanded)
   // Image embeddings [contexts][hidden], computed on the scheduler's thread
-  // just before prefill; each position holding img_context_id takes the next
-  // row. Empty: a text-only prompt.
-  std::function<std::vector<float>()> vision;
+  // before prefill in units (e.g. a few ViT layers each) between the other
+  // sequences' decode steps: each call runs one unit and returns true once
+  // `out` holds the embeddings (the same vector is passed every time). Each
+  // position holding img_context_id takes the next row. Empty: a text-only prompt.
+  std::function<bool(std::vector<float>& out)> vision;
   int img_context_id = -1;
   int max_new_tokens = 256;
   bool stop_on_end_token = true;
@@ -44,7 +46,7 @@ struct DecodeRequest {
   std::vector<int> tokens;  // generated ids (the end token included when hit)
   bool stopped_on_end_token = false;
   std::vector<float> first_logits;
-  double vision_ms = 0, prefill_ms = 0, decode_ms = 0;  // wall time, as the caller waited
+  double vision_ms = 0, prefill_ms = 0, decode_ms = 0;  // wall time, as the caller waited (others' steps included)
   int largest_batch = 0;  // the most sequences one of its decode steps shared
 };
 
@@ -53,7 +55,7 @@ struct DecodeRequest {
 struct BatchStats {
   std::vector<int64_t> steps;
   std::vector<double> step_ms;
-  int64_t prefill_chunks = 0, prefill_tokens = 0;
+  int64_t prefill_chunks = 0, prefill_tokens = 0, vision_units = 0;
   double prefill_ms = 0, vision_ms = 0;
 };
 
@@ -89,18 +91,20 @@ class BatchScheduler {
     uint64_t admitted = 0;  // admission order: the oldest gets the next prefill chunk
     Stage stage = Stage::Vision;
     KvCache cache;
+    std::vector<float> vis;     // image embeddings, filled unit by unit
     std::vector<float> emb;     // prompt embeddings [n][hidden]
     std::vector<float> logits;  // the last prefill chunk's
     int prefilled = 0;
     int next = -1;  // token fed at the next decode step
-    double t_prefill = 0, t_decode = 0;
+    double t_vision = -1, t_prefill = 0, t_decode = 0;
     bool finished = false;
     std::exception_ptr error;
   };
   void loop();
   void admit();
   void decode_step();
-  void advance_one();  // one image encode or one prefill chunk of the oldest newcomer
+  void advance_one();  // one image-encode unit or one prefill chunk of the oldest newcomer
+  bool vision_unit(Slot& s);  // true once the slot's images are encoded
   void start_prefill(Slot& s);
   void accept(Slot& s, const float* logits);
   void finish(Slot& s);

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -27,6 +28,7 @@
 #include "engine/model.h"
 #include "engine/safetensors.h"
 #include "engine/test_fixtures.h"
+#include "engine/vision.h"
 #include "engine/weights.h"
 
 using namespace firstread::engine;
@@ -561,4 +563,81 @@ TEST(engine_batch, PrefillChunkSizeKeepsTheGreedyIds) {
     EXPECT_EQ(got[0], got[2]) << fixture << ": chunks of 7 vs one pass";
     EXPECT_EQ(got[1], got[2]) << fixture << ": chunks of 64 vs one pass";
   }
+}
+
+// A newcomer's image encode runs in units (a ViT layer each) between the
+// others' decode steps: a decoding sequence gets exactly one step between two
+// units instead of waiting for the whole encode, and the embeddings, hence
+// the image request's logits and ids, are the bits of the encode in one go.
+TEST(engine_batch, ImageEncodeRunsInUnitsBetweenTheOthersDecodeSteps) {
+  const std::string dir = fixture_root() + "/v12";
+  Decoder dec(dir);
+  VisionEncoder enc(dec.hp, *dec.ws, dec.hp.llm.hidden);
+  ThreadPool pool(2);
+  const int S = dec.hp.chat.image_size, nt = dec.hp.chat.num_image_token, tiles = 2;
+  const std::vector<float> pixels = gaussian(size_t(tiles) * 3 * S * S, 21);
+  std::vector<float> whole(size_t(tiles) * nt * dec.hp.llm.hidden);
+  enc.encode_tiles(pool, pixels.data(), tiles, whole.data());
+
+  const int V = dec.hp.llm.vocab, ctx = V - 1;  // any id serves as the image-context id here
+  std::mt19937 g(3);
+  DecodeRequest image;
+  for (int k = 0; k < 6; ++k) image.ids.push_back(int(g() % unsigned(V - 1)));
+  image.ids.insert(image.ids.end(), size_t(tiles) * nt, ctx);
+  for (int k = 0; k < 5; ++k) image.ids.push_back(int(g() % unsigned(V - 1)));
+  image.img_context_id = ctx;
+  image.max_new_tokens = 12;
+  image.stop_on_end_token = false;
+  image.keep_first_logits = true;
+
+  // Alone, the embeddings in one call.
+  std::recursive_mutex mu;
+  BatchScheduler sched(*dec.llm, pool, mu, /*max_batch=*/4, /*prefill_chunk=*/16);
+  DecodeRequest lone = image;
+  lone.vision = [&](std::vector<float>& out) {
+    out = whole;
+    return true;
+  };
+  sched.run(lone);
+
+  // With a text sequence decoding: the encode in units, recording how many
+  // tokens the text sequence has at each unit (both run on the scheduler's
+  // thread, so reading its tokens there is safe).
+  DecodeRequest text;
+  for (int k = 0; k < 10; ++k) text.ids.push_back(int(g() % unsigned(V)));
+  text.max_new_tokens = 80;
+  text.stop_on_end_token = false;
+  sched.reset_stats();
+  std::thread decoding([&] { sched.run(text); });
+  while (sched.stats().steps[1] == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  VisionEncoder::Job job;
+  bool started = false;
+  std::vector<size_t> text_tokens;
+  std::vector<float> split;
+  image.vision = [&](std::vector<float>& out) {
+    if (!started) {
+      out.assign(whole.size(), 0.f);
+      job = enc.start(pixels.data(), tiles, out.data(), /*layers_per_unit=*/1);
+      started = true;
+    }
+    text_tokens.push_back(text.tokens.size());
+    const bool done = enc.step(pool, job);
+    if (done) split = out;
+    return done;
+  };
+  sched.run(image);
+  decoding.join();
+
+  ASSERT_EQ(int(text_tokens.size()), enc.units(job)) << "one call per unit";
+  EXPECT_EQ(enc.units(job), 2 + int(dec.hp.vision.n_layers)) << "patch embedding, one unit per layer, projector";
+  for (size_t i = 1; i < text_tokens.size(); ++i)
+    EXPECT_EQ(text_tokens[i], text_tokens[i - 1] + 1) << "the decoding sequence stepped once between units " << i - 1
+                                                      << " and " << i;
+  ASSERT_EQ(split.size(), whole.size());
+  EXPECT_EQ(std::memcmp(split.data(), whole.data(), whole.size() * sizeof(float)), 0)
+      << "embeddings encoded in units differ from the encode in one go";
+  EXPECT_EQ(image.tokens, lone.tokens);
+  EXPECT_EQ(bits_of(image.first_logits.data(), V), bits_of(lone.first_logits.data(), V));
+  EXPECT_EQ(int(text.tokens.size()), text.max_new_tokens);
+  EXPECT_EQ(sched.stats().vision_units, int64_t(enc.units(job)));
 }

@@ -60,7 +60,7 @@ Model::~Model() = default;
 
 // Prefill (image embeddings written over the <IMG_CONTEXT> positions in
 // order) then greedy decoding, batched with whatever else runs on this model.
-static void run_decoder(ModelImpl& m, const std::vector<int>& ids, std::function<std::vector<float>()> vision,
+static void run_decoder(ModelImpl& m, const std::vector<int>& ids, std::function<bool(std::vector<float>&)> vision,
                         const GenerateOptions& opts, GenerateResult& res) {
   DecodeRequest req;
   req.ids = ids;
@@ -158,17 +158,56 @@ int Model::max_batch() const { return impl_->scheduler->max_batch(); }
 BatchStats Model::batch_stats() const { return impl_->scheduler->stats(); }
 void Model::reset_batch_stats() { impl_->scheduler->reset_stats(); }
 
-std::vector<float> Model::encode_image(const PreprocessedImage& img) {
-  std::lock_guard<std::recursive_mutex> lk(impl_->mu);
-  const int nt = impl_->hp.chat.num_image_token, H = impl_->hp.llm.hidden, S = img.tile_size;
-  if (S != impl_->hp.chat.image_size) throw EngineError("preprocessed tile size does not match the model");
-  std::vector<float> out(size_t(img.geometry.n_tiles) * nt * H);
+// The embedding values of a preprocessed image, once checked against the model.
+static size_t image_embedding_values(const ModelImpl& m, const PreprocessedImage& img) {
+  const int nt = m.hp.chat.num_image_token, H = m.hp.llm.hidden, S = img.tile_size;
+  if (S != m.hp.chat.image_size) throw EngineError("preprocessed tile size does not match the model");
   if (img.pixels.size() != size_t(img.geometry.n_tiles) * 3 * S * S)
     throw EngineError("preprocessed image holds " + std::to_string(img.pixels.size()) + " values, expected " +
                       std::to_string(size_t(img.geometry.n_tiles) * 3 * S * S));
+  return size_t(img.geometry.n_tiles) * nt * H;
+}
+
+std::vector<float> Model::encode_image(const PreprocessedImage& img) {
+  std::lock_guard<std::recursive_mutex> lk(impl_->mu);
+  std::vector<float> out(image_embedding_values(*impl_, img));
   impl_->vision->encode_tiles(*impl_->pool, img.pixels.data(), img.geometry.n_tiles, out.data());
   return out;
 }
+
+namespace {
+// A request's images encoded unit by unit (DecodeRequest::vision): one ViT
+// layer per unit, images in order, their embeddings one after another.
+struct ImagesInUnits {
+  ModelImpl* m;
+  const std::vector<PreprocessedImage>* images;
+  size_t next = 0;  // the image in progress
+  bool running = false;
+  VisionEncoder::Job job;
+  std::vector<size_t> offsets;  // where each image's embeddings start in out
+
+  bool operator()(std::vector<float>& out) {
+    std::lock_guard<std::recursive_mutex> lk(m->mu);
+    if (offsets.empty()) {
+      size_t total = 0;
+      for (const auto& img : *images) {
+        offsets.push_back(total);
+        total += image_embedding_values(*m, img);
+      }
+      out.assign(total, 0.f);
+    }
+    if (next >= images->size()) return true;
+    const PreprocessedImage& img = (*images)[next];
+    if (!running) {
+      job = m->vision->start(img.pixels.data(), img.geometry.n_tiles, out.data() + offsets[next], /*layers_per_unit=*/1);
+      running = true;
+    }
+    if (!m->vision->step(*m->pool, job)) return false;
+    running = false;
+    return ++next == images->size();
+  }
+};
+}  // namespace
 
 std::string Model::build_prompt(const std::string& question, const std::vector<int>& tokens_per_image) const {
   const ChatTemplate& t = impl_->tmpl;
@@ -228,17 +267,10 @@ GenerateResult Model::generate(const std::vector<RgbImage>& images, const std::s
     throw EngineError("prompt has " + std::to_string(n_ctx_tokens) + " <IMG_CONTEXT> tokens but the images give " +
                       std::to_string(image_tokens));
   res.prompt_token_ids = ids;
-  // The encoder runs on the scheduler's thread, between other requests' decode steps.
-  auto vision = [this, &pre] {
-    std::vector<float> vis;
-    for (const auto& p : pre) {
-      std::vector<float> e = encode_image(p);
-      vis.insert(vis.end(), e.begin(), e.end());
-    }
-    return vis;
-  };
+  // The encoder runs on the scheduler's thread, a ViT layer at a time between
+  // other requests' decode steps.
   if (pre.empty()) run_decoder(m, ids, nullptr, opts, res);
-  else run_decoder(m, ids, vision, opts, res);
+  else run_decoder(m, ids, ImagesInUnits{&m, &pre}, opts, res);
   res.timings.preprocess_ms = t1 - t0;
   return res;
 }

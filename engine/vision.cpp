@@ -119,16 +119,55 @@ void pixel_shuffle_rows(const float* x, int grid, int c, int ps_version, float* 
 }
 
 void VisionEncoder::encode_tiles(ThreadPool& pool, const float* pixels, int n_tiles, float* out) {
-  const int d = hp_.hidden, p = hp_.patch_size, S = chat_.image_size, grid = S / p;
-  const int np = grid * grid, N = np + 1, I = hp_.intermediate;
-  // Tiles share every matrix product (one sgemm over all their tokens, weights
-  // converted once), bounded so the MLP activations stay around 256 MB.
-  const int64_t per_tile = int64_t(N) * (I + 6 * d) * 4;
-  const int batch = int(std::max<int64_t>(1, std::min<int64_t>(n_tiles, (int64_t(256) << 20) / per_tile)));
-  for (int t0 = 0; t0 < n_tiles; t0 += batch) {
-    const int T = std::min(batch, n_tiles - t0);
-    encode_batch(pool, pixels + size_t(t0) * 3 * S * S, T, out + size_t(t0) * chat_.num_image_token * llm_hidden_);
+  Job job = start(pixels, n_tiles, out, int(layers_.size()));
+  while (!step(pool, job)) {
   }
+}
+
+VisionEncoder::Job VisionEncoder::start(const float* pixels, int n_tiles, float* out, int layers_per_unit) const {
+  const int d = hp_.hidden, grid = chat_.image_size / hp_.patch_size, N = grid * grid + 1, I = hp_.intermediate;
+  Job job;
+  job.pixels = pixels;
+  job.n_tiles = n_tiles;
+  job.out = out;
+  job.layers_per_unit = std::max(1, layers_per_unit);
+  // Tiles share every matrix product (one product over all their tokens),
+  // bounded so the MLP activations stay around 256 MB.
+  const int64_t per_tile = int64_t(N) * (I + 6 * d) * 4;
+  job.batch = int(std::max<int64_t>(1, std::min<int64_t>(n_tiles, (int64_t(256) << 20) / per_tile)));
+  return job;
+}
+
+int VisionEncoder::units(const Job& job) const {
+  const int layers = int(layers_.size()), per = job.layers_per_unit;
+  const int batches = (job.n_tiles + job.batch - 1) / job.batch;
+  return batches * (2 + (layers + per - 1) / per);
+}
+
+bool VisionEncoder::step(ThreadPool& pool, Job& job) {
+  if (job.t0 >= job.n_tiles) return true;
+  const int d = hp_.hidden, S = chat_.image_size, grid = S / hp_.patch_size, N = grid * grid + 1;
+  const int T = std::min(job.batch, job.n_tiles - job.t0), layers = int(layers_.size());
+  const int64_t R = int64_t(T) * N;  // rows over the batch's tiles
+  block_.reserve(R, d, hp_.intermediate, N, pool.size());
+  if (job.stage == 0) {
+    job.x.resize(size_t(R) * d);
+    embed_patches(pool, job.pixels + size_t(job.t0) * 3 * S * S, T, job.x.data());
+    job.stage = 1;
+    return false;
+  }
+  if (job.stage <= layers) {
+    const int l0 = job.stage - 1, l1 = std::min(layers, l0 + job.layers_per_unit);
+    for (int l = l0; l < l1; ++l) vit_block(pool, hp_, layers_[size_t(l)], job.x.data(), T, N, block_);
+    job.stage = 1 + l1;
+    return false;
+  }
+  project(pool, job.x.data(), T, job.out + size_t(job.t0) * chat_.num_image_token * llm_hidden_);
+  job.t0 += T;
+  job.stage = 0;
+  if (job.t0 < job.n_tiles) return false;
+  job.x = {};
+  return true;
 }
 
 void VitBlockScratch::reserve(int64_t rows, int d, int intermediate, int tokens, int threads) {
@@ -198,14 +237,11 @@ void vit_block(ThreadPool& pool, const VisionHParams& hp, const VisionLayer& L, 
   });
 }
 
-void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, float* out) {
+// Patch embedding as a matrix product over im2col rows (c, ky, kx order =
+// conv weight order), CLS first, plus the position table: x[T * N][d].
+void VisionEncoder::embed_patches(ThreadPool& pool, const float* pixels, int T, float* x) {
   const int d = hp_.hidden, p = hp_.patch_size, S = chat_.image_size, grid = S / p;
-  const int np = grid * grid, N = np + 1, I = hp_.intermediate;
-  const int64_t R = int64_t(T) * N;  // rows over all tiles
-  x_.resize(size_t(R) * d);
-  block_.reserve(R, d, I, N, pool.size());
-
-  // Patch embedding as a matrix product over im2col rows (c, ky, kx order = conv weight order).
+  const int np = grid * grid, N = np + 1;
   tmp_.resize(size_t(T) * np * 3 * p * p);
   for (int t = 0; t < T; ++t)
     for (int gy = 0; gy < grid; ++gy)
@@ -218,23 +254,25 @@ void VisionEncoder::encode_batch(ThreadPool& pool, const float* pixels, int T, f
       }
   linear(pool, tmp_.data(), int64_t(T) * np, patch_w_, patch_b_, block_.h.data(), scratch_);
   for (int t = 0; t < T; ++t) {
-    float* xt = x_.data() + size_t(t) * N * d;
+    float* xt = x + size_t(t) * N * d;
     std::memcpy(xt, cls_, size_t(d) * 4);
     std::memcpy(xt + d, block_.h.data() + size_t(t) * np * d, size_t(np) * d * 4);
     parallel_rows(pool, N, [&](int64_t a, int64_t b) {
       for (size_t i = size_t(a) * d; i < size_t(b) * d; ++i) xt[i] += pos_grid_[i];
     });
   }
+}
 
-  for (const VisionLayer& L : layers_) vit_block(pool, hp_, L, x_.data(), T, N, block_);
-
+// Pixel shuffle (CLS dropped), mlp1's LayerNorm, fc, GELU, fc: out[T * num_image_token][llm_hidden].
+void VisionEncoder::project(ThreadPool& pool, const float* x, int T, float* out) {
+  const int d = hp_.hidden, grid = chat_.image_size / hp_.patch_size, N = grid * grid + 1;
   const int c4 = 4 * d, nt = chat_.num_image_token;
   shuffled_.resize(size_t(T) * nt * c4);
   const int g2 = grid / 2;
   parallel_rows(pool, int64_t(T) * g2, [&](int64_t a, int64_t b) {
     for (int64_t r = a; r < b;) {  // r = tile * g2 + output row
       const int t = int(r / g2), row = int(r % g2), row_end = int(std::min<int64_t>(g2, row + (b - r)));
-      const float* xt = x_.data() + size_t(t) * N * d + d;  // drop CLS
+      const float* xt = x + size_t(t) * N * d + d;  // drop CLS
       pixel_shuffle_rows(xt, grid, d, chat_.ps_version, shuffled_.data() + size_t(t) * nt * c4, row, row_end);
       r += row_end - row;
     }

@@ -43,9 +43,32 @@ class VisionEncoder {
   // n_tiles tiles (tiles x 3 x S x S, S = chat.image_size) -> [n_tiles * num_image_token][llm_hidden].
   void encode_tiles(ThreadPool& pool, const float* pixels, int n_tiles, float* out);
 
+  // The same encode cut into units, so that a batch scheduler can run other
+  // sequences' decode steps between them (issue 13): per batch of tiles the
+  // patch embedding, then `layers_per_unit` ViT layers at a time, then pixel
+  // shuffle + mlp1. The residual stream between units lives in the job; the
+  // encoder's scratch is used only within a unit, so other work (another
+  // job, encode_tiles) may run on the encoder between two units, as long as
+  // units do not run concurrently. The result is the bits of encode_tiles.
+  struct Job {
+    const float* pixels = nullptr;
+    int n_tiles = 0;
+    float* out = nullptr;
+    int layers_per_unit = 1;
+    int batch = 1;  // tiles per batch (as encode_tiles batches them)
+    int t0 = 0;     // first tile of the batch in progress
+    int stage = 0;  // 0: patch embedding next; 1 + l: layer l next; 1 + layers: projector next
+    std::vector<float> x;  // the batch's residual stream
+  };
+  Job start(const float* pixels, int n_tiles, float* out, int layers_per_unit) const;
+  // Runs the job's next unit; true once job.out holds every tile's embeddings.
+  bool step(ThreadPool& pool, Job& job);
+  int units(const Job& job) const;  // units from start to end
+
  private:
-  void interpolate_pos_embed(int grid);
-  void encode_batch(ThreadPool& pool, const float* pixels, int n_tiles, float* out);  // bicubic, as F.interpolate(align_corners=False)
+  void interpolate_pos_embed(int grid);  // bicubic, as F.interpolate(align_corners=False)
+  void embed_patches(ThreadPool& pool, const float* pixels, int T, float* x);
+  void project(ThreadPool& pool, const float* x, int T, float* out);
   VisionHParams hp_;
   ChatHParams chat_;
   int llm_hidden_;
@@ -58,7 +81,7 @@ class VisionEncoder {
   WeightView mlp1_, mlp3_;
   LinearScratch scratch_;
   VitBlockScratch block_;
-  std::vector<float> x_, tmp_, shuffled_, proj_tmp_;
+  std::vector<float> tmp_, shuffled_, proj_tmp_;
 };
 
 // Pixel shuffle (scale 0.5) of x[grid][grid][c] into out[(grid/2)^2][4c];
