@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <future>
+#include <iostream>
+#include <mutex>
 #include <map>
 #include <set>
 #include <thread>
@@ -125,6 +128,62 @@ TEST_F(DatabaseTest, SameSopInstanceTwiceIsOneRow) {
   EXPECT_FALSE(index.record(sample("1.2.3.4")));
   auto n = pool().transact([](pqxx::work& txn) { return txn.exec1("SELECT count(*) FROM api.instances")[0].as<int>(); });
   EXPECT_EQ(n, 1);
+}
+
+TEST_F(DatabaseTest, GroupCommitRecordsConcurrentRowsInFewerTransactionsAndARowFailsAlone) {
+  InstanceIndex index(pool());
+  ASSERT_TRUE(index.record(sample("1.2.9.1", "1.2.9")));  // already stored: a resend below
+  std::map<std::string, std::future<firstread::db::GroupCommit::Committed>> results;
+  {
+    firstread::db::GroupCommit committer(index);
+    // Four "associations" at once, two studies, 40 rows each; one row's patient
+    // name is not valid UTF-8, which PostgreSQL refuses.
+    std::vector<std::thread> senders;
+    std::mutex mu;
+    for (int a = 0; a < 4; ++a)
+      senders.emplace_back([&, a] {
+        for (int i = 0; i < 40; ++i) {
+          const std::string study = a % 2 ? "1.2.9" : "1.2.8";
+          InstanceRecord r = sample(study + "." + std::to_string(a) + "." + std::to_string(i), study);
+          if (a == 3 && i == 17) r.patient_name = "M\xfcller";
+          auto f = committer.submit(r);
+          std::lock_guard<std::mutex> lock(mu);
+          results.emplace(r.sop_instance_uid, std::move(f));
+        }
+      });
+    InstanceRecord resend = sample("1.2.9.1", "1.2.9");
+    resend.file_size = 2000;
+    auto again = committer.submit(resend);
+    for (auto& t : senders) t.join();
+    EXPECT_FALSE(again.get().is_new) << "a resend is not a new instance";
+    int failed = 0;
+    size_t largest_group = 0;
+    for (auto& [sop, f] : results) {
+      try {
+        const auto committed = f.get();
+        EXPECT_TRUE(committed.is_new) << sop;
+        largest_group = std::max(largest_group, committed.group_rows);
+      } catch (const std::exception& e) {
+        ++failed;
+        EXPECT_EQ(sop, "1.2.9.3.17") << e.what();
+      }
+    }
+    EXPECT_EQ(failed, 1);
+    EXPECT_EQ(committer.rows(), 161u);
+    EXPECT_LT(committer.transactions(), committer.rows()) << "no two rows ever shared a transaction";
+    EXPECT_GE(largest_group, 2u);
+    std::cout << committer.rows() << " rows in " << committer.transactions() << " group transactions\n";
+  }
+  auto counts = pool().transact([](pqxx::work& txn) {
+    return txn.exec("SELECT study_uid, instance_count FROM api.studies ORDER BY study_uid");
+  });
+  ASSERT_EQ(counts.size(), 2u);
+  EXPECT_EQ(counts[0][1].as<int>(), 80);       // 1.2.8
+  EXPECT_EQ(counts[1][1].as<int>(), 1 + 79);   // 1.2.9: the first row, 79 new (one refused)
+  auto size = pool().transact([](pqxx::work& txn) {
+    return txn.exec1("SELECT file_size FROM api.instances WHERE sop_instance_uid = '1.2.9.1'")[0].as<long>();
+  });
+  EXPECT_EQ(size, 2000) << "the resend refreshed its row";
 }
 
 TEST_F(DatabaseTest, PoolSurvivesAServerSideDisconnect) {

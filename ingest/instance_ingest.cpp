@@ -3,12 +3,14 @@
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcostrma.h>
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -93,10 +95,52 @@ db::InstanceRecord describe_instance(DcmDataset& ds, const std::string& transfer
 
 namespace {
 
-// DCMTK's output stream into a NewFile (a null file: a stream that failed to open).
+// The header of a data set as the index needs it, or why it is refused.
+struct ParsedHeader {
+  db::InstanceRecord record;
+  std::optional<scp::StoreResult> refused;
+};
+
+// Parses the first `size` bytes of a file (File Meta Information, then the
+// data set) up to its Pixel Data, in memory. nullopt when they do not reach a
+// tag at or after the Pixel Data and are not the whole file: the header is
+// longer than the bytes kept, and the file must be read instead.
+std::optional<ParsedHeader> parse_header(const char* data, size_t size, bool whole,
+                                         const std::string& transfer_syntax_uid) {
+  DcmInputBufferStream in;
+  in.setBuffer(data, static_cast<offile_off_t>(size));
+  in.setEos();
+  DcmFileFormat ff;
+  ff.transferInit();
+  const OFCondition cond = ff.readUntilTag(in, EXS_Unknown, EGL_noChange, DCM_MaxReadLength, DCM_PixelData);
+  ff.transferEnd();
+  // Stopped before the end of the bytes: at the Pixel Data (or a later tag).
+  const bool reached_pixel_data = cond.good() && in.tell() < static_cast<offile_off_t>(size);
+  if (!whole && !reached_pixel_data) return std::nullopt;
+  ParsedHeader h;
+  if (cond.bad()) {
+    h.refused = scp::StoreResult{scp::kStoreCannotUnderstand, std::string("cannot parse data set: ") + cond.text()};
+    return h;
+  }
+  try {
+    h.record = describe_instance(*ff.getDataset(), transfer_syntax_uid);
+  } catch (const std::invalid_argument& e) {
+    h.refused = scp::StoreResult{scp::kStoreCannotUnderstand, e.what()};
+  }
+  return h;
+}
+
+// Bytes of a streamed file kept in memory for its header: enough for the
+// attributes before the Pixel Data of nearly every image.
+constexpr size_t kHeaderPrefix = 64 * 1024;
+
+// DCMTK's output stream into a NewFile (a null file: a stream that failed to
+// open). The first kHeaderPrefix bytes are kept and, once they are all there,
+// parsed while the rest of the data set is still arriving.
 class FileConsumer : public DcmConsumer {
  public:
-  FileConsumer(storage::FileStorage::NewFile* file, std::string error) : file_(file), error_(std::move(error)) {}
+  FileConsumer(storage::FileStorage::NewFile* file, std::string error, std::string transfer_syntax_uid = "")
+      : file_(file), error_(std::move(error)), transfer_syntax_uid_(std::move(transfer_syntax_uid)) {}
   OFBool good() const override { return error_.empty(); }
   OFCondition status() const override {
     return good() ? EC_Normal : makeOFCondition(OFM_dcmdata, 901, OF_error, error_.c_str());
@@ -107,18 +151,33 @@ class FileConsumer : public DcmConsumer {
     if (!good()) return 0;
     try {
       file_->write(buf, static_cast<size_t>(buflen));
-      return buflen;
     } catch (const std::exception& e) {
       error_ = e.what();
       return 0;
     }
+    if (!transfer_syntax_uid_.empty() && !header_ && prefix_.size() < kHeaderPrefix) {
+      const size_t n = std::min(kHeaderPrefix - prefix_.size(), static_cast<size_t>(buflen));
+      prefix_.append(static_cast<const char*>(buf), n);
+      if (prefix_.size() == kHeaderPrefix) header_ = parse_header(prefix_.data(), prefix_.size(), false, transfer_syntax_uid_);
+    }
+    return buflen;
   }
   void flush() override {}
   const std::string& error() const { return error_; }
+  // The header once every byte has arrived: parsed from memory if the bytes
+  // kept reach the Pixel Data or are the whole file, else nullopt.
+  std::optional<ParsedHeader> header(uint64_t file_size) {
+    if (!header_ && !transfer_syntax_uid_.empty() && prefix_.size() == file_size)
+      header_ = parse_header(prefix_.data(), prefix_.size(), true, transfer_syntax_uid_);
+    return header_;
+  }
 
  private:
   storage::FileStorage::NewFile* file_;
   std::string error_;
+  std::string transfer_syntax_uid_;  // empty: nothing kept
+  std::string prefix_;
+  std::optional<ParsedHeader> header_;
 };
 
 class ConsumerStream : public DcmOutputStream {
@@ -127,7 +186,8 @@ class ConsumerStream : public DcmOutputStream {
 };
 
 struct FileOutput {
-  FileOutput(storage::FileStorage::NewFile* file, std::string error) : consumer(file, std::move(error)), stream(&consumer) {}
+  FileOutput(storage::FileStorage::NewFile* file, std::string error, std::string transfer_syntax_uid = "")
+      : consumer(file, std::move(error), std::move(transfer_syntax_uid)), stream(&consumer) {}
   FileConsumer consumer;
   ConsumerStream stream;
 };
@@ -180,7 +240,9 @@ class StreamedInstance : public scp::InstanceStream {
     } catch (const std::exception& e) {
       error = e.what();
     }
-    output_ = std::make_unique<FileOutput>(file_.get(), error);
+    // A deflated data set is parsed from the file (its bytes in memory are compressed).
+    const bool deflated = request_.transfer_syntax_uid == UID_DeflatedExplicitVRLittleEndianTransferSyntax;
+    output_ = std::make_unique<FileOutput>(file_.get(), error, deflated ? "" : request_.transfer_syntax_uid);
     if (file_) {
       const OFCondition cond = write_meta_header(output_->stream, request_);
       if (cond.bad() && output_->consumer.good())
@@ -193,7 +255,15 @@ class StreamedInstance : public scp::InstanceStream {
   }
   scp::StoreResult finish() override {
     if (!file_ || !output_->consumer.good()) return write_failure();
-    return ingest_.finish_file(*file_, request_);
+    const std::optional<ParsedHeader> header = output_->consumer.header(file_->size());
+    if (!header) {
+      spdlog::debug("ingest: sop={}: header longer than {} bytes, read back from the file", request_.sop_instance_uid,
+                    kHeaderPrefix);
+      return ingest_.finish_file(*file_, request_);
+    }
+    if (header->refused) return *header->refused;
+    db::InstanceRecord record = header->record;
+    return ingest_.finish_described(*file_, record, request_);
   }
 
  private:
@@ -215,7 +285,8 @@ scp::StoreResult InstanceIngest::finish_file(storage::FileStorage::NewFile& file
     file.flush();
     // The header only: values longer than this stay on disk (pixel data).
     DcmFileFormat ff;
-    const OFCondition cond = ff.loadFile(file.read_path().c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
+    const OFCondition cond = ff.loadFileUntilTag(file.read_path().c_str(), EXS_Unknown, EGL_noChange, 4096,
+                                                 ERM_fileOnly, DCM_PixelData);
     if (cond.bad()) return {scp::kStoreCannotUnderstand, std::string("cannot parse data set: ") + cond.text()};
     record = describe_instance(*ff.getDataset(), request.transfer_syntax_uid);
   } catch (const std::invalid_argument& e) {
@@ -223,6 +294,11 @@ scp::StoreResult InstanceIngest::finish_file(storage::FileStorage::NewFile& file
   } catch (const std::exception& e) {
     return storage_failure(request.sop_instance_uid, request.peer, e.what());
   }
+  return finish_described(file, record, request);
+}
+
+scp::StoreResult InstanceIngest::finish_described(storage::FileStorage::NewFile& file, db::InstanceRecord& record,
+                                                  const scp::StoreRequest& request) {
   if (auto refused = mismatch(record, request.sop_class_uid, request.sop_instance_uid)) return *refused;
   record.calling_ae = request.peer.calling_ae;
   record.file_path =
@@ -279,11 +355,11 @@ scp::StoreResult InstanceIngest::commit(storage::FileStorage::NewFile& file, db:
   }
   record.file_size = static_cast<int64_t>(file.size());
   // Naming the file and its fsyncs, and the database commit, each wait on the
-  // disk; they run at the same time (the commit is the longer one) and
-  // Success is answered only when both are durable. A failure of either
-  // answers a failure status; what the other left behind is repaired here or
-  // by start-up reconciliation.
-  auto commit_row = std::async(std::launch::async, [&] { return index_.record(record); });
+  // disk; they run at the same time (the commit, on the committer's thread,
+  // is the longer one) and Success is answered only when both are durable.
+  // A failure of either answers a failure status; what the other left behind
+  // is repaired here or by start-up reconciliation.
+  std::future<db::GroupCommit::Committed> commit_row = committer_.submit(record);
   std::string file_error;
   try {
     storage_.link(file, record.file_path);
@@ -296,9 +372,12 @@ scp::StoreResult InstanceIngest::commit(storage::FileStorage::NewFile& file, db:
   }
   const auto t1 = std::chrono::steady_clock::now();
   bool is_new = false;
+  size_t group_rows = 0;
   std::string db_error;
   try {
-    is_new = commit_row.get();
+    const auto committed = commit_row.get();
+    is_new = committed.is_new;
+    group_rows = committed.group_rows;
   } catch (const std::exception& e) {
     db_error = e.what();
   }
@@ -322,9 +401,10 @@ scp::StoreResult InstanceIngest::commit(storage::FileStorage::NewFile& file, db:
     return {scp::kStoreOutOfResources, "database unavailable: file kept, send it again later"};
   }
   using ms = std::chrono::duration<double, std::milli>;
-  spdlog::info("ingest: stored sop={} calling_ae={} study={} modality={} size={} sync_ms={:.2f} total_ms={:.2f}{}",
-               record.sop_instance_uid, peer.calling_ae, record.study_uid, record.modality, record.file_size,
-               ms(t1 - t0).count(), ms(t2 - t0).count(), is_new ? "" : " (again: row refreshed)");
+  spdlog::info(
+      "ingest: stored sop={} calling_ae={} study={} modality={} size={} sync_ms={:.2f} total_ms={:.2f} group={}{}",
+      record.sop_instance_uid, peer.calling_ae, record.study_uid, record.modality, record.file_size,
+      ms(t1 - t0).count(), ms(t2 - t0).count(), group_rows, is_new ? "" : " (again: row refreshed)");
   return {};
 }
 

@@ -22,14 +22,16 @@ namespace firstread::ingest {
 //   2. the header is read back, validated and the file named
 //      instances/<study>/<series>/<sop>.dcm;
 //   3. one fsync of the file and of its directory, at the same time as the
-//      database commit of its row;
+//      database commit of its row (a group commit: rows of concurrent
+//      associations share one transaction);
 //   4. Success only once both are durable.
 // A crash before 2 leaves nothing; between 2 and 4 a named file that was never
 // acknowledged (with or without its row): reconciliation indexes it only if it
 // reads back complete, and the sender's resend replaces it.
 class InstanceIngest : public scp::InstanceSink {
  public:
-  InstanceIngest(storage::FileStorage& storage, db::InstanceIndex& index) : storage_(storage), index_(index) {}
+  InstanceIngest(storage::FileStorage& storage, db::InstanceIndex& index)
+      : storage_(storage), index_(index), committer_(index) {}
 
   // A data set already in memory: written, validated, made durable, indexed.
   scp::StoreResult store(const scp::ReceivedInstance& instance) override;
@@ -40,11 +42,17 @@ class InstanceIngest : public scp::InstanceSink {
 
   // Steps 2-4 for a file holding a complete data set (with its meta header).
   scp::StoreResult finish_file(storage::FileStorage::NewFile& file, const scp::StoreRequest& request);
+  // Steps 2-4 for such a file whose header was already read (streamed
+  // C-STORE: parsed from memory while the pixel data arrived).
+  scp::StoreResult finish_described(storage::FileStorage::NewFile& file, db::InstanceRecord& record,
+                                    const scp::StoreRequest& request);
 
  private:
   scp::StoreResult commit(storage::FileStorage::NewFile& file, db::InstanceRecord& record, const scp::Peer& peer);
   storage::FileStorage& storage_;
   db::InstanceIndex& index_;
+  // Rows of concurrent associations committed together (one transaction).
+  db::GroupCommit committer_;
 };
 
 // Reads the attributes the index needs from a data set. Throws

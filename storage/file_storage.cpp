@@ -54,6 +54,9 @@ std::string owner_of(const std::string& name) {
 // default) goes out as it arrives, DCMTK's small element writes are gathered.
 constexpr size_t kNewFileBuffer = 64 * 1024;
 
+// Directories fsynced at the same time (different series arriving at once).
+constexpr int kDirectorySyncThreads = 4;
+
 void check_relpath(const std::string& relpath) {
   if (relpath.empty() || relpath.front() == '/' || relpath.find("..") != std::string::npos)
     throw StorageError("storage: refusing path '" + relpath + "'");
@@ -83,9 +86,17 @@ FileStorage::FileStorage(const std::string& root, bool fsync) : fsync_(fsync), n
   if (lock_fd_ < 0) throw StorageError("storage: cannot create " + lock_path + ": " + errno_text());
   if (flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
     throw StorageError("storage: cannot lock " + lock_path + ": " + errno_text());
+  if (fsync_)
+    for (int i = 0; i < kDirectorySyncThreads; ++i) dir_sync_threads_.emplace_back([this] { directory_sync_loop(); });
 }
 
 FileStorage::~FileStorage() {
+  {
+    std::lock_guard<std::mutex> lock(dir_sync_mu_);
+    dir_sync_stop_ = true;
+  }
+  dir_sync_cv_.notify_all();
+  for (auto& t : dir_sync_threads_) t.join();
   if (lock_fd_ < 0) return;
   unlink((root_ + "/nodes/" + node_id_ + ".lock").c_str());
   close(lock_fd_);
@@ -274,7 +285,7 @@ void FileStorage::sync(NewFile& file) {
   // Both at once: without a journal (as on this project's test machines) the
   // file's fsync does not carry its new name, and the two writes and cache
   // flushes overlap instead of queueing one behind the other.
-  auto directory = std::async(std::launch::async, [&] { sync_directory(dir); });
+  std::future<void> directory = request_directory_sync(dir);
   std::string file_error;
   try {
     fsync_fd(file.fd_, root_ + "/" + file.relpath_);
@@ -293,37 +304,52 @@ void FileStorage::unlink_file(NewFile& file) {
 
 void FileStorage::sync_directory(const std::string& abspath) {
   if (!fsync_) return;
+  request_directory_sync(abspath).get();
+}
+
+std::future<void> FileStorage::request_directory_sync(const std::string& abspath) {
+  DirectorySyncRequest request{abspath, {}};
+  std::future<void> done = request.done.get_future();
+  {
+    std::lock_guard<std::mutex> lock(dir_sync_mu_);
+    dir_sync_requests_.push_back(std::move(request));
+  }
+  dir_sync_cv_.notify_one();
+  return done;
+}
+
+void FileStorage::directory_sync_loop() {
   std::unique_lock<std::mutex> lock(dir_sync_mu_);
-  DirectorySync& d = dir_syncs_[abspath];
-  ++d.waiters;
-  const uint64_t needed = d.started + 1;  // the first fsync to start after our rename
-  while (d.finished < needed) {
-    if (d.running) {
-      dir_sync_cv_.wait(lock);
-      continue;
+  for (;;) {
+    dir_sync_cv_.wait(lock, [&] { return dir_sync_stop_ || !dir_sync_requests_.empty(); });
+    if (dir_sync_requests_.empty()) return;
+    // Every request for the first waiting directory: their renames and links
+    // were made before they were queued, so before the fsync below starts.
+    const std::string path = dir_sync_requests_.front().path;
+    std::vector<DirectorySyncRequest> served;
+    auto kept = dir_sync_requests_.begin();
+    for (auto& r : dir_sync_requests_) {
+      if (r.path == path)
+        served.push_back(std::move(r));
+      else
+        *kept++ = std::move(r);
     }
-    d.running = true;
-    const uint64_t epoch = ++d.started;
+    dir_sync_requests_.erase(kept, dir_sync_requests_.end());
     lock.unlock();
-    std::string error;
+    std::exception_ptr error;
     try {
-      fsync_path(abspath, true);
-    } catch (const std::exception& e) {
-      error = e.what();
+      fsync_path(path, true);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    for (auto& r : served) {
+      if (error)
+        r.done.set_exception(error);
+      else
+        r.done.set_value();
     }
     lock.lock();
-    d.running = false;
-    d.finished = epoch;
-    if (!error.empty()) {
-      d.failed = epoch;
-      d.error = error;
-    }
-    dir_sync_cv_.notify_all();
   }
-  const bool failed = d.failed >= needed;
-  const std::string error = d.error;
-  if (--d.waiters == 0 && !d.running) dir_syncs_.erase(abspath);
-  if (failed) throw StorageError(error);
 }
 
 uint64_t FileStorage::free_bytes() const {

@@ -20,7 +20,9 @@
 #include <mutex>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <stdexcept>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -124,25 +126,29 @@ class FileStorage {
  private:
   std::string temp_name();
   void ensure_directory(const std::string& relpath);
-  // fsync of a directory shared by concurrent publishers (group commit): a
-  // rename is durable once an fsync of its directory that *started* after the
-  // rename has finished, so one fsync serves every rename done before it began.
+  // fsync of a directory, shared by concurrent publishers (group commit): a
+  // rename or link is durable once an fsync of its directory that *started*
+  // after it has finished, so one fsync serves every request waiting when it
+  // starts. Run by a few persistent threads (distinct directories at once),
+  // not by a thread per request.
   void sync_directory(const std::string& abspath);
+  std::future<void> request_directory_sync(const std::string& abspath);
+  void directory_sync_loop();
   void fsync_path(const std::string& abspath, bool directory) const;
   std::string root_;
   bool fsync_;
   std::string node_id_;
   int lock_fd_ = -1;
   std::atomic<uint64_t> temp_counter_{0};
-  struct DirectorySync {
-    uint64_t started = 0, finished = 0, failed = 0;  // epochs
-    std::string error;
-    bool running = false;
-    int waiters = 0;
+  struct DirectorySyncRequest {
+    std::string path;
+    std::promise<void> done;
   };
   std::mutex dir_sync_mu_;
   std::condition_variable dir_sync_cv_;
-  std::map<std::string, DirectorySync> dir_syncs_;
+  std::vector<DirectorySyncRequest> dir_sync_requests_;
+  bool dir_sync_stop_ = false;
+  std::vector<std::thread> dir_sync_threads_;
 };
 
 }  // namespace firstread::storage

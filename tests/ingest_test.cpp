@@ -148,11 +148,30 @@ TEST(Ingest, EveryTransferSyntaxIsStoredAsReceivedAndIndexed) {
     if (sender.rfind("dcmsend", 0) == 0) EXPECT_TRUE(store_succeeded(r)) << name << r.output;
     const std::string sop = sop_uid_of(file);
     pqxx::work t(conn);
-    auto rows = t.exec_params("SELECT file_path, transfer_syntax_uid FROM api.instances WHERE sop_instance_uid = $1", sop);
+    auto rows = t.exec_params(
+        "SELECT file_path, transfer_syntax_uid, study_uid, series_instance_uid, modality, rows, columns"
+        " FROM api.instances WHERE sop_instance_uid = $1",
+        sop);
     t.commit();
     ASSERT_EQ(rows.size(), 1u) << name << ": no row in api.instances for " << sop;
     const std::string stored = s.storage() + "/" + rows[0][0].c_str();
     EXPECT_TRUE(same_dataset(file, stored)) << name;
+    // The row describes the instance as DCMTK reads the sent file whole (the
+    // service parses only the header, from memory, while the rest arrives).
+    DcmFileFormat sent;
+    ASSERT_TRUE(sent.loadFile(file.c_str()).good()) << file;
+    OFString study, series, modality;
+    Uint16 image_rows = 0, image_columns = 0;
+    sent.getDataset()->findAndGetOFString(DCM_StudyInstanceUID, study);
+    sent.getDataset()->findAndGetOFString(DCM_SeriesInstanceUID, series);
+    sent.getDataset()->findAndGetOFString(DCM_Modality, modality);
+    sent.getDataset()->findAndGetUint16(DCM_Rows, image_rows);
+    sent.getDataset()->findAndGetUint16(DCM_Columns, image_columns);
+    EXPECT_EQ(std::string(rows[0][2].c_str()), study.c_str()) << name;
+    EXPECT_EQ(std::string(rows[0][3].c_str()), series.c_str()) << name;
+    EXPECT_EQ(std::string(rows[0][4].c_str()), modality.c_str()) << name;
+    EXPECT_EQ(rows[0][5].as<int>(), image_rows) << name;
+    EXPECT_EQ(rows[0][6].as<int>(), image_columns) << name;
   }
   EXPECT_TRUE(s.echo());
 }
@@ -309,17 +328,24 @@ TEST(Ingest, KillDashNineLosesNoAcknowledgedInstance) {
       outputs[i] = run(cmd).output;
     });
   }
-  // Kill once some instances have been acknowledged, while others are in flight.
+  // Kill once some instances have been acknowledged, at least one of them in a
+  // group commit with another association's (the committer batching rows
+  // while others are in flight).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   size_t stored_lines = 0;
+  bool grouped = false;
   while (std::chrono::steady_clock::now() < deadline) {
     const std::string log = s.log();
     stored_lines = 0;
     for (size_t pos = 0; (pos = log.find("ingest: stored", pos)) != std::string::npos; ++pos) ++stored_lines;
-    if (stored_lines >= 15) break;
+    grouped = false;
+    for (size_t pos = 0; !grouped && (pos = log.find(" group=", pos)) != std::string::npos; ++pos)
+      grouped = std::atoi(log.c_str() + pos + 7) >= 2;
+    if (stored_lines >= 15 && grouped) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   s.kill9();
+  EXPECT_TRUE(grouped) << "no two associations' rows shared a commit before the kill";
   for (auto& t : senders) t.join();
 
   // What storescu saw acknowledged with Success.
