@@ -32,6 +32,10 @@
 #include "db/database.h"
 #include "storage/file_storage.h"
 
+namespace firstread::ingest {
+class InstanceIngest;
+}
+
 namespace firstread::app {
 
 struct HttpApiOptions {
@@ -85,6 +89,11 @@ class HttpApi {
   int port() const { return bound_port_; }  // the bound port, after start()
   // Before start(): what POST /api/v1/reports/{id}/confirm runs (else it answers 503).
   void set_confirm_report(ConfirmReport fn);
+
+  // Enables STOW-RS (POST /dicomweb/studies): instances go through `ingest`
+  // (the C-STORE path); `admission` is the new-association check ("" = room).
+  // Call before start(). Without it STOW-RS answers 503 (a worker-only node).
+  void receive_instances(ingest::InstanceIngest& ingest, std::function<std::string()> admission);
 
   struct Impl;
 

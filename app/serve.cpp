@@ -269,6 +269,7 @@ int run_serve(const Args& args) {
     return confirm_as_json(report_id, labels, cfg, *rt.pool, storage, inference.specialists);
   });
 #endif
+  if (role != "worker") http.receive_instances(sink, admission);  // STOW-RS: the C-STORE path
   http.start();
 
   db::Tallies tallies(*rt.pool);  // /metrics' counts, folded here so that a scrape has little to fold

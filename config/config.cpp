@@ -207,6 +207,51 @@ nlohmann::json yaml_to_json(const YAML::Node& n) {
   return text;
 }
 
+// An http(s)://host[:port][/path] URL of a server firstread calls: no
+// credentials, query or fragment in it (secrets go in environment variables).
+void check_server_url(const std::string& source, const YAML::Node& at, const std::string& key, const std::string& url,
+                      const std::string& secret_key) {
+  const bool https = url.rfind("https://", 0) == 0;
+  if (!https && url.rfind("http://", 0) != 0)
+    fail_at(source, at, key, "must start with http:// or https://, got '" + url + "'");
+  const std::string rest = url.substr(https ? 8 : 7);
+  if (rest.empty() || rest[0] == '/' || rest[0] == ':') fail_at(source, at, key, "has no host: '" + url + "'");
+  if (rest.find_first_of("@?#") != std::string::npos)
+    fail_at(source, at, key, "must not carry credentials, a query or a fragment (secrets go in " + secret_key + ")");
+}
+
+void check_variable_name(const std::string& source, const YAML::Node& at, const std::string& key,
+                         const std::string& name, const std::string& secret) {
+  for (char ch : name)
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_'))
+      fail_at(source, at, key,
+              "must be the name of an environment variable (letters, digits, _), not the " + secret + " itself");
+}
+
+// export.destinations[i] of type stowrs (issue 17): a DICOMweb root URL and
+// how to authenticate; the DIMSE keys do not apply.
+void check_stowrs_destination(const std::string& source, const YAML::Node& node, const std::string& key,
+                              const ExportDestination& d) {
+  auto at = [&](const char* k) { return node[k] ? node[k] : node; };
+  check_one_of(source, at("type"), key + ".type", d.type, {"dimse", "stowrs"});
+  const bool stow = d.type == "stowrs";
+  for (const char* k : {"url", "bearer_token_env", "basic_user", "basic_password_env", "ca_file", "timeout_seconds"})
+    if (!stow && node[k]) fail_at(source, node[k], key + "." + k, "applies to type: stowrs only");
+  if (!stow) return;
+  for (const char* k : {"ae_title", "host", "port"})
+    if (node[k]) fail_at(source, node[k], key + "." + k, "applies to type: dimse only (stowrs sends to url)");
+  if (d.url.empty()) fail_at(source, node, key + ".url", "is required for type: stowrs (the DICOMweb root)");
+  check_server_url(source, at("url"), key + ".url", d.url, "bearer_token_env / basic_password_env");
+  check_variable_name(source, at("bearer_token_env"), key + ".bearer_token_env", d.bearer_token_env, "token");
+  check_variable_name(source, at("basic_password_env"), key + ".basic_password_env", d.basic_password_env, "password");
+  if (!d.bearer_token_env.empty() && !d.basic_user.empty())
+    fail_at(source, node, key, "bearer_token_env and basic_user are exclusive");
+  if (!d.basic_user.empty() && d.basic_password_env.empty())
+    fail_at(source, node, key + ".basic_password_env", "is required with basic_user");
+  if (d.timeout_seconds <= 0 || d.timeout_seconds > 3600)
+    fail_at(source, at("timeout_seconds"), key + ".timeout_seconds", "must be more than 0 and at most 3600");
+}
+
 void read_remote_model_keys(Section& s, const YAML::Node& node, const std::string& key, const std::string& source,
                             ModelConfig& m) {
   RemoteModelConfig& r = m.remote;
@@ -240,21 +285,10 @@ void read_remote_model_keys(Section& s, const YAML::Node& node, const std::strin
   for (const char* k : {"path", "threads", "weights", "weight_cache", "box_scale", "vision_weights", "max_batch",
                         "prefill_chunk"})
     if (node[k]) fail_at(source, node[k], key + "." + k, "applies to backend: local only");
-  const bool https = r.url.rfind("https://", 0) == 0;
   if (r.url.empty()) fail_at(source, node, key + ".url", "is required for backend: openai");
-  if (!https && r.url.rfind("http://", 0) != 0)
-    fail_at(source, at("url"), key + ".url", "must start with http:// or https://, got '" + r.url + "'");
-  const std::string rest = r.url.substr(https ? 8 : 7);
-  if (rest.empty() || rest[0] == '/' || rest[0] == ':')
-    fail_at(source, at("url"), key + ".url", "has no host: '" + r.url + "'");
-  if (rest.find_first_of("@?#") != std::string::npos)
-    fail_at(source, at("url"), key + ".url",
-            "must not carry credentials, a query or a fragment (the token goes in api_key_env)");
+  check_server_url(source, at("url"), key + ".url", r.url, "api_key_env");
   if (r.model.empty()) fail_at(source, node, key + ".model", "is required for backend: openai (the served model name)");
-  for (char ch : r.api_key_env)
-    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_'))
-      fail_at(source, at("api_key_env"), key + ".api_key_env",
-              "must be the name of an environment variable (letters, digits, _), not the token itself");
+  check_variable_name(source, at("api_key_env"), key + ".api_key_env", r.api_key_env, "token");
   if (r.timeout_seconds <= 0 || r.timeout_seconds > 3600)
     fail_at(source, at("timeout_seconds"), key + ".timeout_seconds", "must be more than 0 and at most 3600");
   if (r.max_in_flight < 1 || r.max_in_flight > 256)
@@ -263,7 +297,7 @@ void read_remote_model_keys(Section& s, const YAML::Node& node, const std::strin
     fail_at(source, at("max_image_side"), key + ".max_image_side", "must be 0 (as decoded) or between 28 and 16384");
   check_one_of(source, at("box_format"), key + ".box_format", r.box_format,
                {"internvl-999", "internvl-1000", "qwen25-pixels", "none"});
-  if (!https && (node["ca_file"] || node["tls_verify"]))
+  if (r.url.rfind("https://", 0) != 0 && (node["ca_file"] || node["tls_verify"]))
     fail_at(source, node["ca_file"] ? node["ca_file"] : node["tls_verify"], key + (node["ca_file"] ? ".ca_file" : ".tls_verify"),
             "applies to an https:// url only");
   if (!r.ca_file.empty()) {
@@ -648,21 +682,29 @@ ExportDestination read_destination(const YAML::Node& node, const std::string& dp
   ExportDestination d;
   Section ds(node, dp, source);
   ds.read("name", d.name);
+  ds.read("type", d.type);
   ds.read("ae_title", d.ae_title);
   ds.read("host", d.host);
   ds.read("port", d.port);
+  ds.read("url", d.url);
+  ds.read("bearer_token_env", d.bearer_token_env);
+  ds.read("basic_user", d.basic_user);
+  ds.read("basic_password_env", d.basic_password_env);
+  ds.read("ca_file", d.ca_file);
+  ds.read("timeout_seconds", d.timeout_seconds);
   ds.read("routes", d.routes);
   ds.read("objects", d.objects);
   ds.read_with("tls", [&](const YAML::Node& t, const std::string& tp) { read_destination_tls(t, tp, source, d.tls); });
   ds.check_unknown();
+  check_stowrs_destination(source, node, dp, d);
   for (const auto& object : d.objects)
     if (object != "sr" && object != "gsps" && object != "key_image")
       fail_at(source, node, dp + ".objects", "unknown object '" + object + "' (sr, gsps, key_image)");
   if (std::find(d.objects.begin(), d.objects.end(), "sr") == d.objects.end())
     fail_at(source, node, dp + ".objects", "must include sr (the report is always sent)");
-  if (d.ae_title.empty()) fail_at(source, node, dp + ".ae_title", "is required");
-  if (d.host.empty()) fail_at(source, node, dp + ".host", "is required");
-  if (d.name.empty()) d.name = d.ae_title;
+  if (d.type == "dimse" && d.ae_title.empty()) fail_at(source, node, dp + ".ae_title", "is required");
+  if (d.type == "dimse" && d.host.empty()) fail_at(source, node, dp + ".host", "is required");
+  if (d.name.empty()) d.name = d.type == "stowrs" ? d.url : d.ae_title;
   return d;
 }
 

@@ -202,9 +202,18 @@ struct ModelConfig {
 
 struct ExportDestination {
   std::string name;
+  // dimse: C-STORE to ae_title@host:port; stowrs: DICOMweb STOW-RS to url (issue 17)
+  std::string type = "dimse";
   std::string ae_title;
   std::string host;
   int port = 104;
+  // type stowrs: the DICOMweb root (POST url + "/studies"); http or https
+  std::string url;
+  std::string bearer_token_env;     // name of the environment variable with a bearer token (never the token)
+  std::string basic_user;           // HTTP basic authentication user ...
+  std::string basic_password_env;   // ... and the variable with its password
+  std::string ca_file;              // https: PEM bundle to verify the server against; empty = the system's store
+  int timeout_seconds = 60;
   std::vector<std::string> routes;  // empty = every route
   // What goes there per report (issue 16): "sr" (always), "gsps" (a GSPS or CSPS
   // per source series), "key_image" (a Secondary Capture with the boxes burned in).

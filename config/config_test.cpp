@@ -302,3 +302,38 @@ TEST(Config, WeightFormatsAndLanguagesAreParsedOnceIntoTheirEnums) {
   EXPECT_EQ(error_of("models:\n  m:\n    path: /m\n    vision_weights: int4\n"),
             "test.yaml:4: models.m.vision_weights: 'int4' is not one of: auto, bf16, f32, int8, q8");
 }
+
+TEST(Config, StowrsDestinationsTakeAUrlAndSecretsFromTheEnvironment) {
+  Config c = parse_config(
+      "export:\n  destinations:\n"
+      "    - {name: web, type: stowrs, url: \"https://pacs.example/dicom-web\", bearer_token_env: PACS_TOKEN,"
+      " ca_file: /etc/ca.pem}\n"
+      "    - {type: stowrs, url: \"http://127.0.0.1:8042/dicom-web\", basic_user: fr, basic_password_env: PW}\n"
+      "    - {ae_title: PACS, host: h}\n",
+      "stow.yaml");
+  ASSERT_EQ(c.exports.destinations.size(), 3u);
+  EXPECT_EQ(c.exports.destinations[0].type, "stowrs");
+  EXPECT_EQ(c.exports.destinations[0].bearer_token_env, "PACS_TOKEN");
+  EXPECT_EQ(c.exports.destinations[0].ca_file, "/etc/ca.pem");
+  EXPECT_EQ(c.exports.destinations[1].name, "http://127.0.0.1:8042/dicom-web");
+  EXPECT_EQ(c.exports.destinations[1].basic_user, "fr");
+  EXPECT_EQ(c.exports.destinations[2].type, "dimse");
+  const std::string head = "export:\n  destinations:\n    - ";
+  EXPECT_EQ(error_of(head + "{type: stowrs}\n"),
+            "test.yaml:3: export.destinations[0].url: is required for type: stowrs (the DICOMweb root)");
+  EXPECT_EQ(error_of(head + "{type: web, url: \"http://h\"}\n"),
+            "test.yaml:3: export.destinations[0].type: 'web' is not one of: dimse, stowrs");
+  EXPECT_EQ(error_of(head + "{type: stowrs, url: \"ftp://h\"}\n"),
+            "test.yaml:3: export.destinations[0].url: must start with http:// or https://, got 'ftp://h'");
+  EXPECT_NE(error_of(head + "{type: stowrs, url: \"http://u:pw@h\"}\n").find("must not carry credentials"),
+            std::string::npos);
+  EXPECT_EQ(error_of(head + "{type: stowrs, url: \"http://h\", ae_title: X}\n"),
+            "test.yaml:3: export.destinations[0].ae_title: applies to type: dimse only (stowrs sends to url)");
+  EXPECT_EQ(error_of(head + "{ae_title: X, host: h, url: \"http://h\"}\n"),
+            "test.yaml:3: export.destinations[0].url: applies to type: stowrs only");
+  EXPECT_EQ(error_of(head + "{type: stowrs, url: \"http://h\", bearer_token_env: \"abc.def\"}\n"),
+            "test.yaml:3: export.destinations[0].bearer_token_env: must be the name of an environment variable "
+            "(letters, digits, _), not the token itself");
+  EXPECT_EQ(error_of(head + "{type: stowrs, url: \"http://h\", basic_user: u}\n"),
+            "test.yaml:3: export.destinations[0].basic_password_env: is required with basic_user");
+}

@@ -11,6 +11,7 @@
 #include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcrledrg.h>
 #include <dcmtk/dcmdata/dcsequen.h>
+#include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmjpeg/djdecode.h>
 #include <dcmtk/dcmjpls/djdecode.h>
@@ -200,17 +201,19 @@ FrameSamples samples_from_buffer(const uint8_t* buffer, const PixelAttributes& a
 
 std::string frame_label(const std::string& name, int frame) { return name + " frame " + std::to_string(frame); }
 
-// Native (uncompressed) pixel data: check the element holds every frame the
-// attributes promise, then read just this frame (DCMTK reads large values
-// from the file on demand, so nothing else is loaded).
-FrameSamples read_native_frame(DcmDataset& dataset, DcmElement& pixel_element, const PixelAttributes& a,
-                               int frame, const std::string& name) {
+// Bits in one native frame; 1-bit frames are packed back to back without padding.
+uint64_t native_frame_bits(const PixelAttributes& a) {
   const uint64_t pixels = uint64_t(a.rows) * a.columns;
-  const bool ybr_422 = a.photometric == "YBR_FULL_422";
-  if (ybr_422 && (a.bits_allocated != 8 || a.columns % 2 != 0))
-    fail(name, "native YBR_FULL_422 needs 8-bit samples and an even number of columns");
-  // Bits in one frame; 1-bit frames are packed back to back without padding.
-  uint64_t frame_bits = ybr_422 ? pixels * 2 * 8 : pixels * a.samples * a.bits_allocated;
+  return a.photometric == "YBR_FULL_422" ? pixels * 2 * 8 : pixels * a.samples * a.bits_allocated;
+}
+
+// The bytes that hold one native frame, in this machine's byte order (from
+// the frame's first whole byte: a 1-bit frame may start inside it), after
+// checking the element holds every frame the attributes promise. DCMTK reads
+// large values from the file on demand, so nothing else is loaded.
+std::vector<uint8_t> native_frame_buffer(DcmDataset& dataset, DcmElement& pixel_element, const PixelAttributes& a,
+                                         int frame, const std::string& name) {
+  const uint64_t frame_bits = native_frame_bits(a);
   uint64_t needed_bytes = (frame_bits * a.frames + 7) / 8;
   uint64_t length = pixel_element.getLength();
   if (length < needed_bytes)
@@ -232,7 +235,18 @@ FrameSamples read_native_frame(DcmDataset& dataset, DcmElement& pixel_element, c
       std::swap(buffer[i + 1], buffer[i + 3]);
     }
   }
+  return buffer;
+}
 
+FrameSamples read_native_frame(DcmDataset& dataset, DcmElement& pixel_element, const PixelAttributes& a,
+                               int frame, const std::string& name) {
+  const uint64_t pixels = uint64_t(a.rows) * a.columns;
+  const bool ybr_422 = a.photometric == "YBR_FULL_422";
+  if (ybr_422 && (a.bits_allocated != 8 || a.columns % 2 != 0))
+    fail(name, "native YBR_FULL_422 needs 8-bit samples and an even number of columns");
+  const uint64_t frame_bits = native_frame_bits(a);
+  std::vector<uint8_t> buffer = native_frame_buffer(dataset, pixel_element, a, frame, name);
+  const uint64_t first_bit = frame_bits * frame;
   if (a.bits_allocated == 1) {
     FrameSamples out;
     out.colour_model = a.photometric;
@@ -832,6 +846,50 @@ DicomPixels decode_dicom_frame(DcmDataset& dataset, const std::string& name, int
   out.frames = a.frames;
   out.photometric = a.photometric;
   out.image = to_rgb(dataset, a, samples, &out.window, frame_label(name, frame));
+  return out;
+}
+
+FrameBytes frame_bytes(DcmDataset& dataset, const std::string& name, int frame, bool keep_compressed) {
+  register_dcmtk_decoders();
+  DcmElement* element = nullptr;
+  if (dataset.findAndGetElement(DCM_PixelData, element).bad() || element == nullptr) fail(name, "no pixel data");
+  auto* pixel_data = dynamic_cast<DcmPixelData*>(element);
+  if (pixel_data == nullptr) fail(name, "Pixel Data element is not pixel data");
+  const PixelAttributes a = read_attributes(dataset, name);
+  if (frame < 0 || frame >= a.frames)
+    fail(name, "frame " + std::to_string(frame + 1) + " out of range (" + std::to_string(a.frames) + " frames)");
+  FrameBytes out;
+  if (!a.encapsulated) {
+    if (a.bits_allocated == 1 && native_frame_bits(a) % 8 != 0)
+      fail(name, "1-bit frames that do not end on a byte boundary cannot be sent one by one");
+    out.bytes = native_frame_buffer(dataset, *pixel_data, a, frame, name);
+    out.transfer_syntax_uid = UID_LittleEndianExplicitTransferSyntax;
+    if (gLocalByteOrder != EBO_LittleEndian) fail(name, "frames are only served on little-endian machines");
+    return out;
+  }
+  if (keep_compressed) {
+    DcmPixelSequence* sequence = nullptr;
+    if (pixel_data->getEncapsulatedRepresentation(a.transfer_syntax, nullptr, sequence).bad() || sequence == nullptr)
+      fail(name, "encapsulated pixel data without its fragments");
+    out.bytes = encapsulated_frame_bytes(*sequence, a, frame, name);
+    out.transfer_syntax_uid = DcmXfer(a.transfer_syntax).getXferID();
+    out.compressed = true;
+    return out;
+  }
+  if (is_jpeg2000(a.transfer_syntax) || !dcmtk_can_decode(a.transfer_syntax))
+    fail(name, std::string("cannot decompress ") + DcmXfer(a.transfer_syntax).getXferName() +
+                   " to native pixel data here (ask for it as stored)");
+  Uint32 frame_size = 0;
+  if (pixel_data->getUncompressedFrameSize(&dataset, frame_size).bad()) fail(name, "cannot size a decompressed frame");
+  std::vector<uint8_t> buffer(frame_size + (frame_size & 1));
+  Uint32 start_fragment = 0;
+  OFString colour_model;
+  OFCondition status = pixel_data->getUncompressedFrame(&dataset, Uint32(frame), start_fragment, buffer.data(),
+                                                        Uint32(buffer.size()), colour_model, nullptr);
+  if (status.bad()) fail(frame_label(name, frame), std::string("cannot decompress: ") + status.text());
+  buffer.resize(uint64_t(a.rows) * a.columns * a.samples * (a.bits_allocated / 8));
+  out.bytes = std::move(buffer);
+  out.transfer_syntax_uid = UID_LittleEndianExplicitTransferSyntax;
   return out;
 }
 

@@ -52,6 +52,18 @@ class DicomImageError : public std::runtime_error {
 DicomPixels decode_dicom_frame(const std::string& path, int frame = 0);
 DicomPixels decode_dicom_frame(DcmDataset& dataset, const std::string& name_for_errors, int frame = 0);
 
+// One frame's pixel data as DICOMweb sends it (WADO-RS .../frames/N).
+struct FrameBytes {
+  std::vector<uint8_t> bytes;
+  std::string transfer_syntax_uid;  // of bytes: explicit VR little endian unless compressed
+  bool compressed = false;          // the frame's fragments as stored
+};
+// frame: 0-based. Native pixel data: the frame's bytes, little endian.
+// Encapsulated: the frame's fragments as stored when keep_compressed, else
+// decompressed by DCMTK's codecs (JPEG, JPEG-LS, RLE; JPEG 2000 is refused).
+// Throws DicomImageError naming the file and the reason.
+FrameBytes frame_bytes(DcmDataset& dataset, const std::string& name_for_errors, int frame, bool keep_compressed);
+
 // Number of Frames (1 when absent). Throws DicomImageError when it is not a
 // positive integer.
 int dicom_frame_count(DcmDataset& dataset);

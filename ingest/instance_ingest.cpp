@@ -306,6 +306,76 @@ scp::StoreResult InstanceIngest::finish_described(storage::FileStorage::NewFile&
   return commit(file, record, request.peer);
 }
 
+namespace {
+
+// What store_file reads of a received file before it is named.
+struct FileHeader {
+  db::InstanceRecord record;
+  std::string meta_sop_class_uid, meta_sop_instance_uid;
+};
+
+// File Meta Information and data set, values over 4 KiB left on disk. Throws
+// std::invalid_argument naming what is wrong.
+FileHeader read_file_header(const std::string& path) {
+  DcmFileFormat file;
+  // The header only, as finish_file reads it: the pixel data stays on disk.
+  const OFCondition cond = file.loadFileUntilTag(path.c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly,
+                                                 DCM_PixelData);
+  if (cond.bad()) throw std::invalid_argument(std::string("not a readable DICOM PS3.10 file: ") + cond.text());
+  DcmMetaInfo& meta = *file.getMetaInfo();
+  OFString ts, sop_class, sop_instance;
+  meta.findAndGetOFString(DCM_TransferSyntaxUID, ts);
+  meta.findAndGetOFString(DCM_MediaStorageSOPClassUID, sop_class);
+  meta.findAndGetOFString(DCM_MediaStorageSOPInstanceUID, sop_instance);
+  if (ts.empty()) throw std::invalid_argument("File Meta Information has no Transfer Syntax UID");
+  if (DcmXfer(ts.c_str()).getXfer() == EXS_Unknown)
+    throw std::invalid_argument(std::string("unknown transfer syntax ") + ts.c_str());
+  FileHeader h;
+  h.record = describe_instance(*file.getDataset(), ts.c_str());
+  h.meta_sop_class_uid = sop_class.c_str();
+  h.meta_sop_instance_uid = sop_instance.c_str();
+  return h;
+}
+
+}  // namespace
+
+FileStoreResult InstanceIngest::store_file(storage::FileStorage::NewFile& file, const FileInstance& in) {
+  FileStoreResult out;
+  FileHeader header;
+  try {
+    file.flush();
+    header = read_file_header(file.read_path());
+  } catch (const std::invalid_argument& e) {
+    out.result = {scp::kStoreCannotUnderstand, e.what()};
+    return out;
+  } catch (const std::exception& e) {
+    out.result = storage_failure("?", in.peer, e.what());
+    return out;
+  }
+  db::InstanceRecord& record = header.record;
+  out.sop_class_uid = record.sop_class_uid;
+  out.sop_instance_uid = record.sop_instance_uid;
+  out.study_uid = record.study_uid;
+  out.series_instance_uid = record.series_instance_uid;
+  if (header.meta_sop_instance_uid != record.sop_instance_uid) {
+    out.result = {scp::kStoreDataSetDoesNotMatchSopClass,
+                  "Media Storage SOP Instance UID differs from the data set's SOP Instance UID"};
+    return out;
+  }
+  if (header.meta_sop_class_uid != record.sop_class_uid) {
+    out.result = {scp::kStoreDataSetDoesNotMatchSopClass,
+                  "Media Storage SOP Class UID differs from the data set's SOP Class UID"};
+    return out;
+  }
+  if (!in.required_study_uid.empty() && record.study_uid != in.required_study_uid) {
+    out.result = {kStoreStudyUidMismatch, "Study Instance UID " + record.study_uid + " is not the study of the URL"};
+    return out;
+  }
+  out.result = finish_described(file, record, {in.peer, record.sop_class_uid, record.sop_instance_uid,
+                                               record.transfer_syntax_uid});
+  return out;
+}
+
 scp::StoreResult InstanceIngest::store(const scp::ReceivedInstance& in) {
   db::InstanceRecord record;
   try {

@@ -15,6 +15,24 @@ class DcmDataset;
 
 namespace firstread::ingest {
 
+// STOW-RS only (PS3.18 Table 10.5.3-1): the instance belongs to another study
+// than the one named by POST /studies/{study}.
+inline constexpr uint16_t kStoreStudyUidMismatch = 0xC122;
+
+// A PS3.10 file received whole (a STOW-RS part), written into a NewFile as it
+// arrived: its own File Meta Information names its SOP Class / Instance and
+// transfer syntax, and the file keeps the bytes as sent.
+struct FileInstance {
+  std::string required_study_uid;  // empty: any study
+  scp::Peer peer;                  // calling_ae names the transport ("STOW-RS"), host the client
+};
+
+struct FileStoreResult {
+  scp::StoreResult result;
+  // As far as they could be read (for the STOW-RS response's sequences).
+  std::string sop_class_uid, sop_instance_uid, study_uid, series_instance_uid;
+};
+
 // The durable path, for every way an instance arrives (C-STORE streamed,
 // a data set in memory such as STOW-RS):
 //   1. the bytes go into an unnamed file on the storage volume as they arrive
@@ -46,6 +64,16 @@ class InstanceIngest : public scp::InstanceSink {
   // C-STORE: parsed from memory while the pixel data arrived).
   scp::StoreResult finish_described(storage::FileStorage::NewFile& file, db::InstanceRecord& record,
                                     const scp::StoreRequest& request);
+
+  // Steps 2-4 for a received PS3.10 file (STOW-RS): File Meta Information and
+  // data set read once (values over 4 KiB stay on disk), the same UID
+  // validation, the meta header's SOP Class / Instance UIDs matched against
+  // the data set's (0xA900), the study against the required one (0xC122);
+  // the file's own transfer syntax and bytes are kept. Success only when file
+  // and row are durable.
+  FileStoreResult store_file(storage::FileStorage::NewFile& file, const FileInstance& instance);
+
+  storage::FileStorage& storage() { return storage_; }
 
  private:
   scp::StoreResult commit(storage::FileStorage::NewFile& file, db::InstanceRecord& record, const scp::Peer& peer);

@@ -15,6 +15,7 @@
 #include "db/reports.h"
 #include "metrics/registry.h"
 #include "scp/tls.h"
+#include "reports/stowrs_sender.h"
 
 namespace firstread::reports {
 
@@ -104,16 +105,26 @@ int ExportOutbox::send_due() {
     const auto due = exports.claim_due();
     if (!due) break;
     ++attempted;
-    // TLS is the destination's as configured now (by name); a destination no
-    // longer configured is sent to as its row says, in plain TCP.
-    std::optional<scp::TlsOptions> tls;
+    // A destination's transport is its configuration's (the row names it):
+    // STOW-RS to the configured url, or C-STORE to the row's peer (TLS as the
+    // destination is configured now; a destination no longer configured is
+    // sent to as its row says, in plain TCP).
+    const config::ExportDestination* destination = nullptr;
     for (const auto& d : config_.destinations)
-      if (d.name == due->destination && d.tls.enabled) tls = destination_tls_options(d);
-    SendResult result = send_file(storage_.absolute(due->sr_file_path), config_.calling_ae_title, due->ae_title,
-                                  due->host, due->port, 30, tls ? &*tls : nullptr);
+      if (d.name == due->destination) destination = &d;
+    std::optional<scp::TlsOptions> tls;
+    if (destination && destination->tls.enabled) tls = destination_tls_options(*destination);
+    SendResult result;
+    if (destination && destination->type == "stowrs")
+      result = send_stowrs(storage_.absolute(due->sr_file_path), *destination);
+    else if (due->ae_title.empty())
+      result = {false, "destination '" + due->destination + "' is no longer configured"};
+    else
+      result = send_file(storage_.absolute(due->sr_file_path), config_.calling_ae_title, due->ae_title, due->host,
+                         due->port, 30, tls ? &*tls : nullptr);
     exports.settle(due->export_id, result.ok, result.error, config_.retry_backoff_seconds);
     metrics::registry()
-        .counter("firstread_export_attempts_total", "C-STORE attempts of the export outbox by this process, by outcome",
+        .counter("firstread_export_attempts_total", "Send attempts (C-STORE or STOW-RS) of the export outbox by this process, by outcome",
                  {{"outcome", result.ok ? "sent" : "failed"}})
         .inc();
     if (result.ok)

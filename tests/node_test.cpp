@@ -437,17 +437,9 @@ TEST(Node, DiskFillingDuringATransferAnswersA700AndLeavesNoPartialFile) {
   if (geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs as the full disk needs root";
   FirstreadService a;  // provides the database
   a.start();
-  std::string mount_dir = "/tmp/firstread-full-XXXXXX";
-  ASSERT_NE(mkdtemp(mount_dir.data()), nullptr);
-  auto mounted = run("mount -t tmpfs -o size=12m tmpfs '" + mount_dir + "'");
-  ASSERT_EQ(mounted.exit_code, 0) << mounted.output;
-  struct Unmount {
-    std::string dir;
-    ~Unmount() {
-      run("umount '" + dir + "'");
-      rmdir(dir.c_str());
-    }
-  } unmount{mount_dir};
+  const firstread::testing::SmallDisk disk("12m");
+  ASSERT_EQ(disk.error(), "");
+  const std::string& mount_dir = disk.dir();
   {
     FirstreadService b(a, 4, "  min_free_bytes: 2MiB\n", mount_dir);
     b.start();

@@ -16,7 +16,7 @@
 
 namespace firstread::testing {
 
-OrthancServer::OrthancServer(int firstread_port, const std::string& extra_json) {
+OrthancServer::OrthancServer(int firstread_port, const std::string& extra_json, bool dicomweb) {
   std::string templ = "/tmp/firstread-orthanc-XXXXXX";
   if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
   dir_ = templ;
@@ -32,7 +32,9 @@ OrthancServer::OrthancServer(int firstread_port, const std::string& extra_json) 
     << "  \"DicomAet\": \"ORTHANC\",\n"
     << "  \"RemoteAccessAllowed\": false,\n"
     << "  \"AuthenticationEnabled\": false,\n"
-    << "  \"Plugins\": [],\n"
+    << (dicomweb ? "  \"Plugins\": [\"/usr/share/orthanc/plugins/libOrthancDicomWeb.so\"],\n"
+                   "  \"DicomWeb\": {\"Enable\": true, \"Root\": \"/dicom-web/\", \"EnableWado\": false},\n"
+                 : "  \"Plugins\": [],\n")
     << "  \"DicomAlwaysAllowStore\": true,\n"
     << "  \"DicomCheckCalledAet\": false,\n"
     << "  \"DicomModalities\": { \"firstread\": [\"FIRSTREAD\", \"127.0.0.1\", " << firstread_port << "] }"

@@ -67,6 +67,21 @@ std::string query_value(const FirstreadService& service, const std::string& sql)
   }
 }
 
+SmallDisk::SmallDisk(const std::string& size) : dir_("/tmp/firstread-disk-XXXXXX") {
+  if (mkdtemp(dir_.data()) == nullptr) {
+    error_ = "mkdtemp: " + std::string(std::strerror(errno));
+    return;
+  }
+  const CommandResult mounted = run("mount -t tmpfs -o size=" + size + " tmpfs '" + dir_ + "'");
+  mounted_ = mounted.exit_code == 0;
+  if (!mounted_) error_ = "mount -t tmpfs: " + mounted.output;
+}
+
+SmallDisk::~SmallDisk() {
+  if (mounted_) run("umount '" + dir_ + "'");
+  rmdir(dir_.c_str());
+}
+
 FirstreadService::FirstreadService(const std::string& extra_yaml, const std::string& dicom_extra,
                                    const std::string& storage_extra, const std::string& http_extra) {
   std::string templ = "/tmp/firstread-it-XXXXXX";

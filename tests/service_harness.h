@@ -81,6 +81,23 @@ bool wait_until(const std::function<bool()>& condition, int seconds);
 // "" for no row, NULL, or a database that does not answer (yet).
 std::string query_value(const FirstreadService& service, const std::string& sql);
 
+// A tmpfs of `size` (e.g. "12m") mounted on a fresh directory under /tmp, as
+// a small disk that fills (needs root); unmounted and removed when destroyed.
+// error() is empty once it is mounted, else says why not.
+class SmallDisk {
+ public:
+  explicit SmallDisk(const std::string& size);
+  ~SmallDisk();
+  SmallDisk(const SmallDisk&) = delete;
+  SmallDisk& operator=(const SmallDisk&) = delete;
+  const std::string& dir() const { return dir_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::string dir_, error_;
+  bool mounted_ = false;
+};
+
 // Writes `count` copies of a source DICOM file with fresh Study/Series/SOP
 // Instance UIDs (one study per call) into dir; returns {file path, SOP UID}.
 // If size is given, the pixel data is resized to size x size (16-bit).

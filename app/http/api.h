@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
@@ -20,6 +21,10 @@
 #include "app/http_api.h"
 #include "db/database.h"
 #include "storage/file_storage.h"
+
+namespace firstread::ingest {
+class InstanceIngest;
+}
 
 namespace firstread::app::http {
 
@@ -36,7 +41,19 @@ struct ApiRequest {
   std::string target;                        // path and query as sent (for the audit log)
   std::string remote;                        // the client's IP address
   Caller user;                               // set by dispatch() once the token is checked
+  std::string content_type;  // Content-Type header
+  std::string accept;        // Accept header
+  std::string base_url;      // scheme://Host of the request, for absolute URLs in answers (DICOMweb RetrieveURL)
   std::string body;          // the body of a request of a route that does not stream
+  // Routes with streams_body: reads the next bytes of the body into out (at
+  // most n), returns 0 at its end; throws BodyReadError when the client stops
+  // sending (timeout, reset). Empty for other routes.
+  std::function<size_t(char* out, size_t n)> read_body;
+};
+
+class BodyReadError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
 
 struct ApiResponse {
@@ -72,6 +89,10 @@ struct Context {
   Access access;   // tokens and their users (auth.h); empty = no authentication
   AuditLog audit;  // closed = no audit log (tests that do not ask for one)
   ConfirmReport confirm_report;  // GSCo (issue 15); empty on a node without the pipeline
+  // STOW-RS (HttpApi::receive_instances): where received instances go, and
+  // the same admission check as new DICOM associations ("" = room to store).
+  ingest::InstanceIngest* ingest = nullptr;
+  std::function<std::string()> admission;
 };
 
 // --- the route table
@@ -96,9 +117,14 @@ struct Route {
   Handler handler;
   std::vector<QueryParam> query;
   Audit audit = Audit::none;
+  // The handler reads the body itself as it arrives (ApiRequest::read_body),
+  // with no size limit (STOW-RS); other routes get at most 64 KiB in body.
+  bool streams_body = false;
 };
 
 const std::vector<Route>& routes();
+// Whether the request to this path goes to a route that streams its body.
+bool streams_body(Verb method, const std::vector<std::string>& segments);
 
 // Authentication, 404 / 405 and dispatch to the route's handler.
 ApiResponse dispatch(Context& ctx, ApiRequest& req);
@@ -138,6 +164,19 @@ ApiResponse report_sr(Context&, const ApiRequest&);       // reports.cpp
 ApiResponse confirm_report(Context&, const ApiRequest&);  // reports.cpp
 ApiResponse list_jobs(Context&, const ApiRequest&);       // jobs.cpp
 ApiResponse instance_png(Context&, const ApiRequest&);    // instances.cpp
+// DICOMweb (PS3.18) on /dicomweb: STOW-RS, QIDO-RS, WADO-RS
+ApiResponse stow_instances(Context&, const ApiRequest&);   // dicomweb_stow.cpp
+ApiResponse qido_studies(Context&, const ApiRequest&);     // dicomweb_qido.cpp
+ApiResponse qido_series(Context&, const ApiRequest&);      // dicomweb_qido.cpp
+ApiResponse qido_instances(Context&, const ApiRequest&);   // dicomweb_qido.cpp
+ApiResponse wado_retrieve(Context&, const ApiRequest&);    // dicomweb_wado.cpp
+ApiResponse wado_metadata(Context&, const ApiRequest&);    // dicomweb_wado.cpp
+ApiResponse wado_frames(Context&, const ApiRequest&);      // dicomweb_wado.cpp
+ApiResponse wado_rendered(Context&, const ApiRequest&);    // dicomweb_wado.cpp
+ApiResponse wado_bulkdata(Context&, const ApiRequest&);    // dicomweb_wado.cpp
+
+// An 8-bit RGB image as PNG (instances.cpp).
+std::string encode_png_rgb8(const uint8_t* rgb, int width, int height);
 
 // Counts one answer by status code (firstread_http_requests_total).
 void count_response(unsigned status);

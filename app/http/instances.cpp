@@ -11,7 +11,6 @@
 #include "dicom/pixels.h"
 
 namespace firstread::app::http {
-namespace {
 
 std::string encode_png_rgb8(const uint8_t* rgb, int width, int height) {
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
@@ -44,8 +43,6 @@ std::string encode_png_rgb8(const uint8_t* rgb, int width, int height) {
   png_destroy_write_struct(&png, &info);
   return out;
 }
-
-}  // namespace
 
 ApiResponse instance_png(Context& ctx, const ApiRequest& req) {
   const std::string& sop_uid = req.path_params.at("sop_instance_uid");

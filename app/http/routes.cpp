@@ -60,6 +60,57 @@ const std::vector<Route>& routes() {
       {Verb::get, "/api/v1/instances/{sop_instance_uid}/png", Role::viewer,
        "A frame as 8-bit RGB PNG through the model's pixel path, at source resolution (boxes map 1:1)", instance_png,
        {{"frame", "0-based frame (0)"}}, Audit::patient_data},
+      // DICOMweb (PS3.18): STOW-RS in, QIDO-RS and WADO-RS on everything stored here, firstread's own SRs,
+      // presentation states and key images included (each in its own series). OHIF: qidoRoot = wadoRoot =
+      // http://HOST/dicomweb.
+      {Verb::post, "/dicomweb/studies", Role::sender,
+       "STOW-RS: multipart/related; type=\"application/dicom\" body, streamed to disk part by part; each instance "
+       "stored durably (fsync + commit) before the DICOM JSON answer lists it in 00081199, failures in 00081198 "
+       "with 00081197 (A700 out of resources, A900 does not match SOP class, C000 cannot understand)",
+       stow_instances, {}, Audit::none, true},
+      {Verb::post, "/dicomweb/studies/{study}", Role::sender,
+       "STOW-RS into one study: instances of another study are refused with C122", stow_instances, {}, Audit::none, true},
+      {Verb::get, "/dicomweb/studies", Role::viewer,
+       "QIDO-RS studies (application/dicom+json), newest first", qido_studies,
+       {{"PatientID", "exact"}, {"PatientName", "case-insensitive, * and ? wildcards"},
+        {"StudyDate", "YYYYMMDD or a range YYYYMMDD-YYYYMMDD (either end open)"},
+        {"ModalitiesInStudy", "e.g. CT (comma-separated: any of them)"}, {"AccessionNumber", "exact"},
+        {"StudyInstanceUID", "one or a comma-separated list"}, {"limit", "1..1000 (100)"}, {"offset", "0.."},
+        {"includefield", "tags or keywords to add (comma-separated), or all"}}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series", Role::viewer, "QIDO-RS series of a study", qido_series,
+       {{"Modality", "exact"}, {"SeriesInstanceUID", "exact"}, {"SeriesNumber", "exact"}, {"limit", "1..1000"},
+        {"offset", "0.."}, {"includefield", "tags or keywords to add"}}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/instances", Role::viewer, "QIDO-RS instances of a study", qido_instances,
+       {{"SOPInstanceUID", "exact"}, {"SOPClassUID", "exact"}, {"InstanceNumber", "exact"}, {"limit", "1..1000"},
+        {"offset", "0.."}, {"includefield", "tags or keywords to add"}}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series/{series}/instances", Role::viewer,
+       "QIDO-RS instances of a series", qido_instances,
+       {{"SOPInstanceUID", "exact"}, {"SOPClassUID", "exact"}, {"InstanceNumber", "exact"}, {"limit", "1..1000"},
+        {"offset", "0.."}, {"includefield", "tags or keywords to add"}}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}", Role::viewer,
+       "WADO-RS: the study's instances, multipart/related; type=\"application/dicom\", as stored", wado_retrieve, {}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series/{series}", Role::viewer, "WADO-RS: the series' instances",
+       wado_retrieve, {}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series/{series}/instances/{instance}", Role::viewer,
+       "WADO-RS: one instance, byte for byte as stored (transfer-syntax * or the stored one)", wado_retrieve, {}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/metadata", Role::viewer,
+       "WADO-RS metadata (DICOM JSON) of the study's instances; bulk data (pixels, large binary values) by "
+       "BulkDataURI", wado_metadata, {}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series/{series}/metadata", Role::viewer,
+       "WADO-RS metadata of the series' instances", wado_metadata, {}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata", Role::viewer,
+       "WADO-RS metadata of one instance", wado_metadata, {}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", Role::viewer,
+       "WADO-RS frames (1-based, comma-separated), multipart/related; type=\"application/octet-stream\": native "
+       "pixel data as is, compressed frames as stored when transfer-syntax=* is accepted, else decompressed",
+       wado_frames, {}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered", Role::viewer,
+       "WADO-RS rendered: the first frame as PNG (8-bit, window from the file)", wado_rendered, {}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+       Role::viewer, "WADO-RS rendered: one frame as PNG", wado_rendered, {}, Audit::patient_data},
+      {Verb::get, "/dicomweb/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}", Role::viewer,
+       "WADO-RS bulk data: a top-level binary value (the BulkDataURI of the metadata) as application/octet-stream",
+       wado_bulkdata, {}, Audit::patient_data},
   };
   return table;
 }
@@ -108,6 +159,12 @@ ApiResponse unauthorized(const ApiRequest& req) {
 std::string method_name(Verb v) { return std::string(boost::beast::http::to_string(v)); }
 
 }  // namespace
+
+bool streams_body(Verb method, const std::vector<std::string>& segments) {
+  for (const Route& r : routes())
+    if (r.streams_body && r.method == method && matches(r, segments, nullptr)) return true;
+  return false;
+}
 
 ApiResponse dispatch(Context& ctx, ApiRequest& req) {
   std::vector<const Route*> on_path;

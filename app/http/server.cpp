@@ -17,6 +17,8 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <chrono>
+#include <future>
+#include <limits>
 #include <sstream>
 
 #include "app/http/api.h"
@@ -62,7 +64,11 @@ struct HttpApi::Impl {
   net::thread_pool handlers;
   std::atomic<bool> running{false};
 
-  ApiResponse handle(const bhttp::request<bhttp::string_body>& request, const std::string& remote);
+  // One request: the header, the body of a route that does not stream, or
+  // the reader of a streaming route's body; remote is the client's address,
+  // tls whether it came over HTTPS (for the answers' absolute URLs).
+  ApiResponse handle(const bhttp::request_header<>& request, std::string body,
+                     std::function<size_t(char*, size_t)> read_body, const std::string& remote, bool tls);
 };
 
 std::unique_ptr<net::ssl::context> HttpApi::Impl::make_ssl_context(const HttpApiOptions& o) {
@@ -85,6 +91,19 @@ std::unique_ptr<net::ssl::context> HttpApi::Impl::make_ssl_context(const HttpApi
 }
 
 namespace {
+
+// The path of a target split at '/' (empty segments dropped), each percent-decoded.
+std::vector<std::string> parse_segments(const std::string& target) {
+  std::vector<std::string> segments;
+  std::stringstream path_stream(target.substr(0, target.find('?')));
+  try {
+    for (std::string segment; std::getline(path_stream, segment, '/');)
+      if (!segment.empty()) segments.push_back(http_parse::percent_decode(segment));
+  } catch (const std::invalid_argument&) {
+    segments.clear();  // parse_target answers 400 for it
+  }
+  return segments;
+}
 
 ApiRequest parse_target(bhttp::verb method, const std::string& target) {
   ApiRequest r;
@@ -113,7 +132,8 @@ ApiRequest parse_target(bhttp::verb method, const std::string& target) {
 
 }  // namespace
 
-ApiResponse HttpApi::Impl::handle(const bhttp::request<bhttp::string_body>& request, const std::string& remote) {
+ApiResponse HttpApi::Impl::handle(const bhttp::request_header<>& request, std::string body,
+                                  std::function<size_t(char*, size_t)> read_body, const std::string& remote, bool tls) {
   const auto started = std::chrono::steady_clock::now();
   const std::string method(bhttp::to_string(request.method()));
   const std::string target(request.target());
@@ -123,8 +143,16 @@ ApiResponse HttpApi::Impl::handle(const bhttp::request<bhttp::string_body>& requ
     req.authorization = std::string(request[bhttp::field::authorization]);
     req.target = target;
     req.remote = remote;
-    req.body = request.body();
+    req.content_type = std::string(request[bhttp::field::content_type]);
+    req.accept = std::string(request[bhttp::field::accept]);
+    const std::string host(request[bhttp::field::host]);
+    req.base_url = std::string(tls ? "https://" : "http://") + (host.empty() ? options.listen : host);
+    req.body = std::move(body);
+    req.read_body = std::move(read_body);
     response = http::dispatch(context, req);
+  } catch (const http::BodyReadError& e) {
+    spdlog::warn("http: {} {}: the request body stopped: {}", method, target, e.what());
+    response = error_response(400, std::string("the request body stopped: ") + e.what());
   } catch (const HttpError& e) {
     response = error_response(e.status(), e.what());
   } catch (const pqxx::broken_connection& e) {
@@ -181,12 +209,41 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
   void read_request() {
-    parser_.emplace();
-    parser_->header_limit(16 * 1024);
-    parser_->body_limit(64 * 1024);
+    header_parser_.emplace();
+    header_parser_->header_limit(16 * 1024);
+    // Decided per route once the header is in (on_header). Not boost::none:
+    // Boost 1.74's parser compares the length with the optional and refuses every body.
+    header_parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
     beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(api_.options.read_timeout_seconds));
+    bhttp::async_read_header(stream_, buffer_, *header_parser_,
+                             [self = this->shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
+  }
+
+  // The header has arrived: a route that streams its body (STOW-RS) reads it
+  // from a handler thread as it comes; any other request is read whole (at
+  // most 64 KiB of body) first.
+  void on_header(beast::error_code ec) {
+    if (ec) {
+      on_read(ec);
+      return;
+    }
+    const auto& h = header_parser_->get();
+    if (http::streams_body(h.method(), parse_segments(std::string(h.target())))) {
+      beast::get_lowest_layer(stream_).expires_never();
+      net::post(api_.handlers, [self = this->shared_from_this()] { self->respond_streaming(); });
+      return;
+    }
+    constexpr uint64_t kMaxBody = 64 * 1024;
+    const auto length = header_parser_->content_length();
+    parser_.emplace(std::move(*header_parser_));
+    header_parser_.reset();
+    parser_->body_limit(kMaxBody);
+    if (length && *length > kMaxBody) {
+      on_read(bhttp::error::body_limit);
+      return;
+    }
     bhttp::async_read(stream_, buffer_, *parser_,
-                     [self = this->shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+                      [self = this->shared_from_this()](beast::error_code e, size_t) { self->on_read(e); });
   }
 
   void on_read(beast::error_code ec) {
@@ -228,11 +285,87 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
   // Handles one request (on whichever thread calls it) and writes the answer
   // from the connection's strand.
-  void respond(const bhttp::request<bhttp::string_body>& request) {
-    ApiResponse response = api_.handle(request, remote_);
-    const bool keep_alive = request.keep_alive();
-    const unsigned version = request.version();
-    const bhttp::verb method = request.method();
+  void respond(bhttp::request<bhttp::string_body>& request) {
+    ApiResponse response = api_.handle(request, std::move(request.body()), {}, remote_, kTls);
+    post_send(std::move(response), request.method(), request.version(), request.keep_alive());
+  }
+
+  // A streaming route on a handler thread: the handler pulls the body through
+  // read_body, each read done on the connection's strand under the read
+  // timeout and waited for here. The connection is kept only if the handler
+  // read the body to its end.
+  void respond_streaming() {
+    body_parser_.emplace(std::move(*header_parser_));
+    header_parser_.reset();
+    body_parser_->body_limit(std::numeric_limits<std::uint64_t>::max());  // streamed to disk: no limit in memory
+    buffer_.reserve(64 * 1024);  // socket reads of up to 64 KiB (Beast reads what the buffer has room for)
+    const auto& header = body_parser_->get();
+    if (beast::iequals(header[bhttp::field::expect], "100-continue")) {
+      bhttp::response<bhttp::empty_body> go_on{bhttp::status::continue_, header.version()};
+      beast::error_code ignored;
+      wait_on_strand([&](std::function<void(beast::error_code)> done) {
+        bhttp::async_write(stream_, go_on, [done](beast::error_code e, size_t) { done(e); });
+      }, ignored);
+    }
+    auto read_body = [this](char* out, size_t n) -> size_t {
+      if (n == 0) return 0;
+      auto& body = body_parser_->get().body();
+      body.data = out;
+      body.size = n;
+      body.more = true;
+      // A read may parse only framing (a chunk header): read until body bytes came or the body ended.
+      while (body.size == n && !body_parser_->is_done()) {
+        beast::error_code ec;
+        wait_on_strand([&](std::function<void(beast::error_code)> done) { read_body_some(std::move(done)); }, ec);
+        if (ec)
+          throw http::BodyReadError(ec == beast::error::timeout
+                                        ? "no data for " + std::to_string(api_.options.read_timeout_seconds) + " s"
+                                        : ec.message());
+      }
+      return n - body.size;
+    };
+    ApiResponse response = api_.handle(header, {}, read_body, remote_, kTls);
+    const bool complete = body_parser_->is_done();
+    post_send(std::move(response), header.method(), header.version(), header.keep_alive() && complete);
+  }
+
+  // On the strand: reads into the handler's buffer (body_parser_'s) while
+  // bytes are at hand, so that one hand-over to the handler thread carries
+  // up to its whole buffer, not one socket read; returns as soon as nothing
+  // more is waiting (a client that pauses still has its complete parts seen).
+  void read_body_some(std::function<void(beast::error_code)> done) {
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(api_.options.read_timeout_seconds));
+    bhttp::async_read_some(stream_, buffer_, *body_parser_,
+                           [self = this->shared_from_this(), done = std::move(done)](beast::error_code e, size_t) mutable {
+                             if (e == bhttp::error::need_buffer) e = {};
+                             beast::error_code ignored;
+                             const bool room = self->body_parser_->get().body().size > 0;
+                             const bool waiting = self->buffer_.size() > 0 ||
+                                                  beast::get_lowest_layer(self->stream_).socket().available(ignored) > 0;
+                             if (!e && room && waiting && !self->body_parser_->is_done()) {
+                               self->read_body_some(std::move(done));
+                               return;
+                             }
+                             done(e);
+                           });
+  }
+
+  // Starts an operation on the connection's strand and waits for its
+  // completion (or for the server to stop: the operation is then abandoned).
+  void wait_on_strand(const std::function<void(std::function<void(beast::error_code)>)>& start, beast::error_code& ec) {
+    auto result = std::make_shared<std::promise<beast::error_code>>();
+    auto finished = result->get_future();
+    net::post(stream_.get_executor(), [self = this->shared_from_this(), result, &start] {
+      start([result](beast::error_code e) { result->set_value(e); });
+    });
+    while (finished.wait_for(std::chrono::milliseconds(200)) != std::future_status::ready)
+      if (!api_.running) throw http::BodyReadError("the server is stopping");
+    ec = finished.get();
+    net::post(stream_.get_executor(),
+              [self = this->shared_from_this()] { beast::get_lowest_layer(self->stream_).expires_never(); });
+  }
+
+  void post_send(ApiResponse response, bhttp::verb method, unsigned version, bool keep_alive) {
     net::post(stream_.get_executor(), [self = this->shared_from_this(), response = std::move(response), method, version,
                                        keep_alive]() mutable {
       self->send(std::move(response), method, version, keep_alive);
@@ -289,7 +422,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   std::string remote_;  // the client's address, for the audit log
   bool shutting_down_ = false;
   beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::empty_body>> header_parser_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::optional<bhttp::request_parser<bhttp::buffer_body>> body_parser_;
   bhttp::response<bhttp::string_body> response_;
 };
 
@@ -338,6 +473,10 @@ HttpApi::HttpApi(HttpApiOptions options, db::ConnectionPool& pool, const storage
 HttpApi::~HttpApi() { stop(); }
 
 void HttpApi::set_confirm_report(ConfirmReport fn) { impl_->context.confirm_report = std::move(fn); }
+void HttpApi::receive_instances(ingest::InstanceIngest& ingest, std::function<std::string()> admission) {
+  impl_->context.ingest = &ingest;
+  impl_->context.admission = std::move(admission);
+}
 
 void HttpApi::start() {
   Impl& api = *impl_;
