@@ -49,6 +49,7 @@ struct HttpApiOptions {
   int read_timeout_seconds = 30;          // a request must arrive completely within this
   int max_connections = 256;              // further connections are closed at once
   std::string kernels;                    // the engine's kernel path, named by /readyz (empty: no engine here)
+  std::vector<std::string> cors_origins;  // http.cors_origins: browser origins allowed (CORS); "*" = any
 };
 
 // From the configuration's http section; the audit log defaults to

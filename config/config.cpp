@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <set>
+#include <regex>
 #include <sstream>
 
 namespace firstread::config {
@@ -721,6 +722,17 @@ void read_export_section(const YAML::Node& n, const std::string& p, const std::s
   s.check_unknown();
 }
 
+// A browser's Origin is scheme://host[:port] exactly (RFC 6454): no path, no
+// trailing slash, so that the comparison with the header is exact.
+void check_cors_origins(const YAML::Node& at, const std::string& key, const std::string& source,
+                        const std::vector<std::string>& origins) {
+  static const std::regex origin(R"(https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)");
+  for (size_t i = 0; i < origins.size(); ++i)
+    if (origins[i] != "*" && !std::regex_match(origins[i], origin))
+      fail_at(source, at[i] ? at[i] : at, key + "[" + std::to_string(i) + "]",
+              "'" + origins[i] + "' is not an origin: scheme://host[:port] (no path, no trailing '/'), or \"*\"");
+}
+
 void read_http_section(const YAML::Node& n, const std::string& p, const std::string& source, Config& c) {
   Section s(n, p, source);
   s.read("listen", c.http.listen);
@@ -736,7 +748,9 @@ void read_http_section(const YAML::Node& n, const std::string& p, const std::str
   s.read_with("users", [&](const YAML::Node& list, const std::string& lp) { read_users(list, lp, source, c.http.users); });
   s.read("tokens_file", c.http.tokens_file);
   s.read("audit_log", c.http.audit_log);
+  s.read("cors_origins", c.http.cors_origins);
   s.check_unknown();
+  check_cors_origins(n["cors_origins"], p + ".cors_origins", source, c.http.cors_origins);
   if (!c.http.tokens_file.empty()) read_tokens_file(n["tokens_file"], p + ".tokens_file", source, c.http);
 }
 

@@ -247,6 +247,9 @@ struct HttpConfig {
   std::vector<HttpUser> users;  // http.users, then those of http.tokens_file
   std::string tokens_file;
   std::string audit_log;        // empty = <storage.path>/audit.log
+  // Origins (scheme://host[:port], or "*") whose web pages may call the API
+  // from a browser (CORS), e.g. OHIF served elsewhere; empty = same origin only.
+  std::vector<std::string> cors_origins;
 };
 
 struct LogConfig {

@@ -337,3 +337,18 @@ TEST(Config, StowrsDestinationsTakeAUrlAndSecretsFromTheEnvironment) {
   EXPECT_EQ(error_of(head + "{type: stowrs, url: \"http://h\", basic_user: u}\n"),
             "test.yaml:3: export.destinations[0].basic_password_env: is required with basic_user");
 }
+
+TEST(Config, CorsOriginsAreOriginsExactly) {
+  const Config c = parse_config("http:\n  cors_origins: [\"http://viewer.example:3000\", \"https://ohif.example\"]\n",
+                                "cors.yaml");
+  EXPECT_EQ(c.http.cors_origins,
+            (std::vector<std::string>{"http://viewer.example:3000", "https://ohif.example"}));
+  EXPECT_TRUE(parse_config("", "e.yaml").http.cors_origins.empty());
+  EXPECT_EQ(parse_config("http:\n  cors_origins: [\"*\"]\n", "c.yaml").http.cors_origins,
+            std::vector<std::string>{"*"});
+  EXPECT_EQ(error_of("http:\n  cors_origins: [\"https://a.example\", \"https://ohif.example/\"]\n"),
+            "test.yaml:2: http.cors_origins[1]: 'https://ohif.example/' is not an origin: scheme://host[:port] "
+            "(no path, no trailing '/'), or \"*\"");
+  EXPECT_NE(error_of("http:\n  cors_origins: [viewer.example]\n").find("'viewer.example' is not an origin"),
+            std::string::npos);
+}

@@ -485,10 +485,13 @@ TEST_F(DicomwebSamples, MetadataAndRenderedAreWhatOhifReads) {
   const json& e = s.expected.at(kCtSmall);
   ASSERT_EQ(e["outcome"], "stored");
   const std::string png = s.work + "/rendered.png";
+  const std::string jpeg = s.work + "/rendered.jpg";
   const json r = dicomweb_client(
       json::array({{{"op", "metadata"}, {"url", s.root}, {"study", e["study"]}, {"series", e["series"]}},
                    {{"op", "rendered"}, {"url", s.root}, {"study", e["study"]}, {"series", e["series"]},
-                    {"sop", e["sop"]}, {"out", png}}}),
+                    {"sop", e["sop"]}, {"out", png}},
+                   {{"op", "rendered"}, {"url", s.root}, {"study", e["study"]}, {"series", e["series"]},
+                    {"sop", e["sop"]}, {"out", jpeg}, {"media_type", "image/jpeg"}}}),
       s.work);
   ASSERT_TRUE(r[0]["ok"].get<bool>()) << r[0].dump();
   const json& meta = r[0]["body"];
@@ -518,6 +521,29 @@ TEST_F(DicomwebSamples, MetadataAndRenderedAreWhatOhifReads) {
   };
   EXPECT_EQ(be32(16), 128);
   EXPECT_EQ(be32(20), 128);
+  // The JPEG is the same picture: PIL reads it as a 128x128 JPEG within a few grey levels of the PNG.
+  ASSERT_TRUE(r[2]["ok"].get<bool>()) << r[2].dump();
+  const auto compared = run("/usr/bin/python3 -c \"import sys, numpy as np; from PIL import Image; j = Image.open(sys.argv[2]); "
+                            "a = np.asarray(Image.open(sys.argv[1]).convert('RGB'), float); "
+                            "b = np.asarray(j.convert('RGB'), float); "
+                            "print(j.format, b.shape[1], b.shape[0], round(float(abs(a - b).mean()), 2))\" '" +
+                            png + "' '" + jpeg + "'");
+  ASSERT_EQ(compared.exit_code, 0) << compared.output;
+  std::istringstream words(compared.output);
+  std::string format;
+  int width = 0, height = 0;
+  double mean_difference = 1e9;
+  words >> format >> width >> height >> mean_difference;
+  EXPECT_EQ(format, "JPEG") << compared.output;
+  EXPECT_EQ(width, 128);
+  EXPECT_EQ(height, 128);
+  EXPECT_LT(mean_difference, 3.0) << compared.output;
+  // A rendered type firstread does not make is refused with 406 and what it makes.
+  const std::string url = s.root + "/studies/" + e["study"].get<std::string>() + "/series/" +
+                          e["series"].get<std::string>() + "/instances/" + e["sop"].get<std::string>() + "/rendered";
+  const auto gif = run("curl -s -w '\\n%{http_code}' -H 'Accept: image/gif' '" + url + "'");
+  EXPECT_NE(gif.output.find("image/jpeg or image/png"), std::string::npos) << gif.output;
+  EXPECT_EQ(gif.output.substr(gif.output.rfind('\n') + 1), "406") << gif.output;
 }
 
 // ---------------------------------------------------------------------------
@@ -713,4 +739,49 @@ TEST(DicomwebExport, SrAndGspsGoToOrthancOverStowAndShowAsTheirOwnSeries) {
   ASSERT_EQ(ours[1]["body"].size(), 1u);
   EXPECT_EQ(all_values(ours[1]["body"][0], "00080061"), (std::set<std::string>{"CT", "PR", "SR"}));
   EXPECT_EQ(first_value(ours[1]["body"][0], "00201208"), "3");
+}
+
+// OHIF served from another origin than firstread: the browser sends a
+// preflight (no token) before each request with Authorization or Accept, and
+// reads an answer only when it names the page's origin (http.cors_origins).
+TEST(DicomwebCors, ABrowserPageOfAnAllowedOriginMayReadTheAnswersAndNoOtherMay) {
+  FirstreadService s("", "", "", "  token: cors-test-token\n  cors_origins: [\"http://viewer.example:3000\"]\n");
+  s.start();
+  const std::string studies = dicomweb_root(firstread::testing::test_port(2)) + "/studies";
+  // curl -i: status line and headers, lower-cased for the comparison.
+  auto call = [&](const std::string& args) {
+    std::string out = run("curl -s -i " + args + " '" + studies + "'").output;
+    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
+    return out;
+  };
+  const std::string preflight = call("-X OPTIONS -H 'Origin: http://viewer.example:3000' "
+                                     "-H 'Access-Control-Request-Method: GET' "
+                                     "-H 'Access-Control-Request-Headers: authorization, accept'");
+  EXPECT_NE(preflight.find("http/1.1 200"), std::string::npos) << preflight;
+  EXPECT_NE(preflight.find("access-control-allow-origin: http://viewer.example:3000\r\n"), std::string::npos)
+      << preflight;
+  EXPECT_NE(preflight.find("access-control-allow-headers: authorization, accept, content-type"), std::string::npos)
+      << preflight;
+  EXPECT_NE(preflight.find("access-control-allow-methods: get, head, post"), std::string::npos) << preflight;
+
+  const std::string read = call("-H 'Origin: http://viewer.example:3000' -H 'Authorization: Bearer cors-test-token' "
+                                "-H 'Accept: application/dicom+json'");
+  EXPECT_NE(read.find("http/1.1 200"), std::string::npos) << read;
+  EXPECT_NE(read.find("access-control-allow-origin: http://viewer.example:3000\r\n"), std::string::npos) << read;
+  EXPECT_NE(read.find("access-control-expose-headers: warning"), std::string::npos) << read;
+  // Without the token: still 401, and the page may read that it was refused.
+  const std::string refused = call("-H 'Origin: http://viewer.example:3000'");
+  EXPECT_NE(refused.find("http/1.1 401"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("access-control-allow-origin: http://viewer.example:3000\r\n"), std::string::npos) << refused;
+
+  // Another origin: its preflight is refused and no answer names it.
+  const std::string other = call("-X OPTIONS -H 'Origin: http://elsewhere.example' "
+                                 "-H 'Access-Control-Request-Method: GET'");
+  EXPECT_NE(other.find("http/1.1 403"), std::string::npos) << other;
+  EXPECT_NE(other.find("not one of http.cors_origins"), std::string::npos) << other;
+  EXPECT_EQ(other.find("access-control-allow-origin"), std::string::npos) << other;
+  const std::string other_read =
+      call("-H 'Origin: http://elsewhere.example' -H 'Authorization: Bearer cors-test-token'");
+  EXPECT_NE(other_read.find("http/1.1 200"), std::string::npos) << other_read;
+  EXPECT_EQ(other_read.find("access-control-allow-origin"), std::string::npos) << other_read;
 }

@@ -175,8 +175,9 @@ ApiResponse wado_frames(Context&, const ApiRequest&);      // dicomweb_wado.cpp
 ApiResponse wado_rendered(Context&, const ApiRequest&);    // dicomweb_wado.cpp
 ApiResponse wado_bulkdata(Context&, const ApiRequest&);    // dicomweb_wado.cpp
 
-// An 8-bit RGB image as PNG (instances.cpp).
+// An 8-bit RGB image as PNG, or as baseline JPEG of quality 1..100 (instances.cpp).
 std::string encode_png_rgb8(const uint8_t* rgb, int width, int height);
+std::string encode_jpeg_rgb8(const uint8_t* rgb, int width, int height, int quality);
 
 // Counts one answer by status code (firstread_http_requests_total).
 void count_response(unsigned status);

@@ -2,16 +2,19 @@
 // as stored (multipart/related; type="application/dicom"), metadata as DICOM
 // JSON with bulk data by URI, frames (native pixel data as is; compressed
 // frames as stored when the client accepts transfer-syntax=*, else
-// decompressed), rendered PNGs through the same pixel path as the model's
+// decompressed), rendered JPEGs or PNGs through the same pixel path as the model's
 // input, and top-level bulk data values.
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <vector>
 
 #include "app/http/dicomweb_json.h"
 #include "app/http/dicomweb_multipart.h"
@@ -198,12 +201,40 @@ ApiResponse wado_frames(Context& ctx, const ApiRequest& req) {
   return audited(multipart_response(writer, "application/octet-stream", "; transfer-syntax=" + syntax), req);
 }
 
+namespace {
+
+constexpr int kJpegQuality = 90;  // PS3.18 8.3.5.1.2's "quality" parameter is not read
+
+// The rendered media type the Accept header prefers: image/jpeg (PS3.18
+// Table 8.7.4-1: the default for single-frame rendered content, also for no
+// Accept, */* or image/*) or image/png; highest q first, in order on ties.
+std::string rendered_media_type(const std::string& accept) {
+  if (accept.empty()) return "image/jpeg";
+  std::vector<MediaType> ranges;
+  try {
+    ranges = parse_accept(accept);
+  } catch (const std::invalid_argument& e) {
+    throw HttpError(400, std::string("Accept: ") + e.what());
+  }
+  auto q = [](const MediaType& m) {
+    const std::string v = m.param("q");
+    return v.empty() ? 1.0 : std::strtod(v.c_str(), nullptr);
+  };
+  std::stable_sort(ranges.begin(), ranges.end(), [&](const MediaType& a, const MediaType& b) { return q(a) > q(b); });
+  for (const MediaType& m : ranges) {
+    if (q(m) <= 0) continue;
+    if (m.type == "image/jpeg" || m.type == "image/png") return m.type;
+    if (m.type == "*/*" || m.type == "image/*") return "image/jpeg";
+  }
+  throw HttpError(406, "rendered images are image/jpeg or image/png, not " + accept);
+}
+
+}  // namespace
+
 ApiResponse wado_rendered(Context& ctx, const ApiRequest& req) {
   const auto objects = named_objects(ctx, req);
   const db::ObjectHit& o = objects.front();
-  if (!req.accept.empty() && req.accept.find("image/png") == std::string::npos &&
-      req.accept.find("*/*") == std::string::npos && req.accept.find("image/*") == std::string::npos)
-    throw HttpError(406, "rendered images are image/png");
+  const std::string media_type = rendered_media_type(req.accept);
   int frame = 1;
   if (auto it = req.path_params.find("frames"); it != req.path_params.end()) {
     const auto numbers = frame_numbers(it->second, o.frames.value_or(1 << 30));
@@ -218,8 +249,10 @@ ApiResponse wado_rendered(Context& ctx, const ApiRequest& req) {
                              " cannot be rendered: " + e.what());
   }
   ApiResponse r;
-  r.content_type = "image/png";
-  r.body = encode_png_rgb8(pixels.image.rgb.data(), pixels.image.width, pixels.image.height);
+  r.content_type = media_type;
+  const auto& image = pixels.image;
+  r.body = media_type == "image/png" ? encode_png_rgb8(image.rgb.data(), image.width, image.height)
+                                     : encode_jpeg_rgb8(image.rgb.data(), image.width, image.height, kJpegQuality);
   return audited(std::move(r), req);
 }
 

@@ -1,10 +1,16 @@
 // /api/v1/instances/{uid}/png: a frame through the same pixel path the model
 // gets (dicom::decode_dicom_frame), at the source resolution, so finding
-// boxes (source pixels) map 1:1; encoded by libpng in memory.
+// boxes (source pixels) map 1:1; encoded by libpng in memory (and by libjpeg
+// for DICOMweb's rendered JPEGs).
 #include <png.h>
 
+#include <csetjmp>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
+
+#include <jpeglib.h>
 
 #include "app/http/api.h"
 #include "db/studies.h"
@@ -41,6 +47,55 @@ std::string encode_png_rgb8(const uint8_t* rgb, int width, int height) {
   png_write_image(png, rows.data());
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
+  return out;
+}
+
+namespace {
+
+// libjpeg reports errors through error_exit, which must not return: back to
+// encode_jpeg_rgb8's setjmp with the message.
+struct JpegError {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+}  // namespace
+
+std::string encode_jpeg_rgb8(const uint8_t* rgb, int width, int height, int quality) {
+  jpeg_compress_struct cinfo{};
+  JpegError error{};
+  cinfo.err = jpeg_std_error(&error.mgr);
+  error.mgr.error_exit = [](j_common_ptr c) {
+    auto* e = reinterpret_cast<JpegError*>(c->err);
+    (*c->err->format_message)(c, e->message);
+    std::longjmp(e->jump, 1);
+  };
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;
+  if (setjmp(error.jump)) {
+    jpeg_destroy_compress(&cinfo);
+    free(buffer);
+    throw std::runtime_error("JPEG encoder: " + std::string(error.message) + " for a " + std::to_string(width) + "x" +
+                             std::to_string(height) + " image");
+  }
+  jpeg_create_compress(&cinfo);
+  jpeg_mem_dest(&cinfo, &buffer, &size);
+  cinfo.image_width = static_cast<JDIMENSION>(width);
+  cinfo.image_height = static_cast<JDIMENSION>(height);
+  cinfo.input_components = 3;
+  cinfo.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_quality(&cinfo, quality, TRUE);
+  jpeg_start_compress(&cinfo, TRUE);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    JSAMPROW row = const_cast<JSAMPROW>(rgb + size_t(cinfo.next_scanline) * width * 3);
+    jpeg_write_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  std::string out(reinterpret_cast<const char*>(buffer), size);
+  jpeg_destroy_compress(&cinfo);
+  free(buffer);
   return out;
 }
 

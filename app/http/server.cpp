@@ -105,6 +105,28 @@ std::vector<std::string> parse_segments(const std::string& target) {
   return segments;
 }
 
+// CORS (http.cors_origins, for a viewer such as OHIF served from another
+// origin): whether the page's Origin may read the answers.
+bool cors_allows(const std::vector<std::string>& origins, const std::string& origin) {
+  if (origin.empty()) return false;
+  for (const std::string& o : origins)
+    if (o == "*" || o == origin) return true;
+  return false;
+}
+
+// The browser's preflight (OPTIONS with Access-Control-Request-Method) before
+// a request with Authorization, Accept or a multipart Content-Type. It carries
+// no token, so it is answered before authentication and says nothing else.
+ApiResponse cors_preflight(bool allowed, const std::string& origin) {
+  if (!allowed) return error_response(403, "origin " + origin + " is not one of http.cors_origins");
+  ApiResponse r;
+  r.content_type = "text/plain";
+  r.headers.emplace_back("Access-Control-Allow-Methods", "GET, HEAD, POST");
+  r.headers.emplace_back("Access-Control-Allow-Headers", "Authorization, Accept, Content-Type");
+  r.headers.emplace_back("Access-Control-Max-Age", "600");
+  return r;
+}
+
 ApiRequest parse_target(bhttp::verb method, const std::string& target) {
   ApiRequest r;
   r.method = method;
@@ -138,7 +160,12 @@ ApiResponse HttpApi::Impl::handle(const bhttp::request_header<>& request, std::s
   const std::string method(bhttp::to_string(request.method()));
   const std::string target(request.target());
   ApiResponse response;
-  try {
+  const std::string origin(request[bhttp::field::origin]);
+  const bool cors = cors_allows(options.cors_origins, origin);
+  if (request.method() == bhttp::verb::options && !origin.empty() &&
+      request.count(bhttp::field::access_control_request_method)) {
+    response = cors_preflight(cors, origin);
+  } else try {
     ApiRequest req = parse_target(request.method(), target);
     req.authorization = std::string(request[bhttp::field::authorization]);
     req.target = target;
@@ -161,6 +188,11 @@ ApiResponse HttpApi::Impl::handle(const bhttp::request_header<>& request, std::s
   } catch (const std::exception& e) {
     spdlog::error("http: {} {}: {}", method, target, e.what());
     response = error_response(500, std::string("internal error: ") + e.what());
+  }
+  if (cors) {
+    response.headers.emplace_back("Access-Control-Allow-Origin", origin);
+    response.headers.emplace_back("Access-Control-Expose-Headers", "Warning, Content-Location, Content-Type");
+    response.headers.emplace_back("Vary", "Origin");
   }
   http::count_response(response.status);
   spdlog::debug("http: {} {} -> {} ({} bytes, {:.1f} ms)", method, target, response.status, response.body.size(),
@@ -463,6 +495,7 @@ HttpApiOptions http_api_options(const config::HttpConfig& http, const std::strin
   o.tls_certificate = http.tls_certificate;
   o.tls_private_key = http.tls_private_key;
   o.audit_log = !http.audit_log.empty() ? http.audit_log : storage_path.empty() ? "" : storage_path + "/audit.log";
+  o.cors_origins = http.cors_origins;
   return o;
 }
 

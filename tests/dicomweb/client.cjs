@@ -9,7 +9,7 @@
 //             {op: retrieve, url, study, series, sop, out, any_syntax}
 //             {op: frames, url, study, series, sop, frames: [1], out_prefix, any_syntax}
 //             {op: metadata, url, study, series}
-//             {op: rendered, url, study, series, sop, out}
+//             {op: rendered, url, study, series, sop, out, media_type (image/png)}
 'use strict';
 global.XMLHttpRequest = require('xhr2');
 const fs = require('fs');
@@ -64,7 +64,8 @@ async function run(op) {
       return { ok: true, body: await c.retrieveSeriesMetadata({ studyInstanceUID: op.study, seriesInstanceUID: op.series }) };
     case 'rendered': {
       const png = await c.retrieveInstanceRendered({
-        studyInstanceUID: op.study, seriesInstanceUID: op.series, sopInstanceUID: op.sop, mediaTypes: [{ mediaType: 'image/png' }],
+        studyInstanceUID: op.study, seriesInstanceUID: op.series, sopInstanceUID: op.sop,
+        mediaTypes: [{ mediaType: op.media_type || 'image/png' }],
       });
       fs.writeFileSync(op.out, Buffer.from(Array.isArray(png) ? png[0] : png));
       return { ok: true };
