@@ -2,6 +2,7 @@
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcspchrs.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
@@ -24,6 +25,7 @@
 #include <stdexcept>
 
 #include "db/stored_files.h"
+#include "dicom/text.h"
 #include "dicom/uid.h"
 
 namespace firstread::ingest {
@@ -60,6 +62,34 @@ std::string storage_comment(const std::string& error) {
   return "storage: " + (colon == std::string::npos ? error : error.substr(colon + 2));
 }
 
+// The index's text columns are UTF-8 (PostgreSQL text): values are converted
+// from the data set's Specific Character Set (ISO_IR 100 "M\xfcller" becomes
+// "Müller"), and what cannot be converted (no or a wrong character set
+// declared) is repaired to U+FFFD, so that such an instance is stored and
+// indexed rather than refused on every resend.
+class IndexText {
+ public:
+  explicit IndexText(DcmDataset& ds) {
+    OFString charset;
+    if (ds.findAndGetOFStringArray(DCM_SpecificCharacterSet, charset).good()) charset_ = charset.c_str();
+    convertible_ = !charset_.empty() && charset_ != "ISO_IR 192" && converter_.selectCharacterSet(ds).good();
+  }
+  // delimiters: the value's own separators, kept as they are (PN: "\\^=").
+  std::string operator()(const std::string& value, const char* delimiters = "\\") {
+    if (convertible_ && !value.empty()) {
+      OFString converted;
+      if (converter_.convertString(OFString(value.c_str(), value.size()), converted, delimiters).good())
+        return dicom::sanitize_utf8_text(std::string(converted.c_str(), converted.length()));
+    }
+    return dicom::sanitize_utf8_text(value);
+  }
+
+ private:
+  std::string charset_;
+  DcmSpecificCharacterSet converter_;
+  bool convertible_ = false;
+};
+
 void require_uid(const std::string& value, const char* name) {
   if (value.empty()) throw std::invalid_argument(std::string("missing ") + name);
   if (!dicom::is_valid_uid(value)) throw std::invalid_argument(std::string("invalid ") + name + " '" + value + "'");
@@ -78,18 +108,19 @@ db::InstanceRecord describe_instance(DcmDataset& ds, const std::string& transfer
   require_uid(r.study_uid, "Study Instance UID");
   require_uid(r.series_instance_uid, "Series Instance UID");
   r.transfer_syntax_uid = transfer_syntax_uid;
-  r.modality = get_string(ds, DCM_Modality);
-  r.body_part = get_string(ds, DCM_BodyPartExamined);
+  IndexText text(ds);
+  r.modality = text(get_string(ds, DCM_Modality));
+  r.body_part = text(get_string(ds, DCM_BodyPartExamined));
   r.series_number = get_int(ds, DCM_SeriesNumber);
   r.instance_number = get_int(ds, DCM_InstanceNumber);
   r.rows = get_int(ds, DCM_Rows);
   r.columns = get_int(ds, DCM_Columns);
   r.frames = get_int(ds, DCM_NumberOfFrames);
   if (!r.frames && r.rows) r.frames = 1;
-  r.patient_id = get_string(ds, DCM_PatientID);
-  r.patient_name = get_string(ds, DCM_PatientName);
-  r.accession_number = get_string(ds, DCM_AccessionNumber);
-  r.study_date = get_string(ds, DCM_StudyDate);
+  r.patient_id = text(get_string(ds, DCM_PatientID));
+  r.patient_name = text(get_string(ds, DCM_PatientName), "\\^=");
+  r.accession_number = text(get_string(ds, DCM_AccessionNumber));
+  r.study_date = text(get_string(ds, DCM_StudyDate));
   return r;
 }
 

@@ -485,3 +485,41 @@ TEST(Cli, BadConfigurationStopsStartupNamingKeyAndLine) {
   EXPECT_EQ(v.exit_code, 0);
   EXPECT_NE(v.output.find("firstread "), std::string::npos);
 }
+
+// A modality that declares Latin-1 (ISO_IR 100) sends "Müller" as the byte
+// 0xFC; one that declares nothing may still send such bytes. Both are stored
+// and found by their patient's name in UTF-8 (the index is PostgreSQL text),
+// and the file keeps the bytes as sent.
+TEST(Ingest, PatientNamesInTheirDeclaredCharacterSetAreIndexedAsUtf8) {
+  FirstreadService s;
+  s.start();
+  struct Case {
+    std::string modify, expected_name;
+  };
+  const std::vector<Case> cases = {
+      {"-i '(0008,0005)=ISO_IR 100' -m \"(0010,0010)=$(printf 'M\\374ller^Hans')\"", "Müller^Hans"},
+      {"-i '(0008,0005)=ISO_IR 192' -m '(0010,0010)=王^小明'", "王^小明"},
+      {"-e '(0008,0005)' -m \"(0010,0010)=$(printf 'Gr\\344f^Eva')\"", "Gr\xEF\xBF\xBD" "f^Eva"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const std::string dir = s.dir() + "/charset" + std::to_string(i);
+    const auto made = firstread::testing::make_instances(kCtSmall, dir, 1);
+    const std::string& file = made[0].first;
+    auto m = run("dcmodify -nb -nrc " + cases[i].modify + " '" + file + "'");
+    ASSERT_EQ(m.exit_code, 0) << m.output;
+    auto r = run(dcmsend(s, file));
+    ASSERT_TRUE(store_succeeded(r)) << cases[i].expected_name << "\n" << r.output << "\n" << s.log();
+    EXPECT_EQ(firstread::testing::query_value(
+                  s, "SELECT st.patient_name FROM api.studies st JOIN api.instances i USING (study_uid) "
+                     "WHERE i.sop_instance_uid = '" + made[0].second + "'"),
+              cases[i].expected_name);
+    const std::string stored = firstread::testing::query_value(
+        s, "SELECT file_path FROM api.instances WHERE sop_instance_uid = '" + made[0].second + "'");
+    ASSERT_FALSE(stored.empty());
+    // The stored data set keeps the name's bytes and the declared character set as sent.
+    const auto dump = [](const std::string& path) {
+      return run("dcmdump -q +P 0008,0005 +P 0010,0010 '" + path + "'").output;
+    };
+    EXPECT_EQ(dump(s.storage() + "/" + stored), dump(file));
+  }
+}
