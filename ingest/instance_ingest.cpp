@@ -71,8 +71,8 @@ class IndexText {
  public:
   explicit IndexText(DcmDataset& ds) {
     OFString charset;
-    if (ds.findAndGetOFStringArray(DCM_SpecificCharacterSet, charset).good()) charset_ = charset.c_str();
-    convertible_ = !charset_.empty() && charset_ != "ISO_IR 192" && converter_.selectCharacterSet(ds).good();
+    ds.findAndGetOFStringArray(DCM_SpecificCharacterSet, charset);
+    convertible_ = !charset.empty() && charset != "ISO_IR 192" && converter_.selectCharacterSet(ds).good();
   }
   // delimiters: the value's own separators, kept as they are (PN: "\\^=").
   std::string operator()(const std::string& value, const char* delimiters = "\\") {
@@ -85,7 +85,6 @@ class IndexText {
   }
 
  private:
-  std::string charset_;
   DcmSpecificCharacterSet converter_;
   bool convertible_ = false;
 };
