@@ -605,7 +605,9 @@ TEST(engine_batch, ImageEncodeRunsInUnitsBetweenTheOthersDecodeSteps) {
   // thread, so reading its tokens there is safe).
   DecodeRequest text;
   for (int k = 0; k < 10; ++k) text.ids.push_back(int(g() % unsigned(V)));
-  text.max_new_tokens = 80;
+  // Long enough to outlast the encode's few units even when this thread is
+  // scheduled late (with 80 it had finished before the image joined, once).
+  text.max_new_tokens = 1000;
   text.stop_on_end_token = false;
   sched.reset_stats();
   std::thread decoding([&] { sched.run(text); });
@@ -629,6 +631,7 @@ TEST(engine_batch, ImageEncodeRunsInUnitsBetweenTheOthersDecodeSteps) {
   decoding.join();
 
   ASSERT_EQ(int(text_tokens.size()), enc.units(job)) << "one call per unit";
+  ASSERT_LT(text_tokens.back(), size_t(text.max_new_tokens)) << "the text sequence ended before the encode did";
   EXPECT_EQ(enc.units(job), 2 + int(dec.hp.vision.n_layers)) << "patch embedding, one unit per layer, projector";
   for (size_t i = 1; i < text_tokens.size(); ++i)
     EXPECT_EQ(text_tokens[i], text_tokens[i - 1] + 1) << "the decoding sequence stepped once between units " << i - 1
