@@ -39,14 +39,21 @@ int run_cases_import(const Args& args) {
   pipeline::Specialists specialists(rt.config.specialists);
   const pipeline::ImportResult r = pipeline::import_cases(dir, labels, specialist, specialists, *rt.pool);
   if (args.has("--json")) {
-    std::cout << json{{"specialist", r.specialist}, {"specialist_version", r.specialist_version},
-                      {"case_ids", r.case_ids}}
+    std::cout << json{{"specialist", r.specialist},
+                      {"specialist_version", r.specialist_version},
+                      {"case_ids", r.case_ids},
+                      {"replaced_case_ids", r.replaced_case_ids},
+                      {"unchanged_cases", r.unchanged}}
                      .dump(2)
               << "\n";
     return 0;
   }
-  std::cout << "imported " << r.case_ids.size() << " cases for specialist " << r.specialist << " (case ids "
-            << r.case_ids.front() << ".." << r.case_ids.back() << ")\n";
+  const size_t added = r.case_ids.size() - size_t(r.unchanged);
+  std::cout << "imported " << added << " cases for specialist " << r.specialist;
+  if (!r.replaced_case_ids.empty())
+    std::cout << ", replacing " << r.replaced_case_ids.size() << " imported earlier with other labels or specialist version";
+  if (r.unchanged) std::cout << "; " << r.unchanged << " already in the library with these labels, unchanged";
+  std::cout << "\n";
   return 0;
 }
 

@@ -21,6 +21,7 @@ struct NewCase {
   std::string specialist, specialist_version;
   std::string source;      // "import" | "confirmed"
   std::string source_ref;  // the file as labels.csv names it, or the SOP Instance UID
+  std::string image_sha256;  // import: SHA-256 (hex) of the file's bytes, the image's identity
   int64_t report_id = 0;   // confirmed: the report; 0 = none
   std::vector<std::string> labels;  // at least one
   std::vector<float> feature;       // L2-normalised
@@ -28,16 +29,16 @@ struct NewCase {
 
 struct CaseRow {
   int64_t case_id = 0;
-  std::string source, source_ref;
+  std::string source, source_ref, image_sha256;
   std::vector<std::string> labels;
   std::vector<float> feature;
 };
 
-// What a confirmation did to the library, case by case.
-struct ConfirmWrite {
+// What an import or a confirmation did to the library, case by case.
+struct CaseWrite {
   std::vector<int64_t> case_ids;  // one per case given, in order (a kept case keeps its id)
-  std::vector<int64_t> replaced;  // earlier confirmed cases of the same images, now deleted
-  int unchanged = 0;              // cases that were already confirmed with the same labels
+  std::vector<int64_t> replaced;  // earlier cases of the same images, now deleted
+  int unchanged = 0;              // cases that were already there with the same labels
 };
 
 // What a confirmation needs of its report.
@@ -53,6 +54,13 @@ class Cases {
   // Throws std::invalid_argument (nothing written) for a case without labels
   // or feature.
   std::vector<int64_t> add(const std::vector<NewCase>& cases);
+  // `firstread cases import` (source "import"): an image (image_sha256) is in
+  // the library once per specialist, as with confirm: the same image again with
+  // the same labels and specialist version is kept as it is, with other labels
+  // or version it is replaced. One transaction. Throws std::invalid_argument
+  // (nothing written) for a bad case, one without image_sha256, or one image
+  // given twice for a specialist.
+  CaseWrite add_imported(const std::vector<NewCase>& cases);
   // A radiologist's confirmation (source "confirmed", one case per image and
   // specialist): an image of a specialist is in the library once. An earlier
   // confirmed case of the same specialist and image (source_ref), from this or
@@ -61,10 +69,11 @@ class Cases {
   // corrected); with the same labels it is kept as it is (confirming twice
   // changes nothing). One transaction. Throws std::invalid_argument (nothing
   // written) for a bad case or one image given twice for a specialist.
-  ConfirmWrite confirm(const std::vector<NewCase>& cases);
+  CaseWrite confirm(const std::vector<NewCase>& cases);
   // The specialist's cases with case_id > after_id, in id order, at most limit.
-  // A replaced confirmed case is gone from the table; its replacement (same
-  // source_ref, a higher id) tells a node which case it held to drop.
+  // A replaced case is gone from the table; its replacement (same image: the
+  // confirmed case's source_ref, the imported one's image_sha256; a higher id)
+  // tells a node which case it held to drop.
   std::vector<CaseRow> after(const std::string& specialist, int64_t after_id, int limit);
   int64_t count(const std::string& specialist);
   // api.cases rows, newest first (specialist empty = any).
@@ -72,6 +81,7 @@ class Cases {
   std::optional<ReportTarget> report_target(int64_t report_id);
 
  private:
+  CaseWrite write_once_per_image(const std::vector<NewCase>& cases, const std::string& source);
   ConnectionPool& pool_;
 };
 

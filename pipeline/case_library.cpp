@@ -2,11 +2,14 @@
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
+#include <openssl/sha.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <filesystem>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -43,6 +46,38 @@ engine::RgbImage read_frame(const std::string& path, const std::string& name) {
   } catch (const std::exception& e) {
     throw CaseLibraryError(Kind::bad_input, name + ": cannot be read as an image: " + e.what());
   }
+}
+
+// The identity of an imported image: SHA-256 of the file's bytes, lower-case hex.
+std::string file_sha256(const std::string& path, const std::string& name) {
+  std::string bytes;
+  try {
+    bytes = engine::read_text_file(path);
+  } catch (const std::exception& e) {
+    throw CaseLibraryError(Kind::bad_input, name + ": " + e.what());
+  }
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
+  char hex[2 * SHA256_DIGEST_LENGTH + 1];
+  for (int i = 0; i < SHA256_DIGEST_LENGTH; ++i) std::snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+  return hex;
+}
+
+// Each file's digest; two lines naming the same bytes (a copy under another name) are refused:
+// the library holds an image once, and which line's labels to keep is the user's call.
+std::vector<std::string> digests_once(const std::string& dir, const std::vector<LabelledFile>& files,
+                                      const std::string& labels_csv) {
+  std::vector<std::string> digests;
+  std::map<std::string, const LabelledFile*> first;
+  for (const auto& f : files) {
+    digests.push_back(file_sha256((std::filesystem::path(dir) / f.file).string(), f.file));
+    const auto [at, added] = first.emplace(digests.back(), &f);
+    if (!added)
+      throw CaseLibraryError(Kind::bad_input, labels_csv + ": " + at->second->file + " (line " +
+                                                  std::to_string(at->second->line) + ") and " + f.file + " (line " +
+                                                  std::to_string(f.line) + ") are the same image");
+  }
+  return digests;
 }
 
 void add_once(std::vector<std::string>& labels, std::string label) {
@@ -118,17 +153,24 @@ ImportResult import_cases(const std::string& dir, const std::string& labels_csv,
     if (missing.size() > 10) list += ", ... (" + std::to_string(missing.size()) + " in all)";
     throw CaseLibraryError(Kind::bad_input, labels_csv + " names files that are not in " + dir + ": " + list);
   }
+  const std::vector<std::string> digests = digests_once(dir, files, labels_csv);
   ImportResult result;
   result.specialist = specialist;
   result.specialist_version = specialists.identity(specialist).first;  // a wrong directory fails here, before any file
   std::vector<db::NewCase> cases;
-  for (const auto& f : files) {
+  for (size_t i = 0; i < files.size(); ++i) {
+    const LabelledFile& f = files[i];
     const engine::RgbImage frame = read_frame((std::filesystem::path(dir) / f.file).string(), f.file);
     const SpecialistResult r = specialists.classify(specialist, frame);
-    cases.push_back({specialist, r.version, "import", f.file, 0, f.labels, r.feature});
+    cases.push_back({specialist, r.version, "import", f.file, digests[i], 0, f.labels, r.feature});
   }
-  result.case_ids = db::Cases(pool).add(cases);
-  spdlog::info("case library: imported {} cases of specialist {} from {}", cases.size(), specialist, dir);
+  db::CaseWrite written = db::Cases(pool).add_imported(cases);
+  result.case_ids = std::move(written.case_ids);
+  result.replaced_case_ids = std::move(written.replaced);
+  result.unchanged = written.unchanged;
+  spdlog::info("case library: imported {} cases of specialist {} from {} ({} already there, {} replaced)",
+               cases.size() - size_t(result.unchanged), specialist, dir, result.unchanged,
+               result.replaced_case_ids.size());
   return result;
 }
 
@@ -173,10 +215,10 @@ ConfirmResult confirm_report(int64_t report_id, const std::vector<std::string>& 
     const engine::RgbImage frame{pixels.image.width, pixels.image.height, std::move(pixels.image.rgb)};
     for (const auto& name : route->specialists) {
       const SpecialistResult r = specialists.classify(name, frame);
-      cases.push_back({name, r.version, "confirmed", img.sop_instance_uid, report_id, result.labels, r.feature});
+      cases.push_back({name, r.version, "confirmed", img.sop_instance_uid, "", report_id, result.labels, r.feature});
     }
   }
-  db::ConfirmWrite written = db::Cases(pool).confirm(cases);
+  db::CaseWrite written = db::Cases(pool).confirm(cases);
   result.case_ids = std::move(written.case_ids);
   result.replaced_case_ids = std::move(written.replaced);
   result.unchanged = written.unchanged;

@@ -50,12 +50,19 @@ std::vector<LabelledFile> parse_labels_csv(const std::string& text, const std::s
 std::string checked_label(const std::string& label, const std::string& where);
 
 struct ImportResult {
-  std::vector<int64_t> case_ids;
+  std::vector<int64_t> case_ids;           // one per labels.csv line, in order (a kept case keeps its id)
+  std::vector<int64_t> replaced_case_ids;  // earlier imports of these images with other labels or specialist version
+  int unchanged = 0;                       // images already imported with these labels
   std::string specialist, specialist_version;
 };
 // Every file labels.csv names must exist in `dir` and decode (PNG/PPM/PGM by
 // extension, else DICOM): otherwise CaseLibraryError naming all the missing
-// ones (or the first undecodable one) and nothing is written.
+// ones (or the first undecodable one) and nothing is written. An image (the
+// SHA-256 of its file) is in the library once per specialist: importing the
+// same directory again, or the same file under another name, keeps its case
+// when the labels are the same, and replaces it when they differ (a corrected
+// labels.csv) or the specialist was retrained. Two lines naming the same bytes
+// are refused.
 ImportResult import_cases(const std::string& dir, const std::string& labels_csv, const std::string& specialist,
                           Specialists& specialists, db::ConnectionPool& pool);
 

@@ -122,8 +122,12 @@ size_t CaseLibrary::sync(const std::string& specialist) {
     int dim = index.dim() > 0 ? index.dim() : rows.empty() ? 0 : int(rows.front().feature.size());
     for (const db::CaseRow& r : rows) {
       watermark = r.case_id;
-      if (r.source == "confirmed") {  // a later confirmation of an image replaces the case held for it
-        int64_t& held = confirmed_[specialist][r.source_ref];
+      // A later case of an image (confirmed: its SOP Instance UID; imported: its file's digest) replaces the one
+      // held for it. Imports from before image digests carry none and are never replaced.
+      const std::string image = r.source == "confirmed" ? "confirmed " + r.source_ref
+                                : r.image_sha256.empty() ? std::string() : "import " + r.image_sha256;
+      if (!image.empty()) {
+        int64_t& held = held_[specialist][image];
         if (held != 0) replaced.push_back(held);
         held = r.case_id;
       }

@@ -91,8 +91,8 @@ class CaseLibrary {
   std::mutex mu_;  // the map and each sync (one reader of the table per specialist at a time)
   std::map<std::string, std::unique_ptr<CaseIndex>> indexes_;
   std::map<std::string, int64_t> watermarks_;  // the newest case_id read per specialist (kept or skipped)
-  // Per specialist: the confirmed case held for each image (source_ref).
-  std::map<std::string, std::map<std::string, int64_t>> confirmed_;
+  // Per specialist: the case held for each image ("confirmed <SOP UID>", "import <sha256>").
+  std::map<std::string, std::map<std::string, int64_t>> held_;
 };
 
 }  // namespace firstread::retrieval

@@ -208,7 +208,7 @@ TEST(CaseLibrary, ACorrectedConfirmationReplacesTheCaseOnEveryNode) {
   db::Cases cases(pool);
   cases.add(imports);
   const std::vector<float> q = unit_vector(rng, 24);
-  const db::ConfirmWrite first = cases.confirm({confirmed_case("1.2.3.4", {"pneumonia", "nodule"}, q)});
+  const db::CaseWrite first = cases.confirm({confirmed_case("1.2.3.4", {"pneumonia", "nodule"}, q)});
   ASSERT_EQ(first.case_ids.size(), 1u);
   EXPECT_TRUE(first.replaced.empty());
   retrieval::CaseLibrary node_a(pool, {}), node_b(pool, {});
@@ -216,13 +216,13 @@ TEST(CaseLibrary, ACorrectedConfirmationReplacesTheCaseOnEveryNode) {
   EXPECT_EQ(node_b.search("chest", q, 5)[0].case_id, first.case_ids[0]);
 
   // The same labels (in another order) again: nothing changes.
-  const db::ConfirmWrite again = cases.confirm({confirmed_case("1.2.3.4", {"nodule", "pneumonia"}, q)});
+  const db::CaseWrite again = cases.confirm({confirmed_case("1.2.3.4", {"nodule", "pneumonia"}, q)});
   EXPECT_EQ(again.case_ids, first.case_ids);
   EXPECT_EQ(again.unchanged, 1);
   EXPECT_EQ(cases.count("chest"), 51);
 
   // Corrected labels: the old case is replaced, in the table and on both nodes at their next search.
-  const db::ConfirmWrite corrected = cases.confirm({confirmed_case("1.2.3.4", {"effusion", "nodule"}, q)});
+  const db::CaseWrite corrected = cases.confirm({confirmed_case("1.2.3.4", {"effusion", "nodule"}, q)});
   ASSERT_EQ(corrected.case_ids.size(), 1u);
   EXPECT_EQ(corrected.replaced, first.case_ids);
   EXPECT_EQ(corrected.unchanged, 0);
@@ -243,12 +243,78 @@ TEST(CaseLibrary, ACorrectedConfirmationReplacesTheCaseOnEveryNode) {
   EXPECT_EQ(node_c.size("chest"), 51u);
 
   // Unchanged labels but a retrained specialist (another version): replaced, since its feature differs.
-  const db::ConfirmWrite retrained = cases.confirm({confirmed_case("1.2.3.4", {"nodule", "effusion"}, q, "v2")});
+  const db::CaseWrite retrained = cases.confirm({confirmed_case("1.2.3.4", {"nodule", "effusion"}, q, "v2")});
   EXPECT_EQ(retrained.replaced, corrected.case_ids);
   // One image twice in one confirmation is refused and writes nothing.
   EXPECT_THROW(cases.confirm({confirmed_case("9.9", {"a"}, q), confirmed_case("9.9", {"b"}, q)}), std::invalid_argument);
   EXPECT_EQ(cases.count("chest"), 51);
   EXPECT_EQ(node_b.search("chest", q, 1)[0].case_id, retrained.case_ids[0]);
+}
+
+// `firstread cases import` of the same images again (the same directory twice,
+// or a copy under other names): one case per image (by its file's digest).
+// The same labels change nothing; a corrected labels.csv replaces the image's
+// case, and a running node drops the old one at its next search.
+TEST(CaseLibrary, ImportingAnImageAgainKeepsOneCaseAndACorrectionReplacesItOnARunningNode) {
+  TestCluster& cluster = TestCluster::get();
+  cluster.truncate_all();
+  db::ConnectionPool& pool = cluster.pool();
+  std::mt19937 rng(7);
+  std::vector<db::NewCase> files;
+  for (int i = 0; i < 30; ++i) {
+    db::NewCase c = confirmed_case("img" + std::to_string(i) + ".png", {i % 2 ? "nodule" : "normal"}, unit_vector(rng, 24));
+    c.source = "import";
+    c.image_sha256 = std::string(62, 'a') + char('a' + i / 16) + "0123456789abcdef"[i % 16];
+    files.push_back(c);
+  }
+  db::Cases cases(pool);
+  const db::CaseWrite first = cases.add_imported(files);
+  ASSERT_EQ(first.case_ids.size(), 30u);
+  EXPECT_EQ(first.unchanged, 0);
+  retrieval::CaseLibrary node(pool, {});
+  const std::vector<float> q = files[3].feature;
+  EXPECT_EQ(node.search("chest", q, 1)[0].case_id, first.case_ids[3]);
+
+  // The same import again, then the same images under other names (another directory): nothing is added.
+  const db::CaseWrite again = cases.add_imported(files);
+  EXPECT_EQ(again.case_ids, first.case_ids);
+  EXPECT_EQ(again.unchanged, 30);
+  EXPECT_TRUE(again.replaced.empty());
+  std::vector<db::NewCase> renamed = files;
+  for (auto& c : renamed) c.source_ref = "copy/" + c.source_ref;
+  EXPECT_EQ(cases.add_imported(renamed).unchanged, 30);
+  EXPECT_EQ(cases.count("chest"), 30);
+  EXPECT_EQ(node.size("chest"), 30u);
+
+  // A corrected label for one image: its case is replaced, on the running node too.
+  std::vector<db::NewCase> corrected = files;
+  corrected[3].labels = {"mass"};
+  const db::CaseWrite fixed = cases.add_imported(corrected);
+  EXPECT_EQ(fixed.unchanged, 29);
+  EXPECT_EQ(fixed.replaced, std::vector<int64_t>{first.case_ids[3]});
+  EXPECT_EQ(cases.count("chest"), 30);
+  const auto n = node.search("chest", q, 30);
+  ASSERT_EQ(n.size(), 30u);
+  EXPECT_EQ(n[0].case_id, fixed.case_ids[3]);
+  EXPECT_EQ(n[0].labels, std::vector<std::string>{"mass"});
+  EXPECT_TRUE(std::none_of(n.begin(), n.end(), [&](const retrieval::Neighbour& x) { return x.case_id == first.case_ids[3]; }));
+  EXPECT_EQ(node.size("chest"), 30u);
+
+  // Two files with the same bytes in one import are refused, naming both, and nothing is written.
+  db::NewCase twin = files[0];
+  twin.source_ref = "twin.png";
+  twin.labels = {"mass"};
+  try {
+    cases.add_imported({files[5], twin, files[0]});
+    ADD_FAILURE() << "an import holding one image twice was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("twin.png and img0.png are the same image"), std::string::npos) << e.what();
+  }
+  // An import without the image's digest is refused (it could not be recognised again).
+  db::NewCase undigested = files[1];
+  undigested.image_sha256.clear();
+  EXPECT_THROW(cases.add_imported({undigested}), std::invalid_argument);
+  EXPECT_EQ(cases.count("chest"), 30);
 }
 
 TEST(Cases, NothingIsWrittenWhenOneCaseIsBad) {

@@ -254,6 +254,59 @@ TEST(Gsco, ImportPromptConfidenceSrConfirmAndASecondNode) {
   EXPECT_NE(again_report["prompt"].get<std::string>().find(again["rad"].get<std::string>()), std::string::npos);
 }
 
+// A user who runs `cases import` on the same directory twice, or on a copy of it,
+// gets each image once in the library; a corrected labels.csv replaces the
+// image's case; two names for the same file in one labels.csv are refused.
+TEST(Gsco, ImportingTheSameDirectoryTwiceAddsEachImageOnce) {
+  FirstreadService s(gsco_yaml(specialist_dir()));
+  s.start();
+  const std::string files = s.dir() + "/files", copy = s.dir() + "/copy";
+  auto made = run("mkdir -p '" + files + "' '" + copy + "' && /usr/bin/python3 -c \"from PIL import Image\n"
+                  "for i, c in enumerate([(90, 20, 20), (20, 90, 20), (20, 20, 90)]):\n"
+                  "    Image.new('RGB', (48, 48), c).save('" + files + "/%d.png' % i)\" && "
+                  "cp '" + files + "/0.png' '" + copy + "/a.png' && cp '" + files + "/1.png' '" + copy + "/b.png'");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  std::ofstream(files + "/labels.csv") << "file,labels\n0.png,polyp\n1.png,normal\n2.png,bleeding;ulcer\n";
+  const std::string import = "cases import '" + files + "' --labels '" + files + "/labels.csv' --specialist endo-vit --json";
+  auto first = s.cli(import);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const json ids = json::parse(first.output)["case_ids"];
+  ASSERT_EQ(ids.size(), 3u) << first.output;
+
+  auto again = s.cli(import);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(json::parse(again.output)["case_ids"], ids) << again.output;
+  EXPECT_EQ(json::parse(again.output)["unchanged_cases"], 3) << again.output;
+  EXPECT_EQ(query1(s, "SELECT count(*) FROM api.cases"), "3");
+  again = s.cli("cases import '" + files + "' --labels '" + files + "/labels.csv' --specialist endo-vit");
+  EXPECT_NE(again.output.find("imported 0 cases for specialist endo-vit; 3 already in the library with these labels"),
+            std::string::npos)
+      << again.output;
+
+  // A copy of two of the files under other names, one with a corrected label.
+  std::ofstream(copy + "/labels.csv") << "a.png,polyp\nb.png,ulcer\n";
+  auto corrected = s.cli("cases import '" + copy + "' --labels '" + copy + "/labels.csv' --specialist endo-vit");
+  ASSERT_EQ(corrected.exit_code, 0) << corrected.output;
+  EXPECT_NE(corrected.output.find("imported 1 cases for specialist endo-vit, replacing 1 imported earlier"), std::string::npos)
+      << corrected.output;
+  EXPECT_NE(corrected.output.find("; 1 already in the library"), std::string::npos) << corrected.output;
+  EXPECT_EQ(query1(s, "SELECT count(*) FROM api.cases"), "3");
+  EXPECT_EQ(query1(s, "SELECT string_agg(source_ref || '=' || array_to_string(labels, ';'), ' ' ORDER BY source_ref)"
+                      " FROM api.cases"),
+            "0.png=polyp 2.png=bleeding;ulcer b.png=ulcer");
+  EXPECT_EQ(query1(s, "SELECT count(DISTINCT image_sha256) FROM api.cases"), "3");
+
+  // The same bytes under two names in one labels.csv: refused, naming both lines, nothing written.
+  std::ofstream(copy + "/twice.csv") << "a.png,normal\nb.png,normal\nc.png,normal\n";
+  ASSERT_EQ(run("cp '" + copy + "/a.png' '" + copy + "/c.png'").exit_code, 0);
+  auto twice = s.cli("cases import '" + copy + "' --labels '" + copy + "/twice.csv' --specialist endo-vit");
+  EXPECT_EQ(twice.exit_code, 1) << twice.output;
+  EXPECT_NE(twice.output.find("a.png (line 1) and c.png (line 3) are the same image"), std::string::npos) << twice.output;
+  EXPECT_EQ(query1(s, "SELECT string_agg(source_ref || '=' || array_to_string(labels, ';'), ' ' ORDER BY source_ref)"
+                      " FROM api.cases"),
+            "0.png=polyp 2.png=bleeding;ulcer b.png=ulcer");
+}
+
 TEST(Gsco, AWrongSpecialistDirectoryIsAClearErrorAndNothingIsImported) {
   const std::string dir = std::string(::testing::TempDir()) + "/not-a-vit-" + std::to_string(::getpid());
   run("rm -rf '" + dir + "' && mkdir -p '" + dir + "' && echo '{\"architectures\": [\"InternVLChatModel\"]}' > '" + dir +
