@@ -164,6 +164,7 @@ def cmd_train(args):
     t0 = time.time()
     step = 0
     pos_w = torch.tensor(args.patch_pos_weight)
+    last_ckpt = t0
     while True:
         el = time.time() - t0
         if el > budget or (args.max_steps and step >= args.max_steps):
@@ -195,13 +196,23 @@ def cmd_train(args):
         if step % 50 == 0:
             logf.flush()
             print("step %d t=%.0fs cls %.4f aux %.4f lr %.5f" % (step, el, float(l_cls), float(l_aux), lr), flush=True)
+        if args.checkpoint_minutes and time.time() - last_ckpt > args.checkpoint_minutes * 60:
+            last_ckpt = time.time()
+            save_specialist(model, aux, os.path.join(args.out, "step-%d" % step), args, step, t0, n)
+            model.train()
     model.eval()
-    hf_vit.save(model, args.out)
-    torch.save(aux.state_dict(), os.path.join(args.out, "aux.pt"))
+    save_specialist(model, aux, args.out, args, step, t0, n)
+    print("trained %s: %d steps in %.0f s -> %s" % (args.modality, step, time.time() - t0, args.out), flush=True)
+
+
+def save_specialist(model, aux, out, args, step, t0, n):
+    """OUT: the HF directory, the auxiliary head (aux.pt, for --init) and train.json."""
+    model.eval()
+    hf_vit.save(model, out)
+    torch.save(aux.state_dict(), os.path.join(out, "aux.pt"))
     rec = {"modality": args.modality, "steps": step, "init": args.init, "seconds": round(time.time() - t0, 1), "images": n,
            "batch": args.batch, "cmd": " ".join(sys.argv)}
-    json.dump(rec, open(os.path.join(args.out, "train.json"), "w"), indent=1)
-    print("trained %s: %d steps in %.0f s -> %s" % (args.modality, step, time.time() - t0, args.out), flush=True)
+    json.dump(rec, open(os.path.join(out, "train.json"), "w"), indent=1)
 
 
 # --------------------------------------------------------------------------- calibration
@@ -327,6 +338,8 @@ def main():
     t.add_argument("--data", required=True)
     t.add_argument("--minutes", type=float, default=5)
     t.add_argument("--max-steps", type=int, default=0)
+    t.add_argument("--checkpoint-minutes", type=float, default=0,
+                   help="also write OUT_DIR/step-N (HF directory + aux.pt) every this many minutes")
     t.add_argument("--init", default="", help="a directory this command wrote: continue from its weights")
     t.add_argument("--size", type=int, default=112)
     t.add_argument("--patch", type=int, default=8)

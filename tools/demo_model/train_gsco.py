@@ -49,6 +49,18 @@ def load_generalist(model_dir):
     return cfg, model, R.SpRefTokenizer(sp, added, False, 1)
 
 
+def save_model(model_dir, out, model, cfg, rec):
+    """OUT as a complete model directory: the weights, config, the tokenizer of MODEL_DIR, gsco_train.json."""
+    os.makedirs(out, exist_ok=True)
+    R.write_safetensors(os.path.join(out, "model.safetensors"), model.state_dict(), "F32")
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1, ensure_ascii=False)
+    for fn in TOKENIZER_FILES:
+        if os.path.abspath(model_dir) != os.path.abspath(out):
+            shutil.copy(os.path.join(model_dir, fn), os.path.join(out, fn))
+    json.dump(rec, open(os.path.join(out, "gsco_train.json"), "w"), indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -57,6 +69,8 @@ def main():
     ap.add_argument("--annotations", required=True)
     ap.add_argument("--minutes", type=float, default=20)
     ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--checkpoint-minutes", type=float, default=0,
+                    help="also write OUT_DIR/step-N (a complete model directory) every this many minutes")
     ap.add_argument("--imgs", type=int, default=12, help="images per step")
     ap.add_argument("--qa", type=int, default=2, help="instruction pairs per image")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -137,6 +151,7 @@ def main():
     budget = args.minutes * 60
     ts = time.time()
     step, ema, mode_count = 0, None, {m: 0 for m in modes}
+    last_ckpt = ts
     while True:
         el = time.time() - ts
         if el > budget or (args.max_steps and step >= args.max_steps):
@@ -193,16 +208,15 @@ def main():
         if step % 20 == 0:
             logf.flush()
             print("C step %d t=%.0fs loss %.4f ema %.4f lr %.5f" % (step, el, lv, ema, lr), flush=True)
+        if args.checkpoint_minutes and time.time() - last_ckpt > args.checkpoint_minutes * 60:
+            last_ckpt = time.time()
+            save_model(args.model, os.path.join(args.out, "step-%d" % step), model, cfg,
+                       {"steps": step, "train_seconds": round(time.time() - ts, 1), "loss_ema": round(ema, 4),
+                        "prompts_per_mode": dict(mode_count), "cmd": " ".join(sys.argv)})
     train_s = time.time() - ts
-    R.write_safetensors(os.path.join(args.out, "model.safetensors"), model.state_dict(), "F32")
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=1, ensure_ascii=False)
-    for fn in TOKENIZER_FILES:
-        if os.path.abspath(args.model) != os.path.abspath(args.out):
-            shutil.copy(os.path.join(args.model, fn), os.path.join(args.out, fn))
     rec = {"steps": step, "train_seconds": round(train_s, 1), "prep_seconds": round(ts - t0, 1), "images": n,
            "loss_ema": round(ema or 0, 4), "prompts_per_mode": mode_count, "cmd": " ".join(sys.argv)}
-    json.dump(rec, open(os.path.join(args.out, "gsco_train.json"), "w"), indent=1)
+    save_model(args.model, args.out, model, cfg, rec)
     print("done:", json.dumps(rec), flush=True)
 
 
