@@ -10,9 +10,9 @@
 // reduction and no weight repacking, so nothing is copied at load and the
 // weight cache keeps llama.cpp's block layout.
 //
-//   BF16 / F16: activations in F32, each weight converted exactly (a shift /
-//         a table) and broadcast, vfmadd231ps (vdpbf16ps measured slower here,
-//         see the F16 / BF16 section)
+//   BF16 / F16: activations in F32, each weight converted exactly (16 at a
+//         time into an L1 panel) and broadcast from it, vfmadd231ps (vdpbf16ps
+//         measured slower here, see the F16 / BF16 section)
 //   Q8_0 / Q4_0: activations quantised per row and 32-block to int8 (the same
 //         rounding as the decode path), weights made unsigned (Q8_0: w ^ 0x80 =
 //         w + 128; Q4_0: the nibble n = w + 8), vpdpbusd, the offset taken out by
@@ -85,26 +85,43 @@ inline void store_column(float* y, int64_t ldy, int64_t m0, int64_t m_total, int
 
 // ------------------------------------------------------------------ F16 / BF16
 
-// Each weight converted exactly to float (BF16: a shift; F16: a table) and
-// broadcast against F32 activations: vfmadd231ps. On this Zen 5 this
-// measured faster than vdpbf16ps with BF16-rounded activations (about 102 vs
-// 80 GFLOP/s of CPU time, one thread, 300 x 896 x 4864), and it keeps the F32
-// activations, so BF16 products stay exact up to summation order.
+// Each weight converted exactly to float and broadcast against F32
+// activations: vfmadd231ps. The weights of the NR rows are converted a block
+// of kWeightBlock at a time into a small F32 panel on the stack (BF16: zero
+// extension and a shift, F16: vcvtph2ps; 16 weights per instruction), so the
+// inner loop broadcasts each weight straight from L1 (a load, not a shuffle:
+// a broadcast from a general register takes the port the FMAs need) and does
+// nothing but FMAs. Per element the FMAs are those of a plain sequential sum
+// over k, whatever the number of tiles or rows. vdpbf16ps would round the
+// activations to BF16 and runs at a quarter of the FMA rate on the Emerald
+// Rapids VM measured (engine/README.md).
+constexpr int64_t kWeightBlock = 256;
 
 template <bool BF16W, int NR, int MT>
 void kernel_f16(const uint16_t* const* rows, const uint8_t* xp, int64_t tile_bytes, int64_t k, float* y, int64_t ldy,
                 int64_t m0, int64_t m_total, int64_t n0, int nvalid) {
-  const float* T = f16_table();
+  alignas(64) float panel[NR][kWeightBlock];
   __m512 acc[NR][MT];
   for (int r = 0; r < NR; ++r)
     for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t i = 0; i < k; ++i) {
-    __m512 xv[MT];
-    for (int t = 0; t < MT; ++t) xv[t] = _mm512_load_ps(reinterpret_cast<const float*>(xp + t * tile_bytes) + i * 16);
-    for (int r = 0; r < NR; ++r) {
-      const __m512 wb = BF16W ? _mm512_castsi512_ps(_mm512_set1_epi32(int32_t(uint32_t(rows[r][i]) << 16)))
-                              : _mm512_set1_ps(T[rows[r][i]]);
-      for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_fmadd_ps(xv[t], wb, acc[r][t]);
+  for (int64_t k0 = 0; k0 < k; k0 += kWeightBlock) {
+    const int64_t kb = min64(kWeightBlock, k - k0);
+    for (int r = 0; r < NR; ++r)
+      for (int64_t j = 0; j < kb; j += 16) {
+        const int64_t len = min64(16, kb - j);
+        const __m256i h = _mm256_maskz_loadu_epi16(len == 16 ? __mmask16(0xffff) : __mmask16((1u << len) - 1),
+                                                   rows[r] + k0 + j);
+        _mm512_store_ps(panel[r] + j, BF16W ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                                            : _mm512_cvtph_ps(h));
+      }
+    const float* xk = reinterpret_cast<const float*>(xp) + k0 * 16;
+    for (int64_t i = 0; i < kb; ++i) {
+      __m512 xv[MT];
+      for (int t = 0; t < MT; ++t) xv[t] = _mm512_load_ps(xk + t * (tile_bytes / 4) + i * 16);
+      for (int r = 0; r < NR; ++r) {
+        const __m512 wb = _mm512_set1_ps(panel[r][i]);
+        for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_fmadd_ps(xv[t], wb, acc[r][t]);
+      }
     }
   }
   for (int r = 0; r < nvalid; ++r)
@@ -193,7 +210,15 @@ void drive(const uint8_t* w, int64_t row_bytes, int64_t n_rows, const uint8_t* p
         rows[r] = reinterpret_cast<const Elem*>(w + min64(n + r, n_rows - 1) * row_bytes);
       int64_t t = c0;
       for (; t + MT <= c1; t += MT) call.template run<NR, MT>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
-      for (; t < c1; ++t) call.template run<NR, 1>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
+      // The last tiles of the chunk in one call too (each weight broadcast once for them); every
+      // result is the same operations whatever the number of tiles in a call.
+      if (MT > 4 && c1 - t >= 4) {
+        call.template run<NR, (MT > 4 ? 4 : 1)>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
+        t += 4;
+      }
+      if (MT > 3 && c1 - t == 3) call.template run<NR, (MT > 3 ? 3 : 1)>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
+      else if (MT > 2 && c1 - t == 2) call.template run<NR, (MT > 2 ? 2 : 1)>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
+      else if (c1 - t == 1) call.template run<NR, 1>(rows, packed + t * tile_bytes, t * 16, n, nvalid);
     }
   }
 }
