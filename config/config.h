@@ -79,7 +79,10 @@ struct DatabaseConfig {
 
 struct WorklistConfig {
   double stable_seconds = 10;
-  int workers = 1;
+  // Inference worker threads. The default equals models.<name>.max_batch's
+  // default: the local engine batches the decode steps of concurrent studies
+  // on one model only when that many workers call it at once (issue 13).
+  int workers = 4;
   int max_attempts = 3;
   int lease_seconds = 300;
   double retry_backoff_seconds = 30;  // doubled after each failed attempt
@@ -197,7 +200,7 @@ struct ModelConfig {
   // this model share each decode step (1 = one study at a time); a newcomer's
   // prompt is prefilled in chunks of prefill_chunk tokens between those steps.
   int max_batch = 4;
-  int prefill_chunk = 64;
+  int prefill_chunk = 512;
 };
 
 struct ExportDestination {

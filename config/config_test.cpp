@@ -37,6 +37,9 @@ TEST(Config, EmptyDocumentGivesDefaults) {
   EXPECT_EQ(c.routes[0].match.modalities, (std::vector<std::string>{"CR", "DX"}));
   EXPECT_EQ(c.models.at("demo").path, "models/demo");
   EXPECT_EQ(c.models.at("demo").box_scale, 999);
+  // Batched decoding acts by default: as many workers as a model's batch holds.
+  EXPECT_EQ(c.worklist.workers, 4);
+  EXPECT_GE(c.worklist.workers, c.models.at("demo").max_batch);
 }
 
 TEST(Config, ReadsEverySection) {
@@ -227,6 +230,9 @@ TEST(Config, ExampleFileIsValidAndMatchesDefaults) {
   EXPECT_EQ(c.storage.min_free_bytes, d.storage.min_free_bytes);
   EXPECT_EQ(c.worklist.stable_seconds, d.worklist.stable_seconds);
   EXPECT_EQ(c.worklist.lease_seconds, d.worklist.lease_seconds);
+  EXPECT_EQ(c.worklist.workers, d.worklist.workers);
+  EXPECT_EQ(c.models.at("demo").max_batch, d.models.at("demo").max_batch);
+  EXPECT_EQ(c.models.at("demo").prefill_chunk, d.models.at("demo").prefill_chunk);
   EXPECT_EQ(c.http.listen, d.http.listen);
   ASSERT_EQ(c.routes.size(), d.routes.size());
   for (size_t i = 0; i < c.routes.size(); ++i) {

@@ -43,7 +43,7 @@ struct EngineOptions {
   // request at a time). Prompts are prefilled in chunks of prefill_chunk
   // tokens between the others' decode steps.
   int max_batch = 4;
-  int prefill_chunk = 64;
+  int prefill_chunk = 512;
 };
 
 struct Timings {
