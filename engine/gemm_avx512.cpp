@@ -72,15 +72,23 @@ inline int32_t load_i32(const void* p) {
   return v;
 }
 
-// Writes an accumulator tile (16 activation rows of one output column n) to
-// y[(m0 + i) * ldy + n] for the rows that exist.
-inline void store_column(float* y, int64_t ldy, int64_t m0, int64_t m_total, int64_t n, __m512 v) {
-  const int64_t valid = min64(16, m_total - m0);
-  if (valid <= 0) return;
-  const __mmask16 mask = valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
-  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32(int32_t(ldy)));
-  _mm512_mask_i32scatter_ps(y + m0 * ldy + n, mask, idx, v, 4);
+// Writes the NR x MT accumulator tiles (tile t: activation rows m0 + 16t ..
+// +15, column n0 + r in acc[r][t]) to y through a small buffer, one output
+// row's nvalid values at a time: a 16-lane scatter per column cost about a
+// third of the BF16 GEMM at k = 896.
+template <int NR, int MT>
+inline void store_tiles(float* y, int64_t ldy, int64_t m0, int64_t m_total, int64_t n0, int nvalid,
+                        const __m512 (&acc)[NR][MT]) {
+  alignas(64) float buf[NR][16];
+  for (int t = 0; t < MT; ++t) {
+    const int64_t row0 = m0 + 16 * t, valid = min64(16, m_total - row0);
+    if (valid <= 0) return;
+    for (int r = 0; r < NR; ++r) _mm512_store_ps(buf[r], acc[r][t]);
+    for (int64_t l = 0; l < valid; ++l) {
+      float* out = y + (row0 + l) * ldy + n0;
+      for (int r = 0; r < nvalid; ++r) out[r] = buf[r][l];
+    }
+  }
 }
 
 // ------------------------------------------------------------------ F16 / BF16
@@ -124,8 +132,7 @@ void kernel_f16(const uint16_t* const* rows, const uint8_t* xp, int64_t tile_byt
       }
     }
   }
-  for (int r = 0; r < nvalid; ++r)
-    for (int t = 0; t < MT; ++t) store_column(y, ldy, m0 + 16 * t, m_total, n0 + r, acc[r][t]);
+  store_tiles<NR, MT>(y, ldy, m0, m_total, n0, nvalid, acc);
 }
 
 // ------------------------------------------------------------------ Q8_0 / Q4_0
@@ -177,8 +184,7 @@ void kernel_q(const uint8_t* const* rows, const uint8_t* xp, int64_t tile_bytes,
       }
     }
   }
-  for (int r = 0; r < nvalid; ++r)
-    for (int t = 0; t < MT; ++t) store_column(y, ldy, m0 + 16 * t, m_total, n0 + r, facc[r][t]);
+  store_tiles<NR, MT>(y, ldy, m0, m_total, n0, nvalid, facc);
 }
 
 // ------------------------------------------------------------------ drivers
