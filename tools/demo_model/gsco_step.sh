@@ -7,6 +7,8 @@
 # usage: tools/demo_model/gsco_step.sh WORK_DIR [GENERALIST_DIR]
 #   GENERALIST_DIR: the generalist to fine-tune (default models/demo)
 # env: SPEC_MINUTES (chest; the others get half), GSCO_MINUTES, NICE (default 10)
+# The shipped weights come from runs continued over three sessions (TRAINING.md);
+# this script runs the same steps from scratch in one go.
 # Writes WORK_DIR/specialists/<modality>/ (HF ViTForImageClassification),
 # WORK_DIR/library/<modality>/{*.png,labels.csv} (the case library),
 # WORK_DIR/annotations-{query,held}.json, WORK_DIR/generalist/ (the GSCo model).
@@ -15,7 +17,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$1
 GEN=${2:-$HERE/../../models/demo}
 SPEC_MINUTES=${SPEC_MINUTES:-8}  # each of the two chest runs
-GSCO_MINUTES=${GSCO_MINUTES:-20}
+GSCO_MINUTES=${GSCO_MINUTES:-25}  # each of the two generalist runs
 NICE=${NICE:-10}
 PY="nice -n $NICE /usr/bin/python3"
 S="$HERE/specialists.py"
@@ -32,8 +34,12 @@ A=$!
 { $PY "$S" render val --seeds 900000:900150 &&
   $PY "$S" render held --seeds 5000000:5000200 --sizes 112,224 &&
   $PY "$S" render train-other --seeds 0:800 --modalities derm,endo --png library &&
-  $PY "$S" render query --seeds 2000:2300 --sizes 112,224 &&
-  $PY "$S" render train-chest2 --seeds 2300:4800 --modalities chest --png library2; } > render-b.log
+  $PY "$S" render train-chest2 --seeds 2300:4800 --modalities chest --png library2 &&
+  $PY "$S" render train-chest3 --seeds 4800:8800 --modalities chest --png library3 &&
+  # the generalist's GSCo images: seeds neither the generalist (0-2399) nor a specialist was trained on,
+  # so its own reading of them is as wrong as on new images and the prompt is worth following
+  $PY "$S" render query --seeds 10000:11000 --modalities chest --sizes 112,224 &&
+  $PY "$S" render query --seeds 10000:10300 --modalities derm,fundus,endo --sizes 112,224; } > render-b.log
 wait $A
 stamp rendered
 
@@ -41,8 +47,10 @@ stamp rendered
 #    then per-label temperatures on the calibration seeds
 T="$PY $S train --size 112 --patch 14"
 $T specialists/chest-a --modality chest --data train-chest --minutes "$SPEC_MINUTES"
-$T specialists/chest --modality chest --data train-chest,train-chest2 --minutes "$SPEC_MINUTES" \
+$T specialists/chest-b --modality chest --data train-chest,train-chest2,train-chest3 --minutes "$SPEC_MINUTES" \
   --init specialists/chest-a --lr 1e-3 --warmup 20
+$T specialists/chest --modality chest --data train-chest,train-chest2,train-chest3 --minutes "$SPEC_MINUTES" \
+  --init specialists/chest-b --lr 7e-4 --warmup 20
 $T specialists/derm --modality derm --data train-other --minutes 2
 $T specialists/endo-a --modality endo --data train-other --minutes 2
 $T specialists/endo --modality endo --data train-other --minutes 3 --init specialists/endo-a --warmup 5
@@ -52,12 +60,16 @@ done
 stamp specialists
 
 # 3. MoED / RAD for the generalist's GSCo seeds and for the held-out seeds (bench --annotations)
-LIB=train-chest,train-chest2,train-other
+LIB=train-chest,train-chest2,train-chest3,train-other
 $PY "$S" annotate annotations-query.json --models specialists --modalities chest,derm,endo --library $LIB --query query
 $PY "$S" annotate annotations-held.json --models specialists --modalities chest,derm,endo --library $LIB --query held
 stamp annotated
 
-# 4. the generalist on GSCo prompts (ViT frozen, decoder trained; GSCo dropout)
-$PY "$HERE/train_gsco.py" "$GEN" generalist --cache query --annotations annotations-query.json \
-  --minutes "$GSCO_MINUTES" --imgs 8 --qa 1 --mix 0.9,0.04,0.03 --modality-weights 2,1,1,1 > train-gsco.log
+# 4. the generalist on GSCo prompts (ViT frozen, decoder trained; GSCo dropout), then again at half the rate
+$PY "$HERE/train_gsco.py" "$GEN" generalist-a --cache query --annotations annotations-query.json \
+  --minutes "$GSCO_MINUTES" --imgs 8 --qa 1 --mix 0.9,0.04,0.03 --modality-weights 1,1,1,1 \
+  --modes 0.45,0.15,0.15,0.25 --checkpoint-minutes 6 > train-gsco-a.log
+$PY "$HERE/train_gsco.py" generalist-a generalist --cache query --annotations annotations-query.json \
+  --minutes "$GSCO_MINUTES" --imgs 8 --qa 1 --lr 5e-4 --warmup 10 --seed 1357 --mix 0.9,0.04,0.03 \
+  --modality-weights 1,1,1,1 --modes 0.45,0.15,0.15,0.25 --checkpoint-minutes 6 > train-gsco.log
 stamp "generalist fine-tuned"
