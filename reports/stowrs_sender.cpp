@@ -5,6 +5,7 @@
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <openssl/evp.h>
+#include <openssl/x509v3.h>
 
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
@@ -187,13 +188,39 @@ SendResult send_stowrs(const std::string& path, const config::ExportDestination&
       tls.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
                       ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
       tls.set_verify_mode(ssl::verify_peer);
-      if (d.ca_file.empty()) tls.set_default_verify_paths();
-      else tls.load_verify_file(d.ca_file);
+      const std::string trusted = d.ca_file.empty() ? "the system's CA store" : "ca_file = " + d.ca_file;
+      try {
+        if (d.ca_file.empty()) tls.set_default_verify_paths();
+        else tls.load_verify_file(d.ca_file);
+      } catch (const boost::system::system_error& ex) {
+        return {false, peer + ": cannot load " + trusted + ": " + ex.code().message()};
+      }
       beast::ssl_stream<beast::tcp_stream> stream(io, tls);
-      stream.set_verify_callback(ssl::host_name_verification(e.host));
-      SSL_set_tlsext_host_name(stream.native_handle(), e.host.c_str());
+      SSL* native = stream.native_handle();
+      // The certificate must name the URL's host: a DNS name, or an IP address.
+      X509_VERIFY_PARAM* param = SSL_get0_param(native);
+      boost::system::error_code not_ip;
+      net::ip::make_address(e.host, not_ip);
+      if (!not_ip) {
+        X509_VERIFY_PARAM_set1_ip_asc(param, e.host.c_str());
+      } else {
+        SSL_set_tlsext_host_name(native, e.host.c_str());
+        X509_VERIFY_PARAM_set1_host(param, e.host.c_str(), 0);
+      }
       reply = exchange(io, stream, beast::get_lowest_layer(stream), where, request, [&] {
-        return run_step(io, [&](auto done) { stream.async_handshake(ssl::stream_base::client, done); });
+        const beast::error_code ec =
+            run_step(io, [&](auto done) { stream.async_handshake(ssl::stream_base::client, done); });
+        if (ec) {
+          const long verify = SSL_get_verify_result(native);
+          if (verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH)
+            throw std::runtime_error("TLS handshake with " + peer + " refused: the server's certificate does not name "
+                                     "the host '" + e.host + "' of the url (" + X509_verify_cert_error_string(verify) +
+                                     ")");
+          if (verify != X509_V_OK)
+            throw std::runtime_error("TLS handshake with " + peer + " refused: the server's certificate is not trusted: " +
+                                     X509_verify_cert_error_string(verify) + " (" + trusted + ")");
+        }
+        return ec;
       }, timeout, peer);
     }
     const std::string problem = stow_outcome(reply.status, reply.body, sop);

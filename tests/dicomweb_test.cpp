@@ -26,6 +26,7 @@
 #include "engine/test_fixtures.h"
 #include "tests/orthanc_server.h"
 #include "tests/service_harness.h"
+#include "tests/test_pki.h"
 
 namespace fs = std::filesystem;
 using firstread::testing::connect_loopback;
@@ -739,6 +740,71 @@ TEST(DicomwebExport, SrAndGspsGoToOrthancOverStowAndShowAsTheirOwnSeries) {
   ASSERT_EQ(ours[1]["body"].size(), 1u);
   EXPECT_EQ(all_values(ours[1]["body"][0], "00080061"), (std::set<std::string>{"CT", "PR", "SR"}));
   EXPECT_EQ(first_value(ours[1]["body"][0], "00201208"), "3");
+}
+
+// STOW-RS export over HTTPS: Orthanc's DICOMweb behind a TLS terminator
+// (stunnel, see OrthancServer::serve_https) with a certificate from the test
+// CA that names "localhost" only. The destination that trusts that CA gets
+// the SR; one that trusts another CA, and one that reaches the server as
+// 127.0.0.1 (a name the certificate does not carry), are refused with that
+// reason in api.exports while their SR waits in the outbox, and the service
+// keeps serving.
+TEST(DicomwebExport, StowrsOverHttpsSendsOnlyToAServerItVerified) {
+  const firstread::testing::TempDir dir("stow-https");
+  firstread::testing::TestPki pki(dir.path());
+  const firstread::testing::TestCert cert = pki.issue("orthanc-https", "localhost", "DNS:localhost");
+  OrthancServer pacs(firstread::testing::test_port(0), "", true);
+  pacs.serve_https(cert.cert, cert.key, pki.ca(), "localhost");
+  pacs.start();
+  ASSERT_EQ(pacs.dicomweb_url().rfind("https://localhost:", 0), 0u) << pacs.dicomweb_url();
+  std::string by_ip = pacs.dicomweb_url();
+  by_ip.replace(0, std::string("https://localhost").size(), "https://127.0.0.1");
+  auto destination = [](const std::string& name, const std::string& url, const std::string& ca) {
+    return "    - {name: " + name + ", type: stowrs, url: \"" + url + "\", ca_file: " + ca + ", objects: [sr]}\n";
+  };
+  const std::string model = firstread::engine::testing_support::fixture_root() + "/v12";
+  FirstreadService s("models:\n  tiny: {path: " + model + ", threads: 2}\n"
+                     "routes:\n  - {name: default, model: tiny, prompt: \"Describe the image.\", max_new_tokens: 8}\n"
+                     "worklist: {stable_seconds: 1, poll_seconds: 0.2}\n"
+                     "export:\n  retry_backoff_seconds: 1\n  max_attempts: 100\n  destinations:\n" +
+                     destination("pacs", pacs.dicomweb_url(), pki.ca()) +
+                     destination("pacs-untrusted", pacs.dicomweb_url(), pki.other_ca()) +
+                     destination("pacs-by-ip", by_ip, pki.ca()));
+  s.start();
+  const auto store = run("storescu -to 10 -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port()) + " " + kCtSmall);
+  ASSERT_EQ(store.exit_code, 0) << store.output;
+  auto export_of = [&](const std::string& name, const std::string& column) {
+    return query_value(s, "SELECT coalesce(" + column + ", '') FROM api.exports WHERE destination = '" + name + "'");
+  };
+  ASSERT_TRUE(wait_until([&] { return export_of("pacs", "state") == "sent"; }, 180))
+      << export_of("pacs", "last_error") << "\n" << s.log();
+  // Orthanc has the SR (asked through the same HTTPS front).
+  const std::string sr_uid = query_value(s, "SELECT sr_sop_instance_uid FROM api.reports");
+  int code = 0;
+  const json hits = json::parse(pacs.rest("POST", "/tools/lookup", sr_uid, &code));
+  ASSERT_EQ(code, 200);
+  ASSERT_EQ(hits.size(), 1u) << hits.dump();
+  EXPECT_EQ(hits[0].value("Type", ""), "Instance");
+
+  ASSERT_TRUE(wait_until([&] {
+    return !export_of("pacs-untrusted", "last_error").empty() && !export_of("pacs-by-ip", "last_error").empty();
+  }, 60)) << s.log();
+  const std::string untrusted = export_of("pacs-untrusted", "last_error");
+  EXPECT_NE(untrusted.find("the server's certificate is not trusted"), std::string::npos) << untrusted;
+  EXPECT_NE(untrusted.find("ca_file = " + pki.other_ca()), std::string::npos) << untrusted;
+  const std::string misnamed = export_of("pacs-by-ip", "last_error");
+  EXPECT_NE(misnamed.find("does not name the host '127.0.0.1'"), std::string::npos) << misnamed;
+  for (const char* name : {"pacs-untrusted", "pacs-by-ip"})
+    EXPECT_EQ(export_of(name, "state"), "pending") << name << ": the SR waits in the outbox to be retried";
+  // Orthanc holds one SR only (the refused destinations sent nothing), and firstread still serves.
+  code = 0;
+  const json instances = json::parse(pacs.rest("GET", "/instances", "", &code));
+  EXPECT_EQ(code, 200);
+  EXPECT_EQ(instances.size(), 1u) << instances.dump();
+  const auto echo = run("echoscu -to 10 -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port()));
+  EXPECT_EQ(echo.exit_code, 0) << echo.output;
+  s.terminate();
+  pacs.stop();
 }
 
 // OHIF served from another origin than firstread: the browser sends a

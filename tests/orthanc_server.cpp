@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <thread>
 
@@ -47,15 +48,40 @@ OrthancServer::~OrthancServer() {
   std::filesystem::remove_all(dir_, ec);
 }
 
-void OrthancServer::start() {
-  pid_ = fork();
-  if (pid_ == 0) {
-    int fd = open((dir_ + "/orthanc.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+void OrthancServer::serve_https(const std::string& certificate, const std::string& private_key,
+                                const std::string& ca_file, const std::string& host) {
+  https_host_ = host;
+  https_port_ = test_port(4) - 10000;
+  curl_options_ = "-s --cacert '" + ca_file + "'";
+  std::ofstream c(dir_ + "/stunnel.conf");
+  c << "foreground = yes\npid =\noutput = " << dir_ << "/stunnel.log\n"
+    << "[orthanc-https]\naccept = 127.0.0.1:" << https_port_ << "\nconnect = 127.0.0.1:" << http_port_ << "\n"
+    << "cert = " << certificate << "\nkey = " << private_key << "\nsslVersionMin = TLSv1.2\n";
+}
+
+std::string OrthancServer::http_url() const {
+  if (!https_host_.empty()) return "https://" + https_host_ + ":" + std::to_string(https_port_);
+  return "http://127.0.0.1:" + std::to_string(http_port_);
+}
+
+pid_t OrthancServer::spawn(const std::vector<std::string>& argv, const std::string& log) const {
+  std::vector<char*> args;  // built before fork: the child only execs
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     dup2(fd, STDOUT_FILENO);
     dup2(fd, STDERR_FILENO);
-    execlp("Orthanc", "Orthanc", (dir_ + "/orthanc.json").c_str(), nullptr);
+    execvp(args[0], args.data());
     _exit(127);
   }
+  return pid;
+}
+
+void OrthancServer::start() {
+  pid_ = spawn({"Orthanc", dir_ + "/orthanc.json"}, dir_ + "/orthanc.log");
+  if (!https_host_.empty()) tls_front_pid_ = spawn({"stunnel4", dir_ + "/stunnel.conf"}, dir_ + "/stunnel.out");
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
     int code = 0;
@@ -63,21 +89,30 @@ void OrthancServer::start() {
     if (code == 200) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  throw std::runtime_error("Orthanc did not start; log in " + dir_ + "/orthanc.log");
+  // The logs go with the directory when the test ends: their ends go into the message.
+  auto end_of = [this](const std::string& name) {
+    std::ifstream log(dir_ + "/" + name);
+    std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    return "\n--- the end of " + name + ":\n" + (text.size() > 3000 ? text.substr(text.size() - 3000) : text);
+  };
+  std::string logs = end_of("orthanc.log");
+  if (!https_host_.empty()) logs += end_of("stunnel.out") + end_of("stunnel.log");
+  throw std::runtime_error("Orthanc did not answer GET " + http_url() + "/system within 60 s" + logs);
 }
 
 void OrthancServer::stop() {
-  if (pid_ <= 0) return;
-  kill(pid_, SIGTERM);
-  int status;
-  waitpid(pid_, &status, 0);
-  pid_ = -1;
+  for (pid_t* pid : {&tls_front_pid_, &pid_}) {
+    if (*pid <= 0) continue;
+    kill(*pid, SIGTERM);
+    int status;
+    waitpid(*pid, &status, 0);
+    *pid = -1;
+  }
 }
 
 std::string OrthancServer::rest(const std::string& method, const std::string& path, const std::string& body,
                                 int* code) const {
-  std::string cmd = "curl -s -o - -w '\\n%{http_code}' -X " + method + " http://127.0.0.1:" +
-                    std::to_string(http_port_) + path;
+  std::string cmd = "curl " + curl_options_ + " -o - -w '\\n%{http_code}' -X " + method + " " + http_url() + path;
   if (!body.empty()) cmd += " --data-binary '" + body + "'";
   auto r = run(cmd);
   std::string out = r.output;
@@ -92,8 +127,7 @@ std::string OrthancServer::rest(const std::string& method, const std::string& pa
 }
 
 std::string OrthancServer::upload(const std::string& dicom_file) const {
-  return run("curl -s -X POST http://127.0.0.1:" + std::to_string(http_port_) + "/instances --data-binary @'" +
-             dicom_file + "'")
+  return run("curl " + curl_options_ + " -X POST " + http_url() + "/instances --data-binary @'" + dicom_file + "'")
       .output;
 }
 
