@@ -609,6 +609,56 @@ TEST(DicomwebDurability, KillDuringUploadKeepsTheCompletedPartsAndNothingElse) {
   EXPECT_EQ(count_of(s, "SELECT count(*) FROM api.instances"), 6);
 }
 
+// A STOW-RS client that stops sending right after its second part's closing
+// delimiter (before the third part's headers: the second part is complete,
+// and no part follows it yet): other clients' uploads are answered meanwhile;
+// after the read timeout (30 s) it gets 400 naming the stall and the
+// connection is closed; its two complete parts are stored (it sends them
+// again: idempotent), nothing of the third.
+TEST(DicomwebDurability, AStalledUploadTimesOutKeepingItsCompletePartsWhileOthersAreServed) {
+  FirstreadService s("worklist: {stable_seconds: 3600}\n");
+  s.start();
+  const int http_port = firstread::testing::test_port(2);
+  const auto made = firstread::testing::make_instances(kCtSmall, s.dir() + "/data", 4, 512);
+  const std::string boundary = "stall-boundary-3";
+  std::string body;
+  for (int i = 0; i < 3; ++i) body += part(boundary, read_bytes(made[i].first));
+  body += "\r\n--" + boundary + "--";
+  const int stalled = connect_loopback(http_port);
+  ASSERT_GE(stalled, 0);
+  const std::string third = part(boundary, read_bytes(made[2].first));
+  ASSERT_TRUE(send_all(stalled, stow_header(http_port, boundary, body.size()) + part(boundary, read_bytes(made[0].first)) +
+                                    part(boundary, read_bytes(made[1].first)) + third.substr(0, 4 + boundary.size())));
+  const auto stalled_at = std::chrono::steady_clock::now();
+
+  // Another client's upload while the first one hangs.
+  const int other = connect_loopback(http_port);
+  const std::string other_body = part(boundary, read_bytes(made[3].first)) + "\r\n--" + boundary + "--";
+  ASSERT_TRUE(send_all(other, stow_header(http_port, boundary, other_body.size()) + other_body));
+  shutdown(other, SHUT_WR);
+  const std::string other_answer = read_response(other);
+  close(other);
+  EXPECT_NE(other_answer.find("HTTP/1.1 200"), std::string::npos) << other_answer;
+  EXPECT_LT(std::chrono::steady_clock::now() - stalled_at, std::chrono::seconds(20));
+
+  const std::string answer = read_response(stalled);  // until the server closes
+  close(stalled);
+  const auto waited = std::chrono::steady_clock::now() - stalled_at;
+  EXPECT_GE(waited, std::chrono::seconds(29));
+  EXPECT_LT(waited, std::chrono::seconds(60));
+  EXPECT_EQ(answer.rfind("HTTP/1.1 400", 0), 0u) << answer;
+  EXPECT_NE(answer.find("the request body stopped: no data for 30 s"), std::string::npos) << answer;
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(count_of(s, "SELECT count(*) FROM api.instances WHERE sop_instance_uid = '" + made[i].second + "'"),
+              i == 2 ? 0 : 1)
+        << "instance " << i;
+  int files_under_instances = 0;
+  for (const auto& e : fs::recursive_directory_iterator(s.storage() + "/instances"))
+    files_under_instances += e.is_regular_file();
+  EXPECT_EQ(files_under_instances, 3);
+  s.terminate();
+}
+
 TEST(DicomwebDurability, AcknowledgedInstancesSurviveAKillRightAfterTheAnswer) {
   FirstreadService s("worklist: {stable_seconds: 3600}\n");
   s.start();

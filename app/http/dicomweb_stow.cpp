@@ -2,9 +2,11 @@
 // multipart/related; type="application/dicom" body. Each part is written into
 // a new (unnamed) file of the storage volume as it arrives (a 2 GB upload never
 // sits in memory), then handed to the C-STORE path (ingest::InstanceIngest::
-// store_file: the same validation, naming, fsync and commit as finish_file),
-// a few parts at a time so that the next part streams in while earlier ones
-// are made durable.
+// store_file: the same validation, naming, fsync and commit as finish_file):
+// a part followed by another is made durable on its own thread (a few at a
+// time) while the next one streams in; the last part (the only one, for a
+// client that sends one instance per request) is made durable on the request's
+// own handler thread once the body has ended, with no hand-over.
 // The answer comes at the end of the body: an instance is in
 // ReferencedSOPSequence only once its file and row are durable; a failed one
 // is in FailedSOPSequence with its reason. A connection cut mid-body leaves the
@@ -75,7 +77,11 @@ class StowReceiver {
  public:
   StowReceiver(Context& ctx, const ApiRequest& req, std::string study)
       : ctx_(ctx), req_(req), study_(std::move(study)) {}
-  ~StowReceiver() { drain(); }
+  // A body cut after complete parts still stores them (unacknowledged: the client sends them again).
+  ~StowReceiver() {
+    store_deferred_here();
+    drain();
+  }
 
   void begin_part(const std::map<std::string, std::string>& headers) {
     spool_ = Spool{};
@@ -90,8 +96,12 @@ class StowReceiver {
       if (m.type != "application/dicom")
         return refuse(scp::kStoreCannotUnderstand, "part of type " + m.type + ": only application/dicom is stored");
     }
-    if (const std::string room = ctx_.admission ? ctx_.admission() : ""; !room.empty())
-      return refuse(scp::kStoreOutOfResources, room);
+    // The request's first part: stow_instances has just checked the room.
+    if (parts_ > 0) {
+      if (const std::string room = ctx_.admission ? ctx_.admission() : ""; !room.empty())
+        return refuse(scp::kStoreOutOfResources, room);
+    }
+    start_deferred();  // a part follows it: the previous one is made durable beside this one's reading
     try {
       spool_.file = ctx_.ingest->storage().create_file();
     } catch (const std::exception& e) {
@@ -126,17 +136,16 @@ class StowReceiver {
     }
     ingest::FileInstance instance{study_, {"STOW-RS", "", req_.remote}};
     ingest::InstanceIngest* sink = ctx_.ingest;
-    auto file = std::move(spool_.file);
-    results_.push_back(
-        std::async(std::launch::async, [sink, file, instance] { return sink->store_file(*file, instance); }));
-    // At most kMaxInFlight parts are being made durable at once.
-    while (pending() >= kMaxInFlight) wait_oldest();
+    deferred_ = std::packaged_task<ingest::FileStoreResult()>(
+        [sink, file = std::move(spool_.file), instance] { return sink->store_file(*file, instance); });
+    results_.push_back(deferred_.get_future());
   }
 
   int parts() const { return parts_; }
 
   // Waits for every part and builds the PS3.18 answer.
   ApiResponse answer() {
+    store_deferred_here();  // the last part, on the request's own thread
     drain();
     json referenced = json::array(), failed = json::array();
     std::set<std::string> studies;
@@ -185,21 +194,28 @@ class StowReceiver {
     spool_.file.reset();  // an unnamed file: its data is gone
   }
 
-  size_t pending() {
-    while (waited_ < results_.size() && results_[waited_].wait_for(std::chrono::seconds(0)) == std::future_status::ready)
-      ++waited_;
-    size_t n = 0;
-    for (size_t i = waited_; i < results_.size(); ++i)
-      if (results_[i].wait_for(std::chrono::seconds(0)) != std::future_status::ready) ++n;
-    return n;
+  // The part completed last goes to its own thread, at most kMaxInFlight at once.
+  void start_deferred() {
+    if (!deferred_.valid()) return;
+    while (in_flight() >= kMaxInFlight) running_.front().wait();
+    running_.push_back(std::async(std::launch::async, std::move(deferred_)));
   }
-  void wait_oldest() {
-    while (waited_ < results_.size() && results_[waited_].wait_for(std::chrono::seconds(0)) == std::future_status::ready)
-      ++waited_;
-    if (waited_ < results_.size()) results_[waited_].wait();
+  void store_deferred_here() {
+    if (!deferred_.valid()) return;
+    auto task = std::move(deferred_);  // deferred_ no longer valid: it runs once
+    task();
   }
+  size_t in_flight() {
+    running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                  [](const std::future<void>& f) {
+                                    return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+                                  }),
+                   running_.end());
+    return running_.size();
+  }
+  // Every part started is finished (a part never started is dropped with its unnamed file).
   void drain() {
-    for (auto& f : results_)
+    for (auto& f : running_)
       if (f.valid()) f.wait();
   }
 
@@ -212,8 +228,9 @@ class StowReceiver {
   const ApiRequest& req_;
   std::string study_;
   Spool spool_;
-  std::deque<Result> results_;
-  size_t waited_ = 0;
+  std::deque<Result> results_;                         // one per part, in order
+  std::packaged_task<ingest::FileStoreResult()> deferred_;  // the part completed last, not yet started
+  std::deque<std::future<void>> running_;              // parts started on their own threads
   int parts_ = 0;
 };
 
@@ -246,9 +263,10 @@ ApiResponse stow_instances(Context& ctx, const ApiRequest& req) {
   MultipartReader reader(type.param("boundary"),
                          {[&](const auto& h) { receiver.begin_part(h); },
                           [&](const char* d, size_t n) { receiver.part_data(d, n); }, [&] { receiver.end_part(); }});
-  std::vector<char> chunk(kReadChunk);
+  // One read buffer per handler thread, kept: not a fresh (zeroed, page-faulted) MiB per request.
+  thread_local const std::unique_ptr<char[]> chunk(new char[kReadChunk]);
   try {
-    for (size_t n; (n = req.read_body(chunk.data(), chunk.size())) > 0;) reader.feed(chunk.data(), n);
+    for (size_t n; (n = req.read_body(chunk.get(), kReadChunk)) > 0;) reader.feed(chunk.get(), n);
   } catch (const std::invalid_argument& e) {
     throw HttpError(400, std::string("malformed multipart body: ") + e.what());
   }

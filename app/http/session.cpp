@@ -3,6 +3,8 @@
 // handler pool (HttpApi::Impl::handle), and a streaming route's body is
 // read as the handler asks for it. A client that sends half a request holds
 // no thread, only a socket, and is dropped after the read timeout.
+#include <poll.h>
+
 #include "app/http/server_impl.h"
 
 namespace firstread::app {
@@ -11,6 +13,50 @@ namespace firstread::app {
 // Connections: async reads and writes on the I/O threads, handling on the pool.
 
 namespace {
+
+// A connected socket as a synchronous read stream for Beast, read on the
+// calling thread: each read first waits (poll) for bytes, at most the read
+// timeout, and gives up when the server stops.
+class PolledSocket {
+ public:
+  PolledSocket(tcp::socket& socket, int timeout_seconds, const std::atomic<bool>& running)
+      : socket_(socket), timeout_(std::chrono::seconds(timeout_seconds)), running_(running) {}
+
+  template <class Buffers>
+  size_t read_some(const Buffers& buffers, beast::error_code& ec) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    for (;;) {
+      pollfd ready{socket_.native_handle(), POLLIN, 0};
+      const int r = ::poll(&ready, 1, 200);
+      if (r > 0) break;
+      if (r < 0 && errno != EINTR) {
+        ec.assign(errno, boost::system::system_category());
+        return 0;
+      }
+      if (!running_) {
+        ec = net::error::operation_aborted;
+        return 0;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        ec = beast::error::timeout;
+        return 0;
+      }
+    }
+    return socket_.read_some(buffers, ec);
+  }
+  template <class Buffers>
+  size_t read_some(const Buffers& buffers) {
+    beast::error_code ec;
+    const size_t n = read_some(buffers, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+
+ private:
+  tcp::socket& socket_;
+  std::chrono::steady_clock::duration timeout_;
+  const std::atomic<bool>& running_;
+};
 
 // One connection, plain (beast::tcp_stream) or HTTPS (beast::ssl_stream over it).
 template <class Stream>
@@ -130,9 +176,11 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
   // A streaming route on a handler thread: the handler pulls the body through
-  // read_body, each read done on the connection's strand under the read
-  // timeout and waited for here. The connection is kept only if the handler
-  // read the body to its end.
+  // read_body. Plain HTTP reads the socket right here, on the handler's thread
+  // (no hand-over per read: the strand has no operation pending meanwhile);
+  // HTTPS does each read on the connection's strand and waits for it. Both
+  // under the read timeout. The connection is kept only if the handler read
+  // the body to its end.
   void respond_streaming() {
     body_parser_.emplace(std::move(*header_parser_));
     header_parser_.reset();
@@ -152,10 +200,14 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       body.data = out;
       body.size = n;
       body.more = true;
-      // A read may parse only framing (a chunk header): read until body bytes came or the body ended.
-      while (body.size == n && !body_parser_->is_done()) {
+      // A read may parse only framing (a chunk header): read until body bytes
+      // came or the body ended (plain HTTP: then on while more bytes are already waiting).
+      while (!body_parser_->is_done() && body.size > 0 && (body.size == n || (!kTls && bytes_waiting()))) {
         beast::error_code ec;
-        wait_on_strand([&](std::function<void(beast::error_code)> done) { read_body_some(std::move(done)); }, ec);
+        if constexpr (kTls)
+          wait_on_strand([&](std::function<void(beast::error_code)> done) { read_body_some(std::move(done)); }, ec);
+        else
+          read_body_here(ec);
         if (ec)
           throw http::BodyReadError(ec == beast::error::timeout
                                         ? "no data for " + std::to_string(api_.options.read_timeout_seconds) + " s"
@@ -166,6 +218,21 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     ApiResponse response = api_.handle(header, {}, read_body, remote_, kTls);
     const bool complete = body_parser_->is_done();
     post_send(std::move(response), header.method(), header.version(), header.keep_alive() && complete);
+  }
+
+  // Bytes of the body already received (parsed or not yet).
+  bool bytes_waiting() {
+    beast::error_code ignored;
+    return buffer_.size() > 0 || beast::get_lowest_layer(stream_).socket().available(ignored) > 0;
+  }
+
+  // Plain HTTP, on the handler's thread: one read of the socket into buffer_
+  // (once poll says bytes are there, within the read timeout; checking every
+  // 200 ms whether the server stops), parsed into the handler's buffer.
+  void read_body_here(beast::error_code& ec) {
+    PolledSocket socket{beast::get_lowest_layer(stream_).socket(), api_.options.read_timeout_seconds, api_.running};
+    bhttp::read_some(socket, buffer_, *body_parser_, ec);
+    if (ec == bhttp::error::need_buffer) ec = {};
   }
 
   // On the strand: reads into the handler's buffer (body_parser_'s) while
