@@ -29,6 +29,7 @@ using json = nlohmann::json;
 namespace {
 
 const std::string kCtSmall = "/usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm";
+const std::string kMrSmall = "/usr/lib/python3/dist-packages/pydicom/data/test_files/MR_small.dcm";
 
 // The dicom.tls block (inside dicom:, indented two spaces).
 std::string dicom_tls_yaml(const TestPki& pki, const TestCert& server, int tls_port, const std::string& more = "") {
@@ -183,6 +184,15 @@ TEST(HttpsService, RolesOverHttpsWithTokensMadeByTheCliAndNoTokenInAnyLog) {
   EXPECT_EQ(curl(vera_token + "x", "/api/v1/studies"), "401");
   EXPECT_EQ(curl(ada_token, "/no/such/route"), "404");
   EXPECT_EQ(curl("", "/healthz"), "200");
+  // STOW-RS over HTTPS (the body streamed through the TLS session): curl -F
+  // with a multipart/related Content-Type, as the README shows.
+  const auto stow = run("curl -s -o /dev/null -w '%{http_code}' --resolve localhost:" +
+                        std::to_string(firstread::testing::test_port(2)) + ":127.0.0.1 --cacert " + pki.ca() +
+                        " -H 'Authorization: Bearer " + ada_token +
+                        "' -H 'Content-Type: multipart/related; type=\"application/dicom\"' -F 'file=@" + kMrSmall +
+                        ";type=application/dicom' " + base + "/dicomweb/studies");
+  EXPECT_EQ(stow.output, "200");
+  EXPECT_EQ(query_value(s, "SELECT count(*) FROM api.instances"), "2");
   // Plain HTTP on the HTTPS port is not served, and says so in the log.
   EXPECT_NE(run("curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:" +
                 std::to_string(firstread::testing::test_port(2)) + "/healthz")

@@ -178,6 +178,12 @@ std::string read_response(int fd) {
   return out;
 }
 
+int regular_files_under(const std::string& dir) {
+  int n = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) n += e.is_regular_file();
+  return n;
+}
+
 std::string dicomweb_root(int http_port) { return "http://127.0.0.1:" + std::to_string(http_port) + "/dicomweb"; }
 
 }  // namespace
@@ -587,10 +593,7 @@ TEST(DicomwebDurability, KillDuringUploadKeepsTheCompletedPartsAndNothingElse) {
   }
   // Nothing of the half part is on disk: it was streaming into an unnamed file
   // (a named temporary where the file system has no O_TMPFILE: removed at start-up).
-  int files_under_instances = 0;
-  for (const auto& e : fs::recursive_directory_iterator(s.storage() + "/instances"))
-    files_under_instances += e.is_regular_file();
-  EXPECT_EQ(files_under_instances, 4);
+  EXPECT_EQ(regular_files_under(s.storage() + "/instances"), 4);
   EXPECT_TRUE(wait_until([&] {
     int parts = 0;
     for (const auto& e : fs::directory_iterator(node_tmp)) parts += e.path().extension() == ".part";
@@ -652,10 +655,7 @@ TEST(DicomwebDurability, AStalledUploadTimesOutKeepingItsCompletePartsWhileOther
     EXPECT_EQ(count_of(s, "SELECT count(*) FROM api.instances WHERE sop_instance_uid = '" + made[i].second + "'"),
               i == 2 ? 0 : 1)
         << "instance " << i;
-  int files_under_instances = 0;
-  for (const auto& e : fs::recursive_directory_iterator(s.storage() + "/instances"))
-    files_under_instances += e.is_regular_file();
-  EXPECT_EQ(files_under_instances, 3);
+  EXPECT_EQ(regular_files_under(s.storage() + "/instances"), 3);
   s.terminate();
 }
 

@@ -3,8 +3,7 @@
 // handler pool (HttpApi::Impl::handle), and a streaming route's body is
 // read as the handler asks for it. A client that sends half a request holds
 // no thread, only a socket, and is dropped after the read timeout.
-#include <poll.h>
-
+#include "app/http/polled_socket.h"
 #include "app/http/server_impl.h"
 
 namespace firstread::app {
@@ -13,50 +12,6 @@ namespace firstread::app {
 // Connections: async reads and writes on the I/O threads, handling on the pool.
 
 namespace {
-
-// A connected socket as a synchronous read stream for Beast, read on the
-// calling thread: each read first waits (poll) for bytes, at most the read
-// timeout, and gives up when the server stops.
-class PolledSocket {
- public:
-  PolledSocket(tcp::socket& socket, int timeout_seconds, const std::atomic<bool>& running)
-      : socket_(socket), timeout_(std::chrono::seconds(timeout_seconds)), running_(running) {}
-
-  template <class Buffers>
-  size_t read_some(const Buffers& buffers, beast::error_code& ec) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout_;
-    for (;;) {
-      pollfd ready{socket_.native_handle(), POLLIN, 0};
-      const int r = ::poll(&ready, 1, 200);
-      if (r > 0) break;
-      if (r < 0 && errno != EINTR) {
-        ec.assign(errno, boost::system::system_category());
-        return 0;
-      }
-      if (!running_) {
-        ec = net::error::operation_aborted;
-        return 0;
-      }
-      if (std::chrono::steady_clock::now() >= deadline) {
-        ec = beast::error::timeout;
-        return 0;
-      }
-    }
-    return socket_.read_some(buffers, ec);
-  }
-  template <class Buffers>
-  size_t read_some(const Buffers& buffers) {
-    beast::error_code ec;
-    const size_t n = read_some(buffers, ec);
-    if (ec) throw boost::system::system_error(ec);
-    return n;
-  }
-
- private:
-  tcp::socket& socket_;
-  std::chrono::steady_clock::duration timeout_;
-  const std::atomic<bool>& running_;
-};
 
 // One connection, plain (beast::tcp_stream) or HTTPS (beast::ssl_stream over it).
 template <class Stream>
@@ -216,8 +171,19 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       return n - body.size;
     };
     ApiResponse response = api_.handle(header, {}, read_body, remote_, kTls);
-    const bool complete = body_parser_->is_done();
-    post_send(std::move(response), header.method(), header.version(), header.keep_alive() && complete);
+    const bool keep_alive = header.keep_alive() && body_parser_->is_done();
+    if constexpr (!kTls) {
+      // The answer goes out from here too (the client has it one hand-over
+      // sooner); the strand then reads the next request or closes.
+      prepare_response(std::move(response), header.method(), header.version(), keep_alive);
+      PolledSocket socket{beast::get_lowest_layer(stream_).socket(), kWriteTimeoutSeconds, api_.running};
+      beast::error_code ec;
+      bhttp::write(socket, response_, ec);
+      net::post(stream_.get_executor(),
+                [self = this->shared_from_this(), ec, keep_alive] { self->after_write(ec, keep_alive); });
+      return;
+    }
+    post_send(std::move(response), header.method(), header.version(), keep_alive);
   }
 
   // Bytes of the body already received (parsed or not yet).
@@ -278,7 +244,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     });
   }
 
-  void send(ApiResponse r, bhttp::verb method, unsigned version, bool keep_alive) {
+  void prepare_response(ApiResponse r, bhttp::verb method, unsigned version, bool keep_alive) {
     response_ = {};
     response_.version(version);
     response_.result(r.status);
@@ -291,16 +257,24 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     const size_t length = r.body.size();
     if (method != bhttp::verb::head) response_.body() = std::move(r.body);
     response_.content_length(length);
+  }
+
+  void send(ApiResponse r, bhttp::verb method, unsigned version, bool keep_alive) {
+    prepare_response(std::move(r), method, version, keep_alive);
     // a slow reader of a large file is dropped eventually
-    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(120));
-    bhttp::async_write(stream_, response_,
-                       [self = this->shared_from_this(), keep_alive](beast::error_code ec, size_t) {
-                         if (ec || !keep_alive) {
-                           self->close();
-                           return;
-                         }
-                         self->read_request();
-                       });
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(kWriteTimeoutSeconds));
+    bhttp::async_write(stream_, response_, [self = this->shared_from_this(), keep_alive](beast::error_code ec, size_t) {
+      self->after_write(ec, keep_alive);
+    });
+  }
+
+  // On the strand, once an answer is written: the next request, or the end.
+  void after_write(beast::error_code ec, bool keep_alive) {
+    if (ec || !keep_alive) {
+      close();
+      return;
+    }
+    read_request();
   }
 
   // HTTPS sends its close_notify first (briefly: a vanished client is not waited for).
@@ -323,6 +297,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     socket.close(ignored);
   }
 
+  static constexpr int kWriteTimeoutSeconds = 120;
   Stream stream_;
   HttpApi::Impl& api_;
   std::string remote_;  // the client's address, for the audit log
