@@ -551,6 +551,30 @@ TEST_F(DicomwebSamples, MetadataAndRenderedAreWhatOhifReads) {
   const auto gif = run("curl -s -w '\\n%{http_code}' -H 'Accept: image/gif' '" + url + "'");
   EXPECT_NE(gif.output.find("image/jpeg or image/png"), std::string::npos) << gif.output;
   EXPECT_EQ(gif.output.substr(gif.output.rfind('\n') + 1), "406") << gif.output;
+  // ?quality= (PS3.18 8.3.5.1.2): quality 10 is a smaller JPEG of the same
+  // picture, further from the PNG than the default's; 0 and 101 are refused.
+  const std::string low = s.work + "/rendered-q10.jpg";
+  const auto q10 = run("curl -s -o '" + low + "' -w '%{http_code}' '" + url + "?quality=10'");
+  EXPECT_EQ(q10.output, "200");
+  EXPECT_LT(fs::file_size(low), fs::file_size(jpeg));
+  const auto lossier = run("/usr/bin/python3 -c \"import sys, numpy as np; from PIL import Image; "
+                           "a = np.asarray(Image.open(sys.argv[1]).convert('RGB'), float); "
+                           "d = [abs(a - np.asarray(Image.open(f).convert('RGB'), float)).mean() for f in sys.argv[2:]]; "
+                           "print(Image.open(sys.argv[3]).format, round(d[0], 2), round(d[1], 2))\" '" +
+                           png + "' '" + jpeg + "' '" + low + "'");
+  ASSERT_EQ(lossier.exit_code, 0) << lossier.output;
+  std::istringstream lossier_words(lossier.output);
+  std::string low_format;
+  double at_90 = 0, at_10 = 0;
+  lossier_words >> low_format >> at_90 >> at_10;
+  EXPECT_EQ(low_format, "JPEG") << lossier.output;
+  EXPECT_GT(at_10, at_90) << lossier.output;
+  EXPECT_LT(at_10, 20.0) << lossier.output << ": still the same picture";
+  for (const char* bad : {"0", "101", "high"}) {
+    const auto refused = run("curl -s -w '\\n%{http_code}' '" + url + "?quality=" + bad + "'");
+    EXPECT_EQ(refused.output.substr(refused.output.rfind('\n') + 1), "400") << bad << ": " << refused.output;
+    EXPECT_NE(refused.output.find("quality"), std::string::npos) << refused.output;
+  }
 }
 
 // ---------------------------------------------------------------------------

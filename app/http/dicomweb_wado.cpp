@@ -203,7 +203,7 @@ ApiResponse wado_frames(Context& ctx, const ApiRequest& req) {
 
 namespace {
 
-constexpr int kJpegQuality = 90;  // PS3.18 8.3.5.1.2's "quality" parameter is not read
+constexpr int kJpegQuality = 90;  // without PS3.18 8.3.5.1.2's "quality" parameter
 
 // The rendered media type the Accept header prefers: image/jpeg (PS3.18
 // Table 8.7.4-1: the default for single-frame rendered content, also for no
@@ -235,6 +235,9 @@ ApiResponse wado_rendered(Context& ctx, const ApiRequest& req) {
   const auto objects = named_objects(ctx, req);
   const db::ObjectHit& o = objects.front();
   const std::string media_type = rendered_media_type(req.accept);
+  // PS3.18 8.3.5.1.2: 1..100, for a lossy type (JPEG); PNG is lossless and ignores it.
+  int quality = kJpegQuality;
+  if (const auto q = query_param(req, "quality")) quality = static_cast<int>(integer_param("quality", *q, 1, 100));
   int frame = 1;
   if (auto it = req.path_params.find("frames"); it != req.path_params.end()) {
     const auto numbers = frame_numbers(it->second, o.frames.value_or(1 << 30));
@@ -252,7 +255,7 @@ ApiResponse wado_rendered(Context& ctx, const ApiRequest& req) {
   r.content_type = media_type;
   const auto& image = pixels.image;
   r.body = media_type == "image/png" ? encode_png_rgb8(image.rgb.data(), image.width, image.height)
-                                     : encode_jpeg_rgb8(image.rgb.data(), image.width, image.height, kJpegQuality);
+                                     : encode_jpeg_rgb8(image.rgb.data(), image.width, image.height, quality);
   return audited(std::move(r), req);
 }
 
