@@ -281,6 +281,7 @@ int run_serve(const Args& args) {
   spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   http.stop();
   if (server) server->stop();  // stop accepting; associations finish the instance in flight
+  sink.stop();                  // the last rows committed and flushed while the database is there
   reconcile.stop();
   housekeeping.stop();
 #ifdef FIRSTREAD_HAVE_PIPELINE

@@ -30,6 +30,8 @@ ConnectionPool::ConnectionPool(std::string conninfo, int size) : conninfo_(std::
 
 ConnectionPool::~ConnectionPool() = default;
 
+std::unique_ptr<pqxx::connection> ConnectionPool::open_dedicated() const { return open_connection(conninfo_); }
+
 ConnectionPool::Lease::~Lease() {
   if (pool_ && conn_) pool_->release(std::move(conn_), broken_);
 }

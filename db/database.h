@@ -52,6 +52,11 @@ class ConnectionPool {
 
   Lease acquire();
   const std::string& conninfo() const { return conninfo_; }
+  // A connection of its own, outside the pool, set up as the pool's are: for
+  // a client that must know its session lived on across several transactions
+  // (the instance committer: a session that is still open proves the server
+  // did not restart since its commits).
+  std::unique_ptr<pqxx::connection> open_dedicated() const;
 
   // Runs fn in a transaction and commits it. A broken connection (database
   // restarted) is retried once on a fresh connection; other errors propagate.

@@ -186,6 +186,46 @@ TEST_F(DatabaseTest, GroupCommitRecordsConcurrentRowsInFewerTransactionsAndARowF
   EXPECT_EQ(size, 2000) << "the resend refreshed its row";
 }
 
+// The committer's transactions do not wait for their WAL flush: it keeps the
+// rows until the flush position read on its own session passes them, and
+// records them again when that session breaks. Where the server kept them
+// (here: only the session was ended) that is a refresh, counted once.
+TEST_F(DatabaseTest, GroupCommitRecordsAgainWhatABrokenSessionLeftUnconfirmed) {
+  InstanceIndex index(pool());
+  firstread::db::GroupCommit::Options options;
+  options.confirm_interval = std::chrono::hours(1);  // confirmed only by the next group's statement
+  firstread::db::GroupCommit committer(index, options);
+  for (int i = 0; i < 10; ++i)
+    ASSERT_TRUE(committer.submit(sample("1.2.7." + std::to_string(i), "1.2.7")).get().is_new) << i;
+  // The last row's flush is not known yet: no statement has read the flush position since its commit.
+  EXPECT_GE(committer.unconfirmed(), 1u);
+  // Visible to every other session although not known to be flushed.
+  EXPECT_EQ(pool().transact([](pqxx::work& t) {
+              return t.exec1("SELECT instance_count FROM api.studies WHERE study_uid = '1.2.7'")[0].as<int>();
+            }),
+            10);
+  {
+    pqxx::connection admin(TestCluster::get().conninfo());
+    pqxx::nontransaction n(admin);
+    auto ended = n.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'firstread instance committer'");
+    ASSERT_EQ(ended.size(), 1u) << "the committer has one session of its own";
+  }
+  const size_t left = committer.unconfirmed();
+  // The next row finds the session ended: the rows it left go first, on a new session.
+  EXPECT_TRUE(committer.submit(sample("1.2.7.10", "1.2.7")).get().is_new);
+  EXPECT_EQ(committer.recorded_again(), left);
+  auto study = pool().transact([](pqxx::work& t) {
+    return t.exec1("SELECT instance_count, state FROM api.studies WHERE study_uid = '1.2.7'");
+  });
+  EXPECT_EQ(study[0].as<int>(), 11) << "a row recorded again was counted twice";
+  EXPECT_EQ(std::string(study[1].c_str()), "receiving");
+  EXPECT_EQ(pool().transact([](pqxx::work& t) {
+              return t.exec1("SELECT count(*) FROM api.instances WHERE study_uid = '1.2.7'")[0].as<int>();
+            }),
+            11);
+}
+
 TEST_F(DatabaseTest, PoolSurvivesAServerSideDisconnect) {
   // Kill every other backend, as a database restart would; the next
   // transaction must reconnect instead of failing the C-STORE.

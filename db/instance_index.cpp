@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include <spdlog/spdlog.h>
+
 namespace firstread::db {
 namespace {
 
@@ -26,6 +28,50 @@ std::string record_instance_call(Txn& tx, const InstanceRecord& r) {
          nullable(r.accession_number) + ", " + nullable(r.study_date) + ")";
 }
 
+
+// The WAL positions a group statement reads before its rows (as bytes).
+constexpr const char* kWalPositions =
+    "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint";
+
+struct WalPositions {
+  uint64_t insert = 0, flush = 0;
+};
+
+// Records several instances in one statement (one round trip), in order of
+// study and SOP Instance UID so that concurrent transactions (other nodes)
+// lock the study rows in the same order; of the same SOP Instance UID twice,
+// the one given first is recorded first (an insert, then a refresh: each
+// record_instance call is volatile and sees the calls before it). The first
+// branch reads the WAL positions before any row is written. Returns, for each
+// record in the order given, whether it was new.
+std::vector<bool> record_rows(pqxx::work& tx, const std::vector<const InstanceRecord*>& records,
+                              WalPositions& before) {
+  std::vector<size_t> order(records.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const InstanceRecord& x = *records[a];
+    const InstanceRecord& y = *records[b];
+    return x.study_uid != y.study_uid ? x.study_uid < y.study_uid : x.sop_instance_uid < y.sop_instance_uid;
+  });
+  std::string sql = std::string("SELECT -1 AS k, NULL::boolean AS is_new, ") + kWalPositions;
+  for (size_t k : order)
+    sql += " UNION ALL SELECT " + std::to_string(k) + ", " + record_instance_call(tx, *records[k]) +
+           ", NULL::bigint, NULL::bigint";
+  std::vector<bool> is_new(records.size(), false);
+  const pqxx::result rows = tx.exec(sql);
+  if (rows.size() != records.size() + 1) throw DatabaseError("record_rows: row count differs from the records sent");
+  for (const auto& row : rows) {
+    const long long k = row[0].as<long long>();
+    if (k < 0) {
+      before.insert = static_cast<uint64_t>(row[2].as<long long>());
+      before.flush = static_cast<uint64_t>(row[3].as<long long>());
+    } else {
+      is_new.at(static_cast<size_t>(k)) = row[1].as<bool>();
+    }
+  }
+  return is_new;
+}
+
 }  // namespace
 
 bool InstanceIndex::record(const InstanceRecord& r) {
@@ -38,33 +84,6 @@ bool InstanceIndex::record(const InstanceRecord& r) {
                                opt(r.frames), r.file_path, r.file_size, r.calling_ae, r.patient_id, r.patient_name,
                                r.accession_number, r.study_date);
     return row[0].as<bool>();
-  });
-}
-
-std::vector<bool> InstanceIndex::record_many(const std::vector<const InstanceRecord*>& records) {
-  if (records.empty()) return {};
-  if (records.size() == 1) return {record(*records[0])};
-  std::vector<size_t> order(records.size());
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    const InstanceRecord& x = *records[a];
-    const InstanceRecord& y = *records[b];
-    return x.study_uid != y.study_uid ? x.study_uid < y.study_uid : x.sop_instance_uid < y.sop_instance_uid;
-  });
-  // One statement, one round trip: each branch calls record_instance (a
-  // volatile function: each call sees the rows of the calls before it, so the
-  // same SOP Instance UID twice is an insert and then a refresh).
-  return pool_.transact([&](pqxx::work& tx) {
-    std::string sql;
-    for (size_t k : order) {
-      if (!sql.empty()) sql += " UNION ALL ";
-      sql += "SELECT " + std::to_string(k) + " AS k, " + record_instance_call(tx, *records[k]);
-    }
-    std::vector<bool> is_new(records.size(), false);
-    const pqxx::result rows = tx.exec(sql);
-    if (rows.size() != records.size()) throw DatabaseError("record_many: row count differs from the records sent");
-    for (const auto& row : rows) is_new.at(row[0].as<size_t>()) = row[1].as<bool>();
-    return is_new;
   });
 }
 
@@ -82,16 +101,18 @@ std::vector<std::string> InstanceIndex::all_file_paths() {
   });
 }
 
-GroupCommit::GroupCommit(InstanceIndex& index, size_t max_rows)
-    : index_(index), max_rows_(std::max<size_t>(1, max_rows)), thread_([this] { run(); }) {}
+GroupCommit::GroupCommit(InstanceIndex& index, Options options)
+    : index_(index), options_(options), thread_([this] { run(); }) {}
 
-GroupCommit::~GroupCommit() {
+GroupCommit::~GroupCommit() { stop(); }
+
+void GroupCommit::stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   cv_.notify_all();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
 }
 
 std::future<GroupCommit::Committed> GroupCommit::submit(const InstanceRecord& record) {
@@ -99,6 +120,10 @@ std::future<GroupCommit::Committed> GroupCommit::submit(const InstanceRecord& re
   std::future<Committed> done = p.done.get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) {
+      p.done.set_exception(std::make_exception_ptr(DatabaseError("the instance committer has stopped")));
+      return done;
+    }
     queue_.push_back(std::move(p));
   }
   cv_.notify_one();
@@ -115,47 +140,167 @@ uint64_t GroupCommit::rows() const {
   return rows_;
 }
 
+size_t GroupCommit::unconfirmed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return unconfirmed_count_;
+}
+
+uint64_t GroupCommit::recorded_again() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return recorded_again_;
+}
+
 void GroupCommit::run() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stopping, nothing left
-    // Everything that arrived while the previous group was committing.
+    const bool waiting_rows = !unconfirmed_.empty() || !again_.empty();
+    if (waiting_rows)
+      cv_.wait_for(lock, options_.confirm_interval, [&] { return stop_ || !queue_.empty(); });
+    else
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
     std::vector<Pending> group;
-    while (!queue_.empty() && group.size() < max_rows_) {
+    // Everything that arrived while the previous group was committing.
+    while (!queue_.empty() && group.size() < options_.max_rows) {
       group.push_back(std::move(queue_.front()));
       queue_.pop_front();
     }
-    // Counted before the rows' futures are ready.
-    ++transactions_;
-    rows_ += group.size();
+    if (group.empty() && stop_) {
+      lock.unlock();
+      flush_barrier();
+      return;
+    }
+    if (!group.empty()) {
+      // Counted before the rows' futures are ready.
+      ++transactions_;
+      rows_ += group.size();
+    }
     lock.unlock();
-    commit_group(group);
+    if (!group.empty() || !again_.empty())
+      commit_group(group);
+    else if (!unconfirmed_.empty())
+      confirm_now();
+    publish(0);
     lock.lock();
   }
 }
 
-void GroupCommit::commit_group(std::vector<Pending>& group) {
-  std::vector<const InstanceRecord*> records;
-  for (const auto& p : group) records.push_back(&p.record);
+void GroupCommit::publish(size_t recorded_again) {
+  std::lock_guard<std::mutex> lock(mu_);
+  unconfirmed_count_ = unconfirmed_.size() + again_.size();
+  recorded_again_ += recorded_again;
+}
+
+pqxx::connection& GroupCommit::session() {
+  if (session_ && !session_->is_open()) session_broke();
+  if (!session_) {
+    session_ = index_.pool().open_dedicated();
+    // The commit point is the commit, not its flush: see the class comment.
+    session_->set_variable("synchronous_commit", "off");
+    session_->set_variable("application_name", "'firstread instance committer'");
+  }
+  return *session_;
+}
+
+void GroupCommit::session_broke() {
+  session_.reset();
+  if (unconfirmed_.empty()) return;
+  spdlog::warn("ingest: the committer's database session broke with {} committed rows not yet known to be flushed; "
+               "they are recorded again as soon as PostgreSQL answers",
+               unconfirmed_.size());
+  for (auto& u : unconfirmed_) again_.push_back(std::move(u.record));
+  unconfirmed_.clear();
+}
+
+void GroupCommit::confirm(uint64_t insert_lsn, uint64_t flush_lsn) {
+  for (auto& u : unconfirmed_)
+    if (u.before_lsn == 0) u.before_lsn = insert_lsn;
+  unconfirmed_.erase(std::remove_if(unconfirmed_.begin(), unconfirmed_.end(),
+                                    [&](const Unconfirmed& u) { return u.before_lsn <= flush_lsn; }),
+                     unconfirmed_.end());
+}
+
+bool GroupCommit::confirm_now() {
   try {
-    const std::vector<bool> is_new = index_.record_many(records);
-    for (size_t i = 0; i < group.size(); ++i) group[i].done.set_value({is_new[i], group.size()});
-    return;
+    pqxx::nontransaction tx(session());
+    const pqxx::row row = tx.exec1(std::string("SELECT ") + kWalPositions);
+    confirm(static_cast<uint64_t>(row[0].as<long long>()), static_cast<uint64_t>(row[1].as<long long>()));
+    return true;
   } catch (const pqxx::broken_connection&) {
-    // The database is unreachable: every row fails now, the senders retry.
-    for (auto& p : group) p.done.set_exception(std::current_exception());
-    return;
-  } catch (const pqxx::in_doubt_error&) {
-    for (auto& p : group) p.done.set_exception(std::current_exception());
-    return;
-  } catch (const std::exception&) {
-    if (group.size() == 1) {
-      group[0].done.set_exception(std::current_exception());
+    session_broke();
+  } catch (const std::exception& e) {
+    spdlog::warn("ingest: cannot read the WAL flush position: {}", e.what());
+  }
+  return false;
+}
+
+std::vector<bool> GroupCommit::commit_rows(const std::vector<const InstanceRecord*>& records) {
+  pqxx::work tx(session());
+  WalPositions before;
+  std::vector<bool> is_new = record_rows(tx, records, before);
+  tx.commit();
+  // Read before this transaction's rows: they cover the earlier ones.
+  confirm(before.insert, before.flush);
+  return is_new;
+}
+
+void GroupCommit::commit_group(std::vector<Pending>& group) {
+  // A session that broke while idle (the server restarted) is found by the
+  // first attempt; the second runs on a new session, led by the rows the old
+  // one left unconfirmed.
+  for (int attempt = 0;; ++attempt) {
+    std::vector<const InstanceRecord*> records;
+    size_t again = 0;
+    try {
+      session();  // first: finding it broken moves its unconfirmed rows into again_
+      for (const auto& r : again_) records.push_back(&r);
+      for (const auto& p : group) records.push_back(&p.record);
+      again = again_.size();
+      const std::vector<bool> is_new = commit_rows(records);
+      for (auto& r : again_) unconfirmed_.push_back({std::move(r), 0});
+      again_.clear();
+      for (const auto& p : group) unconfirmed_.push_back({p.record, 0});
+      if (again > 0) spdlog::warn("ingest: recorded again {} rows the broken database session had left unconfirmed", again);
+      publish(again);
+      for (size_t i = 0; i < group.size(); ++i) group[i].done.set_value({is_new[again + i], group.size()});
       return;
+    } catch (const pqxx::broken_connection&) {
+      session_broke();
+      if (attempt == 0) continue;
+      publish(0);
+      // The database is unreachable: every row fails now, the senders retry.
+      for (auto& p : group) p.done.set_exception(std::current_exception());
+      return;
+    } catch (const pqxx::in_doubt_error&) {
+      // Committed or not: not acknowledged either way (the sender retries);
+      // rows recorded again stay to be recorded again.
+      session_broke();
+      publish(0);
+      for (auto& p : group) p.done.set_exception(std::current_exception());
+      return;
+    } catch (const std::exception&) {
+      if (records.size() == 1 && !group.empty()) {
+        group[0].done.set_exception(std::current_exception());
+        return;
+      }
+      break;
     }
   }
-  // One row may have failed the group: each row alone, so that it fails only itself.
+  // One row may have failed the group: each row alone (synchronous commits
+  // through the pool: durable once they return), so that it fails only itself.
+  std::vector<InstanceRecord> still;
+  for (auto& r : again_) {
+    try {
+      index_.record(r);
+    } catch (const pqxx::broken_connection&) {
+      still.push_back(std::move(r));
+    } catch (const std::exception& e) {
+      spdlog::error("ingest: sop={}: cannot record its row again: {} (its file is kept; start-up reconciliation "
+                    "indexes it)",
+                    r.sop_instance_uid, e.what());
+    }
+  }
+  again_ = std::move(still);
+  publish(0);
   for (auto& p : group) {
     try {
       p.done.set_value({index_.record(p.record), 1});
@@ -163,6 +308,30 @@ void GroupCommit::commit_group(std::vector<Pending>& group) {
       p.done.set_exception(std::current_exception());
     }
   }
+}
+
+void GroupCommit::flush_barrier() {
+  if (!again_.empty()) {
+    std::vector<Pending> none;
+    commit_group(none);
+  }
+  if (!unconfirmed_.empty()) {
+    try {
+      // A commit that waits for its flush flushes every earlier commit too.
+      pqxx::work tx(session());
+      tx.exec0("SET LOCAL synchronous_commit = on");
+      tx.exec("SELECT txid_current()");
+      tx.commit();
+      unconfirmed_.clear();
+    } catch (const std::exception& e) {
+      session_broke();
+      spdlog::warn("ingest: cannot wait for the database's WAL flush at shutdown: {}", e.what());
+    }
+  }
+  if (!again_.empty())
+    spdlog::warn("ingest: {} acknowledged rows may be missing from the database (it went away before flushing them); "
+                 "their files are kept and start-up reconciliation indexes them",
+                 again_.size());
 }
 
 }  // namespace firstread::db

@@ -454,11 +454,11 @@ scp::StoreResult InstanceIngest::commit(storage::FileStorage::NewFile& file, db:
     return storage_failure(record.sop_instance_uid, peer, e.what());
   }
   record.file_size = static_cast<int64_t>(file.size());
-  // Naming the file and its fsyncs, and the database commit, each wait on the
-  // disk; they run at the same time (the commit, on the committer's thread,
-  // is the longer one) and Success is answered only when both are durable.
-  // A failure of either answers a failure status; what the other left behind
-  // is repaired here or by start-up reconciliation.
+  // Naming the file and its fsyncs wait on the disk; the database commit (on
+  // the committer's thread, not waiting for its WAL flush) runs meanwhile.
+  // Success is answered only when the file and its name are durable and the
+  // row is committed. A failure of either answers a failure status; what the
+  // other left behind is repaired here or by start-up reconciliation.
   std::future<db::GroupCommit::Committed> commit_row = committer_.submit(record);
   std::string file_error;
   try {

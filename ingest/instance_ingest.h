@@ -41,11 +41,16 @@ struct FileStoreResult {
 //      instances/<study>/<series>/<sop>.dcm;
 //   3. one fsync of the file and of its directory, at the same time as the
 //      database commit of its row (a group commit: rows of concurrent
-//      associations share one transaction);
-//   4. Success only once both are durable.
+//      associations share one transaction, which does not wait for its WAL
+//      flush: db::GroupCommit keeps the row until the flush is confirmed and
+//      records it again if PostgreSQL lost it);
+//   4. Success only once the file and its name are durable and the row is
+//      committed.
 // A crash before 2 leaves nothing; between 2 and 4 a named file that was never
 // acknowledged (with or without its row): reconciliation indexes it only if it
-// reads back complete, and the sender's resend replaces it.
+// reads back complete, and the sender's resend replaces it. After 4, a row
+// lost with PostgreSQL's unflushed WAL is recorded again by the committer, or,
+// if firstread went down too, reconciliation indexes its (durable) file.
 class InstanceIngest : public scp::InstanceSink {
  public:
   InstanceIngest(storage::FileStorage& storage, db::InstanceIndex& index)
@@ -74,6 +79,11 @@ class InstanceIngest : public scp::InstanceSink {
   FileStoreResult store_file(storage::FileStorage::NewFile& file, const FileInstance& instance);
 
   storage::FileStorage& storage() { return storage_; }
+
+  // Commits the rows still queued and waits until PostgreSQL has flushed the
+  // committed ones; then every store fails. Call it once nothing sends any
+  // more, before the database goes.
+  void stop() { committer_.stop(); }
 
  private:
   scp::StoreResult commit(storage::FileStorage::NewFile& file, db::InstanceRecord& record, const scp::Peer& peer);

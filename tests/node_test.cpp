@@ -377,6 +377,18 @@ std::string pg_ctl() {
   return path;
 }
 
+// pg_ctl on the service's embedded cluster, run as the cluster's owner.
+firstread::testing::CommandResult cluster_ctl(const FirstreadService& s, const std::string& action) {
+  const std::string data = s.storage() + "/pg/data";
+  return run("runuser -u $(stat -c %U '" + data + "') -- " + pg_ctl() + " " + action + " -D '" + data + "'");
+}
+
+firstread::testing::CommandResult start_cluster(const FirstreadService& s) {
+  return cluster_ctl(s, "start -w -l '" + s.storage() + "/pg/restart.log' -o \"-c listen_addresses='' -c " +
+                            "unix_socket_directories='" + s.storage() + "/pg/run' -p " +
+                            std::to_string(s.db_port()) + "\"");
+}
+
 }  // namespace
 
 TEST(Node, PostgresRestartedUnderLoadLosesNothingAndIngestResumesByItself) {
@@ -395,14 +407,10 @@ TEST(Node, PostgresRestartedUnderLoadLosesNothingAndIngestResumesByItself) {
   while (count_of(s.log(), "ingest: stored") < 40 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   // The embedded cluster, stopped and started again as its owner would.
-  const std::string data = s.storage() + "/pg/data";
-  const std::string as_owner = "runuser -u $(stat -c %U '" + data + "') -- " + pg_ctl();
-  auto stopped = run(as_owner + " stop -w -m fast -D '" + data + "'");
+  auto stopped = cluster_ctl(s, "stop -w -m fast");
   ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
   std::this_thread::sleep_for(std::chrono::seconds(3));
-  auto started = run(as_owner + " start -w -D '" + data + "' -l '" + s.storage() + "/pg/restart.log' -o \"-c " +
-                     "listen_addresses='' -c unix_socket_directories='" + s.storage() + "/pg/run' -p " +
-                     std::to_string(s.db_port()) + "\"");
+  auto started = start_cluster(s);
   ASSERT_EQ(started.exit_code, 0) << started.output;
   sender.join();
 
@@ -431,6 +439,71 @@ TEST(Node, PostgresRestartedUnderLoadLosesNothingAndIngestResumesByItself) {
   auto conn = s.connect();
   pqxx::work t(conn);
   EXPECT_EQ(t.exec1("SELECT count(*) FROM api.instances")[0].as<int>(), 400);
+}
+
+// An instance is acknowledged once its file and name are durable and its row
+// is committed, without waiting for the row's WAL flush (db::GroupCommit).
+// PostgreSQL stopped the hard way right after acknowledgements (what it had not
+// flushed is lost, as in a crash) must lose none of them: with firstread
+// running on (the committer records the rows again), and after firstread is
+// restarted too.
+TEST(Node, PostgresStoppedImmediatelyAfterAcknowledgementsLosesNoneOfThem) {
+  FirstreadService s;
+  s.start();
+  constexpr int kSenders = 4;
+  std::vector<std::vector<std::pair<std::string, std::string>>> sets;
+  for (int i = 0; i < kSenders; ++i)
+    sets.push_back(firstread::testing::make_instances(kCtSmall, s.dir() + "/send" + std::to_string(i), 100));
+  std::vector<std::string> outputs(kSenders);
+  std::vector<std::thread> senders;
+  for (int i = 0; i < kSenders; ++i)
+    senders.emplace_back([&, i] {
+      std::string cmd = "storescu -v -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port());
+      for (const auto& f : sets[i]) cmd += " " + f.first;
+      outputs[i] = run(cmd).output;
+    });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (count_of(s.log(), "ingest: stored") < 60 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  auto stopped = cluster_ctl(s, "stop -w -m immediate");
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
+  for (auto& t : senders) t.join();
+  std::set<std::string> acknowledged;
+  for (int i = 0; i < kSenders; ++i)
+    for (const auto& sop : acknowledged_in(outputs[i], sets[i])) acknowledged.insert(sop);
+  std::cout << acknowledged.size() << " of " << 100 * kSenders << " acknowledged before the immediate stop\n";
+  ASSERT_GE(acknowledged.size(), 60u);
+  EXPECT_LT(acknowledged.size(), 100u * kSenders) << "the database was never down while instances arrived";
+  auto started = start_cluster(s);
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+
+  auto missing = [&] {
+    std::vector<std::string> out;
+    auto conn = s.connect();
+    pqxx::work t(conn);
+    std::set<std::string> indexed;
+    for (const auto& row : t.exec("SELECT sop_instance_uid FROM api.instances")) indexed.insert(row[0].c_str());
+    for (const auto& sop : acknowledged)
+      if (!indexed.count(sop)) out.push_back(sop);
+    return out;
+  };
+  // firstread still running: the rows the database lost come back by themselves.
+  std::vector<std::string> lost;
+  EXPECT_TRUE(wait_until([&] { return (lost = missing()).empty(); }, 30))
+      << lost.size() << " acknowledged instances missing, e.g. " << lost.front() << "\n"
+      << s.log().substr(s.log().size() > 6000 ? s.log().size() - 6000 : 0);
+  std::cout << line_with(s.log(), "session broke") << "\n" << line_with(s.log(), "ingest: recorded again") << "\n";
+  // And after firstread restarts.
+  EXPECT_EQ(s.terminate(), 0);
+  s.start();
+  const std::vector<std::string> after_restart = missing();
+  EXPECT_TRUE(after_restart.empty()) << after_restart.size() << " acknowledged instances missing after the restart";
+  auto conn = s.connect();
+  pqxx::work t(conn);
+  for (const auto& row : t.exec("SELECT file_path FROM api.instances")) {
+    DcmFileFormat f;
+    EXPECT_TRUE(f.loadFile((s.storage() + "/" + row[0].c_str()).c_str()).good()) << row[0].c_str();
+  }
 }
 
 TEST(Node, DiskFillingDuringATransferAnswersA700AndLeavesNoPartialFile) {
