@@ -6,11 +6,12 @@
 # Each sender count is measured REPEATS times (default 3), each time with a
 # fresh study of COUNT new instances, alternating which receiver goes first; the load average is printed before and after, since the
 # machine may be shared.
-# Usage: [REPEATS=N] bench/ingest/run.sh [COUNT]   (run scripts/setup first)
+# Usage: [REPEATS=N] [BUILD=DIR] bench/ingest/run.sh [COUNT]   (run scripts/setup first; BUILD: the build
+# directory to measure, default build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 count="${1:-500}"
-build=build
+build="${BUILD:-build}"  # another build directory: BUILD=/path/to/build
 work="$(mktemp -d /tmp/firstread-bench-XXXXXX)"
 chmod 755 "$work"
 trap 'cp $work/firstread.log /tmp/bench-fr.log 2>/dev/null; kill $(jobs -p) 2>/dev/null || true; "$build/app/firstread" db stop --config "$work/firstread.yaml" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
