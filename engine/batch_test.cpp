@@ -78,7 +78,7 @@ TEST(engine_batch, LinearRowsGiveEachRowTheBitsOfTheSingleProduct) {
   ThreadPool pool(2);
   for (KernelPath path : machine_paths()) {
     PathGuard guard(path);
-    for (int cols : {160, 1024}) {
+    for (int cols : {160, 672, 1024}) {
       const int rows = 77;  // odd: the two-row kernels' tail
       const std::vector<float> wf = gaussian(size_t(rows) * cols, 11), bias = gaussian(rows, 12);
       const std::vector<float> x = gaussian(size_t(7) * cols, 13);

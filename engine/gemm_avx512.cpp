@@ -1,20 +1,19 @@
 // AVX-512 GEMMs for batched products (prefill, vision) straight from the
 // stored weight format: y[m][n] = sum_k x[m][k] * w[n][k].
 //
-// Layout choice: the weights stay exactly as stored (row-major, BF16 / F16 /
-// Q8_0 / Q4_0 blocks, mapped or converted at load) and are *broadcast* a few
-// bytes at a time; the activations, which are small and converted per call
+// Layout choice: the weights stay as stored (row-major, BF16 / F16, or Q8_0 /
+// Q4_0 blocks in the engine's interleaved layout, qlayout.h) and are
+// *broadcast* a few bytes at a time; the activations, which are small and converted per call
 // anyway, are packed once per product into tiles of 16 rows so that one vector
 // holds the same k of 16 activation rows. The micro-kernel is then an outer
 // product (NR weight rows x MT tiles of 16 activation rows) with no horizontal
-// reduction and no weight repacking, so nothing is copied at load and the
-// weight cache keeps llama.cpp's block layout.
+// reduction and no weight copy at load.
 //
 //   BF16 / F16: activations in F32, each weight converted exactly (16 at a
 //         time into an L1 panel) and broadcast from it, vfmadd231ps (vdpbf16ps
 //         measured slower here, see the F16 / BF16 section)
 //   Q8_0 / Q4_0: activations quantised per row and 32-block to int8 (the same
-//         rounding as the decode path), weights made unsigned (Q8_0: w ^ 0x80 =
+//         rounding as the decode path), weights unsigned (Q8_0: stored as
 //         w + 128; Q4_0: the nibble n = w + 8), vpdpbusd, the offset taken out by
 //         starting each block's integer sum at -offset * sum(a), then one
 //         convert + scale FMA per block.
@@ -26,6 +25,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "engine/qlayout.h"
 
 namespace firstread::engine {
 float f16_to_f32(uint16_t v);
@@ -137,24 +138,31 @@ void kernel_f16(const uint16_t* const* rows, const uint8_t* xp, int64_t tile_byt
 
 // ------------------------------------------------------------------ Q8_0 / Q4_0
 
-// Four unsigned weight bytes of group g (k = 4g .. 4g+3) of one block, broadcast.
+// Four unsigned weight bytes of group g (k = 4g .. 4g+3) of block b of a row
+// of nb blocks (qlayout.h), broadcast.
 template <bool Q4>
-inline __m512i weight_group(const void* block, int g) {
-  if (!Q4) {
-    const BlockQ8Raw* b = static_cast<const BlockQ8Raw*>(block);
-    return _mm512_xor_si512(_mm512_set1_epi32(load_i32(b->q + 4 * g)), _mm512_set1_epi8(char(0x80)));
-  }
-  // Q4_0: byte j holds weight j (low nibble) and weight j + 16 (high nibble).
-  const BlockQ4Raw* b = static_cast<const BlockQ4Raw*>(block);
-  const __m512i v = _mm512_set1_epi32(load_i32(b->qs + 4 * (g & 3)));
+inline __m512i weight_group(const uint8_t* row, int64_t nb, int64_t b, int g) {
+  const int t = qlayout::chunk_blocks(nb, b), l = int(b % qlayout::kChunk);
+  const uint8_t* chunk = row + b / qlayout::kChunk * qlayout::kChunk * (Q4 ? qlayout::kQ4Bytes : qlayout::kQ8Bytes);
+  if (!Q4) return _mm512_set1_epi32(load_i32(chunk + g * 4 * t + 4 * l));
+  // Q4_0: groups 4..7 are the high nibbles of groups 0..3's bytes.
+  const __m512i v = _mm512_set1_epi32(load_i32(chunk + (g & 3) * 4 * t + 4 * l));
   const __m512i lo4 = _mm512_set1_epi8(0x0F);
   return g < 4 ? _mm512_and_si512(v, lo4) : _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+}
+// The FP16 scale bits of block b.
+template <bool Q4>
+inline uint16_t block_scale(const uint8_t* row, int64_t nb, int64_t b) {
+  const int t = qlayout::chunk_blocks(nb, b), l = int(b % qlayout::kChunk);
+  const uint8_t* chunk = row + b / qlayout::kChunk * qlayout::kChunk * (Q4 ? qlayout::kQ4Bytes : qlayout::kQ8Bytes);
+  uint16_t d;
+  std::memcpy(&d, chunk + (Q4 ? 16 : 32) * t + 2 * l, 2);
+  return d;
 }
 
 template <bool Q4, int NR, int MT>
 void kernel_q(const uint8_t* const* rows, const uint8_t* xp, int64_t tile_bytes, int64_t nb, float* y, int64_t ldy,
               int64_t m0, int64_t m_total, int64_t n0, int nvalid) {
-  constexpr int64_t bsz = Q4 ? sizeof(BlockQ4Raw) : sizeof(BlockQ8Raw);
   const float* T = f16_table();
   __m512 facc[NR][MT];
   for (int r = 0; r < NR; ++r)
@@ -170,14 +178,12 @@ void kernel_q(const uint8_t* const* rows, const uint8_t* xp, int64_t tile_bytes,
       __m512i xv[MT];
       for (int t = 0; t < MT; ++t) xv[t] = _mm512_load_si512(reinterpret_cast<const void*>(xb + t * tile_bytes + g * 64));
       for (int r = 0; r < NR; ++r) {
-        const __m512i wb = weight_group<Q4>(rows[r] + b * bsz, g);
+        const __m512i wb = weight_group<Q4>(rows[r], nb, b, g);
         for (int t = 0; t < MT; ++t) iacc[r][t] = _mm512_dpbusd_epi32(iacc[r][t], wb, xv[t]);
       }
     }
     for (int r = 0; r < NR; ++r) {
-      uint16_t dbits;
-      std::memcpy(&dbits, rows[r] + b * bsz, 2);
-      const __m512 dw = _mm512_set1_ps(T[dbits]);
+      const __m512 dw = _mm512_set1_ps(T[block_scale<Q4>(rows[r], nb, b)]);
       for (int t = 0; t < MT; ++t) {
         const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xb + t * tile_bytes + 576));
         facc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][t]), _mm512_mul_ps(dw, dx), facc[r][t]);
@@ -329,19 +335,22 @@ void gemm_run(int kind, const void* w_v, int64_t n_rows, int64_t k, const uint8_
 // of inputs and rows in the pass, so a sequence gets the bits alone that it
 // gets in a batch.
 //
-// Q8_0 / Q4_0: a zmm holds two whole blocks of one weight row (64 weights,
-// made unsigned as above) and each input row costs one vpdpbusd per 64
-// weights, its int32 lanes starting at -offset * (their four activations'
-// sum) so the offset leaves exactly; then one convert and one FMA by the two
-// blocks' scales (lanes 0-7 block 2j, 8-15 block 2j+1).
-// The GEMM above broadcasts 4 weight bytes against 16 activation rows: 16x
-// the work per weight at B = 1, 4x at B = 4.
+// Q8_0 / Q4_0: the weights' interleaved layout (qlayout.h) puts the same
+// 4-byte group of 16 blocks in one zmm, so per chunk of 16 blocks (512
+// weights) and input it takes 8 vpdpbusd (lane l sums block l exactly in
+// int32, starting at -offset * the block's activation sum so the unsigned
+// weights' offset leaves), one convert, one multiply of the 16 weight scales
+// by the 16 activation scales and one FMA: 11 vector ops, against 32 for the
+// two-blocks-per-zmm kernel before. What depends on the row alone (the loads,
+// Q4_0's nibble unpacking, the scales' conversion) is done once for all the
+// pass's inputs. A short last chunk (nb % 16 blocks) is loaded with a lane
+// mask; its missing lanes are zero in weights, activations and scales.
 
 namespace {
-// Per pair of blocks and input: 64 activation bytes, 16 start values for
-// Q8_0 (-128 * four-byte sum, int32), 16 for Q4_0 (-8 * sum), 16 scales
-// (lanes 0-7 the first block's, 8-15 the second's).
-constexpr int64_t kPairBytes = 64 + 64 + 64 + 64;
+// Per chunk of 16 blocks and input: 8 groups x 64 activation bytes, 16 start
+// values for Q8_0 (-128 * block sum), 16 for Q4_0 (-8 * block sum), 16 scales.
+constexpr int64_t kChunkActBytes = 8 * 64 + 64 + 64 + 64;
+constexpr int64_t kStart8At = 512, kStart4At = 576, kActScaleAt = 640;
 
 struct BlockQ8ActRaw {  // engine::BlockQ8Act
   float d;
@@ -349,115 +358,123 @@ struct BlockQ8ActRaw {  // engine::BlockQ8Act
   int8_t q[32];
 };
 
+inline int64_t q_chunks(int64_t nb) { return (nb + qlayout::kChunk - 1) / qlayout::kChunk; }
+
 }  // namespace
 
-int64_t matvec_pack_bytes(int64_t n, int64_t cols) { return n * ((cols / 32 + 1) / 2) * kPairBytes; }
+int64_t matvec_pack_bytes(int64_t n, int64_t cols) { return n * q_chunks(cols / 32) * kChunkActBytes; }
 
-// Repacks n quantised input rows (BlockQ8Act, cols / 32 blocks each) for the
-// kernels below; dst 64-byte aligned, matvec_pack_bytes(n, cols) long.
+// Repacks n quantised input rows (BlockQ8Act, cols / 32 blocks each) into the
+// weights' chunk order for the kernels below; dst 64-byte aligned,
+// matvec_pack_bytes(n, cols) long.
 void matvec_pack(const void* xq_v, int64_t n, int64_t cols, uint8_t* dst) {
   const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
-  const int64_t nb = cols / 32, pairs = (nb + 1) / 2;
+  const int64_t nb = cols / 32, chunks = q_chunks(nb);
+  std::memset(dst, 0, size_t(matvec_pack_bytes(n, cols)));
   for (int64_t g = 0; g < n; ++g)
-    for (int64_t j = 0; j < pairs; ++j) {
-      uint8_t* p = dst + (g * pairs + j) * kPairBytes;
-      int8_t q[64];
-      float d[2] = {0.f, 0.f};
-      for (int h = 0; h < 2; ++h) {
-        const int64_t b = 2 * j + h;
-        if (b < nb) {
-          std::memcpy(q + 32 * h, xq[g * nb + b].q, 32);
-          d[h] = xq[g * nb + b].d;
-        } else {
-          std::memset(q + 32 * h, 0, 32);
-        }
+    for (int64_t c = 0; c < chunks; ++c) {
+      uint8_t* p = dst + (g * chunks + c) * kChunkActBytes;
+      const int t = qlayout::chunk_blocks(nb, c * qlayout::kChunk);
+      for (int l = 0; l < t; ++l) {
+        const BlockQ8ActRaw& a = xq[g * nb + c * qlayout::kChunk + l];
+        int32_t sum = 0;
+        for (int i = 0; i < 32; ++i) sum += a.q[i];
+        for (int grp = 0; grp < 8; ++grp) std::memcpy(p + grp * 64 + 4 * l, a.q + 4 * grp, 4);
+        const int32_t start8 = -128 * sum, start4 = -8 * sum;
+        std::memcpy(p + kStart8At + 4 * l, &start8, 4);
+        std::memcpy(p + kStart4At + 4 * l, &start4, 4);
+        std::memcpy(p + kActScaleAt + 4 * l, &a.d, 4);
       }
-      std::memcpy(p, q, 64);
-      int32_t start8[16], start4[16];
-      float scales[16];
-      for (int l = 0; l < 16; ++l) {
-        const int32_t sum = int32_t(q[4 * l]) + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3];
-        start8[l] = -128 * sum;
-        start4[l] = -8 * sum;
-        scales[l] = d[l / 8];
-      }
-      std::memcpy(p + 64, start8, 64);
-      std::memcpy(p + 128, start4, 64);
-      std::memcpy(p + 192, scales, 64);
     }
 }
 
 namespace {
 
-// Two blocks (2j, 2j+1) of one row as 64 unsigned bytes, in the activations'
-// element order; a missing second block (odd block count) is zero.
-template <bool Q4>
-inline __m512i load_pair(const void* row, int64_t j, int64_t nb) {
-  const bool two = 2 * j + 1 < nb;
-  if (!Q4) {
-    const BlockQ8Raw* b = static_cast<const BlockQ8Raw*>(row) + 2 * j;
-    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0].q));
-    const __m256i hi = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[1].q)) : _mm256_set1_epi8(char(0x80));
-    return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8(char(0x80)));
-  }
-  // Q4_0: [qs0 | qs0 | qs1 | qs1] by broadcast loads, the high nibbles shifted
-  // down in 128-bit lanes 1 and 3: weights 0..15, 16..31 of each block.
-  const BlockQ4Raw* b = static_cast<const BlockQ4Raw*>(row) + 2 * j;
-  const __m256i q0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0].qs)));
-  const __m256i q1 =
-      two ? _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[1].qs))) : _mm256_setzero_si256();
-  __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
-  t = _mm512_mask_srli_epi16(t, __mmask32(0xFF00FF00u), t, 4);
-  return _mm512_and_si512(t, _mm512_set1_epi8(0x0F));
-}
-
-template <bool Q4>
-inline __m512 pair_scales(const void* row, int64_t j, int64_t nb, const float* T) {
-  const uint16_t d0 = Q4 ? (static_cast<const BlockQ4Raw*>(row) + 2 * j)->d : (static_cast<const BlockQ8Raw*>(row) + 2 * j)->d;
-  uint16_t d1 = 0;
-  if (2 * j + 1 < nb)
-    d1 = Q4 ? (static_cast<const BlockQ4Raw*>(row) + 2 * j + 1)->d : (static_cast<const BlockQ8Raw*>(row) + 2 * j + 1)->d;
-  // (insertf32x8 is AVX-512 DQ; the 64-bit-lane insert is plain F.)
-  return _mm512_castpd_ps(
-      _mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(T[d0])), _mm256_castps_pd(_mm256_set1_ps(T[d1])), 1));
-}
-
-// R consecutive rows from r against G inputs: per pair of blocks, each row's
-// unsigned weights and scales once, then per input one start-value load,
-// vpdpbusd, convert and FMA per row.
+// R consecutive rows from r against G inputs (packed by matvec_pack,
+// in_bytes apart), per chunk: each row's group loads (and Q4_0 unpacking)
+// once for the G inputs, then per (row, input) the 11 ops above.
 template <bool Q4, int R, int G>
 inline void q_rows(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes, float* y,
-                   int64_t ldy, int64_t r, const float* T) {
-  const int64_t pairs = (nb + 1) / 2;
-  constexpr int start_at = Q4 ? 128 : 64;
+                   int64_t ldy, int64_t r) {
+  constexpr int64_t bsz = Q4 ? qlayout::kQ4Bytes : qlayout::kQ8Bytes;
+  constexpr int64_t start_at = Q4 ? kStart4At : kStart8At;
+  constexpr int groups = Q4 ? 4 : 8;  // stored 4-byte groups per block
   const uint8_t* w[R];
   for (int i = 0; i < R; ++i) w[i] = base + (r + i) * row_bytes;
   __m512 acc[R][G];
   for (int i = 0; i < R; ++i)
     for (int g = 0; g < G; ++g) acc[i][g] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < pairs; ++j) {
-    // The next rows follow in memory: keep their lines coming as these stream.
-    for (int i = 0; i < R; ++i)
-      _mm_prefetch(reinterpret_cast<const char*>(w[i] + R * row_bytes) + j * (Q4 ? 36 : 68), _MM_HINT_T0);
-    __m512i u[R];
-    __m512 d[R];
-    for (int i = 0; i < R; ++i) {
-      u[i] = load_pair<Q4>(w[i], j, nb);
-      d[i] = pair_scales<Q4>(w[i], j, nb, T);
-    }
+  const __m512i lo4 = _mm512_set1_epi8(0x0F);
+  for (int64_t c = 0, ci = 0; c < nb; c += qlayout::kChunk, ++ci) {
+    const int t = qlayout::chunk_blocks(nb, c);
+    const __mmask16 m = t == qlayout::kChunk ? __mmask16(0xFFFF) : __mmask16((1u << t) - 1);
+    const uint8_t* xc = xp + ci * kChunkActBytes;
+    __m512i iacc[R][G];
     for (int g = 0; g < G; ++g) {
-      const uint8_t* p = xp + g * in_bytes + j * kPairBytes;
-      const __m512i a = _mm512_load_si512(p);
-      const __m512i init = _mm512_load_si512(p + start_at);
-      const __m512 da = _mm512_load_ps(reinterpret_cast<const float*>(p + 192));
-      for (int i = 0; i < R; ++i)
-        acc[i][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u[i], a)), _mm512_mul_ps(d[i], da),
-                                    acc[i][g]);
+      const __m512i init = _mm512_load_si512(xc + g * in_bytes + start_at);
+      for (int i = 0; i < R; ++i) iacc[i][g] = init;
+    }
+    for (int h = 0; h < groups; ++h)
+      for (int i = 0; i < R; ++i) {
+        const uint8_t* p = w[i] + c * bsz + h * 4 * t;
+        // The next rows follow in memory: keep their lines coming as these stream.
+        _mm_prefetch(reinterpret_cast<const char*>(p + R * row_bytes), _MM_HINT_T0);
+        const __m512i v = t == qlayout::kChunk ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(m, p);
+        if (!Q4) {
+          for (int g = 0; g < G; ++g)
+            iacc[i][g] = _mm512_dpbusd_epi32(iacc[i][g], v, _mm512_load_si512(xc + g * in_bytes + h * 64));
+        } else {
+          const __m512i lo = _mm512_and_si512(v, lo4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+          for (int g = 0; g < G; ++g) {
+            iacc[i][g] = _mm512_dpbusd_epi32(iacc[i][g], lo, _mm512_load_si512(xc + g * in_bytes + h * 64));
+            iacc[i][g] = _mm512_dpbusd_epi32(iacc[i][g], hi, _mm512_load_si512(xc + g * in_bytes + (h + 4) * 64));
+          }
+        }
+      }
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* sc = w[i] + c * bsz + (Q4 ? 16 : 32) * t;
+      _mm_prefetch(reinterpret_cast<const char*>(sc + R * row_bytes), _MM_HINT_T0);
+      const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sc));
+      for (int g = 0; g < G; ++g) {
+        const __m512 da = _mm512_load_ps(reinterpret_cast<const float*>(xc + g * in_bytes + kActScaleAt));
+        acc[i][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[i][g]), _mm512_mul_ps(dw, da), acc[i][g]);
+      }
     }
   }
   for (int g = 0; g < G; ++g)
     for (int i = 0; i < R; ++i) y[g * ldy + r + i] = _mm512_reduce_add_ps(acc[i][g]);
 }
+
+// Rows [r0, r1) against nx inputs: with one or two inputs four rows per pass
+// (four independent vpdpbusd chains), with more two rows and up to four
+// inputs (the accumulators of 2 x 4 pairs fill the registers); a later pass
+// over the same rows finds them in L1 / L2.
+template <bool Q4, int R>
+inline void q_inputs(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes, int nx,
+                     float* y, int64_t ldy, int64_t r) {
+  int g = 0;
+  for (; g + 4 <= nx; g += 4) q_rows<Q4, R, 4>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r);
+  if (nx - g == 3) q_rows<Q4, R, 3>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r);
+  else if (nx - g == 2) q_rows<Q4, R, 2>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r);
+  else if (nx - g == 1) q_rows<Q4, R, 1>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r);
+}
+
+template <bool Q4>
+void matvec_q(const void* w_v, int64_t cols, const uint8_t* xp, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const uint8_t* w = static_cast<const uint8_t*>(w_v);
+  const int64_t nb = cols / 32, row_bytes = nb * (Q4 ? qlayout::kQ4Bytes : qlayout::kQ8Bytes);
+  const int64_t in_bytes = q_chunks(nb) * kChunkActBytes;
+  int64_t r = r0;
+  if (nx <= 2)
+    for (; r + 4 <= r1; r += 4) q_inputs<Q4, 4>(w, row_bytes, nb, xp, in_bytes, nx, y, ldy, r);
+  else
+    for (; r + 2 <= r1; r += 2) q_inputs<Q4, 2>(w, row_bytes, nb, xp, in_bytes, nx, y, ldy, r);
+  for (; r < r1; ++r) q_inputs<Q4, 1>(w, row_bytes, nb, xp, in_bytes, nx, y, ldy, r);
+}
+
+}  // namespace
+
+namespace {
 
 // Where one call of the kernels below reads and writes: rows [r, r + R) of
 // the weights against inputs [g, g + G) of the packed input.
@@ -484,23 +501,6 @@ template <typename K>
 void over_rows(RowsArgs a, int nx, int64_t r1) {
   for (; a.r + 4 <= r1; a.r += 4) over_inputs<K, 4>(nx, a);
   for (; a.r < r1; ++a.r) over_inputs<K, 1>(nx, a);
-}
-
-template <bool Q4>
-struct QKernel {
-  template <int R, int G>
-  static void run(const RowsArgs& a, int g) {
-    q_rows<Q4, R, G>(a.base, a.row_bytes, a.cols / 32, a.xp + g * a.in_bytes, a.in_bytes, a.y + g * a.ldy, a.ldy, a.r,
-                     a.T);
-  }
-};
-
-template <bool Q4>
-void matvec_q(const void* w, int64_t cols, const uint8_t* xp, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const int64_t nb = cols / 32;
-  const RowsArgs a{static_cast<const uint8_t*>(w), nb * (Q4 ? 18 : 34), cols, ((nb + 1) / 2) * kPairBytes, ldy, r0, xp,
-                   y, f16_table()};
-  over_rows<QKernel<Q4>>(a, nx, r1);
 }
 
 // ------------------------------------------------------------------ decode rows, F32 / BF16 / F16

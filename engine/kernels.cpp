@@ -1,5 +1,7 @@
 #include "engine/kernels.h"
 
+#include "engine/qlayout.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -308,22 +310,23 @@ uint16_t f32_to_f16(float f) {
   return uint16_t(half);
 }
 
-void quantize_rows_q8(const float* src, int64_t rows, int64_t cols, BlockQ8* dst) {
+void quantize_rows_q8(const float* src, int64_t rows, int64_t cols, void* dst) {
   const int64_t nb = cols / kQBlock;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t b = 0; b < nb; ++b) {
       const float* x = src + r * cols + b * kQBlock;
       float amax = 0.f;
       for (int i = 0; i < kQBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
-      BlockQ8& blk = dst[r * nb + b];
+      BlockQ8 blk;
       const float d = amax / 127.f;
       blk.d = f32_to_f16(d);
       const float inv = d > 0 ? 1.f / d : 0.f;
       for (int i = 0; i < kQBlock; ++i) blk.q[i] = int8_t(std::lround(x[i] * inv));
+      qlayout::q8_write(static_cast<uint8_t*>(dst) + r * nb * qlayout::kQ8Bytes, nb, b, blk.d, blk.q);
     }
 }
 
-void quantize_rows_q4(const float* src, int64_t rows, int64_t cols, BlockQ4* dst) {
+void quantize_rows_q4(const float* src, int64_t rows, int64_t cols, void* dst) {
   const int64_t nb = cols / kQBlock;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t b = 0; b < nb; ++b) {
@@ -338,14 +341,29 @@ void quantize_rows_q4(const float* src, int64_t rows, int64_t cols, BlockQ4* dst
         }
       const float d = max / -8.f;
       const float inv = d != 0.f ? 1.f / d : 0.f;
-      BlockQ4& blk = dst[r * nb + b];
+      BlockQ4 blk;
       blk.d = f32_to_f16(d);
       for (int j = 0; j < kQBlock / 2; ++j) {
         const int lo = std::min(15, int(x[j] * inv + 8.5f));
         const int hi = std::min(15, int(x[j + kQBlock / 2] * inv + 8.5f));
         blk.qs[j] = uint8_t(lo | (hi << 4));
       }
+      qlayout::q4_write(static_cast<uint8_t*>(dst) + r * nb * qlayout::kQ4Bytes, nb, b, blk.d, blk.qs);
     }
+}
+
+BlockQ8 q8_block(const WeightView& w, int64_t r, int64_t b) {
+  const int64_t nb = w.cols / kQBlock;
+  BlockQ8 blk;
+  qlayout::q8_read(static_cast<const uint8_t*>(w.data) + r * nb * qlayout::kQ8Bytes, nb, b, &blk.d, blk.q);
+  return blk;
+}
+
+BlockQ4 q4_block(const WeightView& w, int64_t r, int64_t b) {
+  const int64_t nb = w.cols / kQBlock;
+  BlockQ4 blk;
+  qlayout::q4_read(static_cast<const uint8_t*>(w.data) + r * nb * qlayout::kQ4Bytes, nb, b, &blk.d, blk.qs);
+  return blk;
 }
 
 void quantize_act_q8(const float* x, int64_t cols, BlockQ8Act* dst) {
@@ -384,21 +402,21 @@ static void scalar_matvec(const WeightView& w, const float* x, const BlockQ8Act*
   for (int64_t r = r0; r < r1; ++r) {
     float s = 0.f;
     if (w.dtype == DType::Q8_0) {
-      const BlockQ8* row = static_cast<const BlockQ8*>(w.data) + r * nb;
       for (int64_t b = 0; b < nb; ++b) {
+        const BlockQ8 blk = q8_block(w, r, b);
         int32_t is = 0;
-        for (int i = 0; i < kQBlock; ++i) is += int32_t(row[b].q[i]) * xq[b].q[i];
-        s += float(is) * (f16_to_f32(row[b].d) * xq[b].d);
+        for (int i = 0; i < kQBlock; ++i) is += int32_t(blk.q[i]) * xq[b].q[i];
+        s += float(is) * (f16_to_f32(blk.d) * xq[b].d);
       }
     } else if (w.dtype == DType::Q4_0) {
-      const BlockQ4* row = static_cast<const BlockQ4*>(w.data) + r * nb;
       for (int64_t b = 0; b < nb; ++b) {
+        const BlockQ4 blk = q4_block(w, r, b);
         int32_t is = 0;
         for (int j = 0; j < kQBlock / 2; ++j) {
-          is += (int32_t(row[b].qs[j] & 15) - 8) * xq[b].q[j];
-          is += (int32_t(row[b].qs[j] >> 4) - 8) * xq[b].q[j + kQBlock / 2];
+          is += (int32_t(blk.qs[j] & 15) - 8) * xq[b].q[j];
+          is += (int32_t(blk.qs[j] >> 4) - 8) * xq[b].q[j + kQBlock / 2];
         }
-        s += float(is) * (f16_to_f32(row[b].d) * xq[b].d);
+        s += float(is) * (f16_to_f32(blk.d) * xq[b].d);
       }
     } else if (w.dtype == DType::F32) {
       const float* row = static_cast<const float*>(w.data) + r * cols;
@@ -444,27 +462,34 @@ static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* 
 
 void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
   const int64_t n = (r1 - r0) * w.cols;
-  if (w.dtype == DType::Q8_0) {
+  if (w.dtype == DType::Q8_0 || w.dtype == DType::Q4_0) {
+    // Chunk by chunk (16 blocks) back to llama.cpp's blocks on the stack, then dequantised.
     const int64_t nb = w.cols / kQBlock;
-    const BlockQ8* src = static_cast<const BlockQ8*>(w.data) + r0 * nb;
-    if (cpu_has_avx2_fma_f16c()) return avx2::convert_q8(src, dst, (r1 - r0) * nb);
-    for (int64_t b = 0; b < (r1 - r0) * nb; ++b) {
-      const float d = f16_to_f32(src[b].d);
-      for (int i = 0; i < kQBlock; ++i) dst[b * kQBlock + i] = d * float(src[b].q[i]);
-    }
-    return;
-  }
-  if (w.dtype == DType::Q4_0) {
-    const int64_t nb = w.cols / kQBlock;
-    const BlockQ4* src = static_cast<const BlockQ4*>(w.data) + r0 * nb;
-    if (cpu_has_avx2_fma_f16c()) return avx2::convert_q4(src, dst, (r1 - r0) * nb);
-    for (int64_t b = 0; b < (r1 - r0) * nb; ++b) {
-      const float d = f16_to_f32(src[b].d);
-      for (int j = 0; j < kQBlock / 2; ++j) {
-        dst[b * kQBlock + j] = d * float(int(src[b].qs[j] & 15) - 8);
-        dst[b * kQBlock + j + kQBlock / 2] = d * float(int(src[b].qs[j] >> 4) - 8);
+    const bool q4 = w.dtype == DType::Q4_0, avx2 = cpu_has_avx2_fma_f16c();
+    BlockQ8 b8[qlayout::kChunk];
+    BlockQ4 b4[qlayout::kChunk];
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < nb; c += qlayout::kChunk) {
+        const int t = qlayout::chunk_blocks(nb, c);
+        float* out = dst + (r - r0) * w.cols + c * kQBlock;
+        for (int l = 0; l < t; ++l) {
+          if (q4) b4[l] = q4_block(w, r, c + l);
+          else b8[l] = q8_block(w, r, c + l);
+        }
+        if (avx2) {
+          if (q4) avx2::convert_q4(b4, out, t);
+          else avx2::convert_q8(b8, out, t);
+          continue;
+        }
+        for (int l = 0; l < t; ++l) {
+          const float d = f16_to_f32(q4 ? b4[l].d : b8[l].d);
+          for (int j = 0; j < kQBlock / 2 && q4; ++j) {
+            out[l * kQBlock + j] = d * float(int(b4[l].qs[j] & 15) - 8);
+            out[l * kQBlock + j + kQBlock / 2] = d * float(int(b4[l].qs[j] >> 4) - 8);
+          }
+          for (int i = 0; i < kQBlock && !q4; ++i) out[l * kQBlock + i] = d * float(b8[l].q[i]);
+        }
       }
-    }
     return;
   }
   if (w.dtype == DType::F32) {

@@ -19,11 +19,15 @@
 
 namespace firstread::engine {
 
-// Block-quantised weights, llama.cpp's Q8_0 / Q4_0 layouts: 32 consecutive
-// weights of a row share one FP16 scale d.
+// Block-quantised weights: 32 consecutive weights of a row share one FP16
+// scale d (llama.cpp's Q8_0 / Q4_0 blocks; these structs are its layout).
 //   Q8_0: w = d * q (int8, |q| <= 127)                       34 bytes / 32 weights
 //   Q4_0: w = d * (n - 8), n in 0..15; byte j holds weight j in its low nibble
 //         and weight j + 16 in its high nibble                18 bytes / 32 weights
+// In memory (WeightView data of dtype Q8_0 / Q4_0) and in the weight cache the
+// engine keeps the same blocks and bytes per row, interleaved 16 blocks at a
+// time for its kernels: engine/qlayout.h. quantize_rows_* write that layout;
+// q8_block / q4_block read one block back in llama.cpp's terms.
 constexpr int kQBlock = 32;
 struct BlockQ8 {
   uint16_t d;  // FP16
@@ -134,9 +138,13 @@ uint16_t f32_to_bf16(float f);  // round to nearest even, like torch
 uint16_t f32_to_f16(float f);
 
 // Quantizes rows x cols floats (cols a multiple of 32) to Q8_0 / Q4_0 blocks
-// (llama.cpp's reference rounding).
-void quantize_rows_q8(const float* src, int64_t rows, int64_t cols, BlockQ8* dst);
-void quantize_rows_q4(const float* src, int64_t rows, int64_t cols, BlockQ4* dst);
+// (llama.cpp's reference rounding) in the engine's layout (qlayout.h),
+// matrix_bytes(Q8_0 / Q4_0, rows, cols) bytes at dst.
+void quantize_rows_q8(const float* src, int64_t rows, int64_t cols, void* dst);
+void quantize_rows_q4(const float* src, int64_t rows, int64_t cols, void* dst);
+// Block b of row r of a Q8_0 / Q4_0 matrix in the engine's layout, as llama.cpp's block.
+BlockQ8 q8_block(const WeightView& w, int64_t r, int64_t b);
+BlockQ4 q4_block(const WeightView& w, int64_t r, int64_t b);
 // x[cols] (a multiple of 32) to activation blocks.
 void quantize_act_q8(const float* x, int64_t cols, BlockQ8Act* dst);
 // Bytes of a rows x cols matrix stored as `t` (blocks for Q8_0 / Q4_0).

@@ -8,6 +8,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "engine/qlayout.h"
+
 namespace firstread::engine::avx2 {
 
 static inline __m256 load8_bf16(const uint16_t* p) {
@@ -321,6 +323,7 @@ static inline __m256 dot_i8(__m256i w, __m256i a) {
 template <bool Q4>
 struct QBlocks {
   using Block = std::conditional_t<Q4, BlockQ4Raw, BlockQ8Raw>;
+  static constexpr int64_t kBytes = sizeof(Block);
   // The block's weights as bytes for its dot product (Q4_0: unsigned nibbles).
   static __m256i weights(const Block& b) {
     if constexpr (Q4) return load_nibbles(b.qs);
@@ -330,41 +333,60 @@ struct QBlocks {
     if constexpr (Q4) return dot_u4(w, a);
     else return dot_i8(w, a);
   }
+  // The t blocks of the chunk starting at block c of an engine-layout row
+  // (qlayout.h) back in llama.cpp's layout.
+  static void gather(const uint8_t* row, int64_t nb, int64_t c, int t, Block* out) {
+    for (int l = 0; l < t; ++l) {
+      if constexpr (Q4) qlayout::q4_read(row, nb, c + l, &out[l].d, out[l].qs);
+      else qlayout::q8_read(row, nb, c + l, &out[l].d, out[l].q);
+    }
+  }
 };
 
-template <bool Q4, int G>
-static inline void q_pair(const typename QBlocks<Q4>::Block* w0, const typename QBlocks<Q4>::Block* w1, int64_t nb,
-                          const BlockQ8ActRaw* xq, float* y, int64_t ldy, int64_t r, bool prefetch) {
+// Rows w0 (and w1 when TWO) of nb blocks each, chunk by chunk (16 blocks
+// gathered back into llama.cpp's blocks on the stack, then the same
+// operations per block as on contiguous blocks).
+template <bool Q4, int G, bool TWO>
+static inline void q_pair(const uint8_t* w0, const uint8_t* w1, int64_t nb, const BlockQ8ActRaw* xq, float* y,
+                          int64_t ldy, int64_t r, bool prefetch) {
   using Q = QBlocks<Q4>;
+  using Block = typename Q::Block;
   const float* T = f16_table();
-  const char* next = reinterpret_cast<const char*>(w1 + nb);
+  const char* next = reinterpret_cast<const char*>(w0 + (TWO ? 2 : 1) * nb * Q::kBytes);
   __m256 acc0[G], acc1[G];
   float c0[G], c1[G];
   for (int g = 0; g < G; ++g) {
     acc0[g] = acc1[g] = _mm256_setzero_ps();
     c0[g] = c1[g] = 0.f;
   }
-  for (int64_t b = 0; b < nb; ++b) {
-    if (prefetch) _mm_prefetch(next + b * 2 * sizeof(w0[0]), _MM_HINT_T0);
-    const float* d0 = T + w0[b].d;
-    const float* d1 = T + w1[b].d;
-    const __m256i q0 = Q::weights(w0[b]), q1 = Q::weights(w1[b]);
-    const __m256 vd0 = _mm256_broadcast_ss(d0), vd1 = _mm256_broadcast_ss(d1);
-    for (int g = 0; g < G; ++g) {
-      const BlockQ8ActRaw& xb = xq[g * nb + b];
-      const __m256i a = load_q8(xb.q);
-      const __m256 dx = _mm256_broadcast_ss(&xb.d);
-      acc0[g] = _mm256_fmadd_ps(_mm256_mul_ps(vd0, dx), Q::dot(q0, a), acc0[g]);
-      acc1[g] = _mm256_fmadd_ps(_mm256_mul_ps(vd1, dx), Q::dot(q1, a), acc1[g]);
-      if constexpr (Q4) {
-        c0[g] = std::fma(*d0, xb.s, c0[g]);
-        c1[g] = std::fma(*d1, xb.s, c1[g]);
+  Block blk0[qlayout::kChunk], blk1[qlayout::kChunk];
+  for (int64_t c = 0; c < nb; c += qlayout::kChunk) {
+    const int t = qlayout::chunk_blocks(nb, c);
+    Q::gather(w0, nb, c, t, blk0);
+    if (TWO) Q::gather(w1, nb, c, t, blk1);
+    for (int l = 0; l < t; ++l) {
+      const int64_t b = c + l;
+      if (prefetch) _mm_prefetch(next + b * (TWO ? 2 : 1) * Q::kBytes, _MM_HINT_T0);
+      const float* d0 = T + blk0[l].d;
+      const float* d1 = T + (TWO ? blk1[l].d : blk0[l].d);
+      const __m256i q0 = Q::weights(blk0[l]), q1 = TWO ? Q::weights(blk1[l]) : q0;
+      const __m256 vd0 = _mm256_broadcast_ss(d0), vd1 = _mm256_broadcast_ss(d1);
+      for (int g = 0; g < G; ++g) {
+        const BlockQ8ActRaw& xb = xq[g * nb + b];
+        const __m256i a = load_q8(xb.q);
+        const __m256 dx = _mm256_broadcast_ss(&xb.d);
+        acc0[g] = _mm256_fmadd_ps(_mm256_mul_ps(vd0, dx), Q::dot(q0, a), acc0[g]);
+        if (TWO) acc1[g] = _mm256_fmadd_ps(_mm256_mul_ps(vd1, dx), Q::dot(q1, a), acc1[g]);
+        if constexpr (Q4) {
+          c0[g] = std::fma(*d0, xb.s, c0[g]);
+          if (TWO) c1[g] = std::fma(*d1, xb.s, c1[g]);
+        }
       }
     }
   }
   for (int g = 0; g < G; ++g) {
     y[g * ldy + r] = hsum(acc0[g]) - 8.f * c0[g];
-    y[g * ldy + r + 1] = hsum(acc1[g]) - 8.f * c1[g];
+    if (TWO) y[g * ldy + r + 1] = hsum(acc1[g]) - 8.f * c1[g];
   }
 }
 
@@ -372,32 +394,20 @@ template <bool Q4>
 static void matvec_q(const void* w, int64_t cols, const void* xq_v, int nx, float* y, int64_t ldy, int64_t r0,
                      int64_t r1) {
   using Q = QBlocks<Q4>;
-  const int64_t nb = cols / 32;
-  const typename Q::Block* base = static_cast<const typename Q::Block*>(w);
+  const int64_t nb = cols / 32, row_bytes = nb * Q::kBytes;
+  const uint8_t* base = static_cast<const uint8_t*>(w);
   const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
-  const float* T = f16_table();
   int64_t r = r0;
   for (; r + 2 <= r1; r += 2) {
-    const typename Q::Block* w0 = base + r * nb;
+    const uint8_t* w0 = base + r * row_bytes;
     int g = 0;
-    for (; g + 2 <= nx; g += 2) q_pair<Q4, 2>(w0, w0 + nb, nb, xq + g * nb, y + g * ldy, ldy, r, g == 0);
-    if (g < nx) q_pair<Q4, 1>(w0, w0 + nb, nb, xq + g * nb, y + g * ldy, ldy, r, g == 0);
+    for (; g + 2 <= nx; g += 2)
+      q_pair<Q4, 2, true>(w0, w0 + row_bytes, nb, xq + g * nb, y + g * ldy, ldy, r, g == 0);
+    if (g < nx) q_pair<Q4, 1, true>(w0, w0 + row_bytes, nb, xq + g * nb, y + g * ldy, ldy, r, g == 0);
   }
-  for (; r < r1; ++r) {
-    const typename Q::Block* w0 = base + r * nb;
-    for (int g = 0; g < nx; ++g) {
-      const BlockQ8ActRaw* xg = xq + g * nb;
-      __m256 acc0 = _mm256_setzero_ps();
-      float c0 = 0.f;
-      for (int64_t b = 0; b < nb; ++b) {
-        const float* d0 = T + w0[b].d;
-        acc0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_broadcast_ss(d0), _mm256_broadcast_ss(&xg[b].d)),
-                               Q::dot(Q::weights(w0[b]), load_q8(xg[b].q)), acc0);
-        if constexpr (Q4) c0 = std::fma(*d0, xg[b].s, c0);
-      }
-      y[g * ldy + r] = hsum(acc0) - 8.f * c0;
-    }
-  }
+  for (; r < r1; ++r)
+    for (int g = 0; g < nx; ++g)
+      q_pair<Q4, 1, false>(base + r * row_bytes, nullptr, nb, xq + g * nb, y + g * ldy, ldy, r, false);
 }
 
 void matvec_q8(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {

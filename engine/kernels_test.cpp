@@ -242,7 +242,7 @@ TEST(engine_kernels, ActivationQuantisationAvx2EqualsScalar) {
 // other paths' batched products multiply the dequantised blocks by the
 // unquantised input (sgemm).
 TEST(engine_kernels, QuantisedProductsMatchReference) {
-  for (int cols : {160, 1024}) {
+  for (int cols : {160, 672, 1024}) {
     const int rows = 37;  // odd rows: the two-row kernel's tail, and the GEMM's 2-row tail
     const int nbatch = 70;  // five 16-row tiles, the last partial
     Mat w = random_mat(rows, cols, 3);

@@ -123,11 +123,11 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
     } else {
       convert_rows_f32(w, r0, r1, f);
     }
-    const int64_t bpr = cols / kQBlock;  // blocks per row
+    // Rows are independent in the engine's block layout (qlayout.h): row r0 starts at its bytes.
     if (want == DType::Q8_0)
-      quantize_rows_q8(f, r1 - r0, cols, reinterpret_cast<BlockQ8*>(block_dst) + r0 * bpr);
+      quantize_rows_q8(f, r1 - r0, cols, block_dst + matrix_bytes(want, r0, cols));
     else if (want == DType::Q4_0)
-      quantize_rows_q4(f, r1 - r0, cols, reinterpret_cast<BlockQ4*>(block_dst) + r0 * bpr);
+      quantize_rows_q4(f, r1 - r0, cols, block_dst + matrix_bytes(want, r0, cols));
     else if (u16_dst)
       for (int64_t i = 0; i < (r1 - r0) * cols; ++i)
         u16_dst[size_t(r0 * cols + i)] = want == DType::BF16 ? f32_to_bf16(f[size_t(i)]) : f32_to_f16(f[size_t(i)]);
@@ -141,9 +141,12 @@ WeightView WeightStore::matrix(const std::string& name, int64_t rows, int64_t co
 // Cache file layout (little-endian, this machine's): "FRWCACHE", u32 version,
 // u32 key length, key, u32 count, then per matrix: u32 name length, name,
 // u32 dtype, i64 rows, i64 cols, u64 offset, u64 bytes, u64 checksum; data
-// blocks follow, each at a 64-byte-aligned offset.
+// blocks follow, each at a 64-byte-aligned offset, in the engine's in-memory
+// block layout (engine/qlayout.h). Version 3: Q8_0 / Q4_0 rows interleaved 16
+// blocks at a time (version 2 held llama.cpp's block order; such a cache is
+// ignored and rebuilt, never read in the wrong order).
 static constexpr char kCacheMagic[8] = {'F', 'R', 'W', 'C', 'A', 'C', 'H', 'E'};
-static constexpr uint32_t kCacheVersion = 2;
+static constexpr uint32_t kCacheVersion = 3;
 
 // A fast checksum of a block of quantised weights (four independent
 // multiply-xor lanes over 8-byte words): catches a damaged or partly written
