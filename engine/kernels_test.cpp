@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <random>
 #include <stdexcept>
@@ -215,6 +217,54 @@ TEST(engine_kernels, BlockQuantisationRoundTrips) {
   std::vector<float> deq(32);
   convert_rows_f32(WeightView{q.data(), DType::Q4_0, 1, 32}, 0, 1, deq.data());
   EXPECT_NEAR(deq[31], 23.f, 1e-2);
+}
+
+// The engine keeps llama.cpp's blocks (the GGUF peer and every kernel read the
+// same weights) with 16 blocks of a row interleaved: block b of a row holds
+// what llama.cpp's quantisation of those 32 weights alone gives, and its bytes
+// sit where engine/qlayout.h says (the avx512 decode kernel loads them 64 at a
+// time from there), also in a short last chunk.
+TEST(engine_kernels, QuantisedRowsHoldLlamaCppBlocksInTheInterleavedLayout) {
+  const int rows = 3, cols = 21 * 32;  // 21 blocks: a chunk of 16 and a short one of 5
+  Mat w = random_mat(rows, cols, 21);
+  auto q8 = quantise(DType::Q8_0, w.f32, rows, cols), q4 = quantise(DType::Q4_0, w.f32, rows, cols);
+  const WeightView v8{q8.data(), DType::Q8_0, rows, cols}, v4{q4.data(), DType::Q4_0, rows, cols};
+  for (int r = 0; r < rows; ++r)
+    for (int b = 0; b < cols / 32; ++b) {
+      const std::vector<float> one(w.f32.begin() + r * cols + b * 32, w.f32.begin() + r * cols + b * 32 + 32);
+      // llama.cpp's reference quantisation of the block (quantize_row_q8_0_ref / q4_0_ref).
+      BlockQ8 want8;
+      BlockQ4 want4;
+      float amax = 0.f, max = 0.f;
+      for (float x : one)
+        if (std::fabs(x) > amax) {
+          amax = std::fabs(x);
+          max = x;
+        }
+      const float d8 = amax / 127.f, d4 = max / -8.f;
+      want8.d = f32_to_f16(d8);
+      want4.d = f32_to_f16(d4);
+      for (int i = 0; i < 32; ++i) want8.q[i] = int8_t(std::lround(one[size_t(i)] * (1.f / d8)));
+      for (int j = 0; j < 16; ++j)
+        want4.qs[j] = uint8_t(std::min(15, int(one[size_t(j)] * (1.f / d4) + 8.5f)) |
+                              std::min(15, int(one[size_t(j) + 16] * (1.f / d4) + 8.5f)) << 4);
+      const BlockQ8 got8 = q8_block(v8, r, b);
+      const BlockQ4 got4 = q4_block(v4, r, b);
+      ASSERT_EQ(got8.d, want8.d) << "row " << r << " block " << b;
+      ASSERT_EQ(std::memcmp(got8.q, want8.q, 32), 0) << "row " << r << " block " << b;
+      ASSERT_EQ(got4.d, want4.d) << "row " << r << " block " << b;
+      ASSERT_EQ(std::memcmp(got4.qs, want4.qs, 16), 0) << "row " << r << " block " << b;
+      // Where the bytes are: chunk c = b / 16 of t blocks, lane l = b % 16.
+      const int c = b / 16, l = b % 16, t = c == 0 ? 16 : 5;
+      const uint8_t* chunk8 = q8.data() + size_t(r) * (cols / 32) * 34 + size_t(c) * 16 * 34;
+      const uint8_t* chunk4 = q4.data() + size_t(r) * (cols / 32) * 18 + size_t(c) * 16 * 18;
+      for (int g = 0; g < 8; ++g)
+        for (int i = 0; i < 4; ++i)
+          ASSERT_EQ(int8_t(chunk8[g * 4 * t + 4 * l + i] ^ 0x80), want8.q[4 * g + i]) << b << " group " << g;
+      for (int h = 0; h < 4; ++h) ASSERT_EQ(std::memcmp(chunk4 + h * 4 * t + 4 * l, want4.qs + 4 * h, 4), 0) << b;
+      ASSERT_EQ(std::memcmp(chunk8 + 32 * t + 2 * l, &want8.d, 2), 0) << b;
+      ASSERT_EQ(std::memcmp(chunk4 + 16 * t + 2 * l, &want4.d, 2), 0) << b;
+    }
 }
 
 TEST(engine_kernels, ActivationQuantisationAvx2EqualsScalar) {

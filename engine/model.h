@@ -22,8 +22,9 @@ struct EngineOptions {
   // auto (as stored, mapped) | f32 | bf16 | f16 | int8 | int4, chosen at
   // load. int8 / int4: the decoder's matrices (embedding and output head
   // included) as blocks of 32 weights with an FP16 scale (llama.cpp's Q8_0 /
-  // Q4_0), 1.06 / 0.56 bytes per weight; norms, biases and the vision encoder
-  // keep their stored precision.
+  // Q4_0 blocks, kept interleaved 16 at a time: engine/qlayout.h), 1.06 / 0.56
+  // bytes per weight; norms, biases and the vision encoder keep their stored
+  // precision.
   std::string weights = "auto";
   // The vision encoder's and mlp1 projector's matrices: auto | f32 | bf16 |
   // int8 (Q8_0 blocks; with the avx512 kernels multiplied as int8 against

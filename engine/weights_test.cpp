@@ -115,3 +115,29 @@ TEST(engine_weights, CacheBeyond32GiBIsMapped) {
   std::remove(cache.c_str());
   std::remove(p.c_str());
 }
+
+// A cache written before the interleaved block layout (format version 2) is
+// ignored with a note and the matrix quantised again, never read in the old
+// block order as if it were the new one.
+TEST(engine_weights, CacheOfAnOlderFormatVersionIsRebuiltNotMisread) {
+  const std::string p = tmp_path("old.safetensors"), cache = tmp_path("old.cache");
+  write_bf16_matrix(p, "w", 48, 672);  // 21 blocks per row: one full chunk of 16 and a short one
+  SafetensorsSet st;
+  st.add_file(p);
+  WeightStore ws(st, WeightFormat::Q4);
+  const WeightView v = ws.matrix("w", 48, 672);
+  ASSERT_TRUE(ws.write_cache(cache, "key")) << ws.cache_note();
+  const uint32_t old_version = 2;
+  const int fd = ::open(cache.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, &old_version, 4, 8), 4);  // the u32 after "FRWCACHE"
+  ::close(fd);
+  WeightStore again(st, WeightFormat::Q4);
+  EXPECT_FALSE(again.open_cache(cache, "key"));
+  EXPECT_NE(again.cache_note().find("version 3"), std::string::npos) << again.cache_note();
+  const WeightView c = again.matrix("w", 48, 672);
+  EXPECT_EQ(again.matrices_converted(), 1u);  // quantised again
+  EXPECT_EQ(std::memcmp(c.data, v.data, matrix_bytes(DType::Q4_0, 48, 672)), 0);
+  std::remove(cache.c_str());
+  std::remove(p.c_str());
+}
