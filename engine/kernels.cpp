@@ -27,8 +27,8 @@ void convert_bf16(const uint16_t* src, float* dst, int64_t n);
 void convert_f16(const uint16_t* src, float* dst, int64_t n);
 void matvec_q8(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
 void matvec_q4(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
-void convert_q8(const void* blocks, float* dst, int64_t n_blocks);
-void convert_q4(const void* blocks, float* dst, int64_t n_blocks);
+void convert_q8_rows(const void* w, int64_t cols, int64_t n_rows, float* dst);  // engine layout (qlayout.h)
+void convert_q4_rows(const void* w, int64_t cols, int64_t n_rows, float* dst);
 void quantize_act(const float* x, int64_t n_blocks, void* dst);
 void softmax(float* v, int64_t n);
 void gelu(float* v, int64_t n);
@@ -465,7 +465,13 @@ void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
   if (w.dtype == DType::Q8_0 || w.dtype == DType::Q4_0) {
     // Chunk by chunk (16 blocks) back to llama.cpp's blocks on the stack, then dequantised.
     const int64_t nb = w.cols / kQBlock;
-    const bool q4 = w.dtype == DType::Q4_0, avx2 = cpu_has_avx2_fma_f16c();
+    const bool q4 = w.dtype == DType::Q4_0;
+    if (cpu_has_avx2_fma_f16c()) {
+      const uint8_t* first = static_cast<const uint8_t*>(w.data) + matrix_bytes(w.dtype, r0, w.cols);
+      if (q4) avx2::convert_q4_rows(first, w.cols, r1 - r0, dst);
+      else avx2::convert_q8_rows(first, w.cols, r1 - r0, dst);
+      return;
+    }
     BlockQ8 b8[qlayout::kChunk];
     BlockQ4 b4[qlayout::kChunk];
     for (int64_t r = r0; r < r1; ++r)
@@ -475,11 +481,6 @@ void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
         for (int l = 0; l < t; ++l) {
           if (q4) b4[l] = q4_block(w, r, c + l);
           else b8[l] = q8_block(w, r, c + l);
-        }
-        if (avx2) {
-          if (q4) avx2::convert_q4(b4, out, t);
-          else avx2::convert_q8(b8, out, t);
-          continue;
         }
         for (int l = 0; l < t; ++l) {
           const float d = f16_to_f32(q4 ? b4[l].d : b8[l].d);

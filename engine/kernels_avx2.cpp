@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -334,11 +335,55 @@ struct QBlocks {
     else return dot_i8(w, a);
   }
   // The t blocks of the chunk starting at block c of an engine-layout row
-  // (qlayout.h) back in llama.cpp's layout.
+  // (qlayout.h) back in llama.cpp's layout: a full chunk by 8 x 8 (Q8_0) or
+  // 4 x 8 (Q4_0) dword transposes of its group vectors, a short one block by block.
   static void gather(const uint8_t* row, int64_t nb, int64_t c, int t, Block* out) {
+    if (t == qlayout::kChunk) {
+      const uint8_t* ch = row + c * kBytes;
+      for (int half = 0; half < 2; ++half) {
+        if constexpr (Q4) transpose_q4(ch + 32 * half, out + 8 * half);
+        else transpose_q8(ch + 32 * half, out + 8 * half);
+      }
+      for (int l = 0; l < qlayout::kChunk; ++l) std::memcpy(&out[l].d, ch + (Q4 ? 16 : 32) * 16 + 2 * l, 2);
+      return;
+    }
     for (int l = 0; l < t; ++l) {
       if constexpr (Q4) qlayout::q4_read(row, nb, c + l, &out[l].d, out[l].qs);
       else qlayout::q8_read(row, nb, c + l, &out[l].d, out[l].q);
+    }
+  }
+  // Groups 0..7 of 8 blocks (vector g at p + 64 g: dword l = block l's group g) to the blocks' 32 weights.
+  static void transpose_q8(const uint8_t* p, Block* out) {
+    __m256i r[8], t[8], u[8];
+    for (int g = 0; g < 8; ++g) r[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * g));
+    for (int k = 0; k < 4; ++k) {
+      t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 2; ++k) {  // u[4k + j]: blocks j and j + 4, groups 4k .. 4k+3
+      u[4 * k + 0] = _mm256_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+      u[4 * k + 1] = _mm256_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+      u[4 * k + 2] = _mm256_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+      u[4 * k + 3] = _mm256_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+    }
+    const __m256i sign = _mm256_set1_epi8(char(0x80));
+    for (int j = 0; j < 4; ++j) {
+      const __m256i lo = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20), hi = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[j].q), _mm256_xor_si256(lo, sign));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[j + 4].q), _mm256_xor_si256(hi, sign));
+    }
+  }
+  // Groups 0..3 of 8 blocks (vector h at p + 64 h) to the blocks' 16 nibble bytes.
+  static void transpose_q4(const uint8_t* p, Block* out) {
+    __m256i r[4];
+    for (int h = 0; h < 4; ++h) r[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h));
+    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    const __m256i u[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2), _mm256_unpacklo_epi64(t1, t3),
+                          _mm256_unpackhi_epi64(t1, t3)};  // u[j]: block j (low 128 bits), block j + 4 (high)
+    for (int j = 0; j < 4; ++j) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out[j].qs), _mm256_castsi256_si128(u[j]));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out[j + 4].qs), _mm256_extracti128_si256(u[j], 1));
     }
   }
 };
@@ -417,6 +462,12 @@ void matvec_q4(const void* w, int64_t cols, const void* xq, int nx, float* y, in
   matvec_q<true>(w, cols, xq, nx, y, ldy, r0, r1);
 }
 
+// Rows [0, n_rows) of an engine-layout Q8_0 / Q4_0 matrix (qlayout.h) to floats, chunk by chunk.
+template <bool Q4>
+static void convert_q_rows(const void* w, int64_t cols, int64_t n_rows, float* dst);
+void convert_q8_rows(const void* w, int64_t cols, int64_t n_rows, float* dst) { convert_q_rows<false>(w, cols, n_rows, dst); }
+void convert_q4_rows(const void* w, int64_t cols, int64_t n_rows, float* dst) { convert_q_rows<true>(w, cols, n_rows, dst); }
+
 void convert_q8(const void* blocks, float* dst, int64_t n_blocks) {
   const BlockQ8Raw* b = static_cast<const BlockQ8Raw*>(blocks);
   for (int64_t i = 0; i < n_blocks; ++i) {
@@ -432,6 +483,22 @@ void convert_q4(const void* blocks, float* dst, int64_t n_blocks) {
     _mm256_store_si256(reinterpret_cast<__m256i*>(q), load_q4(b[i].qs));
     const __m256 d = _mm256_set1_ps(_cvtsh_ss(b[i].d));
     for (int k = 0; k < 4; ++k) _mm256_storeu_ps(dst + i * 32 + k * 8, _mm256_mul_ps(q8_to_ps(q + k * 8), d));
+  }
+}
+
+template <bool Q4>
+static void convert_q_rows(const void* w, int64_t cols, int64_t n_rows, float* dst) {
+  using Q = QBlocks<Q4>;
+  const int64_t nb = cols / 32;
+  typename Q::Block blk[qlayout::kChunk];
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const uint8_t* row = static_cast<const uint8_t*>(w) + r * nb * Q::kBytes;
+    for (int64_t c = 0; c < nb; c += qlayout::kChunk) {
+      const int t = qlayout::chunk_blocks(nb, c);
+      Q::gather(row, nb, c, t, blk);
+      if constexpr (Q4) convert_q4(blk, dst + r * cols + c * 32, t);
+      else convert_q8(blk, dst + r * cols + c * 32, t);
+    }
   }
 }
 
