@@ -301,39 +301,11 @@ static const float* f16_table() {
 }
 // As int8 in -8..7.
 static inline __m256i load_q4(const uint8_t* qs) { return _mm256_sub_epi8(load_nibbles(qs), _mm256_set1_epi8(8)); }
-// Eight int32 partial sums of n·a for unsigned nibbles n (no sign trick needed).
-static inline __m256 dot_u4(__m256i n, __m256i a) {
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(n, a), _mm256_set1_epi16(1)));
-}
-// Eight int32 partial sums of w·a as floats. maddubs needs an unsigned
-// operand: |w| times a with w's sign moved onto a (|w|, |a| <= 127, so the
-// int16 pair sums cannot saturate).
-static inline __m256 dot_i8(__m256i w, __m256i a) {
-  const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
-
-// Q8_0 / Q4_0 rows against nx quantised inputs xq[g * nb] (one per decoded
-// sequence): two rows per pass share the input loads, every weight block is
-// loaded once for all inputs, and each (row, input) result takes exactly the
-// operations of nx = 1 (batched decode gives a sequence the bits it gets
-// alone). The next rows are prefetched as these stream.
-// Q8_0: sum over blocks of dw * dx * sum(w * a).
-// Q4_0: sum over blocks of dw * dx * sum((n - 8) * a) = dw * (dx * sum(n * a)) - 8 * dw * (dx * sum(a));
-// the second term is one scalar FMA per block with dx * sum(a) precomputed.
+// Blocks of a Q8_0 / Q4_0 row back in llama.cpp's layout (the row dequantise).
 template <bool Q4>
 struct QBlocks {
   using Block = std::conditional_t<Q4, BlockQ4Raw, BlockQ8Raw>;
   static constexpr int64_t kBytes = sizeof(Block);
-  // The block's weights as bytes for its dot product (Q4_0: unsigned nibbles).
-  static __m256i weights(const Block& b) {
-    if constexpr (Q4) return load_nibbles(b.qs);
-    else return load_q8(b.q);
-  }
-  static __m256 dot(__m256i w, __m256i a) {
-    if constexpr (Q4) return dot_u4(w, a);
-    else return dot_i8(w, a);
-  }
   // The t blocks of the chunk starting at block c of an engine-layout row
   // (qlayout.h) back in llama.cpp's layout: a full chunk by 8 x 8 (Q8_0) or
   // 4 x 8 (Q4_0) dword transposes of its group vectors, a short one block by block.
@@ -388,71 +360,150 @@ struct QBlocks {
   }
 };
 
-// Rows w0 (and w1 when TWO) of nb blocks each, chunk by chunk (16 blocks
-// gathered back into llama.cpp's blocks on the stack, then the same
-// operations per block as on contiguous blocks).
-template <bool Q4, int G, bool TWO>
-static inline void q_pair(const uint8_t* w0, const uint8_t* w1, int64_t nb, const BlockQ8ActRaw* xq, float* y,
-                          int64_t ldy, int64_t r, bool prefetch) {
-  using Q = QBlocks<Q4>;
-  using Block = typename Q::Block;
-  const float* T = f16_table();
-  const char* next = reinterpret_cast<const char*>(w0 + (TWO ? 2 : 1) * nb * Q::kBytes);
-  __m256 acc0[G], acc1[G];
-  float c0[G], c1[G];
+// Q8_0 / Q4_0 rows over the engine's interleaved layout (qlayout.h) against
+// nx quantised inputs: a ymm holds the same 4-byte group of 8 blocks, so per
+// 8 blocks and input it takes, per group, one vpmaddubsw + vpmaddwd + add
+// (Q8_0 also a vpsignb: the weights' sign moved onto the activations, their
+// magnitude the unsigned operand, so the int16 pair sums cannot saturate;
+// Q4_0: unsigned nibbles as they are, the -8 offset taken out by starting
+// each lane at -8 x its block's activation sum), then one convert, one scale
+// product and one FMA; lane l holds block l's exact int32 sum. The inputs are
+// packed once per call into that group order (pack_inputs). Two rows per
+// pass share the input loads, inputs two at a time; every (row, input)
+// result takes the same operations whatever nx (batched decode gives a
+// sequence the bits it gets alone).
+namespace {
+constexpr int64_t kChunkAct = 8 * 64 + 64 + 64;  // 8 groups x 16 blocks x 4 bytes; -8 x block sums; scales
+constexpr int64_t kStart4At = 512, kScaleAt = 576;
+inline int64_t n_chunks(int64_t nb) { return (nb + qlayout::kChunk - 1) / qlayout::kChunk; }
+
+void pack_inputs(const BlockQ8ActRaw* xq, int nx, int64_t nb, uint8_t* dst) {
+  const int64_t chunks = n_chunks(nb);
+  std::memset(dst, 0, size_t(nx * chunks * kChunkAct));
+  for (int g = 0; g < nx; ++g)
+    for (int64_t c = 0; c < chunks; ++c) {
+      uint8_t* p = dst + (g * chunks + c) * kChunkAct;
+      const int t = qlayout::chunk_blocks(nb, c * qlayout::kChunk);
+      for (int l = 0; l < t; ++l) {
+        const BlockQ8ActRaw& a = xq[g * nb + c * qlayout::kChunk + l];
+        int32_t sum = 0;
+        for (int i = 0; i < 32; ++i) sum += a.q[i];
+        for (int h = 0; h < 8; ++h) std::memcpy(p + h * 64 + 4 * l, a.q + 4 * h, 4);
+        const int32_t start4 = -8 * sum;
+        std::memcpy(p + kStart4At + 4 * l, &start4, 4);
+        std::memcpy(p + kScaleAt + 4 * l, &a.d, 4);
+      }
+    }
+}
+}  // namespace
+
+// One half chunk (8 blocks; `lanes` of them present, all 8 when FULL) of R
+// rows against G inputs: the integer block sums, then the scaled FMA into acc.
+template <bool Q4, int R, int G, bool FULL>
+static inline void q_half(const uint8_t* const* w, int64_t c_bytes, int t, int half, int lanes, const uint8_t* xc,
+                          int64_t in_bytes, int64_t next_row, __m256 (&acc)[R][G]) {
+  constexpr int groups = Q4 ? 4 : 8;
+  const __m256i ones = _mm256_set1_epi16(1), lo4 = _mm256_set1_epi8(0x0F), bias = _mm256_set1_epi8(char(0x80));
+  const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256i iacc[R][G];
+#pragma GCC unroll 4
   for (int g = 0; g < G; ++g) {
-    acc0[g] = acc1[g] = _mm256_setzero_ps();
-    c0[g] = c1[g] = 0.f;
+    const __m256i init = Q4 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xc + g * in_bytes + kStart4At + 32 * half))
+                            : _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) iacc[i][g] = init;
   }
-  Block blk0[qlayout::kChunk], blk1[qlayout::kChunk];
-  for (int64_t c = 0; c < nb; c += qlayout::kChunk) {
-    const int t = qlayout::chunk_blocks(nb, c);
-    Q::gather(w0, nb, c, t, blk0);
-    if (TWO) Q::gather(w1, nb, c, t, blk1);
-    for (int l = 0; l < t; ++l) {
-      const int64_t b = c + l;
-      if (prefetch) _mm_prefetch(next + b * (TWO ? 2 : 1) * Q::kBytes, _MM_HINT_T0);
-      const float* d0 = T + blk0[l].d;
-      const float* d1 = T + (TWO ? blk1[l].d : blk0[l].d);
-      const __m256i q0 = Q::weights(blk0[l]), q1 = TWO ? Q::weights(blk1[l]) : q0;
-      const __m256 vd0 = _mm256_broadcast_ss(d0), vd1 = _mm256_broadcast_ss(d1);
-      for (int g = 0; g < G; ++g) {
-        const BlockQ8ActRaw& xb = xq[g * nb + b];
-        const __m256i a = load_q8(xb.q);
-        const __m256 dx = _mm256_broadcast_ss(&xb.d);
-        acc0[g] = _mm256_fmadd_ps(_mm256_mul_ps(vd0, dx), Q::dot(q0, a), acc0[g]);
-        if (TWO) acc1[g] = _mm256_fmadd_ps(_mm256_mul_ps(vd1, dx), Q::dot(q1, a), acc1[g]);
-        if constexpr (Q4) {
-          c0[g] = std::fma(*d0, xb.s, c0[g]);
-          if (TWO) c1[g] = std::fma(*d1, xb.s, c1[g]);
+#pragma GCC unroll 8
+  for (int h = 0; h < groups; ++h)
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* p = w[i] + c_bytes + h * 4 * t + 32 * half;
+      if (FULL && half == 0) _mm_prefetch(reinterpret_cast<const char*>(p + next_row), _MM_HINT_T0);
+      const __m256i v = FULL ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                             : _mm256_maskload_epi32(reinterpret_cast<const int*>(p), m);
+      if constexpr (!Q4) {
+        const __m256i q = _mm256_xor_si256(v, bias), aq = _mm256_abs_epi8(q);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) {
+          const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xc + g * in_bytes + h * 64 + 32 * half));
+          iacc[i][g] = _mm256_add_epi32(iacc[i][g], _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(a, q)), ones));
+        }
+      } else {
+        const __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) {
+          const uint8_t* xg = xc + g * in_bytes + 32 * half;
+          const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + h * 64));
+          const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + (h + 4) * 64));
+          iacc[i][g] = _mm256_add_epi32(iacc[i][g], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), ones));
+          iacc[i][g] = _mm256_add_epi32(iacc[i][g], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), ones));
         }
       }
     }
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i) {
+    const uint8_t* sc = w[i] + c_bytes + (Q4 ? 16 : 32) * t + 16 * half;
+    __m128i d16;
+    if (FULL) {
+      d16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc));
+    } else {
+      alignas(16) uint16_t d[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int l = 0; l < lanes; ++l) std::memcpy(d + l, sc + 2 * l, 2);
+      d16 = _mm_load_si128(reinterpret_cast<const __m128i*>(d));
+    }
+    const __m256 dw = _mm256_cvtph_ps(d16);
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      const __m256 da = _mm256_loadu_ps(reinterpret_cast<const float*>(xc + g * in_bytes + kScaleAt + 32 * half));
+      acc[i][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[i][g]), _mm256_mul_ps(dw, da), acc[i][g]);
+    }
   }
-  for (int g = 0; g < G; ++g) {
-    y[g * ldy + r] = hsum(acc0[g]) - 8.f * c0[g];
-    if (TWO) y[g * ldy + r + 1] = hsum(acc1[g]) - 8.f * c1[g];
+}
+
+template <bool Q4, int R, int G>
+static inline void q_rows(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes,
+                          float* y, int64_t ldy, int64_t r) {
+  constexpr int64_t bsz = Q4 ? qlayout::kQ4Bytes : qlayout::kQ8Bytes;
+  const uint8_t* w[R];
+  for (int i = 0; i < R; ++i) w[i] = base + (r + i) * row_bytes;
+  __m256 acc[R][G];
+  for (int i = 0; i < R; ++i)
+    for (int g = 0; g < G; ++g) acc[i][g] = _mm256_setzero_ps();
+  for (int64_t c = 0, ci = 0; c < nb; c += qlayout::kChunk, ++ci) {
+    const int t = qlayout::chunk_blocks(nb, c);
+    const uint8_t* xc = xp + ci * kChunkAct;
+    for (int half = 0; half < 2; ++half) {
+      const int lanes = t - 8 * half < 8 ? t - 8 * half : 8;
+      if (lanes <= 0) break;
+      if (lanes == 8) q_half<Q4, R, G, true>(w, c * bsz, t, half, 8, xc, in_bytes, R * row_bytes, acc);
+      else q_half<Q4, R, G, false>(w, c * bsz, t, half, lanes, xc, in_bytes, R * row_bytes, acc);
+    }
   }
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < R; ++i) y[g * ldy + r + i] = hsum(acc[i][g]);
+}
+
+template <bool Q4, int R>
+static inline void q_inputs(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes,
+                            int nx, float* y, int64_t ldy, int64_t r) {
+  int g = 0;
+  for (; g + 2 <= nx; g += 2) q_rows<Q4, R, 2>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r);
+  if (g < nx) q_rows<Q4, R, 1>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r);
 }
 
 template <bool Q4>
 static void matvec_q(const void* w, int64_t cols, const void* xq_v, int nx, float* y, int64_t ldy, int64_t r0,
                      int64_t r1) {
-  using Q = QBlocks<Q4>;
-  const int64_t nb = cols / 32, row_bytes = nb * Q::kBytes;
+  const int64_t nb = cols / 32, row_bytes = nb * (Q4 ? qlayout::kQ4Bytes : qlayout::kQ8Bytes);
+  const int64_t in_bytes = n_chunks(nb) * kChunkAct;
+  // The packed inputs, per calling thread: grown once, then reused (no allocation per token).
+  thread_local std::vector<uint8_t> packed;
+  if (packed.size() < size_t(nx * in_bytes)) packed.resize(size_t(nx * in_bytes));
+  pack_inputs(static_cast<const BlockQ8ActRaw*>(xq_v), nx, nb, packed.data());
   const uint8_t* base = static_cast<const uint8_t*>(w);
-  const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
   int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) {
-    const uint8_t* w0 = base + r * row_bytes;
-    int g = 0;
-    for (; g + 2 <= nx; g += 2)
-      q_pair<Q4, 2, true>(w0, w0 + row_bytes, nb, xq + g * nb, y + g * ldy, ldy, r, g == 0);
-    if (g < nx) q_pair<Q4, 1, true>(w0, w0 + row_bytes, nb, xq + g * nb, y + g * ldy, ldy, r, g == 0);
-  }
-  for (; r < r1; ++r)
-    for (int g = 0; g < nx; ++g)
-      q_pair<Q4, 1, false>(base + r * row_bytes, nullptr, nb, xq + g * nb, y + g * ldy, ldy, r, false);
+  for (; r + 2 <= r1; r += 2) q_inputs<Q4, 2>(base, row_bytes, nb, packed.data(), in_bytes, nx, y, ldy, r);
+  for (; r < r1; ++r) q_inputs<Q4, 1>(base, row_bytes, nb, packed.data(), in_bytes, nx, y, ldy, r);
 }
 
 void matvec_q8(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
