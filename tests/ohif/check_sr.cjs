@@ -68,9 +68,23 @@ Module._load = function (request) {
 };
 
 const dcmjs = require('dcmjs');
-const csCore = require('@cornerstonejs/core');
-const adapters = require('@cornerstonejs/adapters');
-const ohifSr = require('@ohif/extension-cornerstone-dicom-sr');
+let csCore, adapters, ohifSr;
+
+// cornerstone 5 is published as ES modules only. Node.js 20 require()s them;
+// Debian 12's nodejs (18) cannot, so they are import()ed here, by the path
+// require() resolves through NODE_PATH (import() does not read NODE_PATH),
+// and the extension's require() calls are handed those same module objects
+// (esm_syntax.mjs: what Node.js 18 also needs to load their dependencies).
+async function loadLibraries() {
+  const { pathToFileURL } = require('url');
+  if (Module.register) Module.register(pathToFileURL(`${__dirname}/esm_syntax.mjs`).href);
+  for (const name of ['@cornerstonejs/core', '@cornerstonejs/tools', '@cornerstonejs/adapters']) {
+    host[name] = await import(pathToFileURL(require.resolve(name)).href);
+  }
+  csCore = host['@cornerstonejs/core'];
+  adapters = host['@cornerstonejs/adapters'];
+  ohifSr = require('@ohif/extension-cornerstone-dicom-sr');
+}
 
 function readDicom(path) {
   const bytes = fs.readFileSync(path);
@@ -94,6 +108,7 @@ async function main() {
     console.error('usage: check_sr.cjs SR.dcm EXPECTED.json IMAGE.dcm...');
     process.exit(2);
   }
+  await loadLibraries();
   const expected = JSON.parse(fs.readFileSync(expectedPath, 'utf8'));
   const sr = readDicomJson(srPath);
   const images = imagePaths.map(readDicom);
