@@ -170,7 +170,9 @@ constexpr size_t kHeaderPrefix = 64 * 1024;
 class FileConsumer : public DcmConsumer {
  public:
   FileConsumer(storage::FileStorage::NewFile* file, std::string error, std::string transfer_syntax_uid = "")
-      : file_(file), error_(std::move(error)), transfer_syntax_uid_(std::move(transfer_syntax_uid)) {}
+      : file_(file), error_(std::move(error)), transfer_syntax_uid_(std::move(transfer_syntax_uid)) {
+    if (!transfer_syntax_uid_.empty()) prefix_.reserve(kHeaderPrefix);
+  }
   OFBool good() const override { return error_.empty(); }
   OFCondition status() const override {
     return good() ? EC_Normal : makeOFCondition(OFM_dcmdata, 901, OF_error, error_.c_str());
@@ -304,6 +306,16 @@ class StreamedInstance : public scp::InstanceStream {
 };
 
 }  // namespace
+
+InstanceIngest::InstanceIngest(storage::FileStorage& storage, db::InstanceIndex& index)
+    : storage_(storage), index_(index), committer_(index) {
+  if (storage_.names_durable_with_file())
+    spdlog::info("ingest: storage {} is {}: one fsync makes a received file and its new name durable",
+                 storage_.root(), storage_.file_system());
+  else
+    spdlog::info("ingest: storage {} is {}: a received file's fsync is followed by its directory's",
+                 storage_.root(), storage_.file_system().empty() ? "of an unknown type" : storage_.file_system());
+}
 
 std::unique_ptr<scp::InstanceStream> InstanceIngest::open_stream(const scp::StoreRequest& request) {
   return std::make_unique<StreamedInstance>(*this, storage_, request);

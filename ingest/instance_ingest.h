@@ -53,8 +53,8 @@ struct FileStoreResult {
 // if firstread went down too, reconciliation indexes its (durable) file.
 class InstanceIngest : public scp::InstanceSink {
  public:
-  InstanceIngest(storage::FileStorage& storage, db::InstanceIndex& index)
-      : storage_(storage), index_(index), committer_(index) {}
+  // Logs whether the storage volume's file system needs a directory fsync per instance.
+  InstanceIngest(storage::FileStorage& storage, db::InstanceIndex& index);
 
   // A data set already in memory: written, validated, made durable, indexed.
   scp::StoreResult store(const scp::ReceivedInstance& instance) override;

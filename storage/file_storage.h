@@ -60,10 +60,12 @@ class FileStorage {
 
   // A file written as its data arrives, for instances (the receive path):
   // an unnamed file (O_TMPFILE) on the storage volume, so that a crash before
-  // it is named leaves nothing at all. Writeback of each full buffer starts at
-  // once (sync_file_range), so the final sync waits only for the tail. Where
-  // the file system has no O_TMPFILE, a named temporary in tmp/ stands in.
-  // Destroyed without link(): the data is gone.
+  // it is named leaves nothing at all. Writeback of a large file starts every
+  // kWritebackChunk (sync_file_range), so its final sync waits only for the
+  // tail; a file smaller than that (a CT or MR image) goes to the disk whole in
+  // that sync, in a few large requests. Where the file system has no
+  // O_TMPFILE, a named temporary in tmp/ stands in. Destroyed without link():
+  // the data is gone.
   class NewFile {
    public:
     ~NewFile();
@@ -90,7 +92,8 @@ class FileStorage {
     bool named_ = false;
     bool replaced_ = false;  // link() replaced an existing file
     bool kick_writeback_ = true;
-    uint64_t size_ = 0, written_ = 0;
+    bool linked_new_ = false;  // named by linkat() of the unnamed file under a new name
+    uint64_t size_ = 0, written_ = 0, writeback_from_ = 0;
     std::vector<char> buffer_;
   };
   std::unique_ptr<NewFile> create_file();
@@ -101,14 +104,26 @@ class FileStorage {
   // replaced atomically and only by complete, synced data: the file it
   // replaces may have been acknowledged.
   void link(NewFile& file, const std::string& relpath);
-  // fsync of the file (data, and on journalling file systems its new name in
-  // the same commit) and of its directory (shared with concurrent publishers).
+  // fsync of the file and, unless that fsync makes the new name durable too
+  // (names_durable_with_file()), of its directory (shared with concurrent
+  // publishers).
   void sync(NewFile& file);
   // Removes the name link() gave (a failed sync or a refused instance).
   void unlink_file(NewFile& file);
 
   // Bytes available to unprivileged users on the storage volume.
   uint64_t free_bytes() const;
+
+  // The storage volume's file system type as the kernel names it ("ext4", "xfs", "nfs4", ...).
+  const std::string& file_system() const { return file_system_; }
+  // Whether the fsync of a file that was just linked under a new name also
+  // makes that name durable on this file system, with the same single cache
+  // flush: ext4 (with a journal the link is in the commit the fsync waits
+  // for; without one, ext4_fsync_nojournal writes the new entry's directory
+  // block and inode first, ext4_sync_parent) and XFS (the fsync forces the
+  // log through the link's transaction). Elsewhere (NFS, btrfs, anything
+  // unknown) the directory is fsynced as well: two flushes per instance.
+  bool names_durable_with_file() const { return names_durable_with_file_; }
 
   // Removes temporary files left by a crash (they were never acknowledged):
   // those whose owner's lock is free (owner gone; its lock file goes too),
@@ -137,6 +152,8 @@ class FileStorage {
   void fsync_path(const std::string& abspath, bool directory) const;
   std::string root_;
   bool fsync_;
+  std::string file_system_;
+  bool names_durable_with_file_ = false;
   std::string node_id_;
   int lock_fd_ = -1;
   std::atomic<uint64_t> temp_counter_{0};

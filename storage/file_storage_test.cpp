@@ -207,3 +207,43 @@ TEST(FileStorage, ConcurrentPublishersInOneDirectoryShareItsFsync) {
   EXPECT_EQ(read_all(s.absolute("instances/1.2/1.3/724.dcm")), "instances/1.2/1.3/724.dcm");
   EXPECT_TRUE(fs::is_empty(s.root() + "/tmp"));
 }
+
+namespace {
+// The file system type util-linux's findmnt reports for the mount holding `path`.
+std::string findmnt_fstype(const std::string& path) {
+  std::string out;
+  if (FILE* p = popen(("findmnt -n -o FSTYPE --target " + path).c_str(), "r")) {
+    char buf[64];
+    while (fgets(buf, sizeof buf, p)) out += buf;
+    pclose(p);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out.substr(out.rfind('\n') + 1);  // mounts stacked on one point: the last is the one in use
+}
+}  // namespace
+
+// One fsync per instance is enough only where the file system makes a new
+// name durable with the file's own fsync (ext4, XFS); elsewhere, tmpfs here,
+// the directory is fsynced too and a file is still complete under its name.
+TEST(FileStorage, KnowsWhetherTheFileFsyncAloneMakesANewNameDurable) {
+  for (const std::string base : {"/tmp", "/dev/shm"}) {
+    std::string t = base + "/firstread-storage-XXXXXX";
+    if (!mkdtemp(t.data())) continue;
+    {
+      FileStorage s(t);
+      const std::string fstype = findmnt_fstype(t);
+      ASSERT_FALSE(fstype.empty()) << t;
+      EXPECT_EQ(s.file_system(), fstype) << t;
+      EXPECT_EQ(s.names_durable_with_file(), fstype == "ext4" || fstype == "xfs") << t;
+      const std::string rel = FileStorage::instance_path("1.2", "1.2.3", "1.2.3.7");
+      auto file = s.create_file();
+      const std::string data(300000, 'd');
+      file->write(data.data(), data.size());
+      s.link(*file, rel);
+      s.sync(*file);
+      file.reset();
+      EXPECT_EQ(read_all(s.absolute(rel)), data) << t;
+    }
+    fs::remove_all(t);
+  }
+}
