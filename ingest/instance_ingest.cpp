@@ -27,6 +27,7 @@
 #include "db/stored_files.h"
 #include "dicom/text.h"
 #include "dicom/uid.h"
+#include "ingest/public_elements.h"
 
 namespace firstread::ingest {
 namespace {
@@ -146,6 +147,19 @@ struct ParsedHeader {
 // than the bytes kept, and the file must be read instead.
 std::optional<ParsedHeader> parse_header(const char* data, size_t size, bool whole,
                                          const std::string& transfer_syntax_uid) {
+  // Private elements are left out before DCMTK parses (see public_elements.h);
+  // where that walk does not apply, DCMTK parses the bytes as they are.
+  const DcmXfer xfer(transfer_syntax_uid.c_str());
+  std::optional<PublicElements> kept;
+  if (xfer.isLittleEndian())  // a deflated data set is never parsed from memory
+    kept = public_elements_before(data, size, xfer.isExplicitVR(), kAfterIndexedAttributes.getGroup(),
+                                  kAfterIndexedAttributes.getElement());
+  if (kept) {
+    if (!kept->reached_stop && !whole) return std::nullopt;
+    data = kept->bytes.data();
+    size = kept->bytes.size();
+    whole = true;  // every byte left is wanted
+  }
   DcmInputBufferStream in;
   in.setBuffer(data, static_cast<offile_off_t>(size));
   in.setEos();
@@ -155,8 +169,8 @@ std::optional<ParsedHeader> parse_header(const char* data, size_t size, bool who
       ff.readUntilTag(in, EXS_Unknown, EGL_noChange, DCM_MaxReadLength, kAfterIndexedAttributes);
   ff.transferEnd();
   // Stopped before the end of the bytes: at kAfterIndexedAttributes (or a later tag).
-  const bool reached_pixel_data = cond.good() && in.tell() < static_cast<offile_off_t>(size);
-  if (!whole && !reached_pixel_data) return std::nullopt;
+  const bool reached_stop = cond.good() && in.tell() < static_cast<offile_off_t>(size);
+  if (!whole && !reached_stop) return std::nullopt;
   ParsedHeader h;
   if (cond.bad()) {
     h.refused = scp::StoreResult{scp::kStoreCannotUnderstand, std::string("cannot parse data set: ") + cond.text()};
