@@ -11,7 +11,8 @@ step: the image tokens (ViT + pixel shuffle + mlp1) are computed once per
 image and flip, and only the decoder is trained.
 
 Usage: train_gsco.py MODEL_DIR OUT_DIR --cache PREFIX --annotations FILE --minutes N
-  --cache: specialists.py render prefix(es) holding the 224 px images of the query seeds
+  --cache: specialists.py render prefix(es) holding the 224 px images of the query seeds (a prefix may
+           hold some modalities only)
   --annotations: specialists.py annotate output for the same seeds
 Writes OUT_DIR as a complete model directory (config, tokenizer copied from MODEL_DIR).
 """
@@ -61,6 +62,22 @@ def save_model(model_dir, out, model, cfg, rec):
     json.dump(rec, open(os.path.join(out, "gsco_train.json"), "w"), indent=1)
 
 
+def decision_positions(answer, ref_id, end_id):
+    """Positions in an answer's token ids where the finding set is decided: the first token (a finding or
+    the normal sentence), each finding's first label token (after <ref>), the token before each later
+    <ref> (one more finding rather than the end) and the end token (no more findings)."""
+    pos = {0}
+    for i, t in enumerate(answer):
+        if t == ref_id:
+            if i + 1 < len(answer):
+                pos.add(i + 1)
+            if i > 0:
+                pos.add(i - 1)
+        elif t == end_id:
+            pos.add(i)
+    return sorted(pos)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -76,6 +93,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--digit-weight", type=float, default=2.0)
+    ap.add_argument("--decision-weight", type=float, default=1.0,
+                    help="loss weight of the tokens that decide the finding set (decision_positions)")
     ap.add_argument("--mix", default="0.8,0.08,0.06", help="report,detection,classification (rest: region)")
     ap.add_argument("--modes", default="0.45,0.15,0.15,0.25", help="GSCo dropout: both,moed,rad,off")
     ap.add_argument("--threads", type=int, default=1)
@@ -99,6 +118,8 @@ def main():
     imgs, metas = [], []
     for mod in phantoms.MODALITIES:
         for p in args.cache.split(","):
+            if not os.path.exists("%s.%s.json" % (p, mod)):  # a render of some modalities only
+                continue
             lim = args.per_modality or None
             imgs.append(np.load("%s.%s.%d.npy" % (p, mod, size))[:lim])
             metas += json.load(open("%s.%s.json" % (p, mod)))[:lim]
@@ -173,6 +194,7 @@ def main():
                 if a_:
                     q = gsco_prompt.assemble(q, mode, a_["moed"], a_["rad"])
                 seqs.append((bi, enc(R.build_prompt(q, T.SYS_MSG, n_img_tok)), enc(a) + [end]))
+        ref = tok.added["<ref>"]
         vit = VT[fl.astype(int), idx]
         seqs.sort(key=lambda s_: len(s_[1]) + len(s_[2]))
         ce_sum, w_sum = 0.0, 0.0
@@ -182,10 +204,13 @@ def main():
             Lc = max(len(p) + len(a) for _, p, a in chunk)
             ids = torch.zeros(len(chunk), Lc, dtype=torch.long)
             tgt = torch.full((len(chunk), Lc), -100, dtype=torch.long)
+            dw = torch.ones(len(chunk), Lc)
             for k, (_, p, a) in enumerate(chunk):
                 full = p + a
                 ids[k, :len(full)] = torch.tensor(full)
                 tgt[k, len(p) - 1:len(full) - 1] = torch.tensor(a)
+                if args.decision_weight != 1.0:
+                    dw[k, [len(p) - 1 + j for j in decision_positions(a, ref, end)]] = args.decision_weight
             emb = lm.embed(ids)
             sel = ids == img_ctx
             emb = emb.masked_scatter(sel.unsqueeze(-1), vit[torch.tensor([bi for bi, _, _ in chunk])].reshape(-1, vit.shape[-1]))
@@ -194,6 +219,7 @@ def main():
             keep = tflat != -100
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1])[keep], tflat[keep], reduction="none")
             tw = torch.where(torch.isin(tflat[keep], digit_ids), torch.tensor(args.digit_weight), torch.tensor(1.0))
+            tw = tw * dw.reshape(-1)[keep]
             ce_sum = ce_sum + (ce * tw).sum()
             w_sum += float(tw.sum())
         loss = ce_sum / w_sum
