@@ -6,8 +6,8 @@
 #
 # usage: tools/demo_model/gsco_step.sh WORK_DIR [GENERALIST_DIR]
 #   GENERALIST_DIR: the generalist to fine-tune (default models/demo)
-# env: SPEC_MINUTES (chest; the others get half), GSCO_MINUTES, NICE (default 10)
-# The shipped weights come from runs continued over three sessions (TRAINING.md);
+# env: SPEC_MINUTES (each chest run; the others get less), GSCO_MINUTES, NICE (default 10)
+# The shipped weights come from runs continued over four sessions (TRAINING.md);
 # this script runs the same steps from scratch in one go.
 # Writes WORK_DIR/specialists/<modality>/ (HF ViTForImageClassification),
 # WORK_DIR/library/<modality>/{*.png,labels.csv} (the case library),
@@ -16,8 +16,8 @@ set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$1
 GEN=${2:-$HERE/../../models/demo}
-SPEC_MINUTES=${SPEC_MINUTES:-8}  # each of the two chest runs
-GSCO_MINUTES=${GSCO_MINUTES:-25}  # each of the two generalist runs
+SPEC_MINUTES=${SPEC_MINUTES:-8}  # each of the four chest runs
+GSCO_MINUTES=${GSCO_MINUTES:-25}  # each of the three generalist runs
 NICE=${NICE:-10}
 PY="nice -n $NICE /usr/bin/python3"
 S="$HERE/specialists.py"
@@ -39,7 +39,8 @@ A=$!
   # the generalist's GSCo images: seeds neither the generalist (0-2399) nor a specialist was trained on,
   # so its own reading of them is as wrong as on new images and the prompt is worth following
   $PY "$S" render query --seeds 10000:11000 --modalities chest --sizes 112,224 &&
-  $PY "$S" render query --seeds 10000:10300 --modalities derm,fundus,endo --sizes 112,224; } > render-b.log
+  $PY "$S" render query --seeds 10000:10300 --modalities derm,fundus,endo --sizes 112,224 &&
+  $PY "$S" render query2 --seeds 11000:13000 --modalities chest --sizes 112,224; } > render-b.log
 wait $A
 stamp rendered
 
@@ -49,27 +50,43 @@ T="$PY $S train --size 112 --patch 14"
 $T specialists/chest-a --modality chest --data train-chest --minutes "$SPEC_MINUTES"
 $T specialists/chest-b --modality chest --data train-chest,train-chest2,train-chest3 --minutes "$SPEC_MINUTES" \
   --init specialists/chest-a --lr 1e-3 --warmup 20
-$T specialists/chest --modality chest --data train-chest,train-chest2,train-chest3 --minutes "$SPEC_MINUTES" \
+$T specialists/chest-c --modality chest --data train-chest,train-chest2,train-chest3 --minutes "$SPEC_MINUTES" \
   --init specialists/chest-b --lr 7e-4 --warmup 20
 $T specialists/derm --modality derm --data train-other --minutes 2
 $T specialists/endo-a --modality endo --data train-other --minutes 2
 $T specialists/endo --modality endo --data train-other --minutes 3 --init specialists/endo-a --warmup 5
-for m in chest derm endo; do
+for m in derm endo; do
   $PY "$S" calibrate specialists/$m --val val --held held > calibrate-$m.log
 done
+# the specialists that annotate the generalist's GSCo seeds: chest-c has not seen them
+rm -rf annotators && mkdir annotators && cp -r specialists/chest-c annotators/chest &&
+  cp -r specialists/derm specialists/endo annotators/
+$PY "$S" calibrate annotators/chest --val val --held held > calibrate-annotator-chest.log
 stamp specialists
 
-# 3. MoED / RAD for the generalist's GSCo seeds and for the held-out seeds (bench --annotations)
+# 3. MoED / RAD for the generalist's GSCo seeds (by the annotators) and for the held-out seeds (bench --annotations)
 LIB=train-chest,train-chest2,train-chest3,train-other
-$PY "$S" annotate annotations-query.json --models specialists --modalities chest,derm,endo --library $LIB --query query
-$PY "$S" annotate annotations-held.json --models specialists --modalities chest,derm,endo --library $LIB --query held
+$PY "$S" annotate annotations-query.json --models annotators --modalities chest,derm,endo --library $LIB \
+  --query query,query2
 stamp annotated
+
+# 2b. the shipped chest specialist: chest-c continued with the 1,000 chest GSCo seeds of `query` as more
+#     training data (after they were annotated)
+$T specialists/chest --modality chest --data train-chest,train-chest2,train-chest3,query --minutes "$SPEC_MINUTES" \
+  --init specialists/chest-c --lr 5e-4 --warmup 20
+$PY "$S" calibrate specialists/chest --val val --held held > calibrate-chest.log
+$PY "$S" annotate annotations-held.json --models specialists --modalities chest,derm,endo --library $LIB --query held
+stamp "chest specialist"
 
 # 4. the generalist on GSCo prompts (ViT frozen, decoder trained; GSCo dropout), then again at half the rate
 $PY "$HERE/train_gsco.py" "$GEN" generalist-a --cache query --annotations annotations-query.json \
   --minutes "$GSCO_MINUTES" --imgs 8 --qa 1 --mix 0.9,0.04,0.03 --modality-weights 1,1,1,1 \
   --modes 0.45,0.15,0.15,0.25 --checkpoint-minutes 6 > train-gsco-a.log
-$PY "$HERE/train_gsco.py" generalist-a generalist --cache query --annotations annotations-query.json \
+$PY "$HERE/train_gsco.py" generalist-a generalist-b --cache query --annotations annotations-query.json \
   --minutes "$GSCO_MINUTES" --imgs 8 --qa 1 --lr 5e-4 --warmup 10 --seed 1357 --mix 0.9,0.04,0.03 \
-  --modality-weights 1,1,1,1 --modes 0.45,0.15,0.15,0.25 --checkpoint-minutes 6 > train-gsco.log
+  --modality-weights 1,1,1,1 --modes 0.45,0.15,0.15,0.25 --checkpoint-minutes 6 > train-gsco-b.log
+# session 5: 2,000 more chest GSCo seeds, more prompts with both sentences, the finding-set tokens weighted 3
+$PY "$HERE/train_gsco.py" generalist-b generalist --cache query,query2 --annotations annotations-query.json \
+  --minutes "$GSCO_MINUTES" --imgs 8 --qa 1 --lr 5e-4 --warmup 10 --seed 9753 --mix 0.9,0.04,0.03 \
+  --modality-weights 1,1,1,1 --modes 0.5,0.15,0.15,0.2 --decision-weight 3 --checkpoint-minutes 6 > train-gsco.log
 stamp "generalist fine-tuned"
