@@ -363,7 +363,10 @@ TEST(Ingest, KillDashNineLosesNoAcknowledgedInstance) {
       if (line.find("Store Failed") != std::string::npos || line.find("Failed") != std::string::npos) ++failures_seen;
     }
   }
-  ASSERT_GE(acknowledged.size(), 15u) << outputs[0];
+  // The kill came after 15 "stored" log lines; each of the 3 associations may
+  // have had one of those instances' responses still on its way to storescu
+  // (one C-STORE in flight per association), so storescu saw at least 12.
+  ASSERT_GE(acknowledged.size(), 12u) << outputs[0];
   EXPECT_LT(acknowledged.size(), 120u) << "the kill came too late to test anything";
 
   s.start();  // restart on the same storage and cluster
