@@ -25,6 +25,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
+#include <new>
 
 #include "engine/qlayout.h"
 
@@ -44,6 +46,8 @@ struct BlockQ4Raw {
   uint16_t d;
   uint8_t qs[16];
 };
+
+enum Kind { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8 = 3, kQ4 = 4 };  // = DType's order (safetensors.h)
 
 // Packed-activation tile sizes (bytes) for one tile of 16 rows.
 inline int64_t f32_tile_bytes(int64_t k) { return k * 16 * 4; }
@@ -95,46 +99,89 @@ inline void store_tiles(float* y, int64_t ldy, int64_t m0, int64_t m_total, int6
 // ------------------------------------------------------------------ F16 / BF16
 
 // Each weight converted exactly to float and broadcast against F32
-// activations: vfmadd231ps. The weights of the NR rows are converted a block
-// of kWeightBlock at a time into a small F32 panel on the stack (BF16: zero
+// activations: vfmadd231ps. The weights of NR rows are converted a block of
+// kWeightBlock at a time into a small F32 panel on the stack (BF16: zero
 // extension and a shift, F16: vcvtph2ps; 16 weights per instruction), so the
 // inner loop broadcasts each weight straight from L1 (a load, not a shuffle:
 // a broadcast from a general register takes the port the FMAs need) and does
-// nothing but FMAs. Per element the FMAs are those of a plain sequential sum
-// over k, whatever the number of tiles or rows. vdpbf16ps would round the
-// activations to BF16 and runs at a quarter of the FMA rate on the Emerald
-// Rapids VM measured (engine/README.md).
-constexpr int64_t kWeightBlock = 256;
+// nothing but FMAs. vdpbf16ps would round the activations to BF16 and runs at
+// a quarter of the FMA rate on the Emerald Rapids VM measured (engine/README.md).
+//
+// Blocking (session 5), GotoBLAS's loop order: the weights are the operand
+// that comes from memory, so each is read once per product (per chunk of
+// activation tiles, and a chunk now usually holds every tile), not once per
+// 64 activation rows as before:
+//   for each chunk of tiles (its accumulators fit the L2 budget below)
+//     for each k-block of kc (the chunk's activation slice fits L2)
+//       for each group of NR = 12 output rows: convert their kc weights into
+//         the L1 panel once, then run the chunk's tiles MT = 2 at a time
+//         against it (2 activation loads + 12 broadcasts per 24 FMAs)
+// The accumulators of every (row group, tile) of the chunk live in a
+// per-thread store between k-blocks (in the kernel's own layout, one vector
+// per row and tile). Per element the FMAs are still those of a plain
+// sequential sum over k from zero (a float stored and reloaded is exact), so
+// the results are bit for bit those of the former kernels.
+constexpr int64_t kWeightBlock = 256;  // the largest kc
+constexpr int kF16Rows = 12;           // NR: output rows per panel
+constexpr int kF16Tiles = 2;           // MT: activation tiles per pass
+constexpr int64_t kF16SliceBudget = 512 << 10;  // one k-block of a chunk's activations
+constexpr int64_t kF16AccBudget = 640 << 10;    // a chunk's accumulators
+inline int64_t f16_budget(const char* name, int64_t dflt) {
+  const char* e = std::getenv(name);
+  return e ? int64_t(std::atoi(e)) << 10 : dflt;
+}
 
-template <bool BF16W, int NR, int MT>
-void kernel_f16(const uint16_t* const* rows, const uint8_t* xp, int64_t tile_bytes, int64_t k, float* y, int64_t ldy,
-                int64_t m0, int64_t m_total, int64_t n0, int nvalid) {
-  alignas(64) float panel[NR][kWeightBlock];
+// Converts NR rows' weights [k0, k0 + kb) (BF16, F16 or F32) to F32 in panel[r][0 .. kb).
+template <int KIND, int NR>
+inline void convert_panel(const void* const* rows, int64_t k0, int64_t kb, float (*panel)[kWeightBlock]) {
+  for (int r = 0; r < NR; ++r)
+    for (int64_t j = 0; j < kb; j += 16) {
+      const int64_t len = min64(16, kb - j);
+      const __mmask16 mask = len == 16 ? __mmask16(0xffff) : __mmask16((1u << len) - 1);
+      if (KIND == kF32) {
+        _mm512_store_ps(panel[r] + j, _mm512_maskz_loadu_ps(mask, static_cast<const float*>(rows[r]) + k0 + j));
+        continue;
+      }
+      const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(rows[r]) + k0 + j);
+      _mm512_store_ps(panel[r] + j, KIND == kBF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                                                  : _mm512_cvtph_ps(h));
+    }
+}
+
+// MT tiles (xk: their k-block start, tile_floats apart) against the panel's NR
+// rows for kb k: c[t][r] (= 0 when first) += sum_i x[t][i] * panel[r][i], in k order.
+template <int NR, int MT>
+inline void f16_pass(const float (*panel)[kWeightBlock], const float* xk, int64_t tile_floats, int64_t kb, bool first,
+                     __m512 (*c)[kF16Rows]) {
   __m512 acc[NR][MT];
   for (int r = 0; r < NR; ++r)
-    for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t k0 = 0; k0 < k; k0 += kWeightBlock) {
-    const int64_t kb = min64(kWeightBlock, k - k0);
-    for (int r = 0; r < NR; ++r)
-      for (int64_t j = 0; j < kb; j += 16) {
-        const int64_t len = min64(16, kb - j);
-        const __m256i h = _mm256_maskz_loadu_epi16(len == 16 ? __mmask16(0xffff) : __mmask16((1u << len) - 1),
-                                                   rows[r] + k0 + j);
-        _mm512_store_ps(panel[r] + j, BF16W ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-                                            : _mm512_cvtph_ps(h));
-      }
-    const float* xk = reinterpret_cast<const float*>(xp) + k0 * 16;
-    for (int64_t i = 0; i < kb; ++i) {
-      __m512 xv[MT];
-      for (int t = 0; t < MT; ++t) xv[t] = _mm512_load_ps(xk + t * (tile_bytes / 4) + i * 16);
-      for (int r = 0; r < NR; ++r) {
-        const __m512 wb = _mm512_set1_ps(panel[r][i]);
-        for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_fmadd_ps(xv[t], wb, acc[r][t]);
-      }
+    for (int t = 0; t < MT; ++t) acc[r][t] = first ? _mm512_setzero_ps() : c[t][r];
+  for (int64_t i = 0; i < kb; ++i) {
+    __m512 xv[MT];
+    for (int t = 0; t < MT; ++t) xv[t] = _mm512_load_ps(xk + t * tile_floats + i * 16);
+    for (int r = 0; r < NR; ++r) {
+      const __m512 wb = _mm512_set1_ps(panel[r][i]);
+      for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_fmadd_ps(xv[t], wb, acc[r][t]);
     }
   }
-  store_tiles<NR, MT>(y, ldy, m0, m_total, n0, nvalid, acc);
+  for (int r = 0; r < NR; ++r)
+    for (int t = 0; t < MT; ++t) c[t][r] = acc[r][t];
 }
+
+// The calling thread's accumulator store (grows to the largest chunk seen, then stays).
+struct AccStore {
+  __m512* p = nullptr;
+  int64_t cap = 0;
+  ~AccStore() { ::operator delete[](p, std::align_val_t(64)); }
+  __m512* get(int64_t vectors) {
+    if (vectors > cap) {
+      ::operator delete[](p, std::align_val_t(64));
+      p = static_cast<__m512*>(::operator new[](size_t(vectors) * 64, std::align_val_t(64)));
+      cap = vectors;
+    }
+    return p;
+  }
+};
 
 // ------------------------------------------------------------------ Q8_0 / Q4_0
 
@@ -195,10 +242,9 @@ void kernel_q(const uint8_t* const* rows, const uint8_t* xp, int64_t tile_bytes,
 
 // ------------------------------------------------------------------ drivers
 
-enum Kind { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8 = 3, kQ4 = 4 };  // = DType's order (safetensors.h)
 
 int64_t tile_bytes_for(int kind, int64_t k) {
-  if (kind == kF16 || kind == kBF16) return f32_tile_bytes(k);
+  if (kind == kF16 || kind == kBF16 || kind == kF32) return f32_tile_bytes(k);
   return q_tile_bytes(k);
 }
 
@@ -235,6 +281,63 @@ void drive(const uint8_t* w, int64_t row_bytes, int64_t n_rows, const uint8_t* p
   }
 }
 
+// BF16 / F16: output columns [n0, n1) against every activation tile, in the
+// loop order described in the F16 / BF16 section.
+// KIND: the weights' format (kBF16, kF16, or kF32 for attention); row_bytes
+// apart. tile_out: y is written in the packed-activation layout (vector of
+// 16 rows of tile t, column j at y + (t * ldy + j) * 16; ldy = columns)
+// instead of row-major.
+template <int KIND>
+void drive_f16(const uint8_t* w, int64_t row_bytes, int64_t n_rows, int64_t k, const uint8_t* packed,
+               int64_t tile_bytes, int64_t n_tiles, int64_t m, float* y, int64_t ldy, int64_t n0, int64_t n1,
+               bool tile_out = false) {
+  constexpr int NR = kF16Rows;
+  static const int64_t acc_budget = f16_budget("FR_F16_ACC_KB", kF16AccBudget);
+  static const int64_t slice_budget = f16_budget("FR_F16_SLICE_KB", kF16SliceBudget);
+  static thread_local AccStore store;
+  const int64_t groups = (n1 - n0 + NR - 1) / NR;
+  // Tiles per chunk: the accumulators within budget, spread evenly.
+  const int64_t most = max64(kF16Tiles, acc_budget / (groups * NR * 64));
+  const int64_t n_chunks = (n_tiles + most - 1) / most;
+  const int64_t chunk = (n_tiles + n_chunks - 1) / n_chunks;
+  __m512(*acc)[NR] = reinterpret_cast<__m512(*)[NR]>(store.get(groups * chunk * NR));
+  // kc: the chunk's activations of one k-block within budget (a multiple of 16).
+  const int64_t kc = min64(kWeightBlock, max64(32, slice_budget / (chunk * 64) / 16 * 16));
+  const int64_t tile_floats = tile_bytes / 4;
+  alignas(64) float panel[NR][kWeightBlock];
+  for (int64_t c0 = 0; c0 < n_tiles; c0 += chunk) {
+    const int64_t nt = min64(chunk, n_tiles - c0);
+    for (int64_t k0 = 0; k0 < k; k0 += kc) {
+      const int64_t kb = min64(kc, k - k0);
+      const float* xk = reinterpret_cast<const float*>(packed + c0 * tile_bytes) + k0 * 16;
+      for (int64_t g = 0; g < groups; ++g) {
+        // Rows past the end repeat the last one (valid memory); their results are not stored.
+        const void* rows[NR];
+        for (int r = 0; r < NR; ++r) rows[r] = w + min64(n0 + g * NR + r, n_rows - 1) * row_bytes;
+        convert_panel<KIND, NR>(rows, k0, kb, panel);
+        __m512(*c)[NR] = acc + g * chunk;
+        int64_t t = 0;
+        for (; t + kF16Tiles <= nt; t += kF16Tiles)
+          f16_pass<NR, kF16Tiles>(panel, xk + t * tile_floats, tile_floats, kb, k0 == 0, c + t);
+        if (t < nt) f16_pass<NR, 1>(panel, xk + t * tile_floats, tile_floats, kb, k0 == 0, c + t);
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t n = n0 + g * NR;
+      const int nvalid = int(min64(NR, n1 - n));
+      for (int64_t t = 0; t < nt; ++t) {
+        if (tile_out) {
+          for (int r = 0; r < nvalid; ++r) _mm512_store_ps(y + ((c0 + t) * ldy + n + r) * 16, acc[g * chunk + t][r]);
+          continue;
+        }
+        __m512 out[NR][1];
+        for (int r = 0; r < NR; ++r) out[r][0] = acc[g * chunk + t][r];
+        store_tiles<NR, 1>(y, ldy, (c0 + t) * 16, m, n, nvalid, out);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k) { return (m + 15) / 16 * tile_bytes_for(kind, k); }
@@ -249,7 +352,7 @@ void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int
       const int64_t row = t * 16 + i;
       if (row >= m) break;
       const float* xr = x + row * k;
-      if (kind == kF16 || kind == kBF16) {
+      if (kind == kF16 || kind == kBF16 || kind == kF32) {
         float* out = reinterpret_cast<float*>(tile);
         for (int64_t j = 0; j < k; ++j) out[j * 16 + i] = xr[j];
       } else {
@@ -281,15 +384,6 @@ void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int
 namespace {
 
 // The micro-kernel calls of one format; MT = tiles in this call.
-template <bool BF16W>
-struct CallF16 {
-  int64_t tb, k, m, ldy;
-  float* y;
-  template <int NR, int T>
-  void run(const uint16_t* const* rows, const uint8_t* xp, int64_t m0, int64_t n, int nvalid) const {
-    kernel_f16<BF16W, NR, T>(rows, xp, tb, k, y, ldy, m0, m, n, nvalid);
-  }
-};
 template <bool Q4>
 struct CallQ {
   int64_t tb, nb, m, ldy;
@@ -308,9 +402,9 @@ void gemm_run(int kind, const void* w_v, int64_t n_rows, int64_t k, const uint8_
   const uint8_t* w = static_cast<const uint8_t*>(w_v);
   const int64_t tb = tile_bytes_for(kind, k), n_tiles = (m + 15) / 16;
   if (kind == kF16)
-    drive<uint16_t, 6, 4>(w, k * 2, n_rows, packed, tb, n_tiles, n0, n1, CallF16<false>{tb, k, m, ldy, y});
+    drive_f16<kF16>(w, k * 2, n_rows, k, packed, tb, n_tiles, m, y, ldy, n0, n1);
   else if (kind == kBF16)
-    drive<uint16_t, 6, 4>(w, k * 2, n_rows, packed, tb, n_tiles, n0, n1, CallF16<true>{tb, k, m, ldy, y});
+    drive_f16<kBF16>(w, k * 2, n_rows, k, packed, tb, n_tiles, m, y, ldy, n0, n1);
   else if (kind == kQ8)
     drive<uint8_t, 2, 6>(w, k / 32 * int64_t(sizeof(BlockQ8Raw)), n_rows, packed, tb, n_tiles, n0, n1,
                          CallQ<false>{tb, k / 32, m, ldy, y});
@@ -319,6 +413,82 @@ void gemm_run(int kind, const void* w_v, int64_t n_rows, int64_t k, const uint8_
                          CallQ<true>{tb, k / 32, m, ldy, y});
 }
 
+
+// ------------------------------------------------------------------ attention (vision)
+//
+// Non-causal attention of one head, n queries against the same n keys, with
+// the GEMM above instead of OpenBLAS (which runs AVX2 code here:
+// OPENBLAS_CORETYPE=Haswell). The scores are produced straight in the
+// packed-activation layout (a vector = one key's score for 16 queries), so
+// the softmax runs 16 queries per instruction with no horizontal reduction
+// and its output is already the packed input of the PV product:
+//   1. q * scale packed into tiles; S = q K^T with K's rows as the "weights"
+//      (F32 panel), written tile-wise;
+//   2. per tile: max over keys, exp (AVX-512 version of kernels_avx2.cpp's
+//      exp8), sum, times 1 / sum;
+//   3. out = S V with V transposed (hd rows of n) as the weights.
+
+namespace {
+
+// exp(x) for 16 floats: kernels_avx2.cpp's exp8 (Cephes expf), same operations.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-87.3365478515625f));
+  __m512 fx = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f));
+  fx = _mm512_roundscale_ps(fx, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+  __m512 y = _mm512_set1_ps(1.9875691500E-4f);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507E-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073E-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894E-2f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459E-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201E-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+}  // namespace
+
+int64_t attention_scratch_floats(int64_t n, int64_t hd) {
+  const int64_t padded = (n + 15) / 16 * 16;
+  return padded * hd + padded * n + hd * n + 16;
+}
+
+void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
+                    float* out, int64_t ldo, float* scratch) {
+  const int64_t n_tiles = (n + 15) / 16;
+  float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
+  float* qp = base;                         // n_tiles x hd x 16
+  float* sp = qp + n_tiles * 16 * hd;       // n_tiles x n x 16: scores, then probabilities
+  float* vt = sp + n_tiles * 16 * n;        // hd x n
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    float* tile = qp + t * hd * 16;
+    for (int i = 0; i < 16; ++i) {
+      const int64_t row = t * 16 + i;
+      for (int64_t j = 0; j < hd; ++j) tile[j * 16 + i] = row < n ? q[row * ld + j] * scale : 0.f;
+    }
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < hd; ++c) vt[c * n + j] = v[j * ld + c];
+  drive_f16<kF32>(reinterpret_cast<const uint8_t*>(k), ld * 4, n, hd, reinterpret_cast<const uint8_t*>(qp), hd * 64,
+                  n_tiles, n, sp, n, 0, n, /*tile_out=*/true);
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    float* st = sp + t * n * 16;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n; ++j) mx = _mm512_max_ps(mx, _mm512_load_ps(st + j * 16));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(st + j * 16), mx));
+      _mm512_store_ps(st + j * 16, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), sum);
+    for (int64_t j = 0; j < n; ++j) _mm512_store_ps(st + j * 16, _mm512_mul_ps(_mm512_load_ps(st + j * 16), inv));
+  }
+  drive_f16<kF32>(reinterpret_cast<const uint8_t*>(vt), n * 4, hd, n, reinterpret_cast<const uint8_t*>(sp), n * 64,
+                  n_tiles, n, out, ldo, 0, hd);
+}
 
 // ------------------------------------------------------------------ decode rows (batched decode)
 //

@@ -52,6 +52,9 @@ int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k);
 void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
 void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
               int64_t ldy, int64_t n0, int64_t n1);
+int64_t attention_scratch_floats(int64_t n, int64_t hd);
+void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
+                    float* out, int64_t ldo, float* scratch);
 }  // namespace avx512
 
 // ---------------------------------------------------------------- threads
@@ -553,11 +556,13 @@ static const uint8_t* pack_for_gemm(ThreadPool& pool, const float* x, int64_t n,
   return packed;
 }
 
-// Output features per task: multiples of 6 (the widest micro-kernel's rows),
-// about four runs per thread so a thread the host delays is covered by the other.
-static int64_t gemm_run_rows(int64_t rows, int threads) {
+// Output features per task: multiples of the micro-kernel's rows (12 for
+// BF16 / F16, 6 otherwise), about four runs per thread so a thread the host
+// delays is covered by the other.
+static int64_t gemm_run_rows(int64_t rows, int threads, DType dtype) {
+  const int64_t unit = dtype == DType::BF16 || dtype == DType::F16 ? 12 : 6;
   const int64_t run = (rows + threads * 4 - 1) / (threads * 4);
-  return std::max<int64_t>(6, (run + 5) / 6 * 6);
+  return std::max<int64_t>(unit, (run + unit - 1) / unit * unit);
 }
 
 // Several products of one input (q/k/v, gate/up): the input is packed once and
@@ -570,7 +575,7 @@ static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const Linea
   std::array<int, kMaxJobs + 1> first_task{};
   std::array<int64_t, kMaxJobs> run{};
   for (size_t j = 0; j < nj; ++j) {
-    run[j] = gemm_run_rows(jobs[j].w.rows, pool.size());
+    run[j] = gemm_run_rows(jobs[j].w.rows, pool.size(), jobs[j].w.dtype);
     first_task[j + 1] = first_task[j] + int((jobs[j].w.rows + run[j] - 1) / run[j]);
   }
   pool.parallel_for(first_task[nj], [&](int task) {
@@ -773,6 +778,20 @@ void axpy_f32(float* y, float a, const float* x, int64_t n) {
 void silu_mul(float* gate, const float* up, int64_t n) {
   if (cpu_has_avx2_fma_f16c()) return avx2::silu_mul(gate, up, n);
   for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+int64_t attention_scratch_floats(int64_t n, int64_t hd) {
+  return std::max(n * n, avx512::attention_scratch_floats(n, hd));
+}
+
+void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
+                    float* out, int64_t ldo, float* scratch) {
+  if (kernel_path() == KernelPath::Avx512) return avx512::attention_head(q, k, v, ld, n, hd, scale, out, ldo, scratch);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(n), int(hd), scale, q, int(ld), k, int(ld), 0.f,
+              scratch, int(n));
+  for (int64_t r = 0; r < n; ++r) softmax_inplace(scratch + r * n, n);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(hd), int(n), 1.f, scratch, int(n), v, int(ld), 0.f,
+              out, int(ldo));
 }
 
 void softmax_inplace(float* x, int64_t n) {

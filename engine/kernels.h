@@ -188,6 +188,16 @@ void linear_rows(ThreadPool& pool, const float* x, int64_t n, const WeightView& 
 void linear_multi_rows(ThreadPool& pool, const float* x, int64_t n, std::initializer_list<LinearJob> jobs,
                        LinearScratch& scratch);
 
+// Non-causal attention of one head (the vision encoder's): for each of n
+// queries, out[i][0..hd) = sum_j softmax_j(scale * q_i . k_j) v_j over the
+// same n keys; q, k, v rows ld floats apart, out rows ldo apart. scratch:
+// attention_scratch_floats(n, hd) floats. avx512: the engine's GEMM with the
+// scores kept in its tile layout (softmax 16 queries per instruction); other
+// paths: OpenBLAS sgemm + softmax_inplace. Single-threaded (callers split heads).
+int64_t attention_scratch_floats(int64_t n, int64_t hd);
+void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
+                    float* out, int64_t ldo, float* scratch);
+
 // Row-wise ops over x[n][d] (in place unless an output is given).
 void rms_norm(const float* x, const float* weight, float* y, int64_t n, int64_t d, float eps);
 void layer_norm(const float* x, const float* weight, const float* bias, float* y, int64_t n, int64_t d,

@@ -360,3 +360,76 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
     }
   }
 }
+
+// A batched BF16 / F16 product big enough that the avx512 GEMM splits it into
+// several chunks of activation tiles and k-blocks (with partial tails of
+// each) matches the scalar path's product element by element.
+TEST(engine_kernels, LargeHalfProductsMatchScalarAcrossChunks) {
+  if (!kernel_path_supported(KernelPath::Avx512)) GTEST_SKIP() << "avx512 not on this CPU";
+  const int m = 1300, rows = 1003, cols = 600;
+  Mat w = random_mat(rows, cols, 5);
+  Mat x = random_mat(m, cols, 6);
+  std::vector<float> wabs(w.f32.size()), xabs(x.f32.size());
+  for (size_t i = 0; i < wabs.size(); ++i) wabs[i] = std::fabs(bf16_to_f32(w.bf16[i]));
+  for (size_t i = 0; i < xabs.size(); ++i) xabs[i] = std::fabs(x.f32[i]);
+  ThreadPool pool(2);
+  LinearScratch scratch;
+  std::vector<float> mag(size_t(m) * rows);
+  force_kernel_path(KernelPath::Scalar);
+  linear(pool, xabs.data(), m, WeightView{wabs.data(), DType::F32, rows, cols}, nullptr, mag.data(), scratch);
+  for (DType dt : {DType::BF16, DType::F16}) {
+    const void* data = dt == DType::BF16 ? static_cast<const void*>(w.bf16.data()) : w.f16.data();
+    const WeightView wv{data, dt, rows, cols};
+    std::vector<float> ref(size_t(m) * rows), y(size_t(m) * rows);
+    force_kernel_path(KernelPath::Scalar);
+    linear(pool, x.f32.data(), m, wv, nullptr, ref.data(), scratch);
+    force_kernel_path(KernelPath::Avx512);
+    linear(pool, x.f32.data(), m, wv, nullptr, y.data(), scratch);
+    for (size_t i = 0; i < y.size(); ++i)
+      ASSERT_NEAR(y[i], ref[i], 1e-5 * (1 + mag[i])) << dtype_name(dt) << " row " << i / rows << " col " << i % rows;
+  }
+  reset_kernel_path();
+}
+
+// One head of non-causal attention on every path against a double-precision
+// softmax(q k^T * scale) v, with token counts and head widths that leave tails.
+TEST(engine_kernels, AttentionHeadMatchesDoubleReferenceOnEveryPath) {
+  for (const auto& [n, hd] : {std::pair<int, int>{37, 64}, {200, 40}, {1025, 64}}) {
+    const int ld = 3 * hd + 5;  // q, k, v interleaved in rows, as the vision block stores them
+    Mat qkv = random_mat(n, ld, 7 + n);
+    const float* q = qkv.f32.data();
+    const float* k = q + hd;
+    const float* v = q + 2 * hd;
+    const float scale = 1.0f / std::sqrt(float(hd));
+    std::vector<double> ref(size_t(n) * hd);
+    for (int i = 0; i < n; ++i) {
+      std::vector<double> p(n);
+      double mx = -1e300, sum = 0;
+      for (int j = 0; j < n; ++j) {
+        double s = 0;
+        for (int c = 0; c < hd; ++c) s += double(q[i * ld + c]) * k[j * ld + c];
+        p[j] = s * scale;
+        mx = std::max(mx, p[j]);
+      }
+      for (int j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
+      for (int c = 0; c < hd; ++c) {
+        double o = 0;
+        for (int j = 0; j < n; ++j) o += p[j] / sum * v[j * ld + c];
+        ref[size_t(i) * hd + c] = o;
+      }
+    }
+    std::vector<float> scratch(size_t(attention_scratch_floats(n, hd)));
+    for (KernelPath path : machine_paths()) {
+      force_kernel_path(path);
+      std::vector<float> out(size_t(n) * (hd + 3), -7.f);
+      attention_head(q, k, v, ld, n, hd, scale, out.data(), hd + 3, scratch.data());
+      for (int i = 0; i < n; ++i) {
+        for (int c = 0; c < hd; ++c)
+          ASSERT_NEAR(out[size_t(i) * (hd + 3) + c], ref[size_t(i) * hd + c], 2e-5)
+              << kernel_path_name(path) << " n " << n << " hd " << hd << " query " << i << " col " << c;
+        for (int c = hd; c < hd + 3; ++c) ASSERT_EQ(out[size_t(i) * (hd + 3) + c], -7.f) << "wrote past the head";
+      }
+    }
+  }
+  reset_kernel_path();
+}

@@ -149,7 +149,7 @@ bool VisionEncoder::step(ThreadPool& pool, Job& job) {
   const int d = hp_.hidden, S = chat_.image_size, grid = S / hp_.patch_size, N = grid * grid + 1;
   const int T = std::min(job.batch, job.n_tiles - job.t0), layers = int(layers_.size());
   const int64_t R = int64_t(T) * N;  // rows over the batch's tiles
-  block_.reserve(R, d, hp_.intermediate, N, pool.size());
+  block_.reserve(R, d, hp_.intermediate, N, hp_.head_dim(), pool.size());
   if (job.stage == 0) {
     job.x.resize(size_t(R) * d);
     embed_patches(pool, job.pixels + size_t(job.t0) * 3 * S * S, T, job.x.data());
@@ -170,12 +170,12 @@ bool VisionEncoder::step(ThreadPool& pool, Job& job) {
   return true;
 }
 
-void VitBlockScratch::reserve(int64_t rows, int d, int intermediate, int tokens, int threads) {
+void VitBlockScratch::reserve(int64_t rows, int d, int intermediate, int tokens, int head_dim, int threads) {
   h.resize(size_t(rows) * d);
   qkv.resize(size_t(rows) * 3 * d);
   attn.resize(size_t(rows) * d);
   mlp.resize(size_t(rows) * intermediate);
-  scores.resize(size_t(threads) * tokens * tokens);
+  scores.resize(size_t(threads) * size_t(attention_scratch_floats(tokens, head_dim)));
 }
 
 void vit_block(ThreadPool& pool, const VisionHParams& hp, const VisionLayer& L, float* x, int T, int N,
@@ -204,17 +204,14 @@ void vit_block(ThreadPool& pool, const VisionHParams& hp, const VisionLayer& L, 
   // own N x N score buffer.
   const int parts = pool.size();
   pool.parallel_for(parts, [&](int part) {
-    float* sc = s.scores.data() + size_t(part) * N * N;
+    float* sc = s.scores.data() + size_t(part) * size_t(attention_scratch_floats(N, hd));
     for (int job = part; job < T * H; job += parts) {
       const int t = job / H, hh = job % H;
       const float* base = s.qkv.data() + size_t(t) * N * 3 * d;
       const float* q = base + hh * hd;
       const float* k = base + d + hh * hd;
       const float* v = base + 2 * d + hh * hd;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * d, k, 3 * d, 0.f, sc, N);
-      for (int r = 0; r < N; ++r) softmax_inplace(sc + size_t(r) * N, N);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.f, sc, N, v, 3 * d, 0.f,
-                  s.attn.data() + size_t(t) * N * d + hh * hd, d);
+      attention_head(q, k, v, 3 * d, N, hd, scale, s.attn.data() + size_t(t) * N * d + hh * hd, d, sc);
     }
   }, /*spin_after=*/false);
   linear(pool, s.attn.data(), R, L.proj, L.proj_b, s.h.data(), s.linear);

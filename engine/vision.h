@@ -27,7 +27,7 @@ struct VisionLayer {
 struct VitBlockScratch {
   std::vector<float> h, qkv, attn, mlp, scores;
   LinearScratch linear;
-  void reserve(int64_t rows, int d, int intermediate, int tokens, int threads);
+  void reserve(int64_t rows, int d, int intermediate, int tokens, int head_dim, int threads);
 };
 
 // One InternViT block, in place on x[tiles * tokens][hidden]: pre-norm

@@ -154,7 +154,7 @@ TEST(engine_vit_block, MatchesTheBlockDefinition) {
           reference_block(hp, W, want, tiles, tokens);
           ThreadPool pool(threads);
           VitBlockScratch scratch;
-          scratch.reserve(R, d, hp.intermediate, tokens, pool.size());
+          scratch.reserve(R, d, hp.intermediate, tokens, hp.head_dim(), pool.size());
           vit_block(pool, hp, L, x.data(), tiles, tokens, scratch);
           double worst = 0;
           for (int r = 0; r < R; ++r)
