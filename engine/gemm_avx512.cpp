@@ -304,6 +304,7 @@ void drive_f16(const uint8_t* w, int64_t row_bytes, int64_t n_rows, int64_t k, c
   // kc: the chunk's activations of one k-block within budget (a multiple of 16).
   const int64_t kc = min64(kWeightBlock, max64(32, slice_budget / (chunk * 64) / 16 * 16));
   const int64_t tile_floats = tile_bytes / 4;
+  constexpr int64_t esz = KIND == kF32 ? 4 : 2;
   alignas(64) float panel[NR][kWeightBlock];
   for (int64_t c0 = 0; c0 < n_tiles; c0 += chunk) {
     const int64_t nt = min64(chunk, n_tiles - c0);
@@ -315,11 +316,35 @@ void drive_f16(const uint8_t* w, int64_t row_bytes, int64_t n_rows, int64_t k, c
         const void* rows[NR];
         for (int r = 0; r < NR; ++r) rows[r] = w + min64(n0 + g * NR + r, n_rows - 1) * row_bytes;
         convert_panel<KIND, NR>(rows, k0, kb, panel);
+        // The next panel's weights (the next rows, or the first rows' next
+        // k-block) are fetched a few lines after each pass, so they are in
+        // cache when it is converted: spread out, the prefetches neither
+        // stall on the fill buffers nor arrive too early.
+        const bool last = g + 1 == groups;
+        const uint8_t* next = last ? (k0 + kc < k ? w + n0 * row_bytes + (k0 + kc) * esz : nullptr)
+                                   : w + (n0 + (g + 1) * NR) * row_bytes + k0 * esz;
+        const int64_t row_lines = (min64(kc, k - (last ? k0 + kc : k0)) * esz + 63) / 64;
+        const int64_t passes = (nt + kF16Tiles - 1) / kF16Tiles;
+        const int64_t per_pass = (NR * row_lines + passes - 1) / passes;
+        int64_t line = 0;
+        auto prefetch_some = [&] {
+          if (next == nullptr) return;
+          for (int64_t e = min64(NR * row_lines, line + per_pass); line < e; ++line) {
+            const int64_t r = line / row_lines;
+            if (n0 + (last ? 0 : (g + 1) * NR) + r >= n_rows) continue;
+            _mm_prefetch(reinterpret_cast<const char*>(next + r * row_bytes + (line % row_lines) * 64), _MM_HINT_T0);
+          }
+        };
         __m512(*c)[NR] = acc + g * chunk;
         int64_t t = 0;
-        for (; t + kF16Tiles <= nt; t += kF16Tiles)
+        for (; t + kF16Tiles <= nt; t += kF16Tiles) {
           f16_pass<NR, kF16Tiles>(panel, xk + t * tile_floats, tile_floats, kb, k0 == 0, c + t);
-        if (t < nt) f16_pass<NR, 1>(panel, xk + t * tile_floats, tile_floats, kb, k0 == 0, c + t);
+          prefetch_some();
+        }
+        if (t < nt) {
+          f16_pass<NR, 1>(panel, xk + t * tile_floats, tile_floats, kb, k0 == 0, c + t);
+          prefetch_some();
+        }
       }
     }
     for (int64_t g = 0; g < groups; ++g) {
@@ -340,11 +365,27 @@ void drive_f16(const uint8_t* w, int64_t row_bytes, int64_t n_rows, int64_t k, c
 
 }  // namespace
 
+// One tile of float activations: tile[j * 16 + i] = scale * x[i * ld + j] for
+// i < rows (0 for the rest), j < k; one gather per k.
+static inline void gather_tile(const float* x, int64_t ld, int64_t rows, int64_t k, float scale, float* tile) {
+  const __m512i index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(int32_t(ld)));
+  const __mmask16 valid = __mmask16((1u << rows) - 1);
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int64_t j = 0; j < k; ++j)
+    _mm512_store_ps(tile + j * 16, _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, index, x + j, 4), vs));
+}
+
 int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k) { return (m + 15) / 16 * tile_bytes_for(kind, k); }
 
 // Packs activation rows of tiles [t0, t1) (16 rows each; rows past m are zero).
 void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1) {
   const int64_t tb = tile_bytes_for(kind, k);
+  if (kind == kF16 || kind == kBF16 || kind == kF32) {
+    for (int64_t t = t0; t < t1; ++t) gather_tile(x + t * 16 * k, k, min64(16, m - t * 16), k, 1.f,
+                                                 reinterpret_cast<float*>(dst + t * tb));
+    return;
+  }
   for (int64_t t = t0; t < t1; ++t) {
     uint8_t* tile = dst + t * tb;
     std::memset(tile, 0, size_t(tb));
@@ -352,10 +393,7 @@ void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int
       const int64_t row = t * 16 + i;
       if (row >= m) break;
       const float* xr = x + row * k;
-      if (kind == kF16 || kind == kBF16 || kind == kF32) {
-        float* out = reinterpret_cast<float*>(tile);
-        for (int64_t j = 0; j < k; ++j) out[j * 16 + i] = xr[j];
-      } else {
+      {  // Q8_0 / Q4_0 (the float kinds are gathered above)
         const int32_t offset = kind == kQ8 ? 128 : 8;
         for (int64_t b = 0; b < k / 32; ++b) {
           const float* xb = xr + b * 32;
@@ -462,15 +500,16 @@ void attention_head(const float* q, const float* k, const float* v, int64_t ld, 
   float* qp = base;                         // n_tiles x hd x 16
   float* sp = qp + n_tiles * 16 * hd;       // n_tiles x n x 16: scores, then probabilities
   float* vt = sp + n_tiles * 16 * n;        // hd x n
-  for (int64_t t = 0; t < n_tiles; ++t) {
-    float* tile = qp + t * hd * 16;
-    for (int i = 0; i < 16; ++i) {
-      const int64_t row = t * 16 + i;
-      for (int64_t j = 0; j < hd; ++j) tile[j * 16 + i] = row < n ? q[row * ld + j] * scale : 0.f;
-    }
+  for (int64_t t = 0; t < n_tiles; ++t) gather_tile(q + t * 16 * ld, ld, min64(16, n - t * 16), hd, scale, qp + t * hd * 16);
+  // V transposed, 16 keys per gather.
+  const __m512i index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(int32_t(ld)));
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 valid = __mmask16((1u << min64(16, n - j)) - 1);
+    for (int64_t c = 0; c < hd; ++c)
+      _mm512_mask_storeu_ps(vt + c * n + j, valid,
+                            _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, index, v + j * ld + c, 4));
   }
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t c = 0; c < hd; ++c) vt[c * n + j] = v[j * ld + c];
   drive_f16<kF32>(reinterpret_cast<const uint8_t*>(k), ld * 4, n, hd, reinterpret_cast<const uint8_t*>(qp), hd * 64,
                   n_tiles, n, sp, n, 0, n, /*tile_out=*/true);
   for (int64_t t = 0; t < n_tiles; ++t) {
