@@ -25,7 +25,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <cstdlib>
 #include <new>
 
 #include "engine/qlayout.h"
@@ -126,10 +125,6 @@ constexpr int kF16Rows = 12;           // NR: output rows per panel
 constexpr int kF16Tiles = 2;           // MT: activation tiles per pass
 constexpr int64_t kF16SliceBudget = 512 << 10;  // one k-block of a chunk's activations
 constexpr int64_t kF16AccBudget = 640 << 10;    // a chunk's accumulators
-inline int64_t f16_budget(const char* name, int64_t dflt) {
-  const char* e = std::getenv(name);
-  return e ? int64_t(std::atoi(e)) << 10 : dflt;
-}
 
 // Converts NR rows' weights [k0, k0 + kb) (BF16, F16 or F32) to F32 in panel[r][0 .. kb).
 template <int KIND, int NR>
@@ -292,17 +287,15 @@ void drive_f16(const uint8_t* w, int64_t row_bytes, int64_t n_rows, int64_t k, c
                int64_t tile_bytes, int64_t n_tiles, int64_t m, float* y, int64_t ldy, int64_t n0, int64_t n1,
                bool tile_out = false) {
   constexpr int NR = kF16Rows;
-  static const int64_t acc_budget = f16_budget("FR_F16_ACC_KB", kF16AccBudget);
-  static const int64_t slice_budget = f16_budget("FR_F16_SLICE_KB", kF16SliceBudget);
   static thread_local AccStore store;
   const int64_t groups = (n1 - n0 + NR - 1) / NR;
   // Tiles per chunk: the accumulators within budget, spread evenly.
-  const int64_t most = max64(kF16Tiles, acc_budget / (groups * NR * 64));
+  const int64_t most = max64(kF16Tiles, kF16AccBudget / (groups * NR * 64));
   const int64_t n_chunks = (n_tiles + most - 1) / most;
   const int64_t chunk = (n_tiles + n_chunks - 1) / n_chunks;
   __m512(*acc)[NR] = reinterpret_cast<__m512(*)[NR]>(store.get(groups * chunk * NR));
   // kc: the chunk's activations of one k-block within budget (a multiple of 16).
-  const int64_t kc = min64(kWeightBlock, max64(32, slice_budget / (chunk * 64) / 16 * 16));
+  const int64_t kc = min64(kWeightBlock, max64(32, kF16SliceBudget / (chunk * 64) / 16 * 16));
   const int64_t tile_floats = tile_bytes / 4;
   constexpr int64_t esz = KIND == kF32 ? 4 : 2;
   alignas(64) float panel[NR][kWeightBlock];
