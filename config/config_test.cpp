@@ -239,7 +239,15 @@ TEST(Config, ExampleFileIsValidAndMatchesDefaults) {
     EXPECT_EQ(c.routes[i].name, d.routes[i].name);
     EXPECT_EQ(c.routes[i].prompt, d.routes[i].prompt);
     EXPECT_EQ(c.routes[i].match.modalities, d.routes[i].match.modalities);
+    EXPECT_EQ(c.routes[i].specialists, d.routes[i].specialists);
+    EXPECT_EQ(c.routes[i].gsco, d.routes[i].gsco);
   }
+  ASSERT_EQ(c.specialists.size(), d.specialists.size());
+  for (const auto& [name, specialist] : d.specialists) EXPECT_EQ(c.specialists.at(name).path, specialist.path);
+  // The default chest route reads with the shipped chest specialist (MoED).
+  EXPECT_EQ(d.routes[0].name, "chest-xray");
+  EXPECT_EQ(d.routes[0].gsco, firstread::config::GscoMode::moed);
+  EXPECT_EQ(d.routes[0].specialists, std::vector<std::string>{"demo-chest"});
   EXPECT_EQ(c.models.at("demo").box_scale, d.models.at("demo").box_scale);
 }
 
@@ -261,8 +269,14 @@ TEST(Config, GscoKeysAreReadAndChecked) {
   EXPECT_DOUBLE_EQ(c.specialists.at("chest-vit").threshold, 0.4);
   EXPECT_EQ(c.case_library.flat_max, 5000);
   EXPECT_EQ(c.case_library.hnsw_m, 16);
-  // Defaults: GSCo off, no specialists.
-  EXPECT_EQ(parse_config("", "e.yaml").routes[0].gsco, firstread::config::GscoMode::off);
+  // Defaults: the shipped chest route reads with the demo chest specialist
+  // (MoED), the other default routes and a route that names no mode have GSCo off.
+  const Config d = parse_config("", "e.yaml");
+  EXPECT_EQ(d.routes[0].gsco, firstread::config::GscoMode::moed);
+  EXPECT_EQ(d.specialists.at("demo-chest").path, "models/demo/specialists/chest");
+  for (size_t i = 1; i < d.routes.size(); ++i) EXPECT_EQ(d.routes[i].gsco, firstread::config::GscoMode::off);
+  EXPECT_EQ(parse_config(base + "routes:\n  - {name: r, model: m}\n", "g.yaml").routes[0].gsco,
+            firstread::config::GscoMode::off);
 
   EXPECT_NE(error_of(base + "routes:\n  - {name: r, model: m, specialists: [nobody]}\n")
                 .find("routes.r.specialists: no specialist named 'nobody'"),
