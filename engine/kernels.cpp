@@ -466,7 +466,7 @@ static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* 
 void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
   const int64_t n = (r1 - r0) * w.cols;
   if (w.dtype == DType::Q8_0 || w.dtype == DType::Q4_0) {
-    // Chunk by chunk (16 blocks) back to llama.cpp's blocks on the stack, then dequantised.
+    // Each block read back as llama.cpp's (q8_block / q4_block), then dequantised.
     const int64_t nb = w.cols / kQBlock;
     const bool q4 = w.dtype == DType::Q4_0;
     if (cpu_has_avx2_fma_f16c()) {
@@ -475,23 +475,20 @@ void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst) {
       else avx2::convert_q8_rows(first, w.cols, r1 - r0, dst);
       return;
     }
-    BlockQ8 b8[qlayout::kChunk];
-    BlockQ4 b4[qlayout::kChunk];
     for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < nb; c += qlayout::kChunk) {
-        const int t = qlayout::chunk_blocks(nb, c);
-        float* out = dst + (r - r0) * w.cols + c * kQBlock;
-        for (int l = 0; l < t; ++l) {
-          if (q4) b4[l] = q4_block(w, r, c + l);
-          else b8[l] = q8_block(w, r, c + l);
-        }
-        for (int l = 0; l < t; ++l) {
-          const float d = f16_to_f32(q4 ? b4[l].d : b8[l].d);
-          for (int j = 0; j < kQBlock / 2 && q4; ++j) {
-            out[l * kQBlock + j] = d * float(int(b4[l].qs[j] & 15) - 8);
-            out[l * kQBlock + j + kQBlock / 2] = d * float(int(b4[l].qs[j] >> 4) - 8);
+      for (int64_t b = 0; b < nb; ++b) {
+        float* out = dst + (r - r0) * w.cols + b * kQBlock;
+        if (q4) {
+          const BlockQ4 blk = q4_block(w, r, b);
+          const float d = f16_to_f32(blk.d);
+          for (int j = 0; j < kQBlock / 2; ++j) {
+            out[j] = d * float(int(blk.qs[j] & 15) - 8);
+            out[j + kQBlock / 2] = d * float(int(blk.qs[j] >> 4) - 8);
           }
-          for (int i = 0; i < kQBlock && !q4; ++i) out[l * kQBlock + i] = d * float(b8[l].q[i]);
+        } else {
+          const BlockQ8 blk = q8_block(w, r, b);
+          const float d = f16_to_f32(blk.d);
+          for (int i = 0; i < kQBlock; ++i) out[i] = d * float(blk.q[i]);
         }
       }
     return;
