@@ -2,7 +2,6 @@
 
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/connect.hpp>
@@ -21,6 +20,7 @@
 #include <functional>
 #include <optional>
 
+#include "net/https_client_tls.h"
 #include "pipeline/study_processor.h"
 
 namespace firstread::pipeline {
@@ -75,12 +75,6 @@ std::string server_message(const std::string& body) {
   for (char& c : start)
     if (c == '\n' || c == '\r') c = ' ';
   return start.empty() ? "(empty body)" : start;
-}
-
-bool is_ip_literal(const std::string& host) {
-  boost::system::error_code ec;
-  net::ip::make_address(host, ec);
-  return !ec;
 }
 
 // Runs io until the operation that `start` began calls its completion, or
@@ -269,29 +263,15 @@ OpenAiBackend::Reply OpenAiBackend::exchange(const std::string& method, const st
     return run_exchange(stream, stream, [] {});
   }
 
-  ssl::context ctx(ssl::context::tls_client);
-  ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
-                  ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  std::optional<ssl::context> ctx;
   try {
-    if (!cfg_.tls_verify) {
-      ctx.set_verify_mode(ssl::verify_none);
-    } else {
-      ctx.set_verify_mode(ssl::verify_peer);
-      if (!cfg_.ca_file.empty()) ctx.load_verify_file(cfg_.ca_file);
-      else ctx.set_default_verify_paths();
-    }
+    ctx.emplace(firstread::net::make_client_context(cfg_.tls_verify, cfg_.ca_file));
   } catch (const boost::system::system_error& e) {
     throw InferenceError("tls", where() + ": cannot load the CA file '" + cfg_.ca_file + "': " + e.code().message());
   }
-  beast::ssl_stream<beast::tcp_stream> stream(io, ctx);
+  beast::ssl_stream<beast::tcp_stream> stream(io, *ctx);
   SSL* native = stream.native_handle();
-  if (!is_ip_literal(url_.host)) SSL_set_tlsext_host_name(native, url_.host.c_str());
-  if (cfg_.tls_verify) {
-    // The certificate must name the host of the URL (a DNS name or an IP address).
-    X509_VERIFY_PARAM* param = SSL_get0_param(native);
-    if (is_ip_literal(url_.host)) X509_VERIFY_PARAM_set1_ip_asc(param, url_.host.c_str());
-    else X509_VERIFY_PARAM_set1_host(param, url_.host.c_str(), 0);
-  }
+  firstread::net::expect_peer_name(native, url_.host, cfg_.tls_verify);
   auto& lowest = beast::get_lowest_layer(stream);
   return run_exchange(stream, lowest, [&] {
     await_step(io, deadline, ec, [&](auto done) {
@@ -303,8 +283,8 @@ OpenAiBackend::Reply OpenAiBackend::exchange(const std::string& method, const st
     if (timed_out) fail_timeout("in the TLS handshake");
     if (ec) {
       std::string reason = ec.message();
-      const long verify = SSL_get_verify_result(native);
-      if (verify != X509_V_OK) reason += ": " + std::string(X509_verify_cert_error_string(verify));
+      const std::string why = firstread::net::verify_failure(native);
+      if (!why.empty()) reason += ": " + why;
       throw InferenceError("tls", where() + ": TLS handshake failed: " + reason);
     }
   });

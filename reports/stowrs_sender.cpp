@@ -1,11 +1,12 @@
 #include "reports/stowrs_sender.h"
 
+#include "net/https_client_tls.h"
+
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <openssl/evp.h>
-#include <openssl/x509v3.h>
 
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <functional>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -184,41 +186,27 @@ SendResult send_stowrs(const std::string& path, const config::ExportDestination&
       beast::tcp_stream stream(io);
       reply = exchange(io, stream, stream, where, request, [] { return beast::error_code{}; }, timeout, peer);
     } else {
-      ssl::context tls(ssl::context::tls_client);
-      tls.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
-                      ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-      tls.set_verify_mode(ssl::verify_peer);
-      const std::string trusted = d.ca_file.empty() ? "the system's CA store" : "ca_file = " + d.ca_file;
+      const std::string trusted = firstread::net::trust_source(d.ca_file);
+      std::optional<ssl::context> tls;
       try {
-        if (d.ca_file.empty()) tls.set_default_verify_paths();
-        else tls.load_verify_file(d.ca_file);
+        tls.emplace(firstread::net::make_client_context(/*verify=*/true, d.ca_file));
       } catch (const boost::system::system_error& ex) {
         return {false, peer + ": cannot load " + trusted + ": " + ex.code().message()};
       }
-      beast::ssl_stream<beast::tcp_stream> stream(io, tls);
+      beast::ssl_stream<beast::tcp_stream> stream(io, *tls);
       SSL* native = stream.native_handle();
-      // The certificate must name the URL's host: a DNS name, or an IP address.
-      X509_VERIFY_PARAM* param = SSL_get0_param(native);
-      boost::system::error_code not_ip;
-      net::ip::make_address(e.host, not_ip);
-      if (!not_ip) {
-        X509_VERIFY_PARAM_set1_ip_asc(param, e.host.c_str());
-      } else {
-        SSL_set_tlsext_host_name(native, e.host.c_str());
-        X509_VERIFY_PARAM_set1_host(param, e.host.c_str(), 0);
-      }
+      firstread::net::expect_peer_name(native, e.host, /*verify=*/true);
       reply = exchange(io, stream, beast::get_lowest_layer(stream), where, request, [&] {
         const beast::error_code ec =
             run_step(io, [&](auto done) { stream.async_handshake(ssl::stream_base::client, done); });
         if (ec) {
-          const long verify = SSL_get_verify_result(native);
-          if (verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH)
+          const std::string why = firstread::net::verify_failure(native);
+          if (firstread::net::verify_failed_on_name(native))
             throw std::runtime_error("TLS handshake with " + peer + " refused: the server's certificate does not name "
-                                     "the host '" + e.host + "' of the url (" + X509_verify_cert_error_string(verify) +
-                                     ")");
-          if (verify != X509_V_OK)
+                                     "the host '" + e.host + "' of the url (" + why + ")");
+          if (!why.empty())
             throw std::runtime_error("TLS handshake with " + peer + " refused: the server's certificate is not trusted: " +
-                                     X509_verify_cert_error_string(verify) + " (" + trusted + ")");
+                                     why + " (" + trusted + ")");
         }
         return ec;
       }, timeout, peer);
