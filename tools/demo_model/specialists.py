@@ -149,13 +149,15 @@ def cmd_train(args):
     model = hf_vit.ViTForImageClassification(cfg)
     hf_vit.init_weights(model, args.seed)
     aux = torch.nn.Linear(args.dim, len(labels))  # dense head on the patch tokens (training only)
+    n = len(metas)
     if args.init:  # continue an earlier run of this recipe (same shape): its weights and aux head
         model.load_state_dict(hf_vit.read_safetensors(os.path.join(args.init, "model.safetensors")))
         if os.path.exists(os.path.join(args.init, "aux.pt")):
             aux.load_state_dict(torch.load(os.path.join(args.init, "aux.pt")))
+        elif args.aux_fit_steps:
+            fit_aux_head(model, aux, imgs, pt, g, args, rng)
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
-    n = len(metas)
     print("specialist %s: %d training images, %d labels, %d params, %dx%d patches" % (
         args.modality, n, len(labels), sum(p.numel() for p in model.parameters()), g, g), flush=True)
     os.makedirs(args.out, exist_ok=True)
@@ -203,6 +205,26 @@ def cmd_train(args):
     model.eval()
     save_specialist(model, aux, args.out, args, step, t0, n)
     print("trained %s: %d steps in %.0f s -> %s" % (args.modality, step, time.time() - t0, args.out), flush=True)
+
+
+def fit_aux_head(model, aux, imgs, pt, g, args, rng):
+    """A shipped specialist has no aux.pt (training only): fit a fresh auxiliary head on the frozen
+    model's patch tokens first, so that its random weights do not push gradients into a trained ViT."""
+    opt = torch.optim.AdamW(aux.parameters(), lr=1e-2, betas=(0.9, 0.98), weight_decay=0.0)
+    pos_w = torch.tensor(args.patch_pos_weight)
+    model.eval()
+    t0 = time.time()
+    for step in range(args.aux_fit_steps):
+        idx = rng.randint(0, len(imgs), size=args.batch)
+        with torch.no_grad():
+            _, _, toks = model(hf_vit.to_pixels(imgs[idx].copy()))
+        loss = F.binary_cross_entropy_with_logits(aux(toks), pt[idx].reshape(args.batch, g * g, -1), pos_weight=pos_w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0:
+            print("aux head fit step %d t=%.0fs aux %.4f" % (step + 1, time.time() - t0, float(loss)), flush=True)
+    model.train()
 
 
 def save_specialist(model, aux, out, args, step, t0, n):
@@ -341,6 +363,8 @@ def main():
     t.add_argument("--checkpoint-minutes", type=float, default=0,
                    help="also write OUT_DIR/step-N (HF directory + aux.pt) every this many minutes")
     t.add_argument("--init", default="", help="a directory this command wrote: continue from its weights")
+    t.add_argument("--aux-fit-steps", type=int, default=0,
+                   help="--init without aux.pt (a shipped specialist): fit a new auxiliary head this many steps first")
     t.add_argument("--size", type=int, default=112)
     t.add_argument("--patch", type=int, default=8)
     t.add_argument("--dim", type=int, default=64)
