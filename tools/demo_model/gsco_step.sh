@@ -74,6 +74,11 @@ stamp annotated
 #     training data (after they were annotated)
 $T specialists/chest --modality chest --data train-chest,train-chest2,train-chest3,query --minutes "$SPEC_MINUTES" \
   --init specialists/chest-c --lr 5e-4 --warmup 20
+# 2c. session 6: continued again on 6,000 more chest phantoms (query2's seeds and 13000-16999), recalibrated
+$PY "$S" render query3 --seeds 13000:17000 --modalities chest > render-c.log
+mv specialists/chest specialists/chest-d
+$T specialists/chest --modality chest --data train-chest,train-chest2,train-chest3,query,query2,query3 \
+  --minutes "$SPEC_MINUTES" --init specialists/chest-d --lr 5e-4 --warmup 20
 $PY "$S" calibrate specialists/chest --val val --held held > calibrate-chest.log
 $PY "$S" annotate annotations-held.json --models specialists --modalities chest,derm,endo --library $LIB --query held
 stamp "chest specialist"
