@@ -118,6 +118,61 @@ TEST(engine_batch, LinearRowsGiveEachRowTheBitsOfTheSingleProduct) {
   }
 }
 
+// The decode-row kernels of every path against the scalar path on the shapes
+// where their passes and tails change: widths that are not a multiple of the
+// vector steps (F32 / BF16 / F16: 1, 15, 17, 37, 1030 columns; Q8_0 / Q4_0:
+// 1 block, 8 (a chunk's first half only), 9, 21 = 16 + 5, 48 = 32 + 16),
+// row counts that leave every pass shape's tail (1, 3, 13, 77), and 1..9
+// inputs (passes of up to four inputs and their remainders). Each (row,
+// input) is the scalar product up to float summation order, and the bits of
+// that input alone on the same path.
+TEST(engine_batch, DecodeRowsOfEveryPathMatchScalarOnOddShapes) {
+  ThreadPool pool(2);
+  struct Shape {
+    DType t;
+    std::vector<int> cols;
+  };
+  const std::vector<int> float_cols = {1, 15, 17, 37, 1030}, block_cols = {32, 256, 288, 672, 1536};
+  const std::vector<Shape> shapes = {{DType::F32, float_cols}, {DType::BF16, float_cols}, {DType::F16, float_cols},
+                                     {DType::Q8_0, block_cols}, {DType::Q4_0, block_cols}};
+  for (const Shape& sh : shapes)
+    for (int cols : sh.cols)
+      for (int rows : {1, 3, 13, 77}) {
+        const std::vector<float> wf = gaussian(size_t(rows) * cols, 21), x = gaussian(size_t(9) * cols, 22);
+        const std::vector<uint8_t> w = stored(sh.t, wf, rows, cols);
+        const WeightView wv{w.data(), sh.t, rows, cols};
+        std::vector<float> deq(size_t(rows) * cols);
+        convert_rows_f32(wv, 0, rows, deq.data());
+        LinearScratch scratch;
+        std::vector<float> want(size_t(9) * rows);
+        {
+          PathGuard guard(KernelPath::Scalar);
+          linear_rows(pool, x.data(), 9, wv, nullptr, want.data(), scratch);
+        }
+        for (KernelPath path : machine_paths()) {
+          if (path == KernelPath::Scalar) continue;
+          PathGuard guard(path);
+          const std::string what = std::string(kernel_path_name(path)) + " " + dtype_name(sh.t) + " " +
+                                   std::to_string(rows) + " x " + std::to_string(cols);
+          std::vector<float> alone(size_t(9) * rows);
+          for (int g = 0; g < 9; ++g)
+            linear_rows(pool, x.data() + size_t(g) * cols, 1, wv, nullptr, alone.data() + size_t(g) * rows, scratch);
+          for (int g = 0; g < 9; ++g)
+            for (int o = 0; o < rows; ++o) {
+              double mag = 0;  // float summation order: a few ulps of the terms' magnitude per term
+              for (int i = 0; i < cols; ++i) mag += std::fabs(double(deq[size_t(o) * cols + i]) * x[size_t(g) * cols + i]);
+              ASSERT_NEAR(alone[size_t(g) * rows + o], want[size_t(g) * rows + o], 1e-5 * (1 + mag))
+                  << what << " input " << g << " row " << o;
+            }
+          for (int n = 1; n <= 9; ++n) {
+            std::vector<float> y(size_t(n) * rows);
+            linear_rows(pool, x.data(), n, wv, nullptr, y.data(), scratch);
+            for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], alone[i]) << what << " n=" << n << " at " << i;
+          }
+        }
+      }
+}
+
 namespace {
 
 // The decoder of a reference fixture in `fmt`, without the vision encoder.

@@ -17,16 +17,18 @@ namespace firstread::engine {
 
 namespace avx2 {
 // nx inputs x[g * ldx] -> y[g * ldy + r] for rows [r0, r1); Q8_0 / Q4_0: xq[g * cols / 32].
-void matvec_f32(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
-                int64_t r1);
-void matvec_bf16(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
-                 int64_t r1);
-void matvec_f16(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
-                int64_t r1);
+// Decode products (batched decode): the inputs packed once per step, then
+// rows [r0, r1) against nx of them into y[g * ldy + r].
+int64_t matvec_f_pack_floats(int64_t cols);
+void matvec_f_pack(int kind, const float* x, int64_t n, int64_t cols, float* dst);  // kind = DType
+void matvec_f(int kind, const void* w, int64_t cols, const float* packed, int nx, float* y, int64_t ldy, int64_t r0,
+              int64_t r1);
+int64_t matvec_q_pack_bytes(int64_t n, int64_t cols);
+void matvec_q_pack(const void* xq, int64_t n, int64_t cols, uint8_t* dst);
+void matvec_q8(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
+void matvec_q4(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
 void convert_bf16(const uint16_t* src, float* dst, int64_t n);
 void convert_f16(const uint16_t* src, float* dst, int64_t n);
-void matvec_q8(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
-void matvec_q4(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
 void convert_q8_rows(const void* w, int64_t cols, int64_t n_rows, float* dst);  // engine layout (qlayout.h)
 void convert_q4_rows(const void* w, int64_t cols, int64_t n_rows, float* dst);
 void quantize_act(const float* x, int64_t n_blocks, void* dst);
@@ -440,26 +442,25 @@ static bool is_block_quantised(DType t) { return t == DType::Q8_0 || t == DType:
 // Rows [r0, r1) of w against nx inputs x[g * w.cols] (xq[g * w.cols / 32] when
 // block-quantised) into y[g * ldy + r]: each weight row is read once for all
 // inputs, and each (row, input) result is bit-identical to nx = 1.
-// The inputs repacked for the AVX-512 kernels (avx512 path, else null):
-// packed_q for Q8_0 / Q4_0, packed_f for F32 / F16 / BF16 (matvec_f_pack for w's dtype).
+// The inputs repacked once per step for the avx2 / avx512 kernels (null on
+// the scalar path): packed_q for Q8_0 / Q4_0, packed_f for F32 / F16 / BF16
+// (matvec_f_pack of the path for w's dtype).
 static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* xq, const uint8_t* packed_q,
                          const float* packed_f, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t cols = w.cols, nb = cols / kQBlock;
-  if (packed_q && w.dtype == DType::Q8_0) return avx512::matvec_q8(w.data, cols, packed_q, nx, y, ldy, r0, r1);
-  if (packed_q && w.dtype == DType::Q4_0) return avx512::matvec_q4(w.data, cols, packed_q, nx, y, ldy, r0, r1);
-  if (packed_f && !is_block_quantised(w.dtype))
-    return avx512::matvec_f(int(w.dtype), w.data, cols, packed_f, nx, y, ldy, r0, r1);
-  if (!cpu_has_avx2_fma_f16c()) {
-    for (int g = 0; g < nx; ++g)
-      scalar_matvec(w, x ? x + g * cols : nullptr, xq ? xq + g * nb : nullptr, y + g * ldy, r0, r1);
-    return;
-  }
-  switch (w.dtype) {
-    case DType::F32: return avx2::matvec_f32(w.data, cols, x, cols, nx, y, ldy, r0, r1);
-    case DType::BF16: return avx2::matvec_bf16(w.data, cols, x, cols, nx, y, ldy, r0, r1);
-    case DType::F16: return avx2::matvec_f16(w.data, cols, x, cols, nx, y, ldy, r0, r1);
-    case DType::Q8_0: return avx2::matvec_q8(w.data, cols, xq, nx, y, ldy, r0, r1);
-    case DType::Q4_0: return avx2::matvec_q4(w.data, cols, xq, nx, y, ldy, r0, r1);
+  switch (kernel_path()) {
+    case KernelPath::Avx512:
+      if (w.dtype == DType::Q8_0) return avx512::matvec_q8(w.data, cols, packed_q, nx, y, ldy, r0, r1);
+      if (w.dtype == DType::Q4_0) return avx512::matvec_q4(w.data, cols, packed_q, nx, y, ldy, r0, r1);
+      return avx512::matvec_f(int(w.dtype), w.data, cols, packed_f, nx, y, ldy, r0, r1);
+    case KernelPath::Avx2:
+      if (w.dtype == DType::Q8_0) return avx2::matvec_q8(w.data, cols, packed_q, nx, y, ldy, r0, r1);
+      if (w.dtype == DType::Q4_0) return avx2::matvec_q4(w.data, cols, packed_q, nx, y, ldy, r0, r1);
+      return avx2::matvec_f(int(w.dtype), w.data, cols, packed_f, nx, y, ldy, r0, r1);
+    case KernelPath::Scalar:
+      for (int g = 0; g < nx; ++g)
+        scalar_matvec(w, x ? x + g * cols : nullptr, xq ? xq + g * nb : nullptr, y + g * ldy, r0, r1);
+      return;
   }
 }
 
@@ -606,25 +607,31 @@ static void matvec_jobs(ThreadPool& pool, const float* x, int64_t n, const Linea
   }
   const int64_t cols = jobs[0].w.cols;
   const BlockQ8Act* xq = any_quantised ? quantised_input(scratch, x, n, cols) : nullptr;
-  // avx512: each input packed once for all jobs and threads (int8 pairs of
-  // blocks with their start values and scales; floats in the kernel's order).
+  // avx2 / avx512: each input packed once for all jobs and threads (int8
+  // groups of blocks with their start values and scales; floats in the
+  // kernel's order, zero-padded).
   const uint8_t* packed_q = nullptr;
   const float* packed_f = nullptr;
   const float* packed_bf16 = nullptr;
-  if (kernel_path() == KernelPath::Avx512) {
+  const KernelPath path = kernel_path();
+  if (path != KernelPath::Scalar) {
+    const bool wide = path == KernelPath::Avx512;
     if (any_quantised) {
-      scratch.packed.resize(size_t(avx512::matvec_pack_bytes(n, cols)) + 64);
+      const int64_t bytes = wide ? avx512::matvec_pack_bytes(n, cols) : avx2::matvec_q_pack_bytes(n, cols);
+      scratch.packed.resize(size_t(bytes) + 64);
       uint8_t* p = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch.packed.data()) + 63) & ~uintptr_t(63));
-      avx512::matvec_pack(xq, n, cols, p);
+      if (wide) avx512::matvec_pack(xq, n, cols, p);
+      else avx2::matvec_q_pack(xq, n, cols, p);
       packed_q = p;
     }
     if (any_bf16 || any_f) {
       // BF16's element order differs from F32 / F16's: one region each.
-      const size_t region = size_t(n * avx512::matvec_f_pack_floats(cols));
+      const size_t region = size_t(n * (wide ? avx512::matvec_f_pack_floats(cols) : avx2::matvec_f_pack_floats(cols)));
       scratch.xf.resize(2 * region + 16);
       float* p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.xf.data()) + 63) & ~uintptr_t(63));
-      if (any_f) avx512::matvec_f_pack(int(DType::F32), x, n, cols, p);
-      if (any_bf16) avx512::matvec_f_pack(int(DType::BF16), x, n, cols, p + region);
+      auto pack = wide ? avx512::matvec_f_pack : avx2::matvec_f_pack;
+      if (any_f) pack(int(DType::F32), x, n, cols, p);
+      if (any_bf16) pack(int(DType::BF16), x, n, cols, p + region);
       packed_f = p;
       packed_bf16 = p + region;
     }

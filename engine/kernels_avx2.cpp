@@ -3,6 +3,7 @@
 // after a runtime CPU check (kernels.cpp), so the library runs anywhere.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -29,12 +30,6 @@ static inline float hsum(__m256 v) {
 }
 
 template <int KIND>  // 0 f32, 1 bf16, 2 f16
-static inline __m256 load8(const void* base, int64_t i) {
-  if (KIND == 0) return _mm256_loadu_ps(static_cast<const float*>(base) + i);
-  if (KIND == 1) return load8_bf16(static_cast<const uint16_t*>(base) + i);
-  return load8_f16(static_cast<const uint16_t*>(base) + i);
-}
-template <int KIND>
 static inline float load1(const void* base, int64_t i) {
   if (KIND == 0) return static_cast<const float*>(base)[i];
   uint16_t v = static_cast<const uint16_t*>(base)[i];
@@ -47,89 +42,226 @@ static inline float load1(const void* base, int64_t i) {
   return _cvtsh_ss(v);
 }
 
-// Rows of W against nx input vectors x[g * ldx] (one per decoded sequence),
-// y[g * ldy + r]. Each weight row is read from memory once for all inputs
-// (the second pair of inputs finds it in L1), and every (row, input) result
-// is computed by exactly the operations nx = 1 uses, so a sequence decoded in
-// a batch gets the bits it gets alone. Two rows at once: x is loaded once for
-// both, and two accumulator chains per (row, input) hide the FMA latency.
-template <int KIND, int G>  // G inputs per pass (1 or 2: 8 accumulators fit the 16 ymm registers)
-static inline void matvec_pair(const char* w0, const char* w1, int64_t cols, const float* x, int64_t ldx, float* y,
-                               int64_t ldy, int64_t r, bool prefetch) {
-  const size_t esz = KIND == 0 ? 4 : 2;
-  __m256 a0[G], a1[G], b0[G], b1[G];
-  for (int g = 0; g < G; ++g) a0[g] = a1[g] = b0[g] = b1[g] = _mm256_setzero_ps();
-  int64_t i = 0;
-  // The next row pair follows in memory: prefetch it as this pair streams,
-  // so each core keeps enough misses in flight to approach DRAM bandwidth.
-  const char* next = w1 + 3 * cols * esz;
-  for (; i + 16 <= cols; i += 16) {
-    if (prefetch) {
-      _mm_prefetch(next + 2 * i * esz, _MM_HINT_T0);
-      _mm_prefetch(next + 2 * i * esz + 64, _MM_HINT_T0);
+// The lane sums of N accumulators (N <= 8) into out[0..N): one transposing
+// tree for all of them (two hadd levels and one cross-lane add: about 1.2 ops
+// per sum at N = 8, against 5 for a reduction each). Every sum takes the same
+// additions whatever N and its position, ((l0 + l1) + (l2 + l3)) + ((l4 + l5)
+// + (l6 + l7)), so a (row, input) result does not depend on its neighbours.
+template <int N>
+static inline void lane_sums(const __m256* v, float* out) {
+  constexpr int N2 = (N + 1) / 2, N4 = (N2 + 1) / 2;
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 s1[N2], s2[N4];
+  for (int p = 0; p < N2; ++p) s1[p] = _mm256_hadd_ps(v[2 * p], 2 * p + 1 < N ? v[2 * p + 1] : zero);
+  for (int p = 0; p < N4; ++p) s2[p] = _mm256_hadd_ps(s1[2 * p], 2 * p + 1 < N2 ? s1[2 * p + 1] : zero);
+  // s2[p] = sums of v[4p .. 4p+3] over lanes 0-3 (low half) and 4-7 (high half).
+  if constexpr (N4 == 2) {
+    const __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(s2[0], s2[1], 0x20), _mm256_permute2f128_ps(s2[0], s2[1], 0x31));
+    if constexpr (N == 8) {
+      _mm256_storeu_ps(out, r);
+    } else {
+      alignas(32) float t[8];
+      _mm256_store_ps(t, r);
+      for (int k = 0; k < N; ++k) out[k] = t[k];
     }
-    const __m256 w00 = load8<KIND>(w0, i), w01 = load8<KIND>(w0, i + 8);
-    const __m256 w10 = load8<KIND>(w1, i), w11 = load8<KIND>(w1, i + 8);
-    for (int g = 0; g < G; ++g) {
-      const float* xg = x + g * ldx;
-      const __m256 x0 = _mm256_loadu_ps(xg + i), x1 = _mm256_loadu_ps(xg + i + 8);
-      a0[g] = _mm256_fmadd_ps(w00, x0, a0[g]);
-      a1[g] = _mm256_fmadd_ps(w01, x1, a1[g]);
-      b0[g] = _mm256_fmadd_ps(w10, x0, b0[g]);
-      b1[g] = _mm256_fmadd_ps(w11, x1, b1[g]);
-    }
+  } else {
+    const __m128 r = _mm_add_ps(_mm256_castps256_ps128(s2[0]), _mm256_extractf128_ps(s2[0], 1));
+    alignas(16) float t[4];
+    _mm_store_ps(t, r);
+    for (int k = 0; k < N; ++k) out[k] = t[k];
   }
-  for (int g = 0; g < G; ++g) {
-    const float* xg = x + g * ldx;
-    float s0 = hsum(_mm256_add_ps(a0[g], a1[g])), s1 = hsum(_mm256_add_ps(b0[g], b1[g]));
-    for (int64_t k = i; k < cols; ++k) {
-      s0 = std::fma(load1<KIND>(w0, k), xg[k], s0);
-      s1 = std::fma(load1<KIND>(w1, k), xg[k], s1);
+}
+
+// The lane sums of a pass's R x G accumulators (row i, input g) into
+// y[g * ldy + r + i], in one tree.
+template <int R, int G>
+static inline void store_sums(const __m256 (&acc)[R][G], float* y, int64_t ldy, int64_t r) {
+  __m256 flat[R * G];
+  float sums[R * G];
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < R; ++i) flat[g * R + i] = acc[i][g];
+  lane_sums<R * G>(flat, sums);
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < R; ++i) y[g * ldy + r + i] = sums[g * R + i];
+}
+
+// Bytes the software prefetch of the decode rows runs ahead of each row
+// stream, divided by the rows of a pass: the pass's streams together keep
+// about this much in flight.
+constexpr int64_t kPrefetchWindow = 8192;
+
+// ------------------------------------------------------------------ decode rows, F32 / BF16 / F16
+//
+// Rows of W against nx input vectors (one per decoded sequence of a batched
+// decode step, issue 13). Each weight is loaded and converted to float once
+// for all inputs of a pass (BF16: 16 weights per load, the even ones by a
+// shift and the odd ones by a mask, against inputs packed once per step in
+// that order; F16: vcvtph2ps; F32 as is); per 16 weights and input what is
+// left is two FMAs into the (row, input)'s one accumulator. A pass takes
+// R rows x G inputs with R x G = 8 accumulators (8 rows x 1 input, 4 x 2,
+// 2 x 4: eight independent FMA chains), more inputs in further passes over
+// the same rows (from L1). The row's tail (cols % 16) is one more step on
+// the weights copied into a zero-padded buffer, against the packed input's
+// zero padding. So every (row, input) result is the same operations whatever
+// nx, R and G, and a sequence decoded in a batch gets the bits it gets alone.
+
+// Floats per packed input row (cols rounded up to 16, zero-padded).
+int64_t matvec_f_pack_floats(int64_t cols) { return (cols + 15) / 16 * 16; }
+
+// n inputs x[n][cols] for weights of `kind` (DType: 0 F32, 1 F16, 2 BF16)
+// into dst (n * matvec_f_pack_floats(cols) floats); BF16: each 16 in the
+// order even elements, odd elements.
+void matvec_f_pack(int kind, const float* x, int64_t n, int64_t cols, float* dst) {
+  const int64_t stride = matvec_f_pack_floats(cols);
+  for (int64_t g = 0; g < n; ++g) {
+    const float* xg = x + g * cols;
+    float* out = dst + g * stride;
+    std::memset(out + cols / 16 * 16, 0, size_t(stride - cols / 16 * 16) * 4);
+    if (kind != 2) {
+      std::memcpy(out, xg, size_t(cols) * 4);
+      continue;
     }
-    y[g * ldy + r] = s0;
-    y[g * ldy + r + 1] = s1;
+    int64_t i = 0;
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    for (; i + 16 <= cols; i += 16) {
+      // (x0..x7), (x8..x15) -> (x0 x2 x4 x6 x8 .. x14), (x1 x3 .. x15)
+      const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xg + i), even);
+      const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xg + i + 8), even);
+      _mm256_storeu_ps(out + i, _mm256_permute2f128_ps(a, b, 0x20));
+      _mm256_storeu_ps(out + i + 8, _mm256_permute2f128_ps(a, b, 0x31));
+    }
+    for (; i < cols; ++i) out[i / 16 * 16 + (i % 2) * 8 + (i % 16) / 2] = xg[i];
+  }
+}
+
+namespace {
+constexpr int kF32 = 0, kF16 = 1, kBF16 = 2;  // = DType's order
+
+// 16 weights of a row from element i as two float vectors, in the packed input's order.
+template <int KIND>
+inline void load_w16(const uint8_t* row, int64_t i, __m256& wa, __m256& wb) {
+  if constexpr (KIND == kBF16) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i));
+    wa = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    wb = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int32_t(0xFFFF0000u))));
+  } else if constexpr (KIND == kF16) {
+    wa = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
+    wb = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i + 16)));
+  } else {
+    wa = _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i);
+    wb = _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i + 8);
+  }
+}
+
+// R consecutive rows from r against G packed inputs (in_floats apart).
+template <int KIND, int R, int G>
+inline void f_rows(const uint8_t* base, int64_t row_bytes, int64_t cols, const float* xp, int64_t in_floats, float* y,
+                   int64_t ldy, int64_t r) {
+  constexpr int64_t esz = KIND == kF32 ? 4 : 2;
+  const uint8_t* w[R];
+  for (int i = 0; i < R; ++i) w[i] = base + (r + i) * row_bytes;
+  __m256 acc[R][G];
+  for (int i = 0; i < R; ++i)
+    for (int g = 0; g < G; ++g) acc[i][g] = _mm256_setzero_ps();
+  // Weights of all rows first when there are fewer rows than inputs, else the
+  // inputs first: either way R x G + 2 min(R, G) + 2 registers (<= 14).
+  auto step = [&](const uint8_t* const* rows, int64_t i, int64_t c) {
+    if constexpr (R <= G) {
+      __m256 wa[R], wb[R];
+      for (int k = 0; k < R; ++k) load_w16<KIND>(rows[k], i, wa[k], wb[k]);
+      for (int g = 0; g < G; ++g) {
+        const float* xg = xp + g * in_floats + c;
+        const __m256 xa = _mm256_loadu_ps(xg), xb = _mm256_loadu_ps(xg + 8);
+        for (int k = 0; k < R; ++k) {
+          acc[k][g] = _mm256_fmadd_ps(wa[k], xa, acc[k][g]);
+          acc[k][g] = _mm256_fmadd_ps(wb[k], xb, acc[k][g]);
+        }
+      }
+    } else {
+      __m256 xa[G], xb[G];
+      for (int g = 0; g < G; ++g) {
+        xa[g] = _mm256_loadu_ps(xp + g * in_floats + c);
+        xb[g] = _mm256_loadu_ps(xp + g * in_floats + c + 8);
+      }
+      for (int k = 0; k < R; ++k) {
+        __m256 wa, wb;
+        load_w16<KIND>(rows[k], i, wa, wb);
+        for (int g = 0; g < G; ++g) {
+          acc[k][g] = _mm256_fmadd_ps(wa, xa[g], acc[k][g]);
+          acc[k][g] = _mm256_fmadd_ps(wb, xb[g], acc[k][g]);
+        }
+      }
+    }
+  };
+  const int64_t full = cols / 16 * 16;
+  int64_t i = 0;
+  // Each row stream prefetched `ahead` bytes on (rows are contiguous, so past
+  // a row's end that is the rows that follow), so each core keeps enough
+  // misses in flight beyond the hardware prefetcher's (BF16 / F16: each line
+  // twice, one step per half line).
+  const int64_t ahead = kPrefetchWindow / R;
+  for (; i < full; i += 16) {
+    for (int k = 0; k < R; ++k) _mm_prefetch(reinterpret_cast<const char*>(w[k] + ahead + i * esz), _MM_HINT_T0);
+    step(w, i, i);
+  }
+  if (i < cols) {
+    alignas(32) uint8_t tail[R][16 * esz];
+    const uint8_t* t[R];
+    for (int k = 0; k < R; ++k) {
+      std::memset(tail[k], 0, sizeof tail[k]);
+      std::memcpy(tail[k], w[k] + i * esz, size_t(cols - i) * esz);
+      t[k] = tail[k];
+    }
+    step(t, 0, i);
+  }
+  store_sums<R, G>(acc, y, ldy, r);
+}
+
+// Rows [r, r + R) against inputs [0, nx): up to 8 / R at a time (8 rows
+// one input, 4 rows two, 2 or 1 rows up to four).
+template <int KIND, int R>
+inline void f_inputs(const uint8_t* base, int64_t row_bytes, int64_t cols, const float* xp, int64_t in_floats, int nx,
+                     float* y, int64_t ldy, int64_t r) {
+  auto rows = [&](auto inputs, int g) {
+    f_rows<KIND, R, decltype(inputs)::value>(base, row_bytes, cols, xp + g * in_floats, in_floats, y + g * ldy, ldy, r);
+  };
+  using I1 = std::integral_constant<int, 1>;
+  int g = 0;
+  if constexpr (R <= 2) {
+    for (; g + 4 <= nx; g += 4) rows(std::integral_constant<int, 4>{}, g);
+    if (nx - g == 3) rows(std::integral_constant<int, 3>{}, g);
+    else if (nx - g == 2) rows(std::integral_constant<int, 2>{}, g);
+    else if (nx - g == 1) rows(I1{}, g);
+  } else if constexpr (R == 4) {
+    for (; g + 2 <= nx; g += 2) rows(std::integral_constant<int, 2>{}, g);
+    if (g < nx) rows(I1{}, g);
+  } else {
+    for (; g < nx; ++g) rows(I1{}, g);
   }
 }
 
 template <int KIND>
-static inline float matvec_one(const char* w0, int64_t cols, const float* x) {
-  __m256 a0 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= cols; i += 8) a0 = _mm256_fmadd_ps(load8<KIND>(w0, i), _mm256_loadu_ps(x + i), a0);
-  float s0 = hsum(a0);
-  for (; i < cols; ++i) s0 = std::fma(load1<KIND>(w0, i), x[i], s0);
-  return s0;
-}
-
-template <int KIND>
-static void matvec_rows(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy,
-                        int64_t r0, int64_t r1) {
-  const size_t esz = KIND == 0 ? 4 : 2;
+void matvec_f(const void* w, int64_t cols, const float* xp, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const uint8_t* base = static_cast<const uint8_t*>(w);
+  const int64_t row_bytes = cols * (KIND == kF32 ? 4 : 2), in_floats = matvec_f_pack_floats(cols);
   int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) {
-    const char* w0 = static_cast<const char*>(w) + size_t(r) * cols * esz;
-    const char* w1 = w0 + cols * esz;
-    int g = 0;
-    for (; g + 2 <= nx; g += 2) matvec_pair<KIND, 2>(w0, w1, cols, x + g * ldx, ldx, y + g * ldy, ldy, r, g == 0);
-    if (g < nx) matvec_pair<KIND, 1>(w0, w1, cols, x + g * ldx, ldx, y + g * ldy, ldy, r, g == 0);
-  }
-  for (; r < r1; ++r) {
-    const char* w0 = static_cast<const char*>(w) + size_t(r) * cols * esz;
-    for (int g = 0; g < nx; ++g) y[g * ldy + r] = matvec_one<KIND>(w0, cols, x + g * ldx);
-  }
+  // Rows per pass: 8 x 1 input, 4 x 2, 2 x 3 or more (8 accumulators; 6 for 3 inputs).
+  if (nx == 1)
+    for (; r + 8 <= r1; r += 8) f_inputs<KIND, 8>(base, row_bytes, cols, xp, in_floats, nx, y, ldy, r);
+  if (nx <= 2)
+    for (; r + 4 <= r1; r += 4) f_inputs<KIND, 4>(base, row_bytes, cols, xp, in_floats, nx, y, ldy, r);
+  for (; r + 2 <= r1; r += 2) f_inputs<KIND, 2>(base, row_bytes, cols, xp, in_floats, nx, y, ldy, r);
+  for (; r < r1; ++r) f_inputs<KIND, 1>(base, row_bytes, cols, xp, in_floats, nx, y, ldy, r);
 }
+}  // namespace
 
-void matvec_f32(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
-                int64_t r1) {
-  matvec_rows<0>(w, cols, x, ldx, nx, y, ldy, r0, r1);
-}
-void matvec_bf16(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
-                 int64_t r1) {
-  matvec_rows<1>(w, cols, x, ldx, nx, y, ldy, r0, r1);
-}
-void matvec_f16(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
-                int64_t r1) {
-  matvec_rows<2>(w, cols, x, ldx, nx, y, ldy, r0, r1);
+// Rows [r0, r1) of w (F32 / F16 / BF16 by `kind`, DType's number) against nx
+// inputs packed by matvec_f_pack, into y[g * ldy + r].
+void matvec_f(int kind, const void* w, int64_t cols, const float* packed, int nx, float* y, int64_t ldy, int64_t r0,
+              int64_t r1) {
+  if (kind == kBF16) matvec_f<kBF16>(w, cols, packed, nx, y, ldy, r0, r1);
+  else if (kind == kF16) matvec_f<kF16>(w, cols, packed, nx, y, ldy, r0, r1);
+  else matvec_f<kF32>(w, cols, packed, nx, y, ldy, r0, r1);
 }
 
 void convert_bf16(const uint16_t* src, float* dst, int64_t n) {
@@ -360,87 +492,123 @@ struct QBlocks {
   }
 };
 
-// Q8_0 / Q4_0 rows over the engine's interleaved layout (qlayout.h) against
-// nx quantised inputs: a ymm holds the same 4-byte group of 8 blocks, so per
-// 8 blocks and input it takes, per group, one vpmaddubsw + vpmaddwd + add
-// (Q8_0 also a vpsignb: the weights' sign moved onto the activations, their
-// magnitude the unsigned operand, so the int16 pair sums cannot saturate;
-// Q4_0: unsigned nibbles as they are, the -8 offset taken out by starting
-// each lane at -8 x its block's activation sum), then one convert, one scale
-// product and one FMA; lane l holds block l's exact int32 sum. The inputs are
-// packed once per call into that group order (pack_inputs). Two rows per
-// pass share the input loads, inputs two at a time; every (row, input)
-// result takes the same operations whatever nx (batched decode gives a
-// sequence the bits it gets alone).
+// ------------------------------------------------------------------ decode rows, Q8_0 / Q4_0
+//
+// Rows over the engine's interleaved layout (qlayout.h) against nx quantised
+// inputs: a ymm holds the same 4-byte group of 8 blocks, so lane l sums block
+// l exactly in int32. What depends on the row alone (the group loads, Q8_0's
+// sign split, Q4_0's nibble split, the 8 scales' conversion) is done once for
+// all the pass's inputs; what depends on the input alone (its group order,
+// Q4_0's start value -8 x the block's activation sum, the scales) once per
+// step in a pack (matvec_q_pack). Per 8 blocks and input what is left is:
+//  - Q8_0, per group: vpsignb + vpmaddubsw + vpmaddwd + add (the weights'
+//    magnitude is the unsigned operand, their sign moved onto the
+//    activations, so the int16 pair sums, <= 2 x 128 x 127, cannot saturate);
+//  - Q4_0: per group two vpmaddubsw (low and high nibbles, unsigned as they
+//    are) added in int16 over all 4 groups (8 pair sums of <= 2 x 15 x 127
+//    stay below 32 767), one vpmaddwd and one add onto the start value;
+//  - then one convert, one scale product and one FMA.
+// Rows x inputs per pass: 4 x 1, 2 x 2, 1 x up to 4 (the int32 sums of the
+// pass fill the registers); the lane sums of a pass in one transposing tree.
+// Every (row, input) result takes the same operations whatever nx (batched
+// decode gives a sequence the bits it gets alone).
 namespace {
 constexpr int64_t kChunkAct = 8 * 64 + 64 + 64;  // 8 groups x 16 blocks x 4 bytes; -8 x block sums; scales
 constexpr int64_t kStart4At = 512, kScaleAt = 576;
 inline int64_t n_chunks(int64_t nb) { return (nb + qlayout::kChunk - 1) / qlayout::kChunk; }
+}  // namespace
 
-void pack_inputs(const BlockQ8ActRaw* xq, int nx, int64_t nb, uint8_t* dst) {
-  const int64_t chunks = n_chunks(nb);
-  std::memset(dst, 0, size_t(nx * chunks * kChunkAct));
-  for (int g = 0; g < nx; ++g)
+int64_t matvec_q_pack_bytes(int64_t n, int64_t cols) { return n * n_chunks(cols / 32) * kChunkAct; }
+
+// n quantised inputs (BlockQ8Act, cols / 32 blocks each) into the weights'
+// group order, matvec_q_pack_bytes(n, cols) bytes at dst: per half chunk
+// an 8 x 8 dword transpose of the blocks' weights, their sums from the
+// transposed groups, the scales; missing blocks of a short chunk are zero.
+void matvec_q_pack(const void* xq_v, int64_t n, int64_t cols, uint8_t* dst) {
+  const BlockQ8ActRaw* xq = static_cast<const BlockQ8ActRaw*>(xq_v);
+  const int64_t nb = cols / 32, chunks = n_chunks(nb);
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  for (int64_t g = 0; g < n; ++g)
     for (int64_t c = 0; c < chunks; ++c) {
       uint8_t* p = dst + (g * chunks + c) * kChunkAct;
       const int t = qlayout::chunk_blocks(nb, c * qlayout::kChunk);
-      for (int l = 0; l < t; ++l) {
-        const BlockQ8ActRaw& a = xq[g * nb + c * qlayout::kChunk + l];
-        int32_t sum = 0;
-        for (int i = 0; i < 32; ++i) sum += a.q[i];
-        for (int h = 0; h < 8; ++h) std::memcpy(p + h * 64 + 4 * l, a.q + 4 * h, 4);
-        const int32_t start4 = -8 * sum;
-        std::memcpy(p + kStart4At + 4 * l, &start4, 4);
-        std::memcpy(p + kScaleAt + 4 * l, &a.d, 4);
+      const BlockQ8ActRaw* blocks = xq + g * nb + c * qlayout::kChunk;
+      for (int half = 0; half < 2; ++half) {
+        const int lanes = std::max(0, std::min(8, t - 8 * half));
+        __m256i r[8], u[8];
+        for (int l = 0; l < 8; ++l)
+          r[l] = l < lanes ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blocks[8 * half + l].q))
+                           : _mm256_setzero_si256();
+        for (int k = 0; k < 4; ++k) {  // u[2k], u[2k+1]: rows 2k, 2k+1 interleaved by dword
+          u[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+          u[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+        }
+        for (int k = 0; k < 2; ++k) {  // r[4k + j]: rows 4k .. 4k+3 of groups j and j + 4
+          r[4 * k + 0] = _mm256_unpacklo_epi64(u[4 * k], u[4 * k + 2]);
+          r[4 * k + 1] = _mm256_unpackhi_epi64(u[4 * k], u[4 * k + 2]);
+          r[4 * k + 2] = _mm256_unpacklo_epi64(u[4 * k + 1], u[4 * k + 3]);
+          r[4 * k + 3] = _mm256_unpackhi_epi64(u[4 * k + 1], u[4 * k + 3]);
+        }
+        __m256i sum16 = _mm256_setzero_si256();
+        for (int j = 0; j < 4; ++j) {
+          const __m256i lo = _mm256_permute2x128_si256(r[j], r[4 + j], 0x20), hi = _mm256_permute2x128_si256(r[j], r[4 + j], 0x31);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j * 64 + 32 * half), lo);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + (j + 4) * 64 + 32 * half), hi);
+          sum16 = _mm256_add_epi16(sum16, _mm256_add_epi16(_mm256_maddubs_epi16(ones8, lo), _mm256_maddubs_epi16(ones8, hi)));
+        }
+        const __m256i sum = _mm256_madd_epi16(sum16, ones16);  // lane l: block l's 32 activations
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + kStart4At + 32 * half),
+                            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sum, 3)));
+        alignas(32) float d[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int l = 0; l < lanes; ++l) d[l] = blocks[8 * half + l].d;
+        _mm256_storeu_ps(reinterpret_cast<float*>(p + kScaleAt + 32 * half), _mm256_load_ps(d));
       }
     }
 }
-}  // namespace
+
+namespace {
 
 // One half chunk (8 blocks; `lanes` of them present, all 8 when FULL) of R
 // rows against G inputs: the integer block sums, then the scaled FMA into acc.
 template <bool Q4, int R, int G, bool FULL>
-static inline void q_half(const uint8_t* const* w, int64_t c_bytes, int t, int half, int lanes, const uint8_t* xc,
-                          int64_t in_bytes, int64_t next_row, __m256 (&acc)[R][G]) {
-  constexpr int groups = Q4 ? 4 : 8;
+inline void q_half(const uint8_t* const* w, int64_t c_bytes, int t, int half, int lanes, const uint8_t* xc,
+                   int64_t in_bytes, __m256 (&acc)[R][G]) {
   const __m256i ones = _mm256_set1_epi16(1), lo4 = _mm256_set1_epi8(0x0F), bias = _mm256_set1_epi8(char(0x80));
   const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  auto load = [&](const uint8_t* p) {
+    return FULL ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                : _mm256_maskload_epi32(reinterpret_cast<const int*>(p), m);
+  };
+  auto act = [&](int g, int h) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xc + g * in_bytes + h * 64 + 32 * half)); };
   __m256i iacc[R][G];
-#pragma GCC unroll 4
-  for (int g = 0; g < G; ++g) {
-    const __m256i init = Q4 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xc + g * in_bytes + kStart4At + 32 * half))
-                            : _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) iacc[i][g] = init;
-  }
+  if constexpr (!Q4) {
+    for (int i = 0; i < R; ++i)
+      for (int g = 0; g < G; ++g) iacc[i][g] = _mm256_setzero_si256();
 #pragma GCC unroll 8
-  for (int h = 0; h < groups; ++h)
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) {
-      const uint8_t* p = w[i] + c_bytes + h * 4 * t + 32 * half;
-      if (FULL && half == 0) _mm_prefetch(reinterpret_cast<const char*>(p + next_row), _MM_HINT_T0);
-      const __m256i v = FULL ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
-                             : _mm256_maskload_epi32(reinterpret_cast<const int*>(p), m);
-      if constexpr (!Q4) {
-        const __m256i q = _mm256_xor_si256(v, bias), aq = _mm256_abs_epi8(q);
-#pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) {
-          const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xc + g * in_bytes + h * 64 + 32 * half));
-          iacc[i][g] = _mm256_add_epi32(iacc[i][g], _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(a, q)), ones));
-        }
-      } else {
-        const __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
-#pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) {
-          const uint8_t* xg = xc + g * in_bytes + 32 * half;
-          const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + h * 64));
-          const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + (h + 4) * 64));
-          iacc[i][g] = _mm256_add_epi32(iacc[i][g], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), ones));
-          iacc[i][g] = _mm256_add_epi32(iacc[i][g], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), ones));
-        }
+    for (int h = 0; h < 8; ++h)
+      for (int i = 0; i < R; ++i) {
+        const __m256i q = _mm256_xor_si256(load(w[i] + c_bytes + h * 4 * t + 32 * half), bias), aq = _mm256_abs_epi8(q);
+        for (int g = 0; g < G; ++g)
+          iacc[i][g] = _mm256_add_epi32(iacc[i][g], _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(act(g, h), q)), ones));
       }
-    }
+  } else {
+    __m256i s16[R][G];
+    for (int i = 0; i < R; ++i)
+      for (int g = 0; g < G; ++g) s16[i][g] = _mm256_setzero_si256();
 #pragma GCC unroll 4
+    for (int h = 0; h < 4; ++h)
+      for (int i = 0; i < R; ++i) {
+        const __m256i v = load(w[i] + c_bytes + h * 4 * t + 32 * half);
+        const __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+        for (int g = 0; g < G; ++g)
+          s16[i][g] = _mm256_add_epi16(s16[i][g], _mm256_add_epi16(_mm256_maddubs_epi16(lo, act(g, h)),
+                                                                    _mm256_maddubs_epi16(hi, act(g, h + 4))));
+      }
+    for (int g = 0; g < G; ++g) {
+      const __m256i start = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xc + g * in_bytes + kStart4At + 32 * half));
+      for (int i = 0; i < R; ++i) iacc[i][g] = _mm256_add_epi32(start, _mm256_madd_epi16(s16[i][g], ones));
+    }
+  }
   for (int i = 0; i < R; ++i) {
     const uint8_t* sc = w[i] + c_bytes + (Q4 ? 16 : 32) * t + 16 * half;
     __m128i d16;
@@ -452,7 +620,6 @@ static inline void q_half(const uint8_t* const* w, int64_t c_bytes, int t, int h
       d16 = _mm_load_si128(reinterpret_cast<const __m128i*>(d));
     }
     const __m256 dw = _mm256_cvtph_ps(d16);
-#pragma GCC unroll 4
     for (int g = 0; g < G; ++g) {
       const __m256 da = _mm256_loadu_ps(reinterpret_cast<const float*>(xc + g * in_bytes + kScaleAt + 32 * half));
       acc[i][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[i][g]), _mm256_mul_ps(dw, da), acc[i][g]);
@@ -461,9 +628,10 @@ static inline void q_half(const uint8_t* const* w, int64_t c_bytes, int t, int h
 }
 
 template <bool Q4, int R, int G>
-static inline void q_rows(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes,
-                          float* y, int64_t ldy, int64_t r) {
+inline void q_rows(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes, float* y,
+                   int64_t ldy, int64_t r) {
   constexpr int64_t bsz = Q4 ? qlayout::kQ4Bytes : qlayout::kQ8Bytes;
+  const int64_t ahead = kPrefetchWindow / R;
   const uint8_t* w[R];
   for (int i = 0; i < R; ++i) w[i] = base + (r + i) * row_bytes;
   __m256 acc[R][G];
@@ -472,45 +640,69 @@ static inline void q_rows(const uint8_t* base, int64_t row_bytes, int64_t nb, co
   for (int64_t c = 0, ci = 0; c < nb; c += qlayout::kChunk, ++ci) {
     const int t = qlayout::chunk_blocks(nb, c);
     const uint8_t* xc = xp + ci * kChunkAct;
+    // Each line of the bytes `ahead` of this chunk in every row of the pass
+    // (rows are contiguous, so past a row's end this is the rows that follow).
+    for (int i = 0; i < R; ++i)
+      for (int64_t off = 0; off < t * bsz; off += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(w[i] + c * bsz + ahead + off), _MM_HINT_T0);
     for (int half = 0; half < 2; ++half) {
       const int lanes = t - 8 * half < 8 ? t - 8 * half : 8;
       if (lanes <= 0) break;
-      if (lanes == 8) q_half<Q4, R, G, true>(w, c * bsz, t, half, 8, xc, in_bytes, R * row_bytes, acc);
-      else q_half<Q4, R, G, false>(w, c * bsz, t, half, lanes, xc, in_bytes, R * row_bytes, acc);
+      if (lanes == 8) q_half<Q4, R, G, true>(w, c * bsz, t, half, 8, xc, in_bytes, acc);
+      else q_half<Q4, R, G, false>(w, c * bsz, t, half, lanes, xc, in_bytes, acc);
     }
   }
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < R; ++i) y[g * ldy + r + i] = hsum(acc[i][g]);
+  store_sums<R, G>(acc, y, ldy, r);
 }
 
+// Rows [r, r + R) against inputs [0, nx): 4 rows one input at a time, 2
+// rows two at a time, 1 row up to four at a time (a later pass over the same
+// rows finds them in L1).
 template <bool Q4, int R>
-static inline void q_inputs(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes,
-                            int nx, float* y, int64_t ldy, int64_t r) {
+inline void q_inputs(const uint8_t* base, int64_t row_bytes, int64_t nb, const uint8_t* xp, int64_t in_bytes, int nx,
+                     float* y, int64_t ldy, int64_t r) {
+  auto rows = [&](auto inputs, int g) {
+    q_rows<Q4, R, decltype(inputs)::value>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r);
+  };
+  using I1 = std::integral_constant<int, 1>;
   int g = 0;
-  for (; g + 2 <= nx; g += 2) q_rows<Q4, R, 2>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r);
-  if (g < nx) q_rows<Q4, R, 1>(base, row_bytes, nb, xp + g * in_bytes, in_bytes, y + g * ldy, ldy, r);
+  if constexpr (R == 1) {
+    for (; g + 4 <= nx; g += 4) rows(std::integral_constant<int, 4>{}, g);
+    if (nx - g == 3) rows(std::integral_constant<int, 3>{}, g);
+    else if (nx - g == 2) rows(std::integral_constant<int, 2>{}, g);
+    else if (nx - g == 1) rows(I1{}, g);
+  } else if constexpr (R == 2) {
+    for (; g + 2 <= nx; g += 2) rows(std::integral_constant<int, 2>{}, g);
+    if (g < nx) rows(I1{}, g);
+  } else {
+    for (; g < nx; ++g) rows(I1{}, g);
+  }
 }
 
 template <bool Q4>
-static void matvec_q(const void* w, int64_t cols, const void* xq_v, int nx, float* y, int64_t ldy, int64_t r0,
-                     int64_t r1) {
+void matvec_q(const void* w, int64_t cols, const uint8_t* xp, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t nb = cols / 32, row_bytes = nb * (Q4 ? qlayout::kQ4Bytes : qlayout::kQ8Bytes);
   const int64_t in_bytes = n_chunks(nb) * kChunkAct;
-  // The packed inputs, per calling thread: grown once, then reused (no allocation per token).
-  thread_local std::vector<uint8_t> packed;
-  if (packed.size() < size_t(nx * in_bytes)) packed.resize(size_t(nx * in_bytes));
-  pack_inputs(static_cast<const BlockQ8ActRaw*>(xq_v), nx, nb, packed.data());
   const uint8_t* base = static_cast<const uint8_t*>(w);
   int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) q_inputs<Q4, 2>(base, row_bytes, nb, packed.data(), in_bytes, nx, y, ldy, r);
-  for (; r < r1; ++r) q_inputs<Q4, 1>(base, row_bytes, nb, packed.data(), in_bytes, nx, y, ldy, r);
+  if (nx == 1)
+    for (; r + 4 <= r1; r += 4) q_inputs<Q4, 4>(base, row_bytes, nb, xp, in_bytes, nx, y, ldy, r);
+  if (nx == 2)
+    for (; r + 2 <= r1; r += 2) q_inputs<Q4, 2>(base, row_bytes, nb, xp, in_bytes, nx, y, ldy, r);
+  for (; r < r1; ++r) q_inputs<Q4, 1>(base, row_bytes, nb, xp, in_bytes, nx, y, ldy, r);
 }
 
-void matvec_q8(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  matvec_q<false>(w, cols, xq, nx, y, ldy, r0, r1);
+}  // namespace
+
+// Rows [r0, r1) of an engine-layout Q8_0 / Q4_0 matrix against nx inputs
+// packed by matvec_q_pack, into y[g * ldy + r].
+void matvec_q8(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0,
+               int64_t r1) {
+  matvec_q<false>(w, cols, packed, nx, y, ldy, r0, r1);
 }
-void matvec_q4(const void* w, int64_t cols, const void* xq, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  matvec_q<true>(w, cols, xq, nx, y, ldy, r0, r1);
+void matvec_q4(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0,
+               int64_t r1) {
+  matvec_q<true>(w, cols, packed, nx, y, ldy, r0, r1);
 }
 
 // Rows [0, n_rows) of an engine-layout Q8_0 / Q4_0 matrix (qlayout.h) to floats, chunk by chunk.
