@@ -2,6 +2,7 @@
 //              [--formats auto,f16,int8,int4] [--no-pytorch] [--no-vision]
 // bench_engine --batched 1,2,4 [--model DIR] [--threads N] [--repeat N] [--decode-tokens N]
 //              [--prompt-tokens N] [--formats ...]
+// bench_engine --bandwidth [--threads N] [--repeat N]
 //
 // --batched: continuous batching (issue 13). Per format, one Model with
 // max_batch = the largest count; for each count N, N callers at once each
@@ -58,6 +59,18 @@ static double peak_rss_mb() {
   return ru.ru_maxrss / 1024.0;
 }
 
+static double load_average() {
+  double l[1] = {0};
+  return getloadavg(l, 1) == 1 ? l[0] : -1;
+}
+
+static double bytes_per_weight(const std::string& fmt) {
+  if (fmt == "f32") return 4;
+  if (fmt == "int8") return 34.0 / 32;
+  if (fmt == "int4") return 18.0 / 32;
+  return 2;  // auto (BF16 as stored), bf16, f16
+}
+
 // sgemm GFLOP/s with OpenBLAS's own threading at `threads` (2048^3).
 static double measure_sgemm(int threads) {
   set_blas_threads(threads);
@@ -73,28 +86,66 @@ static double measure_sgemm(int threads) {
   return best;
 }
 
-// Read bandwidth (GB/s) over a 1 GiB buffer, split over the threads like the matvec.
-static double measure_bandwidth(int threads) {
-  const size_t n = (size_t(1) << 30) / 4;
-  std::vector<float> buf(n, 1.0f);
+// Read bandwidth (GB/s) over a 1 GiB buffer, split over the threads like the
+// matvec (one contiguous part each), best of 3 passes.
+//
+// The part is summed as 64-bit integers, which the compiler vectorises (and
+// compiles for AVX2 too, chosen at run time), so the loop asks for far more
+// bytes per cycle than memory delivers and the figure is the memory's. The
+// test before session 6 summed floats in 8 scalar chains, one 4-byte load per
+// add (floats are not reassociated, so it stays scalar), which can cap it
+// below what memory delivers; bench_engine --bandwidth prints both,
+// alternated, with the load.
+__attribute__((target_clones("avx2", "default"))) static uint64_t read_words(const uint64_t* p, size_t n) {
+  uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (size_t i = 0; i + 4 <= n; i += 4) {
+    s0 += p[i];
+    s1 += p[i + 1];
+    s2 += p[i + 2];
+    s3 += p[i + 3];
+  }
+  return s0 + s1 + s2 + s3;
+}
+// The test before session 6, kept for --bandwidth's comparison.
+static float read_floats_scalar(const float* p, size_t n) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3];
+    s4 += p[i + 4]; s5 += p[i + 5]; s6 += p[i + 6]; s7 += p[i + 7];
+  }
+  return s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
+}
+static double measure_bandwidth(int threads, bool scalar_floats = false) {
+  const size_t bytes = size_t(1) << 30, words = bytes / 8;
+  std::vector<uint64_t> buf(words, 0x3f8000003f800000ull);  // floats 1.0, touched before timing
   ThreadPool pool(threads);
   double best = 0;
-  std::vector<double> sums(size_t(threads) * 8);
+  std::vector<uint64_t> sums(size_t(threads) * 8);  // a cache line apart
   for (int r = 0; r < 3; ++r) {
     double t0 = now_ms();
     pool.parallel_for(threads, [&](int t) {
-      size_t a = n * t / threads, b = n * (t + 1) / threads;
-      float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-      for (size_t i = a; i + 8 <= b; i += 8) {
-        s0 += buf[i]; s1 += buf[i + 1]; s2 += buf[i + 2]; s3 += buf[i + 3];
-        s4 += buf[i + 4]; s5 += buf[i + 5]; s6 += buf[i + 6]; s7 += buf[i + 7];
-      }
-      sums[size_t(t) * 8] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
+      const size_t a = words * t / threads, b = words * (t + 1) / threads;
+      if (scalar_floats) sums[size_t(t) * 8] = uint64_t(read_floats_scalar(reinterpret_cast<const float*>(buf.data() + a), 2 * (b - a)));
+      else sums[size_t(t) * 8] = read_words(buf.data() + a, b - a);
     });
-    best = std::max(best, n * 4.0 / ((now_ms() - t0) / 1000) / 1e9);
+    best = std::max(best, double(bytes) / ((now_ms() - t0) / 1000) / 1e9);
   }
-  if (sums[0] < 0) std::printf("%f", sums[0]);
+  if (sums[0] == 42) std::printf(" ");
   return best;
+}
+
+// --bandwidth: the read test above against the scalar float test it
+// replaced, alternated, with the load average; `dd` beside it (from the page
+// cache, so a copy: a lower bound) is the script's to run.
+static int run_bandwidth(int threads, int repeat) {
+  std::printf("read bandwidth, 1 GiB, %d threads, best of 3 passes per figure\n", threads);
+  for (int r = 0; r < repeat; ++r) {
+    const double l0 = load_average();
+    const double old_test = measure_bandwidth(threads, true), new_test = measure_bandwidth(threads);
+    std::printf("  round %d: vectorised 64-bit sums %.1f GB/s, scalar float sums (before session 6) %.1f GB/s, "
+                "ratio %.2f, load %.1f\n", r + 1, new_test, old_test, new_test / old_test, l0);
+  }
+  return 0;
 }
 
 // The PyTorch side: a child process speaking bench_ref.py's line protocol.
@@ -250,11 +301,6 @@ static json run_format_process(const std::string& self, const std::string& dir, 
   return json::parse(last);
 }
 
-static double load_average() {
-  double l[1] = {0};
-  return getloadavg(l, 1) == 1 ? l[0] : -1;
-}
-
 static double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
@@ -266,6 +312,15 @@ static int run_batched(const std::string& dir, const std::vector<std::string>& f
   const int most = *std::max_element(counts.begin(), counts.end());
   std::printf("batched decode: %s, %d threads, prompt %d tokens, %d new tokens per sequence, %d rounds, kernels %s\n",
               dir.c_str(), threads, prompt_tokens, decode_tokens, repeat, kernel_path_description().c_str());
+  // The read bandwidth in the same run, so one sequence's figure can be read
+  // against its bound (weight bytes per token / bandwidth).
+  const double gbps = measure_bandwidth(threads);
+  std::printf("read bandwidth %.1f GB/s (1 GiB, %d threads, load %.1f)\n", gbps, threads, load_average());
+  const ModelHParams mhp = load_model_config(dir);
+  const auto& l = mhp.llm;
+  const double hd = l.head_dim();
+  const double weights_per_token = l.n_layers * (double(l.hidden) * (l.n_heads * hd) * 2 + double(l.hidden) * (l.n_kv_heads * hd) * 2 +
+                                                 3.0 * l.hidden * l.intermediate) + double(l.vocab) * l.hidden;
   for (const std::string& fmt : formats) {
     EngineOptions opts;
     opts.threads = threads;
@@ -321,6 +376,10 @@ static int run_batched(const std::string& dir, const std::vector<std::string>& f
       for (int n : counts)
         if (this_round[counts[0]] > 0) ratio[n].push_back(this_round[n] / this_round[counts[0]]);
     }
+    const double bound = gbps * 1e9 / (weights_per_token * bytes_per_weight(fmt));
+    std::printf("\n%s: one sequence's bandwidth bound %.1f tok/s (%.0f MB per token at %.1f GB/s); 1 sequence at %.0f %% of it\n",
+                fmt.c_str(), bound, weights_per_token * bytes_per_weight(fmt) / 1e6, gbps,
+                rate.count(1) ? 100 * median(rate[1]) / bound : 0.0);
     std::printf("\n| weights | sequences | aggregate decode tok/s (median, min-max) | per sequence | "
                 "ratio to %d (per round: median, min-max) | wall tok/s incl. prefill | load average |\n"
                 "|---|---|---|---|---|---|---|\n", counts[0]);
@@ -343,18 +402,11 @@ static const char* llama_cpp_decode(const std::string& fmt) {
   if (fmt == "int4") return "49 (Q4_0)";
   return "-";
 }
-static double bytes_per_weight(const std::string& fmt) {
-  if (fmt == "f32") return 4;
-  if (fmt == "int8") return 34.0 / 32;
-  if (fmt == "int4") return 18.0 / 32;
-  return 2;  // auto (BF16 as stored), bf16, f16
-}
-
 int main(int argc, char** argv) {
   std::string dir = "/tmp/firstread_bench_model", child, formats_arg = "auto,f16,int8,int4";
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
   int decode_tokens = 32, prefill_tokens = 300, repeat = 2;
-  bool pytorch = true, vision = true, decode_tokens_set = false;
+  bool pytorch = true, vision = true, decode_tokens_set = false, bandwidth_only = false;
   std::vector<int> batched;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -376,15 +428,18 @@ int main(int argc, char** argv) {
     else if (a == "--no-vision") vision = false;
     else if (a == "--vision-weights" && i + 1 < argc) g_vision_weights = argv[++i];
     else if (a == "--prefill-chunk" && i + 1 < argc) g_prefill_chunk = std::max(0, std::atoi(argv[++i]));
+    else if (a == "--bandwidth") bandwidth_only = true;
     else {
       std::fprintf(stderr,
                    "usage: bench_engine [--model DIR] [--threads N] [--repeat N] [--decode-tokens N] "
                    "[--formats auto,f16,int8,int4] [--vision-weights auto|f32|bf16|int8] [--prefill-chunk N] [--no-pytorch] [--no-vision]\n"
                    "       bench_engine --batched 1,2,4 [--model DIR] [--threads N] [--repeat N] [--decode-tokens N] "
-                   "[--prompt-tokens N] [--formats ...]\n");
+                   "[--prompt-tokens N] [--formats ...]\n"
+                   "       bench_engine --bandwidth [--threads N] [--repeat N]\n");
       return 2;
     }
   }
+  if (bandwidth_only) return run_bandwidth(threads, repeat);
   try {
     if (!child.empty()) return run_child(dir, child, threads, prefill_tokens, decode_tokens, vision);
   } catch (const std::exception& e) {
