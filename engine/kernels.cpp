@@ -17,14 +17,17 @@ namespace firstread::engine {
 
 namespace avx2 {
 // nx inputs x[g * ldx] -> y[g * ldy + r] for rows [r0, r1); Q8_0 / Q4_0: xq[g * cols / 32].
-// Decode products (batched decode): the inputs packed once per step, then
-// rows [r0, r1) against nx of them into y[g * ldy + r].
-int64_t matvec_f_pack_floats(int64_t cols);
-void matvec_f_pack(int kind, const float* x, int64_t n, int64_t cols, float* dst);  // kind = DType
-void matvec_f(int kind, const void* w, int64_t cols, const float* packed, int nx, float* y, int64_t ldy, int64_t r0,
-              int64_t r1);
+// Decode products (batched decode), rows [r0, r1) against nx inputs into
+// y[g * ldy + r]: Q8_0 / Q4_0 against inputs packed once per step, F32 /
+// BF16 / F16 against x[g * ldx].
 int64_t matvec_q_pack_bytes(int64_t n, int64_t cols);
 void matvec_q_pack(const void* xq, int64_t n, int64_t cols, uint8_t* dst);
+void matvec_f32_rows(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                     int64_t r1);
+void matvec_bf16_rows(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                      int64_t r1);
+void matvec_f16_rows(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                     int64_t r1);
 void matvec_q8(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
 void matvec_q4(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1);
 void convert_bf16(const uint16_t* src, float* dst, int64_t n);
@@ -442,9 +445,9 @@ static bool is_block_quantised(DType t) { return t == DType::Q8_0 || t == DType:
 // Rows [r0, r1) of w against nx inputs x[g * w.cols] (xq[g * w.cols / 32] when
 // block-quantised) into y[g * ldy + r]: each weight row is read once for all
 // inputs, and each (row, input) result is bit-identical to nx = 1.
-// The inputs repacked once per step for the avx2 / avx512 kernels (null on
-// the scalar path): packed_q for Q8_0 / Q4_0, packed_f for F32 / F16 / BF16
-// (matvec_f_pack of the path for w's dtype).
+// The inputs repacked once per step (null where unused): packed_q for Q8_0 /
+// Q4_0 (avx2, avx512), packed_f for F32 / F16 / BF16 (avx512, matvec_f_pack
+// for w's dtype).
 static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* xq, const uint8_t* packed_q,
                          const float* packed_f, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t cols = w.cols, nb = cols / kQBlock;
@@ -456,7 +459,9 @@ static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* 
     case KernelPath::Avx2:
       if (w.dtype == DType::Q8_0) return avx2::matvec_q8(w.data, cols, packed_q, nx, y, ldy, r0, r1);
       if (w.dtype == DType::Q4_0) return avx2::matvec_q4(w.data, cols, packed_q, nx, y, ldy, r0, r1);
-      return avx2::matvec_f(int(w.dtype), w.data, cols, packed_f, nx, y, ldy, r0, r1);
+      if (w.dtype == DType::BF16) return avx2::matvec_bf16_rows(w.data, cols, x, cols, nx, y, ldy, r0, r1);
+      if (w.dtype == DType::F16) return avx2::matvec_f16_rows(w.data, cols, x, cols, nx, y, ldy, r0, r1);
+      return avx2::matvec_f32_rows(w.data, cols, x, cols, nx, y, ldy, r0, r1);
     case KernelPath::Scalar:
       for (int g = 0; g < nx; ++g)
         scalar_matvec(w, x ? x + g * cols : nullptr, xq ? xq + g * nb : nullptr, y + g * ldy, r0, r1);
@@ -607,9 +612,9 @@ static void matvec_jobs(ThreadPool& pool, const float* x, int64_t n, const Linea
   }
   const int64_t cols = jobs[0].w.cols;
   const BlockQ8Act* xq = any_quantised ? quantised_input(scratch, x, n, cols) : nullptr;
-  // avx2 / avx512: each input packed once for all jobs and threads (int8
-  // groups of blocks with their start values and scales; floats in the
-  // kernel's order, zero-padded).
+  // Each input packed once for all jobs and threads: int8 groups of blocks
+  // with their start values and scales (avx2, avx512); floats in the
+  // kernel's order (avx512).
   const uint8_t* packed_q = nullptr;
   const float* packed_f = nullptr;
   const float* packed_bf16 = nullptr;
@@ -624,14 +629,13 @@ static void matvec_jobs(ThreadPool& pool, const float* x, int64_t n, const Linea
       else avx2::matvec_q_pack(xq, n, cols, p);
       packed_q = p;
     }
-    if (any_bf16 || any_f) {
+    if (wide && (any_bf16 || any_f)) {
       // BF16's element order differs from F32 / F16's: one region each.
-      const size_t region = size_t(n * (wide ? avx512::matvec_f_pack_floats(cols) : avx2::matvec_f_pack_floats(cols)));
+      const size_t region = size_t(n * avx512::matvec_f_pack_floats(cols));
       scratch.xf.resize(2 * region + 16);
       float* p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.xf.data()) + 63) & ~uintptr_t(63));
-      auto pack = wide ? avx512::matvec_f_pack : avx2::matvec_f_pack;
-      if (any_f) pack(int(DType::F32), x, n, cols, p);
-      if (any_bf16) pack(int(DType::BF16), x, n, cols, p + region);
+      if (any_f) avx512::matvec_f_pack(int(DType::F32), x, n, cols, p);
+      if (any_bf16) avx512::matvec_f_pack(int(DType::BF16), x, n, cols, p + region);
       packed_f = p;
       packed_bf16 = p + region;
     }

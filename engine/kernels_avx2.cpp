@@ -92,176 +92,95 @@ constexpr int64_t kPrefetchWindow = 8192;
 
 // ------------------------------------------------------------------ decode rows, F32 / BF16 / F16
 //
-// Rows of W against nx input vectors (one per decoded sequence of a batched
-// decode step, issue 13). Each weight is loaded and converted to float once
-// for all inputs of a pass (BF16: 16 weights per load, the even ones by a
-// shift and the odd ones by a mask, against inputs packed once per step in
-// that order; F16: vcvtph2ps; F32 as is); per 16 weights and input what is
-// left is two FMAs into the (row, input)'s one accumulator. A pass takes
-// R rows x G inputs with R x G = 8 accumulators (8 rows x 1 input, 4 x 2,
-// 2 x 4: eight independent FMA chains), more inputs in further passes over
-// the same rows (from L1). The row's tail (cols % 16) is one more step on
-// the weights copied into a zero-padded buffer, against the packed input's
-// zero padding. So every (row, input) result is the same operations whatever
-// nx, R and G, and a sequence decoded in a batch gets the bits it gets alone.
-
-// Floats per packed input row (cols rounded up to 16, zero-padded).
-int64_t matvec_f_pack_floats(int64_t cols) { return (cols + 15) / 16 * 16; }
-
-// n inputs x[n][cols] for weights of `kind` (DType: 0 F32, 1 F16, 2 BF16)
-// into dst (n * matvec_f_pack_floats(cols) floats); BF16: each 16 in the
-// order even elements, odd elements.
-void matvec_f_pack(int kind, const float* x, int64_t n, int64_t cols, float* dst) {
-  const int64_t stride = matvec_f_pack_floats(cols);
-  for (int64_t g = 0; g < n; ++g) {
-    const float* xg = x + g * cols;
-    float* out = dst + g * stride;
-    std::memset(out + cols / 16 * 16, 0, size_t(stride - cols / 16 * 16) * 4);
-    if (kind != 2) {
-      std::memcpy(out, xg, size_t(cols) * 4);
-      continue;
-    }
-    int64_t i = 0;
-    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    for (; i + 16 <= cols; i += 16) {
-      // (x0..x7), (x8..x15) -> (x0 x2 x4 x6 x8 .. x14), (x1 x3 .. x15)
-      const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xg + i), even);
-      const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xg + i + 8), even);
-      _mm256_storeu_ps(out + i, _mm256_permute2f128_ps(a, b, 0x20));
-      _mm256_storeu_ps(out + i + 8, _mm256_permute2f128_ps(a, b, 0x31));
-    }
-    for (; i < cols; ++i) out[i / 16 * 16 + (i % 2) * 8 + (i % 16) / 2] = xg[i];
-  }
+template <int KIND>  // 0 f32, 1 bf16, 2 f16
+static inline __m256 load8(const void* base, int64_t i) {
+  if (KIND == 0) return _mm256_loadu_ps(static_cast<const float*>(base) + i);
+  if (KIND == 1) return load8_bf16(static_cast<const uint16_t*>(base) + i);
+  return load8_f16(static_cast<const uint16_t*>(base) + i);
 }
-
-namespace {
-constexpr int kF32 = 0, kF16 = 1, kBF16 = 2;  // = DType's order
-
-// 16 weights of a row from element i as two float vectors, in the packed input's order.
-template <int KIND>
-inline void load_w16(const uint8_t* row, int64_t i, __m256& wa, __m256& wb) {
-  if constexpr (KIND == kBF16) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i));
-    wa = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-    wb = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int32_t(0xFFFF0000u))));
-  } else if constexpr (KIND == kF16) {
-    wa = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
-    wb = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i + 16)));
-  } else {
-    wa = _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i);
-    wb = _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i + 8);
-  }
-}
-
-// R consecutive rows from r against G packed inputs (in_floats apart).
-template <int KIND, int R, int G>
-inline void f_rows(const uint8_t* base, int64_t row_bytes, int64_t cols, const float* xp, int64_t in_floats, float* y,
-                   int64_t ldy, int64_t r) {
-  constexpr int64_t esz = KIND == kF32 ? 4 : 2;
-  const uint8_t* w[R];
-  for (int i = 0; i < R; ++i) w[i] = base + (r + i) * row_bytes;
-  __m256 acc[R][G];
-  for (int i = 0; i < R; ++i)
-    for (int g = 0; g < G; ++g) acc[i][g] = _mm256_setzero_ps();
-  // Weights of all rows first when there are fewer rows than inputs, else the
-  // inputs first: either way R x G + 2 min(R, G) + 2 registers (<= 14).
-  auto step = [&](const uint8_t* const* rows, int64_t i, int64_t c) {
-    if constexpr (R <= G) {
-      __m256 wa[R], wb[R];
-      for (int k = 0; k < R; ++k) load_w16<KIND>(rows[k], i, wa[k], wb[k]);
-      for (int g = 0; g < G; ++g) {
-        const float* xg = xp + g * in_floats + c;
-        const __m256 xa = _mm256_loadu_ps(xg), xb = _mm256_loadu_ps(xg + 8);
-        for (int k = 0; k < R; ++k) {
-          acc[k][g] = _mm256_fmadd_ps(wa[k], xa, acc[k][g]);
-          acc[k][g] = _mm256_fmadd_ps(wb[k], xb, acc[k][g]);
-        }
-      }
-    } else {
-      __m256 xa[G], xb[G];
-      for (int g = 0; g < G; ++g) {
-        xa[g] = _mm256_loadu_ps(xp + g * in_floats + c);
-        xb[g] = _mm256_loadu_ps(xp + g * in_floats + c + 8);
-      }
-      for (int k = 0; k < R; ++k) {
-        __m256 wa, wb;
-        load_w16<KIND>(rows[k], i, wa, wb);
-        for (int g = 0; g < G; ++g) {
-          acc[k][g] = _mm256_fmadd_ps(wa, xa[g], acc[k][g]);
-          acc[k][g] = _mm256_fmadd_ps(wb, xb[g], acc[k][g]);
-        }
-      }
-    }
-  };
-  const int64_t full = cols / 16 * 16;
+// Rows of W against nx input vectors x[g * ldx] (one per decoded sequence),
+// y[g * ldy + r]. Each weight row is read from memory once for all inputs
+// (the second pair of inputs finds it in L1), and every (row, input) result
+// is computed by exactly the operations nx = 1 uses, so a sequence decoded in
+// a batch gets the bits it gets alone. Two rows at once: x is loaded once for
+// both, and two accumulator chains per (row, input) hide the FMA latency.
+template <int KIND, int G>  // G inputs per pass (1 or 2: 8 accumulators fit the 16 ymm registers)
+static inline void matvec_pair(const char* w0, const char* w1, int64_t cols, const float* x, int64_t ldx, float* y,
+                               int64_t ldy, int64_t r, bool prefetch) {
+  const size_t esz = KIND == 0 ? 4 : 2;
+  __m256 a0[G], a1[G], b0[G], b1[G];
+  for (int g = 0; g < G; ++g) a0[g] = a1[g] = b0[g] = b1[g] = _mm256_setzero_ps();
   int64_t i = 0;
-  // Each row stream prefetched `ahead` bytes on (rows are contiguous, so past
-  // a row's end that is the rows that follow), so each core keeps enough
-  // misses in flight beyond the hardware prefetcher's (BF16 / F16: each line
-  // twice, one step per half line).
-  const int64_t ahead = kPrefetchWindow / R;
-  for (; i < full; i += 16) {
-    for (int k = 0; k < R; ++k) _mm_prefetch(reinterpret_cast<const char*>(w[k] + ahead + i * esz), _MM_HINT_T0);
-    step(w, i, i);
-  }
-  if (i < cols) {
-    alignas(32) uint8_t tail[R][16 * esz];
-    const uint8_t* t[R];
-    for (int k = 0; k < R; ++k) {
-      std::memset(tail[k], 0, sizeof tail[k]);
-      std::memcpy(tail[k], w[k] + i * esz, size_t(cols - i) * esz);
-      t[k] = tail[k];
+  // The next row pair follows in memory: prefetch it as this pair streams,
+  // so each core keeps enough misses in flight to approach DRAM bandwidth.
+  const char* next = w1 + 3 * cols * esz;
+  for (; i + 16 <= cols; i += 16) {
+    if (prefetch) {
+      _mm_prefetch(next + 2 * i * esz, _MM_HINT_T0);
+      _mm_prefetch(next + 2 * i * esz + 64, _MM_HINT_T0);
     }
-    step(t, 0, i);
+    const __m256 w00 = load8<KIND>(w0, i), w01 = load8<KIND>(w0, i + 8);
+    const __m256 w10 = load8<KIND>(w1, i), w11 = load8<KIND>(w1, i + 8);
+    for (int g = 0; g < G; ++g) {
+      const float* xg = x + g * ldx;
+      const __m256 x0 = _mm256_loadu_ps(xg + i), x1 = _mm256_loadu_ps(xg + i + 8);
+      a0[g] = _mm256_fmadd_ps(w00, x0, a0[g]);
+      a1[g] = _mm256_fmadd_ps(w01, x1, a1[g]);
+      b0[g] = _mm256_fmadd_ps(w10, x0, b0[g]);
+      b1[g] = _mm256_fmadd_ps(w11, x1, b1[g]);
+    }
   }
-  store_sums<R, G>(acc, y, ldy, r);
-}
-
-// Rows [r, r + R) against inputs [0, nx): up to 8 / R at a time (8 rows
-// one input, 4 rows two, 2 or 1 rows up to four).
-template <int KIND, int R>
-inline void f_inputs(const uint8_t* base, int64_t row_bytes, int64_t cols, const float* xp, int64_t in_floats, int nx,
-                     float* y, int64_t ldy, int64_t r) {
-  auto rows = [&](auto inputs, int g) {
-    f_rows<KIND, R, decltype(inputs)::value>(base, row_bytes, cols, xp + g * in_floats, in_floats, y + g * ldy, ldy, r);
-  };
-  using I1 = std::integral_constant<int, 1>;
-  int g = 0;
-  if constexpr (R <= 2) {
-    for (; g + 4 <= nx; g += 4) rows(std::integral_constant<int, 4>{}, g);
-    if (nx - g == 3) rows(std::integral_constant<int, 3>{}, g);
-    else if (nx - g == 2) rows(std::integral_constant<int, 2>{}, g);
-    else if (nx - g == 1) rows(I1{}, g);
-  } else if constexpr (R == 4) {
-    for (; g + 2 <= nx; g += 2) rows(std::integral_constant<int, 2>{}, g);
-    if (g < nx) rows(I1{}, g);
-  } else {
-    for (; g < nx; ++g) rows(I1{}, g);
+  for (int g = 0; g < G; ++g) {
+    const float* xg = x + g * ldx;
+    float s0 = hsum(_mm256_add_ps(a0[g], a1[g])), s1 = hsum(_mm256_add_ps(b0[g], b1[g]));
+    for (int64_t k = i; k < cols; ++k) {
+      s0 = std::fma(load1<KIND>(w0, k), xg[k], s0);
+      s1 = std::fma(load1<KIND>(w1, k), xg[k], s1);
+    }
+    y[g * ldy + r] = s0;
+    y[g * ldy + r + 1] = s1;
   }
 }
 
 template <int KIND>
-void matvec_f(const void* w, int64_t cols, const float* xp, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const uint8_t* base = static_cast<const uint8_t*>(w);
-  const int64_t row_bytes = cols * (KIND == kF32 ? 4 : 2), in_floats = matvec_f_pack_floats(cols);
-  int64_t r = r0;
-  // Rows per pass: 8 x 1 input, 4 x 2, 2 x 3 or more (8 accumulators; 6 for 3 inputs).
-  if (nx == 1)
-    for (; r + 8 <= r1; r += 8) f_inputs<KIND, 8>(base, row_bytes, cols, xp, in_floats, nx, y, ldy, r);
-  if (nx <= 2)
-    for (; r + 4 <= r1; r += 4) f_inputs<KIND, 4>(base, row_bytes, cols, xp, in_floats, nx, y, ldy, r);
-  for (; r + 2 <= r1; r += 2) f_inputs<KIND, 2>(base, row_bytes, cols, xp, in_floats, nx, y, ldy, r);
-  for (; r < r1; ++r) f_inputs<KIND, 1>(base, row_bytes, cols, xp, in_floats, nx, y, ldy, r);
+static inline float matvec_one(const char* w0, int64_t cols, const float* x) {
+  __m256 a0 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) a0 = _mm256_fmadd_ps(load8<KIND>(w0, i), _mm256_loadu_ps(x + i), a0);
+  float s0 = hsum(a0);
+  for (; i < cols; ++i) s0 = std::fma(load1<KIND>(w0, i), x[i], s0);
+  return s0;
 }
-}  // namespace
 
-// Rows [r0, r1) of w (F32 / F16 / BF16 by `kind`, DType's number) against nx
-// inputs packed by matvec_f_pack, into y[g * ldy + r].
-void matvec_f(int kind, const void* w, int64_t cols, const float* packed, int nx, float* y, int64_t ldy, int64_t r0,
-              int64_t r1) {
-  if (kind == kBF16) matvec_f<kBF16>(w, cols, packed, nx, y, ldy, r0, r1);
-  else if (kind == kF16) matvec_f<kF16>(w, cols, packed, nx, y, ldy, r0, r1);
-  else matvec_f<kF32>(w, cols, packed, nx, y, ldy, r0, r1);
+template <int KIND>
+static void matvec_rows(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
+  const size_t esz = KIND == 0 ? 4 : 2;
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    const char* w0 = static_cast<const char*>(w) + size_t(r) * cols * esz;
+    const char* w1 = w0 + cols * esz;
+    int g = 0;
+    for (; g + 2 <= nx; g += 2) matvec_pair<KIND, 2>(w0, w1, cols, x + g * ldx, ldx, y + g * ldy, ldy, r, g == 0);
+    if (g < nx) matvec_pair<KIND, 1>(w0, w1, cols, x + g * ldx, ldx, y + g * ldy, ldy, r, g == 0);
+  }
+  for (; r < r1; ++r) {
+    const char* w0 = static_cast<const char*>(w) + size_t(r) * cols * esz;
+    for (int g = 0; g < nx; ++g) y[g * ldy + r] = matvec_one<KIND>(w0, cols, x + g * ldx);
+  }
+}
+
+void matvec_f32_rows(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                int64_t r1) {
+  matvec_rows<0>(w, cols, x, ldx, nx, y, ldy, r0, r1);
+}
+void matvec_bf16_rows(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                 int64_t r1) {
+  matvec_rows<1>(w, cols, x, ldx, nx, y, ldy, r0, r1);
+}
+void matvec_f16_rows(const void* w, int64_t cols, const float* x, int64_t ldx, int nx, float* y, int64_t ldy, int64_t r0,
+                int64_t r1) {
+  matvec_rows<2>(w, cols, x, ldx, nx, y, ldy, r0, r1);
 }
 
 void convert_bf16(const uint16_t* src, float* dst, int64_t n) {
