@@ -4,6 +4,7 @@
 #include <future>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <map>
 #include <set>
 #include <thread>
@@ -184,6 +185,73 @@ TEST_F(DatabaseTest, GroupCommitRecordsConcurrentRowsInFewerTransactionsAndARowF
     return txn.exec1("SELECT file_size FROM api.instances WHERE sop_instance_uid = '1.2.9.1'")[0].as<long>();
   });
   EXPECT_EQ(size, 2000) << "the resend refreshed its row";
+}
+
+// The committer sends a group's rows as one array per column: every value
+// must arrive as sent, whatever characters it holds, and an empty attribute
+// (or an absent number) must be NULL as in InstanceIndex::record.
+TEST_F(DatabaseTest, GroupCommitKeepsEveryValueAsSent) {
+  InstanceIndex index(pool());
+  struct Sent {
+    std::string sop, study, patient_name, patient_id, body_part;
+  };
+  const std::vector<Sent> sent = {
+      {"1.2.6.1", "1.2.6", "O\"Brien^Pat", "NULL", ""},
+      {"1.2.6.2", "1.2.6", "", "", "HEAD\\NECK"},
+      {"1.2.5.1", "1.2.5", "M\xc3\xbcller^J\xc3\xbcrgen=\xe7\x8e\x8b^\xe5\xb0\x8f\xe6\x98\x8e", "{1,2}", "CHEST, ABDOMEN"},
+      {"1.2.5.2", "1.2.5", "Back\\slash^\"Q\"", " spaced ", "\"\""},
+  };
+  std::vector<std::future<firstread::db::GroupCommit::Committed>> results;
+  size_t largest_group = 0;
+  {
+    firstread::db::GroupCommit committer(index);
+    // Submitted before any is awaited: all but the first wait for one group.
+    for (const auto& v : sent) {
+      InstanceRecord r = sample(v.sop, v.study);
+      r.patient_name = v.patient_name;
+      r.patient_id = v.patient_id;
+      r.body_part = v.body_part;
+      r.series_number = v.sop == "1.2.6.2" ? std::optional<int>() : std::optional<int>(7);
+      r.instance_number = std::nullopt;
+      r.file_size = 123456789012LL;
+      results.push_back(committer.submit(r));
+    }
+    for (auto& f : results) {
+      const auto committed = f.get();
+      EXPECT_TRUE(committed.is_new);
+      largest_group = std::max(largest_group, committed.group_rows);
+    }
+  }
+  std::cout << "largest group: " << largest_group << " rows\n";
+  for (const auto& v : sent) {
+    SCOPED_TRACE(v.sop);
+    pool().transact([&](pqxx::work& t) {
+      const auto row = t.exec_params1(
+          "SELECT i.body_part, i.series_number, i.instance_number, i.file_size, i.rows, i.file_path,"
+          " s.patient_name, s.patient_id FROM firstread.instances i JOIN firstread.studies s USING (study_uid)"
+          " WHERE i.sop_instance_uid = $1",
+          v.sop);
+      if (v.body_part.empty())
+        EXPECT_TRUE(row[0].is_null());
+      else
+        EXPECT_EQ(std::string(row[0].c_str()), v.body_part);
+      if (v.sop == "1.2.6.2")
+        EXPECT_TRUE(row[1].is_null());
+      else
+        EXPECT_EQ(row[1].as<int>(), 7);
+      EXPECT_TRUE(row[2].is_null());
+      EXPECT_EQ(row[3].as<long long>(), 123456789012LL);
+      EXPECT_EQ(row[4].as<int>(), 512);
+      EXPECT_EQ(std::string(row[5].c_str()), "instances/" + v.study + "/" + v.sop + ".dcm");
+      // The study keeps its first instance's patient attributes (the later ones fill in only what is missing).
+      const Sent& first = v.study == "1.2.6" ? sent[0] : sent[2];
+      EXPECT_EQ(std::string(row[6].c_str()), first.patient_name);
+      if (first.patient_id.empty())
+        EXPECT_TRUE(row[7].is_null());
+      else
+        EXPECT_EQ(std::string(row[7].c_str()), first.patient_id);
+    });
+  }
 }
 
 // The committer's transactions do not wait for their WAL flush: it keeps the

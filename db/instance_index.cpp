@@ -13,37 +13,65 @@ constexpr const char* kRecordInstance =
     " NULLIF($9,'')::int, NULLIF($10,'')::int, NULLIF($11,'')::int, NULLIF($12,'')::int, $13, $14,"
     " NULLIF($15,''), NULLIF($16,''), NULLIF($17,''), NULLIF($18,''), NULLIF($19,''))";
 
-// The same call with the values as quoted literals, for several rows in one statement.
-template <typename Txn>
-std::string record_instance_call(Txn& tx, const InstanceRecord& r) {
-  auto text = [&](const std::string& v) { return tx.quote(v) + "::text"; };
-  auto nullable = [&](const std::string& v) { return v.empty() ? std::string("NULL::text") : text(v); };
-  auto integer = [](const std::optional<int>& v) { return v ? std::to_string(*v) + "::int" : "NULL::int"; };
-  return "firstread.record_instance(" + text(r.sop_instance_uid) + ", " + text(r.series_instance_uid) + ", " +
-         text(r.study_uid) + ", " + text(r.sop_class_uid) + ", " + text(r.transfer_syntax_uid) + ", " +
-         nullable(r.modality) + ", " + nullable(r.body_part) + ", " + integer(r.series_number) + ", " +
-         integer(r.instance_number) + ", " + integer(r.rows) + ", " + integer(r.columns) + ", " +
-         integer(r.frames) + ", " + text(r.file_path) + ", " + std::to_string(r.file_size) + "::bigint, " +
-         nullable(r.calling_ae) + ", " + nullable(r.patient_id) + ", " + nullable(r.patient_name) + ", " +
-         nullable(r.accession_number) + ", " + nullable(r.study_date) + ")";
-}
-
+struct WalPositions {
+  uint64_t insert = 0, flush = 0;
+};
 
 // The WAL positions a group statement reads before its rows (as bytes).
 constexpr const char* kWalPositions =
     "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint";
 
-struct WalPositions {
-  uint64_t insert = 0, flush = 0;
-};
+// A PostgreSQL array literal ({"a","b",NULL}) of one column of the records,
+// in the order given. A value is NULL where `null` says so.
+template <typename Value, typename IsNull>
+std::string array_literal(const std::vector<const InstanceRecord*>& records, const std::vector<size_t>& order,
+                          Value value, IsNull null) {
+  std::string out = "{";
+  for (size_t k : order) {
+    if (out.size() > 1) out += ',';
+    const InstanceRecord& r = *records[k];
+    if (null(r)) {
+      out += "NULL";
+      continue;
+    }
+    out += '"';
+    for (char c : value(r)) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+
+std::string optional_text(const std::optional<int>& v) { return v ? std::to_string(*v) : std::string(); }
+
+// Every record of a group in one statement, prepared once per session: the
+// rows travel as one array per column and are unnested in the order given
+// (instead of a UNION ALL of N calls with quoted literals, which PostgreSQL
+// parsed and planned anew for every group). The first branch reads the WAL
+// positions before any row is written; an Append runs its branches in order
+// and the function scan yields the arrays' elements in order, so each
+// record_instance call (volatile) sees the calls before it.
+constexpr const char* kRecordRowsStatement = "firstread_record_rows";
+constexpr const char* kRecordRowsAfterWalPositions =
+    " UNION ALL"
+    " SELECT r.k, firstread.record_instance(r.sop, r.series, r.study, r.sop_class, r.transfer_syntax, r.modality,"
+    " r.body_part, r.series_number, r.instance_number, r.rows, r.columns, r.frames, r.file_path, r.file_size,"
+    " r.calling_ae, r.patient_id, r.patient_name, r.accession_number, r.study_date), NULL::bigint, NULL::bigint"
+    " FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+    " $9::int[], $10::int[], $11::int[], $12::int[], $13::int[], $14::text[], $15::bigint[], $16::text[],"
+    " $17::text[], $18::text[], $19::text[], $20::text[])"
+    " AS r(k, sop, series, study, sop_class, transfer_syntax, modality, body_part, series_number,"
+    " instance_number, rows, columns, frames, file_path, file_size, calling_ae, patient_id, patient_name,"
+    " accession_number, study_date)";
 
 // Records several instances in one statement (one round trip), in order of
 // study and SOP Instance UID so that concurrent transactions (other nodes)
 // lock the study rows in the same order; of the same SOP Instance UID twice,
-// the one given first is recorded first (an insert, then a refresh: each
-// record_instance call is volatile and sees the calls before it). The first
-// branch reads the WAL positions before any row is written. Returns, for each
-// record in the order given, whether it was new.
+// the one given first is recorded first (an insert, then a refresh). The
+// session must have kRecordRowsStatement prepared. Returns, for each record in
+// the order given, whether it was new.
 std::vector<bool> record_rows(pqxx::work& tx, const std::vector<const InstanceRecord*>& records,
                               WalPositions& before) {
   std::vector<size_t> order(records.size());
@@ -53,12 +81,36 @@ std::vector<bool> record_rows(pqxx::work& tx, const std::vector<const InstanceRe
     const InstanceRecord& y = *records[b];
     return x.study_uid != y.study_uid ? x.study_uid < y.study_uid : x.sop_instance_uid < y.sop_instance_uid;
   });
-  std::string sql = std::string("SELECT -1 AS k, NULL::boolean AS is_new, ") + kWalPositions;
-  for (size_t k : order)
-    sql += " UNION ALL SELECT " + std::to_string(k) + ", " + record_instance_call(tx, *records[k]) +
-           ", NULL::bigint, NULL::bigint";
+  using R = const InstanceRecord&;
+  const auto never = [](R) { return false; };
+  const auto text = [&](std::string InstanceRecord::*field) {
+    return array_literal(records, order, [field](R r) -> const std::string& { return r.*field; }, never);
+  };
+  // Empty text is NULL, as InstanceIndex::record sends it (NULLIF).
+  const auto nullable = [&](std::string InstanceRecord::*field) {
+    return array_literal(
+        records, order, [field](R r) -> const std::string& { return r.*field; },
+        [field](R r) { return (r.*field).empty(); });
+  };
+  const auto integer = [&](std::optional<int> InstanceRecord::*field) {
+    return array_literal(records, order, [field](R r) { return optional_text(r.*field); },
+                         [field](R r) { return !(r.*field); });
+  };
+  std::string keys = "{";
+  for (size_t k : order) keys += (keys.size() > 1 ? "," : "") + std::to_string(k);
+  keys += "}";
+  const pqxx::result rows = tx.exec_prepared(
+      kRecordRowsStatement, keys, text(&InstanceRecord::sop_instance_uid), text(&InstanceRecord::series_instance_uid),
+      text(&InstanceRecord::study_uid), text(&InstanceRecord::sop_class_uid),
+      text(&InstanceRecord::transfer_syntax_uid), nullable(&InstanceRecord::modality),
+      nullable(&InstanceRecord::body_part), integer(&InstanceRecord::series_number),
+      integer(&InstanceRecord::instance_number), integer(&InstanceRecord::rows), integer(&InstanceRecord::columns),
+      integer(&InstanceRecord::frames), text(&InstanceRecord::file_path),
+      array_literal(records, order, [](R r) { return std::to_string(r.file_size); }, never),
+      nullable(&InstanceRecord::calling_ae), nullable(&InstanceRecord::patient_id),
+      nullable(&InstanceRecord::patient_name), nullable(&InstanceRecord::accession_number),
+      nullable(&InstanceRecord::study_date));
   std::vector<bool> is_new(records.size(), false);
-  const pqxx::result rows = tx.exec(sql);
   if (rows.size() != records.size() + 1) throw DatabaseError("record_rows: row count differs from the records sent");
   for (const auto& row : rows) {
     const long long k = row[0].as<long long>();
@@ -197,6 +249,8 @@ pqxx::connection& GroupCommit::session() {
     // The commit point is the commit, not its flush: see the class comment.
     session_->set_variable("synchronous_commit", "off");
     session_->set_variable("application_name", "'firstread instance committer'");
+    session_->prepare(kRecordRowsStatement,
+                      std::string("SELECT -1 AS k, NULL::boolean AS is_new, ") + kWalPositions + kRecordRowsAfterWalPositions);
   }
   return *session_;
 }
