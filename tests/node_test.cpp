@@ -370,6 +370,18 @@ std::set<std::string> acknowledged_in(const std::string& output,
   return out;
 }
 
+// The SOP Instance UIDs of `sops` that api.instances does not list.
+std::vector<std::string> missing_from_index(const FirstreadService& s, const std::set<std::string>& sops) {
+  std::vector<std::string> out;
+  auto conn = s.connect();
+  pqxx::work t(conn);
+  std::set<std::string> indexed;
+  for (const auto& row : t.exec("SELECT sop_instance_uid FROM api.instances")) indexed.insert(row[0].c_str());
+  for (const auto& sop : sops)
+    if (!indexed.count(sop)) out.push_back(sop);
+  return out;
+}
+
 std::string pg_ctl() {
   auto r = run("ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1");
   std::string path = r.output;
@@ -477,16 +489,7 @@ TEST(Node, PostgresStoppedImmediatelyAfterAcknowledgementsLosesNoneOfThem) {
   auto started = start_cluster(s);
   ASSERT_EQ(started.exit_code, 0) << started.output;
 
-  auto missing = [&] {
-    std::vector<std::string> out;
-    auto conn = s.connect();
-    pqxx::work t(conn);
-    std::set<std::string> indexed;
-    for (const auto& row : t.exec("SELECT sop_instance_uid FROM api.instances")) indexed.insert(row[0].c_str());
-    for (const auto& sop : acknowledged)
-      if (!indexed.count(sop)) out.push_back(sop);
-    return out;
-  };
+  auto missing = [&] { return missing_from_index(s, acknowledged); };
   // firstread still running: the rows the database lost come back by themselves.
   std::vector<std::string> lost;
   EXPECT_TRUE(wait_until([&] { return (lost = missing()).empty(); }, 30))
@@ -500,6 +503,64 @@ TEST(Node, PostgresStoppedImmediatelyAfterAcknowledgementsLosesNoneOfThem) {
   EXPECT_TRUE(after_restart.empty()) << after_restart.size() << " acknowledged instances missing after the restart";
   auto conn = s.connect();
   pqxx::work t(conn);
+  for (const auto& row : t.exec("SELECT file_path FROM api.instances")) {
+    DcmFileFormat f;
+    EXPECT_TRUE(f.loadFile((s.storage() + "/" + row[0].c_str()).c_str()).good()) << row[0].c_str();
+  }
+}
+
+// PostgreSQL goes down the hard way (what it had not flushed is lost, as in a
+// crash) and firstread is stopped before it comes back, so the committer
+// cannot record again what the crash lost: nothing acknowledged may be lost
+// all the same (start-up reconciliation indexes the durable files). While the
+// database is down every C-STORE answers 0xA700 with a comment that says why
+// and what to do; after both are back the sender's retry is stored.
+TEST(Node, FirstreadStoppedDuringADatabaseOutageLosesNoAcknowledgedInstance) {
+  FirstreadService s;
+  s.start();
+  auto files = firstread::testing::make_instances(kCtSmall, s.dir() + "/send", 60);
+  const std::vector<std::pair<std::string, std::string>> before(files.begin(), files.begin() + 40);
+  const std::vector<std::pair<std::string, std::string>> during(files.begin() + 40, files.end());
+  // --no-halt: storescu goes on after a failure status, as a router that retries later does.
+  auto send = [&](const std::vector<std::pair<std::string, std::string>>& set) {
+    std::string cmd = "storescu -v --no-halt -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port());
+    for (const auto& f : set) cmd += " " + f.first;
+    return run(cmd).output;
+  };
+  const auto acknowledged = acknowledged_in(send(before), before);
+  ASSERT_EQ(acknowledged.size(), before.size()) << "the database was up: every instance is acknowledged";
+  auto stopped = cluster_ctl(s, "stop -w -m immediate");
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
+
+  const std::string refused_output = send(during);
+  EXPECT_TRUE(acknowledged_in(refused_output, during).empty()) << refused_output;
+  EXPECT_EQ(count_of(refused_output, "Received Store Response"), during.size()) << refused_output;
+  const std::string log = s.log();
+  for (const auto& f : during)
+    EXPECT_NE(log.find("C-STORE sop=" + f.second + " calling_ae=STORESCU answered 0xA700: database unavailable: "
+                       "file kept, send it again later"),
+              std::string::npos)
+        << f.second << "\n" << log.substr(log.size() > 4000 ? log.size() - 4000 : 0);
+
+  // firstread stops while the database is still down, then both come back.
+  EXPECT_EQ(s.terminate(), 0);
+  s.start();
+  auto missing = [&] { return missing_from_index(s, acknowledged); };
+  // Files younger than reconciliation's grace period are looked at once it has passed.
+  std::vector<std::string> lost;
+  EXPECT_TRUE(wait_until([&] { return (lost = missing()).empty(); }, 60))
+      << lost.size() << " acknowledged instances missing, e.g. " << (lost.empty() ? "" : lost.front()) << "\n"
+      << s.log().substr(s.log().size() > 6000 ? s.log().size() - 6000 : 0);
+  const std::string after = s.log();
+  const auto last_summary = after.rfind("reconcile: ");
+  std::cout << line_with(after.substr(last_summary == std::string::npos ? 0 : last_summary), "reconcile: ") << "\n";
+
+  // The sender's retry of what was refused is stored and acknowledged.
+  const std::string retry_output = send(during);
+  EXPECT_EQ(acknowledged_in(retry_output, during).size(), during.size()) << retry_output;
+  auto conn = s.connect();
+  pqxx::work t(conn);
+  EXPECT_EQ(t.exec1("SELECT count(*) FROM api.instances")[0].as<int>(), 60);
   for (const auto& row : t.exec("SELECT file_path FROM api.instances")) {
     DcmFileFormat f;
     EXPECT_TRUE(f.loadFile((s.storage() + "/" + row[0].c_str()).c_str()).good()) << row[0].c_str();
