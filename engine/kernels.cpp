@@ -42,6 +42,16 @@ float dot(const float* a, const float* b, int64_t n);
 void axpy(float* y, float a, const float* x, int64_t n);
 }  // namespace avx2
 
+namespace avx2_gemm {
+// Batched Q8_0 / Q4_0 products on the avx2 path (gemm_avx2.cpp): activations
+// packed once per product (tiles of rows [t0, t1) per call), output features [n0, n1) per call.
+int64_t pack_bytes(int64_t m, int64_t k);
+int64_t pack_tiles(int64_t m);
+void pack(const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
+void run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y, int64_t ldy,
+         int64_t n0, int64_t n1);
+}  // namespace avx2_gemm
+
 namespace avx512 {
 // Decode products of Q8_0 / Q4_0 rows against nx inputs (batched decode).
 int64_t matvec_pack_bytes(int64_t n, int64_t cols);
@@ -244,7 +254,7 @@ std::string kernel_path_description() {
   if (p == KernelPath::Avx512)
     s += " (AVX-512 F/BW/VL+VNNI GEMMs and decode rows from F32/BF16/F16/Q8_0/Q4_0; AVX2/FMA/F16C vector math)";
   else if (p == KernelPath::Avx2)
-    s += " (AVX2/FMA/F16C decode and vector math; batched products via F32 blocks + OpenBLAS)";
+    s += " (AVX2/FMA/F16C decode and vector math; batched Q8_0/Q4_0 by the int8 GEMM, BF16/F16 via F32 blocks + OpenBLAS)";
   else
     s += " (portable C++; batched products via F32 blocks + OpenBLAS)";
   const int forced = g_path.load();
@@ -568,13 +578,12 @@ static int64_t gemm_run_rows(int64_t rows, int threads, DType dtype) {
   return std::max<int64_t>(unit, (run + unit - 1) / unit * unit);
 }
 
-// Several products of one input (q/k/v, gate/up): the input is packed once and
-// all their output runs go to the pool as one job.
-static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const LinearJob* jobs, size_t nj,
-                        LinearScratch& scratch) {
-  const uint8_t* packed = pack_for_gemm(pool, x, n, jobs[0].w.cols, jobs[0].w.dtype, scratch);
+// The output features of every job cut into runs (gemm_run_rows), all of them
+// one pool job: run_rows(w, y, n0, n1) computes rows [n0, n1) of one job.
+template <typename RunRows>
+static void gemm_jobs(ThreadPool& pool, const LinearJob* jobs, size_t nj, const RunRows& run_rows) {
   constexpr size_t kMaxJobs = 8;
-  if (nj > kMaxJobs) throw std::logic_error("gemm_avx512: too many jobs");
+  if (nj > kMaxJobs) throw std::logic_error("batched linear_multi: too many jobs");
   std::array<int, kMaxJobs + 1> first_task{};
   std::array<int64_t, kMaxJobs> run{};
   for (size_t j = 0; j < nj; ++j) {
@@ -584,10 +593,43 @@ static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const Linea
   pool.parallel_for(first_task[nj], [&](int task) {
     size_t j = 0;
     while (task >= first_task[j + 1]) ++j;
-    const WeightView& w = jobs[j].w;
-    const int64_t n0 = int64_t(task - first_task[j]) * run[j], n1 = std::min(w.rows, n0 + run[j]);
-    avx512::gemm_run(int(w.dtype), w.data, w.rows, w.cols, packed, n, jobs[j].y, w.rows, n0, n1);
+    const int64_t n0 = int64_t(task - first_task[j]) * run[j], n1 = std::min(jobs[j].w.rows, n0 + run[j]);
+    run_rows(jobs[j].w, jobs[j].y, n0, n1);
   }, /*spin_after=*/false);
+}
+
+// Several products of one input (q/k/v, gate/up): the input is packed once and
+// all their output runs go to the pool as one job.
+static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const LinearJob* jobs, size_t nj,
+                        LinearScratch& scratch) {
+  const uint8_t* packed = pack_for_gemm(pool, x, n, jobs[0].w.cols, jobs[0].w.dtype, scratch);
+  gemm_jobs(pool, jobs, nj, [&](const WeightView& w, float* y, int64_t n0, int64_t n1) {
+    avx512::gemm_run(int(w.dtype), w.data, w.rows, w.cols, packed, n, y, w.rows, n0, n1);
+  });
+}
+
+// Batched Q8_0 / Q4_0 products on the avx2 path: gemm_avx2.cpp's int8 GEMM
+// straight from the interleaved blocks (no F32 copy of the weights, no OpenBLAS).
+static bool use_avx2_gemm(const WeightView& w) {
+  return kernel_path() == KernelPath::Avx2 && is_block_quantised(w.dtype) && w.cols % kQBlock == 0;
+}
+
+// Several products of one input (q/k/v, gate/up; all use_avx2_gemm, one
+// width): the input is quantised and packed once (the pack does not depend on
+// Q8_0 vs Q4_0), then every job's output runs go to the pool as one job.
+static void gemm_avx2(ThreadPool& pool, const float* x, int64_t n, const LinearJob* jobs, size_t nj,
+                      LinearScratch& scratch) {
+  const int64_t cols = jobs[0].w.cols;
+  scratch.packed.resize(size_t(avx2_gemm::pack_bytes(n, cols)) + 64);
+  uint8_t* packed = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch.packed.data()) + 63) & ~uintptr_t(63));
+  const int64_t tiles = avx2_gemm::pack_tiles(n);
+  const int pack_parts = int(std::min<int64_t>(pool.size(), tiles));
+  pool.parallel_for(pack_parts, [&](int p) {
+    avx2_gemm::pack(x, n, cols, packed, tiles * p / pack_parts, tiles * (p + 1) / pack_parts);
+  }, /*spin_after=*/false);
+  gemm_jobs(pool, jobs, nj, [&](const WeightView& w, float* y, int64_t n0, int64_t n1) {
+    avx2_gemm::run(int(w.dtype), w.data, w.rows, w.cols, packed, n, y, w.rows, n0, n1);
+  });
 }
 
 // Decode products: the output rows of every job split into a few long runs
@@ -676,6 +718,9 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
   } else if (use_avx512_gemm(w)) {
     const LinearJob job{w, nullptr, y};
     gemm_avx512(pool, x, n, &job, 1, scratch);
+  } else if (use_avx2_gemm(w)) {
+    const LinearJob job{w, nullptr, y};
+    gemm_avx2(pool, x, n, &job, 1, scratch);
   } else {
     // Batched: OpenBLAS runs single-threaded and the pool splits the output
     // features, so exactly pool.size() threads compute and none spin idle
@@ -715,15 +760,20 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
 void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_list<LinearJob> job_list,
                   LinearScratch& scratch) {
   if (n >= 4) {
-    bool shared = true;  // one packed input for all: same format and width, avx512 GEMM
-    for (const auto& j : job_list)
-      shared = shared && use_avx512_gemm(j.w) && j.w.dtype == job_list.begin()->w.dtype &&
-               j.w.cols == job_list.begin()->w.cols;
-    if (!shared) {
+    // One packed input for all: same width, and the avx512 GEMM (same format)
+    // or the avx2 int8 GEMM (Q8_0 and Q4_0 share its pack).
+    bool shared512 = true, shared2 = true;
+    for (const auto& j : job_list) {
+      const bool same_width = j.w.cols == job_list.begin()->w.cols;
+      shared512 = shared512 && use_avx512_gemm(j.w) && j.w.dtype == job_list.begin()->w.dtype && same_width;
+      shared2 = shared2 && use_avx2_gemm(j.w) && same_width;
+    }
+    if (!shared512 && !shared2) {
       for (const auto& j : job_list) linear(pool, x, n, j.w, j.bias, j.y, scratch);
       return;
     }
-    gemm_avx512(pool, x, n, job_list.begin(), job_list.size(), scratch);
+    if (shared512) gemm_avx512(pool, x, n, job_list.begin(), job_list.size(), scratch);
+    else gemm_avx2(pool, x, n, job_list.begin(), job_list.size(), scratch);
     for (const auto& j : job_list)
       if (j.bias)
         for (int64_t t = 0; t < n; ++t) {

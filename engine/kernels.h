@@ -108,7 +108,8 @@ int blas_threads();
 // back to the best it has, with a note in kernel_path_description()).
 //   scalar  portable C++ (every product, norms, softmax, ...)
 //   avx2    AVX2/FMA/F16C: decode matvec (F32/BF16/F16/Q8_0/Q4_0), vector
-//           math; batched products convert weight blocks to F32 + OpenBLAS
+//           math; batched Q8_0/Q4_0 products by gemm_avx2.cpp (int8
+//           activations, vpmaddubsw), BF16/F16 weight blocks to F32 + OpenBLAS
 //   avx512  AVX-512 F/BW/VL + VNNI (all required): batched BF16/F16/
 //           Q8_0/Q4_0 products and every decode product (linear_rows) by
 //           gemm_avx512.cpp straight from the stored format (F32/BF16/F16:
@@ -163,8 +164,9 @@ struct LinearScratch {
 
 // y[n][rows] = x[n][cols] · Wᵀ (+ bias). Uses the matvec (linear_rows) for
 // n < 4 and a GEMM otherwise (avx512: gemm_avx512 from the stored format;
-// else single-threaded OpenBLAS per thread on a slice of the output features,
-// BF16/F16/Q8_0/Q4_0 weights converted blockwise on the fly).
+// avx2 with Q8_0/Q4_0: gemm_avx2 from the stored blocks; else single-threaded
+// OpenBLAS per thread on a slice of the output features, BF16/F16 (and, on
+// the scalar path, Q8_0/Q4_0) weights converted blockwise on the fly).
 void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, const float* bias, float* y,
             LinearScratch& scratch);
 

@@ -6,6 +6,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "engine/kernels.h"
 
@@ -287,9 +288,9 @@ TEST(engine_kernels, ActivationQuantisationAvx2EqualsScalar) {
 
 // Quantised products on every path and entry point (decode matvec, fused
 // multi-product, batched). Every path quantises the input the same way for
-// the matvec; the avx512 batched GEMM does too (int8 per 32-block), so its
-// rows equal the scalar matvec's up to float summation order, while the
-// other paths' batched products multiply the dequantised blocks by the
+// the matvec; the avx512 and avx2 batched GEMMs do too (int8 per 32-block),
+// so their rows equal the scalar matvec's up to float summation order, while
+// the scalar path's batched product multiplies the dequantised blocks by the
 // unquantised input (sgemm).
 TEST(engine_kernels, QuantisedProductsMatchReference) {
   for (int cols : {160, 672, 1024}) {
@@ -345,7 +346,7 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
           for (int n = 0; n < nb; ++n)
             for (int r = 0; r < rows; ++r) {
               const float got = yb[size_t(n) * rows + r];
-              if (path == KernelPath::Avx512) {
+              if (path != KernelPath::Scalar) {
                 const float want = y_scalar[size_t(n) * rows + r];
                 ASSERT_NEAR(got, want, 1e-4 * (1 + std::fabs(want))) << what << " batch " << nb << " row " << n;
               } else {
@@ -359,6 +360,40 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
       reset_kernel_path();
     }
   }
+}
+
+// The int8 GEMMs (avx2, avx512) on a product that the avx2 one cuts into
+// several chunks of activation rows and two k-blocks (4 864 columns = 152
+// blocks = 9 full chunks + a short one of 8, i.e. 19 half chunks), with an
+// odd number of weight rows (the 2-row panel's tail) and activation rows that
+// are no multiple of its 3- or 4-row tile: every row equals the scalar
+// matvec of that activation row (same int8 input, same integer block sums)
+// up to float summation order. Also a width whose last chunk holds one block.
+TEST(engine_kernels, LargeQuantisedProductsMatchScalarMatvecAcrossBlocks) {
+  ThreadPool pool(2);
+  LinearScratch scratch;
+  for (const auto& [m, rows, cols] : {std::tuple<int, int, int>{250, 45, 4864}, {13, 9, 17 * 32}}) {
+    Mat w = random_mat(rows, cols, 8);
+    Mat x = random_mat(m, cols, 9);
+    for (DType t : {DType::Q8_0, DType::Q4_0}) {
+      auto q = quantise(t, w.f32, rows, cols);
+      const WeightView wv{q.data(), t, rows, cols};
+      std::vector<float> want(size_t(m) * rows), got(size_t(m) * rows, -1.f);
+      force_kernel_path(KernelPath::Scalar);
+      for (int i = 0; i < m; ++i)
+        linear(pool, x.f32.data() + size_t(i) * cols, 1, wv, nullptr, want.data() + size_t(i) * rows, scratch);
+      for (KernelPath path : machine_paths()) {
+        if (path == KernelPath::Scalar) continue;
+        force_kernel_path(path);
+        linear(pool, x.f32.data(), m, wv, nullptr, got.data(), scratch);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_NEAR(got[i], want[i], 1e-4 * (1 + std::fabs(want[i])))
+              << dtype_name(t) << " " << kernel_path_name(path) << " m " << m << " k " << cols << " row " << i / rows
+              << " col " << i % rows;
+      }
+    }
+  }
+  reset_kernel_path();
 }
 
 // A batched BF16 / F16 product big enough that the avx512 GEMM splits it into

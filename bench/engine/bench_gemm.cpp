@@ -1,11 +1,15 @@
 // bench_gemm [--m 300] [--k 896] [--n 4864] [--threads 2] [--repeat 20] [--paths avx2,avx512]
-//            [--products gemm,rows]
+//            [--products gemm,rows,sgemm]
 // One batched product (the prefill / vision shape) per weight format and
 // kernel path, best of --repeat, in GFLOP/s (2*m*k*n / time). The paths
 // alternate within each repetition so both see the same load of the host.
 // --products: gemm = linear (the GEMM for m >= 4, the decode matvec below),
 // rows = linear_rows (the batched-decode product: m sequences' rows against
-// weights read once), alternated too. Not a CTest test.
+// weights read once), sgemm = the peer inside this run: the weights converted
+// to F32 in 16 MB blocks per thread + single-threaded OpenBLAS sgemm per
+// thread on its slice of the output features (what linear() did for every
+// batched non-F32 product on the avx2 path before session 6, and still does
+// for BF16 / F16 there), alternated too. Not a CTest test.
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -15,6 +19,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <cblas.h>
 
 #include "engine/kernels.h"
 
@@ -26,6 +32,32 @@ static double cpu_s() {
   timespec ts{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// The F32-blocks + sgemm product (see --products sgemm): thread p converts
+// its slice of the output features in blocks of up to 16 MB and multiplies
+// each block with one single-threaded sgemm.
+static void f32_blocks_sgemm(ThreadPool& pool, const float* x, int64_t m, const WeightView& w, float* y,
+                             std::vector<float>& wbuf) {
+  const int64_t rows = w.rows, cols = w.cols;
+  const int parts = int(std::min<int64_t>(pool.size(), std::max<int64_t>(1, rows / 16)));
+  int64_t block = std::max<int64_t>(16, (int64_t(16) << 20) / (cols * 4));
+  block = std::min(block, (rows + parts - 1) / parts);
+  wbuf.resize(size_t(parts) * size_t(block) * size_t(cols));
+  pool.parallel_for(parts, [&](int p) {
+    const int64_t a = rows * p / parts, b = rows * (p + 1) / parts;
+    float* buf = wbuf.data() + size_t(p) * size_t(block) * size_t(cols);
+    for (int64_t r0 = a; r0 < b; r0 += block) {
+      const int64_t r1 = std::min(b, r0 + block);
+      const float* wf = static_cast<const float*>(w.data) + r0 * cols;
+      if (w.dtype != DType::F32) {
+        convert_rows_f32(w, r0, r1, buf);
+        wf = buf;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(r1 - r0), int(cols), 1.f, x, int(cols), wf,
+                  int(cols), 0.f, y + r0, int(rows));
+    }
+  }, /*spin_after=*/false);
 }
 
 static double now_s() {
@@ -48,7 +80,7 @@ int main(int argc, char** argv) {
     else if (a == "--formats") formats_arg = next();
     else if (a == "--products") products_arg = next();
     else {
-      std::fprintf(stderr, "usage: bench_gemm [--m M] [--k K] [--n N] [--threads T] [--repeat R] [--paths avx2,avx512] [--formats f32,bf16,f16,q8_0,q4_0] [--products gemm,rows]\n");
+      std::fprintf(stderr, "usage: bench_gemm [--m M] [--k K] [--n N] [--threads T] [--repeat R] [--paths avx2,avx512] [--formats f32,bf16,f16,q8_0,q4_0] [--products gemm,rows,sgemm]\n");
       return 2;
     }
   }
@@ -92,7 +124,8 @@ int main(int argc, char** argv) {
   LinearScratch scratch;
   std::map<std::string, double> best, best_cpu;
   std::vector<std::string> products;
-  for (const char* pr : {"gemm", "rows"})
+  std::vector<float> wbuf;
+  for (const char* pr : {"gemm", "rows", "sgemm"})
     if (("," + products_arg + ",").find(std::string(",") + pr + ",") != std::string::npos) products.push_back(pr);
   for (int r = 0; r < repeat; ++r)
     for (auto& [name, w] : fmts)
@@ -101,6 +134,7 @@ int main(int argc, char** argv) {
           force_kernel_path(p);
           const double t0 = now_s(), c0 = cpu_s();
           if (pr == "rows") linear_rows(pool, x.data(), m, w, nullptr, y.data(), scratch);
+          else if (pr == "sgemm") f32_blocks_sgemm(pool, x.data(), m, w, y.data(), wbuf);
           else linear(pool, x.data(), m, w, nullptr, y.data(), scratch);
           const double dt = now_s() - t0, dc = cpu_s() - c0;
           const std::string key = name + " " + kernel_path_name(p) + " " + pr;
@@ -120,5 +154,14 @@ int main(int argc, char** argv) {
                     2.0 * m * k * n / dt / 1e9,
                     threads == 1 ? std::to_string(int(2.0 * m * k * n / dc / 1e9)).c_str() : "-");
       }
+  // The GEMM against its in-run peer (best times of the same alternated repetitions).
+  for (auto& [name, w] : fmts)
+    for (KernelPath p : paths) {
+      const std::string key = name + " " + kernel_path_name(p) + " ";
+      if (best.count(key + "gemm") && best.count(key + "sgemm"))
+        std::printf("%s %s: linear %.3f ms, F32 blocks + sgemm %.3f ms: %.2fx the speed\n", name.c_str(),
+                    kernel_path_name(p), best[key + "gemm"] * 1e3, best[key + "sgemm"] * 1e3,
+                    best[key + "sgemm"] / best[key + "gemm"]);
+    }
   return 0;
 }
