@@ -7,6 +7,9 @@
 #include <chrono>
 #include <atomic>
 #include <fstream>
+#include <cstring>
+#include <cerrno>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 #include <unistd.h>
@@ -16,9 +19,22 @@ using firstread::storage::StorageError;
 namespace fs = std::filesystem;
 
 namespace {
+// Every test's storage root, removed when the test process exits (CTest runs
+// each test in its own process), so runs leave nothing under /tmp.
+struct TempRoots {
+  std::vector<std::string> dirs;
+  ~TempRoots() {
+    std::error_code ignored;
+    for (const auto& d : dirs) fs::remove_all(d, ignored);
+  }
+};
+TempRoots g_temp_roots;
+
 std::string temp_root() {
   std::string t = "/tmp/firstread-storage-XXXXXX";
-  return mkdtemp(t.data());
+  if (!mkdtemp(t.data())) throw std::runtime_error("mkdtemp " + t + ": " + std::strerror(errno));
+  g_temp_roots.dirs.push_back(t);
+  return t;
 }
 std::string read_all(const std::string& p) {
   std::ifstream in(p);
