@@ -38,7 +38,7 @@ namespace {
 
 std::vector<KernelPath> machine_paths() {
   std::vector<KernelPath> p;
-  for (KernelPath k : {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512})
+  for (KernelPath k : {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Amx})
     if (kernel_path_supported(k)) p.push_back(k);
   return p;
 }

@@ -3,6 +3,7 @@
 #include "engine/qlayout.h"
 
 #include <cblas.h>
+#include <cpuid.h>
 
 #include <algorithm>
 #include <chrono>
@@ -71,6 +72,22 @@ int64_t attention_scratch_floats(int64_t n, int64_t hd);
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
                     float* out, int64_t ldo, float* scratch);
 }  // namespace avx512
+
+namespace amx {
+// AMX tile GEMMs on the amx path (gemm_amx*.cpp), entered only after
+// detect_amx(): CPUID and the kernel's permission for the tile data.
+bool request_tile_permission();
+// Whether this weight kind (DType order) has an AMX GEMM; kinds without one
+// run the avx512 GEMM on the amx path.
+bool has_gemm(int kind);
+int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k);
+int64_t gemm_pack_tiles(int kind, int64_t m);
+void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
+// Output features per task: a multiple of this.
+int64_t gemm_unit_rows(int kind);
+void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
+              int64_t ldy, int64_t n0, int64_t n1);
+}  // namespace amx
 
 // ---------------------------------------------------------------- threads
 
@@ -172,17 +189,36 @@ static bool detect_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
+// AMX: CPUID leaf 7 (EDX bits 22 AMX-BF16, 24 AMX-TILE, 25 AMX-INT8; subleaf 1
+// EAX bit 5 AVX512-BF16), then Linux's permission to use the tile data
+// (arch_prctl ARCH_REQ_XCOMP_PERM, asked once for the whole process): a kernel
+// or hypervisor that does not grant it leaves the CPU flags set but faults on
+// the first tile instruction.
+static bool detect_amx() {
+  if (!detect_avx512() || !__builtin_cpu_supports("avx512bf16")) return false;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const unsigned need = (1u << 22) | (1u << 24) | (1u << 25);
+  if ((d & need) != need) return false;
+  return amx::request_tile_permission();
+}
+
 bool kernel_path_supported(KernelPath p) {
   static const bool avx2 = detect_avx2(), avx512 = detect_avx512();
   switch (p) {
     case KernelPath::Scalar: return true;
     case KernelPath::Avx2: return avx2;
     case KernelPath::Avx512: return avx512;
+    case KernelPath::Amx: {
+      static const bool amx = detect_amx();
+      return amx;
+    }
   }
   return false;
 }
 
 KernelPath best_kernel_path() {
+  if (kernel_path_supported(KernelPath::Amx)) return KernelPath::Amx;
   if (kernel_path_supported(KernelPath::Avx512)) return KernelPath::Avx512;
   if (kernel_path_supported(KernelPath::Avx2)) return KernelPath::Avx2;
   return KernelPath::Scalar;
@@ -193,6 +229,7 @@ const char* kernel_path_name(KernelPath p) {
     case KernelPath::Scalar: return "scalar";
     case KernelPath::Avx2: return "avx2";
     case KernelPath::Avx512: return "avx512";
+    case KernelPath::Amx: return "amx";
   }
   return "?";
 }
@@ -201,7 +238,8 @@ KernelPath parse_kernel_path(const std::string& s) {
   if (s == "scalar") return KernelPath::Scalar;
   if (s == "avx2") return KernelPath::Avx2;
   if (s == "avx512") return KernelPath::Avx512;
-  throw std::invalid_argument("unknown kernel path '" + s + "' (scalar, avx2, avx512)");
+  if (s == "amx") return KernelPath::Amx;
+  throw std::invalid_argument("unknown kernel path '" + s + "' (scalar, avx2, avx512, amx)");
 }
 
 namespace {
@@ -248,10 +286,21 @@ void force_kernel_path(KernelPath p) {
 }
 void reset_kernel_path() { g_path.store(-1); }
 
+// The weight formats whose batched products run on AMX tiles, e.g. "BF16/F16".
+static std::string amx_gemm_kinds() {
+  std::string s;
+  for (DType t : {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0})
+    if (amx::has_gemm(int(t))) s += (s.empty() ? "" : "/") + std::string(dtype_name(t));
+  return s.empty() ? "products: none yet" : s + " products";
+}
+
 std::string kernel_path_description() {
   const KernelPath p = kernel_path();
   std::string s = kernel_path_name(p);
-  if (p == KernelPath::Avx512)
+  if (p == KernelPath::Amx)
+    s += std::string(" (AMX tile GEMMs for batched ") + amx_gemm_kinds() +
+         "; otherwise as avx512: AVX-512 F/BW/VL+VNNI GEMMs and decode rows, AVX2/FMA/F16C vector math)";
+  else if (p == KernelPath::Avx512)
     s += " (AVX-512 F/BW/VL+VNNI GEMMs and decode rows from F32/BF16/F16/Q8_0/Q4_0; AVX2/FMA/F16C vector math)";
   else if (p == KernelPath::Avx2)
     s += " (AVX2/FMA/F16C decode and vector math; batched Q8_0/Q4_0 by the int8 GEMM, BF16/F16 via F32 blocks + OpenBLAS)";
@@ -462,6 +511,7 @@ static void matvec_range(const WeightView& w, const float* x, const BlockQ8Act* 
                          const float* packed_f, int nx, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t cols = w.cols, nb = cols / kQBlock;
   switch (kernel_path()) {
+    case KernelPath::Amx:  // decode rows are bandwidth bound: the avx512 kernels
     case KernelPath::Avx512:
       if (w.dtype == DType::Q8_0) return avx512::matvec_q8(w.data, cols, packed_q, nx, y, ldy, r0, r1);
       if (w.dtype == DType::Q4_0) return avx512::matvec_q4(w.data, cols, packed_q, nx, y, ldy, r0, r1);
@@ -549,9 +599,17 @@ static const BlockQ8Act* quantised_input(LinearScratch& scratch, const float* x,
 // Batched products on the avx512 path: the activations are packed once
 // (tiles of 16 rows; BF16 pairs, F32, or int8 blocks), then the pool splits the
 // output features into contiguous runs (a few per thread, dynamically taken).
+static bool avx512_kernels() {
+  const KernelPath p = kernel_path();
+  return p == KernelPath::Avx512 || p == KernelPath::Amx;
+}
+// Batched products on AMX tiles (amx path, weight kinds gemm_amx*.cpp serves).
+static bool use_amx_gemm(const WeightView& w) {
+  return kernel_path() == KernelPath::Amx && amx::has_gemm(int(w.dtype));
+}
 static bool use_avx512_gemm(const WeightView& w) {
   // BF16 / F16 any width; Q8_0 / Q4_0 widths are multiples of 32 by construction.
-  return kernel_path() == KernelPath::Avx512 && w.dtype != DType::F32;
+  return avx512_kernels() && w.dtype != DType::F32 && !use_amx_gemm(w);
 }
 
 // Packs x[n][cols] for weights of `dtype` into scratch (64-byte aligned).
@@ -573,7 +631,9 @@ static const uint8_t* pack_for_gemm(ThreadPool& pool, const float* x, int64_t n,
 // BF16 / F16, 6 otherwise), about four runs per thread so a thread the host
 // delays is covered by the other.
 static int64_t gemm_run_rows(int64_t rows, int threads, DType dtype) {
-  const int64_t unit = dtype == DType::BF16 || dtype == DType::F16 ? 12 : 6;
+  const int64_t unit = kernel_path() == KernelPath::Amx && amx::has_gemm(int(dtype)) ? amx::gemm_unit_rows(int(dtype))
+                       : dtype == DType::BF16 || dtype == DType::F16                 ? 12
+                                                                                     : 6;
   const int64_t run = (rows + threads * 4 - 1) / (threads * 4);
   return std::max<int64_t>(unit, (run + unit - 1) / unit * unit);
 }
@@ -605,6 +665,23 @@ static void gemm_avx512(ThreadPool& pool, const float* x, int64_t n, const Linea
   const uint8_t* packed = pack_for_gemm(pool, x, n, jobs[0].w.cols, jobs[0].w.dtype, scratch);
   gemm_jobs(pool, jobs, nj, [&](const WeightView& w, float* y, int64_t n0, int64_t n1) {
     avx512::gemm_run(int(w.dtype), w.data, w.rows, w.cols, packed, n, y, w.rows, n0, n1);
+  });
+}
+
+// Several products of one input on AMX tiles (same format and width).
+static void gemm_amx(ThreadPool& pool, const float* x, int64_t n, const LinearJob* jobs, size_t nj,
+                     LinearScratch& scratch) {
+  const int kind = int(jobs[0].w.dtype);
+  const int64_t cols = jobs[0].w.cols;
+  scratch.packed.resize(size_t(amx::gemm_pack_bytes(kind, n, cols)) + 64);
+  uint8_t* packed = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch.packed.data()) + 63) & ~uintptr_t(63));
+  const int64_t tiles = amx::gemm_pack_tiles(kind, n);
+  const int pack_parts = int(std::min<int64_t>(pool.size(), tiles));
+  pool.parallel_for(pack_parts, [&](int p) {
+    amx::gemm_pack(kind, x, n, cols, packed, tiles * p / pack_parts, tiles * (p + 1) / pack_parts);
+  }, /*spin_after=*/false);
+  gemm_jobs(pool, jobs, nj, [&](const WeightView& w, float* y, int64_t n0, int64_t n1) {
+    amx::gemm_run(int(w.dtype), w.data, w.rows, w.cols, packed, n, y, w.rows, n0, n1);
   });
 }
 
@@ -662,7 +739,7 @@ static void matvec_jobs(ThreadPool& pool, const float* x, int64_t n, const Linea
   const float* packed_bf16 = nullptr;
   const KernelPath path = kernel_path();
   if (path != KernelPath::Scalar) {
-    const bool wide = path == KernelPath::Avx512;
+    const bool wide = path == KernelPath::Avx512 || path == KernelPath::Amx;
     if (any_quantised) {
       const int64_t bytes = wide ? avx512::matvec_pack_bytes(n, cols) : avx2::matvec_q_pack_bytes(n, cols);
       scratch.packed.resize(size_t(bytes) + 64);
@@ -715,6 +792,9 @@ void linear(ThreadPool& pool, const float* x, int64_t n, const WeightView& w, co
   if (n < 4) {
     // Decode: bandwidth bound; output rows split over threads, weights read once for the n rows.
     return linear_rows(pool, x, n, w, bias, y, scratch);
+  } else if (use_amx_gemm(w)) {
+    const LinearJob job{w, nullptr, y};
+    gemm_amx(pool, x, n, &job, 1, scratch);
   } else if (use_avx512_gemm(w)) {
     const LinearJob job{w, nullptr, y};
     gemm_avx512(pool, x, n, &job, 1, scratch);
@@ -762,17 +842,20 @@ void linear_multi(ThreadPool& pool, const float* x, int64_t n, std::initializer_
   if (n >= 4) {
     // One packed input for all: same width, and the avx512 GEMM (same format)
     // or the avx2 int8 GEMM (Q8_0 and Q4_0 share its pack).
-    bool shared512 = true, shared2 = true;
+    bool shared_amx = true, shared512 = true, shared2 = true;
     for (const auto& j : job_list) {
       const bool same_width = j.w.cols == job_list.begin()->w.cols;
-      shared512 = shared512 && use_avx512_gemm(j.w) && j.w.dtype == job_list.begin()->w.dtype && same_width;
+      const bool same_format = j.w.dtype == job_list.begin()->w.dtype;
+      shared_amx = shared_amx && use_amx_gemm(j.w) && same_format && same_width;
+      shared512 = shared512 && use_avx512_gemm(j.w) && same_format && same_width;
       shared2 = shared2 && use_avx2_gemm(j.w) && same_width;
     }
-    if (!shared512 && !shared2) {
+    if (!shared_amx && !shared512 && !shared2) {
       for (const auto& j : job_list) linear(pool, x, n, j.w, j.bias, j.y, scratch);
       return;
     }
-    if (shared512) gemm_avx512(pool, x, n, job_list.begin(), job_list.size(), scratch);
+    if (shared_amx) gemm_amx(pool, x, n, job_list.begin(), job_list.size(), scratch);
+    else if (shared512) gemm_avx512(pool, x, n, job_list.begin(), job_list.size(), scratch);
     else gemm_avx2(pool, x, n, job_list.begin(), job_list.size(), scratch);
     for (const auto& j : job_list)
       if (j.bias)
@@ -844,7 +927,7 @@ int64_t attention_scratch_floats(int64_t n, int64_t hd) {
 
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
                     float* out, int64_t ldo, float* scratch) {
-  if (kernel_path() == KernelPath::Avx512) return avx512::attention_head(q, k, v, ld, n, hd, scale, out, ldo, scratch);
+  if (avx512_kernels()) return avx512::attention_head(q, k, v, ld, n, hd, scale, out, ldo, scratch);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(n), int(hd), scale, q, int(ld), k, int(ld), 0.f,
               scratch, int(n));
   for (int64_t r = 0; r < n; ++r) softmax_inplace(scratch + r * n, n);

@@ -104,7 +104,7 @@ class ThreadPool {
 void set_blas_threads(int n);
 int blas_threads();
 // Kernel paths, chosen once at run time: the best this CPU has, or the one
-// named by FIRSTREAD_KERNELS=scalar|avx2|avx512 (a path the CPU lacks falls
+// named by FIRSTREAD_KERNELS=scalar|avx2|avx512|amx (a path the CPU lacks falls
 // back to the best it has, with a note in kernel_path_description()).
 //   scalar  portable C++ (every product, norms, softmax, ...)
 //   avx2    AVX2/FMA/F16C: decode matvec (F32/BF16/F16/Q8_0/Q4_0), vector
@@ -115,7 +115,10 @@ int blas_threads();
 //           gemm_avx512.cpp straight from the stored format (F32/BF16/F16:
 //           exact conversion + FMA; Q8_0/Q4_0: int8 activations + vpdpbusd);
 //           vector math as avx2
-enum class KernelPath { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+//   amx     avx512 + AMX-TILE/BF16/INT8 and AVX512-BF16, with Linux's
+//           permission for the tile data: batched products of the weight
+//           kinds gemm_amx*.cpp serves on AMX tiles, everything else as avx512
+enum class KernelPath { Scalar = 0, Avx2 = 1, Avx512 = 2, Amx = 3 };
 KernelPath kernel_path();          // in use now
 KernelPath best_kernel_path();     // the best this CPU supports
 bool kernel_path_supported(KernelPath p);
@@ -123,7 +126,7 @@ bool kernel_path_supported(KernelPath p);
 // path this CPU lacks.
 void force_kernel_path(KernelPath p);
 void reset_kernel_path();          // back to the run-time choice
-const char* kernel_path_name(KernelPath p);  // scalar, avx2, avx512
+const char* kernel_path_name(KernelPath p);  // scalar, avx2, avx512, amx
 KernelPath parse_kernel_path(const std::string& s);  // throws std::invalid_argument
 // One line for the log / readiness: path, the CPU features it uses, and why
 // it was chosen (e.g. "avx512 (AVX-512 F/BW/VL+VNNI GEMMs, ...); best this CPU supports").

@@ -51,12 +51,13 @@ TEST(engine_kernels, HalfConversions) {
 // is the reference the others are held to.
 static std::vector<KernelPath> machine_paths() {
   std::vector<KernelPath> p;
-  for (KernelPath k : {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512})
+  for (KernelPath k : {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Amx})
     if (kernel_path_supported(k)) p.push_back(k);
   return p;
 }
 
 TEST(engine_kernels, DispatchNamesThePathAndForcesEach) {
+  EXPECT_EQ(parse_kernel_path("amx"), KernelPath::Amx);
   EXPECT_EQ(parse_kernel_path("avx512"), KernelPath::Avx512);
   EXPECT_EQ(parse_kernel_path("avx2"), KernelPath::Avx2);
   EXPECT_EQ(parse_kernel_path("scalar"), KernelPath::Scalar);
@@ -71,7 +72,7 @@ TEST(engine_kernels, DispatchNamesThePathAndForcesEach) {
     EXPECT_EQ(cpu_has_avx2_fma_f16c(), k != KernelPath::Scalar);
   }
   reset_kernel_path();
-  for (KernelPath k : {KernelPath::Avx2, KernelPath::Avx512})
+  for (KernelPath k : {KernelPath::Avx2, KernelPath::Avx512, KernelPath::Amx})
     if (!kernel_path_supported(k)) EXPECT_THROW(force_kernel_path(k), std::invalid_argument);
   reset_kernel_path();
 }
@@ -118,7 +119,7 @@ TEST_P(engine_linear, MatchesDoubleReferenceForAllDtypes) {
 
 INSTANTIATE_TEST_SUITE_P(engine, engine_linear,
                          ::testing::Combine(::testing::Values(1, 3, 9, 40, 70),
-                                            ::testing::Values(KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512),
+                                            ::testing::Values(KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Amx),
                                             ::testing::Values(133, 160, 1030)),
                          [](const auto& info) {
                            return std::string("n") + std::to_string(std::get<0>(info.param)) + "_" +

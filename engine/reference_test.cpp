@@ -88,7 +88,7 @@ TEST(engine_reference, InternVL2_2B_LikeInternLM2PosEmbInterpolation) { check_mo
 // multiplied from BF16 by the avx512 GEMM; the reference runs on the same
 // rounded weights in float32.
 TEST(engine_reference, V12LikeBF16Weights) {
-  for (KernelPath path : {KernelPath::Avx2, KernelPath::Avx512}) {
+  for (KernelPath path : {KernelPath::Avx2, KernelPath::Avx512, KernelPath::Amx}) {
     if (!kernel_path_supported(path)) continue;
     force_kernel_path(path);
     SCOPED_TRACE(kernel_path_name(path));
@@ -179,7 +179,7 @@ TEST(engine_reference, VisionWeightsKeepTheEmbeddingsAndIds) {
     const std::vector<float> ref_vis = read_f32(dir + "/vision_embeds.f32");
     const auto want = ref["generated_ids"].get<std::vector<int>>();
     for (const char* vf : {"bf16", "int8"})
-      for (KernelPath path : {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512}) {
+      for (KernelPath path : {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Amx}) {
         if (!kernel_path_supported(path)) continue;
         force_kernel_path(path);
         EngineOptions o;

@@ -45,7 +45,7 @@ void check_against_reference(const std::string& dir, double logit_tol) {
   for (float f : ref_feature) norm += double(f) * f;
   for (float& f : ref_feature) f = float(f / std::sqrt(norm));
 
-  for (KernelPath path : {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512}) {
+  for (KernelPath path : {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Amx}) {
     if (!kernel_path_supported(path)) continue;
     force_kernel_path(path);
     const ViTClassification r = model->classify(img);

@@ -65,7 +65,8 @@ TEST(ModelPlanServe, ModelThatDoesNotFitIsNotReadyWithTheReason) {
   EXPECT_TRUE(s.echo());
   EXPECT_NE(s.log().find("models: medrega: needs 49."), std::string::npos) << s.log();
   // /readyz and the start-up log name the engine's kernel path (issue 13).
-  const bool known = kernels.rfind("scalar", 0) == 0 || kernels.rfind("avx2", 0) == 0 || kernels.rfind("avx512", 0) == 0;
+  const bool known = kernels.rfind("scalar", 0) == 0 || kernels.rfind("avx2", 0) == 0 || kernels.rfind("avx512", 0) == 0 ||
+                     kernels.rfind("amx", 0) == 0;
   EXPECT_TRUE(known) << kernels;
   EXPECT_NE(s.log().find("engine: kernels " + kernels), std::string::npos) << s.log();
   EXPECT_EQ(s.terminate(), 0);

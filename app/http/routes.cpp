@@ -23,7 +23,7 @@ const std::vector<Route>& routes() {
       {Verb::get, "/healthz", Role::anyone, "200 {\"status\":\"ok\"} while the process runs", healthz, {}},
       {Verb::get, "/readyz", Role::viewer,
        "200 when the database answers, storage is writable and the models are loaded; else 503 with each check's "
-       "reason; `kernels` names the engine's kernel path (scalar / avx2 / avx512 and why)",
+       "reason; `kernels` names the engine's kernel path (scalar / avx2 / avx512 / amx and why)",
        readyz, {}},
       {Verb::get, "/metrics", Role::admin,
        "Prometheus text: DICOM associations/instances/bytes, HTTP codes, exports sent, studies/jobs/exports by state, "

@@ -43,7 +43,7 @@ ApiResponse readyz(Context& ctx, const ApiRequest&) {
   checks["models"] = models_problem.empty() ? "ok" : models_problem;
   if (!models_problem.empty()) ready = false;
   json body{{"ready", ready}, {"checks", checks}};
-  // Which compute kernels the engine runs (scalar / avx2 / avx512, and why).
+  // Which compute kernels the engine runs (scalar / avx2 / avx512 / amx, and why).
   if (!ctx.options.kernels.empty()) body["kernels"] = ctx.options.kernels;
   return json_response(ready ? 200 : 503, body);
 }
