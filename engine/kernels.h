@@ -161,7 +161,7 @@ void convert_rows_f32(const WeightView& w, int64_t r0, int64_t r1, float* dst);
 struct LinearScratch {
   std::vector<float> wbuf;       // converted weight block for batched BF16/F16/Q8_0/Q4_0 (avx2 path)
   std::vector<BlockQ8Act> xq;    // the quantised input of a decode product
-  std::vector<uint8_t> packed;   // packed activations of a batched product (avx512 path; 64-byte aligned inside)
+  std::vector<uint8_t> packed;   // packed activations of a batched product, or decode inputs (avx2 / avx512 / amx; 64-byte aligned inside)
   std::vector<float> xf;         // decode inputs of F32 / F16 / BF16 rows in the avx512 kernel's order (aligned inside)
 };
 

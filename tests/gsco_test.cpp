@@ -86,10 +86,13 @@ void expect_valid_sr(const std::string& path, std::string* dump_out) {
 }
 
 std::string http_post(int port, const std::string& path, const std::string& body) {
-  std::ofstream("/tmp/gsco_body_" + std::to_string(port)) << body;
-  return run("curl -s -o - -w ' HTTP%{http_code}' -X POST -H 'Content-Type: application/json' --data-binary @/tmp/gsco_body_" +
-             std::to_string(port) + " http://127.0.0.1:" + std::to_string(port) + path)
-      .output;
+  const std::string body_file = "/tmp/gsco_body_" + std::to_string(port);
+  std::ofstream(body_file) << body;
+  std::string out = run("curl -s -o - -w ' HTTP%{http_code}' -X POST -H 'Content-Type: application/json' --data-binary @" +
+                        body_file + " http://127.0.0.1:" + std::to_string(port) + path)
+                        .output;
+  std::remove(body_file.c_str());
+  return out;
 }
 
 }  // namespace

@@ -409,8 +409,9 @@ TEST(Node, PostgresRestartedUnderLoadLosesNothingAndIngestResumesByItself) {
   auto files = firstread::testing::make_instances(kCtSmall, s.dir() + "/send", 400);
   std::string output;
   std::thread sender([&] {
-    // One file per association stream as a router sends; storescu goes on
-    // after a failure status.
+    // One association for all files, as a router sends. Without --no-halt
+    // storescu stops at the first failure status; the retry below resends
+    // everything that was not acknowledged.
     std::string cmd = "storescu -v -aec FIRSTREAD 127.0.0.1 " + std::to_string(s.port());
     for (const auto& f : files) cmd += " " + f.first;
     output = run(cmd).output;

@@ -18,8 +18,8 @@
 // PyTorch on the same weights: vision encoder ms (one tile), prefill ms and
 // tokens/s (300 tokens), decode tokens/s and peak RSS; the ratios to
 // PyTorch; the engine as a fraction of this machine's sgemm GFLOP/s and read
-// bandwidth, measured in the same run; and llama.cpp's figures for the same
-// decoder on this kind of machine (shared/SPEC.md) beside them.
+// bandwidth, measured in the same run. The llama.cpp peer on the same
+// decoder runs in bench/llama_cpp/run.sh (alternated with this binary).
 //
 // Each format runs in its own process (this binary with --child FORMAT), so
 // its peak RSS is its own. PyTorch runs as a child process too (bench_ref.py
@@ -394,14 +394,6 @@ static int run_batched(const std::string& dir, const std::vector<std::string>& f
   return 0;
 }
 
-// llama.cpp (CPU build, 2 threads) on the same decoder on this kind of machine (shared/SPEC.md).
-static const char* llama_cpp_decode(const std::string& fmt) {
-  if (fmt == "auto" || fmt == "bf16") return "19 (BF16)";
-  if (fmt == "f16") return "21 (F16)";
-  if (fmt == "int8") return "32 (Q8_0)";
-  if (fmt == "int4") return "49 (Q4_0)";
-  return "-";
-}
 int main(int argc, char** argv) {
   std::string dir = "/tmp/firstread_bench_model", child, formats_arg = "auto,f16,int8,int4";
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
@@ -560,7 +552,7 @@ int main(int argc, char** argv) {
       out["pytorch"]["version"] = torch.version();
     }
     std::printf("\n| weights | vision ms (one 448 tile) | prefill %d tok: ms, tok/s | decode tok/s | %% of bandwidth bound "
-                "| llama.cpp decode tok/s | peak RSS MB | load ms (first, again) |\n|---|---|---|---|---|---|---|---|\n",
+                "| peak RSS MB | load ms (first, again) |\n|---|---|---|---|---|---|---|\n",
                 prefill_tokens);
     for (const std::string& fmt : formats) {
       const Phases& b = best[fmt];
@@ -571,10 +563,10 @@ int main(int argc, char** argv) {
         std::snprintf(vis, sizeof vis, "%.0f (%.0f%% of sgemm)", b.vision_ms, 100 * vit_flops / b.vision_ms / 1e6 / gflops);
       char reload[32] = "-";
       if (b.reload_ms < 1e299) std::snprintf(reload, sizeof reload, "%.0f", b.reload_ms);
-      std::printf("| %s | %s | %.0f, %.0f (%.0f%% of sgemm) | %.2f | %.0f%% of %.1f | %s | %.0f | %.0f, %s |\n",
+      std::printf("| %s | %s | %.0f, %.0f (%.0f%% of sgemm) | %.2f | %.0f%% of %.1f | %.0f | %.0f, %s |\n",
                   fmt == "auto" ? "bf16 (as stored)" : fmt.c_str(), vis, b.prefill_ms,
                   prefill_tokens * 1000.0 / b.prefill_ms, 100 * prefill_flops / b.prefill_ms / 1e6 / gflops, b.tps,
-                  100 * b.tps / bound, bound, llama_cpp_decode(fmt), b.rss_mb, b.load_ms, reload);
+                  100 * b.tps / bound, bound, b.rss_mb, b.load_ms, reload);
       out["engine"][fmt] = {{"vision_ms", vision ? b.vision_ms : 0.0}, {"prefill_ms", b.prefill_ms},
                             {"decode_tokens_per_second", b.tps}, {"peak_rss_mb", b.rss_mb},
                             {"load_ms", b.load_ms}, {"reload_ms", b.reload_ms < 1e299 ? b.reload_ms : 0.0},
@@ -591,7 +583,7 @@ int main(int argc, char** argv) {
       for (const std::string& fmt : formats)
         std::printf("  %s decode %.1fx PyTorch\n", fmt.c_str(), best[fmt].tps / pd);
     }
-    std::printf("llama.cpp prefill of 300 tokens on this kind of machine: 120-154 tok/s (SPEC.md)\n");
+    std::printf("llama.cpp on the same decoder, alternated with this binary: bench/llama_cpp/run.sh\n");
     std::printf("%s\n", out.dump().c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_engine: %s\n", e.what());
