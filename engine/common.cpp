@@ -1,4 +1,5 @@
 #include "engine/common.h"
+#include "engine/thread_buffer.h"
 
 #include <sys/stat.h>
 
@@ -6,6 +7,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <new>
 #include <sstream>
 
 namespace firstread::engine {
@@ -33,6 +35,18 @@ std::string join_path(const std::string& dir, const std::string& name) {
 double now_ms() {
   using namespace std::chrono;
   return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+ThreadBuffer::~ThreadBuffer() { ::operator delete[](p_, std::align_val_t(64)); }
+
+uint8_t* ThreadBuffer::get(int64_t bytes) {
+  if (bytes > cap_) {
+    ::operator delete[](p_, std::align_val_t(64));
+    p_ = nullptr;
+    p_ = static_cast<uint8_t*>(::operator new[](size_t(bytes), std::align_val_t(64)));
+    cap_ = bytes;
+  }
+  return p_;
 }
 
 }  // namespace firstread::engine

@@ -33,17 +33,73 @@ bool request_tile_permission() {
   return (mask >> kXfeatureXtiledata) & 1;
 }
 
-bool has_gemm(int /*kind*/) { return false; }
+namespace bf16 {  // gemm_amx_bf16.cpp: F32 / F16 / BF16 weights on AMX-BF16
+int64_t pack_tiles(int64_t m);
+int64_t pack_bytes(int64_t m, int64_t k);
+void pack(const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
+int64_t unit_rows();
+void run(int kind, const void* w, int64_t k, const uint8_t* packed, int64_t m, float* y, int64_t ldy, int64_t n0,
+         int64_t n1);
+}  // namespace bf16
+
+namespace {
+enum Kind { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8 = 3, kQ4 = 4 };  // = DType's order (safetensors.h)
+}  // namespace
+
+// Each entry point is a switch per weight kind: one case per GEMM file.
+bool has_gemm(int kind) {
+  switch (kind) {
+    case kF32:
+    case kF16:
+    case kBF16: return true;
+    default: return false;
+  }
+}
 
 [[noreturn]] static void no_gemm(int kind) {
   throw std::logic_error("amx: no tile GEMM for weight kind " + std::to_string(kind));
 }
-int64_t gemm_pack_bytes(int kind, int64_t, int64_t) { no_gemm(kind); }
-int64_t gemm_pack_tiles(int kind, int64_t) { no_gemm(kind); }
-void gemm_pack(int kind, const float*, int64_t, int64_t, uint8_t*, int64_t, int64_t) { no_gemm(kind); }
-int64_t gemm_unit_rows(int kind) { no_gemm(kind); }
-void gemm_run(int kind, const void*, int64_t, int64_t, const uint8_t*, int64_t, float*, int64_t, int64_t, int64_t) {
-  no_gemm(kind);
+
+int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k) {
+  switch (kind) {
+    case kF32:
+    case kF16:
+    case kBF16: return bf16::pack_bytes(m, k);
+    default: no_gemm(kind);
+  }
+}
+int64_t gemm_pack_tiles(int kind, int64_t m) {
+  switch (kind) {
+    case kF32:
+    case kF16:
+    case kBF16: return bf16::pack_tiles(m);
+    default: no_gemm(kind);
+  }
+}
+void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1) {
+  switch (kind) {
+    case kF32:
+    case kF16:
+    case kBF16: return bf16::pack(x, m, k, dst, t0, t1);
+    default: no_gemm(kind);
+  }
+}
+int64_t gemm_unit_rows(int kind) {
+  switch (kind) {
+    case kF32:
+    case kF16:
+    case kBF16: return bf16::unit_rows();
+    default: no_gemm(kind);
+  }
+}
+void gemm_run(int kind, const void* w, int64_t /*n_rows*/, int64_t k, const uint8_t* packed, int64_t m, float* y,
+              int64_t ldy, int64_t n0, int64_t n1) {
+  switch (kind) {
+    case kF32:
+    case kF16:
+    case kBF16: return bf16::run(kind, w, k, packed, m, y, ldy, n0, n1);
+    default: no_gemm(kind);
+  }
 }
 
 }  // namespace firstread::engine::amx

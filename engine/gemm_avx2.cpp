@@ -43,9 +43,9 @@
 
 #include <cstdint>
 #include <cstring>
-#include <new>
 
 #include "engine/qlayout.h"
+#include "engine/thread_buffer.h"
 
 namespace firstread::engine::avx2 {
 // kernels_avx2.cpp: x[32 n_blocks] to n_blocks activation blocks (engine::BlockQ8Act).
@@ -257,21 +257,6 @@ inline void q4_tile(const uint8_t* panel, int64_t panel_row, const uint8_t* act,
 
 // ------------------------------------------------------------------ driver
 
-// The calling thread's panel (grows to the largest seen, then stays: no allocation per product).
-struct PanelStore {
-  uint8_t* p = nullptr;
-  int64_t cap = 0;
-  ~PanelStore() { ::operator delete[](p, std::align_val_t(64)); }
-  uint8_t* get(int64_t bytes) {
-    if (bytes > cap) {
-      ::operator delete[](p, std::align_val_t(64));
-      p = static_cast<uint8_t*>(::operator new[](size_t(bytes), std::align_val_t(64)));
-      cap = bytes;
-    }
-    return p;
-  }
-};
-
 // G activation rows from row i0 (sub-tile start: act points at it) against
 // the panel's R rows; results for the nvalid real weight rows and the rows
 // below m into y (added when `accumulate`: a later k-block).
@@ -303,7 +288,7 @@ void run_q(const uint8_t* w, int64_t n_rows, int64_t k, const uint8_t* packed, i
   const int64_t n_tiles = (m + kTile - 1) / kTile;
   const int64_t most = max64(1, kActChunkBudget / (kh_max * kTileHalf));
   const int64_t n_chunks = (n_tiles + most - 1) / most, chunk = (n_tiles + n_chunks - 1) / n_chunks;
-  static thread_local PanelStore store;
+  static thread_local ThreadBuffer store;
   const int64_t panel_row = kh_max * panel_half;
   uint8_t* panel = store.get(R * panel_row);
   for (int64_t t0 = 0; t0 < n_tiles; t0 += chunk) {

@@ -469,3 +469,59 @@ TEST(engine_kernels, AttentionHeadMatchesDoubleReferenceOnEveryPath) {
   }
   reset_kernel_path();
 }
+
+// The AMX-BF16 GEMM (amx path; F32 / F16 / BF16 weights) at its tile edges:
+// activation rows, weight rows and k that are no multiple of its 16-row
+// tiles, 2 x 2 C blocks and 32-wide k-blocks (1, 15, 17, 31, 33, 47 ...), a
+// single k-block, several, and widths (k = 4 100, F32 / F16 panels of 16 rows
+// at 258 KB) that cut a thread's features into several panel segments and
+// the activation tiles into several chunks. Every element against a double
+// product of the stored weights and the F32 activations, within 1e-5 x
+// (1 + sum |w x|): the hi + lo split of the activations (and of F16 / F32
+// weights) keeps about 16 bits; one BF16 rounding (2^-9) would miss it. The
+// output's guard elements stay untouched, and a fused product (q/k/v style,
+// one packed input, a bias) equals the single ones.
+TEST(engine_kernels, AmxHalfAndF32ProductsMatchDoubleAtTileEdges) {
+  if (!kernel_path_supported(KernelPath::Amx)) GTEST_SKIP() << "amx not on this CPU";
+  ThreadPool pool(2);
+  LinearScratch scratch;
+  const std::tuple<int, int, int> shapes[] = {{4, 1, 1},     {15, 17, 31},  {16, 16, 32},  {17, 33, 33},
+                                              {33, 47, 63},  {47, 15, 96},  {70, 64, 200}, {31, 100, 1030},
+                                              {70, 150, 4100}};
+  for (const auto& [m, rows, cols] : shapes) {
+    Mat w = random_mat(rows, cols, 11 + rows);
+    Mat x = random_mat(m, cols, 12 + m);
+    force_kernel_path(KernelPath::Amx);
+    for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
+      const void* data = dt == DType::F32 ? static_cast<const void*>(w.f32.data())
+                         : dt == DType::BF16 ? static_cast<const void*>(w.bf16.data())
+                                             : static_cast<const void*>(w.f16.data());
+      const WeightView wv{data, dt, rows, cols};
+      const std::string what = std::string(dtype_name(dt)) + " m " + std::to_string(m) + " rows " +
+                               std::to_string(rows) + " k " + std::to_string(cols);
+      const size_t guard = 19;
+      std::vector<float> y(size_t(m) * rows + guard, -7.f);
+      linear(pool, x.f32.data(), m, wv, nullptr, y.data(), scratch);
+      for (int t = 0; t < m; ++t)
+        for (int r = 0; r < rows; ++r) {
+          double s = 0, mag = 0;
+          for (int i = 0; i < cols; ++i) {
+            const size_t wi = size_t(r) * cols + i;
+            const double wr = dt == DType::F32 ? w.f32[wi] : dt == DType::BF16 ? bf16_to_f32(w.bf16[wi])
+                                                                               : f16_to_f32(w.f16[wi]);
+            s += wr * x.f32[size_t(t) * cols + i];
+            mag += std::fabs(wr * x.f32[size_t(t) * cols + i]);
+          }
+          ASSERT_NEAR(y[size_t(t) * rows + r], s, 1e-5 * (1 + mag)) << what << " row " << t << " col " << r;
+        }
+      for (size_t g = 0; g < guard; ++g) ASSERT_EQ(y[size_t(m) * rows + g], -7.f) << what << " wrote past the output";
+      std::vector<float> bias(rows, 0.25f), f1(size_t(m) * rows), f2(size_t(m) * rows);
+      linear_multi(pool, x.f32.data(), m, {{wv, nullptr, f1.data()}, {wv, bias.data(), f2.data()}}, scratch);
+      for (size_t i = 0; i < f1.size(); ++i) {
+        ASSERT_EQ(f1[i], y[i]) << what << " fused";
+        ASSERT_FLOAT_EQ(f2[i], y[i] + 0.25f) << what << " fused with bias";
+      }
+    }
+  }
+  reset_kernel_path();
+}

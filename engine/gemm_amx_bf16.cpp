@@ -1,0 +1,337 @@
+// AMX-BF16 GEMMs for batched products with F32, F16 and BF16 weights
+// (prefill, vision, projector): y[m][n] = sum_k x[m][k] * w[n][k] with
+// TDPBF16PS, a 16 x 16 x 32 BF16 tile product accumulated in F32.
+//
+// Accuracy: one BF16 rounding of the activations (2^-9) would miss the
+// engine's tolerance, so each F32 activation is split into hi = bf16(a) and
+// lo = bf16(a - hi) (16 significant bits together), and so is each F32 or F16
+// weight (an F16 weight is exactly hi + lo). Products per k-block:
+//   BF16 weights:      w * a_hi + w * a_lo                      (2 TDPBF16PS)
+//   F16 / F32 weights: w_hi * a_hi + w_hi * a_lo + w_lo * a_hi  (3; w_lo * a_lo ~ 2^-18 left out)
+//
+// Layout: the activations are the A operand (tile rows = activation rows, 32 k
+// each, packed once per product: hi and lo tiles of 16 rows per k-block, rows
+// past m and k past the width zero). The weights are the B operand, whose
+// rows are k pairs (VNNI layout: row p holds (w[n][2p], w[n][2p+1]) for 16
+// features n): each thread converts the weights of its features into such a
+// panel once per product (a 16 x 16 dword transpose per 16 features and
+// k-block, plus the hi / lo split for F16 / F32), then runs every activation
+// tile against it. So C = y's own layout [activation rows x features], stored
+// by TILESTORED straight into y, and the weights in memory stay as stored
+// (the decode rows read the same bytes). The alternative, weight rows as the A
+// operand straight from memory, needs no panel for BF16 but transposes every
+// output tile and still needs a converted panel for F16 / F32 and k tails.
+//
+// Tiles: C 2 x 2 (tmm0-3: activation tiles i, feature tiles j), A tmm4-5,
+// B tmm6-7; every tile 16 rows of 64 bytes; configured once per call, released
+// at the end of the call.
+//
+// This file alone is compiled with the AMX and AVX512-BF16 flags;
+// gemm_amx.cpp calls it only on the amx path (CPUID + the kernel's permission).
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "engine/thread_buffer.h"
+
+namespace firstread::engine::amx::bf16 {
+
+namespace {
+
+enum Kind { kF32 = 0, kF16 = 1, kBF16 = 2 };  // = DType's order (safetensors.h)
+
+constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
+constexpr int64_t kPanelBudget = 1 << 20;  // a thread's weight panel (one segment of its features)
+constexpr int64_t kActBudget = 1 << 20;    // activation tiles per chunk (with the panel block, in L2)
+
+// No std:: templates in this unit (see gemm_avx512.cpp): an out-of-line
+// instance compiled with these flags could be the one the linker keeps.
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+inline int64_t k_blocks(int64_t k) { return (k + 31) / 32; }
+// Bytes of one activation tile (16 rows): hi and lo per k-block.
+inline int64_t act_tile_bytes(int64_t k) { return k_blocks(k) * 2 * kTileBytes; }
+// Weight parts per k-block in the panel: hi only (BF16) or hi and lo.
+inline int weight_parts(int kind) { return kind == kBF16 ? 1 : 2; }
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+void configure_tiles() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof cfg);
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// 16 floats -> their BF16 (round to nearest even) and that BF16 as float.
+inline __m256i to_bf16(__m512 v, __m512& as_float) {
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+  as_float = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return h;
+}
+// hi = bf16(v), lo = bf16(v - hi), 16 values each.
+inline void split_bf16(__m512 v, __m256i& hi, __m256i& lo) {
+  __m512 hf, lf;
+  hi = to_bf16(v, hf);
+  lo = to_bf16(_mm512_sub_ps(v, hf), lf);
+}
+
+// Transposes 16 x 16 dwords in place: r[i] element j <-> r[j] element i.
+inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c
+    u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g + 0], t[4 * g + 2]);
+    u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g + 0], t[4 * g + 2]);
+    u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i w0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), w1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+    const __m512i w2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44),
+                  w3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+    r[0 + c] = _mm512_shuffle_i32x4(w0, w2, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(w0, w2, 0xDD);
+    r[8 + c] = _mm512_shuffle_i32x4(w1, w3, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(w1, w3, 0xDD);
+  }
+}
+
+// 32 weights [k0, k0 + 32) of one row (the part past k zero) as BF16 in k
+// order: hi, and for F16 / F32 lo.
+template <int KIND>
+inline void weight_row_bf16(const uint8_t* row, int64_t k0, int64_t k, __m512i& hi, __m512i& lo) {
+  const int64_t len = min64(32, k - k0);
+  const __mmask32 m32 = len == 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << len) - 1);
+  if (KIND == kBF16) {
+    hi = _mm512_maskz_loadu_epi16(m32, row + k0 * 2);
+    return;
+  }
+  __m512 v0, v1;
+  if (KIND == kF16) {
+    const __m512i h = _mm512_maskz_loadu_epi16(m32, row + k0 * 2);
+    v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+    v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+  } else {
+    const float* p = reinterpret_cast<const float*>(row) + k0;
+    v0 = _mm512_maskz_loadu_ps(__mmask16(m32 & 0xFFFF), p);
+    v1 = _mm512_maskz_loadu_ps(__mmask16(m32 >> 16), p + 16);
+  }
+  __m256i h0, l0, h1, l1;
+  split_bf16(v0, h0, l0);
+  split_bf16(v1, h1, l1);
+  hi = _mm512_inserti64x4(_mm512_castsi256_si512(h0), h1, 1);
+  lo = _mm512_inserti64x4(_mm512_castsi256_si512(l0), l1, 1);
+}
+
+// The panel of features [f0, f0 + nf) (nf <= 16; the rest zero): per k-block
+// kb, weight_parts B tiles (hi, lo) at panel + (kb * parts + part) * 1 KB.
+template <int KIND>
+void pack_weight_tile(const uint8_t* w, int64_t row_bytes, int64_t f0, int64_t nf, int64_t k, uint8_t* panel) {
+  constexpr int parts = KIND == kBF16 ? 1 : 2;
+  for (int64_t kb = 0; kb < k_blocks(k); ++kb) {
+    __m512i hi[16], lo[16];
+    for (int n = 0; n < 16; ++n) {
+      if (n < nf) {
+        weight_row_bf16<KIND>(w + (f0 + n) * row_bytes, kb * 32, k, hi[n], lo[n]);
+      } else {
+        hi[n] = _mm512_setzero_si512();
+        lo[n] = _mm512_setzero_si512();
+      }
+    }
+    transpose16(hi);
+    uint8_t* dst = panel + kb * parts * kTileBytes;
+    for (int p = 0; p < 16; ++p) _mm512_store_si512(dst + p * 64, hi[p]);
+    if (parts == 2) {
+      transpose16(lo);
+      for (int p = 0; p < 16; ++p) _mm512_store_si512(dst + kTileBytes + p * 64, lo[p]);
+    }
+  }
+}
+
+// C[i][j] += A[i] * B[j] for the loaded tiles (i < I, j < J).
+template <int I, int J>
+inline void products() {
+  _tile_dpbf16ps(0, 4, 6);
+  if (J > 1) _tile_dpbf16ps(1, 4, 7);
+  if (I > 1) _tile_dpbf16ps(2, 5, 6);
+  if (I > 1 && J > 1) _tile_dpbf16ps(3, 5, 7);
+}
+
+// I activation tiles (a, a_tile bytes apart) x J feature tiles (b, b_tile
+// apart) over all nkb k-blocks into C tmm0-3. (Slicing k so that a feature
+// pair's panel slice stays in L1, its C tiles spilled between slices, measured
+// 5-15 % slower: the tile loads from L2 keep up.)
+template <int I, int J, bool WLO>
+inline void tile_block(const uint8_t* a, int64_t a_tile, const uint8_t* b, int64_t b_tile, int64_t nkb) {
+  _tile_zero(0);
+  if (J > 1) _tile_zero(1);
+  if (I > 1) _tile_zero(2);
+  if (I > 1 && J > 1) _tile_zero(3);
+  constexpr int64_t b_step = (WLO ? 2 : 1) * kTileBytes;
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const uint8_t* ak = a + kb * 2 * kTileBytes;
+    const uint8_t* bk = b + kb * b_step;
+    _tile_loadd(6, bk, 64);
+    if (J > 1) _tile_loadd(7, bk + b_tile, 64);
+    _tile_loadd(4, ak, 64);
+    if (I > 1) _tile_loadd(5, ak + a_tile, 64);
+    products<I, J>();  // w_hi * a_hi
+    if (WLO) {
+      _tile_loadd(6, bk + kTileBytes, 64);
+      if (J > 1) _tile_loadd(7, bk + b_tile + kTileBytes, 64);
+      products<I, J>();  // w_lo * a_hi
+      _tile_loadd(6, bk, 64);
+      if (J > 1) _tile_loadd(7, bk + b_tile, 64);
+    }
+    _tile_loadd(4, ak + kTileBytes, 64);
+    if (I > 1) _tile_loadd(5, ak + a_tile + kTileBytes, 64);
+    products<I, J>();  // w_hi * a_lo
+  }
+}
+
+// TILESTORED of C tile c (GCC's intrinsic pastes the tile number into the
+// register name: a literal per case).
+inline void tile_store(int c, void* dst, int64_t stride) {
+  switch (c) {
+    case 0: _tile_stored(0, dst, stride); break;
+    case 1: _tile_stored(1, dst, stride); break;
+    case 2: _tile_stored(2, dst, stride); break;
+    default: _tile_stored(3, dst, stride); break;
+  }
+}
+
+// Stores C tile c (rows m0.., features f0..) into y: straight when whole,
+// else through a buffer, only the valid part.
+inline void store_c(int c, float* y, int64_t ldy, int64_t m0, int64_t m, int64_t f0, int64_t f1) {
+  const int64_t rows = min64(16, m - m0), cols = min64(16, f1 - f0);
+  if (rows <= 0 || cols <= 0) return;
+  if (rows == 16 && cols == 16) {
+    tile_store(c, y + m0 * ldy + f0, ldy * 4);
+    return;
+  }
+  alignas(64) float buf[16 * 16];
+  tile_store(c, buf, 64);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(y + (m0 + r) * ldy + f0, buf + r * 16, size_t(cols) * 4);
+}
+
+// One C block (activation rows m0.., features f0.. < f1) into y.
+template <int I, int J, bool WLO>
+inline void block_and_store(const uint8_t* a, int64_t a_tile, const uint8_t* b, int64_t b_tile, int64_t nkb, float* y,
+                            int64_t ldy, int64_t m0, int64_t m, int64_t f0, int64_t f1) {
+  tile_block<I, J, WLO>(a, a_tile, b, b_tile, nkb);
+  store_c(0, y, ldy, m0, m, f0, f1);
+  if (J > 1) store_c(1, y, ldy, m0, m, f0 + 16, f1);
+  if (I > 1) store_c(2, y, ldy, m0 + 16, m, f0, f1);
+  if (I > 1 && J > 1) store_c(3, y, ldy, m0 + 16, m, f0 + 16, f1);
+}
+
+// n split into near-equal parts of at most `most`, each a multiple of `unit`.
+inline int64_t even_part(int64_t n, int64_t most, int64_t unit) {
+  const int64_t parts = (n + most - 1) / most;
+  return (n + parts - 1) / parts + unit - 1 - ((n + parts - 1) / parts + unit - 1) % unit;
+}
+
+// Features [n0, n1) of w[n_rows][k] against every packed activation tile.
+// Per segment of features (its panel within kPanelBudget): convert the panel
+// once; then per chunk of activation tiles (within kActBudget), per pair of
+// feature tiles (its panel in L2), every pair of activation tiles.
+template <int KIND>
+void run_kind(const uint8_t* w, int64_t k, const uint8_t* packed, int64_t m, float* y, int64_t ldy, int64_t n0,
+              int64_t n1) {
+  constexpr bool wlo = KIND != kBF16;
+  const int64_t row_bytes = k * (KIND == kF32 ? 4 : 2), nkb = k_blocks(k);
+  const int64_t b_tile = nkb * weight_parts(KIND) * kTileBytes;  // one feature tile's panel
+  const int64_t a_tile = act_tile_bytes(k);
+  const int64_t n_tiles = (m + 15) / 16;
+  const int64_t seg = even_part(n1 - n0, max64(32, kPanelBudget / b_tile * 16), 32);
+  const int64_t chunk = even_part(n_tiles, max64(2, kActBudget / a_tile), 2);
+  static thread_local ThreadBuffer panel_store;
+  uint8_t* panel = panel_store.get((seg + 15) / 16 * b_tile);
+  configure_tiles();
+  for (int64_t s0 = n0; s0 < n1; s0 += seg) {
+    const int64_t s1 = min64(n1, s0 + seg), f_tiles = (s1 - s0 + 15) / 16;
+    for (int64_t f = 0; f < f_tiles; ++f)
+      pack_weight_tile<KIND>(w, row_bytes, s0 + f * 16, min64(16, s1 - s0 - f * 16), k, panel + f * b_tile);
+    for (int64_t c0 = 0; c0 < n_tiles; c0 += chunk) {
+      const int64_t c1 = min64(n_tiles, c0 + chunk);
+      for (int64_t f = 0; f < f_tiles; f += 2) {
+        const uint8_t* b = panel + f * b_tile;
+        const int64_t fa = s0 + f * 16;
+        const bool two_f = f + 1 < f_tiles;
+        for (int64_t t = c0; t < c1; t += 2) {
+          const uint8_t* a = packed + t * a_tile;
+          const bool two_t = t + 1 < c1;
+          if (two_t && two_f) block_and_store<2, 2, wlo>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, s1);
+          else if (two_t) block_and_store<2, 1, wlo>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, s1);
+          else if (two_f) block_and_store<1, 2, wlo>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, s1);
+          else block_and_store<1, 1, wlo>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, s1);
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+}  // namespace
+
+int64_t pack_tiles(int64_t m) { return (m + 15) / 16; }
+int64_t pack_bytes(int64_t m, int64_t k) { return pack_tiles(m) * act_tile_bytes(k); }
+
+// Activation tiles [t0, t1) of x[m][k]: per k-block a hi tile then a lo tile,
+// row i = activation row 16t + i, its 32 k in order (zero past m and k).
+void pack(const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1) {
+  const int64_t nkb = k_blocks(k);
+  for (int64_t t = t0; t < t1; ++t) {
+    uint8_t* tile = dst + t * act_tile_bytes(k);
+    for (int i = 0; i < 16; ++i) {
+      const int64_t row = t * 16 + i;
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        uint8_t* hi = tile + kb * 2 * kTileBytes + i * 64;
+        if (row >= m) {
+          std::memset(hi, 0, 64);
+          std::memset(hi + kTileBytes, 0, 64);
+          continue;
+        }
+        const int64_t len = min64(32, k - kb * 32);
+        const __mmask32 m32 = len == 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << len) - 1);
+        const float* p = x + row * k + kb * 32;
+        __m256i h0, l0, h1, l1;
+        split_bf16(_mm512_maskz_loadu_ps(__mmask16(m32 & 0xFFFF), p), h0, l0);
+        split_bf16(_mm512_maskz_loadu_ps(__mmask16(m32 >> 16), p + 16), h1, l1);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(hi), h0);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(hi + 32), h1);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(hi + kTileBytes), l0);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(hi + kTileBytes + 32), l1);
+      }
+    }
+  }
+}
+
+// Output features per task: two feature tiles (the C block's width).
+int64_t unit_rows() { return 32; }
+
+void run(int kind, const void* w, int64_t k, const uint8_t* packed, int64_t m, float* y, int64_t ldy, int64_t n0,
+         int64_t n1) {
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  if (kind == kBF16) run_kind<kBF16>(wb, k, packed, m, y, ldy, n0, n1);
+  else if (kind == kF16) run_kind<kF16>(wb, k, packed, m, y, ldy, n0, n1);
+  else run_kind<kF32>(wb, k, packed, m, y, ldy, n0, n1);
+}
+
+}  // namespace firstread::engine::amx::bf16
