@@ -87,6 +87,10 @@ void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int
 int64_t gemm_unit_rows(int kind);
 void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
               int64_t ldy, int64_t n0, int64_t n1);
+// Vision attention (QK^T and PV) on AMX-BF16 tiles (gemm_amx_bf16.cpp).
+int64_t attention_scratch_floats(int64_t n, int64_t hd);
+void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
+                    float* out, int64_t ldo, float* scratch);
 }  // namespace amx
 
 // ---------------------------------------------------------------- threads
@@ -922,11 +926,14 @@ void silu_mul(float* gate, const float* up, int64_t n) {
 }
 
 int64_t attention_scratch_floats(int64_t n, int64_t hd) {
-  return std::max(n * n, avx512::attention_scratch_floats(n, hd));
+  // (amx: only where the CPU has it; that unit is built with the AMX flags)
+  const int64_t amx_floats = kernel_path_supported(KernelPath::Amx) ? amx::attention_scratch_floats(n, hd) : 0;
+  return std::max({n * n, avx512::attention_scratch_floats(n, hd), amx_floats});
 }
 
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
                     float* out, int64_t ldo, float* scratch) {
+  if (kernel_path() == KernelPath::Amx) return amx::attention_head(q, k, v, ld, n, hd, scale, out, ldo, scratch);
   if (avx512_kernels()) return avx512::attention_head(q, k, v, ld, n, hd, scale, out, ldo, scratch);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(n), int(hd), scale, q, int(ld), k, int(ld), 0.f,
               scratch, int(n));

@@ -1,4 +1,4 @@
-// bench_gemm [--m 300] [--k 896] [--n 4864] [--threads 2] [--repeat 20] [--paths avx2,avx512]
+// bench_gemm [--m 300] [--k 896] [--n 4864] [--threads 2] [--repeat 20] [--paths avx2,avx512,amx]
 //            [--products gemm,rows,sgemm]
 // One batched product (the prefill / vision shape) per weight format and
 // kernel path, best of --repeat, in GFLOP/s (2*m*k*n / time). The paths
@@ -9,7 +9,10 @@
 // to F32 in 16 MB blocks per thread + single-threaded OpenBLAS sgemm per
 // thread on its slice of the output features (what linear() did for every
 // batched non-F32 product on the avx2 path before session 6, and still does
-// for BF16 / F16 there), alternated too. Not a CTest test.
+// for BF16 / F16 there), alternated too. With both avx512 and amx among the
+// paths, each format's amx GEMM is also given against the avx512 one (amx =
+// the AMX tile GEMM where gemm_amx*.cpp has one for the format, else the
+// avx512 GEMM again). Paths the CPU lacks are left out. Not a CTest test.
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -67,7 +70,7 @@ static double now_s() {
 int main(int argc, char** argv) {
   int64_t m = 300, k = 896, n = 4864;
   int threads = 2, repeat = 20;
-  std::string paths_arg = "avx2,avx512", formats_arg = "f32,bf16,f16,q8_0,q4_0", products_arg = "gemm";
+  std::string paths_arg = "avx2,avx512,amx", formats_arg = "f32,bf16,f16,q8_0,q4_0", products_arg = "gemm";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? argv[++i] : (char*)"0"; };
@@ -80,7 +83,7 @@ int main(int argc, char** argv) {
     else if (a == "--formats") formats_arg = next();
     else if (a == "--products") products_arg = next();
     else {
-      std::fprintf(stderr, "usage: bench_gemm [--m M] [--k K] [--n N] [--threads T] [--repeat R] [--paths avx2,avx512] [--formats f32,bf16,f16,q8_0,q4_0] [--products gemm,rows,sgemm]\n");
+      std::fprintf(stderr, "usage: bench_gemm [--m M] [--k K] [--n N] [--threads T] [--repeat R] [--paths avx2,avx512,amx] [--formats f32,bf16,f16,q8_0,q4_0] [--products gemm,rows,sgemm]\n");
       return 2;
     }
   }
@@ -163,5 +166,12 @@ int main(int argc, char** argv) {
                     kernel_path_name(p), best[key + "gemm"] * 1e3, best[key + "sgemm"] * 1e3,
                     best[key + "sgemm"] / best[key + "gemm"]);
     }
+  // The amx path's GEMM against the avx512 one (same alternated repetitions).
+  for (auto& [name, w] : fmts) {
+    const std::string a = name + " amx gemm", b = name + " avx512 gemm";
+    if (best.count(a) && best.count(b))
+      std::printf("%s amx vs avx512 GEMM: %.3f vs %.3f ms: %.2fx the speed\n", name.c_str(), best[a] * 1e3,
+                  best[b] * 1e3, best[b] / best[a]);
+  }
   return 0;
 }
