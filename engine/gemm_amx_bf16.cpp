@@ -30,9 +30,11 @@
 // gemm_amx.cpp calls it only on the amx path (CPUID + the kernel's permission).
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "engine/simd512_exp.h"
 #include "engine/thread_buffer.h"
 
 namespace firstread::engine::amx::bf16 {
@@ -352,26 +354,52 @@ void run(int kind, const void* w, int64_t k, const uint8_t* packed, int64_t m, f
 
 }  // namespace firstread::engine::amx::bf16
 
-namespace firstread::engine {
-void softmax_inplace(float* x, int64_t n);  // kernels.cpp (AVX2 exp)
-}
-
 namespace firstread::engine::amx {
 
 // ------------------------------------------------------------------ attention (vision)
 //
 // Non-causal attention of one head on the tiles: S = (scale q) K^T with K's
-// rows as F32 "weights" (3 products of the hi / lo split), a row softmax in
-// place, then out = P V with V transposed (hd rows of n) as the weights. S is
-// row-major [n x n]; P is packed from it like any activation.
+// rows as F32 "weights", then per query row the softmax's numerators e =
+// exp(s - max) written straight into P's packed tiles (hi / lo), out = P V
+// with V transposed (hd rows of n) as the weights, and each output row times
+// 1 / sum e. S is row-major [n x n].
 
 namespace {
 inline int64_t floats_64(int64_t bytes) { return (bytes + 63) / 64 * 16; }
+
+// Query row s[0 .. n) of S: e = exp(s - max) into its row of P's packed tile
+// (`row` = the tile + 64 * its row; hi then lo per k-block, zero past n);
+// returns 1 / sum e.
+float softmax_pack_row(const float* s, int64_t n, uint8_t* row) {
+  using simd512::exp16;
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 valid = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+    mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, valid, s + j));
+  }
+  const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t kb = 0; kb < bf16::k_blocks(n); ++kb)
+    for (int h = 0; h < 2; ++h) {
+      const int64_t j = kb * 32 + h * 16, left = n - j;
+      const __mmask16 valid = left >= 16 ? __mmask16(0xFFFF) : left > 0 ? __mmask16((1u << left) - 1) : __mmask16(0);
+      const __m512 e = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, s + j), vmax)));
+      sum = _mm512_add_ps(sum, e);
+      __m256i hi, lo;
+      bf16::split_bf16(e, hi, lo);
+      uint8_t* dst = row + kb * 2 * bf16::kTileBytes + h * 32;
+      _mm256_store_si256(reinterpret_cast<__m256i*>(dst), hi);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(dst + bf16::kTileBytes), lo);
+    }
+  return 1.f / _mm512_reduce_add_ps(sum);
+}
+
 }  // namespace
 
 int64_t attention_scratch_floats(int64_t n, int64_t hd) {
-  // 16 for the alignment of the start, then S, packed q, packed P, V^T.
-  return 16 + floats_64(n * n * 4) + floats_64(bf16::pack_bytes(n, hd)) + floats_64(bf16::pack_bytes(n, n)) + hd * n;
+  // 16 for the alignment of the start, then S, packed q, packed P, V^T, 1 / sums.
+  return 16 + floats_64(n * n * 4) + floats_64(bf16::pack_bytes(n, hd)) + floats_64(bf16::pack_bytes(n, n)) +
+         floats_64(hd * n * 4) + n;
 }
 
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
@@ -380,17 +408,26 @@ void attention_head(const float* q, const float* k, const float* v, int64_t ld, 
   uint8_t* qp = reinterpret_cast<uint8_t*>(s + floats_64(n * n * 4));
   uint8_t* pp = qp + floats_64(bf16::pack_bytes(n, hd)) * 4;
   float* vt = reinterpret_cast<float*>(pp + floats_64(bf16::pack_bytes(n, n)) * 4);
+  float* inv_sum = vt + floats_64(hd * n * 4);
   const int64_t tiles = bf16::pack_tiles(n);
   bf16::pack_rows(q, ld, n, hd, scale, qp, 0, tiles);
   // Both products with the fourth tile product (w_lo * a_lo): with 3 the unit
   // test's worst output error was 1.3e-5 of its 2e-5; the 4th on PV alone
   // 1.05e-5, on QK^T alone 1.3e-5, on both 8.3e-6.
   bf16::run_kind<bf16::kF32, 4>(reinterpret_cast<const uint8_t*>(k), ld * 4, hd, qp, n, s, n, 0, n);
-  for (int64_t i = 0; i < n; ++i) softmax_inplace(s + i * n, n);
-  bf16::pack_rows(s, n, n, n, 1.f, pp, 0, tiles);
+  const int64_t p_tile = bf16::act_tile_bytes(n);
+  for (int64_t i = 0; i < n; ++i) inv_sum[i] = softmax_pack_row(s + i * n, n, pp + i / 16 * p_tile + i % 16 * 64);
+  for (int64_t i = n; i < tiles * 16; ++i)  // the last tile's rows past n
+    for (int64_t kb = 0; kb < bf16::k_blocks(n); ++kb) {
+      uint8_t* dst = pp + i / 16 * p_tile + kb * 2 * bf16::kTileBytes + i % 16 * 64;
+      std::memset(dst, 0, 64);
+      std::memset(dst + bf16::kTileBytes, 0, 64);
+    }
   for (int64_t j = 0; j < n; ++j)
     for (int64_t c = 0; c < hd; ++c) vt[c * n + j] = v[j * ld + c];
   bf16::run_kind<bf16::kF32, 4>(reinterpret_cast<const uint8_t*>(vt), n * 4, n, pp, n, out, ldo, 0, hd);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < hd; ++c) out[i * ldo + c] *= inv_sum[i];
 }
 
 }  // namespace firstread::engine::amx
