@@ -257,21 +257,43 @@ inline int64_t even_part(int64_t n, int64_t most, int64_t unit) {
   return (n + parts - 1) / parts + unit - 1 - ((n + parts - 1) / parts + unit - 1) % unit;
 }
 
-// Features [n0, n1) of w[n_rows][k] against every packed activation tile.
-// Per segment of features (its panel within kPanelBudget): convert the panel
-// once; then per chunk of activation tiles (within kActBudget), per pair of
-// feature tiles (its panel in L2), every pair of activation tiles.
+// Feature tiles [0, f_tiles) of a converted panel (features f_first .. <
+// f_end, b_tile bytes per feature tile) against n_tiles packed activation
+// tiles (rows 0 .. m of y): per chunk of activation tiles (within
+// kActBudget), per pair of feature tiles (its panel in L2), every pair of
+// activation tiles. The tiles are configured by the caller.
+template <int P>
+void run_panel(const uint8_t* panel, int64_t b_tile, int64_t nkb, int64_t f_tiles, int64_t f_first, int64_t f_end,
+               const uint8_t* packed, int64_t a_tile, int64_t n_tiles, int64_t m, float* y, int64_t ldy) {
+  const int64_t chunk = even_part(n_tiles, max64(2, kActBudget / a_tile), 2);
+  for (int64_t c0 = 0; c0 < n_tiles; c0 += chunk) {
+    const int64_t c1 = min64(n_tiles, c0 + chunk);
+    for (int64_t f = 0; f < f_tiles; f += 2) {
+      const uint8_t* b = panel + f * b_tile;
+      const int64_t fa = f_first + f * 16;
+      const bool two_f = f + 1 < f_tiles;
+      for (int64_t t = c0; t < c1; t += 2) {
+        const uint8_t* a = packed + t * a_tile;
+        const bool two_t = t + 1 < c1;
+        if (two_t && two_f) block_and_store<2, 2, P>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, f_end);
+        else if (two_t) block_and_store<2, 1, P>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, f_end);
+        else if (two_f) block_and_store<1, 2, P>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, f_end);
+        else block_and_store<1, 1, P>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, f_end);
+      }
+    }
+  }
+}
+
+// Features [n0, n1) of w (rows row_bytes apart, k each) against every packed
+// activation tile: per segment of features (its panel within kPanelBudget)
+// the panel converted once, then run_panel.
 template <int KIND, int PRODUCTS = KIND == kBF16 ? 2 : 3>
 void run_kind(const uint8_t* w, int64_t row_bytes, int64_t k, const uint8_t* packed, int64_t m, float* y, int64_t ldy,
               int64_t n0, int64_t n1) {
   static_assert(KIND != kBF16 || PRODUCTS == 2, "a BF16 panel has no w_lo");
-  constexpr int P = PRODUCTS;
   const int64_t nkb = k_blocks(k);
   const int64_t b_tile = nkb * weight_parts(KIND) * kTileBytes;  // one feature tile's panel
-  const int64_t a_tile = act_tile_bytes(k);
-  const int64_t n_tiles = (m + 15) / 16;
   const int64_t seg = even_part(n1 - n0, max64(32, kPanelBudget / b_tile * 16), 32);
-  const int64_t chunk = even_part(n_tiles, max64(2, kActBudget / a_tile), 2);
   static thread_local ThreadBuffer panel_store;
   uint8_t* panel = panel_store.get((seg + 15) / 16 * b_tile);
   configure_tiles();
@@ -279,24 +301,34 @@ void run_kind(const uint8_t* w, int64_t row_bytes, int64_t k, const uint8_t* pac
     const int64_t s1 = min64(n1, s0 + seg), f_tiles = (s1 - s0 + 15) / 16;
     for (int64_t f = 0; f < f_tiles; ++f)
       pack_weight_tile<KIND>(w, row_bytes, s0 + f * 16, min64(16, s1 - s0 - f * 16), k, panel + f * b_tile);
-    for (int64_t c0 = 0; c0 < n_tiles; c0 += chunk) {
-      const int64_t c1 = min64(n_tiles, c0 + chunk);
-      for (int64_t f = 0; f < f_tiles; f += 2) {
-        const uint8_t* b = panel + f * b_tile;
-        const int64_t fa = s0 + f * 16;
-        const bool two_f = f + 1 < f_tiles;
-        for (int64_t t = c0; t < c1; t += 2) {
-          const uint8_t* a = packed + t * a_tile;
-          const bool two_t = t + 1 < c1;
-          if (two_t && two_f) block_and_store<2, 2, P>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, s1);
-          else if (two_t) block_and_store<2, 1, P>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, s1);
-          else if (two_f) block_and_store<1, 2, P>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, s1);
-          else block_and_store<1, 1, P>(a, a_tile, b, b_tile, nkb, y, ldy, t * 16, m, fa, s1);
-        }
-      }
-    }
+    run_panel<PRODUCTS>(panel, b_tile, nkb, f_tiles, s0, s1, packed, act_tile_bytes(k), (m + 15) / 16, m, y, ldy);
   }
   _tile_release();
+}
+
+// PV's panel straight from V (n keys x hd, rows ld floats apart): feature
+// tile f = head columns 16f.., k = the keys; B row p of k-block kb pairs keys
+// 32kb + 2p and + 1 per column (hi, then lo), zero past n and hd. The same
+// layout as pack_weight_tile<kF32> of V^T, without transposing V first.
+void pack_v_panel(const float* v, int64_t ld, int64_t n, int64_t hd, uint8_t* panel) {
+  const int64_t nkb = k_blocks(n), b_tile = nkb * 2 * kTileBytes;
+  for (int64_t f = 0; f * 16 < hd; ++f) {
+    const int64_t cols = min64(16, hd - f * 16);
+    const __mmask16 cmask = cols == 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+    for (int64_t kb = 0; kb < nkb; ++kb)
+      for (int p = 0; p < 16; ++p) {
+        const int64_t j = kb * 32 + 2 * p;
+        const __m512 x0 = j < n ? _mm512_maskz_loadu_ps(cmask, v + j * ld + f * 16) : _mm512_setzero_ps();
+        const __m512 x1 = j + 1 < n ? _mm512_maskz_loadu_ps(cmask, v + (j + 1) * ld + f * 16) : _mm512_setzero_ps();
+        __m256i h0, l0, h1, l1;
+        split_bf16(x0, h0, l0);
+        split_bf16(x1, h1, l1);
+        uint8_t* dst = panel + f * b_tile + kb * 2 * kTileBytes + p * 64;
+        _mm512_store_si512(dst, _mm512_or_si512(_mm512_cvtepu16_epi32(h0), _mm512_slli_epi32(_mm512_cvtepu16_epi32(h1), 16)));
+        _mm512_store_si512(dst + kTileBytes,
+                           _mm512_or_si512(_mm512_cvtepu16_epi32(l0), _mm512_slli_epi32(_mm512_cvtepu16_epi32(l1), 16)));
+      }
+  }
 }
 
 }  // namespace
@@ -358,13 +390,18 @@ namespace firstread::engine::amx {
 
 // ------------------------------------------------------------------ attention (vision)
 //
-// Non-causal attention of one head on the tiles: S = (scale q) K^T with K's
-// rows as F32 "weights", then per query row the softmax's numerators e =
-// exp(s - max) written straight into P's packed tiles (hi / lo), out = P V
-// with V transposed (hd rows of n) as the weights, and each output row times
-// 1 / sum e. S is row-major [n x n].
+// Non-causal attention of one head on the tiles, per block of kQueryTiles
+// query tiles so that the block's scores and probabilities stay in L2 with
+// both panels: S = (scale q) K^T with K's rows as F32 "weights" (panel built
+// once per head), then per query row the softmax's numerators e = exp(s -
+// max) written straight into P's packed tiles (hi / lo), out = P V (V's panel
+// built straight from V once per head), each output row times 1 / sum e.
+// Both products take the fourth tile product (w_lo * a_lo): with 3 the unit
+// test's worst output error was 1.3e-5 of its 2e-5; the 4th on PV alone
+// 1.05e-5, on QK^T alone 1.3e-5, on both 8.3e-6.
 
 namespace {
+constexpr int64_t kQueryTiles = 4;
 inline int64_t floats_64(int64_t bytes) { return (bytes + 63) / 64 * 16; }
 
 // Query row s[0 .. n) of S: e = exp(s - max) into its row of P's packed tile
@@ -394,40 +431,59 @@ float softmax_pack_row(const float* s, int64_t n, uint8_t* row) {
   return 1.f / _mm512_reduce_add_ps(sum);
 }
 
+// The scratch regions of attention_head (floats, each a multiple of 16).
+struct AttentionLayout {
+  int64_t q_packed, k_panel, v_panel, scores, p_packed, inv_sum;
+  AttentionLayout(int64_t n, int64_t hd)
+      : q_packed(floats_64(bf16::pack_bytes(n, hd))),
+        k_panel(floats_64((n + 15) / 16 * bf16::k_blocks(hd) * 2 * bf16::kTileBytes)),
+        v_panel(floats_64((hd + 15) / 16 * bf16::k_blocks(n) * 2 * bf16::kTileBytes)),
+        scores(floats_64(kQueryTiles * 16 * n * 4)),
+        p_packed(floats_64(kQueryTiles * bf16::act_tile_bytes(n))),
+        inv_sum(floats_64(kQueryTiles * 16 * 4)) {}
+  int64_t total() const { return 16 + q_packed + k_panel + v_panel + scores + p_packed + inv_sum; }
+};
+
 }  // namespace
 
-int64_t attention_scratch_floats(int64_t n, int64_t hd) {
-  // 16 for the alignment of the start, then S, packed q, packed P, V^T, 1 / sums.
-  return 16 + floats_64(n * n * 4) + floats_64(bf16::pack_bytes(n, hd)) + floats_64(bf16::pack_bytes(n, n)) +
-         floats_64(hd * n * 4) + n;
-}
+int64_t attention_scratch_floats(int64_t n, int64_t hd) { return AttentionLayout(n, hd).total(); }
 
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
                     float* out, int64_t ldo, float* scratch) {
-  float* s = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
-  uint8_t* qp = reinterpret_cast<uint8_t*>(s + floats_64(n * n * 4));
-  uint8_t* pp = qp + floats_64(bf16::pack_bytes(n, hd)) * 4;
-  float* vt = reinterpret_cast<float*>(pp + floats_64(bf16::pack_bytes(n, n)) * 4);
-  float* inv_sum = vt + floats_64(hd * n * 4);
-  const int64_t tiles = bf16::pack_tiles(n);
+  using bf16::min64;
+  const AttentionLayout L(n, hd);
+  float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
+  uint8_t* qp = reinterpret_cast<uint8_t*>(base);
+  uint8_t* k_panel = reinterpret_cast<uint8_t*>(base + L.q_packed);
+  uint8_t* v_panel = reinterpret_cast<uint8_t*>(base + L.q_packed + L.k_panel);
+  float* s = base + L.q_packed + L.k_panel + L.v_panel;
+  uint8_t* pp = reinterpret_cast<uint8_t*>(s + L.scores);
+  float* inv_sum = s + L.scores + L.p_packed;
+  const int64_t tiles = bf16::pack_tiles(n), nkb_q = bf16::k_blocks(hd), nkb_p = bf16::k_blocks(n);
+  const int64_t q_tile = bf16::act_tile_bytes(hd), p_tile = bf16::act_tile_bytes(n);
+  const int64_t k_tile = nkb_q * 2 * bf16::kTileBytes, v_tile = nkb_p * 2 * bf16::kTileBytes;
   bf16::pack_rows(q, ld, n, hd, scale, qp, 0, tiles);
-  // Both products with the fourth tile product (w_lo * a_lo): with 3 the unit
-  // test's worst output error was 1.3e-5 of its 2e-5; the 4th on PV alone
-  // 1.05e-5, on QK^T alone 1.3e-5, on both 8.3e-6.
-  bf16::run_kind<bf16::kF32, 4>(reinterpret_cast<const uint8_t*>(k), ld * 4, hd, qp, n, s, n, 0, n);
-  const int64_t p_tile = bf16::act_tile_bytes(n);
-  for (int64_t i = 0; i < n; ++i) inv_sum[i] = softmax_pack_row(s + i * n, n, pp + i / 16 * p_tile + i % 16 * 64);
-  for (int64_t i = n; i < tiles * 16; ++i)  // the last tile's rows past n
-    for (int64_t kb = 0; kb < bf16::k_blocks(n); ++kb) {
-      uint8_t* dst = pp + i / 16 * p_tile + kb * 2 * bf16::kTileBytes + i % 16 * 64;
-      std::memset(dst, 0, 64);
-      std::memset(dst + bf16::kTileBytes, 0, 64);
-    }
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t c = 0; c < hd; ++c) vt[c * n + j] = v[j * ld + c];
-  bf16::run_kind<bf16::kF32, 4>(reinterpret_cast<const uint8_t*>(vt), n * 4, n, pp, n, out, ldo, 0, hd);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < hd; ++c) out[i * ldo + c] *= inv_sum[i];
+  for (int64_t f = 0; f < tiles; ++f)
+    bf16::pack_weight_tile<bf16::kF32>(reinterpret_cast<const uint8_t*>(k), ld * 4, f * 16, min64(16, n - f * 16), hd,
+                                       k_panel + f * k_tile);
+  bf16::pack_v_panel(v, ld, n, hd, v_panel);
+  bf16::configure_tiles();
+  for (int64_t t0 = 0; t0 < tiles; t0 += kQueryTiles) {
+    const int64_t tb = min64(kQueryTiles, tiles - t0), rows = min64(tb * 16, n - t0 * 16);
+    bf16::run_panel<4>(k_panel, k_tile, nkb_q, tiles, 0, n, qp + t0 * q_tile, q_tile, tb, rows, s, n);
+    for (int64_t i = 0; i < rows; ++i) inv_sum[i] = softmax_pack_row(s + i * n, n, pp + i / 16 * p_tile + i % 16 * 64);
+    for (int64_t i = rows; i < tb * 16; ++i)  // the last tile's rows past n
+      for (int64_t kb = 0; kb < nkb_p; ++kb) {
+        uint8_t* dst = pp + i / 16 * p_tile + kb * 2 * bf16::kTileBytes + i % 16 * 64;
+        std::memset(dst, 0, 64);
+        std::memset(dst + bf16::kTileBytes, 0, 64);
+      }
+    float* o = out + t0 * 16 * ldo;
+    bf16::run_panel<4>(v_panel, v_tile, nkb_p, (hd + 15) / 16, 0, hd, pp, p_tile, tb, rows, o, ldo);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t c = 0; c < hd; ++c) o[i * ldo + c] *= inv_sum[i];
+  }
+  _tile_release();
 }
 
 }  // namespace firstread::engine::amx
