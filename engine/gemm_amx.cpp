@@ -42,6 +42,15 @@ void run(int kind, const void* w, int64_t k, const uint8_t* packed, int64_t m, f
          int64_t n1);
 }  // namespace bf16
 
+namespace int8 {  // gemm_amx_int8.cpp: Q8_0 / Q4_0 weights on AMX-INT8
+int64_t gemm_pack_bytes(int64_t m, int64_t k);
+int64_t gemm_pack_tiles(int64_t m);
+void gemm_pack(const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
+int64_t gemm_unit_rows();
+void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
+              int64_t ldy, int64_t n0, int64_t n1);
+}  // namespace int8
+
 namespace {
 enum Kind { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8 = 3, kQ4 = 4 };  // = DType's order (safetensors.h)
 }  // namespace
@@ -52,6 +61,8 @@ bool has_gemm(int kind) {
     case kF32:
     case kF16:
     case kBF16: return true;
+    case kQ8:
+    case kQ4: return true;
     default: return false;
   }
 }
@@ -65,6 +76,8 @@ int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k) {
     case kF32:
     case kF16:
     case kBF16: return bf16::pack_bytes(m, k);
+    case kQ8:
+    case kQ4: return int8::gemm_pack_bytes(m, k);
     default: no_gemm(kind);
   }
 }
@@ -73,6 +86,8 @@ int64_t gemm_pack_tiles(int kind, int64_t m) {
     case kF32:
     case kF16:
     case kBF16: return bf16::pack_tiles(m);
+    case kQ8:
+    case kQ4: return int8::gemm_pack_tiles(m);
     default: no_gemm(kind);
   }
 }
@@ -81,6 +96,8 @@ void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int
     case kF32:
     case kF16:
     case kBF16: return bf16::pack(x, m, k, dst, t0, t1);
+    case kQ8:
+    case kQ4: return int8::gemm_pack(x, m, k, dst, t0, t1);
     default: no_gemm(kind);
   }
 }
@@ -89,15 +106,19 @@ int64_t gemm_unit_rows(int kind) {
     case kF32:
     case kF16:
     case kBF16: return bf16::unit_rows();
+    case kQ8:
+    case kQ4: return int8::gemm_unit_rows();
     default: no_gemm(kind);
   }
 }
-void gemm_run(int kind, const void* w, int64_t /*n_rows*/, int64_t k, const uint8_t* packed, int64_t m, float* y,
+void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
               int64_t ldy, int64_t n0, int64_t n1) {
   switch (kind) {
     case kF32:
     case kF16:
     case kBF16: return bf16::run(kind, w, k, packed, m, y, ldy, n0, n1);
+    case kQ8:
+    case kQ4: return int8::gemm_run(kind, w, n_rows, k, packed, m, y, ldy, n0, n1);
     default: no_gemm(kind);
   }
 }
