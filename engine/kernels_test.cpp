@@ -363,17 +363,23 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
   }
 }
 
-// The int8 GEMMs (avx2, avx512) on a product that the avx2 one cuts into
+// The int8 GEMMs (avx2, avx512, amx) on a product that the avx2 one cuts into
 // several chunks of activation rows and two k-blocks (4 864 columns = 152
 // blocks = 9 full chunks + a short one of 8, i.e. 19 half chunks), with an
 // odd number of weight rows (the 2-row panel's tail) and activation rows that
 // are no multiple of its 3- or 4-row tile: every row equals the scalar
 // matvec of that activation row (same int8 input, same integer block sums)
 // up to float summation order. Also a width whose last chunk holds one block.
+// The AMX tile GEMM's edges: 16 x 16 C tiles with tails in m and n (13, 45,
+// 33 features; 250, 13, 4 rows), one block (no second C tile), an odd number
+// of blocks (the alternating C tiles end on the first), and 19 activation
+// tiles of 129 blocks split into two L2 chunks (10 + 9 tiles), so each
+// weight panel is unpacked once per chunk.
 TEST(engine_kernels, LargeQuantisedProductsMatchScalarMatvecAcrossBlocks) {
   ThreadPool pool(2);
   LinearScratch scratch;
-  for (const auto& [m, rows, cols] : {std::tuple<int, int, int>{250, 45, 4864}, {13, 9, 17 * 32}}) {
+  for (const auto& [m, rows, cols] : {std::tuple<int, int, int>{250, 45, 4864}, {13, 9, 17 * 32}, {4, 16, 32},
+                                      {32, 33, 64}, {300, 20, 129 * 32}}) {
     Mat w = random_mat(rows, cols, 8);
     Mat x = random_mat(m, cols, 9);
     for (DType t : {DType::Q8_0, DType::Q4_0}) {
@@ -386,6 +392,11 @@ TEST(engine_kernels, LargeQuantisedProductsMatchScalarMatvecAcrossBlocks) {
       for (KernelPath path : machine_paths()) {
         if (path == KernelPath::Scalar) continue;
         force_kernel_path(path);
+        if (path == KernelPath::Amx) {  // the product runs on tiles, not the avx512 GEMM
+          const std::string d = kernel_path_description();
+          ASSERT_NE(d.substr(0, d.find("; otherwise")).find(dtype_name(t)), std::string::npos) << d;
+        }
+        std::fill(got.begin(), got.end(), -1.f);
         linear(pool, x.f32.data(), m, wv, nullptr, got.data(), scratch);
         for (size_t i = 0; i < got.size(); ++i)
           ASSERT_NEAR(got[i], want[i], 1e-4 * (1 + std::fabs(want[i])))
