@@ -145,16 +145,21 @@ void unpack_panel(const uint8_t* const* rows, int64_t nb, uint8_t* panel) {
     transpose16(r);
     store_blocks(r, t, panel, c0, kScaleAt);
   }
-  // The tile loads below read the panel through asm that names no memory.
-  asm volatile("" ::: "memory");
 }
 
-// One block's tile product into C tile `C` (A tile `A`, B tile `B`).
+// A tile load whose asm names the 512 bytes it reads: GCC's _tile_loadd
+// names none, so the panel's stores just before could be moved past it.
+#define AMX_TILE_LOAD_512(T, src, stride)                                                             \
+  asm volatile("tileloadd (%1,%2,1), %%tmm" #T ::"m"(*reinterpret_cast<const uint8_t(*)[512]>(src)), \
+               "r"(src), "r"(int64_t(stride)))
+
+// One block's tile product into C tile `C` (A tile `A`, B tile `B`): both
+// operands are 512 bytes, A 32 bytes a row, B 64.
 #define AMX_Q_PRODUCT(C, A, B, act_block, panel_block) \
   do {                                                  \
     _tile_zero(C);                                      \
-    _tile_loadd(A, (act_block), 32);                    \
-    _tile_loadd(B, (panel_block), 64);                  \
+    AMX_TILE_LOAD_512(A, (act_block), 32);              \
+    AMX_TILE_LOAD_512(B, (panel_block), 64);            \
     _tile_dpbssd(C, A, B);                              \
   } while (0)
 
@@ -162,6 +167,7 @@ void unpack_panel(const uint8_t* const* rows, int64_t nb, uint8_t* panel) {
 inline void add_block(const int32_t (*sums)[16], const uint8_t* act_block, const uint8_t* panel_block, __m512 (&acc)[16]) {
   const __m512 dw = _mm512_load_ps(reinterpret_cast<const float*>(panel_block + kScaleAt));
   const float* dx = reinterpret_cast<const float*>(act_block + kScaleAt);
+#pragma GCC unroll 16
   for (int i = 0; i < 16; ++i)
     acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sums[i])), _mm512_mul_ps(dw, _mm512_set1_ps(dx[i])),
                              acc[i]);
@@ -171,22 +177,28 @@ inline void add_block(const int32_t (*sums)[16], const uint8_t* act_block, const
 // blocks; the rows < mvalid, features < nvalid written to y.
 void tile_row(const uint8_t* xt, const uint8_t* panel, int64_t nb, float* y, int64_t ldy, int64_t mvalid, int nvalid) {
   alignas(64) int32_t sums[2][16][16];
+  // In registers only if every index is a constant, so every loop over acc
+  // is unrolled (a store loop to mvalid kept it on the stack: a load and a
+  // store per row and block, though with no measurable cost here).
   __m512 acc[16];
+#pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   AMX_Q_PRODUCT(0, 2, 4, xt, panel);
   for (int64_t b = 0; b < nb; b += 2) {
     const uint8_t *x0 = xt + b * kBlockBytes, *p0 = panel + b * kBlockBytes;
     const bool has1 = b + 1 < nb;
-    if (has1) AMX_Q_PRODUCT(1, 3, 5, x0 + kBlockBytes, p0 + kBlockBytes);
     _tile_stored(0, sums[0], 64);
+    if (has1) AMX_Q_PRODUCT(1, 3, 5, x0 + kBlockBytes, p0 + kBlockBytes);
     add_block(sums[0], x0, p0, acc);
     if (!has1) break;
-    if (b + 2 < nb) AMX_Q_PRODUCT(0, 2, 4, x0 + 2 * kBlockBytes, p0 + 2 * kBlockBytes);
     _tile_stored(1, sums[1], 64);
+    if (b + 2 < nb) AMX_Q_PRODUCT(0, 2, 4, x0 + 2 * kBlockBytes, p0 + 2 * kBlockBytes);
     add_block(sums[1], x0 + kBlockBytes, p0 + kBlockBytes, acc);
   }
   const __mmask16 cols = nvalid == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nvalid) - 1);
-  for (int64_t i = 0; i < mvalid; ++i) _mm512_mask_storeu_ps(y + i * ldy, cols, acc[i]);
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i)
+    if (i < mvalid) _mm512_mask_storeu_ps(y + i * ldy, cols, acc[i]);
 }
 
 template <bool Q4>
