@@ -373,13 +373,13 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
 // The AMX tile GEMM's edges: 16 x 16 C tiles with tails in m and n (13, 45,
 // 33 features; 250, 13, 4 rows), one block (no second C tile), an odd number
 // of blocks (the alternating C tiles end on the first), and 19 activation
-// tiles of 129 blocks split into two L2 chunks (10 + 9 tiles), so each
-// weight panel is unpacked once per chunk.
+// tiles of 161 blocks (92 KB each) split into two 1.5 MB L2 chunks (10 + 9
+// tiles), so each weight panel is unpacked once per chunk.
 TEST(engine_kernels, LargeQuantisedProductsMatchScalarMatvecAcrossBlocks) {
   ThreadPool pool(2);
   LinearScratch scratch;
   for (const auto& [m, rows, cols] : {std::tuple<int, int, int>{250, 45, 4864}, {13, 9, 17 * 32}, {4, 16, 32},
-                                      {32, 33, 64}, {300, 20, 129 * 32}}) {
+                                      {32, 33, 64}, {300, 20, 161 * 32}}) {
     Mat w = random_mat(rows, cols, 8);
     Mat x = random_mat(m, cols, 9);
     for (DType t : {DType::Q8_0, DType::Q4_0}) {
