@@ -254,6 +254,103 @@ TEST_F(DatabaseTest, GroupCommitKeepsEveryValueAsSent) {
   }
 }
 
+// A group's rows move their studies once per group (migration 0012): what a
+// user reads afterwards (counts, modalities, patient attributes, the study
+// receiving again, the instance tallies) is what one recording per row gives.
+TEST_F(DatabaseTest, GroupCommitOfSeveralStudiesKeepsEveryStudySummaryRight) {
+  InstanceIndex index(pool());
+  ASSERT_TRUE(index.record(sample("1.2.7.1", "1.2.7")));
+  pool().transact([&](pqxx::work& txn) {
+    firstread::db::Jobs::enqueue(txn, "1.2.7", 1, "default", "demo", 2);
+    firstread::db::Studies::mark_assembled(txn, "1.2.7", 1, 1);
+  });
+  const auto before = pool().transact([](pqxx::work& txn) {
+    return txn.exec1("SELECT assembly_pending, last_received_at::text FROM firstread.studies WHERE study_uid = '1.2.7'");
+  });
+  ASSERT_FALSE(before[0].as<bool>()) << "assembled: no longer receiving";
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+
+  std::vector<InstanceRecord> sent;
+  for (int i = 0; i < 6; ++i) {
+    InstanceRecord r = sample("1.2.10." + std::to_string(i), "1.2.10");
+    r.modality = i % 3 == 0 ? "MR" : (i % 3 == 1 ? "CT" : "");
+    if (i == 0) r.patient_id = "";  // the study takes its patient ID from the next row that has one
+    if (i == 1) r.patient_id = "P10";
+    r.file_size = 100 + i;
+    sent.push_back(r);
+  }
+  for (int i = 0; i < 3; ++i) {
+    InstanceRecord r = sample("1.2.11." + std::to_string(i), "1.2.11");
+    r.modality = "US";
+    r.file_size = 1000;
+    sent.push_back(r);
+  }
+  InstanceRecord late = sample("1.2.7.2", "1.2.7");  // a late instance of the assembled study
+  late.modality = "SR";
+  sent.push_back(late);
+  // A resend of a row queued before it: submitted while the committer is still
+  // busy with the first row, it usually shares a group with its first copy (the
+  // row-by-row path); either way it must end as the row's second version.
+  InstanceRecord again = sample("1.2.10.3", "1.2.10");
+  again.file_size = 5000;
+  again.modality = "MR";
+
+  std::vector<std::future<firstread::db::GroupCommit::Committed>> results;
+  size_t largest_group = 0;
+  {
+    firstread::db::GroupCommit committer(index);
+    for (const auto& r : sent) results.push_back(committer.submit(r));
+    auto resend = committer.submit(again);
+    for (auto& f : results) {
+      const auto c = f.get();
+      EXPECT_TRUE(c.is_new);
+      largest_group = std::max(largest_group, c.group_rows);
+    }
+    EXPECT_FALSE(resend.get().is_new) << "the second copy refreshes the first";
+    // Ten rows more, all at once: a group without a duplicate (the set-wise path).
+    results.clear();
+    for (int i = 6; i < 16; ++i) {
+      InstanceRecord r = sample("1.2.10." + std::to_string(i), "1.2.10");
+      r.modality = "PT";
+      r.file_size = 10;
+      results.push_back(committer.submit(r));
+    }
+    for (auto& f : results) {
+      const auto c = f.get();
+      EXPECT_TRUE(c.is_new);
+      largest_group = std::max(largest_group, c.group_rows);
+    }
+  }
+  EXPECT_GE(largest_group, 2u) << "the rows never shared a transaction";
+  pool().transact([&](pqxx::work& txn) {
+    const auto rows = txn.exec_params(
+        "SELECT study_uid, instance_count, modalities::text, patient_id, assembly_pending,"
+        " last_received_at > $1::timestamptz FROM firstread.studies ORDER BY study_uid",
+        std::string(before[1].c_str()));
+    ASSERT_EQ(rows.size(), 3u);
+    EXPECT_EQ(std::string(rows[0][0].c_str()), "1.2.10");
+    EXPECT_EQ(rows[0][1].as<int>(), 16);
+    EXPECT_EQ(std::string(rows[0][2].c_str()), "{CT,MR,PT}");
+    EXPECT_EQ(std::string(rows[0][3].c_str()), "P10");
+    EXPECT_EQ(std::string(rows[1][0].c_str()), "1.2.11");
+    EXPECT_EQ(rows[1][1].as<int>(), 3);
+    EXPECT_EQ(std::string(rows[1][2].c_str()), "{US}");
+    EXPECT_EQ(std::string(rows[2][0].c_str()), "1.2.7");
+    EXPECT_EQ(rows[2][1].as<int>(), 2);
+    EXPECT_EQ(std::string(rows[2][2].c_str()), "{CT,SR}");
+    EXPECT_TRUE(rows[2][4].as<bool>()) << "a late instance makes its assembled study receive again";
+    EXPECT_TRUE(rows[2][5].as<bool>()) << "and moves its last reception";
+    const auto size = txn.exec1("SELECT file_size FROM firstread.instances WHERE sop_instance_uid = '1.2.10.3'");
+    EXPECT_EQ(size[0].as<long long>(), 5000) << "the resend's row";
+  });
+  firstread::db::Tallies tallies(pool());
+  int64_t instances = 0, bytes = 0;
+  for (const auto& t : tallies.read())
+    if (t.name == "instances") instances = t.n, bytes = t.amount;
+  EXPECT_EQ(instances, 1 + 6 + 3 + 1 + 10);
+  EXPECT_EQ(bytes, 1000 + (100 + 101 + 102 + 5000 + 104 + 105) + 3000 + 1000 + 100);
+}
+
 // The committer's transactions do not wait for their WAL flush: it keeps the
 // rows until the flush position read on its own session passes them, and
 // records them again when that session breaks. Where the server kept them

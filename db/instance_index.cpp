@@ -47,24 +47,21 @@ std::string array_literal(const std::vector<const InstanceRecord*>& records, con
 std::string optional_text(const std::optional<int>& v) { return v ? std::to_string(*v) : std::string(); }
 
 // Every record of a group in one statement, prepared once per session: the
-// rows travel as one array per column and are unnested in the order given
-// (instead of a UNION ALL of N calls with quoted literals, which PostgreSQL
-// parsed and planned anew for every group). The first branch reads the WAL
-// positions before any row is written; an Append runs its branches in order
-// and the function scan yields the arrays' elements in order, so each
-// record_instance call (volatile) sees the calls before it.
+// rows travel as one array per column (instead of a UNION ALL of N calls with
+// quoted literals, which PostgreSQL parsed and planned anew for every group)
+// and firstread.record_instances (migration 0012) records them set-wise: each
+// study row upserted and updated once per group, the instances in one INSERT,
+// or, where the group holds the same SOP Instance UID twice, one
+// record_instance call per row in the order given. The first branch reads the
+// WAL positions before any row is written: an Append runs its branches in
+// order.
 constexpr const char* kRecordRowsStatement = "firstread_record_rows";
 constexpr const char* kRecordRowsAfterWalPositions =
     " UNION ALL"
-    " SELECT r.k, firstread.record_instance(r.sop, r.series, r.study, r.sop_class, r.transfer_syntax, r.modality,"
-    " r.body_part, r.series_number, r.instance_number, r.rows, r.columns, r.frames, r.file_path, r.file_size,"
-    " r.calling_ae, r.patient_id, r.patient_name, r.accession_number, r.study_date), NULL::bigint, NULL::bigint"
-    " FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
-    " $9::int[], $10::int[], $11::int[], $12::int[], $13::int[], $14::text[], $15::bigint[], $16::text[],"
-    " $17::text[], $18::text[], $19::text[], $20::text[])"
-    " AS r(k, sop, series, study, sop_class, transfer_syntax, modality, body_part, series_number,"
-    " instance_number, rows, columns, frames, file_path, file_size, calling_ae, patient_id, patient_name,"
-    " accession_number, study_date)";
+    " SELECT r.row_key, r.row_is_new, NULL::bigint, NULL::bigint"
+    " FROM firstread.record_instances($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+    " $7::text[], $8::text[], $9::int[], $10::int[], $11::int[], $12::int[], $13::int[], $14::text[], $15::bigint[],"
+    " $16::text[], $17::text[], $18::text[], $19::text[], $20::text[]) AS r";
 
 // Records several instances in one statement (one round trip), in order of
 // study and SOP Instance UID so that concurrent transactions (other nodes)
