@@ -48,13 +48,15 @@ std::string optional_text(const std::optional<int>& v) { return v ? std::to_stri
 
 // Every record of a group in one statement, prepared once per session: the
 // rows travel as one array per column (instead of a UNION ALL of N calls with
-// quoted literals, which PostgreSQL parsed and planned anew for every group)
-// and firstread.record_instances (migration 0012) records them set-wise: each
-// study row upserted and updated once per group, the instances in one INSERT,
-// or, where the group holds the same SOP Instance UID twice, one
-// record_instance call per row in the order given. The first branch reads the
-// WAL positions before any row is written: an Append runs its branches in
-// order.
+// quoted literals, which PostgreSQL parsed and planned anew for every group).
+// Two or more rows go to firstread.record_instances (migration 0012), which
+// records them set-wise: each study row upserted and updated once per group,
+// the instances in one INSERT (row by row where the group holds the same SOP
+// Instance UID twice). One row goes straight to record_instance: the set-wise
+// function's own overhead made a group of one 0.06-0.1 ms dearer
+// (bench/ingest/group_sql.sh). The first branch reads the WAL positions
+// before any row is written: an Append runs its branches in order, and the
+// function scan yields the arrays' elements in order.
 constexpr const char* kRecordRowsStatement = "firstread_record_rows";
 constexpr const char* kRecordRowsAfterWalPositions =
     " UNION ALL"
@@ -62,12 +64,24 @@ constexpr const char* kRecordRowsAfterWalPositions =
     " FROM firstread.record_instances($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
     " $7::text[], $8::text[], $9::int[], $10::int[], $11::int[], $12::int[], $13::int[], $14::text[], $15::bigint[],"
     " $16::text[], $17::text[], $18::text[], $19::text[], $20::text[]) AS r";
+constexpr const char* kRecordRowStatement = "firstread_record_row";
+constexpr const char* kRecordRowAfterWalPositions =
+    " UNION ALL"
+    " SELECT r.k, firstread.record_instance(r.sop, r.series, r.study, r.sop_class, r.transfer_syntax, r.modality,"
+    " r.body_part, r.series_number, r.instance_number, r.rows, r.columns, r.frames, r.file_path, r.file_size,"
+    " r.calling_ae, r.patient_id, r.patient_name, r.accession_number, r.study_date), NULL::bigint, NULL::bigint"
+    " FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+    " $9::int[], $10::int[], $11::int[], $12::int[], $13::int[], $14::text[], $15::bigint[], $16::text[],"
+    " $17::text[], $18::text[], $19::text[], $20::text[])"
+    " AS r(k, sop, series, study, sop_class, transfer_syntax, modality, body_part, series_number,"
+    " instance_number, rows, columns, frames, file_path, file_size, calling_ae, patient_id, patient_name,"
+    " accession_number, study_date)";
 
 // Records several instances in one statement (one round trip), in order of
 // study and SOP Instance UID so that concurrent transactions (other nodes)
 // lock the study rows in the same order; of the same SOP Instance UID twice,
 // the one given first is recorded first (an insert, then a refresh). The
-// session must have kRecordRowsStatement prepared. Returns, for each record in
+// session must have kRecordRowsStatement and kRecordRowStatement prepared. Returns, for each record in
 // the order given, whether it was new.
 std::vector<bool> record_rows(pqxx::work& tx, const std::vector<const InstanceRecord*>& records,
                               WalPositions& before) {
@@ -97,7 +111,7 @@ std::vector<bool> record_rows(pqxx::work& tx, const std::vector<const InstanceRe
   for (size_t k : order) keys += (keys.size() > 1 ? "," : "") + std::to_string(k);
   keys += "}";
   const pqxx::result rows = tx.exec_prepared(
-      kRecordRowsStatement, keys, text(&InstanceRecord::sop_instance_uid), text(&InstanceRecord::series_instance_uid),
+      records.size() > 1 ? kRecordRowsStatement : kRecordRowStatement, keys, text(&InstanceRecord::sop_instance_uid), text(&InstanceRecord::series_instance_uid),
       text(&InstanceRecord::study_uid), text(&InstanceRecord::sop_class_uid),
       text(&InstanceRecord::transfer_syntax_uid), nullable(&InstanceRecord::modality),
       nullable(&InstanceRecord::body_part), integer(&InstanceRecord::series_number),
@@ -246,8 +260,9 @@ pqxx::connection& GroupCommit::session() {
     // The commit point is the commit, not its flush: see the class comment.
     session_->set_variable("synchronous_commit", "off");
     session_->set_variable("application_name", "'firstread instance committer'");
-    session_->prepare(kRecordRowsStatement,
-                      std::string("SELECT -1 AS k, NULL::boolean AS is_new, ") + kWalPositions + kRecordRowsAfterWalPositions);
+    const std::string wal_positions = std::string("SELECT -1 AS k, NULL::boolean AS is_new, ") + kWalPositions;
+    session_->prepare(kRecordRowsStatement, wal_positions + kRecordRowsAfterWalPositions);
+    session_->prepare(kRecordRowStatement, wal_positions + kRecordRowAfterWalPositions);
   }
   return *session_;
 }

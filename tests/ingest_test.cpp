@@ -378,6 +378,15 @@ TEST(Ingest, KillDashNineLosesNoAcknowledgedInstance) {
     DcmFileFormat f;
     EXPECT_TRUE(f.loadFile((s.storage() + "/" + rows[0][0].c_str()).c_str()).good());
   }
+  // Groups were recorded set-wise (each study row moved once per group): after
+  // the kill, every study still lists as many instances as it has rows.
+  const auto drifting = t.exec(
+      "SELECT s.study_uid, s.instance_count, (SELECT count(*) FROM api.instances i WHERE i.study_uid = s.study_uid)"
+      " FROM api.studies s WHERE s.instance_count <>"
+      " (SELECT count(*) FROM api.instances i WHERE i.study_uid = s.study_uid)");
+  EXPECT_EQ(drifting.size(), 0u) << "study " << (drifting.empty() ? "" : drifting[0][0].c_str()) << " lists "
+                                 << (drifting.empty() ? "" : drifting[0][1].c_str()) << " instances, has "
+                                 << (drifting.empty() ? "" : drifting[0][2].c_str());
   EXPECT_TRUE(fs::is_empty(s.storage() + "/tmp"));
   std::cout << acknowledged.size() << " instances acknowledged before kill -9; all present after restart\n";
 }
