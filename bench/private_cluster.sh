@@ -2,11 +2,12 @@
 # Unix socket in a new temporary directory, with an empty database "firstread"
 # and a firstread.yaml pointing at it; stopped and removed when the script
 # exits. Sets work, psql (a psql command line) and url.
-# Usage: . bench/private_cluster.sh NAME BASE_PORT   (NAME names the directory)
+# Usage: cluster_name=NAME cluster_base_port=PORT; . bench/private_cluster.sh
+# (NAME names the directory; sh passes no arguments to a sourced file)
 pgbin=/usr/lib/postgresql/15/bin
-work=$(mktemp -d "/tmp/firstread-$1-XXXXXX")
+work=$(mktemp -d "/tmp/firstread-$cluster_name-XXXXXX")
 chmod 755 "$work"
-port=$(($2 + $$ % 2000))
+port=$((cluster_base_port + $$ % 2000))
 as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$1"; else sh -c "$1"; fi; }
 [ "$(id -u)" = 0 ] && chown postgres "$work"
 cleanup() { as_pg "$pgbin/pg_ctl -D $work/data -m fast stop" >/dev/null 2>&1 || true; rm -rf "$work"; }

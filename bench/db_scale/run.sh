@@ -11,7 +11,8 @@ set -eu
 build=$(realpath "${1:-build}")
 studies=${2:-1000000}
 here=$(dirname "$(realpath "$0")")
-. "$here/../private_cluster.sh" dbscale 26000
+cluster_name=dbscale cluster_base_port=26000
+. "$here/../private_cluster.sh"
 "$build/app/firstread" db migrate --config "$work/firstread.yaml"
 echo "uptime before: $(uptime)"
 "$build/bench/db_scale/bench_db_scale" "$url" "$build/app/firstread" "$work/firstread.yaml" "empty database"

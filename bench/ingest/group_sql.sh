@@ -10,7 +10,8 @@
 set -eu
 build=$(realpath "${1:-build}")
 here=$(dirname "$(realpath "$0")")
-. "$here/../private_cluster.sh" groupsql 28000
+cluster_name=groupsql cluster_base_port=28000
+. "$here/../private_cluster.sh"
 "$build/app/firstread" db migrate --config "$work/firstread.yaml"
 # Before 0012: one INSERT-or-DELETE row trigger.
 row_trigger="DROP TRIGGER instances_summary_on_insert ON firstread.instances;
