@@ -138,12 +138,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--per-modality", type=int, default=40)
+    ap.add_argument("--first", type=int, default=0,
+                    help="first held-out index (seed HELDOUT_BASE + FIRST): e.g. 40 for a selection set that "
+                         "leaves out bench/demo_accuracy's 40")
+    ap.add_argument("--modalities", default=",".join(phantoms.MODALITIES))
     args = ap.parse_args()
+    mods = args.modalities.split(",")
+    unknown = [m for m in mods if m not in phantoms.MODALITIES]
+    if unknown:
+        sys.exit("make_dicom: unknown modality %s (known: %s)" % (", ".join(unknown), ", ".join(phantoms.MODALITIES)))
     truth = []
     rng = np.random.RandomState(99)
-    for key in phantoms.MODALITIES:
+    for key in mods:
         os.makedirs(os.path.join(args.out, key), exist_ok=True)
-        for idx in range(args.per_modality):
+        for idx in range(args.first, args.first + args.per_modality):
             p = phantoms.make(key, phantoms.HELDOUT_BASE + idx)
             rel = os.path.join(key, "%03d.dcm" % idx)
             path = os.path.join(args.out, rel)

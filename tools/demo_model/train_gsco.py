@@ -102,7 +102,18 @@ def main():
     ap.add_argument("--per-modality", type=int, default=0, help="use only the first N images of each modality")
     ap.add_argument("--modality-weights", default="1,1,1,1",
                     help="sampling weight of chest,derm,fundus,endo images (chest has most to gain from GSCo)")
+    ap.add_argument("--label-weights", default="",
+                    help="label=w,...: an image with a finding of that label is drawn w times as often (the "
+                         "largest w of its findings), e.g. cardiomegaly=3: the images the generalist still reads "
+                         "against the specialists")
     args = ap.parse_args()
+    lw = {}
+    for kv in filter(None, args.label_weights.split(",")):
+        lab, w = kv.rsplit("=", 1)
+        if not any(lab in phantoms.FINDINGS[m_] for m_ in phantoms.MODALITIES):
+            raise SystemExit("train_gsco: --label-weights names %r, which is no finding label of %s"
+                             % (lab, ", ".join(phantoms.MODALITIES)))
+        lw[lab] = float(w)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.RandomState(args.seed)
@@ -146,7 +157,11 @@ def main():
         VT = torch.stack(vt)  # (2, n, T, d)
     flipped = [instruct.flip_findings(m["findings"]) for m in metas]
     mw = dict(zip(phantoms.MODALITIES, [float(x) for x in args.modality_weights.split(",")]))
-    pick = np.array([mw[m["modality"]] for m in metas])
+    pick = np.array([mw[m["modality"]] * max([lw.get(f["label"], 1.0) for f in m["findings"]] or [1.0])
+                     for m in metas])
+    if lw:
+        print("gsco fine-tune: --label-weights %s: %d of %d images drawn more often" % (
+            args.label_weights, int((pick != np.array([mw[m["modality"]] for m in metas])).sum()), n), flush=True)
     pick /= pick.sum()
     print("gsco fine-tune: %d images, image tokens computed in %.0f s" % (n, time.time() - t0), flush=True)
 
