@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "engine/amx_tiles.h"
 #include "engine/simd512_exp.h"
 #include "engine/thread_buffer.h"
 
@@ -58,24 +59,11 @@ inline int64_t act_tile_bytes(int64_t k) { return k_blocks(k) * 2 * kTileBytes; 
 // Weight parts per k-block in the panel: hi only (BF16) or hi and lo.
 inline int weight_parts(int kind) { return kind == kBF16 ? 1 : 2; }
 
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
+// tmm0..7 all 16 rows x 64 bytes (amx_tiles.h: why a constant object).
+alignas(64) const TileConfig kTileConfig = {
+    1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0}, {16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0}};
 
-void configure_tiles() {
-  TileConfig cfg;
-  std::memset(&cfg, 0, sizeof cfg);
-  cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
+void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 
 // 16 floats -> their BF16 (round to nearest even) and that BF16 as float.
 inline __m256i to_bf16(__m512 v, __m512& as_float) {

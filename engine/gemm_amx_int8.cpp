@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "engine/amx_tiles.h"
 #include "engine/qlayout.h"
 #include "engine/thread_buffer.h"
 
@@ -73,16 +74,8 @@ inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 constexpr int64_t kChunkBudget = 3 << 19;
 
 // ldtilecfg's operand (palette 1): tmm0 / tmm1 the C tiles (16 x 64 bytes),
-// tmm2 / tmm3 the A tiles (16 x 32), tmm4 / tmm5 the B tiles (8 x 64). A
-// constant object: GCC's _tile_loadconfig names only its first bytes as read,
-// so stores into a local one could be dropped.
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
+// tmm2 / tmm3 the A tiles (16 x 32), tmm4 / tmm5 the B tiles (8 x 64)
+// (amx_tiles.h: why a constant object).
 alignas(64) const TileConfig kTileConfig = {
     1, 0, {}, {64, 64, 32, 32, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, {16, 16, 16, 16, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}};
 
