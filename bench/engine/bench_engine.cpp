@@ -525,8 +525,12 @@ int main(int argc, char** argv) {
 
     std::printf("machine: %d threads, sgemm %.1f GFLOP/s, read bandwidth %.1f GB/s (best of before and after)\n",
                 threads, gflops, gbps);
-    std::printf("model: %s (decoder %.0f M weights read per token; vision stays BF16 in int8/int4)\n", dir.c_str(),
-                decode_params / 1e6);
+    // --vision-weights auto keeps the vision encoder as stored (BF16 for the bench model) under an int8/int4
+    // decoder and follows the decoder's format otherwise (parse_vision_weight_format).
+    std::printf("model: %s (decoder %.0f M weights read per token; vision weights %s)\n", dir.c_str(),
+                decode_params / 1e6,
+                g_vision_weights == "auto" ? "auto: as stored under int8/int4, as the decoder otherwise"
+                                           : g_vision_weights.c_str());
     json out = {{"threads", threads}, {"repeat", repeat}, {"sgemm_gflops", gflops}, {"bandwidth_gbps", gbps}};
     std::string tv, tp, td;
     double pv = 0, pp = 0, pd = 0;
