@@ -33,16 +33,18 @@ bool request_tile_permission() {
   return (mask >> kXfeatureXtiledata) & 1;
 }
 
-namespace bf16 {  // gemm_amx_bf16.cpp: F32 / F16 / BF16 weights on AMX-BF16
+namespace bf16 {  // gemm_amx_bf16.cpp: F32 / F16 / BF16 (and Q8_0 / Q4_0 from 128 rows) on AMX-BF16
 int64_t pack_tiles(int64_t m);
 int64_t pack_bytes(int64_t m, int64_t k);
 void pack(const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
 int64_t unit_rows();
 void run(int kind, const void* w, int64_t k, const uint8_t* packed, int64_t m, float* y, int64_t ldy, int64_t n0,
          int64_t n1);
+int64_t pack_hi_bytes(int64_t m, int64_t k);
+void pack_hi(const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
 }  // namespace bf16
 
-namespace int8 {  // gemm_amx_int8.cpp: Q8_0 / Q4_0 weights on AMX-INT8
+namespace int8 {  // gemm_amx_int8.cpp: Q8_0 / Q4_0 weights on AMX-INT8 (below 128 rows)
 int64_t gemm_pack_bytes(int64_t m, int64_t k);
 int64_t gemm_pack_tiles(int64_t m);
 void gemm_pack(const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1);
@@ -53,6 +55,15 @@ void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t*
 
 namespace {
 enum Kind { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8 = 3, kQ4 = 4 };  // = DType's order (safetensors.h)
+}  // namespace
+
+namespace {
+// Activation rows from which a Q8_0 / Q4_0 product runs on BF16 tiles: the
+// panel's dequantisation (once per product) then costs less than the int8
+// unit's per-block epilogue saves (bench_gemm at k = 896, n = 4 864: even
+// near 96-128 rows, ahead from 192; engine/README.md "AMX-INT8 GEMM").
+constexpr int64_t kQuantBf16MinRows = 128;
+bool q_on_bf16(int64_t m) { return m >= kQuantBf16MinRows; }
 }  // namespace
 
 // Each entry point is a switch per weight kind: one case per GEMM file.
@@ -77,7 +88,7 @@ int64_t gemm_pack_bytes(int kind, int64_t m, int64_t k) {
     case kF16:
     case kBF16: return bf16::pack_bytes(m, k);
     case kQ8:
-    case kQ4: return int8::gemm_pack_bytes(m, k);
+    case kQ4: return q_on_bf16(m) ? bf16::pack_hi_bytes(m, k) : int8::gemm_pack_bytes(m, k);
     default: no_gemm(kind);
   }
 }
@@ -97,7 +108,7 @@ void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int
     case kF16:
     case kBF16: return bf16::pack(x, m, k, dst, t0, t1);
     case kQ8:
-    case kQ4: return int8::gemm_pack(x, m, k, dst, t0, t1);
+    case kQ4: return q_on_bf16(m) ? bf16::pack_hi(x, m, k, dst, t0, t1) : int8::gemm_pack(x, m, k, dst, t0, t1);
     default: no_gemm(kind);
   }
 }
@@ -107,7 +118,7 @@ int64_t gemm_unit_rows(int kind) {
     case kF16:
     case kBF16: return bf16::unit_rows();
     case kQ8:
-    case kQ4: return int8::gemm_unit_rows();
+    case kQ4: return bf16::unit_rows();
     default: no_gemm(kind);
   }
 }
@@ -118,9 +129,15 @@ void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t*
     case kF16:
     case kBF16: return bf16::run(kind, w, k, packed, m, y, ldy, n0, n1);
     case kQ8:
-    case kQ4: return int8::gemm_run(kind, w, n_rows, k, packed, m, y, ldy, n0, n1);
+    case kQ4:
+      return q_on_bf16(m) ? bf16::run(kind, w, k, packed, m, y, ldy, n0, n1)
+                          : int8::gemm_run(kind, w, n_rows, k, packed, m, y, ldy, n0, n1);
     default: no_gemm(kind);
   }
 }
 
 }  // namespace firstread::engine::amx
+
+namespace firstread::engine {
+bool amx_quant_on_bf16_tiles(int64_t m) { return amx::q_on_bf16(m); }
+}  // namespace firstread::engine

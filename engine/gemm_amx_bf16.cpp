@@ -1,6 +1,15 @@
 // AMX-BF16 GEMMs for batched products with F32, F16 and BF16 weights
-// (prefill, vision, projector): y[m][n] = sum_k x[m][k] * w[n][k] with
-// TDPBF16PS, a 16 x 16 x 32 BF16 tile product accumulated in F32.
+// (prefill, vision, projector), and with Q8_0 / Q4_0 weights from 128
+// activation rows (gemm_amx.cpp chooses; fewer rows run on AMX-INT8):
+// y[m][n] = sum_k x[m][k] * w[n][k] with TDPBF16PS, a 16 x 16 x 32 BF16 tile
+// product accumulated in F32.
+//
+// Q8_0 / Q4_0: each thread dequantises its features once per product into a
+// BF16 panel of the same layout as a BF16 weight's (bf16(q * d), see
+// pack_quant_tile), and the activations are packed as hi tiles only: one
+// TDPBF16PS per 32-block and C tile, no per-block scale epilogue. Both
+// roundings (2^-9 each) are of the order of the int8 path's activation
+// quantisation (amax / 254 of the block); engine/README.md "AMX-INT8 GEMM".
 //
 // Accuracy: one BF16 rounding of the activations (2^-9) would miss the
 // engine's tolerance, so each F32 activation is split into hi = bf16(a) and
@@ -35,6 +44,7 @@
 #include <cstring>
 
 #include "engine/amx_tiles.h"
+#include "engine/qlayout.h"
 #include "engine/simd512_exp.h"
 #include "engine/thread_buffer.h"
 
@@ -42,7 +52,7 @@ namespace firstread::engine::amx::bf16 {
 
 namespace {
 
-enum Kind { kF32 = 0, kF16 = 1, kBF16 = 2 };  // = DType's order (safetensors.h)
+enum Kind { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8 = 3, kQ4 = 4 };  // = DType's order (safetensors.h)
 
 constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
 constexpr int64_t kPanelBudget = 1 << 20;  // a thread's weight panel (one segment of its features)
@@ -56,8 +66,10 @@ inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int64_t k_blocks(int64_t k) { return (k + 31) / 32; }
 // Bytes of one activation tile (16 rows): hi and lo per k-block.
 inline int64_t act_tile_bytes(int64_t k) { return k_blocks(k) * 2 * kTileBytes; }
-// Weight parts per k-block in the panel: hi only (BF16) or hi and lo.
-inline int weight_parts(int kind) { return kind == kBF16 ? 1 : 2; }
+// The same with hi only (the Q8_0 / Q4_0 products: see run_quant).
+inline int64_t act_hi_tile_bytes(int64_t k) { return k_blocks(k) * kTileBytes; }
+// Weight parts per k-block in the panel: hi only (BF16, Q8_0 / Q4_0) or hi and lo.
+constexpr int weight_parts(int kind) { return kind == kF32 || kind == kF16 ? 2 : 1; }
 
 // tmm0..7 all 16 rows x 64 bytes (amx_tiles.h: why a constant object).
 alignas(64) const TileConfig kTileConfig = {
@@ -154,6 +166,82 @@ void pack_weight_tile(const uint8_t* w, int64_t row_bytes, int64_t f0, int64_t n
   }
 }
 
+// ---- Q8_0 / Q4_0 weights: dequantised once per product into a BF16 panel.
+//
+// Each weight becomes bf16(q * d) (q the signed quant, exact in BF16; d the
+// block's FP16 scale as F32), rounded to nearest even like a BF16 weight, so
+// the tile product needs no per-block scale and no epilogue (the AMX-INT8
+// unit's per-block TILESTORED + scale epilogue cost more than its TDPBSSD).
+
+// Stored 4-byte group of 16 weight rows (rows[j]) for the t blocks of the
+// chunk at block c0, signed bytes, transposed: r[l] = block c0 + l, lane j =
+// feature j, 4 consecutive weights of the group per lane. Q4_0 byte group h
+// gives groups h (low nibbles) and h + 4 (high, in hi4).
+template <bool Q4>
+inline void load_groups(const uint8_t* const* rows, int64_t at, __mmask16 m, __m512i (&r)[16], __m512i (&hi4)[16]) {
+  for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_epi32(m, rows[j] + at);
+  if (!Q4) {
+    const __m512i sign = _mm512_set1_epi8(int8_t(0x80));  // stored q + 128
+    for (int j = 0; j < 16; ++j) r[j] = _mm512_xor_si512(r[j], sign);
+  } else {
+    const __m512i lo4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+    for (int j = 0; j < 16; ++j) {
+      hi4[j] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4), eight);
+      r[j] = _mm512_sub_epi8(_mm512_and_si512(r[j], lo4), eight);
+    }
+    transpose16(hi4);
+  }
+  transpose16(r);
+}
+
+// One group of one block: 16 features x 4 signed weights (dword lanes) times
+// the features' scales `d` -> B rows 2g and 2g + 1 (pairs of consecutive k
+// per feature, BF16, round to nearest even) at `dst` (B row 2g).
+inline void store_group_bf16(__m512i q, __m512 d, uint8_t* dst) {
+  // Pair (a, b) of BF16 vectors as cvtne2ps gives them ([a 0..15 | b 0..15])
+  // -> per lane n the dword (a[n], b[n]).
+  const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512 w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(q, 24), 24)), d);
+  const __m512 w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(q, 16), 24)), d);
+  const __m512 w2 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(q, 8), 24)), d);
+  const __m512 w3 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(q, 24)), d);
+  _mm512_store_si512(dst, _mm512_permutexvar_epi16(pairs, (__m512i)_mm512_cvtne2ps_pbh(w1, w0)));
+  _mm512_store_si512(dst + 64, _mm512_permutexvar_epi16(pairs, (__m512i)_mm512_cvtne2ps_pbh(w3, w2)));
+}
+
+// The BF16 panel of features [f0, f0 + nf) (nf <= 16; rows past nf repeat the
+// last one: valid memory, their outputs never stored) of a Q8_0 / Q4_0
+// matrix in the interleaved layout (qlayout.h): per 32-block kb one B tile
+// at panel + kb * 1 KB. Per chunk of 16 blocks: the 16 rows' scales and each
+// stored 4-byte group are transposed to lane = feature, then converted.
+template <bool Q4>
+void pack_quant_tile(const uint8_t* w, int64_t row_bytes, int64_t nb, int64_t f0, int64_t nf, uint8_t* panel) {
+  constexpr int64_t bsz = Q4 ? qlayout::kQ4Bytes : qlayout::kQ8Bytes;
+  const uint8_t* rows[16];
+  for (int j = 0; j < 16; ++j) rows[j] = w + (f0 + min64(j, nf - 1)) * row_bytes;
+  for (int64_t c0 = 0; c0 < nb; c0 += qlayout::kChunk) {
+    const int t = qlayout::chunk_blocks(nb, c0);
+    const __mmask16 m = t == qlayout::kChunk ? __mmask16(0xFFFF) : __mmask16((1u << t) - 1);
+    const int64_t chunk_at = c0 * bsz;
+    __m512i r[16], hi4[16];
+    for (int j = 0; j < 16; ++j)
+      r[j] = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, rows[j] + chunk_at + (Q4 ? 16 : 32) * t)));
+    transpose16(r);
+    alignas(64) float scales[16][16];  // [block of the chunk][feature]
+    for (int l = 0; l < t; ++l) _mm512_store_si512(scales[l], r[l]);
+    for (int g = 0; g < (Q4 ? 4 : 8); ++g) {
+      load_groups<Q4>(rows, chunk_at + g * 4 * t, m, r, hi4);
+      for (int l = 0; l < t; ++l) {
+        uint8_t* tile = panel + (c0 + l) * kTileBytes;
+        const __m512 d = _mm512_load_ps(scales[l]);
+        store_group_bf16(r[l], d, tile + 2 * g * 64);
+        if (Q4) store_group_bf16(hi4[l], d, tile + 2 * (g + 4) * 64);
+      }
+    }
+  }
+}
+
 // C[i][j] += A[i] * B[j] for the loaded tiles (i < I, j < J).
 template <int I, int J>
 inline void products() {
@@ -165,7 +253,8 @@ inline void products() {
 
 // I activation tiles (a, a_tile bytes apart) x J feature tiles (b, b_tile
 // apart) over all nkb k-blocks into C tmm0-3, PRODUCTS tile products per
-// k-block: 2 = w * a_hi + w * a_lo (BF16 weights, no w_lo in the panel);
+// k-block: 1 = w * a_hi (Q8_0 / Q4_0: hi-only activation tiles, 1 KB per
+// k-block); 2 = w * a_hi + w * a_lo (BF16 weights, no w_lo in the panel);
 // 3 = + w_lo * a_hi; 4 = + w_lo * a_lo (attention). (Slicing k so that a feature
 // pair's panel slice stays in L1, its C tiles spilled between slices, measured
 // 5-15 % slower: the tile loads from L2 keep up.)
@@ -176,15 +265,16 @@ inline void tile_block(const uint8_t* a, int64_t a_tile, const uint8_t* b, int64
   if (I > 1) _tile_zero(2);
   if (I > 1 && J > 1) _tile_zero(3);
   constexpr bool wlo = PRODUCTS > 2;
-  constexpr int64_t b_step = (wlo ? 2 : 1) * kTileBytes;
+  constexpr int64_t b_step = (wlo ? 2 : 1) * kTileBytes, a_step = (PRODUCTS == 1 ? 1 : 2) * kTileBytes;
   for (int64_t kb = 0; kb < nkb; ++kb) {
-    const uint8_t* ak = a + kb * 2 * kTileBytes;
+    const uint8_t* ak = a + kb * a_step;
     const uint8_t* bk = b + kb * b_step;
     _tile_loadd(6, bk, 64);
     if (J > 1) _tile_loadd(7, bk + b_tile, 64);
     _tile_loadd(4, ak, 64);
     if (I > 1) _tile_loadd(5, ak + a_tile, 64);
     products<I, J>();  // w_hi * a_hi
+    if (PRODUCTS == 1) continue;
     if (wlo) {
       _tile_loadd(6, bk + kTileBytes, 64);
       if (J > 1) _tile_loadd(7, bk + b_tile + kTileBytes, 64);
@@ -275,10 +365,10 @@ void run_panel(const uint8_t* panel, int64_t b_tile, int64_t nkb, int64_t f_tile
 // Features [n0, n1) of w (rows row_bytes apart, k each) against every packed
 // activation tile: per segment of features (its panel within kPanelBudget)
 // the panel converted once, then run_panel.
-template <int KIND, int PRODUCTS = KIND == kBF16 ? 2 : 3>
+template <int KIND, int PRODUCTS = KIND == kQ8 || KIND == kQ4 ? 1 : KIND == kBF16 ? 2 : 3>
 void run_kind(const uint8_t* w, int64_t row_bytes, int64_t k, const uint8_t* packed, int64_t m, float* y, int64_t ldy,
               int64_t n0, int64_t n1) {
-  static_assert(KIND != kBF16 || PRODUCTS == 2, "a BF16 panel has no w_lo");
+  static_assert(weight_parts(KIND) == 2 || PRODUCTS <= 2, "a BF16 / Q8_0 / Q4_0 panel has no w_lo");
   const int64_t nkb = k_blocks(k);
   const int64_t b_tile = nkb * weight_parts(KIND) * kTileBytes;  // one feature tile's panel
   const int64_t seg = even_part(n1 - n0, max64(32, kPanelBudget / b_tile * 16), 32);
@@ -287,9 +377,13 @@ void run_kind(const uint8_t* w, int64_t row_bytes, int64_t k, const uint8_t* pac
   configure_tiles();
   for (int64_t s0 = n0; s0 < n1; s0 += seg) {
     const int64_t s1 = min64(n1, s0 + seg), f_tiles = (s1 - s0 + 15) / 16;
-    for (int64_t f = 0; f < f_tiles; ++f)
-      pack_weight_tile<KIND>(w, row_bytes, s0 + f * 16, min64(16, s1 - s0 - f * 16), k, panel + f * b_tile);
-    run_panel<PRODUCTS>(panel, b_tile, nkb, f_tiles, s0, s1, packed, act_tile_bytes(k), (m + 15) / 16, m, y, ldy);
+    for (int64_t f = 0; f < f_tiles; ++f) {
+      const int64_t f0 = s0 + f * 16, nf = min64(16, s1 - f0);
+      if constexpr (KIND == kQ8 || KIND == kQ4) pack_quant_tile<KIND == kQ4>(w, row_bytes, nkb, f0, nf, panel + f * b_tile);
+      else pack_weight_tile<KIND>(w, row_bytes, f0, nf, k, panel + f * b_tile);
+    }
+    const int64_t a_tile = PRODUCTS == 1 ? act_hi_tile_bytes(k) : act_tile_bytes(k);
+    run_panel<PRODUCTS>(panel, b_tile, nkb, f_tiles, s0, s1, packed, a_tile, (m + 15) / 16, m, y, ldy);
   }
   _tile_release();
 }
@@ -325,21 +419,22 @@ int64_t pack_tiles(int64_t m) { return (m + 15) / 16; }
 int64_t pack_bytes(int64_t m, int64_t k) { return pack_tiles(m) * act_tile_bytes(k); }
 
 // Activation tiles [t0, t1) of scale * x[m][k] (rows ld floats apart): per
-// k-block a hi tile then a lo tile, row i = activation row 16t + i, its 32 k
-// in order (zero past m and k).
+// k-block a hi tile then (LO) a lo tile, row i = activation row 16t + i, its
+// 32 k in order (zero past m and k).
+template <bool LO = true>
 static void pack_rows(const float* x, int64_t ld, int64_t m, int64_t k, float scale, uint8_t* dst, int64_t t0,
                       int64_t t1) {
-  const int64_t nkb = k_blocks(k);
+  const int64_t nkb = k_blocks(k), parts = LO ? 2 : 1;
   const __m512 vs = _mm512_set1_ps(scale);
   for (int64_t t = t0; t < t1; ++t) {
-    uint8_t* tile = dst + t * act_tile_bytes(k);
+    uint8_t* tile = dst + t * nkb * parts * kTileBytes;
     for (int i = 0; i < 16; ++i) {
       const int64_t row = t * 16 + i;
       for (int64_t kb = 0; kb < nkb; ++kb) {
-        uint8_t* hi = tile + kb * 2 * kTileBytes + i * 64;
+        uint8_t* hi = tile + kb * parts * kTileBytes + i * 64;
         if (row >= m) {
           std::memset(hi, 0, 64);
-          std::memset(hi + kTileBytes, 0, 64);
+          if (LO) std::memset(hi + kTileBytes, 0, 64);
           continue;
         }
         const int64_t len = min64(32, k - kb * 32);
@@ -350,6 +445,7 @@ static void pack_rows(const float* x, int64_t ld, int64_t m, int64_t k, float sc
         split_bf16(_mm512_mul_ps(_mm512_maskz_loadu_ps(__mmask16(m32 >> 16), p + 16), vs), h1, l1);
         _mm256_store_si256(reinterpret_cast<__m256i*>(hi), h0);
         _mm256_store_si256(reinterpret_cast<__m256i*>(hi + 32), h1);
+        if (!LO) continue;
         _mm256_store_si256(reinterpret_cast<__m256i*>(hi + kTileBytes), l0);
         _mm256_store_si256(reinterpret_cast<__m256i*>(hi + kTileBytes + 32), l1);
       }
@@ -361,6 +457,12 @@ void pack(const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_
   pack_rows(x, k, m, k, 1.f, dst, t0, t1);
 }
 
+// The Q8_0 / Q4_0 products' activations: hi tiles only (run_quant).
+int64_t pack_hi_bytes(int64_t m, int64_t k) { return pack_tiles(m) * act_hi_tile_bytes(k); }
+void pack_hi(const float* x, int64_t m, int64_t k, uint8_t* dst, int64_t t0, int64_t t1) {
+  pack_rows<false>(x, k, m, k, 1.f, dst, t0, t1);
+}
+
 // Output features per task: two feature tiles (the C block's width).
 int64_t unit_rows() { return 32; }
 
@@ -369,6 +471,8 @@ void run(int kind, const void* w, int64_t k, const uint8_t* packed, int64_t m, f
   const uint8_t* wb = static_cast<const uint8_t*>(w);
   if (kind == kBF16) run_kind<kBF16>(wb, k * 2, k, packed, m, y, ldy, n0, n1);
   else if (kind == kF16) run_kind<kF16>(wb, k * 2, k, packed, m, y, ldy, n0, n1);
+  else if (kind == kQ8) run_kind<kQ8>(wb, k / 32 * qlayout::kQ8Bytes, k, packed, m, y, ldy, n0, n1);
+  else if (kind == kQ4) run_kind<kQ4>(wb, k / 32 * qlayout::kQ4Bytes, k, packed, m, y, ldy, n0, n1);
   else run_kind<kF32>(wb, k * 4, k, packed, m, y, ldy, n0, n1);
 }
 

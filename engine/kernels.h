@@ -131,6 +131,11 @@ KernelPath parse_kernel_path(const std::string& s);  // throws std::invalid_argu
 // One line for the log / readiness: path, the CPU features it uses, and why
 // it was chosen (e.g. "avx512 (AVX-512 F/BW/VL+VNNI GEMMs, ...); best this CPU supports").
 std::string kernel_path_description();
+// amx path: whether a batched Q8_0 / Q4_0 product of m activation rows runs on
+// AMX-BF16 tiles (weights dequantised to BF16 once per product, activations
+// rounded to BF16) rather than AMX-INT8 (int8 activations per 32-block, as
+// the decode path): engine/README.md, "AMX-INT8 GEMM".
+bool amx_quant_on_bf16_tiles(int64_t m);
 // True when the AVX2/FMA/F16C kernels are in use (the avx2 and avx512 paths).
 bool cpu_has_avx2_fma_f16c();
 // Forces the portable kernels (on) or restores the run-time choice (off).

@@ -287,16 +287,32 @@ TEST(engine_kernels, ActivationQuantisationAvx2EqualsScalar) {
   }
 }
 
+// The amx path's batched Q8_0 / Q4_0 product (gemm_amx_bf16.cpp) multiplies
+// bf16(q * d) by bf16(x) on AMX-BF16 tiles: against the double product of the
+// dequantised weights and the F32 input, each term is off by at most two BF16
+// roundings (2^-9 each) of |w x|, so the bound is 2^-8 sum |w x| (+ F32
+// accumulation). The int8 paths' input rounding (amax/254 per element of a
+// block) is of the same order; neither equals the other.
+static void expect_amx_quant_row_near_double(float got, const float* deq_row, const float* x_row, int cols,
+                                             const std::string& what) {
+  double s = 0, mag = 0;
+  for (int i = 0; i < cols; ++i) {
+    s += double(deq_row[i]) * x_row[i];
+    mag += std::fabs(double(deq_row[i]) * x_row[i]);
+  }
+  ASSERT_NEAR(got, s, std::ldexp(mag, -8) + 1e-6 * (1 + mag)) << what;
+}
+
 // Quantised products on every path and entry point (decode matvec, fused
 // multi-product, batched). Every path quantises the input the same way for
 // the matvec; the avx512 and avx2 batched GEMMs do too (int8 per 32-block),
 // so their rows equal the scalar matvec's up to float summation order, while
 // the scalar path's batched product multiplies the dequantised blocks by the
-// unquantised input (sgemm).
+// unquantised input (sgemm) and the amx path's runs on BF16 tiles (above).
 TEST(engine_kernels, QuantisedProductsMatchReference) {
   for (int cols : {160, 672, 1024}) {
     const int rows = 37;  // odd rows: the two-row kernel's tail, and the GEMM's 2-row tail
-    const int nbatch = 70;  // five 16-row tiles, the last partial
+    const int nbatch = 140;  // nine 16-row tiles, the last partial (70: five; amx: 140 on BF16 tiles)
     Mat w = random_mat(rows, cols, 3);
     Mat xs = random_mat(nbatch, cols, 4);
     ThreadPool pool(2);
@@ -334,7 +350,7 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
           ASSERT_FLOAT_EQ(y2[r], y1[r]) << what;
           ASSERT_FLOAT_EQ(y3[r], y1[r]) << what;
         }
-        for (int nb : {5, nbatch}) {
+        for (int nb : {5, 70, nbatch}) {
           std::vector<float> yb(size_t(nb) * rows);
           linear(pool, xs.f32.data(), nb, wv, nullptr, yb.data(), scratch);
           // The fused batched product (one packed input for q/k/v) equals the single one, biases added.
@@ -347,7 +363,10 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
           for (int n = 0; n < nb; ++n)
             for (int r = 0; r < rows; ++r) {
               const float got = yb[size_t(n) * rows + r];
-              if (path != KernelPath::Scalar) {
+              if (path == KernelPath::Amx && amx_quant_on_bf16_tiles(nb)) {
+                expect_amx_quant_row_near_double(got, deq.data() + size_t(r) * cols, xs.f32.data() + size_t(n) * cols,
+                                                 cols, what + " batch " + std::to_string(nb) + " row " + std::to_string(n));
+              } else if (path != KernelPath::Scalar) {
                 const float want = y_scalar[size_t(n) * rows + r];
                 ASSERT_NEAR(got, want, 1e-4 * (1 + std::fabs(want))) << what << " batch " << nb << " row " << n;
               } else {
@@ -363,7 +382,7 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
   }
 }
 
-// The int8 GEMMs (avx2, avx512, amx) on a product that the avx2 one cuts into
+// The int8 GEMMs (avx2, avx512, amx below 128 rows) on a product that the avx2 one cuts into
 // several chunks of activation rows and two k-blocks (4 864 columns = 152
 // blocks = 9 full chunks + a short one of 8, i.e. 19 half chunks), with an
 // odd number of weight rows (the 2-row panel's tail) and activation rows that
@@ -374,7 +393,9 @@ TEST(engine_kernels, QuantisedProductsMatchReference) {
 // 33 features; 250, 13, 4 rows), one block (no second C tile), an odd number
 // of blocks (the alternating C tiles end on the first), and 19 activation
 // tiles of 161 blocks (92 KB each) split into two 1.5 MB L2 chunks (10 + 9
-// tiles), so each weight panel is unpacked once per chunk.
+// tiles), so each weight panel is unpacked once per chunk. From 128 rows the
+// amx path runs on BF16 tiles (250 and 300 rows here): there every element
+// is checked against the double product (expect_amx_quant_row_near_double).
 TEST(engine_kernels, LargeQuantisedProductsMatchScalarMatvecAcrossBlocks) {
   ThreadPool pool(2);
   LinearScratch scratch;
@@ -385,7 +406,8 @@ TEST(engine_kernels, LargeQuantisedProductsMatchScalarMatvecAcrossBlocks) {
     for (DType t : {DType::Q8_0, DType::Q4_0}) {
       auto q = quantise(t, w.f32, rows, cols);
       const WeightView wv{q.data(), t, rows, cols};
-      std::vector<float> want(size_t(m) * rows), got(size_t(m) * rows, -1.f);
+      std::vector<float> want(size_t(m) * rows), got(size_t(m) * rows, -1.f), deq(size_t(rows) * cols);
+      convert_rows_f32(wv, 0, rows, deq.data());
       force_kernel_path(KernelPath::Scalar);
       for (int i = 0; i < m; ++i)
         linear(pool, x.f32.data() + size_t(i) * cols, 1, wv, nullptr, want.data() + size_t(i) * rows, scratch);
@@ -398,10 +420,16 @@ TEST(engine_kernels, LargeQuantisedProductsMatchScalarMatvecAcrossBlocks) {
         }
         std::fill(got.begin(), got.end(), -1.f);
         linear(pool, x.f32.data(), m, wv, nullptr, got.data(), scratch);
-        for (size_t i = 0; i < got.size(); ++i)
-          ASSERT_NEAR(got[i], want[i], 1e-4 * (1 + std::fabs(want[i])))
-              << dtype_name(t) << " " << kernel_path_name(path) << " m " << m << " k " << cols << " row " << i / rows
-              << " col " << i % rows;
+        for (size_t i = 0; i < got.size(); ++i) {
+          const std::string what = std::string(dtype_name(t)) + " " + kernel_path_name(path) + " m " +
+                                   std::to_string(m) + " k " + std::to_string(cols) + " row " +
+                                   std::to_string(i / rows) + " col " + std::to_string(i % rows);
+          if (path == KernelPath::Amx && amx_quant_on_bf16_tiles(m))
+            expect_amx_quant_row_near_double(got[i], deq.data() + i % rows * cols, x.f32.data() + i / rows * cols,
+                                             cols, what);
+          else
+            ASSERT_NEAR(got[i], want[i], 1e-4 * (1 + std::fabs(want[i]))) << what;
+        }
       }
     }
   }
@@ -481,6 +509,22 @@ TEST(engine_kernels, AttentionHeadMatchesDoubleReferenceOnEveryPath) {
   reset_kernel_path();
 }
 
+// After a tile-edge product y = x w^T (m rows, guard elements of -7 past it):
+// nothing written past the output, and a fused product (q/k/v style, one
+// packed input, a bias) equal to the single one.
+static void expect_no_overrun_and_fused_equal(ThreadPool& pool, const float* x, int m, const WeightView& wv,
+                                              const std::vector<float>& y, size_t guard, LinearScratch& scratch,
+                                              const std::string& what) {
+  const size_t n = size_t(m) * size_t(wv.rows);
+  for (size_t g = 0; g < guard; ++g) ASSERT_EQ(y[n + g], -7.f) << what << " wrote past the output";
+  std::vector<float> bias(size_t(wv.rows), 0.25f), f1(n), f2(n);
+  linear_multi(pool, x, m, {{wv, nullptr, f1.data()}, {wv, bias.data(), f2.data()}}, scratch);
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(f1[i], y[i]) << what << " fused";
+    ASSERT_FLOAT_EQ(f2[i], y[i] + 0.25f) << what << " fused with bias";
+  }
+}
+
 // The AMX-BF16 GEMM (amx path; F32 / F16 / BF16 weights) at its tile edges:
 // activation rows, weight rows and k that are no multiple of its 16-row
 // tiles, 2 x 2 C blocks and 32-wide k-blocks (1, 15, 17, 31, 33, 47 ...), a
@@ -525,13 +569,50 @@ TEST(engine_kernels, AmxHalfAndF32ProductsMatchDoubleAtTileEdges) {
           }
           ASSERT_NEAR(y[size_t(t) * rows + r], s, 1e-5 * (1 + mag)) << what << " row " << t << " col " << r;
         }
-      for (size_t g = 0; g < guard; ++g) ASSERT_EQ(y[size_t(m) * rows + g], -7.f) << what << " wrote past the output";
-      std::vector<float> bias(rows, 0.25f), f1(size_t(m) * rows), f2(size_t(m) * rows);
-      linear_multi(pool, x.f32.data(), m, {{wv, nullptr, f1.data()}, {wv, bias.data(), f2.data()}}, scratch);
-      for (size_t i = 0; i < f1.size(); ++i) {
-        ASSERT_EQ(f1[i], y[i]) << what << " fused";
-        ASSERT_FLOAT_EQ(f2[i], y[i] + 0.25f) << what << " fused with bias";
-      }
+      expect_no_overrun_and_fused_equal(pool, x.f32.data(), m, wv, y, guard, scratch, what);
+    }
+  }
+  reset_kernel_path();
+}
+
+// The amx path's Q8_0 / Q4_0 product on BF16 tiles (m >= 128 activation rows)
+// at its edges: weight rows that are no multiple of 16 or of the 2 x 2 C
+// block's 32 (1, 17, 33, 47, 800), activation rows likewise (128 .. 143 +
+// tails), one 32-block, a short qlayout chunk (17 = 16 + 1 blocks; 21 = 16 +
+// 5), and k = 161 blocks (161 KB of BF16 panel per 16 features) with 800
+// rows, so that a thread's features span several 1 MB panel segments and the
+// activation tiles several 1 MB chunks. Every element against the double
+// product of the dequantised weights and the F32 input (2^-8 sum |w x|:
+// two BF16 roundings), nothing written past the output, and a fused product
+// (q/k/v style, one packed input, a bias) equal to the single ones.
+TEST(engine_kernels, AmxQuantisedProductsOnBf16TilesMatchDoubleAtTileEdges) {
+  if (!kernel_path_supported(KernelPath::Amx)) GTEST_SKIP() << "amx not on this CPU";
+  ASSERT_TRUE(amx_quant_on_bf16_tiles(128));
+  ASSERT_FALSE(amx_quant_on_bf16_tiles(127));
+  ThreadPool pool(2);
+  LinearScratch scratch;
+  const std::tuple<int, int, int> shapes[] = {{128, 1, 32},       {129, 17, 17 * 32}, {143, 33, 64},
+                                              {160, 47, 21 * 32}, {130, 800, 161 * 32}};
+  for (const auto& [m, rows, cols] : shapes) {
+    Mat w = random_mat(rows, cols, 13 + rows);
+    Mat x = random_mat(m, cols, 14 + m);
+    force_kernel_path(KernelPath::Amx);
+    for (DType t : {DType::Q8_0, DType::Q4_0}) {
+      auto q = quantise(t, w.f32, rows, cols);
+      const WeightView wv{q.data(), t, rows, cols};
+      std::vector<float> deq(size_t(rows) * cols);
+      convert_rows_f32(wv, 0, rows, deq.data());
+      const std::string what = std::string(dtype_name(t)) + " m " + std::to_string(m) + " rows " +
+                               std::to_string(rows) + " k " + std::to_string(cols);
+      const size_t guard = 19;
+      std::vector<float> y(size_t(m) * rows + guard, -7.f);
+      linear(pool, x.f32.data(), m, wv, nullptr, y.data(), scratch);
+      for (int i = 0; i < m; ++i)
+        for (int r = 0; r < rows; ++r)
+          expect_amx_quant_row_near_double(y[size_t(i) * rows + r], deq.data() + size_t(r) * cols,
+                                           x.f32.data() + size_t(i) * cols, cols,
+                                           what + " row " + std::to_string(i) + " col " + std::to_string(r));
+      expect_no_overrun_and_fused_equal(pool, x.f32.data(), m, wv, y, guard, scratch, what);
     }
   }
   reset_kernel_path();
