@@ -805,6 +805,47 @@ void matvec_f(const void* w, int64_t cols, const float* xp, int nx, float* y, in
 
 }  // namespace
 
+// ------------------------------------------------------------------ decode attention
+//
+// One query against n cached keys / values (rows ld floats apart), hd a
+// multiple of 16 (at most 256). Before, each key was a dot_f32 call and each
+// value an axpy_f32 call (avx2: a call, 8-wide loads, a horizontal sum per
+// key, a load and store of the output per value). Here the query and the
+// output stay in registers, 8 keys' sums share one transposing tree, and
+// every result keeps the bits of those calls: a key's 16 lanes are avx2::dot's
+// two 8-wide chains side by side, lane_sums adds them in hsum's order (i + i+8,
+// i + i+4, (0+2) + (1+3)), and the output is the same FMA per value in key order.
+void attention_decode_scores(const float* q, const float* k, int64_t ld, int64_t n, int64_t hd, float scale,
+                             float* scores) {
+  const int nq = int(hd / 16);
+  __m512 qv[16];
+  for (int c = 0; c < nq; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
+  for (int64_t t = 0; t < n; t += 8) {
+    const int m = int(n - t < 8 ? n - t : 8);
+    __m512 acc[8];
+    for (int j = 0; j < 8; ++j) {
+      acc[j] = _mm512_setzero_ps();
+      if (j < m)
+        for (int c = 0; c < nq; ++c) acc[j] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k + (t + j) * ld + 16 * c), acc[j]);
+    }
+    float s[8];
+    lane_sums<8>(acc, s);
+    for (int j = 0; j < m; ++j) scores[t + j] = s[j] * scale;
+  }
+}
+
+void attention_decode_mix(const float* p, const float* v, int64_t ld, int64_t n, int64_t hd, float* out) {
+  const int nq = int(hd / 16);
+  __m512 o[16];
+  for (int c = 0; c < nq; ++c) o[c] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < n; ++t) {
+    const __m512 a = _mm512_set1_ps(p[t]);
+    const float* vt = v + t * ld;
+    for (int c = 0; c < nq; ++c) o[c] = _mm512_fmadd_ps(a, _mm512_loadu_ps(vt + 16 * c), o[c]);
+  }
+  for (int c = 0; c < nq; ++c) _mm512_storeu_ps(out + 16 * c, o[c]);
+}
+
 void matvec_q8(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0,
                int64_t r1) {
   matvec_q<false>(w, cols, packed, nx, y, ldy, r0, r1);

@@ -71,6 +71,10 @@ void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t*
 int64_t attention_scratch_floats(int64_t n, int64_t hd);
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
                     float* out, int64_t ldo, float* scratch);
+// Decode attention of one query (hd % 16 == 0, hd <= 256): scores = scale * q.k per key, out = sum p[t] v[t].
+void attention_decode_scores(const float* q, const float* k, int64_t ld, int64_t n, int64_t hd, float scale,
+                             float* scores);
+void attention_decode_mix(const float* p, const float* v, int64_t ld, int64_t n, int64_t hd, float* out);
 }  // namespace avx512
 
 namespace amx {
@@ -940,6 +944,19 @@ void attention_head(const float* q, const float* k, const float* v, int64_t ld, 
   for (int64_t r = 0; r < n; ++r) softmax_inplace(scratch + r * n, n);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(hd), int(n), 1.f, scratch, int(n), v, int(ld), 0.f,
               out, int(ldo));
+}
+
+void attention_decode_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd,
+                           float scale, float* scores, float* out) {
+  if (avx512_kernels() && hd % 16 == 0 && hd <= 256) {
+    avx512::attention_decode_scores(q, k, ld, n, hd, scale, scores);
+    softmax_inplace(scores, n);
+    return avx512::attention_decode_mix(scores, v, ld, n, hd, out);
+  }
+  for (int64_t t = 0; t < n; ++t) scores[t] = dot_f32(q, k + t * ld, hd) * scale;
+  softmax_inplace(scores, n);
+  std::fill(out, out + hd, 0.f);
+  for (int64_t t = 0; t < n; ++t) axpy_f32(out, scores[t], v + t * ld, hd);
 }
 
 void softmax_inplace(float* x, int64_t n) {

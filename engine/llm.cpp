@@ -147,11 +147,8 @@ void LlmDecoder::attention_decode(ThreadPool& pool, int layer, const SeqRows* se
     const float* vc = c.v.data() + size_t(layer) * c.capacity * kvd;
     const float* q = q_.data() + size_t(s) * qd + size_t(h) * hd;
     float* sc = scores_.data() + score_offsets_[s] + size_t(h) * total;
-    for (int t = 0; t < total; ++t) sc[t] = dot_f32(q, kc + size_t(t) * kvd + g * hd, hd) * scale;
-    softmax_inplace(sc, total);
-    float* o = attn_.data() + size_t(s) * qd + size_t(h) * hd;
-    std::fill(o, o + hd, 0.f);
-    for (int t = 0; t < total; ++t) axpy_f32(o, sc[t], vc + size_t(t) * kvd + g * hd, hd);
+    attention_decode_head(q, kc + g * hd, vc + g * hd, kvd, total, hd, scale, sc,
+                          attn_.data() + size_t(s) * qd + size_t(h) * hd);
   });
 }
 
