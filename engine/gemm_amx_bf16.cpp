@@ -497,9 +497,10 @@ constexpr int64_t kQueryTiles = 4;
 inline int64_t floats_64(int64_t bytes) { return (bytes + 63) / 64 * 16; }
 
 // Query row s[0 .. n) of S: e = exp(s - max) into its row of P's packed tile
-// (`row` = the tile + 64 * its row; hi then lo per k-block, zero past n);
+// (`row` = the tile + 64 * its row; hi then lo for k-blocks 0 .. nkb, zero
+// past n: a causal row's later keys are zeros of the blocks PV reads);
 // returns 1 / sum e.
-float softmax_pack_row(const float* s, int64_t n, uint8_t* row) {
+float softmax_pack_row(const float* s, int64_t n, int64_t nkb, uint8_t* row) {
   using simd512::exp16;
   __m512 mx = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < n; j += 16) {
@@ -508,7 +509,7 @@ float softmax_pack_row(const float* s, int64_t n, uint8_t* row) {
   }
   const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
   __m512 sum = _mm512_setzero_ps();
-  for (int64_t kb = 0; kb < bf16::k_blocks(n); ++kb)
+  for (int64_t kb = 0; kb < nkb; ++kb)
     for (int h = 0; h < 2; ++h) {
       const int64_t j = kb * 32 + h * 16, left = n - j;
       const __mmask16 valid = left >= 16 ? __mmask16(0xFFFF) : left > 0 ? __mmask16((1u << left) - 1) : __mmask16(0);
@@ -523,27 +524,30 @@ float softmax_pack_row(const float* s, int64_t n, uint8_t* row) {
   return 1.f / _mm512_reduce_add_ps(sum);
 }
 
-// The scratch regions of attention_head (floats, each a multiple of 16).
+// The scratch regions of an attention of n queries over `keys` keys (floats,
+// each a multiple of 16).
 struct AttentionLayout {
   int64_t q_packed, k_panel, v_panel, scores, p_packed, inv_sum;
-  AttentionLayout(int64_t n, int64_t hd)
+  AttentionLayout(int64_t n, int64_t keys, int64_t hd)
       : q_packed(floats_64(bf16::pack_bytes(n, hd))),
-        k_panel(floats_64((n + 15) / 16 * bf16::k_blocks(hd) * 2 * bf16::kTileBytes)),
-        v_panel(floats_64((hd + 15) / 16 * bf16::k_blocks(n) * 2 * bf16::kTileBytes)),
-        scores(floats_64(kQueryTiles * 16 * n * 4)),
-        p_packed(floats_64(kQueryTiles * bf16::act_tile_bytes(n))),
+        k_panel(floats_64((keys + 15) / 16 * bf16::k_blocks(hd) * 2 * bf16::kTileBytes)),
+        v_panel(floats_64((hd + 15) / 16 * bf16::k_blocks(keys) * 2 * bf16::kTileBytes)),
+        scores(floats_64(kQueryTiles * 16 * keys * 4)),
+        p_packed(floats_64(kQueryTiles * bf16::act_tile_bytes(keys))),
         inv_sum(floats_64(kQueryTiles * 16 * 4)) {}
   int64_t total() const { return 16 + q_packed + k_panel + v_panel + scores + p_packed + inv_sum; }
 };
 
-}  // namespace
-
-int64_t attention_scratch_floats(int64_t n, int64_t hd) { return AttentionLayout(n, hd).total(); }
-
-void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
-                    float* out, int64_t ldo, float* scratch) {
+// n queries (rows ldq floats apart) over `keys` keys (k, v rows ldkv apart).
+// causal_from < 0: every query sees every key (vision); otherwise query i
+// sees keys 0 .. causal_from + i (the decoder's prefill: causal_from =
+// n_past), and a block of query tiles multiplies only the keys its last row
+// sees (QK^T's features and PV's k-blocks end there).
+void attention_tiles(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, int64_t n,
+                     int64_t keys, int64_t causal_from, int64_t hd, float scale, float* out, int64_t ldo,
+                     float* scratch) {
   using bf16::min64;
-  const AttentionLayout L(n, hd);
+  const AttentionLayout L(n, keys, hd);
   float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
   uint8_t* qp = reinterpret_cast<uint8_t*>(base);
   uint8_t* k_panel = reinterpret_cast<uint8_t*>(base + L.q_packed);
@@ -551,19 +555,25 @@ void attention_head(const float* q, const float* k, const float* v, int64_t ld, 
   float* s = base + L.q_packed + L.k_panel + L.v_panel;
   uint8_t* pp = reinterpret_cast<uint8_t*>(s + L.scores);
   float* inv_sum = s + L.scores + L.p_packed;
-  const int64_t tiles = bf16::pack_tiles(n), nkb_q = bf16::k_blocks(hd), nkb_p = bf16::k_blocks(n);
-  const int64_t q_tile = bf16::act_tile_bytes(hd), p_tile = bf16::act_tile_bytes(n);
-  const int64_t k_tile = nkb_q * 2 * bf16::kTileBytes, v_tile = nkb_p * 2 * bf16::kTileBytes;
-  bf16::pack_rows(q, ld, n, hd, scale, qp, 0, tiles);
-  for (int64_t f = 0; f < tiles; ++f)
-    bf16::pack_weight_tile<bf16::kF32>(reinterpret_cast<const uint8_t*>(k), ld * 4, f * 16, min64(16, n - f * 16), hd,
-                                       k_panel + f * k_tile);
-  bf16::pack_v_panel(v, ld, n, hd, v_panel);
+  const int64_t q_tiles = bf16::pack_tiles(n), key_tiles = bf16::pack_tiles(keys), nkb_q = bf16::k_blocks(hd);
+  const int64_t q_tile = bf16::act_tile_bytes(hd), p_tile = bf16::act_tile_bytes(keys);
+  const int64_t k_tile = nkb_q * 2 * bf16::kTileBytes, v_tile = bf16::k_blocks(keys) * 2 * bf16::kTileBytes;
+  bf16::pack_rows(q, ldq, n, hd, scale, qp, 0, q_tiles);
+  for (int64_t f = 0; f < key_tiles; ++f)
+    bf16::pack_weight_tile<bf16::kF32>(reinterpret_cast<const uint8_t*>(k), ldkv * 4, f * 16, min64(16, keys - f * 16),
+                                       hd, k_panel + f * k_tile);
+  bf16::pack_v_panel(v, ldkv, keys, hd, v_panel);
   bf16::configure_tiles();
-  for (int64_t t0 = 0; t0 < tiles; t0 += kQueryTiles) {
-    const int64_t tb = min64(kQueryTiles, tiles - t0), rows = min64(tb * 16, n - t0 * 16);
-    bf16::run_panel<4>(k_panel, k_tile, nkb_q, tiles, 0, n, qp + t0 * q_tile, q_tile, tb, rows, s, n);
-    for (int64_t i = 0; i < rows; ++i) inv_sum[i] = softmax_pack_row(s + i * n, n, pp + i / 16 * p_tile + i % 16 * 64);
+  for (int64_t t0 = 0; t0 < q_tiles; t0 += kQueryTiles) {
+    const int64_t tb = min64(kQueryTiles, q_tiles - t0), rows = min64(tb * 16, n - t0 * 16);
+    const int64_t seen = causal_from < 0 ? keys : min64(keys, causal_from + t0 * 16 + rows);
+    const int64_t nkb_p = bf16::k_blocks(seen);
+    bf16::run_panel<4>(k_panel, k_tile, nkb_q, bf16::pack_tiles(seen), 0, seen, qp + t0 * q_tile, q_tile, tb, rows, s,
+                       keys);
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t valid = causal_from < 0 ? keys : causal_from + t0 * 16 + i + 1;
+      inv_sum[i] = softmax_pack_row(s + i * keys, valid, nkb_p, pp + i / 16 * p_tile + i % 16 * 64);
+    }
     for (int64_t i = rows; i < tb * 16; ++i)  // the last tile's rows past n
       for (int64_t kb = 0; kb < nkb_p; ++kb) {
         uint8_t* dst = pp + i / 16 * p_tile + kb * 2 * bf16::kTileBytes + i % 16 * 64;
@@ -576,6 +586,24 @@ void attention_head(const float* q, const float* k, const float* v, int64_t ld, 
       for (int64_t c = 0; c < hd; ++c) o[i * ldo + c] *= inv_sum[i];
   }
   _tile_release();
+}
+
+}  // namespace
+
+int64_t attention_scratch_floats(int64_t n, int64_t hd) { return AttentionLayout(n, n, hd).total(); }
+
+void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
+                    float* out, int64_t ldo, float* scratch) {
+  attention_tiles(q, ld, k, v, ld, n, n, -1, hd, scale, out, ldo, scratch);
+}
+
+int64_t causal_attention_scratch_floats(int64_t n, int64_t n_past, int64_t hd) {
+  return AttentionLayout(n, n_past + n, hd).total();
+}
+
+void causal_attention_head(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, int64_t n,
+                           int64_t n_past, int64_t hd, float scale, float* out, int64_t ldo, float* scratch) {
+  attention_tiles(q, ldq, k, v, ldkv, n, n_past + n, n_past, hd, scale, out, ldo, scratch);
 }
 
 }  // namespace firstread::engine::amx

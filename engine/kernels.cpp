@@ -91,10 +91,14 @@ void gemm_pack(int kind, const float* x, int64_t m, int64_t k, uint8_t* dst, int
 int64_t gemm_unit_rows(int kind);
 void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t* packed, int64_t m, float* y,
               int64_t ldy, int64_t n0, int64_t n1);
-// Vision attention (QK^T and PV) on AMX-BF16 tiles (gemm_amx_bf16.cpp).
+// Vision attention (QK^T and PV) on AMX-BF16 tiles (gemm_amx_bf16.cpp), and
+// the decoder's causal prefill attention on the same tiles.
 int64_t attention_scratch_floats(int64_t n, int64_t hd);
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
                     float* out, int64_t ldo, float* scratch);
+int64_t causal_attention_scratch_floats(int64_t n, int64_t n_past, int64_t hd);
+void causal_attention_head(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, int64_t n,
+                           int64_t n_past, int64_t hd, float scale, float* out, int64_t ldo, float* scratch);
 }  // namespace amx
 
 // ---------------------------------------------------------------- threads
@@ -957,6 +961,29 @@ void attention_decode_head(const float* q, const float* k, const float* v, int64
   softmax_inplace(scores, n);
   std::fill(out, out + hd, 0.f);
   for (int64_t t = 0; t < n; ++t) axpy_f32(out, scores[t], v + t * ld, hd);
+}
+
+int64_t causal_attention_scratch_floats(int64_t n, int64_t n_past, int64_t hd) {
+  const int64_t amx_floats =
+      kernel_path_supported(KernelPath::Amx) ? amx::causal_attention_scratch_floats(n, n_past, hd) : 0;
+  return std::max(n * (n_past + n), amx_floats);
+}
+
+void causal_attention_head(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, int64_t n,
+                           int64_t n_past, int64_t hd, float scale, float* out, int64_t ldo, float* scratch) {
+  if (kernel_path() == KernelPath::Amx)
+    return amx::causal_attention_head(q, ldq, k, v, ldkv, n, n_past, hd, scale, out, ldo, scratch);
+  const int64_t keys = n_past + n;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(keys), int(hd), scale, q, int(ldq), k, int(ldkv),
+              0.f, scratch, int(keys));
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = scratch + r * keys;
+    const int64_t valid = n_past + r + 1;  // causal: keys up to this query's position
+    softmax_inplace(row, valid);
+    std::fill(row + valid, row + keys, 0.f);
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(hd), int(keys), 1.f, scratch, int(keys), v,
+              int(ldkv), 0.f, out, int(ldo));
 }
 
 void softmax_inplace(float* x, int64_t n) {

@@ -208,6 +208,18 @@ int64_t attention_scratch_floats(int64_t n, int64_t hd);
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
                     float* out, int64_t ldo, float* scratch);
 
+// Causal attention of one head for the decoder's prefill: n new queries (rows
+// ldq floats apart) at positions n_past .. n_past + n - 1 over the n_past + n
+// keys and values of the cache (rows ldkv apart; grouped-query heads share
+// them); query i sees keys 0 .. n_past + i. out rows ldo apart. scratch:
+// causal_attention_scratch_floats(n, n_past, hd) floats. amx: QK^T and PV on
+// AMX-BF16 tiles (four tile products each, as the vision attention), each
+// block of 64 queries only over the keys its last query sees; other paths:
+// OpenBLAS sgemm + softmax_inplace. Single-threaded (callers split heads).
+int64_t causal_attention_scratch_floats(int64_t n, int64_t n_past, int64_t hd);
+void causal_attention_head(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, int64_t n,
+                           int64_t n_past, int64_t hd, float scale, float* out, int64_t ldo, float* scratch);
+
 // Row-wise ops over x[n][d] (in place unless an output is given).
 void rms_norm(const float* x, const float* weight, float* y, int64_t n, int64_t d, float eps);
 void layer_norm(const float* x, const float* weight, const float* bias, float* y, int64_t n, int64_t d,

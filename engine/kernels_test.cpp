@@ -553,6 +553,54 @@ TEST(engine_kernels, DecodeAttentionEqualsThePerKeyLoopOnEveryPath) {
   reset_kernel_path();
 }
 
+// The decoder's prefill attention against a double reference: n new queries
+// after n_past cached keys, causal, queries and keys with their own row
+// strides (grouped-query heads read a narrower cache), tails in every
+// dimension, and blocks of query tiles that see fewer keys than the last.
+TEST(engine_kernels, CausalAttentionHeadMatchesDoubleReferenceOnEveryPath) {
+  for (const auto& [n, n_past, hd] : {std::tuple<int, int, int>{1, 0, 64}, {1, 37, 64}, {37, 0, 64}, {70, 5, 40},
+                                      {130, 33, 64}, {300, 0, 64}, {64, 200, 64}}) {
+    const int keys = n_past + n, ldq = 3 * hd + 5, ldkv = 2 * hd + 3;
+    Mat qm = random_mat(n, ldq, 11 + n + n_past), kv = random_mat(keys, ldkv, 13 + keys);
+    const float* q = qm.f32.data();
+    const float* k = kv.f32.data();
+    const float* v = k + hd;
+    const float scale = 1.0f / std::sqrt(float(hd));
+    std::vector<double> ref(size_t(n) * hd);
+    for (int i = 0; i < n; ++i) {
+      const int valid = n_past + i + 1;
+      std::vector<double> p(static_cast<size_t>(valid));
+      double mx = -1e300, sum = 0;
+      for (int j = 0; j < valid; ++j) {
+        double s = 0;
+        for (int c = 0; c < hd; ++c) s += double(q[i * ldq + c]) * k[j * ldkv + c];
+        p[size_t(j)] = s * scale;
+        mx = std::max(mx, p[size_t(j)]);
+      }
+      for (int j = 0; j < valid; ++j) sum += (p[size_t(j)] = std::exp(p[size_t(j)] - mx));
+      for (int c = 0; c < hd; ++c) {
+        double o = 0;
+        for (int j = 0; j < valid; ++j) o += p[size_t(j)] / sum * v[j * ldkv + c];
+        ref[size_t(i) * hd + c] = o;
+      }
+    }
+    std::vector<float> scratch(size_t(causal_attention_scratch_floats(n, n_past, hd)));
+    for (KernelPath path : machine_paths()) {
+      force_kernel_path(path);
+      std::vector<float> out(size_t(n) * (hd + 3), -7.f);
+      causal_attention_head(q, ldq, k, v, ldkv, n, n_past, hd, scale, out.data(), hd + 3, scratch.data());
+      for (int i = 0; i < n; ++i) {
+        for (int c = 0; c < hd; ++c)
+          ASSERT_NEAR(out[size_t(i) * (hd + 3) + c], ref[size_t(i) * hd + c], 2e-5)
+              << kernel_path_name(path) << " n " << n << " n_past " << n_past << " hd " << hd << " query " << i
+              << " col " << c;
+        for (int c = hd; c < hd + 3; ++c) ASSERT_EQ(out[size_t(i) * (hd + 3) + c], -7.f) << "wrote past the head";
+      }
+    }
+  }
+  reset_kernel_path();
+}
+
 // After a tile-edge product y = x w^T (m rows, guard elements of -7 past it):
 // nothing written past the output, and a fused product (q/k/v style, one
 // packed input, a bias) equal to the single one.

@@ -1,7 +1,5 @@
 #include "engine/llm.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -156,26 +154,19 @@ void LlmDecoder::attention_decode(ThreadPool& pool, int layer, const SeqRows* se
 // [0, n_past + n); heads split statically over the threads, each with its own scores.
 void LlmDecoder::attention_prefill(ThreadPool& pool, int layer, const KvCache& cache, int n) {
   const int hd = hp_.head_dim(), H = hp_.n_heads, KV = hp_.n_kv_heads, group = H / KV;
-  const int qd = H * hd, kvd = KV * hd, n_past = cache.n_past, total = n_past + n;
+  const int qd = H * hd, kvd = KV * hd, n_past = cache.n_past;
   const float scale = 1.0f / std::sqrt(float(hd));
   const float* kc = cache.k.data() + size_t(layer) * cache.capacity * kvd;
   const float* vc = cache.v.data() + size_t(layer) * cache.capacity * kvd;
   const int parts = pool.size();
-  scores_.resize(size_t(parts) * n * total);
+  const size_t per_part = size_t(causal_attention_scratch_floats(n, n_past, hd));
+  scores_.resize(size_t(parts) * per_part);
   pool.parallel_for(parts, [&](int part) {
-    float* sc = scores_.data() + size_t(part) * n * total;
+    float* sc = scores_.data() + size_t(part) * per_part;
     for (int h = part; h < H; h += parts) {
       const int g = h / group;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, total, hd, scale, q_.data() + h * hd, qd, kc + g * hd,
-                  kvd, 0.f, sc, total);
-      for (int r = 0; r < n; ++r) {
-        float* row = sc + size_t(r) * total;
-        const int valid = n_past + r + 1;  // causal: keys up to this query's position
-        softmax_inplace(row, valid);
-        std::fill(row + valid, row + total, 0.f);
-      }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, total, 1.f, sc, total, vc + g * hd, kvd, 0.f,
-                  attn_.data() + h * hd, qd);
+      causal_attention_head(q_.data() + h * hd, qd, kc + g * hd, vc + g * hd, kvd, n, n_past, hd, scale,
+                            attn_.data() + h * hd, qd, sc);
     }
   }, /*spin_after=*/false);
 }
