@@ -225,13 +225,18 @@ static int run_child(const std::string& dir, const std::string& fmt, int threads
   const ModelHParams hp = model->hparams();
   std::mt19937 g(1);
   std::normal_distribution<float> nd;
+  std::vector<int> ids(static_cast<size_t>(prefill_tokens));
+  for (auto& id : ids) id = int(g() % 600);
   {
-    // Warm-up: the first pass faults the mapped weights in from the page
-    // cache; a server pays that once, not per request.
+    // Warm-up of the timed shape (prefill_tokens, then 2 decode steps): the
+    // first pass faults the mapped weights in from the page cache and
+    // touches the activation, KV and tile-panel buffers of a prompt this
+    // long for the first time; a server pays that once, not per request.
+    // llama-bench warms up with the same prompt size before it times one.
     GenerateOptions w;
     w.max_new_tokens = 2;
     w.stop_on_end_token = false;
-    model->generate_from_ids(std::vector<int>(8, 1), w);
+    model->generate_from_ids(ids, w);
   }
   double vision_cpu_ms = 0;  // CPU time of all threads (see prefill_cpu_ms)
   if (vision) {
@@ -248,8 +253,6 @@ static int run_child(const std::string& dir, const std::string& fmt, int threads
     ph.vision_ms = now_ms() - t0;
     vision_cpu_ms = (v1.tv_sec - v0.tv_sec) * 1e3 + (v1.tv_nsec - v0.tv_nsec) * 1e-6;
   }
-  std::vector<int> ids(static_cast<size_t>(prefill_tokens));
-  for (auto& id : ids) id = int(g() % 600);
   GenerateOptions go;
   go.max_new_tokens = decode_tokens + 1;
   go.stop_on_end_token = false;
