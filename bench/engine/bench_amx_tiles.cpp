@@ -2,7 +2,9 @@
 // (engine/gemm_amx_int8.cpp) costs on this CPU, piece by piece, with
 // L1-resident data: the tile instructions alone (TDPBSSD with K = 32 and 64,
 // TILESTORED, TILELOADD) and the per-block loop with and without its parts
-// (tile product, C store, AVX-512 scale epilogue). Cycles at the clock a
+// (tile product, C store, AVX-512 scale epilogue); then the AMX-BF16
+// GEMM's 2 x 2 tile step with its tiles in L1 and streaming from L2
+// (bench_amx_tiles_bf16.cpp). Cycles at the clock a
 // dependent-add loop measures, from the thread's CPU time, best of R; a
 // loaded host inflates them less than wall time but still does (the figures
 // in engine/README.md name the load). Not a CTest test.
@@ -29,6 +31,7 @@ void blocks_tile_side(int64_t n, int64_t nb);
 void blocks_store_epilogue(int64_t n, int64_t nb);
 void blocks_no_store(int64_t n, int64_t nb);
 void blocks_epilogue_only(int64_t n, int64_t nb);
+int64_t bf16_steps(int64_t rounds, int64_t nkb, int64_t a_tiles, int64_t b_tiles);
 }  // namespace amx_tiles
 
 static double cpu_s() {
@@ -100,5 +103,18 @@ int main(int argc, char** argv) {
   per("per block: epilogue only (no tile instruction)", blocks,
       best_s(repeat, [&] { amx_tiles::blocks_epilogue_only(loops, nb); }));
   amx_tiles::teardown();
+  // The AMX-BF16 GEMM's 2 x 2 tile step (gemm_amx_bf16.cpp run_panel; the
+  // Q8_0 / Q4_0 products from 128 rows and the F32 / F16 / BF16 ones): tiles
+  // in L1, then streaming from L2 at the bench decoder's gate/up shape
+  // (k 896 = 28 k-blocks, 20 activation tiles, 40 feature tiles per panel).
+  std::printf("\n| AMX-BF16 2 x 2 step (2 + 2 TILELOADD, 4 TDPBF16PS) | ns per step | GFLOP/s | cycles per TDPBF16PS |\n|---|---|---|---|\n");
+  struct Case { const char* what; int64_t rounds, nkb, a_tiles, b_tiles; };
+  for (const Case& c : {Case{"tiles in L1 (A, B 8 KB each)", 20000, 4, 2, 2},
+                        Case{"A 560 KB, B 1.1 MB (L2), k 896", 20, 28, 20, 40}}) {
+    int64_t steps = 0;
+    const double s = best_s(repeat, [&] { steps = amx_tiles::bf16_steps(c.rounds, c.nkb, c.a_tiles, c.b_tiles); });
+    std::printf("| %s | %.1f | %.0f | %.1f |\n", c.what, s / double(steps) * 1e9, 65536.0 * double(steps) / s * 1e-9,
+                s * hz / double(steps) / 4);
+  }
   return 0;
 }

@@ -8,14 +8,12 @@
 
 #include <cstdint>
 
+#include "engine/amx_tiles.h"
+
 namespace amx_tiles {
 
 namespace {
-struct alignas(64) TileConfig {
-  uint8_t palette_id, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
+using firstread::engine::amx::TileConfig;
 // tmm0-1: C (16 x 64 bytes), tmm2-3: A (16 x 32), tmm4-5: B (8 x 64), tmm6-7: full 16 x 64 (K = 64).
 alignas(64) const TileConfig kConfig = {1, 0, {}, {64, 64, 32, 32, 64, 64, 64, 64}, {16, 16, 16, 16, 8, 8, 16, 16}};
 constexpr int64_t kBlock = 576;  // the GEMM's packed block: 512 bytes of tile data + 16 F32 scales
