@@ -472,7 +472,8 @@ Config default_config() {
   c.models["demo"] = demo;
   // The shipped chest specialist: its diagnoses in the chest route's prompt
   // (gsco: moed, no case library needed) read the held-out chest phantoms at
-  // 90 / 87.5 % finding-set exact (en / zh) against 77.5 % without, and give
+  // 97.5 / 97.5 % finding-set exact (en / zh) against 82.5 / 77.5 % without
+  // (session 10's generalist), and give
   // the chest findings their confidence (README "GSCo", bench/demo_accuracy).
   SpecialistConfig demo_chest;
   demo_chest.path = "models/demo/specialists/chest";

@@ -8,7 +8,8 @@
 #  - each shipped specialist loads and classifies held-out phantoms of its
 #    modality (its labels with p >= 0.5 equal the true finding set) on most images;
 #  - with gsco both, the generalist's finding set is right on most images of every
-#    modality, and on chest not worse than the generalist alone (gsco off).
+#    modality, and not worse than the generalist alone (gsco off) in any modality
+#    (session 10: the generalist trained on GSCo prompts of all four modalities).
 # The full gain table (40 per modality, both languages) is bench/demo_accuracy/run.sh
 # with MODES=off,moed,rad,both (README).
 #
@@ -47,7 +48,7 @@ def frac(sel):
 # Floors set below what the shipped weights measure on these phantoms (README), so a
 # broken classifier, preprocessing, retrieval or prompt assembly fails here, not noise.
 SPECIALIST_FLOOR = {"chest": 80, "derm": 90, "fundus": 80, "endo": 80}
-BOTH_FLOOR = {"chest": 75, "derm": 90, "fundus": 70, "endo": 90}
+BOTH_FLOOR = {"chest": 85, "derm": 90, "fundus": 85, "endo": 90}  # session 10 measures 95, 100, 100, 100
 assert shipped == set(SPECIALIST_FLOOR), f"shipped specialists {sorted(shipped)}: floors are set for {sorted(SPECIALIST_FLOOR)}"
 for mod in ("chest", "derm", "fundus", "endo"):
     sub = [c for c in cases if c["file"].startswith(mod + "/")]
@@ -69,8 +70,8 @@ for mod in ("chest", "derm", "fundus", "endo"):
         print(f"FAIL: the shipped {mod} specialist classifies only {spec:.1f}% of held-out phantoms right"); ok = False
     if both < BOTH_FLOOR[mod]:
         print(f"FAIL: {mod} with gsco both: finding set exact {both:.1f}% < {BOTH_FLOOR[mod]}%"); ok = False
-    if mod == "chest" and both < off:
-        print(f"FAIL: chest with gsco both ({both:.1f}%) is worse than the generalist alone ({off:.1f}%)"); ok = False
+    if both < off:
+        print(f"FAIL: {mod} with gsco both ({both:.1f}%) is worse than the generalist alone ({off:.1f}%)"); ok = False
     for c in once:
         assert "The diagnoses of the specialist models are" in c["prompt"], c["prompt"]
         assert "The diagnoses of the most similar cases are" in c["prompt"], c["prompt"]
