@@ -9,6 +9,8 @@
 #   BUILD_DIR  the CMake build holding bench/engine/bench_engine
 #   MODEL_DIR  default /tmp/firstread_bench_model (bench_engine makes it when missing)
 #   FORMATS    default bf16,f16,q8_0,q4_0
+# Before each pair, BUILD/bench/engine/bench_amx_tiles (if built) gives the AMX tile step's
+# GFLOP/s: the mode the host's AMX was in (engine/README.md).
 # Environment: FIRSTREAD_BENCH_CACHE (default ~/.cache/firstread-bench).
 set -eu
 BUILD=$(cd "$1" && pwd)
@@ -45,4 +47,5 @@ if [ ! -f "$MODEL/config.json" ]; then
 fi
 exec /usr/bin/python3 "$SRC/bench/llama_cpp/peer_bench.py" --bench-engine "$BUILD/bench/engine/bench_engine" \
   --llama-bench "$BENCH" --libs "$LIBS" --model "$MODEL" --gguf-dir "$CACHE/gguf" --threads "$THREADS" \
-  --rounds "$ROUNDS" --formats "$FORMATS" --writer "$SRC/tools/gguf/write_gguf.py"
+  --rounds "$ROUNDS" --formats "$FORMATS" --writer "$SRC/tools/gguf/write_gguf.py" \
+  --amx-tiles "$BUILD/bench/engine/bench_amx_tiles"
