@@ -939,15 +939,30 @@ int64_t attention_scratch_floats(int64_t n, int64_t hd) {
   return std::max({n * n, avx512::attention_scratch_floats(n, hd), amx_floats});
 }
 
+// n queries over `keys` keys with OpenBLAS sgemm + softmax_inplace (the
+// paths without attention kernels of their own); causal_from < 0: every
+// query sees every key (vision), else query i sees keys 0 .. causal_from + i
+// (the decoder's prefill, causal_from = n_past). scratch: n * keys floats.
+static void sgemm_attention(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, int64_t n,
+                            int64_t keys, int64_t causal_from, int64_t hd, float scale, float* out, int64_t ldo,
+                            float* scratch) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(keys), int(hd), scale, q, int(ldq), k, int(ldkv),
+              0.f, scratch, int(keys));
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = scratch + r * keys;
+    const int64_t valid = causal_from < 0 ? keys : causal_from + r + 1;
+    softmax_inplace(row, valid);
+    std::fill(row + valid, row + keys, 0.f);
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(hd), int(keys), 1.f, scratch, int(keys), v,
+              int(ldkv), 0.f, out, int(ldo));
+}
+
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
                     float* out, int64_t ldo, float* scratch) {
   if (kernel_path() == KernelPath::Amx) return amx::attention_head(q, k, v, ld, n, hd, scale, out, ldo, scratch);
   if (avx512_kernels()) return avx512::attention_head(q, k, v, ld, n, hd, scale, out, ldo, scratch);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(n), int(hd), scale, q, int(ld), k, int(ld), 0.f,
-              scratch, int(n));
-  for (int64_t r = 0; r < n; ++r) softmax_inplace(scratch + r * n, n);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(hd), int(n), 1.f, scratch, int(n), v, int(ld), 0.f,
-              out, int(ldo));
+  sgemm_attention(q, ld, k, v, ld, n, n, -1, hd, scale, out, ldo, scratch);
 }
 
 void attention_decode_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd,
@@ -973,17 +988,7 @@ void causal_attention_head(const float* q, int64_t ldq, const float* k, const fl
                            int64_t n_past, int64_t hd, float scale, float* out, int64_t ldo, float* scratch) {
   if (kernel_path() == KernelPath::Amx)
     return amx::causal_attention_head(q, ldq, k, v, ldkv, n, n_past, hd, scale, out, ldo, scratch);
-  const int64_t keys = n_past + n;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(keys), int(hd), scale, q, int(ldq), k, int(ldkv),
-              0.f, scratch, int(keys));
-  for (int64_t r = 0; r < n; ++r) {
-    float* row = scratch + r * keys;
-    const int64_t valid = n_past + r + 1;  // causal: keys up to this query's position
-    softmax_inplace(row, valid);
-    std::fill(row + valid, row + keys, 0.f);
-  }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(hd), int(keys), 1.f, scratch, int(keys), v,
-              int(ldkv), 0.f, out, int(ldo));
+  sgemm_attention(q, ldq, k, v, ldkv, n, n_past + n, n_past, hd, scale, out, ldo, scratch);
 }
 
 void softmax_inplace(float* x, int64_t n) {
