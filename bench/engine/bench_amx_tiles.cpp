@@ -13,8 +13,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 
+#include "bench/engine/thread_cpu_time.h"
 #include "engine/kernels.h"
 
 namespace amx_tiles {
@@ -34,21 +34,15 @@ void blocks_epilogue_only(int64_t n, int64_t nb);
 int64_t bf16_steps(int64_t rounds, int64_t nkb, int64_t a_tiles, int64_t b_tiles);
 }  // namespace amx_tiles
 
-static double cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
-
 // Cycles per second of this thread: a chain of dependent adds (one a cycle).
 static double clock_hz(int repeat) {
   double best = 1e30;
   constexpr long kAdds = 200000000;
   for (int r = 0; r < repeat; ++r) {
     uint64_t x = 0;
-    const double t0 = cpu_s();
+    const double t0 = thread_cpu_s();
     for (long i = 0; i < kAdds; ++i) asm volatile("add $1, %0" : "+r"(x));
-    best = std::min(best, cpu_s() - t0);
+    best = std::min(best, thread_cpu_s() - t0);
   }
   return kAdds / best;
 }
@@ -57,9 +51,9 @@ template <typename F>
 static double best_s(int repeat, const F& f) {
   double best = 1e30;
   for (int r = 0; r < repeat; ++r) {
-    const double t0 = cpu_s();
+    const double t0 = thread_cpu_s();
     f();
-    best = std::min(best, cpu_s() - t0);
+    best = std::min(best, thread_cpu_s() - t0);
   }
   return best;
 }

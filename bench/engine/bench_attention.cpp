@@ -11,20 +11,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "bench/engine/thread_cpu_time.h"
 #include "engine/kernels.h"
 
 using namespace firstread::engine;
-
-static double cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
 
 int main(int argc, char** argv) {
   int64_t n = 300, past = 0, hd = 64, heads = 14;
@@ -77,11 +71,11 @@ int main(int argc, char** argv) {
   for (int r = 0; r < repeat; ++r)
     for (size_t p = 0; p < paths.size(); ++p) {
       force_kernel_path(paths[p]);
-      const double t0 = cpu_s();
+      const double t0 = thread_cpu_s();
       for (int64_t h = 0; h < heads; ++h)
         causal_attention_head(q.data() + h * hd, ld, k.data() + h * hd, v.data() + h * hd, ld, n, past, hd, scale,
                               out.data() + h * hd, ld, scratch.data());
-      best[p] = std::min(best[p], cpu_s() - t0);
+      best[p] = std::min(best[p], thread_cpu_s() - t0);
     }
   reset_kernel_path();
 

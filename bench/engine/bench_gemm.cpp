@@ -15,7 +15,6 @@
 // avx512 GEMM again). Paths the CPU lacks are left out. Not a CTest test.
 #include <algorithm>
 #include <chrono>
-#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -25,17 +24,10 @@
 
 #include <cblas.h>
 
+#include "bench/engine/thread_cpu_time.h"
 #include "engine/kernels.h"
 
 using namespace firstread::engine;
-
-// CPU time of the calling thread: with --threads 1 it counts only the time the
-// product was on a core, so a loaded host inflates it much less than wall time.
-static double cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
 
 // The F32-blocks + sgemm product (see --products sgemm): thread p converts
 // its slice of the output features in blocks of up to 16 MB and multiplies
@@ -135,11 +127,11 @@ int main(int argc, char** argv) {
       for (KernelPath p : paths)
         for (const std::string& pr : products) {
           force_kernel_path(p);
-          const double t0 = now_s(), c0 = cpu_s();
+          const double t0 = now_s(), c0 = thread_cpu_s();
           if (pr == "rows") linear_rows(pool, x.data(), m, w, nullptr, y.data(), scratch);
           else if (pr == "sgemm") f32_blocks_sgemm(pool, x.data(), m, w, y.data(), wbuf);
           else linear(pool, x.data(), m, w, nullptr, y.data(), scratch);
-          const double dt = now_s() - t0, dc = cpu_s() - c0;
+          const double dt = now_s() - t0, dc = thread_cpu_s() - c0;
           const std::string key = name + " " + kernel_path_name(p) + " " + pr;
           if (!best.count(key) || dt < best[key]) best[key] = dt;
           if (!best_cpu.count(key) || dc < best_cpu[key]) best_cpu[key] = dc;
