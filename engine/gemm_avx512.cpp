@@ -807,34 +807,68 @@ void matvec_f(const void* w, int64_t cols, const float* xp, int nx, float* y, in
 
 // ------------------------------------------------------------------ decode attention
 //
-// One query against n cached keys / values (rows ld floats apart), hd a
-// multiple of 16 (at most 256). Before, each key was a dot_f32 call and each
-// value an axpy_f32 call (avx2: a call, 8-wide loads, a horizontal sum per
-// key, a load and store of the output per value). Here the query and the
-// output stay in registers, 8 keys' sums share one transposing tree, and
-// every result keeps the bits of those calls: a key's 16 lanes are avx2::dot's
-// two 8-wide chains side by side, lane_sums adds them in hsum's order (i + i+8,
-// i + i+4, (0+2) + (1+3)), and the output is the same FMA per value in key order.
-void attention_decode_scores(const float* q, const float* k, int64_t ld, int64_t n, int64_t hd, float scale,
+// The query heads [0, heads) that share one cached key / value head (GQA:
+// Qwen2-0.5B has 7 per KV head), one query each, against n cached keys /
+// values (rows ld floats apart), hd a multiple of 16 (at most 256). Queries,
+// scores and outputs are heads x hd / n / hd, contiguous per head.
+//
+// Why grouped: one head at a time streamed a KV head's keys and values from
+// L2 / L3 once per query head (7 times); here a block of 8 keys is loaded
+// into L1 once and serves every head of the group, and a value row serves up
+// to four heads from registers, so the cache is read once (keys) or twice
+// (values, 7 heads) per group instead of 7 times.
+//
+// Every result keeps the bits of the dot_f32 / axpy_f32 loop of one head
+// (the other paths): a key's 16 lanes are avx2::dot's two 8-wide chains side
+// by side, lane_sums adds them in hsum's order (i + i+8, i + i+4, (0+2) +
+// (1+3)) whatever the sum's position among the 8, and each output is the same
+// FMA per value in key order. Only the order in which heads are visited
+// changed, and no head's arithmetic depends on another's.
+void attention_decode_scores(const float* q, int heads, const float* k, int64_t ld, int64_t n, int64_t hd, float scale,
                              float* scores) {
   const int nq = int(hd / 16);
-  __m512 qv[16];
-  for (int c = 0; c < nq; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
   for (int64_t t = 0; t < n; t += 8) {
     const int m = int(n - t < 8 ? n - t : 8);
-    __m512 acc[8];
-    for (int j = 0; j < 8; ++j) {
-      acc[j] = _mm512_setzero_ps();
-      if (j < m)
-        for (int c = 0; c < nq; ++c) acc[j] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k + (t + j) * ld + 16 * c), acc[j]);
+    for (int h = 0; h < heads; ++h) {  // the 8 keys' rows stay in L1 across the heads
+      const float* qh = q + h * hd;
+      __m512 qv[16];
+      for (int c = 0; c < nq; ++c) qv[c] = _mm512_loadu_ps(qh + 16 * c);
+      __m512 acc[8];
+      for (int j = 0; j < 8; ++j) {
+        acc[j] = _mm512_setzero_ps();
+        if (j < m)
+          for (int c = 0; c < nq; ++c) acc[j] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k + (t + j) * ld + 16 * c), acc[j]);
+      }
+      float s[8];
+      lane_sums<8>(acc, s);
+      float* sh = scores + h * n;
+      for (int j = 0; j < m; ++j) sh[t + j] = s[j] * scale;
     }
-    float s[8];
-    lane_sums<8>(acc, s);
-    for (int j = 0; j < m; ++j) scores[t + j] = s[j] * scale;
   }
 }
 
-void attention_decode_mix(const float* p, const float* v, int64_t ld, int64_t n, int64_t hd, float* out) {
+namespace {
+// H (<= 4) heads' outputs over all n values, in registers: each value row
+// loaded once for the H heads. NQ = hd / 16 vectors per row.
+template <int H, int NQ>
+void mix_heads(const float* p, int64_t n, const float* v, int64_t ld, float* out, int64_t hd) {
+  __m512 o[H][NQ];
+  for (int h = 0; h < H; ++h)
+    for (int c = 0; c < NQ; ++c) o[h][c] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < n; ++t) {
+    const float* vt = v + t * ld;
+    __m512 vv[NQ];
+    for (int c = 0; c < NQ; ++c) vv[c] = _mm512_loadu_ps(vt + 16 * c);
+    for (int h = 0; h < H; ++h) {
+      const __m512 a = _mm512_set1_ps(p[h * n + t]);
+      for (int c = 0; c < NQ; ++c) o[h][c] = _mm512_fmadd_ps(a, vv[c], o[h][c]);
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int c = 0; c < NQ; ++c) _mm512_storeu_ps(out + h * hd + 16 * c, o[h][c]);
+}
+// One head of any width (hd / 16 <= 16 vectors) against all n values.
+void mix_one(const float* p, int64_t n, const float* v, int64_t ld, float* out, int64_t hd) {
   const int nq = int(hd / 16);
   __m512 o[16];
   for (int c = 0; c < nq; ++c) o[c] = _mm512_setzero_ps();
@@ -844,6 +878,28 @@ void attention_decode_mix(const float* p, const float* v, int64_t ld, int64_t n,
     for (int c = 0; c < nq; ++c) o[c] = _mm512_fmadd_ps(a, _mm512_loadu_ps(vt + 16 * c), o[c]);
   }
   for (int c = 0; c < nq; ++c) _mm512_storeu_ps(out + 16 * c, o[c]);
+}
+template <int NQ>
+void mix_group(const float* p, int heads, int64_t n, const float* v, int64_t ld, float* out, int64_t hd) {
+  // As many heads at a time (at most 4) as leave their accumulators, one
+  // value row and the broadcast in the 32 registers: hd 64 four, hd 128 two.
+  constexpr int kFit = (30 - NQ) / NQ, kMost = kFit > 4 ? 4 : kFit < 1 ? 1 : kFit;
+  int h = 0;
+  for (; h + kMost <= heads; h += kMost) mix_heads<kMost, NQ>(p + h * n, n, v, ld, out + h * hd, hd);
+  const int left = heads - h;  // < kMost
+  if (left == 3) mix_heads<3, NQ>(p + h * n, n, v, ld, out + h * hd, hd);
+  else if (left == 2) mix_heads<2, NQ>(p + h * n, n, v, ld, out + h * hd, hd);
+  else if (left == 1) mix_heads<1, NQ>(p + h * n, n, v, ld, out + h * hd, hd);
+}
+}  // namespace
+
+void attention_decode_mix(const float* p, int heads, const float* v, int64_t ld, int64_t n, int64_t hd, float* out) {
+  switch (hd / 16) {
+    case 4: return mix_group<4>(p, heads, n, v, ld, out, hd);     // hd 64 (Qwen2, InternLM2-1.8B)
+    case 8: return mix_group<8>(p, heads, n, v, ld, out, hd);     // hd 128 (Yi-34B, InternLM2-20B)
+    default:
+      for (int h = 0; h < heads; ++h) mix_one(p + h * n, n, v, ld, out + h * hd, hd);
+  }
 }
 
 void matvec_q8(const void* w, int64_t cols, const uint8_t* packed, int nx, float* y, int64_t ldy, int64_t r0,

@@ -71,10 +71,10 @@ void gemm_run(int kind, const void* w, int64_t n_rows, int64_t k, const uint8_t*
 int64_t attention_scratch_floats(int64_t n, int64_t hd);
 void attention_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd, float scale,
                     float* out, int64_t ldo, float* scratch);
-// Decode attention of one query (hd % 16 == 0, hd <= 256): scores = scale * q.k per key, out = sum p[t] v[t].
-void attention_decode_scores(const float* q, const float* k, int64_t ld, int64_t n, int64_t hd, float scale,
+// Decode attention of the query heads sharing one KV head (hd % 16 == 0, hd <= 256): kernels.h attention_decode_group.
+void attention_decode_scores(const float* q, int heads, const float* k, int64_t ld, int64_t n, int64_t hd, float scale,
                              float* scores);
-void attention_decode_mix(const float* p, const float* v, int64_t ld, int64_t n, int64_t hd, float* out);
+void attention_decode_mix(const float* p, int heads, const float* v, int64_t ld, int64_t n, int64_t hd, float* out);
 }  // namespace avx512
 
 namespace amx {
@@ -965,17 +965,22 @@ void attention_head(const float* q, const float* k, const float* v, int64_t ld, 
   sgemm_attention(q, ld, k, v, ld, n, n, -1, hd, scale, out, ldo, scratch);
 }
 
-void attention_decode_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd,
-                           float scale, float* scores, float* out) {
+void attention_decode_group(const float* q, int heads, const float* k, const float* v, int64_t ld, int64_t n,
+                            int64_t hd, float scale, float* scores, float* out) {
   if (avx512_kernels() && hd % 16 == 0 && hd <= 256) {
-    avx512::attention_decode_scores(q, k, ld, n, hd, scale, scores);
-    softmax_inplace(scores, n);
-    return avx512::attention_decode_mix(scores, v, ld, n, hd, out);
+    avx512::attention_decode_scores(q, heads, k, ld, n, hd, scale, scores);
+    for (int h = 0; h < heads; ++h) softmax_inplace(scores + h * n, n);
+    return avx512::attention_decode_mix(scores, heads, v, ld, n, hd, out);
   }
-  for (int64_t t = 0; t < n; ++t) scores[t] = dot_f32(q, k + t * ld, hd) * scale;
-  softmax_inplace(scores, n);
-  std::fill(out, out + hd, 0.f);
-  for (int64_t t = 0; t < n; ++t) axpy_f32(out, scores[t], v + t * ld, hd);
+  for (int h = 0; h < heads; ++h) {
+    const float* qh = q + h * hd;
+    float* sh = scores + h * n;
+    float* oh = out + h * hd;
+    for (int64_t t = 0; t < n; ++t) sh[t] = dot_f32(qh, k + t * ld, hd) * scale;
+    softmax_inplace(sh, n);
+    std::fill(oh, oh + hd, 0.f);
+    for (int64_t t = 0; t < n; ++t) axpy_f32(oh, sh[t], v + t * ld, hd);
+  }
 }
 
 int64_t causal_attention_scratch_floats(int64_t n, int64_t n_past, int64_t hd) {

@@ -227,12 +227,15 @@ void layer_norm(const float* x, const float* weight, const float* bias, float* y
 void gelu_erf(float* x, int64_t n);
 void softmax_inplace(float* x, int64_t n);
 void silu_mul(float* gate, const float* up, int64_t n);  // gate = silu(gate) * up
-// Decode attention of one query over n cached keys / values (rows ld floats
-// apart): scores[t] = scale * q.k[t], softmax, out[hd] = sum scores[t] v[t].
-// avx512 (hd % 16 == 0): query and output in registers, the same bits as the
-// dot_f32 / softmax_inplace / axpy_f32 loop it replaces (the other paths).
-void attention_decode_head(const float* q, const float* k, const float* v, int64_t ld, int64_t n, int64_t hd,
-                           float scale, float* scores, float* out);
+// Decode attention of the query heads [0, heads) that share one cached key /
+// value head (grouped-query attention), one query each, over n cached keys /
+// values (rows ld floats apart): per head h, scores[h * n + t] = scale *
+// q_h.k[t], softmax, out[h * hd ..] = sum_t scores[h * n + t] v[t]; q and out
+// heads x hd, contiguous. avx512 (hd % 16 == 0): the group reads the cache
+// once (keys) or twice (values) instead of once per head, with the same bits
+// per head as the dot_f32 / softmax_inplace / axpy_f32 loop (the other paths).
+void attention_decode_group(const float* q, int heads, const float* k, const float* v, int64_t ld, int64_t n,
+                            int64_t hd, float scale, float* scores, float* out);
 float dot_f32(const float* a, const float* b, int64_t n);
 void axpy_f32(float* y, float a, const float* x, int64_t n);  // y += a * x
 

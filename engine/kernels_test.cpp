@@ -509,45 +509,53 @@ TEST(engine_kernels, AttentionHeadMatchesDoubleReferenceOnEveryPath) {
   reset_kernel_path();
 }
 
-// Decode attention of one query (llm.cpp's attention_decode): on every path
-// the same bits as the dot_f32 / softmax_inplace / axpy_f32 loop it replaced
-// (so greedy ids cannot move), and within 2e-5 of a double reference, for
-// key counts around the 8-key blocks and head widths with and without the
-// avx512 kernel (hd % 16).
+// Decode attention of a GQA group (llm.cpp's attention_decode: the query
+// heads sharing one KV head, one query each): on every path each head gets
+// the same bits as the dot_f32 / softmax_inplace / axpy_f32 loop of that head
+// alone (so greedy ids cannot move), and lies within 2e-5 of a double
+// reference, for key counts around the 8-key blocks, group sizes 1 (MHA), 2,
+// 5 and 7 (Qwen2-0.5B) that cut the value pass into four-head parts
+// differently, and head widths with and without the avx512 kernel
+// (hd % 16; hd 128 runs two heads per value pass).
 TEST(engine_kernels, DecodeAttentionEqualsThePerKeyLoopOnEveryPath) {
-  for (const auto& [n, hd] : {std::pair<int, int>{1, 64}, {7, 64}, {8, 64}, {9, 128}, {301, 64}, {33, 40}}) {
+  for (const auto& [n, hd, heads] : {std::tuple<int, int, int>{1, 64, 1}, {7, 64, 7}, {8, 64, 2}, {9, 128, 5},
+                                     {301, 64, 7}, {33, 40, 3}, {70, 128, 7}, {17, 256, 2}}) {
     const int ld = 2 * hd + 3;  // a KV cache row: this head's slice of wider rows
     Mat kv = random_mat(n, ld, 11 + n + hd);
-    Mat qm = random_mat(1, hd, 5 + n);
-    const float* q = qm.f32.data();
+    Mat qm = random_mat(heads, hd, 5 + n);
     const float* k = kv.f32.data() + 1;
     const float* v = kv.f32.data() + 1 + hd;
     const float scale = 1.0f / std::sqrt(float(hd));
-    std::vector<double> p(static_cast<size_t>(n));
-    double mx = -1e300, sum = 0;
-    for (int t = 0; t < n; ++t) {
-      double s = 0;
-      for (int c = 0; c < hd; ++c) s += double(q[c]) * k[t * ld + c];
-      mx = std::max(mx, p[size_t(t)] = s * scale);
-    }
-    for (int t = 0; t < n; ++t) sum += (p[size_t(t)] = std::exp(p[size_t(t)] - mx));
+    const size_t nn = static_cast<size_t>(n), nh = static_cast<size_t>(hd), ng = static_cast<size_t>(heads);
     for (KernelPath path : machine_paths()) {
       force_kernel_path(path);
-      const size_t nn = static_cast<size_t>(n), nh = static_cast<size_t>(hd);
-      std::vector<float> loop_sc(nn), loop_out(nh, 0.f), sc(nn), out(nh + 2, -7.f);
-      for (int t = 0; t < n; ++t) loop_sc[size_t(t)] = dot_f32(q, k + t * ld, hd) * scale;
-      softmax_inplace(loop_sc.data(), n);
-      for (int t = 0; t < n; ++t) axpy_f32(loop_out.data(), loop_sc[size_t(t)], v + t * ld, hd);
-      attention_decode_head(q, k, v, ld, n, hd, scale, sc.data(), out.data());
-      for (int t = 0; t < n; ++t)
-        ASSERT_EQ(sc[size_t(t)], loop_sc[size_t(t)]) << kernel_path_name(path) << " n " << n << " hd " << hd << " key " << t;
-      for (int c = 0; c < hd; ++c) {
-        double ref = 0;
-        for (int t = 0; t < n; ++t) ref += p[size_t(t)] / sum * v[t * ld + c];
-        ASSERT_EQ(out[size_t(c)], loop_out[size_t(c)]) << kernel_path_name(path) << " n " << n << " hd " << hd << " col " << c;
-        ASSERT_NEAR(out[size_t(c)], ref, 2e-5) << kernel_path_name(path) << " n " << n << " hd " << hd << " col " << c;
+      std::vector<float> sc(ng * nn), out(ng * nh + 2, -7.f);
+      attention_decode_group(qm.f32.data(), heads, k, v, ld, n, hd, scale, sc.data(), out.data());
+      for (int h = 0; h < heads; ++h) {
+        const float* q = qm.f32.data() + size_t(h) * nh;
+        std::vector<double> p(nn);
+        double mx = -1e300, sum = 0;
+        for (int t = 0; t < n; ++t) {
+          double s = 0;
+          for (int c = 0; c < hd; ++c) s += double(q[c]) * k[t * ld + c];
+          mx = std::max(mx, p[size_t(t)] = s * scale);
+        }
+        for (int t = 0; t < n; ++t) sum += (p[size_t(t)] = std::exp(p[size_t(t)] - mx));
+        std::vector<float> loop_sc(nn), loop_out(nh, 0.f);
+        for (int t = 0; t < n; ++t) loop_sc[size_t(t)] = dot_f32(q, k + t * ld, hd) * scale;
+        softmax_inplace(loop_sc.data(), n);
+        for (int t = 0; t < n; ++t) axpy_f32(loop_out.data(), loop_sc[size_t(t)], v + t * ld, hd);
+        const std::string where = std::string(kernel_path_name(path)) + " n " + std::to_string(n) + " hd " +
+                                  std::to_string(hd) + " head " + std::to_string(h) + " of " + std::to_string(heads);
+        for (int t = 0; t < n; ++t) ASSERT_EQ(sc[size_t(h) * nn + size_t(t)], loop_sc[size_t(t)]) << where << " key " << t;
+        for (int c = 0; c < hd; ++c) {
+          double ref = 0;
+          for (int t = 0; t < n; ++t) ref += p[size_t(t)] / sum * v[t * ld + c];
+          ASSERT_EQ(out[size_t(h) * nh + size_t(c)], loop_out[size_t(c)]) << where << " col " << c;
+          ASSERT_NEAR(out[size_t(h) * nh + size_t(c)], ref, 2e-5) << where << " col " << c;
+        }
       }
-      for (int c = hd; c < hd + 2; ++c) ASSERT_EQ(out[size_t(c)], -7.f) << "wrote past the head";
+      for (size_t c = ng * nh; c < ng * nh + 2; ++c) ASSERT_EQ(out[c], -7.f) << "wrote past the group";
     }
   }
   reset_kernel_path();

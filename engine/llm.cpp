@@ -125,9 +125,10 @@ void LlmDecoder::check_pass(const SeqRows* seqs, int n_seqs, int* rows) const {
   *rows = total;
 }
 
-// Decode: one query per sequence; (sequence, head) pairs split over the
-// threads, each head's scores in its own slice of scores_. Per head exactly
-// what a sequence decoded alone computes.
+// Decode: one query per sequence; (sequence, KV head) pairs split over the
+// threads, each pair's query heads (the GQA group) together so the group
+// reads its cached keys and values once, each head's scores in its own slice
+// of scores_. Per head exactly what a sequence decoded alone computes.
 void LlmDecoder::attention_decode(ThreadPool& pool, int layer, const SeqRows* seqs, int n_seqs) {
   const int hd = hp_.head_dim(), H = hp_.n_heads, KV = hp_.n_kv_heads, group = H / KV;
   const int qd = H * hd, kvd = KV * hd;
@@ -137,16 +138,16 @@ void LlmDecoder::attention_decode(ThreadPool& pool, int layer, const SeqRows* se
   for (int s = 0; s < n_seqs; ++s)
     score_offsets_[s + 1] = score_offsets_[s] + size_t(H) * size_t(seqs[s].cache->n_past + 1);
   scores_.resize(score_offsets_[n_seqs]);
-  pool.parallel_for(n_seqs * H, [&](int task) {
-    const int s = task / H, h = task % H, g = h / group;
+  pool.parallel_for(n_seqs * KV, [&](int task) {
+    const int s = task / KV, g = task % KV, h0 = g * group;
     const KvCache& c = *seqs[s].cache;
     const int total = c.n_past + 1;
     const float* kc = c.k.data() + size_t(layer) * c.capacity * kvd;
     const float* vc = c.v.data() + size_t(layer) * c.capacity * kvd;
-    const float* q = q_.data() + size_t(s) * qd + size_t(h) * hd;
-    float* sc = scores_.data() + score_offsets_[s] + size_t(h) * total;
-    attention_decode_head(q, kc + g * hd, vc + g * hd, kvd, total, hd, scale, sc,
-                          attn_.data() + size_t(s) * qd + size_t(h) * hd);
+    const float* q = q_.data() + size_t(s) * qd + size_t(h0) * hd;
+    float* sc = scores_.data() + score_offsets_[s] + size_t(h0) * total;
+    attention_decode_group(q, group, kc + g * hd, vc + g * hd, kvd, total, hd, scale, sc,
+                           attn_.data() + size_t(s) * qd + size_t(h0) * hd);
   });
 }
 
